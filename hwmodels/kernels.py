@@ -1,0 +1,145 @@
+"""Kernel time model: how long one GEMM, attention, elementwise or copy kernel takes on a device.
+
+Order of evidence, best first (DESIGN.md §5, calibration data only):
+1. a measured latency table of this device (aiconfigurator-core parquet, or our own profiles),
+   interpolated where it covers the shape;
+2. the same table's achieved efficiency (FLOP/s ÷ dense peak) carried over to a device without
+   measurements, from the device named by its `efficiency_from` (the notes say so);
+3. roofline: max(FLOPs / achievable FLOP/s, bytes / achievable bytes/s).
+All results in seconds. Functions are cached on their integer arguments: the planner asks for
+the same shapes millions of times.
+"""
+from __future__ import annotations
+
+from functools import cache, lru_cache
+
+from hwmodels import profiles
+from hwmodels.devices import Device, get_device
+
+# Achievable fraction of HBM bandwidth for streaming kernels and a fixed per-kernel cost.
+# aiconfigurator-core 0.12.0 systems/*.yaml: mem_bw_empirical_scaling_factor 0.8 and
+# mem_empirical_constant_latency 3 µs (kernel-level observations); ../shared/reference/hardware
+# README: NVIDIA parts reach up to ~90% of HBM peak in copy benchmarks (arXiv 2510.27583).
+MEMORY_EFFICIENCY = 0.8
+KERNEL_LATENCY_S = 3e-6
+# Efficiency of a GEMM when nothing was measured on any related device: A100 SXM bf16 MAMF
+# 271.2 of 312 TFLOP/s (stas00/ml-engineering "Maximum Achievable Matmul FLOPS" table).
+FALLBACK_GEMM_EFFICIENCY = 0.869
+# FlashAttention-2 backward does 2.5× the forward FLOPs (5 GEMMs vs 2) at about the forward's
+# throughput: FA2 benchmark figures (Dao 2023, repo README) give fwd+bwd 189 TFLOP/s vs fwd ~190
+# on A100 hd128 causal, 328 vs 335 on H100 (../shared/reference/flashattention_measured_tflops.csv).
+FLASH_BWD_FLOP_RATIO = 2.5
+# Flash attention forward when no attention table covers the device: FA2 forward on H100,
+# hd128 causal, 16k: 335 of 989 TFLOP/s (same file) — a fraction of dense peak.
+FALLBACK_FLASH_EFFICIENCY = 0.34
+_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "fp4": 0.5, "int8": 1}
+
+
+def dtype_bytes(dtype: str) -> float:
+    return _BYTES[dtype]
+
+
+class KernelModel:
+    """Kernel costs for one device at one compute dtype."""
+
+    def __init__(self, device: Device | str, dtype: str = "bf16"):
+        self.device = get_device(device) if isinstance(device, str) else device
+        self.dtype = dtype
+        self.peak_flops = self.device.peak(dtype)
+        self.notes: list[str] = []
+        self.mem_bytes_per_s = self.device.hbm_bytes_per_s * MEMORY_EFFICIENCY
+        # Where measurements come from: the device itself, or the device it borrows from.
+        src = self.device
+        if not src.kernel_profile and src.efficiency_from:
+            src = get_device(src.efficiency_from)
+            self.notes.append(f"{self.device.name}: no measured kernels; GEMM/attention efficiency "
+                              f"carried over from {src.name}")
+        self._src = src
+        self._gemm = _gemm_table(src.kernel_profile, dtype) if src.kernel_profile else None
+        self._attn = _attn_table(src.kernel_profile, dtype) if src.kernel_profile else None
+        if src.kernel_profile and self._gemm is None:
+            self.notes.append(f"{src.name}: no {dtype} GEMM table; roofline at "
+                              f"{FALLBACK_GEMM_EFFICIENCY:.0%} of peak")
+        if not src.kernel_profile and src is self.device:
+            self.notes.append(f"{self.device.name}: no measured kernels; roofline with efficiencies "
+                              f"GEMM {FALLBACK_GEMM_EFFICIENCY:.0%}, attention {FALLBACK_FLASH_EFFICIENCY:.0%}")
+        # Measured times of the source device scale to this device by the ratio of peaks.
+        self._scale = 1.0 if src is self.device else src.peak(dtype) / self.peak_flops
+        self.gemm_s = lru_cache(maxsize=1 << 16)(self._gemm_s)
+        self.flash_attention_s = lru_cache(maxsize=1 << 14)(self._flash_attention_s)
+
+    @property
+    def source(self) -> str:
+        parts = []
+        if self._gemm is not None:
+            parts.append(self._gemm.source)
+        if self._attn is not None:
+            parts.append(self._attn.source)
+        return "; ".join(parts) or "roofline"
+
+    # ---- GEMM -----------------------------------------------------------------------------
+    def _gemm_s(self, m: int, n: int, k: int) -> float:
+        """C[m,n] = A[m,k]·B[k,n] at self.dtype."""
+        if m <= 0 or n <= 0 or k <= 0:
+            return 0.0
+        flops = 2.0 * m * n * k
+        bytes_ = dtype_bytes(self.dtype) * (m * k + k * n + m * n)
+        t_mem = bytes_ / self.mem_bytes_per_s + KERNEL_LATENCY_S
+        if self._gemm is not None:
+            m0, n0, k0 = (int(self._gemm.m[0]), int(self._gemm.n[0]), int(self._gemm.k[0]))
+            mc, nc, kc = max(m, m0), max(n, n0), max(k, k0)
+            t = self._gemm.time_s(mc, nc, kc)
+            if t is not None:
+                # Below the grid a kernel is no faster than the smallest measured shape.
+                return max(t * self._scale, t_mem)
+        return max(flops / (self.peak_flops * FALLBACK_GEMM_EFFICIENCY), t_mem)
+
+    def bmm_s(self, batch: int, m: int, n: int, k: int) -> float:
+        """Strided batched GEMM: costed as one GEMM with the batch folded into m."""
+        return self.gemm_s(batch * m, n, k)
+
+    # ---- attention ------------------------------------------------------------------------
+    def _flash_attention_s(self, batch: int, seq_q: int, seq_kv: int, heads: int, kv_heads: int,
+                           head_dim: int, causal: bool = True) -> float:
+        """Fused (flash) attention forward over `batch` sequences of `seq_q` queries attending to
+        `seq_kv` keys; causal halves the work when seq_q == seq_kv."""
+        frac = 0.5 if causal and seq_q == seq_kv else 1.0
+        flops = 4.0 * batch * seq_q * seq_kv * heads * head_dim * frac
+        if self._attn is not None and seq_q == seq_kv and causal:
+            t = self._attn.time_s(batch, seq_q, heads, kv_heads, head_dim)
+            if t is not None:
+                return t * self._scale
+        if self._attn is not None:
+            # Cross-chunk attention (context parallelism): use the measured efficiency of the
+            # causal kernel at the same total length and scale by the FLOPs.
+            t = self._attn.time_s(batch, max(seq_q, seq_kv), heads, kv_heads, head_dim)
+            if t is not None:
+                ref = 2.0 * batch * max(seq_q, seq_kv) ** 2 * heads * head_dim
+                return t * self._scale * flops / ref
+        return flops / (self.peak_flops * FALLBACK_FLASH_EFFICIENCY) + KERNEL_LATENCY_S
+
+    def flash_attention_bwd_s(self, batch, seq_q, seq_kv, heads, kv_heads, head_dim, causal=True):
+        return FLASH_BWD_FLOP_RATIO * self.flash_attention_s(batch, seq_q, seq_kv, heads,
+                                                             kv_heads, head_dim, causal)
+
+    # ---- memory-bound ---------------------------------------------------------------------
+    def memory_s(self, bytes_: float) -> float:
+        """A streaming kernel (elementwise, norm, softmax, copy) moving `bytes_` through HBM."""
+        if bytes_ <= 0:
+            return 0.0
+        return bytes_ / self.mem_bytes_per_s + KERNEL_LATENCY_S
+
+
+@cache
+def _gemm_table(system: str, dtype: str):
+    return profiles.load_gemm_table(system, dtype)
+
+
+@cache
+def _attn_table(system: str, dtype: str):
+    return profiles.load_attention_table(system, dtype)
+
+
+@cache
+def kernel_model(device_name: str, dtype: str = "bf16") -> KernelModel:
+    return KernelModel(get_device(device_name), dtype)

@@ -1,0 +1,232 @@
+"""`clusterplan` command line (DESIGN.md §4). Every command takes --json; bad input ends with one
+line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from hwmodels.errors import InputError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage dump becomes one line, exit 2
+        raise InputError(message)
+
+
+def _positive_int(name):
+    def conv(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}={text!r} must be a positive integer") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{name}={v} must be a positive integer")
+        return v
+    return conv
+
+
+def _on_off(text):
+    t = text.lower()
+    if t in ("on", "true", "yes", "1"):
+        return True
+    if t in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: valid: on, off")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="clusterplan", description="Cluster simulator and parallelism planner for LLM training and serving.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    cat = sub.add_parser("catalog", help="list devices, clusters or models")
+    cat.add_argument("what", choices=["devices", "clusters", "models"])
+    cat.add_argument("--json", action="store_true")
+
+    sim = sub.add_parser("simulate", help="simulate one plan")
+    simsub = sim.add_subparsers(dest="target", required=True, parser_class=_Parser)
+    tr = simsub.add_parser("train", help="predict one training step of a plan")
+    tr.add_argument("--model", required=True, help="preset, HF config.json or YAML")
+    tr.add_argument("--cluster", required=True, help="preset or cluster YAML")
+    tr.add_argument("--nodes", type=_positive_int("nodes"))
+    tr.add_argument("--plan", default="", help='e.g. "tp=8,pp=8,mb=1,schedule=interleaved,vpp=2"')
+    tr.add_argument("--seq-len", type=_positive_int("seq-len"), required=True)
+    tr.add_argument("--global-batch", type=_positive_int("global-batch"), required=True,
+                    help="sequences per step")
+    tr.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp8", "fp4"])
+    tr.add_argument("--engine", default="analytic", choices=["analytic"])
+    tr.add_argument("--attention", default="flash", choices=["flash", "unfused"],
+                    help="flash (fused) or unfused attention kernels (Megatron-LM 2021)")
+    tr.add_argument("--grad-overlap", type=_on_off, default=True,
+                    help="overlap DP gradient reduction with backward (on|off)")
+    tr.add_argument("--dropout", type=_on_off, default=True, help="dropout layers present (on|off)")
+    tr.add_argument("--json", action="store_true")
+
+    val = sub.add_parser("validate", help="compare predictions with measurements")
+    valsub = val.add_subparsers(dest="suite", required=True, parser_class=_Parser)
+    pub = valsub.add_parser("published", help="published training throughput (Megatron-LM 2021 Table 1)")
+    pub.add_argument("--json", action="store_true")
+    return p
+
+
+# ---- formatting -----------------------------------------------------------------------------
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:8.2f} GiB"
+
+
+def _secs(s: float) -> str:
+    if s >= 1:
+        return f"{s:9.3f} s "
+    return f"{s * 1e3:9.3f} ms"
+
+
+def format_estimate(est) -> str:
+    d = est.to_dict()
+    lines = [
+        f"model {d['model']} on {d['cluster']} ({d['num_devices']} devices), seq {d['seq_len']}, "
+        f"global batch {d['global_batch']}, {d['dtype']}, engine {d['engine']}",
+        f"plan  {d['plan_string']}  ({d['micro_batches']} micro-batches per step)",
+        "",
+        f"  step time          {_secs(d['step_time_s'])}",
+        f"  tokens/s           {d['tokens_per_s']:12,.0f}",
+        f"  TFLOP/s per device {d['tflops_per_device']:10.1f}",
+        f"  MFU                {d['mfu'] * 100:9.1f} %   (HFU {d['hfu'] * 100:.1f} %)",
+        f"  fits in memory     {'yes' if d['fits'] else 'NO'}   "
+        f"(peak {d['memory']['peak_bytes'] / 2**30:.1f} of {d['memory']['hbm_bytes'] / 2**30:.1f} GiB, "
+        f"stage {d['memory']['peak_stage']})",
+        "",
+        "  memory per device (peak stage)      time per step",
+    ]
+    mem_rows = [("weights", "weights_bytes"), ("gradients", "gradients_bytes"),
+                ("optimizer states", "optimizer_bytes"), ("activations", "activations_bytes"),
+                ("comm buffers", "comm_buffers_bytes"), ("reserve/fragment.", "reserve_bytes"),
+                ("total", "peak_bytes")]
+    time_rows = [("compute", "compute"), ("TP comm (exposed)", "tp_comm"),
+                 ("CP comm (exposed)", "cp_comm"), ("EP comm (exposed)", "ep_comm"),
+                 ("pipeline bubble", "pp_bubble"), ("pipeline send/recv", "pp_comm"),
+                 ("DP/ZeRO comm (exp.)", "dp_comm"), ("optimizer step", "optimizer")]
+    step = d["step_time_s"]
+    for i in range(max(len(mem_rows), len(time_rows))):
+        left = f"    {mem_rows[i][0]:<18}{_gib(d['memory'][mem_rows[i][1]])}" if i < len(mem_rows) else " " * 34
+        right = ""
+        if i < len(time_rows):
+            v = d["breakdown_s"][time_rows[i][1]]
+            right = f"    {time_rows[i][0]:<20}{_secs(v)} {100 * v / step:5.1f} %"
+        lines.append(left + right)
+    for n in d["notes"]:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
+    """cols: (header, key, format spec)."""
+    cells = [[h for h, _, _ in cols]] + [[format(r[k], f) if r[k] is not None else "-" for _, k, f in cols]
+                                         for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    out = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
+           for row in cells]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+# ---- commands -------------------------------------------------------------------------------
+
+def cmd_catalog(args) -> tuple[object, str]:
+    if args.what == "devices":
+        from hwmodels.devices import all_devices
+        rows = [{"name": d.name, "kind": d.kind, "vendor": d.vendor,
+                 "bf16_tflops": d.peak_flops.get("bf16", math.nan) / 1e12 if d.peak_flops.get("bf16") else None,
+                 "fp8_tflops": d.peak_flops["fp8"] / 1e12 if d.peak_flops.get("fp8") else None,
+                 "hbm_gb": d.hbm_bytes / 1e9 if d.hbm_bytes else None,
+                 "hbm_tb_s": d.hbm_bytes_per_s / 1e12 if d.hbm_bytes_per_s else None,
+                 "scale_up_gb_s": d.scale_up_bytes_per_s / 1e9 if d.scale_up_bytes_per_s else None,
+                 "power_w": d.power_w, "price_per_hour": d.price_per_hour,
+                 "measured_kernels": d.kernel_profile or (f"via {d.efficiency_from}" if d.efficiency_from else "none")}
+                for d in all_devices()]
+        text = _table(rows, [("device", "name", ""), ("kind", "kind", ""), ("bf16 TF", "bf16_tflops", ".0f"),
+                             ("fp8 TF", "fp8_tflops", ".0f"), ("HBM GB", "hbm_gb", ".0f"),
+                             ("HBM TB/s", "hbm_tb_s", ".2f"), ("scale-up GB/s", "scale_up_gb_s", ".0f"),
+                             ("W", "power_w", ".0f"), ("$/h", "price_per_hour", ".2f"),
+                             ("kernel data", "measured_kernels", "")])
+        return rows, text
+    if args.what == "clusters":
+        from hwmodels.clusters import cluster_names, load_cluster, summary
+        rows = [summary(load_cluster(n)) for n in cluster_names()]
+        text = "\n".join(f"{r['name']:<14} {r.get('description', '')}" for r in rows)
+        return rows, text
+    from simulator.models import load_model, preset_names
+    rows = [load_model(n).summary() for n in preset_names()]
+    for r in rows:
+        r["params_b"] = r["params"] / 1e9
+        r["active_b"] = r["active_params"] / 1e9
+    text = _table(rows, [("model", "name", ""), ("layers", "layers", "d"), ("hidden", "hidden", "d"),
+                         ("heads", "heads", "d"), ("kv", "kv_heads", "d"), ("ffn", "ffn", "d"),
+                         ("vocab", "vocab", "d"), ("experts", "experts", "d"), ("params (B)", "params_b", ".2f"),
+                         ("active (B)", "active_b", ".2f")])
+    return rows, text
+
+
+def cmd_simulate_train(args) -> tuple[object, str]:
+    from hwmodels.clusters import load_cluster
+    from simulator.analytic import estimate
+    from simulator.models import load_model
+    from simulator.training import TrainingJob, parse_plan
+    model = load_model(args.model)
+    cluster = load_cluster(args.cluster, nodes=args.nodes)
+    job = TrainingJob(model=model, seq_len=args.seq_len, global_batch=args.global_batch, dtype=args.dtype,
+                      flash_attention=args.attention == "flash", overlap_grad_reduce=args.grad_overlap,
+                      dropout=args.dropout)
+    cluster.device.peak(args.dtype)  # the device must support the dtype
+    plan = parse_plan(args.plan, cluster.num_devices)
+    est = estimate(job, plan, cluster)
+    return est.to_dict(), format_estimate(est)
+
+
+def cmd_validate_published(args) -> tuple[object, str]:
+    from validation.published import format_report, megatron_table1
+    report = megatron_table1()
+    return report, format_report(report)
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "catalog":
+        doc, text = cmd_catalog(args)
+    elif args.command == "simulate":
+        doc, text = cmd_simulate_train(args)
+    else:
+        doc, text = cmd_validate_published(args)
+    if getattr(args, "json", False):
+        json.dump(doc, sys.stdout, indent=1, sort_keys=False, default=_json_default)
+        sys.stdout.write("\n")
+    else:
+        print(text)
+    return 0
+
+
+def _json_default(o):
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return str(o)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except InputError as e:
+        msg = " ".join(str(e).split())
+        print(f"clusterplan: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Model architectures: `ModelSpec`, read from a Hugging Face `config.json`, a YAML file with the
+same keys, or a preset in `simulator/data/models.yaml`.
+
+A ModelSpec knows its shapes and counts its parameters; FLOPs and bytes per operation live in
+`simulator.ops`, which reads the shapes from here.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields, replace
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from hwmodels.errors import InputError, unknown_name
+
+_PRESETS_FILE = Path(__file__).parent / "data" / "models.yaml"
+
+_GATED_ACTS = {"silu", "swiglu", "geglu", "swish"}
+_PLAIN_ACTS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer. Sizes are counts (not bytes)."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    ffn_hidden_size: int
+    vocab_size: int
+    head_dim: int = 0  # 0 means hidden_size // num_heads
+    gated_mlp: bool = True  # SwiGLU-style (3 matrices) vs GELU (2 matrices)
+    tie_embeddings: bool = False
+    learned_pos_embeddings: int = 0  # GPT-style absolute positions: table length, 0 for RoPE
+    linear_bias: bool = False  # biases on attention and MLP projections (GPT-2/3, Megatron GPT)
+    qkv_bias: bool = False  # biases on Q/K/V only (Qwen2)
+    norm: str = "rmsnorm"  # "layernorm" (weight + bias) or "rmsnorm" (weight)
+    qk_norm: bool = False  # per-head RMSNorm on Q and K (Qwen3)
+    # Mixture of experts
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_ffn_hidden_size: int = 0
+    num_shared_experts: int = 0
+    first_dense_layers: int = 0  # DeepSeek's first_k_dense_replace
+    moe_layer_freq: int = 1  # every n-th layer (after the dense ones) is MoE
+    # Multi-head latent attention (DeepSeek-V2/V3)
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    max_position_embeddings: int = 0
+    published_params: float = 0.0  # the parameter count its authors publish, for checking
+    source: str = ""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        if self.head_dim == 0 and self.num_heads:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        for f in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size",
+                  "vocab_size"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise InputError(f"model {self.name!r}: {f}={v!r} must be a positive integer")
+        for f in ("num_experts", "experts_per_token", "moe_ffn_hidden_size", "num_shared_experts",
+                  "first_dense_layers", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                  "qk_rope_head_dim", "v_head_dim", "learned_pos_embeddings"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise InputError(f"model {self.name!r}: {f}={v!r} must be a non-negative integer")
+        if self.num_heads % self.num_kv_heads:
+            raise InputError(f"model {self.name!r}: num_key_value_heads={self.num_kv_heads} must "
+                             f"divide num_attention_heads={self.num_heads}")
+        if self.num_experts and not (0 < self.experts_per_token <= self.num_experts):
+            raise InputError(f"model {self.name!r}: num_experts_per_tok={self.experts_per_token} "
+                             f"must be in 1..{self.num_experts}")
+        if self.num_experts and self.moe_ffn_hidden_size == 0:
+            object.__setattr__(self, "moe_ffn_hidden_size", self.ffn_hidden_size)
+        if self.first_dense_layers > self.num_layers:
+            raise InputError(f"model {self.name!r}: first_k_dense_replace={self.first_dense_layers}"
+                             f" exceeds num_hidden_layers={self.num_layers}")
+        if self.moe_layer_freq < 1:
+            raise InputError(f"model {self.name!r}: moe_layer_freq={self.moe_layer_freq} must be >= 1")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise InputError(f"model {self.name!r}: norm={self.norm!r}; valid: layernorm, rmsnorm")
+
+    # ---- structure -------------------------------------------------------------------------
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether layer i (0-based) has routed experts (DeepSeek/Mixtral conventions)."""
+        if not self.is_moe or i < self.first_dense_layers:
+            return False
+        return (i - self.first_dense_layers) % self.moe_layer_freq == 0
+
+    @property
+    def num_moe_layers(self) -> int:
+        return sum(self.is_moe_layer(i) for i in range(self.num_layers))
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the query projection output (all heads)."""
+        if self.is_mla:
+            return self.num_heads * (self.qk_nope_head_dim + self.qk_rope_head_dim)
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of K (and of V) for grouped-query attention."""
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def attn_out_dim(self) -> int:
+        """Width of the attention output that the output projection reads."""
+        if self.is_mla:
+            return self.num_heads * self.v_head_dim
+        return self.num_heads * self.head_dim
+
+    @property
+    def mlp_matrices(self) -> int:
+        return 3 if self.gated_mlp else 2
+
+    # ---- parameter counts ------------------------------------------------------------------
+    def attention_params(self) -> int:
+        h = self.hidden_size
+        if self.is_mla:  # DeepSeek-V2 (arXiv 2405.04434) §2.1.2: low-rank Q and joint KV compression
+            qk_head = self.qk_nope_head_dim + self.qk_rope_head_dim
+            if self.q_lora_rank:
+                q = h * self.q_lora_rank + self.q_lora_rank + self.q_lora_rank * self.num_heads * qk_head
+            else:
+                q = h * self.num_heads * qk_head
+            kv = (h * (self.kv_lora_rank + self.qk_rope_head_dim) + self.kv_lora_rank
+                  + self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim))
+            return q + kv + self.attn_out_dim * h
+        p = h * self.q_dim + 2 * h * self.kv_dim + self.attn_out_dim * h
+        if self.linear_bias:
+            p += self.q_dim + 2 * self.kv_dim + h
+        elif self.qkv_bias:
+            p += self.q_dim + 2 * self.kv_dim
+        if self.qk_norm:
+            p += 2 * self.head_dim
+        return p
+
+    def dense_mlp_params(self, ffn: int | None = None) -> int:
+        ffn = self.ffn_hidden_size if ffn is None else ffn
+        p = self.mlp_matrices * self.hidden_size * ffn
+        if self.linear_bias:
+            p += ffn * (self.mlp_matrices - 1) + self.hidden_size
+        return p
+
+    def expert_params(self) -> int:
+        """One routed expert."""
+        return self.dense_mlp_params(self.moe_ffn_hidden_size)
+
+    def moe_layer_params(self) -> int:
+        router = self.hidden_size * self.num_experts
+        shared = self.dense_mlp_params(self.moe_ffn_hidden_size * self.num_shared_experts) \
+            if self.num_shared_experts else 0
+        return router + self.num_experts * self.expert_params() + shared
+
+    def norm_params(self) -> int:
+        return self.hidden_size * (2 if self.norm == "layernorm" else 1)
+
+    def layer_params(self, i: int) -> int:
+        mlp = self.moe_layer_params() if self.is_moe_layer(i) else self.dense_mlp_params()
+        return self.attention_params() + mlp + 2 * self.norm_params()
+
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size + self.learned_pos_embeddings * self.hidden_size
+
+    def head_params(self) -> int:
+        """Final norm plus the LM head (zero extra when tied to the embedding)."""
+        return self.norm_params() + (0 if self.tie_embeddings else self.vocab_size * self.hidden_size)
+
+    @property
+    def num_params(self) -> int:
+        """Total parameters (all experts counted)."""
+        return (self.embedding_params() + self.head_params()
+                + sum(self.layer_params(i) for i in range(self.num_layers)))
+
+    @property
+    def num_active_params(self) -> int:
+        """Parameters touched per token: top-k routed experts instead of all of them."""
+        if not self.is_moe:
+            return self.num_params
+        idle = (self.num_experts - self.experts_per_token) * self.expert_params()
+        return self.num_params - self.num_moe_layers * idle
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name, "layers": self.num_layers, "hidden": self.hidden_size,
+            "heads": self.num_heads, "kv_heads": self.num_kv_heads, "ffn": self.ffn_hidden_size,
+            "vocab": self.vocab_size, "experts": self.num_experts, "top_k": self.experts_per_token,
+            "mla": self.is_mla, "params": self.num_params, "active_params": self.num_active_params,
+            "published_params": self.published_params,
+        }
+
+
+# ---- reading configs ------------------------------------------------------------------------
+
+def _int_key(cfg: dict, key: str, where: str, default=None, positive=True):
+    if key not in cfg or cfg[key] is None:
+        if default is None:
+            raise InputError(f"{where}: missing key {key!r} (a Hugging Face config needs it)")
+        return default
+    v = cfg[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        raise InputError(f"{where}: {key}={v!r} must be an integer")
+    v = int(v)
+    if v < (1 if positive else 0):
+        raise InputError(f"{where}: {key}={v} must be {'> 0' if positive else '>= 0'}")
+    return v
+
+
+def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) -> ModelSpec:
+    """Build a ModelSpec from a Hugging Face `config.json` dictionary (or YAML with its keys).
+
+    Understands Llama/Mistral/Mixtral/Qwen2/Qwen3/Qwen3-MoE/DeepSeek-V2/V3 and GPT-2/GPT-3-style
+    (`n_layer`, `n_embd`, `n_head`) configs, plus the keys clusterplan adds for presets
+    (`tie_word_embeddings`, `linear_bias`, `learned_pos_embeddings`, `published_params`, `source`).
+    """
+    where = where or f"model {name!r}"
+    if not isinstance(cfg, dict):
+        raise InputError(f"{where}: expected a mapping of config keys, got {type(cfg).__name__}")
+    cfg = dict(cfg)
+    for alias, key in (("n_layer", "num_hidden_layers"), ("n_embd", "hidden_size"),
+                       ("n_head", "num_attention_heads"), ("n_inner", "intermediate_size"),
+                       ("activation_function", "hidden_act"), ("n_positions", "max_position_embeddings")):
+        if alias in cfg and key not in cfg:
+            cfg[key] = cfg[alias]
+    L = _int_key(cfg, "num_hidden_layers", where)
+    h = _int_key(cfg, "hidden_size", where)
+    a = _int_key(cfg, "num_attention_heads", where)
+    kv = _int_key(cfg, "num_key_value_heads", where, default=a)
+    vocab = _int_key(cfg, "vocab_size", where)
+    act = str(cfg.get("hidden_act", "silu")).lower()
+    if act not in _GATED_ACTS | _PLAIN_ACTS:
+        raise InputError(f"{where}: hidden_act={act!r} is not known; valid: "
+                         f"{', '.join(sorted(_GATED_ACTS | _PLAIN_ACTS))}")
+    gated = bool(cfg.get("gated_mlp", act in _GATED_ACTS))
+    ffn = _int_key(cfg, "intermediate_size", where, default=4 * h)
+    model_type = str(cfg.get("model_type", "")).lower()
+    gpt_style = model_type in ("gpt2", "gpt3", "megatron-gpt", "gpt_neox", "gpt-j") or "n_embd" in cfg
+    n_experts = _int_key(cfg, "num_local_experts", where, default=0, positive=False) or \
+        _int_key(cfg, "n_routed_experts", where, default=0, positive=False) or \
+        _int_key(cfg, "num_experts", where, default=0, positive=False)
+    top_k = _int_key(cfg, "num_experts_per_tok", where, default=0, positive=False) if n_experts else 0
+    norm = cfg.get("norm", "layernorm" if gpt_style else "rmsnorm")
+    kwargs = dict(
+        name=name, num_layers=L, hidden_size=h, num_heads=a, num_kv_heads=kv, ffn_hidden_size=ffn,
+        vocab_size=vocab, gated_mlp=gated,
+        head_dim=_int_key(cfg, "head_dim", where, default=0, positive=False),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", gpt_style)),
+        learned_pos_embeddings=_int_key(cfg, "learned_pos_embeddings", where,
+                                        default=cfg.get("max_position_embeddings", 0) if gpt_style else 0,
+                                        positive=False),
+        linear_bias=bool(cfg.get("linear_bias", gpt_style)),
+        qkv_bias=bool(cfg.get("attention_bias", False) or cfg.get("qkv_bias", False) or model_type == "qwen2"),
+        norm=norm,
+        qk_norm=bool(cfg.get("qk_norm", model_type.startswith("qwen3"))),
+        num_experts=n_experts, experts_per_token=top_k,
+        moe_ffn_hidden_size=_int_key(cfg, "moe_intermediate_size", where, default=0, positive=False),
+        num_shared_experts=_int_key(cfg, "n_shared_experts", where, default=0, positive=False),
+        first_dense_layers=_int_key(cfg, "first_k_dense_replace", where, default=0, positive=False),
+        moe_layer_freq=_int_key(cfg, "moe_layer_freq", where, default=1),
+        q_lora_rank=_int_key(cfg, "q_lora_rank", where, default=0, positive=False),
+        kv_lora_rank=_int_key(cfg, "kv_lora_rank", where, default=0, positive=False),
+        qk_nope_head_dim=_int_key(cfg, "qk_nope_head_dim", where, default=0, positive=False),
+        qk_rope_head_dim=_int_key(cfg, "qk_rope_head_dim", where, default=0, positive=False),
+        v_head_dim=_int_key(cfg, "v_head_dim", where, default=0, positive=False),
+        max_position_embeddings=_int_key(cfg, "max_position_embeddings", where, default=0, positive=False),
+        published_params=float(cfg.get("published_params", 0.0) or 0.0),
+        source=str(cfg.get("source", "")),
+    )
+    # Qwen2-MoE / Qwen3-MoE name their shared expert by size rather than count.
+    shared_ffn = cfg.get("shared_expert_intermediate_size")
+    if n_experts and shared_ffn and not kwargs["num_shared_experts"]:
+        moe_ffn = kwargs["moe_ffn_hidden_size"] or ffn
+        kwargs["num_shared_experts"] = max(1, round(int(shared_ffn) / moe_ffn))
+    return ModelSpec(**kwargs)
+
+
+@cache
+def _presets() -> dict[str, dict]:
+    with open(_PRESETS_FILE) as f:
+        data = yaml.safe_load(f)
+    return data["models"]
+
+
+def preset_names() -> list[str]:
+    return list(_presets())
+
+
+def load_model(ref: str) -> ModelSpec:
+    """A preset name, a path to a HF `config.json`, or a YAML file with the same keys."""
+    presets = _presets()
+    if ref in presets:
+        return from_hf_config(presets[ref], name=ref)
+    path = Path(ref)
+    if path.suffix.lower() in (".json", ".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise InputError(f"model file {ref!r} does not exist (give a preset name or a config.json path)")
+        text = path.read_text()
+        try:
+            cfg = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            first = str(e).splitlines()[0]
+            raise InputError(f"model file {ref!r} is not valid {path.suffix[1:].upper()}: {first}") from None
+        return from_hf_config(cfg, name=path.stem if path.stem != "config" else path.parent.name or "custom",
+                              where=f"model file {ref!r}")
+    raise unknown_name("model", ref, list(presets))
+
+
+def with_overrides(model: ModelSpec, **kw) -> ModelSpec:
+    valid = {f.name for f in fields(ModelSpec)}
+    bad = set(kw) - valid
+    if bad:
+        raise InputError(f"unknown ModelSpec field(s) {sorted(bad)}")
+    return replace(model, **kw)
+
+
+def megatron_gpt(name: str, num_layers: int, hidden_size: int, num_heads: int,
+                 vocab_size: int = 51200, seq_len: int = 2048) -> ModelSpec:
+    """The GPT models of Narayanan et al. 2021 (arXiv 2104.04473) Table 1: GELU MLP of 4h,
+    learned positions, biases, LayerNorm, tied embeddings."""
+    return ModelSpec(name=name, num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
+                     num_kv_heads=num_heads, ffn_hidden_size=4 * hidden_size, vocab_size=vocab_size,
+                     gated_mlp=False, tie_embeddings=True, learned_pos_embeddings=seq_len,
+                     linear_bias=True, norm="layernorm", max_position_embeddings=seq_len)
+
+
+def megatron_param_count(model: ModelSpec) -> float:
+    """Narayanan et al. 2021 §5.1: P = 12·l·h²·(1 + 13/(12h) + (V+s)/(12·l·h))."""
+    l, h = model.num_layers, model.hidden_size
+    V, s = model.vocab_size, model.learned_pos_embeddings
+    return 12 * l * h * h * (1 + 13 / (12 * h) + (V + s) / (12 * l * h))
+
+
+def relative_error(a: float, b: float) -> float:
+    return abs(a - b) / b if b else math.inf

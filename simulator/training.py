@@ -1,0 +1,205 @@
+"""Training jobs and parallelism plans: `TrainingJob`, `TrainingPlan`, plan strings, validation.
+
+A plan string is comma-separated `key=value` (DESIGN.md §4), e.g.
+`tp=8,pp=8,mb=1,schedule=interleaved,vpp=2,recompute=selective,sp=on`. Omitted keys take the
+defaults of `TrainingPlan`; `dp` is derived from the device count when omitted.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from hwmodels.errors import InputError
+from simulator.models import ModelSpec
+
+SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1")
+RECOMPUTE = ("none", "selective", "full")
+DTYPES = ("bf16", "fp16", "fp8", "fp4")
+_INT_KEYS = ("dp", "tp", "pp", "cp", "ep", "mb", "vpp", "zero")
+_ON = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """What is trained: model, sequence length, global batch (sequences), precision, and the
+    software facts of the framework that change kernel costs."""
+
+    model: ModelSpec
+    seq_len: int
+    global_batch: int
+    dtype: str = "bf16"
+    # Flash-style fused attention (Dao et al. 2022). Megatron-LM 2021 predates it: its attention
+    # materialises the s×s scores (baddbmm + fused scale-mask-softmax + dropout + bmm).
+    flash_attention: bool = True
+    # Dropout on attention probabilities and hidden states (Megatron-LM default 0.1): it adds a
+    # 1-byte mask per element to memory traffic and to stored activations (Korthikanti §4.1).
+    dropout: bool = True
+    # Overlap of the DP gradient reduction with backward (PyTorch DDP buckets; Megatron-Core
+    # --overlap-grad-reduce). Megatron-LM 2021 reduced gradients after backward.
+    overlap_grad_reduce: bool = True
+    # Overlap of ZeRO-3/FSDP parameter all-gathers with compute (FSDP prefetch).
+    overlap_param_gather: bool = True
+
+    def __post_init__(self):
+        for k in ("seq_len", "global_batch"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise InputError(f"{k.replace('_', '-')}={v!r} must be a positive integer")
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.global_batch
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How it is parallelised (Megatron-LM vocabulary). Sizes multiply to the device count:
+    dp·tp·pp·cp = devices; ep splits experts inside dp·cp (Megatron-Core expert parallelism)."""
+
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    ep: int = 1
+    sp: bool = False  # sequence parallelism with tp (Korthikanti et al. 2022 §4.2.2)
+    zero: int = 1  # ZeRO stage 0..3 over dp (Megatron's distributed optimizer = stage 1)
+    fsdp: bool = False  # ZeRO-3 with prefetch of the next layer's parameters
+    mb: int = 1  # micro-batch size (sequences)
+    vpp: int = 1  # virtual pipeline stages per device (interleaved schedule)
+    recompute: str = "none"
+    schedule: str = "1f1b"
+    offload: bool = False  # optimizer states and master weights on the host (ZeRO-Offload)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_string(self) -> str:
+        d = self.to_dict()
+        parts = [f"{k}={d[k]}" for k in ("dp", "tp", "pp", "cp", "ep", "mb", "vpp", "zero")]
+        parts += [f"recompute={self.recompute}", f"schedule={self.schedule}",
+                  f"sp={'on' if self.sp else 'off'}", f"offload={'on' if self.offload else 'off'}"]
+        if self.fsdp:
+            parts.append("fsdp=on")
+        return ",".join(parts)
+
+    @property
+    def model_parallel(self) -> int:
+        return self.tp * self.pp * self.cp
+
+    @property
+    def num_devices(self) -> int:
+        return self.dp * self.tp * self.pp * self.cp
+
+
+def parse_plan(text: str, num_devices: int | None = None) -> TrainingPlan:
+    """Parse `key=value,...`; derive dp from num_devices when it is omitted."""
+    if not isinstance(text, str):
+        raise InputError(f"plan must be a string like 'tp=8,pp=2', got {text!r}")
+    vals: dict = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise InputError(f"plan item {item!r} is not key=value (e.g. 'tp=8,pp=2')")
+        key, val = (s.strip().lower() for s in item.split("=", 1))
+        if key in vals:
+            raise InputError(f"plan key {key!r} given twice")
+        if key in _INT_KEYS:
+            try:
+                n = int(val)
+            except ValueError:
+                raise InputError(f"plan {key}={val!r} must be an integer") from None
+            vals[key] = n
+        elif key in ("sp", "offload", "fsdp"):
+            if val not in _ON:
+                raise InputError(f"plan {key}={val!r}; valid: on, off")
+            vals[key] = _ON[val]
+        elif key == "recompute":
+            if val not in RECOMPUTE:
+                raise InputError(f"plan recompute={val!r}; valid: {', '.join(RECOMPUTE)}")
+            vals[key] = val
+        elif key == "schedule":
+            val = {"interleaved-1f1b": "interleaved", "zb": "zb-h1", "zbh1": "zb-h1"}.get(val, val)
+            if val not in SCHEDULES:
+                raise InputError(f"plan schedule={val!r}; valid: {', '.join(SCHEDULES)}")
+            vals[key] = val
+        else:
+            raise InputError(f"unknown plan key {key!r}; valid: dp tp pp cp ep mb vpp zero "
+                             f"recompute schedule sp offload fsdp")
+    for k in _INT_KEYS:
+        if k in vals and (vals[k] < (0 if k == "zero" else 1)):
+            raise InputError(f"plan {k}={vals[k]} must be {'0..3' if k == 'zero' else '>= 1'}")
+    if vals.get("fsdp"):
+        vals.setdefault("zero", 3)
+        if vals["zero"] != 3:
+            raise InputError(f"plan fsdp=on means zero=3, got zero={vals['zero']}")
+    if vals.get("vpp", 1) > 1 and "schedule" not in vals:
+        vals["schedule"] = "interleaved"
+    if "dp" not in vals and num_devices is not None:
+        mp = vals.get("tp", 1) * vals.get("pp", 1) * vals.get("cp", 1)
+        if num_devices % mp:
+            raise InputError(f"plan tp·pp·cp={mp} does not divide the cluster's {num_devices} devices")
+        vals["dp"] = num_devices // mp
+    return TrainingPlan(**vals)
+
+
+def validate_plan(plan: TrainingPlan, job: TrainingJob, num_devices: int,
+                  devices_per_node: int | None = None) -> None:
+    """Raise InputError naming the first value that makes the plan impossible."""
+    m = job.model
+    if plan.num_devices != num_devices:
+        raise InputError(f"plan dp·tp·pp·cp = {plan.dp}·{plan.tp}·{plan.pp}·{plan.cp} = "
+                         f"{plan.num_devices} but the cluster has {num_devices} devices")
+    if plan.zero not in (0, 1, 2, 3):
+        raise InputError(f"plan zero={plan.zero}; valid: 0, 1, 2, 3")
+    if m.num_heads % plan.tp:
+        raise InputError(f"plan tp={plan.tp} must divide the model's {m.num_heads} attention heads")
+    if plan.tp > m.num_kv_heads and plan.tp % m.num_kv_heads:
+        raise InputError(f"plan tp={plan.tp} must divide or be a multiple of the "
+                         f"{m.num_kv_heads} KV heads")
+    if m.ffn_hidden_size % plan.tp:
+        raise InputError(f"plan tp={plan.tp} must divide ffn size {m.ffn_hidden_size}")
+    if plan.sp and plan.tp == 1:
+        raise InputError("plan sp=on needs tp > 1 (sequence parallelism splits along tp)")
+    if job.seq_len % plan.cp or (plan.cp > 1 and (job.seq_len // plan.cp) % 2):
+        raise InputError(f"plan cp={plan.cp}: seq-len {job.seq_len} must split into 2·cp chunks "
+                         f"(load-balanced causal context parallelism)")
+    if plan.ep > 1:
+        if not m.is_moe:
+            raise InputError(f"plan ep={plan.ep} needs a MoE model; {m.name} has no experts")
+        if m.num_experts % plan.ep:
+            raise InputError(f"plan ep={plan.ep} must divide the model's {m.num_experts} experts")
+        if (plan.dp * plan.cp) % plan.ep:
+            raise InputError(f"plan ep={plan.ep} must divide dp·cp={plan.dp * plan.cp}")
+    layers_per_vstage, rem = divmod(m.num_layers, plan.pp * plan.vpp)
+    if rem or layers_per_vstage == 0:
+        raise InputError(f"plan pp·vpp={plan.pp}·{plan.vpp} must divide the model's "
+                         f"{m.num_layers} layers")
+    if job.global_batch % (plan.dp * plan.mb):
+        raise InputError(f"global batch {job.global_batch} must be a multiple of dp·mb = "
+                         f"{plan.dp}·{plan.mb}")
+    micro_batches = job.global_batch // (plan.dp * plan.mb)
+    if plan.vpp > 1:
+        if plan.schedule != "interleaved":
+            raise InputError(f"plan vpp={plan.vpp} needs schedule=interleaved, got {plan.schedule}")
+        if plan.pp == 1:
+            raise InputError("plan vpp > 1 needs pp > 1")
+        if micro_batches % plan.pp:
+            raise InputError(f"interleaved schedule needs micro-batches per step ({micro_batches}) "
+                             f"to be a multiple of pp={plan.pp} (Narayanan et al. 2021 §2.2.2)")
+    if plan.schedule == "interleaved" and plan.vpp == 1:
+        raise InputError("schedule=interleaved needs vpp >= 2")
+    if plan.schedule == "zb-h1" and plan.vpp > 1:
+        raise InputError("schedule=zb-h1 has no virtual stages; use vpp=1")
+    if plan.offload and plan.zero == 0:
+        raise InputError("plan offload=on needs zero >= 1 (offload moves the partitioned optimizer)")
+
+
+def micro_batches(plan: TrainingPlan, job: TrainingJob) -> int:
+    return job.global_batch // (plan.dp * plan.mb)
+
+
+def with_plan(plan: TrainingPlan, **kw) -> TrainingPlan:
+    return replace(plan, **kw)
