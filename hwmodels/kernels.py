@@ -12,9 +12,13 @@ the same shapes millions of times.
 from __future__ import annotations
 
 from functools import cache, lru_cache
+from pathlib import Path
+
+import yaml
 
 from hwmodels import profiles
 from hwmodels.devices import Device, get_device
+from hwmodels.errors import InputError
 
 # Achievable fraction of HBM bandwidth for streaming kernels and a fixed per-kernel cost.
 # aiconfigurator-core 0.12.0 systems/*.yaml: mem_bw_empirical_scaling_factor 0.8 and
@@ -47,6 +51,9 @@ class KernelModel:
         self.dtype = dtype
         self.peak_flops = self.device.peak(dtype)
         self.notes: list[str] = []
+        if not self.device.hbm_bytes_per_s:
+            raise InputError(f"device {self.device.name!r} has no known HBM bandwidth (no usable "
+                             f"source); add hbm_bytes_per_s to a devices file to model it")
         self.mem_bytes_per_s = self.device.hbm_bytes_per_s * MEMORY_EFFICIENCY
         # Where measurements come from: the device itself, or the device it borrows from.
         src = self.device
@@ -63,8 +70,16 @@ class KernelModel:
         if not src.kernel_profile and src is self.device:
             self.notes.append(f"{self.device.name}: no measured kernels; roofline with efficiencies "
                               f"GEMM {FALLBACK_GEMM_EFFICIENCY:.0%}, attention {FALLBACK_FLASH_EFFICIENCY:.0%}")
-        # Measured times of the source device scale to this device by the ratio of peaks.
+        # Measured times of the source device scale to this device by the ratio of peaks, then
+        # to sustained clocks (hwmodels/data/gemm_sustained.yaml).
         self._scale = 1.0 if src is self.device else src.peak(dtype) / self.peak_flops
+        if self._gemm is not None:
+            self.sustained_factor = _sustained_factor(self.device.name, dtype, self._gemm.peak_achieved()
+                                                      / self._scale, src.peak(dtype) / self._scale)
+            self._scale /= self.sustained_factor
+            if self.sustained_factor < 1:
+                self.notes.append(f"{self.device.name}: measured kernel tables scaled by "
+                                  f"{self.sustained_factor:.3f} to the sustained matmul best (MAMF)")
         self.gemm_s = lru_cache(maxsize=1 << 16)(self._gemm_s)
         self.flash_attention_s = lru_cache(maxsize=1 << 14)(self._flash_attention_s)
 
@@ -128,6 +143,24 @@ class KernelModel:
         if bytes_ <= 0:
             return 0.0
         return bytes_ / self.mem_bytes_per_s + KERNEL_LATENCY_S
+
+
+@cache
+def _sustained() -> dict:
+    with open(Path(__file__).parent / "data" / "gemm_sustained.yaml") as f:
+        return yaml.safe_load(f)["sustained_gemm_flops"]
+
+
+def _sustained_factor(device: str, dtype: str, table_best: float, src_peak: float) -> float:
+    """MAMF best ÷ the table's best achieved rate on this device (≤ 1). Where MAMF measured
+    another dtype of this device, its ratio to that dtype's peak carries over."""
+    mamf = _sustained().get(device, {})
+    if dtype in mamf:
+        return min(1.0, mamf[dtype] / table_best)
+    if mamf:  # clock behaviour is a property of the device, not of the dtype
+        d, v = next(iter(mamf.items()))
+        return min(1.0, (v / get_device(device).peak(d)) / (table_best / src_peak))
+    return 1.0
 
 
 @cache

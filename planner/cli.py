@@ -3,6 +3,7 @@ line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
@@ -10,6 +11,10 @@ import sys
 from hwmodels.errors import InputError
 
 EXIT_BAD_INPUT = 2
+# Commands that live in their own modules. Each module defines `register(groups)`, where groups
+# maps "top", "simulate", "plan" and "validate" to argparse subparser collections; every parser it
+# adds calls `set_defaults(func=...)` with func(args) -> (JSON-able document, text).
+EXTENSIONS = ("planner.cmd_collective", "planner.cmd_plan", "planner.cmd_validate", "planner.cmd_ui")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     cat = sub.add_parser("catalog", help="list devices, clusters or models")
     cat.add_argument("what", choices=["devices", "clusters", "models"])
     cat.add_argument("--json", action="store_true")
+    cat.set_defaults(func=cmd_catalog)
 
     sim = sub.add_parser("simulate", help="simulate one plan")
     simsub = sim.add_subparsers(dest="target", required=True, parser_class=_Parser)
@@ -64,11 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="overlap DP gradient reduction with backward (on|off)")
     tr.add_argument("--dropout", type=_on_off, default=True, help="dropout layers present (on|off)")
     tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=cmd_simulate_train)
+
+    pl = sub.add_parser("plan", help="search for the best plan")
+    plsub = pl.add_subparsers(dest="target", required=True, parser_class=_Parser)
 
     val = sub.add_parser("validate", help="compare predictions with measurements")
     valsub = val.add_subparsers(dest="suite", required=True, parser_class=_Parser)
     pub = valsub.add_parser("published", help="published training throughput (Megatron-LM 2021 Table 1)")
     pub.add_argument("--json", action="store_true")
+    pub.set_defaults(func=cmd_validate_published)
+
+    groups = {"top": sub, "simulate": simsub, "plan": plsub, "validate": valsub}
+    for name in EXTENSIONS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        mod.register(groups)
     return p
 
 
@@ -195,12 +216,7 @@ def cmd_validate_published(args) -> tuple[object, str]:
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "catalog":
-        doc, text = cmd_catalog(args)
-    elif args.command == "simulate":
-        doc, text = cmd_simulate_train(args)
-    else:
-        doc, text = cmd_validate_published(args)
+    doc, text = args.func(args)
     if getattr(args, "json", False):
         json.dump(doc, sys.stdout, indent=1, sort_keys=False, default=_json_default)
         sys.stdout.write("\n")
