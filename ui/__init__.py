@@ -1,0 +1,1 @@
+"""The Streamlit dashboard (`clusterplan ui`); figure builders in ui/charts.py."""
