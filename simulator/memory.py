@@ -87,6 +87,8 @@ def inflight_microbatches(plan: TrainingPlan, job: TrainingJob, stage: int) -> f
     p = plan.pp
     if plan.schedule == "gpipe":
         return m
+    if plan.schedule == "zb-h2":  # Qi et al. 2023 §3.1: ZB-H2 holds up to 2p−1 micro-batches
+        return min(m, 2 * p - 1 - stage)
     held = min(m, p - stage)
     if plan.schedule == "interleaved":
         return min(m, p) * (1 + (p - 1) / (p * plan.vpp)) if stage == 0 else held * (1 + (p - 1 - stage) / (p * plan.vpp))

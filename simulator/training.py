@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from hwmodels.errors import InputError
 from simulator.models import ModelSpec
 
-SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1")
+SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1", "zb-h2")
 RECOMPUTE = ("none", "selective", "full")
 DTYPES = ("bf16", "fp16", "fp8", "fp4")
 _INT_KEYS = ("dp", "tp", "pp", "cp", "ep", "mb", "vpp", "zero")
@@ -191,8 +191,8 @@ def validate_plan(plan: TrainingPlan, job: TrainingJob, num_devices: int,
                              f"to be a multiple of pp={plan.pp} (Narayanan et al. 2021 §2.2.2)")
     if plan.schedule == "interleaved" and plan.vpp == 1:
         raise InputError("schedule=interleaved needs vpp >= 2")
-    if plan.schedule == "zb-h1" and plan.vpp > 1:
-        raise InputError("schedule=zb-h1 has no virtual stages; use vpp=1")
+    if plan.schedule in ("zb-h1", "zb-h2") and plan.vpp > 1:
+        raise InputError(f"schedule={plan.schedule} has no virtual stages; use vpp=1")
     if plan.offload and plan.zero == 0:
         raise InputError("plan offload=on needs zero >= 1 (offload moves the partitioned optimizer)")
 
