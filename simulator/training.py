@@ -171,8 +171,8 @@ def validate_plan(plan: TrainingPlan, job: TrainingJob, num_devices: int,
             raise InputError(f"plan ep={plan.ep} needs a MoE model; {m.name} has no experts")
         if m.num_experts % plan.ep:
             raise InputError(f"plan ep={plan.ep} must divide the model's {m.num_experts} experts")
-        if (plan.dp * plan.cp) % plan.ep:
-            raise InputError(f"plan ep={plan.ep} must divide dp·cp={plan.dp * plan.cp}")
+        if plan.dp % plan.ep:  # experts are placed across DP replicas, stride tp·cp
+            raise InputError(f"plan ep={plan.ep} must divide dp={plan.dp}")
     layers_per_vstage, rem = divmod(m.num_layers, plan.pp * plan.vpp)
     if rem or layers_per_vstage == 0:
         raise InputError(f"plan pp·vpp={plan.pp}·{plan.vpp} must divide the model's "

@@ -173,3 +173,18 @@ def test_goodput_with_failures_and_checkpoints():
     assert rare.lost_s > a.lost_s  # fewer checkpoints, more recomputation
     with pytest.raises(InputError, match="run_steps=0"):
         simulate_goodput(**{**kw, "run_steps": 0})
+
+
+def test_gantt_figure_renders_the_des_timeline():
+    from ui.charts import gantt_figure
+    c = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(UNIFORM, 2048, 16)
+    des = TrainingDES(job, TrainingPlan(dp=1, pp=4, tp=2, mb=1, schedule="zb-h1"), c, trace=True)
+    res = des.run()
+    fig = gantt_figure(res.timeline)
+    bar = fig.data[0]
+    assert bar.orientation == "h" and len(bar.x) == len(res.timeline)
+    # numeric start + duration, not dates; the last bar ends at the step time
+    assert max(b + w for b, w in zip(bar.base, bar.x)) == pytest.approx(res.step_time_s * 1e3, rel=1e-6)
+    assert {t[:1] for t in bar.hovertext} >= {"F", "B", "W"}
+    fig.to_json()  # serialisable for the browser
