@@ -519,3 +519,17 @@ def test_cli_ui_serves_the_app():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_train_page_des_timeline_matches_the_simulation():
+    from simulator.des import simulate
+    at = ok(app("train", plan="tp=2,pp=4,mb=1"))
+    assert all(e.key != "gantt" for e in at.get("plotly_chart"))
+    at.button(key="des_go").click().run()
+    ok(at)
+    gantt = figure(at, "gantt")["data"][0]
+    est, res = simulate(TrainingJob(model=load_model("llama3-8b"), seq_len=4096, global_batch=64),
+                        parse_plan("tp=2,pp=4,mb=1", 32), load_cluster("dgx-h100", nodes=4), trace=True)
+    assert len(gantt["x"]) == len(res.timeline)
+    assert close(max(b + w for b, w in zip(gantt["base"], gantt["x"])), res.step_time_s * 1e3, rel=1e-6)
+    assert at.query_params["des"] == "1"

@@ -281,6 +281,20 @@ def train_estimate(model_ref: str, model_cfg: str | None, cluster_ref: str, clus
             "cluster": summary(cluster)}
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def des_timeline(model_ref: str, model_cfg: str | None, cluster_ref: str, cluster_spec: str | None,
+                 nodes: int, seq_len: int, global_batch: int, dtype: str, plan: str,
+                 attention: str = "flash", grad_overlap: bool = True, dropout: bool = True) -> dict:
+    """The discrete-event simulation of one plan with its timeline (simulator.des.simulate)."""
+    CALLS["des_timeline"] += 1
+    from simulator.des import simulate
+    from simulator.training import parse_plan
+    job, cluster = _job_and_cluster(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, seq_len,
+                                    global_batch, dtype, attention, grad_overlap, dropout)
+    est, res = simulate(job, parse_plan(plan, cluster.num_devices), cluster, trace=True)
+    return {"estimate": est.to_dict(), "timeline": res.timeline, "events": res.events, "units": res.units}
+
+
 def search_available() -> bool:
     """Whether the plan search (planner.search.search) is importable in this checkout."""
     try:

@@ -63,6 +63,7 @@ if SEARCH:
     ps.init("fix", "")
     ps.init("top", 5, int, lo=1, hi=50)
 ps.init("mem_unit", "GiB", choices=["GiB", "GB"])
+ps.init("des", False, bool)
 ps.sync_url()  # every input is in session state now; a button callback changes it before the run
 
 
@@ -106,6 +107,27 @@ def show_estimate():
         st.plotly_chart(charts.stage_time_figure(est["stage_times_s"]), key="stage_times")
     for note in est["notes"]:
         st.caption(f"note: {note}")
+
+
+def show_des():
+    st.subheader("Pipeline timeline (discrete-event simulation)")
+    c = st.columns([1, 1, 4])
+    c[0].button("Simulate with the DES", key="des_go", on_click=ps.set, args=("des", True))
+    if ps.get("des"):
+        c[1].button("Hide", key="des_hide", on_click=ps.set, args=("des", False))
+    if not ps.get("des"):
+        st.caption("Runs the simpy engine on the same op costs and draws every stage's schedule.")
+        return
+    try:
+        with st.spinner("Simulating..."):
+            doc = state.des_timeline(plan=ps.get("plan"), **inputs)
+    except InputError as e:
+        st.error(str(e))
+        return
+    est = doc["estimate"]
+    st.caption(f"DES step time {est['step_time_s']:.4g} s · {doc['units']} simulated units · "
+               f"{doc['events']:,} events")
+    st.plotly_chart(charts.gantt_figure(doc["timeline"]), key="gantt")
 
 
 def use_plan() -> None:  # button callback: runs before the next run draws the plan box
@@ -153,5 +175,6 @@ def show_search():
 
 
 show_estimate()
+show_des()
 if SEARCH:
     show_search()
