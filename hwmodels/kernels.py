@@ -83,6 +83,35 @@ class KernelModel:
         self.gemm_s = lru_cache(maxsize=1 << 16)(self._gemm_s)
         self.flash_attention_s = lru_cache(maxsize=1 << 14)(self._flash_attention_s)
 
+    @classmethod
+    def from_profile(cls, path, dtype: str | None = None) -> "KernelModel":
+        """A kernel model of the machine a `clusterplan validate profile` folder measured (our own
+        schema, hwmodels/own_profiles.py): GEMMs and attention from its tables, `memory_s` from
+        its measured copy times, peak FLOP/s = the best measured GEMM rate. `dtype` defaults to
+        the profile's first dtype. The profile itself stays reachable as `.profile` (element-wise,
+        decode attention, collective and overhead tables)."""
+        from hwmodels.own_profiles import load_profile
+
+        prof = load_profile(path)
+        dtype = dtype or (prof.dtypes[0] if prof.dtypes else "fp32")
+        km = cls.__new__(cls)
+        km.device = prof.device(dtype)
+        km.dtype = dtype
+        km.peak_flops = km.device.peak(dtype)
+        km.profile = prof
+        km.notes = [f"kernels measured by clusterplan validate profile: {prof.source}"]
+        mem = prof.memory(dtype)
+        km.mem_bytes_per_s = mem.peak_bandwidth  # GEMM floor only; memory_s reads the table
+        km._src = km.device
+        km._gemm = prof.gemm(dtype)
+        km._attn = prof.attention(dtype)
+        km._scale = 1.0
+        km.sustained_factor = 1.0
+        km.gemm_s = lru_cache(maxsize=1 << 16)(km._gemm_s)
+        km.flash_attention_s = lru_cache(maxsize=1 << 14)(km._flash_attention_s)
+        km.memory_s = mem.time_s
+        return km
+
     @property
     def source(self) -> str:
         parts = []

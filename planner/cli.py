@@ -14,7 +14,8 @@ EXIT_BAD_INPUT = 2
 # Commands that live in their own modules. Each module defines `register(groups)`, where groups
 # maps "top", "simulate", "plan" and "validate" to argparse subparser collections; every parser it
 # adds calls `set_defaults(func=...)` with func(args) -> (JSON-able document, text).
-EXTENSIONS = ("planner.cmd_collective", "planner.cmd_plan", "planner.cmd_validate", "planner.cmd_ui")
+EXTENSIONS = ("planner.cmd_collective", "planner.cmd_plan", "planner.cmd_validate", "planner.cmd_ui",
+              "planner.cmd_serve")
 
 
 class _Parser(argparse.ArgumentParser):
