@@ -47,6 +47,27 @@ def _non_negative(name):
     return conv
 
 
+def add_job_options(p: argparse.ArgumentParser) -> None:
+    """The framework facts of a training job (TrainingJob fields) as flags."""
+    p.add_argument("--attention", default="flash", choices=["flash", "unfused"],
+                   help="flash (fused) or unfused attention kernels (Megatron-LM 2021)")
+    p.add_argument("--grad-overlap", type=_on_off, default=True,
+                   help="overlap DP gradient reduction with backward (on|off)")
+    p.add_argument("--tp-overlap", type=_on_off, default=False,
+                   help="pipeline TP collectives with their GEMMs, needs sp=on (TE userbuffers; on|off)")
+    p.add_argument("--p2p-overlap", type=_on_off, default=False,
+                   help="overlap pipeline send/recv with compute (on|off; off = blocking sends)")
+    p.add_argument("--dropout", type=_on_off, default=True, help="dropout layers present (on|off)")
+
+
+def job_from_args(args, model):
+    from simulator.training import TrainingJob
+    return TrainingJob(model=model, seq_len=args.seq_len, global_batch=args.global_batch, dtype=args.dtype,
+                       flash_attention=args.attention == "flash", overlap_grad_reduce=args.grad_overlap,
+                       overlap_tp_comm=args.tp_overlap, overlap_p2p_comm=args.p2p_overlap,
+                       dropout=args.dropout)
+
+
 def _on_off(text):
     t = text.lower()
     if t in ("on", "true", "yes", "1"):
@@ -94,11 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds to restart after a failure (default 600)")
     tr.add_argument("--failure-rate", type=_non_negative("failure-rate"), default=None,
                     help="failures per device-hour (default: Llama 3's 419 in 54 days on 16k H100)")
-    tr.add_argument("--attention", default="flash", choices=["flash", "unfused"],
-                    help="flash (fused) or unfused attention kernels (Megatron-LM 2021)")
-    tr.add_argument("--grad-overlap", type=_on_off, default=True,
-                    help="overlap DP gradient reduction with backward (on|off)")
-    tr.add_argument("--dropout", type=_on_off, default=True, help="dropout layers present (on|off)")
+    add_job_options(tr)
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=cmd_simulate_train)
 
@@ -107,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="compare predictions with measurements")
     valsub = val.add_subparsers(dest="suite", required=True, parser_class=_Parser)
-    pub = valsub.add_parser("published", help="published training throughput (Megatron-LM 2021 Table 1)")
+    pub = valsub.add_parser("published", help="published training throughput (Megatron-LM 2021 Table 1, NeMo 24.07)")
     pub.add_argument("--json", action="store_true")
     pub.set_defaults(func=cmd_validate_published)
 
@@ -225,12 +242,10 @@ def cmd_simulate_train(args) -> tuple[object, str]:
     from hwmodels.clusters import load_cluster
     from simulator.analytic import estimate
     from simulator.models import load_model
-    from simulator.training import TrainingJob, parse_plan
+    from simulator.training import parse_plan
     model = load_model(args.model)
     cluster = load_cluster(args.cluster, nodes=args.nodes)
-    job = TrainingJob(model=model, seq_len=args.seq_len, global_batch=args.global_batch, dtype=args.dtype,
-                      flash_attention=args.attention == "flash", overlap_grad_reduce=args.grad_overlap,
-                      dropout=args.dropout)
+    job = job_from_args(args, model)
     cluster.device.peak(args.dtype)  # the device must support the dtype
     plan = parse_plan(args.plan, cluster.num_devices)
     if args.engine == "analytic" and (args.trace or args.stragglers or args.full_ranks):
@@ -279,8 +294,8 @@ def write_json_atomic(path: str, doc) -> None:
 
 
 def cmd_validate_published(args) -> tuple[object, str]:
-    from validation.published import format_report, megatron_table1
-    report = megatron_table1()
+    from validation.published import format_report, published_report
+    report = published_report()
     return report, format_report(report)
 
 

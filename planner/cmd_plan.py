@@ -16,6 +16,7 @@ import sys
 import time
 
 from hwmodels.errors import InputError
+from planner.cli import _positive_int, add_job_options, job_from_args
 from planner.search import OBJECTIVES, human_duration
 
 _SI = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
@@ -32,27 +33,6 @@ def _number(name: str, units: dict, what: str):
             raise argparse.ArgumentTypeError(f"{name}={text!r} must be positive")
         return v
     return conv
-
-
-def _positive_int(name):
-    def conv(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} must be a positive integer") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"{name}={v} must be a positive integer")
-        return v
-    return conv
-
-
-def _on_off(text):
-    t = text.lower()
-    if t in ("on", "true", "yes", "1"):
-        return True
-    if t in ("off", "false", "no", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r}: valid: on, off")
 
 
 def register(groups) -> None:
@@ -73,10 +53,7 @@ def register(groups) -> None:
                    help="largest cost to train, USD")
     p.add_argument("--fix", default="", help='keys held fixed, e.g. "tp=8,pp=2" or "schedule=1f1b|zb-h1"')
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp8", "fp4"])
-    p.add_argument("--attention", default="flash", choices=["flash", "unfused"],
-                   help="flash (fused) or unfused attention kernels (Megatron-LM 2021)")
-    p.add_argument("--grad-overlap", type=_on_off, default=True, help="overlap DP gradient reduction (on|off)")
-    p.add_argument("--dropout", type=_on_off, default=True, help="dropout layers present (on|off)")
+    add_job_options(p)
     p.add_argument("--all-variants", action="store_true",
                    help="rank every variant (default: the best plan of each mesh shape dp/tp/pp/cp/ep)")
     p.add_argument("--partition", type=int, default=3,
@@ -137,11 +114,8 @@ def cmd_plan_train(args) -> tuple[object, str]:
     from hwmodels.clusters import load_cluster
     from planner.search import Objective, parse_fix, plan_heterogeneous, search
     from simulator.models import load_model
-    from simulator.training import TrainingJob
     model = load_model(args.model)
-    job = TrainingJob(model=model, seq_len=args.seq_len, global_batch=args.global_batch, dtype=args.dtype,
-                      flash_attention=args.attention == "flash", overlap_grad_reduce=args.grad_overlap,
-                      dropout=args.dropout)
+    job = job_from_args(args, model)
     fix = parse_fix(args.fix)
     if not 0 <= args.gap < 1:
         raise InputError(f"--gap={args.gap} must be a relative gap in [0, 1)")

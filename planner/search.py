@@ -585,7 +585,12 @@ class _Enumerator:
             bubble = np.select([code == S_INTERLEAVED, code == S_ZBH1, code == S_ZBH2],
                                [(p - 1) / v * bn[:, 5], (p - 1) * bn[:, 6] / p, (p - 1) * bn[:, 7] / p],
                                (p - 1) * bn[:, 5])
-        pp_comm = 2 * (mc * v + p - 1) * p2p if p > 1 else np.zeros(len(live))
+        if p == 1:
+            pp_comm = np.zeros(len(live))
+        elif self.job.overlap_p2p_comm:  # analytic.estimate: fill and drain chains only
+            pp_comm = 2 * (p * v - 1) * p2p * np.ones(len(live))
+        else:
+            pp_comm = 2 * (mc * v + p - 1) * p2p
         steady_terms = mc * bn[:, 0] + mc * bn[:, 1] + mc * bn[:, 2] + mc * bn[:, 3]
         steady = mc * bn[:, 4]
         # ---- DP/ZeRO exposure and optimizer: the slowest stage's tail (analytic.dp_exposed_s) ----

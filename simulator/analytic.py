@@ -258,7 +258,12 @@ def estimate(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, validate: b
         bubble = (p - 1) * mean_stage
     # ---- pipeline send/recv on the critical path: forward and backward, per micro-batch per
     # chunk boundary, plus the fill and drain ----
-    pp_comm = 2 * (m * v + p - 1) * costs.p2p_s if p > 1 else 0.0
+    if p == 1:
+        pp_comm = 0.0
+    elif job.overlap_p2p_comm:  # only the fill and drain chains through every virtual stage wait
+        pp_comm = 2 * (p * v - 1) * costs.p2p_s
+    else:
+        pp_comm = 2 * (m * v + p - 1) * costs.p2p_s
     # ---- data parallel / ZeRO and optimizer: the slowest stage's tail ----
     tails = [dp_exposed_s(job, plan, s, steady) + s.optimizer_s for s in costs.stages]
     t_i = max(range(p), key=lambda i: tails[i])

@@ -226,6 +226,10 @@ class TrainingDES:
             links[("port",) + dst_unit] = 1.0
             ev = self.net.transfer(costs.p2p_s, links)
             ev.callbacks.append(lambda _e, a=a: a[0].succeed() if not a[0].triggered else None)
+            if not self.job.overlap_p2p_comm:  # a blocking send holds the stage (Megatron-LM 2021)
+                t0 = env.now
+                yield ev
+                waits["p2p"] += env.now - t0
 
         def compute(dur, comm: dict, name, args):
             t0 = env.now
@@ -243,7 +247,7 @@ class TrainingDES:
             yield from compute(c.fwd_s, c.fwd_comm_s, f"F{mb}" + (f".{j}" if v > 1 else ""), {"mb": mb, "chunk": j})
             if vs < p * v - 1:
                 nxt = vs + 1
-                send(("F", dp_i, nxt, mb), (dp_i, nxt % p))
+                yield from send(("F", dp_i, nxt, mb), (dp_i, nxt % p))
 
         def run_b(j, mb, with_w: bool):
             vs = s + j * p
@@ -268,7 +272,7 @@ class TrainingDES:
             done_b[(j, mb)] = True
             if vs > 0:
                 prv = vs - 1
-                send(("B", dp_i, prv, mb), (dp_i, prv % p))
+                yield from send(("B", dp_i, prv, mb), (dp_i, prv % p))
 
         def run_w(j, mb):
             c = st.chunks[j]

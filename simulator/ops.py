@@ -33,7 +33,8 @@ class Op:
     bytes: float  # HBM bytes moved (compute) or message bytes (comm)
     time_s: float
     group: str = ""  # comm ops: "tp" | "cp" | "ep"
-    overlap_with: str = ""  # comm ops that hide behind a compute op of this name (CP ring)
+    overlap_with: str = ""  # comm ops that hide behind the compute ops of this base name
+    exposed_floor_s: float = 0.0  # what stays exposed however much compute there is to hide behind
     wgrad: bool = False  # backward weight-gradient GEMM (the W of Zero Bubble's B/W split)
 
 
@@ -69,9 +70,12 @@ def _mem(km: KernelModel, name: str, nbytes: float, phase: str) -> Op:
 
 
 def _comm(cluster: Cluster, name: str, op: str, group: str, size: int, stride: int,
-          nbytes: float, phase: str, overlap_with: str = "") -> Op:
-    return Op(name, "comm", phase, 0.0, nbytes, collective_s(cluster, op, size, stride, nbytes),
-              group=group, overlap_with=overlap_with)
+          nbytes: float, phase: str, overlap_with: str = "", chunks: int = 0) -> Op:
+    """A collective; with `overlap_with`, hidden behind that compute, and when split into
+    `chunks` pipelined pieces, the first piece stays exposed."""
+    t = collective_s(cluster, op, size, stride, nbytes)
+    return Op(name, "comm", phase, 0.0, nbytes, t, group=group, overlap_with=overlap_with,
+              exposed_floor_s=t / chunks if chunks else 0.0)
 
 
 def layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: Cluster,
@@ -85,6 +89,8 @@ def layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: C
 def _layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: Cluster,
                moe: bool, phase: str) -> tuple[Op, ...]:
     km = kernel_model(cluster.device.name, job.dtype)
+    # FP8 recipes run attention in bf16 (Transformer Engine: FP8 dot-product attention is opt-in)
+    km_attn = kernel_model(cluster.device.name, "bf16") if job.dtype in ("fp8", "fp4") else km
     t, cp, mb, s = plan.tp, plan.cp, plan.mb, job.seq_len
     h, d = model.hidden_size, model.head_dim
     T = mb * s // cp  # tokens per rank per micro-batch (before SP)
@@ -108,7 +114,11 @@ def _layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: 
             if before_gemm == fwd:
                 return
             op = "all_reduce"
-        ops.append(_comm(cluster, f"tp.{name}", op, "tp", t, 1, buf, ph))
+        # Transformer Engine userbuffers (NeMo/Megatron-Core tp_comm_overlap; Wang et al.,
+        # ASPLOS 2023): the collective is split into tp chunks pipelined with its GEMM.
+        overlap = job.overlap_tp_comm and plan.sp
+        ops.append(_comm(cluster, f"tp.{name}", op, "tp", t, 1, buf, ph,
+                         overlap_with=name if overlap else "", chunks=t if overlap else 0))
 
     # ---- attention block ----
     ops.append(_mem(km, "norm1", ew * 2 * T_sp * h * ab, ph))
@@ -119,7 +129,7 @@ def _layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: 
         kv = 2 * T * (model.kv_dim // t if not model.is_mla else model.num_heads // t * d) * ab
         ops.append(_comm(cluster, "cp.kv_ring", "all_gather", "cp", cp, t, kv * cp * (1 if fwd else 2),
                          ph, overlap_with="attn"))
-    ops += _core_attention(km, model, job, plan, heads, kv_heads, ph)
+    ops += _core_attention(km_attn, model, job, plan, heads, kv_heads, ph)
     ops += _gemm(km, "proj", T, h, model.attn_out_dim // t, ph)
     tp_collective("proj", False)
     ops.append(_mem(km, "bias_dropout_add1", ew * (3 * ab + drop) * T_sp * h, ph))
@@ -209,7 +219,9 @@ def _moe_block(km: KernelModel, model: ModelSpec, plan: TrainingPlan, cluster: C
 
 
 def _sum_phase(ops: tuple[Op, ...]) -> tuple[float, float, dict, float]:
-    """(compute seconds, wgrad seconds, exposed comm seconds per group, FLOPs)."""
+    """(compute seconds, wgrad seconds, exposed comm seconds per group, FLOPs). A comm op with
+    `overlap_with` hides behind the compute ops of that base name (e.g. "qkv" covers qkv.dgrad
+    and qkv.wgrad), down to its exposed floor."""
     compute = wgrad = flops = 0.0
     hidden_by: dict[str, float] = {}
     for op in ops:
@@ -218,14 +230,14 @@ def _sum_phase(ops: tuple[Op, ...]) -> tuple[float, float, dict, float]:
             flops += op.flops
             if op.wgrad:
                 wgrad += op.time_s
-            if op.name == "attn" or op.name.startswith("attn."):
-                hidden_by["attn"] = hidden_by.get("attn", 0.0) + op.time_s
+            base = op.name.split(".", 1)[0]
+            hidden_by[base] = hidden_by.get(base, 0.0) + op.time_s
     comm: dict[str, float] = {}
     for op in ops:
         if op.kind == "comm":
             exposed = op.time_s
             if op.overlap_with:  # overlapped with the compute it hides behind
-                exposed = max(0.0, op.time_s - hidden_by.get(op.overlap_with, 0.0))
+                exposed = max(op.exposed_floor_s, op.time_s - hidden_by.get(op.overlap_with, 0.0))
             comm[op.group] = comm.get(op.group, 0.0) + exposed
     return compute, wgrad, comm, flops
 

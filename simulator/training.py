@@ -38,6 +38,12 @@ class TrainingJob:
     overlap_grad_reduce: bool = True
     # Overlap of ZeRO-3/FSDP parameter all-gathers with compute (FSDP prefetch).
     overlap_param_gather: bool = True
+    # TP collectives pipelined with their GEMMs (Transformer Engine userbuffers; NeMo and
+    # Megatron-Core tp_comm_overlap, which needs sequence parallelism).
+    overlap_tp_comm: bool = False
+    # Pipeline send/recv overlapped with compute (Megatron-Core --overlap-p2p-communication, with
+    # the interleaved schedule); off, a send blocks its stage as in Megatron-LM 2021.
+    overlap_p2p_comm: bool = False
 
     def __post_init__(self):
         for k in ("seq_len", "global_batch"):

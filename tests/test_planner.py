@@ -45,6 +45,8 @@ CASES = [  # model, cluster, nodes, seq, batch, job options, fix
     ("mixtral-8x7b", "dgx-h100", 4, 4096, 128, {}, {}),
     (MIXED_MOE, "dgx-a100", 2, 4096, 64, {}, {}),
     ("llama3-8b", "dgx-a100", 1, 4096, 32, {}, {"offload": True}),
+    ("llama2-13b", "dgx-h100", 4, 4096, 64, {"dtype": "fp8", "overlap_tp_comm": True,
+                                             "overlap_p2p_comm": True}, {}),
 ]
 
 

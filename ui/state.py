@@ -357,8 +357,14 @@ def _published() -> dict:
     return megatron_table1()
 
 
+def _nemo() -> dict:
+    from validation.published import nemo_report
+    return nemo_report()
+
+
 # suite name -> (label, function returning {"cases": [...], "mape_pct", "max_error_pct"})
-VALIDATION_SUITES = {"published": ("Megatron-LM 2021 Table 1 (published training throughput)", _published)}
+VALIDATION_SUITES = {"published": ("Megatron-LM 2021 Table 1 (published training throughput)", _published),
+                     "nemo": ("NeMo 24.07 on DGX-H100, FP8 (published training throughput)", _nemo)}
 
 
 # ---- tables and downloads ----------------------------------------------------------------------
