@@ -580,6 +580,65 @@ def load_nccl_table(system: str) -> NcclTable | None:
                      curves=curves, raw=raw, stamp=stamp)
 
 
+@dataclass
+class CustomAllReduceTable:
+    """An inference engine's own all-reduce kernel (vLLM/SGLang custom_all_reduce, TensorRT-LLM
+    one-/two-shot AllReduce), measured inside one node; used for small TP all-reduces."""
+    system: str
+    framework: str
+    source: str
+    curves: dict = field(default_factory=dict, repr=False)  # num_gpus -> (log2 bytes, log2 s)
+
+    def time_s(self, num_gpus: int, size_bytes: float) -> float | None:
+        """Log-log interpolation between measured sizes; the smallest size's time below it;
+        None above the largest measured size (engines hand those to NCCL) or for an unmeasured
+        GPU count."""
+        curve = self.curves.get(int(num_gpus))
+        if curve is None or size_bytes <= 0:
+            return None if curve is None else 0.0
+        ls, lt = curve
+        x = math.log2(size_bytes)
+        if x > ls[-1]:
+            return None
+        if x <= ls[0]:
+            return 2.0 ** lt[0]
+        if x == ls[-1]:
+            return 2.0 ** lt[-1]
+        i = bisect.bisect_right(ls, x) - 1
+        w = (x - ls[i]) / (ls[i + 1] - ls[i])
+        return 2.0 ** (lt[i] + w * (lt[i + 1] - lt[i]))
+
+
+@functools.cache
+def load_custom_allreduce_table(system: str, framework: str) -> CustomAllReduceTable | None:
+    """The newest `comm/<framework>/<version>/custom_allreduce_perf.parquet` of `system`: bf16
+    rows, the CUDA-graph kernel where both graph and eager were timed (engines run decode in
+    graphs); message_size counts bf16 elements. None if absent."""
+    sdir = _system_dir(system)
+    if sdir is None:
+        return None
+    found = [(v, p) for fw, v, p in _versions(sdir, "comm", "custom_allreduce_perf.parquet") if fw == framework]
+    if not found:
+        return None
+    ver, path = max(found, key=lambda vp: _version_key(vp[0]))
+    df = _read(path)
+    df = df[df["allreduce_dtype"] == "bfloat16"]
+    if "backend" in df.columns and df["backend"].astype(str).str.endswith("_graph").any():
+        df = df[df["backend"].astype(str).str.endswith("_graph")]
+    if df.empty:
+        return None
+    curves = {}
+    for n, g in df.groupby("num_gpus"):
+        size = g["message_size"].to_numpy(dtype=float) * 2
+        sec = g["latency"].to_numpy(dtype=float) * _MS
+        sizes = np.unique(size)
+        mean = np.array([sec[size == x].mean() for x in sizes])
+        curves[int(n)] = ([math.log2(x) for x in sizes], [math.log2(t) for t in mean])
+    name = os.path.basename(sdir)
+    return CustomAllReduceTable(system=name, framework=framework, curves=curves,
+                                source=_source(name, "comm", framework, ver, "custom all-reduce"))
+
+
 def _pinned_comm_versions(system_dir: str, system: str) -> dict:
     """`misc.nccl_version` / `misc.oneccl_version` from the package's `systems/<system>.yaml`."""
     import yaml

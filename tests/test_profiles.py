@@ -215,3 +215,19 @@ def test_table_stamp():
     assert {"framework", "framework_version", "kernel_source", "path", "source"} <= set(gemm)
     assert gemm["path"].endswith("gemm_perf.parquet")
     assert st["tables"]["nccl"]["library_version"] == "2.27.3"
+
+
+def test_custom_allreduce_table_is_the_engines_kernel():
+    from hwmodels.profiles import load_custom_allreduce_table
+    t = load_custom_allreduce_table("h100_sxm", "vllm")
+    assert t is not None and "custom all-reduce" in t.source
+    ls, lt = t.curves[8]
+    first, last = 2.0 ** ls[0], 2.0 ** ls[-1]
+    assert t.time_s(8, first) == pytest.approx(2.0 ** lt[0])
+    assert t.time_s(8, last) == pytest.approx(2.0 ** lt[-1])
+    assert t.time_s(8, first / 4) == pytest.approx(2.0 ** lt[0])  # latency floor
+    assert t.time_s(8, last * 2) is None  # beyond the measured range engines use NCCL
+    assert t.time_s(3, first) is None
+    mid = t.time_s(8, (first * last) ** 0.5)
+    assert 2.0 ** min(lt) <= mid <= 2.0 ** max(lt)
+    assert load_custom_allreduce_table("h100_sxm", "no-such-engine") is None

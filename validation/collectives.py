@@ -368,7 +368,7 @@ def format_report(report: dict) -> str:
     t = report["tables"]
     lines += [f"{'all tables':<22} {'':<8} {t['cases']:>5} {t['mape_ge_1mib_pct']:>9.1f}% "
               f"{t['mape_lt_1mib_pct']:>8.1f}%", "",
-              "Published measurements (../shared/reference)", "",
+              "Published measurements (validation/data/reference, copied from ../shared/reference)", "",
               f"{'case':<58} {'predicted':>10} {'measured':>10} {'unit':<11} {'error':>7}  role"]
     for c in report["cases"]:
         if c["group"] != "reference":

@@ -1,0 +1,470 @@
+"""The serving discrete-event simulation (simpy): `Replica`s that run iterations, a `Router` that
+spreads arrivals over them, optional prefill/decode disaggregation with KV transfers, and the
+`ServingPlan` that says how many replicas of which shape run where.
+
+    report = simulate(load_model("llama3.1-8b"),
+                      parse_serving_plan("tp=1,replicas=4", load_cluster("dgx-h100")),
+                      ServingWorkload(num_requests=2000, rate=RateSchedule.parse("20"),
+                                      prompt_len=LengthDist.parse("uniform:128:2048"),
+                                      output_len=LengthDist.parse("256")))
+
+Each replica's loop reads like the engine it models: wait for work, let the scheduler build a
+batch, run it for the time the cost layer gives, apply the results (tokens out, requests done).
+Prefill/decode disaggregation (DistServe, Zhong et al. OSDI'24; Splitwise, Patel et al. ISCA'24):
+prefill replicas compute the prompt and the first token, the KV cache then moves to a decode
+replica over the cluster's links (one transfer at a time per receiving replica), and the first
+token reaches the user when the decode replica has the KV (TTFT includes the transfer).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import simpy
+
+from hwmodels.clusters import Cluster
+from hwmodels.collectives import collective_s
+from hwmodels.errors import InputError
+from simulator.models import ModelSpec
+from simulator.serving.costs import iteration_cost
+from simulator.serving.kv_cache import KVCache, kv_bytes_per_token, kv_pool
+from simulator.serving.metrics import MetricsRecorder, ServingReport, build_report
+from simulator.serving.router import Router
+from simulator.serving.scheduler import Batch, EngineConfig, Scheduler, engine_config
+from simulator.serving.workload import Request, RequestSource, ServingWorkload
+
+PLAN_KEYS = ("tp", "pp", "ep", "replicas", "max_batch", "max_tokens", "chunk",
+             "prefill_tp", "prefill_pp", "prefill_replicas", "decode_tp", "decode_pp", "decode_replicas")
+
+
+# ---- plans -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReplicaGroup:
+    """`count` identical replicas of tp·pp devices of `cluster`'s type; role both|prefill|decode."""
+    cluster: Cluster
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    count: int = 1
+    role: str = "both"
+
+    @property
+    def devices(self) -> int:
+        return self.tp * self.pp * self.count
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """Replicas by device type and shape, batching limits and engine, router and precision."""
+    groups: tuple
+    max_batch: int | None = None  # max_num_seqs
+    max_tokens: int | None = None  # max_num_batched_tokens
+    chunk: int | None = None  # prompt tokens per iteration; 0 = chunked prefill off
+    engine: str = "vllm"
+    router: str = "round_robin"
+    dtype: str = "bf16"
+    kv_dtype: str | None = None
+    prefix_caching: bool = True
+    kv_blocks: int | None = None  # pinned KV pool per replica
+    gpu_memory_utilization: float | None = None
+
+    @property
+    def disaggregated(self) -> bool:
+        return any(g.role != "both" for g in self.groups)
+
+    @property
+    def num_devices(self) -> int:
+        return sum(g.devices for g in self.groups)
+
+    def to_dict(self) -> dict:
+        return {
+            "replicas": [{"device": g.cluster.device.name, "cluster": g.cluster.name, "tp": g.tp,
+                          "pp": g.pp, "ep": g.ep, "count": g.count, "role": g.role} for g in self.groups],
+            "max_batch": self.max_batch, "max_tokens": self.max_tokens, "chunk": self.chunk,
+            "engine": self.engine, "router": self.router, "dtype": self.dtype,
+            "kv_dtype": self.kv_dtype or ("bf16" if self.dtype in ("fp8", "fp4") else self.dtype),
+            "prefix_caching": self.prefix_caching, "kv_blocks": self.kv_blocks,
+            "disaggregated": self.disaggregated, "num_devices": self.num_devices,
+        }
+
+
+def parse_serving_plan(text: str, cluster: Cluster, **options) -> ServingPlan:
+    """A plan string (DESIGN.md §4): `tp pp ep replicas max_batch max_tokens chunk`, or for
+    disaggregation `prefill_tp prefill_replicas decode_tp decode_replicas` (and prefill_pp,
+    decode_pp). Defaults: tp=pp=ep=replicas=1; batching limits from the engine.
+    `options` set the other ServingPlan fields (engine, router, dtype, ...)."""
+    vals: dict = {}
+    for part in [p for p in str(text or "").split(",") if p.strip()]:
+        if "=" not in part:
+            raise InputError(f"plan item {part.strip()!r} is not key=value; keys: {', '.join(PLAN_KEYS)}")
+        k, v = (x.strip() for x in part.split("=", 1))
+        if k not in PLAN_KEYS:
+            raise InputError(f"unknown plan key {k!r}; valid: {', '.join(PLAN_KEYS)}")
+        if k in vals:
+            raise InputError(f"plan key {k!r} given twice")
+        if k == "chunk" and v.lower() in ("off", "none", "false"):
+            v = "0"
+        try:
+            iv = int(v)
+        except ValueError:
+            raise InputError(f"plan {k}={v!r} must be an integer") from None
+        if iv < (0 if k == "chunk" else 1):
+            raise InputError(f"plan {k}={iv} must be {'>= 0' if k == 'chunk' else '>= 1'}")
+        vals[k] = iv
+    disagg = [k for k in vals if k.startswith(("prefill_", "decode_"))]
+    if disagg:
+        for k in ("tp", "pp", "replicas"):
+            if k in vals:
+                raise InputError(f"plan key {k!r} conflicts with disaggregation keys "
+                                 f"({', '.join(disagg)}); use prefill_{k} / decode_{k}")
+        groups = (ReplicaGroup(cluster, vals.get("prefill_tp", 1), vals.get("prefill_pp", 1),
+                               vals.get("ep", 1), vals.get("prefill_replicas", 1), "prefill"),
+                  ReplicaGroup(cluster, vals.get("decode_tp", 1), vals.get("decode_pp", 1),
+                               vals.get("ep", 1), vals.get("decode_replicas", 1), "decode"))
+    else:
+        groups = (ReplicaGroup(cluster, vals.get("tp", 1), vals.get("pp", 1), vals.get("ep", 1),
+                               vals.get("replicas", 1)),)
+    return ServingPlan(groups, vals.get("max_batch"), vals.get("max_tokens"), vals.get("chunk"),
+                       **options)
+
+
+def place(groups, nodes_given: bool) -> tuple[list, list, list[str]]:
+    """(first device of every replica, node count per group or None, notes), cluster by cluster:
+    replicas in order, a replica that fits in a node never straddles two. Grows a cluster's node
+    count when it is too small (unless the user fixed --nodes, then InputError)."""
+    notes, out, used = [], [], {}
+    for g in groups:
+        c = g.cluster
+        dpn = c.devices_per_node
+        off = used.get(c.name, 0)
+        for _ in range(g.count):
+            size = g.tp * g.pp
+            if size <= dpn and off // dpn != (off + size - 1) // dpn:
+                off = (off // dpn + 1) * dpn
+            out.append(off)
+            off += size
+        used[c.name] = off
+    resized = {}
+    for g in groups:
+        c = g.cluster
+        need_nodes = math.ceil(used[c.name] / c.devices_per_node)
+        if need_nodes > c.num_nodes:
+            if nodes_given:
+                raise InputError(f"the plan needs {used[c.name]} devices of {c.name} "
+                                 f"({need_nodes} nodes); --nodes gives {c.num_nodes}")
+            resized[c.name] = need_nodes
+    if resized:
+        notes.extend(f"cluster {n} sized to {k} node(s) to hold the plan" for n, k in resized.items())
+    return out, [resized.get(g.cluster.name) for g in groups], notes
+
+
+# ---- replicas ----------------------------------------------------------------------------------
+
+class Replica:
+    """One model instance (tp·pp devices) with its scheduler, KV cache and cost model."""
+
+    def __init__(self, sim: "ServingSimulation", index: int, group: ReplicaGroup, cluster: Cluster,
+                 offset: int, cfg: EngineConfig):
+        self.sim, self.env, self.index = sim, sim.env, index
+        self.group, self.cluster, self.offset, self.cfg = group, cluster, offset, cfg
+        self.role = group.role
+        model, plan = sim.model, sim.plan
+        self.costs = iteration_cost(model, cluster, group.tp, group.pp, group.ep, plan.dtype,
+                                    plan.kv_dtype, cfg.engine)
+        self.pool = kv_pool(model, cluster.device, group.tp, group.pp, group.ep, plan.dtype,
+                            self.costs.kv_dtype, cfg.memory_policy, cfg.memory_fraction,
+                            cfg.block_size, cfg.max_num_batched_tokens, cfg.max_num_seqs,
+                            cfg.kv_blocks, where=f"replica {index} ({cluster.device.name}, tp={group.tp})")
+        self.kv = KVCache(self.pool.num_blocks, cfg.block_size, cfg.prefix_caching)
+        self.scheduler = Scheduler(cfg, self.kv, on_finish=self._finished,
+                                   on_first_token=self._first_token, on_stall=self._stall)
+        self.wake: simpy.Event | None = None
+        self.busy_s = 0.0
+        self.iterations = 0
+        self.inbox = simpy.Resource(self.env, capacity=1)  # KV transfers arriving (disaggregated)
+        self._idle_prefill: dict = {}
+        self.in_run = False  # inside a run of decode iterations costed as one event
+        self.proc = self.env.process(self.run())
+
+    def submit(self, req: Request) -> None:
+        req.replica = self.index
+        if not self.scheduler.add(req):
+            self.sim.rejected(req)
+            return
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+        elif self.in_run:
+            self.in_run = False
+            self.proc.interrupt()
+
+    def kv_load(self) -> float:
+        """Share of the pool in use or claimed by queued prompts (for the KV-aware router)."""
+        s = self.scheduler
+        queued = sum(r.target - r.computed for r in s.waiting) / self.kv.block_size
+        return (self.kv.used + queued) / self.kv.num_blocks
+
+    def idle_prefill_s(self, prompt: int) -> float:
+        t = self._idle_prefill.get(prompt)
+        if t is None:
+            budget = self.cfg.max_num_batched_tokens if not self.cfg.chunked_prefill else (
+                min(self.cfg.chunk or self.cfg.max_num_batched_tokens, self.cfg.max_num_batched_tokens))
+            t, done = 0.0, 0
+            while done < prompt:
+                q = min(budget, prompt - done) if self.cfg.chunked_prefill else prompt
+                b = Batch()
+                b.prefills = [(None, q, done)]
+                b.prefill_tokens = q
+                b.samples = 1 if done + q >= prompt else 0
+                t += self.costs.iteration_s(b)
+                done += q
+            self._idle_prefill[prompt] = t
+        return t
+
+    def run(self):
+        env, sched, rec = self.env, self.scheduler, self.sim.recorder
+        cost = self.costs.iteration_s
+        while True:
+            if not sched.has_work():
+                self.wake = env.event()
+                yield self.wake
+                self.wake = None
+                continue
+            p0 = sched.preemptions
+            batch = sched.schedule(env.now)
+            if sched.preemptions != p0:
+                rec.preempt_times.extend([env.now] * (sched.preemptions - p0))
+            if not batch:
+                raise RuntimeError(f"replica {self.index}: work queued but nothing schedulable")
+            dt = cost(batch)
+            steps = sched.decode_run_length() if not batch.prefills else 1
+            start = env.now
+            if steps == 1:
+                yield env.timeout(dt)
+            else:
+                # a run of decode iterations with nothing else changing: one event, durations
+                # growing linearly with the KV length; an arrival cuts it after the iteration
+                # in flight
+                last = batch.decode_kv_tokens + (steps - 1) * batch.num_decode
+                kv0, batch.decode_kv_tokens = batch.decode_kv_tokens, last
+                dt_last = cost(batch)
+                batch.decode_kv_tokens = kv0
+                slope = (dt_last - dt) / (steps - 1)
+                end = start + steps * dt + slope * steps * (steps - 1) / 2
+                self.in_run = True
+                while env.now < end:
+                    try:
+                        yield env.timeout(end - env.now)
+                    except simpy.Interrupt:
+                        el = env.now - start
+                        # iterations finished by now: largest j with j·dt + slope·j(j−1)/2 <= el
+                        j = self._steps_within(el, dt, slope, steps)
+                        steps = min(steps, j + 1)
+                        end = start + steps * dt + slope * steps * (steps - 1) / 2
+                self.in_run = False
+                sched.skip_decode_iterations(steps - 1)
+                dt = (env.now - start) / steps
+            self.busy_s += env.now - start
+            self.iterations += steps
+            sched.complete(batch, env.now)
+            rec.iteration(self.index, env.now, dt, batch.num_decode, batch.prefill_tokens,
+                          self.kv.used, len(batch.prefills), steps)
+
+    @staticmethod
+    def _steps_within(elapsed: float, d0: float, slope: float, cap: int) -> int:
+        """Iterations of a run (durations d0, d0 + slope, ...) completed within `elapsed`."""
+        if slope <= 1e-15:
+            j = int(elapsed // d0) if d0 > 0 else cap
+        else:  # slope/2·j² + (d0 − slope/2)·j − elapsed = 0
+            a, b = slope / 2, d0 - slope / 2
+            j = int((-b + math.sqrt(b * b + 4 * a * elapsed)) / (2 * a))
+        j = max(0, min(j, cap))
+        while j > 0 and j * d0 + slope * j * (j - 1) / 2 > elapsed + 1e-12:
+            j -= 1
+        return j
+
+    # ---- scheduler callbacks ---------------------------------------------------------------------
+    def _first_token(self, req: Request, now: float) -> None:
+        req.first_token_s = now
+
+    def _stall(self, req: Request, now: float) -> None:
+        self.sim.recorder.stall_gaps.append((now, now - req.last_token_s))
+
+    def _finished(self, req: Request, now: float) -> None:
+        if req.prefill_only:
+            self.sim.transfer_kv(self, req, now)
+        else:
+            self.sim.finished(req, now)
+
+    def describe(self) -> dict:
+        return {"index": self.index, "role": self.role, "device": self.cluster.device.name,
+                "tp": self.group.tp, "pp": self.group.pp, "ep": self.group.ep,
+                "first_device": self.offset, "engine": self.cfg.engine,
+                "kv_blocks": self.pool.num_blocks, "block_size": self.pool.block_size,
+                "kv_capacity_tokens": self.pool.capacity_tokens,
+                "memory_per_gpu": self.pool.breakdown, "iterations": self.iterations,
+                "busy_s": self.busy_s, "preemptions": self.scheduler.preemptions,
+                "rejected": len(self.scheduler.rejected)}
+
+
+# ---- the simulation ----------------------------------------------------------------------------
+
+class ServingSimulation:
+    """Arrivals → router → replicas; collects a `ServingReport`."""
+
+    def __init__(self, model: ModelSpec, plan: ServingPlan, workload: ServingWorkload,
+                 chrome_trace: bool = False, nodes_given: bool = False):
+        self.model, self.plan, self.workload = model, plan, workload
+        self.env = simpy.Environment()
+        offsets, resized, self.notes = place(plan.groups, nodes_given)
+        nreps = sum(g.count for g in plan.groups)
+        self.recorder = MetricsRecorder(nreps, chrome_trace)
+        self.replicas: list[Replica] = []
+        i = 0
+        for g, nodes in zip(plan.groups, resized):
+            cluster = g.cluster.with_nodes(nodes) if nodes else g.cluster
+            cfg = engine_config(plan.engine, cluster.device, g.tp, max_num_seqs=plan.max_batch,
+                                max_num_batched_tokens=plan.max_tokens,
+                                memory_fraction=plan.gpu_memory_utilization,
+                                kv_blocks=plan.kv_blocks, prefix_caching=plan.prefix_caching)
+            if plan.chunk is not None:
+                cfg = replace(cfg, chunked_prefill=plan.chunk > 0, chunk=plan.chunk)
+            if g.role == "prefill":  # a prefill-only engine never holds decodes for long
+                cfg = replace(cfg, kv_reservation="incremental")
+            for _ in range(g.count):
+                self.replicas.append(Replica(self, i, g, cluster, offsets[i], cfg))
+                i += 1
+        self.front = [r for r in self.replicas if r.role in ("both", "prefill")]
+        self.decode_pool = [r for r in self.replicas if r.role == "decode"]
+        if plan.disaggregated and (not self.front or not self.decode_pool):
+            raise InputError("a disaggregated plan needs prefill_replicas >= 1 and decode_replicas >= 1")
+        for r in self.replicas:
+            self.notes.extend(n for n in r.costs.notes if n not in self.notes)
+        self.router = Router(plan.router)
+        self.decode_router = Router(plan.router if plan.router != "kv_aware" else "least_outstanding")
+        self.source = RequestSource(workload)
+        self.requests: list[Request] = []
+        self._rejected = 0
+        self.kv_token_bytes = kv_bytes_per_token(model, 1, 1, self.replicas[0].costs.kv_dtype)
+
+    # ---- arrivals ------------------------------------------------------------------------------
+    def arrive(self, req: Request) -> None:
+        self.requests.append(req)
+        if self.plan.disaggregated:
+            req.prefill_only = True
+        rep = self.front[self.router.pick(req, self.front)]
+        rep.submit(req)
+
+    def _open_loop(self, reqs: list[Request]):
+        env = self.env
+        for req in reqs:
+            if req.arrival_s > env.now:
+                yield env.timeout(req.arrival_s - env.now)
+            self.arrive(req)
+
+    def _issue(self, client: int) -> None:
+        req = self.source.next(self.env.now, client)
+        if req is not None:
+            self.arrive(req)
+
+    def finished(self, req: Request, now: float) -> None:
+        if req.client >= 0:
+            think = self.workload.think_time_s
+            if think > 0:
+                ev = self.env.timeout(think)
+                ev.callbacks.append(lambda _e, c=req.client: self._issue(c))
+            else:
+                self._issue(req.client)
+
+    def rejected(self, req: Request) -> None:
+        self._rejected += 1
+        self.finished(req, self.env.now)
+
+    # ---- disaggregation ------------------------------------------------------------------------
+    def transfer_kv(self, src: Replica, req: Request, now: float) -> None:
+        if req.generated >= req.output_len:  # one-token outputs end on the prefill replica
+            self.finished(req, now)
+            return
+        dst = self.decode_pool[self.decode_router.pick(req, self.decode_pool)]
+        self.env.process(self._transfer(src, dst, req))
+
+    def _transfer(self, src: Replica, dst: Replica, req: Request):
+        lanes = min(src.group.tp, dst.group.tp)  # TP shards move in parallel, one link each
+        nbytes = req.prompt_len * self.kv_token_bytes / lanes
+        same_node = (src.cluster is dst.cluster and src.offset // src.cluster.devices_per_node
+                     == dst.offset // dst.cluster.devices_per_node)
+        stride = 1 if same_node else src.cluster.devices_per_node
+        t = collective_s(src.cluster, "send_recv", 2, stride, float(nbytes))
+        with dst.inbox.request() as slot:
+            yield slot
+            yield self.env.timeout(t)
+        req.transfer_s = t
+        req.prefill_only = False
+        req.computed = req.target = req.prompt_len
+        req.blocks = 0
+        req.first_token_s = self.env.now  # the first token reaches the user with the decode side
+        req.last_token_s = self.env.now
+        dst.submit(req)
+
+    # ---- run -----------------------------------------------------------------------------------
+    def run(self) -> ServingReport:
+        wl = self.workload
+        if wl.closed_loop:
+            offsets = self.source.start_offsets
+            for c in range(min(wl.concurrency, wl.num_requests)):
+                if offsets is None or offsets[c] <= 0:
+                    self._issue(c)
+                else:
+                    ev = self.env.timeout(float(offsets[c]))
+                    ev.callbacks.append(lambda _e, c=c: self._issue(c))
+        else:
+            self.env.process(self._open_loop(self.source.open_loop()))
+        self.env.run()
+        return build_report(self.requests, self.recorder, self.replicas, wl, self.plan.to_dict(),
+                            self.plan.num_devices, self.notes, self._rejected)
+
+    def chrome_trace(self) -> dict:
+        events = list(self.recorder.chrome or [])
+        for r in self.replicas:
+            events.append({"name": "process_name", "ph": "M", "pid": r.index,
+                           "args": {"name": f"replica {r.index} ({r.role}, {r.cluster.device.name}, tp={r.group.tp})"}})
+        return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def simulate(model: ModelSpec, plan: ServingPlan, workload: ServingWorkload, **kw) -> ServingReport:
+    return ServingSimulation(model, plan, workload, **kw).run()
+
+
+def max_goodput_rate(model: ModelSpec, plan: ServingPlan, workload: ServingWorkload,
+                     target: float = 0.9, iterations: int = 8, **kw) -> dict:
+    """DistServe goodput (Zhong et al. OSDI'24 §2.3): the highest constant request rate at which
+    at least `target` of the requests meet both SLOs. Doubles the rate from the workload's until
+    attainment drops below target, then bisects; every probe is a full simulation with the same
+    seed."""
+    from dataclasses import replace as _replace
+    from simulator.serving.workload import RateSchedule
+
+    def attainment(rate: float) -> float:
+        wl = _replace(workload, rate=RateSchedule(((rate, math.inf),)))
+        return simulate(model, plan, wl, **kw).slo_attainment
+
+    r0 = workload.rate.segments[0][0]
+    lo, hi = 0.0, r0
+    probes = []
+    for _ in range(12):  # find a rate that fails
+        a = attainment(hi)
+        probes.append((hi, a))
+        if a < target:
+            break
+        lo, hi = hi, hi * 2
+    else:
+        return {"rate_req_per_s": lo, "target": target, "probes": probes, "bounded": False}
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        a = attainment(mid)
+        probes.append((mid, a))
+        if a >= target:
+            lo = mid
+        else:
+            hi = mid
+    return {"rate_req_per_s": lo, "target": target, "probes": probes, "bounded": True}

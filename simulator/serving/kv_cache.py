@@ -1,0 +1,217 @@
+"""The paged KV cache of one replica: how many blocks fit in memory (`kv_pool`), and a `KVCache`
+that hands out blocks and keeps a prefix cache.
+
+Blocks (vLLM PagedAttention, Kwon et al. SOSP'23): the cache is cut into blocks of `block_size`
+tokens; a request holds ceil(tokens / block_size) of them. The pool is what is left of the
+device memory after the weights, the activation peak of the largest batch and the non-torch
+allocations (CUDA context, NCCL buffers), sized per engine:
+    vllm    HBM × gpu_memory_utilization − weights − activation peak − non-torch
+            (vLLM v1 gpu_worker.determine_available_memory; default utilisation 0.9)
+    sglang  HBM × mem_fraction_static − weights (SGLang ServerArgs: the static pool holds
+            weights and KV; activations and CUDA graphs live in the rest)
+    trtllm  (HBM − weights − activation peak − non-torch) × free_gpu_memory_fraction
+            (TensorRT-LLM KvCacheConfig; default 0.9 of the memory free after loading)
+
+Prefix caching (vLLM automatic prefix caching, SGLang RadixAttention): whole blocks of a prompt
+prefix that an earlier request computed are reused. Here a prompt carries `prefix_keys`, each
+covering `prefix_key_tokens` more tokens of its prefix; an entry owns those blocks, is
+referenced by the requests that read it, and once unreferenced stays cached until its blocks are
+needed (LRU eviction), as vLLM's free-block queue does.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from hwmodels.devices import Device
+from hwmodels.errors import InputError
+from hwmodels.kernels import dtype_bytes
+from simulator.memory import CONTEXT_BYTES, NCCL_BYTES, NCCL_BYTES_DEFAULT
+from simulator.models import ModelSpec
+
+# Non-weight parameters (embeddings, LM head, norms) stay in 16-bit in fp8/fp4 checkpoints
+# (vLLM Fp8LinearMethod quantises nn.Linear layers only; ModelOpt FP8 keeps lm_head in bf16).
+HIGH_PRECISION_BYTES = 2
+# vLLM v1 profile_run: a dummy forward of max_num_batched_tokens tokens plus a sampler run over
+# max_num_seqs rows of fp32 logits sets the activation peak.
+LOGIT_BYTES = 4
+
+
+def kv_bytes_per_token(model: ModelSpec, tp: int, pp: int, kv_dtype: str) -> float:
+    """KV bytes one token takes on one GPU: 2 (K and V) · layers/pp · kv heads per GPU ·
+    head_dim · bytes (MODELING.md Serving). KV heads are replicated when tp > kv heads (vLLM);
+    MLA caches the compressed latent plus the RoPE key, on every TP rank (DeepSeek-V2 §2.1.3)."""
+    layers = math.ceil(model.num_layers / pp)
+    b = dtype_bytes(kv_dtype)
+    if model.is_mla:
+        return layers * (model.kv_lora_rank + model.qk_rope_head_dim) * b
+    kv_heads = math.ceil(model.num_kv_heads / tp)
+    return 2 * layers * kv_heads * model.head_dim * b
+
+
+def weight_bytes_per_gpu(model: ModelSpec, tp: int, pp: int, ep: int, dtype: str) -> float:
+    """Weights on the most loaded GPU: linear layers at `dtype`, split over tp (experts over
+    ep·(tp/ep)); embeddings and LM head vocabulary-parallel over tp in 16-bit, on the first
+    and last pipeline stage (Megatron/vLLM VocabParallelEmbedding)."""
+    wb = dtype_bytes(dtype)
+    per_stage = math.ceil(model.num_layers / pp)
+    # the first stage holds the embedding; with pp = 1 it also holds the LM head
+    layers = range(per_stage)
+    linear = 0.0
+    for i in layers:
+        if model.is_moe_layer(i):
+            experts = model.num_experts * model.expert_params()
+            linear += (model.layer_params(i) - experts) / tp + experts / max(tp, ep)
+        else:
+            linear += model.layer_params(i) / tp
+    vocab = model.embedding_params() / tp
+    if pp == 1:
+        vocab += model.head_params() / tp
+    return linear * wb + vocab * HIGH_PRECISION_BYTES
+
+
+def activation_peak_bytes(model: ModelSpec, tp: int, max_tokens: int, max_seqs: int) -> float:
+    """Peak of a forward over `max_tokens` tokens: the residual stream in and out, the widest
+    intermediate (gate/up output and the activation output of the MLP, or the QKV output), 16-bit;
+    plus fp32 logits of `max_seqs` sampled rows (vLLM v1 profile_run / _dummy_sampler_run)."""
+    h = model.hidden_size
+    ffn = model.moe_ffn_hidden_size * model.experts_per_token if model.is_moe else model.ffn_hidden_size
+    mlp = (ffn * (2 if model.gated_mlp else 1) + ffn) / tp
+    qkv = (model.q_dim + 2 * model.kv_dim) / tp
+    act = max_tokens * (2 * h + max(mlp, qkv)) * HIGH_PRECISION_BYTES
+    logits = max_seqs * model.vocab_size / tp * LOGIT_BYTES
+    return act + logits
+
+
+@dataclass(frozen=True)
+class KVPool:
+    num_blocks: int
+    block_size: int
+    bytes_per_token: float  # per GPU
+    breakdown: dict  # bytes per GPU: hbm, budget, weights, activations, non_torch, kv
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+
+def kv_pool(model: ModelSpec, device: Device, tp: int, pp: int, ep: int, dtype: str, kv_dtype: str,
+            memory_policy: str, memory_fraction: float, block_size: int, max_tokens: int,
+            max_seqs: int, pinned_blocks: int | None = None, where: str = "replica") -> KVPool:
+    """Blocks of `block_size` tokens that one replica's KV cache holds (see module docstring)."""
+    per_token = kv_bytes_per_token(model, tp, pp, kv_dtype)
+    hbm = float(device.hbm_bytes or 0)
+    weights = weight_bytes_per_gpu(model, tp, pp, ep, dtype)
+    acts = activation_peak_bytes(model, tp, max_tokens, max_seqs)
+    group = max(tp, pp)
+    non_torch = CONTEXT_BYTES + (NCCL_BYTES.get(group, NCCL_BYTES_DEFAULT) if group > 1 else 0)
+    if memory_policy == "vllm":
+        budget = hbm * memory_fraction - weights - acts - non_torch
+    elif memory_policy == "sglang":
+        budget = hbm * memory_fraction - weights
+    elif memory_policy == "trtllm":
+        budget = (hbm - weights - acts - non_torch) * memory_fraction
+    else:
+        raise InputError(f"memory policy {memory_policy!r}; valid: vllm, sglang, trtllm")
+    breakdown = {"hbm_bytes": hbm, "weights_bytes": weights, "activation_peak_bytes": acts,
+                 "non_torch_bytes": non_torch, "kv_bytes": max(0.0, budget)}
+    if pinned_blocks is not None:
+        blocks = int(pinned_blocks)
+        breakdown["kv_bytes"] = blocks * block_size * per_token
+    else:
+        blocks = int(max(0.0, budget) // (block_size * per_token))
+    if blocks < 1:
+        raise InputError(f"{where}: {model.name} does not fit: {weights / 2**30:.1f} GiB of weights "
+                         f"per GPU leave no KV cache in {hbm / 2**30:.0f} GiB; raise tp or pp")
+    return KVPool(blocks, block_size, per_token, breakdown)
+
+
+class KVCache:
+    """Block accounting of one replica, with an LRU prefix cache (see module docstring)."""
+
+    __slots__ = ("num_blocks", "block_size", "free", "prefix_caching", "entries", "evictable",
+                 "hits", "lookups")
+
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True):
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.free = num_blocks  # blocks owned by nobody
+        self.prefix_caching = prefix_caching
+        self.entries: OrderedDict = OrderedDict()  # key -> [blocks, refs]; LRU order for refs == 0
+        self.evictable = 0  # blocks in unreferenced entries
+        self.hits = 0  # prompt tokens served from the cache
+        self.lookups = 0  # prompt tokens looked up
+
+    @property
+    def used(self) -> int:
+        """Blocks holding live KV (requests' own and referenced prefix entries)."""
+        return self.num_blocks - self.free - self.evictable
+
+    def available(self) -> int:
+        return self.free + self.evictable
+
+    def allocate(self, n: int) -> bool:
+        """Take `n` blocks, evicting unreferenced prefix entries (oldest first) if needed."""
+        if n <= self.free:
+            self.free -= n
+            return True
+        if n > self.free + self.evictable:
+            return False
+        for key in list(self.entries):
+            if self.free >= n:
+                break
+            blocks, refs = self.entries[key]
+            if refs == 0:
+                del self.entries[key]
+                self.evictable -= blocks
+                self.free += blocks
+        self.free -= n
+        return True
+
+    def release(self, n: int) -> None:
+        self.free += n
+
+    # ---- prefix cache ------------------------------------------------------------------------
+    def match(self, keys: tuple) -> int:
+        """How many leading keys are cached."""
+        if not self.prefix_caching:
+            return 0
+        m = 0
+        for key in keys:
+            if key not in self.entries:
+                break
+            m += 1
+        return m
+
+    def acquire(self, keys: tuple) -> None:
+        for key in keys:
+            e = self.entries[key]
+            if e[1] == 0:
+                self.evictable -= e[0]
+            e[1] += 1
+            self.entries.move_to_end(key)
+
+    def release_keys(self, keys: tuple) -> None:
+        for key in keys:
+            e = self.entries.get(key)
+            if e is None:
+                continue
+            e[1] -= 1
+            if e[1] == 0:
+                self.evictable += e[0]
+                self.entries.move_to_end(key)  # most recently used: evicted last
+
+    def insert(self, keys: tuple, blocks_per_key: int) -> tuple:
+        """Register the prefix segments a request has just computed. Keys not cached yet become
+        entries whose blocks move from the request to the cache (the request references them);
+        keys that another request cached meanwhile are left alone (the request keeps its own
+        copy). Returns the keys of the new entries."""
+        if not self.prefix_caching or blocks_per_key <= 0:
+            return ()
+        added = []
+        for key in keys:
+            if key not in self.entries:
+                self.entries[key] = [blocks_per_key, 1]
+                added.append(key)
+        return tuple(added)
