@@ -782,8 +782,13 @@ def _objective_dict(o: Objective) -> dict:
 
 def search(job: TrainingJob, cluster: Cluster, fix: dict | str | None = None, top: int = 10,
            objective: Objective | None = None, group: str = "mesh", progress=None,
-           partition: int = 3, time_limit_s: float = 1.0, gap: float = 0.01) -> SearchResult:
+           partition: int = 3, time_limit_s: float = 1.0, gap: float = 0.01,
+           verify: int = 0) -> SearchResult:
     """Search every plan of `job` on `cluster` and rank them.
+
+    verify: re-simulate the best `verify` reported plans with the discrete-event engine
+    (simulator.des) and re-rank them by its step time (throughput objective); each plan says
+    which engine produced its numbers.
 
     fix: plan keys held fixed (dict or "tp=8,pp=2"). group: "mesh" reports the best plan of each
     mesh shape (nodes, dp, tp, pp, cp, ep); "none" reports every variant. partition: how many of
@@ -857,9 +862,38 @@ def search(job: TrainingJob, cluster: Cluster, fix: dict | str | None = None, to
     result = SearchResult(job, cluster, objective, table, counts.space, counts.to_dict(), 0.0, notes=notes)
     result.pruned["filtered"] = int((~keep).sum())
     _rank(result, top, group, partition, time_limit_s, gap)
+    if verify:
+        verify_with_des(result, verify)
     result.pareto = pareto_front(table, cluster.device.hbm_bytes)
     result.search_time_s = time.perf_counter() - t0
     return result
+
+
+def verify_with_des(result: SearchResult, k: int) -> None:
+    """Re-simulate the top `k` plans with the DES (same op costs, simulated schedule, flows and
+    DP buckets). Their step time, tokens/s and TFLOP/s become the DES's (`engine: "des"`, the
+    analytic step kept as `analytic_step_time_s`); with the throughput objective the verified
+    plans are re-ranked among themselves."""
+    from simulator.des import simulate
+    verified = []
+    for p in result.plans[:k]:
+        plan = TrainingPlan(**p["plan"])
+        cluster = result.cluster if p["num_devices"] == result.cluster.num_devices else \
+            result.cluster.with_nodes(p["num_devices"] // result.cluster.devices_per_node)
+        est, _ = simulate(result.job, plan, cluster)
+        d = est.to_dict()
+        p["analytic_step_time_s"] = p["step_time_s"]
+        p["des_vs_analytic_pct"] = round(100 * (d["step_time_s"] / p["step_time_s"] - 1), 2)
+        for key in ("step_time_s", "tokens_per_s", "tflops_per_device", "mfu", "hfu", "breakdown_s", "engine"):
+            p[key] = d[key]
+        verified.append(p)
+    if result.objective.name == "throughput" and verified:
+        verified.sort(key=lambda p: p["step_time_s"])
+        result.plans[:len(verified)] = verified
+        for i, p in enumerate(result.plans):
+            p["rank"] = i + 1
+    result.notes.append(f"top {len(verified)} plans verified with the discrete-event engine (engine: des); "
+                        f"the rest are analytic")
 
 
 def _nothing_fits(counts: _Counts, unfit, cluster: Cluster, fix: dict) -> str:

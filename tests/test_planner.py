@@ -383,3 +383,16 @@ def test_short_plan_round_trips():
         p = parse_plan(text)
         assert parse_plan(short_plan(p)) == p
     assert np.isfinite(0.0)
+
+
+def test_des_verification_of_the_top_plans():
+    job = TrainingJob(load_model("llama2-13b"), seq_len=4096, global_batch=64)
+    cluster = load_cluster("dgx-a100", nodes=4)
+    res = search(job, cluster, fix="pp=2|4", top=6, verify=3)
+    verified = [p for p in res.plans if p["engine"] == "des"]
+    assert len(verified) == 3 and res.plans[:3] == verified
+    assert [p["step_time_s"] for p in verified] == sorted(p["step_time_s"] for p in verified)
+    assert all(abs(p["des_vs_analytic_pct"]) < 3 for p in verified)
+    assert all(p["engine"] == "analytic" for p in res.plans[3:])
+    assert [p["rank"] for p in res.plans] == list(range(1, len(res.plans) + 1))
+    assert any("discrete-event" in n for n in res.notes)
