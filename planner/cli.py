@@ -23,16 +23,23 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(message)
 
 
-def _positive_int(name):
+def int_at_least(name: str, lo: int):
+    """argparse type: an integer >= lo, or a one-line error naming the flag."""
+    what = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+
     def conv(text):
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} must be a positive integer") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"{name}={v} must be a positive integer")
+            raise argparse.ArgumentTypeError(f"{name}={text!r} must be {what}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{name}={v} must be {what}")
         return v
     return conv
+
+
+def _positive_int(name):
+    return int_at_least(name, 1)
 
 
 def _non_negative(name):

@@ -8,6 +8,7 @@ import math
 import re
 
 from hwmodels.errors import InputError
+from planner.cli import int_at_least
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs|min)?\s*$")
 _UNITS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "min": 60.0}
@@ -25,27 +26,11 @@ def parse_duration(text: str) -> float:
 
 
 def _positive_int(name):
-    def conv(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} must be a positive integer") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name}={v} must be a positive integer")
-        return v
-    return conv
+    return int_at_least(name, 1)
 
 
 def _nonneg_int(name):
-    def conv(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} must be an integer >= 0") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{name}={v} must be an integer >= 0")
-        return v
-    return conv
+    return int_at_least(name, 0)
 
 
 def _fraction(text):
