@@ -15,7 +15,7 @@ EXIT_BAD_INPUT = 2
 # maps "top", "simulate", "plan" and "validate" to argparse subparser collections; every parser it
 # adds calls `set_defaults(func=...)` with func(args) -> (JSON-able document, text).
 EXTENSIONS = ("planner.cmd_collective", "planner.cmd_plan", "planner.cmd_validate", "planner.cmd_ui",
-              "planner.cmd_serve")
+              "planner.cmd_serve", "planner.cmd_plan_serve")
 
 
 class _Parser(argparse.ArgumentParser):
