@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from planner.cli import int_at_least
 from planner.cmd_serve import _positive_int, parse_duration
 
 
@@ -57,7 +58,7 @@ def register(groups) -> None:
                    help="ILP time limit per solve in seconds (default 5)")
     p.add_argument("--no-single-type", action="store_true",
                    help="skip the cheapest single-device-type fleets shown for comparison")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan_serve)
 

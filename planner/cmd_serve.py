@@ -86,7 +86,7 @@ def register(groups) -> None:
     sim.add_argument("--slo-tpot", type=parse_duration, help="TPOT SLO, e.g. 50ms")
     sim.add_argument("--goodput-search", action="store_true",
                      help="also search the highest rate with >= 90%% of requests within both SLOs (DistServe)")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
     sim.add_argument("--chrome-trace", help="write a Chrome/Perfetto trace of batches per replica to this file")
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=cmd_simulate_serve)

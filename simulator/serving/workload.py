@@ -137,6 +137,10 @@ class LengthDist:
                              f"normal:MEAN:STD, lognormal:MEAN:STD, exp:MEAN, or a number")
         if len(nums) != arity[kind]:
             raise InputError(f"{what} {text!r}: {kind} takes {arity[kind]} number(s)")
+        if not all(math.isfinite(v) and abs(v) <= MAX_LEN for v in nums):
+            # lengths are clipped to MAX_LEN anyway; beyond it a parameter is a typo, and an
+            # infinite or astronomically large one overflows the sampler
+            raise InputError(f"{what} {text!r}: every parameter must be a finite number <= {MAX_LEN:,}")
         if kind == "uniform" and not (1 <= nums[0] <= nums[1]):
             raise InputError(f"{what} {text!r}: uniform needs 1 <= LO <= HI")
         if kind in ("normal", "lognormal") and (nums[0] < 1 or nums[1] < 0):
