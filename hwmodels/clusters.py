@@ -26,6 +26,11 @@ _PRESETS_FILE = Path(__file__).parent / "data" / "clusters.yaml"
 _CLUSTER_FIELDS = ("name", "description", "device", "devices_per_node", "nodes", "tiers",
                    "nics_per_node", "nic_bytes_per_s", "sources")
 _TIER_FIELDS = ("name", "kind", "size", "bytes_per_s", "latency_s", "oversubscription")
+# The most devices a cluster may have. The topology graph (hwmodels.topology) holds every device,
+# so its cost grows with the cluster: ~5 s at 80k devices, minutes at 800k. 2^17 is above the
+# largest published training clusters (Llama 3: 16k H100; ~100k-GPU sites), and refusing beyond it
+# keeps a typo like --nodes 1000000 from running for minutes.
+MAX_DEVICES = 2 ** 17
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Cluster:
         """The same cluster with `nodes` nodes (the last tier spans them)."""
         if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
             raise InputError(f"cluster {self.name!r}: nodes must be an integer >= 1, got {nodes!r}")
+        check_size(self.devices_per_node, nodes, f"cluster {self.name!r}")
         tiers = self.tiers[:-1] + (replace(self.tiers[-1], size=nodes),)
         return replace(self, num_nodes=nodes, tiers=tiers)
 
@@ -134,6 +140,15 @@ def _presets() -> dict[str, Cluster]:
 # Parsing and validation: every error is a one-line InputError naming the file/preset and the field.
 
 
+def check_size(per_node: int, nodes: int, where: str) -> None:
+    """Refuse clusters of more than MAX_DEVICES devices (one-line InputError)."""
+    if per_node * nodes > MAX_DEVICES:
+        valid = f"nodes <= {MAX_DEVICES // per_node:,}" if per_node <= MAX_DEVICES else \
+            f"devices_per_node <= {MAX_DEVICES:,}"
+        raise InputError(f"{where}: nodes={nodes} x devices_per_node={per_node} = {per_node * nodes:,} devices; "
+                         f"the most clusterplan models is {MAX_DEVICES:,} (valid: {valid})")
+
+
 def _positive_int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{what} must be an integer >= 1, got {value!r}")
@@ -154,8 +169,11 @@ def _parse_cluster(name: str, data: dict, where: str) -> Cluster:
         raise InputError(f"{where}: field 'devices_per_node' is required (an integer >= 1)")
     per_node = _positive_int(data["devices_per_node"], f"{where}: devices_per_node")
     nodes = _positive_int(data.get("nodes", 1), f"{where}: nodes")
+    check_size(per_node, nodes, where)
     tiers = _parse_tiers(data.get("tiers"), per_node, nodes, where)
     nics = _positive_int(data.get("nics_per_node", per_node), f"{where}: nics_per_node")
+    if nics > MAX_DEVICES:
+        raise InputError(f"{where}: nics_per_node={nics} exceeds {MAX_DEVICES:,}")
     nic_bw = data.get("nic_bytes_per_s", tiers[-1].bytes_per_s * per_node / nics)
     sources = data.get("sources") or {}
     if not isinstance(sources, dict):

@@ -133,7 +133,7 @@ def positive_number(value, what: str) -> float:
         raise InputError(f"{what} must be a positive number, got {value!r}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
         raise InputError(f"{what} must be a positive number, got {value!r}") from None
     if not number > 0 or number == float("inf"):
         raise InputError(f"{what} must be a positive number, got {value!r}")

@@ -249,10 +249,13 @@ class Profile:
         try:
             with open(meta_path) as f:
                 self.meta = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
             raise InputError(f"profile {path!r}: meta.json is unreadable ({e})") from None
+        if not isinstance(self.meta, dict):
+            raise InputError(f"profile {path!r}: meta.json is not a JSON object")
         if self.meta.get("schema") != SCHEMA:
             raise InputError(f"profile {path!r}: schema {self.meta.get('schema')!r}, expected {SCHEMA!r}")
+        _check_meta(self.meta, f"profile {path!r}: meta.json")
         self.source = f"{os.path.basename(self.path)} ({self.meta.get('device_name', '?')}, " \
                       f"{self.meta.get('date', '?')})"
         self._rows = {t: _read_csv(os.path.join(self.path, t), path) for t in TABLES}
@@ -372,14 +375,75 @@ class Profile:
 _ELEM_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 
 
+# Columns of each table (README.md): "str", "int" (an integer >= 0), "pos" (a number > 0),
+# "nonneg" (a number >= 0), "num" (a finite number); "?" allows an empty cell.
+COLUMNS = {
+    "gemm.csv": {"dtype": "str", "bias": "int?", "m": "pos", "n": "pos", "k": "pos", "time_s": "pos"},
+    "attention.csv": {"dtype": "str", "kind": "str", "batch": "pos", "heads": "pos", "kv_heads": "pos",
+                      "head_dim": "pos", "seq_q": "pos", "seq_kv": "pos", "fwd_s": "pos", "bwd_s": "pos?"},
+    # a backward measured as (fwd+bwd) − fwd − call can round to 0 or below; the reader floors it
+    "elementwise.csv": {"dtype": "str", "op": "str", "rows": "pos", "cols": "pos", "fwd_s": "num?", "bwd_s": "num?"},
+    "memory.csv": {"dtype": "str", "bytes": "pos", "time_s": "pos"},
+    "overhead.csv": {"name": "str", "time_s": "nonneg"},
+    "collectives.csv": {"backend": "str", "op": "str", "ranks": "int", "bytes": "pos", "time_s": "pos"},
+}
+
+
+def _check_meta(meta: dict, where: str) -> None:
+    """Types of the meta.json keys the reader uses (one-line InputError naming the key)."""
+    dtypes = meta.get("dtypes", [])
+    if not isinstance(dtypes, list) or not all(isinstance(d, str) for d in dtypes):
+        raise InputError(f"{where}: dtypes={dtypes!r} must be a list of dtype names")
+    for key in ("threads", "memory_bytes"):
+        v = meta.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
+            raise InputError(f"{where}: {key}={v!r} must be a number >= 0")
+
+
 def _read_csv(path: str, where: str) -> list[dict]:
+    """Rows of one table, numbers converted (float; int for "int" columns) and checked."""
     if not os.path.isfile(path):
         return []
+    name = os.path.basename(path)
     try:
         with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, csv.Error) as e:
-        raise InputError(f"profile {where!r}: {os.path.basename(path)} is unreadable ({e})") from None
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except (OSError, csv.Error, ValueError) as e:  # ValueError: UnicodeDecodeError
+        raise InputError(f"profile {where!r}: {name} is unreadable ({e})") from None
+    cols = COLUMNS.get(name, {})
+    if not rows:
+        return []
+    missing = [c for c, kind in cols.items() if c not in header and not kind.endswith("?")]
+    if missing:
+        raise InputError(f"profile {where!r}: {name} has no column {missing[0]!r}; columns: {', '.join(cols)}")
+    for line, r in enumerate(rows, start=2):
+        for c, kind in cols.items():
+            r[c] = table_cell(r.get(c), kind, f"profile {where!r}: {name} line {line}: {c}")
+    return rows
+
+
+def table_cell(value, kind: str, what: str):
+    """One CSV cell checked against its column kind (COLUMNS): a float (int for "int"), the text
+    for "str", "" for an empty optional cell; else a one-line InputError naming `what`."""
+    optional, kind = kind.endswith("?"), kind.rstrip("?")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if optional:
+            return ""
+        raise InputError(f"{what} is missing")
+    if kind == "str":
+        return value
+    try:
+        v = float(value)
+    except ValueError:
+        raise InputError(f"{what}={value!r} is not a number") from None
+    if not math.isfinite(v) or (kind == "pos" and v <= 0) or (kind == "nonneg" and v < 0) \
+            or (kind == "int" and (v < 0 or not v.is_integer())):
+        need = {"pos": "a number > 0", "nonneg": "a number >= 0", "int": "an integer >= 0",
+                "num": "a finite number"}[kind]
+        raise InputError(f"{what}={value!r} must be {need}")
+    return int(v) if kind == "int" else v
 
 
 @functools.lru_cache(maxsize=16)

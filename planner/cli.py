@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help='DES: slow ranks, "RANK:FACTOR,..." or "random:FRACTION:FACTOR"')
     tr.add_argument("--full-ranks", action="store_true",
                     help="DES: simulate every DP replica (automatic with stragglers)")
-    tr.add_argument("--seed", type=int, default=0, help="seed for random stragglers and failures")
+    tr.add_argument("--seed", type=int_at_least("--seed", 0), default=0, help="seed for random stragglers and failures")
     tr.add_argument("--run-steps", type=_positive_int("run-steps"),
                     help="goodput over a run of this many steps, with failures and checkpoints")
     tr.add_argument("--ckpt-interval", type=_positive_int("ckpt-interval"), default=500,
@@ -280,24 +280,9 @@ def cmd_simulate_train(args) -> tuple[object, str]:
 
 
 def write_json_atomic(path: str, doc) -> None:
-    """Write JSON to a temporary file beside `path`, then rename: never a half-written file."""
-    import os
-    import tempfile
-    d = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(d):
-        raise InputError(f"cannot write {path!r}: directory {d!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically (hwmodels.fileio): never a half-written file."""
+    from hwmodels.fileio import write_json_atomic as write
+    write(path, doc)
 
 
 def cmd_validate_published(args) -> tuple[object, str]:
@@ -311,19 +296,47 @@ def run(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     doc, text = args.func(args)
     if getattr(args, "json", False):
-        json.dump(doc, sys.stdout, indent=1, sort_keys=False, default=_json_default)
+        doc = json_safe(doc)
+        if isinstance(doc, dict):
+            doc["provenance"] = provenance(getattr(args, "seed", None))
+        json.dump(doc, sys.stdout, indent=1, sort_keys=False, default=str, allow_nan=False)
         sys.stdout.write("\n")
     else:
         print(text)
     return 0
 
 
-def _json_default(o):
+def provenance(seed=None) -> dict:
+    """What produced a JSON document: the versions of clusterplan and of the measured kernel tables
+    under the model (DESIGN.md §5), and the seed of its stochastic parts (None where it has none)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(pkg):
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+    return {"clusterplan": ver("clusterplan"), "kernel_tables": f"aiconfigurator-core {ver('aiconfigurator-core')}",
+            "seed": seed}
+
+
+def json_safe(o):
+    """`o` as strict JSON values (RFC 8259 has no NaN or Infinity: they become null); objects with
+    `to_dict` and numpy scalars/arrays are converted."""
+    if isinstance(o, dict):
+        return {k if isinstance(k, str) else json.dumps(k) if isinstance(k, (int, float)) or k is None else str(k):
+                json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, bool) or o is None or isinstance(o, (int, str)):
+        return o
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
     if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return str(o)
+        return json_safe(o.to_dict())
+    if hasattr(o, "tolist"):  # numpy scalar or array
+        return json_safe(o.tolist())
+    return o
 
 
 def main(argv: list[str] | None = None) -> int:

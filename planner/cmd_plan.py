@@ -11,6 +11,7 @@ A progress bar goes to stderr for long searches on a terminal, never with --json
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -29,8 +30,8 @@ def _number(name: str, units: dict, what: str):
         if not m or m.group(2).lower() not in units:
             raise argparse.ArgumentTypeError(f"{name}={text!r} is not {what}")
         v = float(m.group(1)) * units[m.group(2).lower()]
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} must be positive")
+        if not 0 < v < math.inf:
+            raise argparse.ArgumentTypeError(f"{name}={text!r} must be positive and finite")
         return v
     return conv
 
@@ -207,7 +208,8 @@ def format_result(res) -> str:
             sol = pt["solver"]
             proven = "optimal" if sol["optimal"] else "not proven optimal"
             if pt["layers_per_chunk"] is None:
-                lines.append(f"  #{d['rank']}: no partition fits ({sol['status']})")
+                what = "no partition fits" if sol["status"] == "Infeasible" else "no partition found"
+                lines.append(f"  #{d['rank']}: {what} ({sol['status']})")
                 continue
             gain = ""
             if pt.get("predicted_step_time_s"):

@@ -23,8 +23,8 @@ def _size(text: str) -> float:
         v = float(num) * mult
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512MiB, 2GiB)") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive size")
+    if not 0 < v < float("inf"):  # also refuses nan and 1e309 (inf)
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite size")
     return v
 
 

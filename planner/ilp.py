@@ -63,7 +63,13 @@ def _solve(prob: pulp.LpProblem, time_limit_s: float, gap: float, warm: bool = F
     dt = time.perf_counter() - t0
     sol = prob.sol_status
     feasible = sol in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
-    return SolverRun(status=pulp.LpStatus[prob.status], solution=pulp.LpSolution[sol],
+    # The status follows what CBC proved (the solution status): pulp's problem status can read
+    # "Infeasible" when the time limit came before any integer solution, or "Optimal" for a
+    # time-limited incumbent; neither is proven.
+    status = {pulp.LpSolutionIntegerFeasible: "Not Solved (time limit; incumbent not proven optimal)",
+              pulp.LpSolutionNoSolutionFound: "Not Solved (time limit; no solution found)"}.get(
+        sol, pulp.LpStatus[prob.status])
+    return SolverRun(status=status, solution=pulp.LpSolution[sol],
                      optimal=sol == pulp.LpSolutionOptimal, feasible=feasible,
                      objective=pulp.value(prob.objective) if feasible else None,
                      solve_time_s=dt, time_limit_s=time_limit_s, gap=gap)

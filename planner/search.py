@@ -1262,6 +1262,11 @@ def plan_heterogeneous(job: TrainingJob, groups: list[Cluster], replica_nodes: i
             if best is None or step < best[0]:
                 best = (step, lay, sol, opts)
     if best is None:
+        stopped = sum(1 for r in runs if not r.feasible and r.status != "Infeasible")
+        if stopped:  # not proven infeasible: CBC stopped first
+            raise InputError(f"heterogeneous plan: no solution found within the solver time limit of "
+                             f"{time_limit_s:g} s ({stopped} of {len(runs)} ILP(s) stopped before any solution); "
+                             f"raise --time-limit")
         raise InputError(f"heterogeneous plan: no combination of replicas covers global batch {B} "
                          f"within the groups' devices")
     step, lay, sol, opts = best

@@ -33,15 +33,30 @@ from simulator.training import TrainingJob, TrainingPlan
 _EPS = 1e-12
 
 
-class _CountingEnvironment(simpy.Environment):
-    """A simpy environment that counts the events it processes."""
+# Size limits of one run: what a simulation may cost before it is refused with a one-line error
+# rather than running for minutes or exhausting memory (a typo such as --global-batch 100000000).
+# ~50k-150k events/s: 3M events is 20-60 s. Tasks are counted before the run (F, B and W passes
+# per micro-batch, chunk and simulated unit); events are counted while it runs.
+MAX_TASKS = 1_000_000
+MAX_EVENTS = 3_000_000
 
-    def __init__(self):
+
+class _TooManyEvents(Exception):
+    pass
+
+
+class _CountingEnvironment(simpy.Environment):
+    """A simpy environment that counts the events it processes (and stops past `limit`)."""
+
+    def __init__(self, limit: float = float("inf")):
         super().__init__()
         self.processed = 0
+        self.limit = limit
 
     def step(self):
         self.processed += 1
+        if self.processed > self.limit:
+            raise _TooManyEvents()
         super().step()
 
 
@@ -298,7 +313,9 @@ class TrainingDES:
         # ---- DP tail: wait for this unit's gradient reductions, then the optimizer ----
         t0 = env.now
         if pl.zero == 3:
-            exposed = dp_exposed_s(self.job, pl, st, self._busy[unit])
+            # busy as the analytic engine counts it (its `steady`): compute and exposed TP/CP/EP
+            # communication, which the DP stream's prefetched gathers overlap as well
+            exposed = dp_exposed_s(self.job, pl, st, self._busy[unit] + sum(self._comm[unit].values()))
             if exposed:
                 yield env.timeout(exposed)
         else:
@@ -421,10 +438,23 @@ class TrainingDES:
     def run(self) -> DESResult:
         t0 = time.perf_counter()
         dps = range(self.plan.dp) if self.full else range(1)
+        pl, m = self.plan, self.costs.micro_batches
+        units = len(dps) * pl.pp
+        tasks = units * m * pl.vpp * (3 if pl.schedule in ("zb-h1", "zb-h2") else 2)
+        hint = ("use --engine analytic, a larger micro-batch (fewer micro-batches per step)"
+                + (", or fewer DP replicas (--full-ranks/--stragglers simulate each)" if self.full else ""))
+        if tasks > MAX_TASKS:
+            raise InputError(f"DES: {units:,} simulated unit(s) x {m:,} micro-batches x vpp={pl.vpp} = {tasks:,} "
+                             f"tasks, more than the {MAX_TASKS:,} one simulation takes; {hint}")
         for dp_i in dps:
             for s in range(self.plan.pp):
                 self.env.process(self._unit(dp_i, s))
-        self.env.run()
+        self.env.limit = MAX_EVENTS
+        try:
+            self.env.run()
+        except _TooManyEvents:
+            raise InputError(f"DES: stopped after {MAX_EVENTS:,} events ({units:,} simulated unit(s), {m:,} "
+                             f"micro-batches), the most one simulation takes; {hint}") from None
         wall = time.perf_counter() - t0
         if len(self._end) != len(dps) * self.plan.pp:
             raise RuntimeError("simulation deadlocked: a schedule waited for an input never sent")
@@ -470,7 +500,8 @@ def simulate(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, slowdown: d
     base.hfu *= scale
     base.breakdown_s = res.breakdown_s
     base.engine = "des"
-    base.notes.append(f"DES: {res.units} simulated units, {res.events} events in {res.wall_s:.3f} s")
+    # no wall-clock time here: a result is a function of its inputs (same command, same JSON)
+    base.notes.append(f"DES: {res.units} simulated units, {res.events} events")
     return base, res
 
 

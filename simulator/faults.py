@@ -19,6 +19,8 @@ from hwmodels.errors import InputError
 # Llama 3 (arXiv 2407.21783) §3.3.4 / Table 5: 419 unexpected interruptions in a 54-day snapshot
 # of 405B pre-training on up to 16,384 H100 → λ per GPU-hour.
 LLAMA3_FAILURES_PER_DEVICE_HOUR = 419 / (54 * 24 * 16384)
+# Most intervals + failures one goodput simulation processes (~5 s).
+MAX_EVENTS = 1_000_000
 
 
 @dataclass
@@ -54,6 +56,18 @@ def simulate_goodput(num_devices: int, step_time_s: float, run_steps: int,
         if not v >= 0 or not math.isfinite(v):
             raise InputError(f"{name}={v!r} must be a finite number >= 0")
     rate = num_devices * failures_per_device_hour / 3600.0  # job failures per second
+    # Events the simulation would process: one per checkpoint interval, plus the failures — an
+    # interval of `work` seconds is retried until it runs failure-free, e^(rate·work) − 1 failures
+    # on average. Refuse runs that would take minutes (or never end: failures faster than intervals).
+    segments = math.ceil(run_steps / checkpoint_interval_steps)
+    work = min(checkpoint_interval_steps, run_steps) * step_time_s + checkpoint_s
+    expected = segments * (1 + math.expm1(min(rate * work, 700.0)))
+    if not expected <= MAX_EVENTS:
+        raise InputError(f"goodput: about {expected:.3g} checkpoint intervals and failures to simulate "
+                         f"(run-steps={run_steps}, ckpt-interval={checkpoint_interval_steps}, "
+                         f"{work:.3g} s per interval, a failure every {1 / rate if rate else math.inf:.3g} s), "
+                         f"more than {MAX_EVENTS:,}; use fewer --run-steps, a shorter --ckpt-interval or a "
+                         f"lower --failure-rate")
     rng = random.Random(seed)
     env = simpy.Environment()
     stats = {"steps": 0, "saved": 0, "failures": 0, "restart": 0.0, "ckpt": 0.0}
@@ -83,6 +97,8 @@ def simulate_goodput(num_devices: int, step_time_s: float, run_steps: int,
     useful = run_steps * step_time_s
     mtbf = 1 / rate if rate > 0 else math.inf
     yd = math.sqrt(2 * checkpoint_s * mtbf) / step_time_s if rate > 0 and checkpoint_s > 0 else math.inf
-    return GoodputReport(goodput=useful / env.now, wall_s=env.now, useful_s=useful, failures=stats["failures"],
-                         lost_s=env.now - useful - stats["restart"] - stats["ckpt"], restart_s=stats["restart"],
+    # min/max: the simulated clock sums the same step times in another order (float rounding
+    # must not report a goodput above 1 or a negative loss)
+    return GoodputReport(goodput=min(1.0, useful / env.now), wall_s=env.now, useful_s=useful, failures=stats["failures"],
+                         lost_s=max(0.0, env.now - useful - stats["restart"] - stats["ckpt"]), restart_s=stats["restart"],
                          checkpoint_s=stats["ckpt"], mtbf_s=mtbf, young_daly_interval_steps=yd, seed=seed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
@@ -17,6 +18,18 @@ import yaml
 from hwmodels.errors import InputError, unknown_name
 
 _PRESETS_FILE = Path(__file__).parent / "data" / "models.yaml"
+
+# Upper bounds on a model's sizes: far above any published model (the largest have ~130 layers,
+# hidden 25k, vocab 260k, 256 experts), low enough that parameter and FLOP counts stay finite floats
+# and per-layer loops stay short; beyond them a config is a typo, refused with a one-line error.
+MAX_LAYERS = 10_000
+MAX_DIM = 2 ** 24
+# ModelSpec fields by the Hugging Face config key a user wrote.
+_HF_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+             "num_kv_heads": "num_key_value_heads", "ffn_hidden_size": "intermediate_size",
+             "num_experts": "num_local_experts", "experts_per_token": "num_experts_per_tok",
+             "moe_ffn_hidden_size": "moe_intermediate_size", "num_shared_experts": "n_shared_experts",
+             "first_dense_layers": "first_k_dense_replace"}
 
 _GATED_ACTS = {"silu", "swiglu", "geglu", "swish"}
 _PLAIN_ACTS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu"}
@@ -60,7 +73,12 @@ class ModelSpec:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
-        if self.head_dim == 0 and self.num_heads:
+        for f, lo in (("head_dim", 0), ("moe_layer_freq", 1)):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise InputError(f"model {self.name!r}: {f}={v!r} must be an integer >= {lo}")
+        if self.head_dim == 0 and isinstance(self.num_heads, int) and self.num_heads > 0 \
+                and isinstance(self.hidden_size, int):
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         for f in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size",
                   "vocab_size"):
@@ -73,6 +91,14 @@ class ModelSpec:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise InputError(f"model {self.name!r}: {f}={v!r} must be a non-negative integer")
+        for f in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size",
+                  "head_dim", "num_experts", "experts_per_token", "moe_ffn_hidden_size", "num_shared_experts",
+                  "moe_layer_freq", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+                  "v_head_dim", "learned_pos_embeddings"):
+            v, most = getattr(self, f), MAX_LAYERS if f == "num_layers" else MAX_DIM
+            if isinstance(v, int) and v > most:
+                raise InputError(f"model {self.name!r}: {_HF_NAMES.get(f, f)}={v} exceeds {most:,}, the "
+                                 f"largest size clusterplan accepts")
         if self.num_heads % self.num_kv_heads:
             raise InputError(f"model {self.name!r}: num_key_value_heads={self.num_kv_heads} must "
                              f"divide num_attention_heads={self.num_heads}")
@@ -209,17 +235,19 @@ class ModelSpec:
 
 # ---- reading configs ------------------------------------------------------------------------
 
-def _int_key(cfg: dict, key: str, where: str, default=None, positive=True):
+def _int_key(cfg: dict, key: str, where: str, default=None, positive=True, names: dict | None = None):
+    """cfg[key] as an int; `names` maps a key to the alias the config used for it (messages name
+    what the user wrote)."""
     if key not in cfg or cfg[key] is None:
         if default is None:
             raise InputError(f"{where}: missing key {key!r} (a Hugging Face config needs it)")
         return default
-    v = cfg[key]
+    v, label = cfg[key], (names or {}).get(key, key)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-        raise InputError(f"{where}: {key}={v!r} must be an integer")
+        raise InputError(f"{where}: {label}={v!r} must be an integer")
     v = int(v)
     if v < (1 if positive else 0):
-        raise InputError(f"{where}: {key}={v} must be {'> 0' if positive else '>= 0'}")
+        raise InputError(f"{where}: {label}={v} must be {'> 0' if positive else '>= 0'}")
     return v
 
 
@@ -234,22 +262,23 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
     if not isinstance(cfg, dict):
         raise InputError(f"{where}: expected a mapping of config keys, got {type(cfg).__name__}")
     cfg = dict(cfg)
+    names: dict = {}  # HF key -> the GPT-style alias the config used for it
     for alias, key in (("n_layer", "num_hidden_layers"), ("n_embd", "hidden_size"),
                        ("n_head", "num_attention_heads"), ("n_inner", "intermediate_size"),
                        ("activation_function", "hidden_act"), ("n_positions", "max_position_embeddings")):
         if alias in cfg and key not in cfg:
-            cfg[key] = cfg[alias]
-    L = _int_key(cfg, "num_hidden_layers", where)
-    h = _int_key(cfg, "hidden_size", where)
-    a = _int_key(cfg, "num_attention_heads", where)
+            cfg[key], names[key] = cfg[alias], alias
+    L = _int_key(cfg, "num_hidden_layers", where, names=names)
+    h = _int_key(cfg, "hidden_size", where, names=names)
+    a = _int_key(cfg, "num_attention_heads", where, names=names)
     kv = _int_key(cfg, "num_key_value_heads", where, default=a)
     vocab = _int_key(cfg, "vocab_size", where)
     act = str(cfg.get("hidden_act", "silu")).lower()
     if act not in _GATED_ACTS | _PLAIN_ACTS:
-        raise InputError(f"{where}: hidden_act={act!r} is not known; valid: "
+        raise InputError(f"{where}: {names.get('hidden_act', 'hidden_act')}={act!r} is not known; valid: "
                          f"{', '.join(sorted(_GATED_ACTS | _PLAIN_ACTS))}")
     gated = bool(cfg.get("gated_mlp", act in _GATED_ACTS))
-    ffn = _int_key(cfg, "intermediate_size", where, default=4 * h)
+    ffn = _int_key(cfg, "intermediate_size", where, default=4 * h, names=names)
     model_type = str(cfg.get("model_type", "")).lower()
     gpt_style = model_type in ("gpt2", "gpt3", "megatron-gpt", "gpt_neox", "gpt-j") or "n_embd" in cfg
     n_experts = _int_key(cfg, "num_local_experts", where, default=0, positive=False) or \
@@ -279,16 +308,28 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
         qk_nope_head_dim=_int_key(cfg, "qk_nope_head_dim", where, default=0, positive=False),
         qk_rope_head_dim=_int_key(cfg, "qk_rope_head_dim", where, default=0, positive=False),
         v_head_dim=_int_key(cfg, "v_head_dim", where, default=0, positive=False),
-        max_position_embeddings=_int_key(cfg, "max_position_embeddings", where, default=0, positive=False),
+        max_position_embeddings=_int_key(cfg, "max_position_embeddings", where, default=0, positive=False,
+                                         names=names),
         published_params=float(cfg.get("published_params", 0.0) or 0.0),
         source=str(cfg.get("source", "")),
     )
     # Qwen2-MoE / Qwen3-MoE name their shared expert by size rather than count.
-    shared_ffn = cfg.get("shared_expert_intermediate_size")
+    shared_ffn = _int_key(cfg, "shared_expert_intermediate_size", where, default=0, positive=False)
+    if shared_ffn > MAX_DIM:
+        raise InputError(f"{where}: shared_expert_intermediate_size={shared_ffn} exceeds {MAX_DIM:,}")
     if n_experts and shared_ffn and not kwargs["num_shared_experts"]:
         moe_ffn = kwargs["moe_ffn_hidden_size"] or ffn
-        kwargs["num_shared_experts"] = max(1, round(int(shared_ffn) / moe_ffn))
-    return ModelSpec(**kwargs)
+        kwargs["num_shared_experts"] = max(1, round(shared_ffn / moe_ffn))
+    try:
+        return ModelSpec(**kwargs)
+    except InputError as e:  # ModelSpec names the model; name the file (or preset) the keys came from
+        msg, prefix = str(e), f"model {name!r}: "
+        msg = msg[len(prefix):] if msg.startswith(prefix) else msg
+        names["num_local_experts"] = next((k for k in ("num_local_experts", "n_routed_experts", "num_experts")
+                                           if cfg.get(k)), "num_local_experts")
+        for key, used in names.items():  # the key as the config spelled it
+            msg = re.sub(rf"\b{key}=", f"{used}=", msg)
+        raise InputError(f"{where}: {msg}") from None
 
 
 @cache

@@ -14,6 +14,9 @@ from simulator.models import ModelSpec
 SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1", "zb-h2")
 RECOMPUTE = ("none", "selective", "full")
 DTYPES = ("bf16", "fp16", "fp8", "fp4")
+# Upper bound on seq-len and global batch (2^24 tokens per sequence, 2^24 sequences per step):
+# beyond any training run, and it keeps token and FLOP counts finite floats.
+MAX_JOB_SIZE = 2 ** 24
 _INT_KEYS = ("dp", "tp", "pp", "cp", "ep", "mb", "vpp", "zero")
 _ON = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
 
@@ -50,6 +53,8 @@ class TrainingJob:
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise InputError(f"{k.replace('_', '-')}={v!r} must be a positive integer")
+            if v > MAX_JOB_SIZE:
+                raise InputError(f"{k.replace('_', '-')}={v} exceeds {MAX_JOB_SIZE:,}, the largest clusterplan accepts")
         if self.dtype not in DTYPES:
             raise InputError(f"dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
 

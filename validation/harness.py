@@ -104,8 +104,13 @@ def model_to_dict(spec: ModelSpec) -> dict:
 
 
 def model_from_dict(d: dict) -> ModelSpec:
+    if not isinstance(d, dict):
+        raise InputError(f"model {d!r} is not a mapping of ModelSpec fields")
     names = {f.name for f in dataclasses.fields(ModelSpec)}
-    return ModelSpec(**{k: v for k, v in d.items() if k in names and k != "extra"})
+    try:
+        return ModelSpec(**{k: v for k, v in d.items() if k in names and k != "extra"})
+    except TypeError as e:  # a required field missing
+        raise InputError(f"model {d.get('name')!r}: {e}") from None
 
 
 def check_model(spec: ModelSpec) -> None:
@@ -476,12 +481,9 @@ def run(cfg: RunConfig, out: str, memory_limit: float | None = None, log=print) 
     os.makedirs(out, exist_ok=True)
     from validation.profiler import write_csv
     write_csv(os.path.join(out, "cases.csv"), cases)
-    with open(os.path.join(out, "samples.json"), "w") as f:
-        json.dump(samples, f, indent=1)
-        f.write("\n")
-    with open(os.path.join(out, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-        f.write("\n")
+    from hwmodels.fileio import write_json_atomic
+    write_json_atomic(os.path.join(out, "samples.json"), samples, indent=1)
+    write_json_atomic(os.path.join(out, "meta.json"), meta, indent=1)  # last: a run folder is complete
     return {"meta": meta, "cases": cases}
 
 
@@ -499,15 +501,61 @@ def load_run(path: str) -> tuple[dict, list[dict], dict]:
     if not os.path.isfile(meta_path):
         raise InputError(f"runs {path!r}: no meta.json there (make one with `clusterplan validate run "
                          f"--out {path}`)")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get("schema") != "clusterplan-run/1":
-        raise InputError(f"runs {path!r}: schema {meta.get('schema')!r}, expected 'clusterplan-run/1'")
-    with open(os.path.join(path, "cases.csv"), newline="") as f:
-        cases = list(csv.DictReader(f))
+    where = f"runs {path!r}"
+    meta = _read_json(meta_path, where)
+    if not isinstance(meta, dict) or meta.get("schema") != "clusterplan-run/1":
+        got = meta.get("schema") if isinstance(meta, dict) else type(meta).__name__
+        raise InputError(f"{where}: schema {got!r}, expected 'clusterplan-run/1'")
+    cfg = meta.get("config")
+    if not isinstance(cfg, dict):
+        raise InputError(f"{where}: meta.json config={cfg!r} must be a mapping (the RunConfig)")
+    for key, typ in (("model", dict), ("dtype", str), ("device", str), ("threads", int)):
+        if not isinstance(cfg.get(key), typ) or isinstance(cfg.get(key), bool):
+            raise InputError(f"{where}: meta.json config.{key}={cfg.get(key)!r} must be a {typ.__name__}")
+    cases = _read_cases(os.path.join(path, "cases.csv"), where)
     samples = {}
     sp = os.path.join(path, "samples.json")
     if os.path.isfile(sp):
-        with open(sp) as f:
-            samples = json.load(f)
+        samples = _read_json(sp, where)
+        if not isinstance(samples, dict) or not all(isinstance(v, dict) for v in samples.values()):
+            raise InputError(f"{where}: samples.json must map case names to objects")
+        for name, v in samples.items():
+            kv = v.get("kv_len")
+            if kv is not None and (not isinstance(kv, list) or not all(
+                    isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in kv)):
+                raise InputError(f"{where}: samples.json {name}.kv_len must be a list of integers >= 1")
     return meta, cases, samples
+
+
+# cases.csv columns: "str", "int" (>= 0), "pos" (> 0), "nonneg" (>= 0); "?" optional
+_CASE_COLUMNS = {"case": "str", "kind": "str", "ranks": "int", "batch": "int", "seq_len": "int", "kv_len": "int",
+                 "median_s": "pos", "p10_s": "pos", "p90_s": "pos", "samples": "int?", "foreign_cpu": "nonneg?"}
+
+
+def _read_json(path: str, where: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise InputError(f"{where}: {os.path.basename(path)} is unreadable ({e})") from None
+
+
+def _read_cases(path: str, where: str) -> list[dict]:
+    """cases.csv rows with numbers converted and checked (one-line InputError naming the cell)."""
+    from hwmodels.own_profiles import table_cell
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows, header = list(reader), reader.fieldnames or []
+    except (OSError, csv.Error, ValueError) as e:
+        raise InputError(f"{where}: cases.csv is unreadable ({e})") from None
+    missing = [c for c, k in _CASE_COLUMNS.items() if c not in header and not k.endswith("?")]
+    if missing:
+        raise InputError(f"{where}: cases.csv has no column {missing[0]!r}; columns: {', '.join(_CASE_COLUMNS)}")
+    for line, r in enumerate(rows, start=2):
+        for c, kind in _CASE_COLUMNS.items():
+            r[c] = table_cell(r.get(c), kind, f"{where}: cases.csv line {line}: {c}")
+        for c in ("ranks", "batch", "seq_len"):
+            if r[c] < 1:
+                raise InputError(f"{where}: cases.csv line {line}: {c}={r[c]} must be >= 1")
+    return rows

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import json
 import math
 import os
 import platform
@@ -23,6 +22,7 @@ import subprocess
 import time
 
 from hwmodels.errors import InputError
+from hwmodels.fileio import write_json_atomic, write_text_atomic
 from hwmodels.own_profiles import SCHEMA
 
 DEFAULT_DTYPES = {"cpu": ("fp32",), "cuda": ("bf16", "fp16")}
@@ -521,16 +521,17 @@ def _profile(torch, device, out, quick, threads, ranks, dtypes, g, niceness, log
     os.makedirs(out, exist_ok=True)
     for name, rows in tables.items():
         write_csv(os.path.join(out, name), rows)
-    with open(os.path.join(out, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-        f.write("\n")
+    write_json_atomic(os.path.join(out, "meta.json"), meta, indent=1)
     return meta
 
 
 def write_csv(path: str, rows: list[dict]):
+    """A CSV table, written atomically (hwmodels.fileio)."""
+    import io
     fields = list(rows[0]) if rows else []
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_text_atomic(path, buf.getvalue())
