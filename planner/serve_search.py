@@ -36,6 +36,7 @@ DEFAULT_GAP = 0.0
 TPS = (1, 2, 4, 8)
 PERCENTILES = {50: "p50", 90: "p90", 99: "p99"}
 _CAPACITY_CACHE: dict = {}
+MAX_PROBE_REQUESTS = 20_000
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -101,9 +102,13 @@ def cluster_for_device(name: str):
 
 # ---- step 1: capacity per replica -------------------------------------------------------------
 
+ROLES = ("both", "prefill", "decode")
+
+
 @dataclass
 class Capacity:
-    """One configuration's sustainable rate per replica under the SLOs (0 when none)."""
+    """One configuration's sustainable rate per replica under the SLOs (0 when none). `role`: an
+    aggregated replica ("both"), or one of a disaggregated fleet's prefill or decode pools."""
     device: str
     tp: int
     rate: float  # requests/s per replica within the SLOs
@@ -111,10 +116,14 @@ class Capacity:
     tpot_floor_s: float
     probes: list = field(default_factory=list)  # (rate, ttft, tpot, ok)
     note: str | None = None
+    role: str = "both"
+    bound: float = math.inf  # the analytic upper bound on the rate that bracketed the bisection
+    kv_transfer_s: float = 0.0  # prefill role: SLO-percentile prompt's KV transfer, part of TTFT
 
     def to_dict(self) -> dict:
-        return {"device": self.device, "tp": self.tp, "rate_per_replica": self.rate,
+        return {"device": self.device, "tp": self.tp, "role": self.role, "rate_per_replica": self.rate,
                 "ttft_floor_s": self.ttft_floor_s, "tpot_floor_s": self.tpot_floor_s,
+                "kv_transfer_s": self.kv_transfer_s, "rate_bound": self.bound if math.isfinite(self.bound) else None,
                 "probes": len(self.probes), "note": self.note}
 
 
@@ -130,77 +139,234 @@ def _metrics(rep, pk: str):
     return ttft, tpot
 
 
-def _steady(requests, growth: float = 1.5) -> bool:
+def _steady(requests, growth: float = 1.5, latency=lambda r: r.first_token_s - r.arrival_s) -> bool:
     """False when the queue grows through the run (the rate is not sustainable, however short the
-    run): mean TTFT of the last fifth of arrivals > growth × that of the second fifth plus the
-    smallest TTFT seen (a short probe at an overload rate can still meet a loose TTFT SLO)."""
-    reqs = sorted((r for r in requests if math.isfinite(r.first_token_s)), key=lambda r: r.arrival_s)
+    run): mean latency (TTFT by default) of the last fifth of arrivals > growth × that of the
+    second fifth plus the smallest seen (a short probe at an overload rate can still meet a loose
+    SLO)."""
+    reqs = sorted((r for r in requests if math.isfinite(latency(r))), key=lambda r: r.arrival_s)
     n = len(reqs)
     if n < 10:
         return True
-    ttft = [r.first_token_s - r.arrival_s for r in reqs]
-    early = sum(ttft[n // 5: 2 * n // 5]) / max(1, 2 * n // 5 - n // 5)
-    late = sum(ttft[4 * n // 5:]) / max(1, n - 4 * n // 5)
-    return late <= growth * early + min(ttft)
+    lat = [latency(r) for r in reqs]
+    early = sum(lat[n // 5: 2 * n // 5]) / max(1, 2 * n // 5 - n // 5)
+    late = sum(lat[4 * n // 5:]) / max(1, n - 4 * n // 5)
+    return late <= growth * early + min(lat)
+
+
+def _length_percentile(dist, percentile: int, seed: int) -> float:
+    import numpy as np
+    return float(np.percentile(dist.sample(np.random.default_rng(seed), 2000), percentile))
+
+
+def kv_link_bytes_per_s(cluster, tp: int) -> float:
+    """What a replica's devices move between nodes per second (each GPU's share of the node's NICs:
+    the KV of a disaggregated fleet crosses nodes, GPUDirect RDMA as in DistServe §4/Mooncake)."""
+    return tp * cluster.nics_per_node * cluster.nic_bytes_per_s / cluster.devices_per_node
+
+
+def kv_transfer_s(model, cluster, tp: int, prompt_tokens: float, kv_dtype: str) -> float:
+    """Time to move one prompt's KV cache from a prefill replica to a decode replica on another
+    node: the TP shards move in parallel, one send/recv each (the engine's `_transfer`)."""
+    from hwmodels.collectives import collective_s
+    from simulator.serving.kv_cache import kv_bytes_per_token
+    nbytes = prompt_tokens * kv_bytes_per_token(model, 1, 1, kv_dtype) / tp
+    return collective_s(cluster, "send_recv", 2, cluster.devices_per_node, float(nbytes))
+
+
+def rate_bound(model, cluster, tp: int, workload, slo_tpot_s: float, engine: str, dtype: str,
+               kv_dtype, role: str = "both", max_running: int = 4096) -> float:
+    """An analytic estimate, close to an upper bound, of the rate one replica sustains (it
+    brackets the bisection, so probes start near the answer). Per request a replica spends at
+    least the prompt's tokens at the best per-token prefill speed (a full 8192-token chunk) and
+    (osl − 1) decode steps shared by the B running requests, B the largest batch whose
+    decode-only step fits the TPOT SLO (a mixed step is slower) and that the KV cache and the
+    engine's max_num_seqs hold (`max_running`): rate ≤ 1 / (isl·t_tok + (osl − 1)·t(B)/B)
+    (Sarathi-Serve, Agrawal et al. OSDI'24 §3: decode throughput grows with batch until the step
+    time bounds it)."""
+    from simulator.serving.costs import iteration_cost
+    from simulator.serving.scheduler import Batch
+    costs = iteration_cost(model, cluster, tp, 1, 1, dtype, kv_dtype, engine)
+    isl, osl = max(1.0, workload.prompt_len.mean), max(1.0, workload.output_len.mean)
+    prefill_per_request = isl * costs.prefill_s(8192) / 8192
+    if role == "prefill":
+        return 1.0 / prefill_per_request
+    best = 0.0  # the most decode tokens per second within the TPOT SLO
+    sizes = sorted({min(2 ** k, max(1, max_running)) for k in range(13)})
+    for b in sizes:
+        dec = Batch()
+        dec.num_decode = dec.samples = b
+        dec.decode_kv_tokens = int(b * (isl + osl / 2))
+        t = costs.iteration_s(dec)
+        if t > slo_tpot_s and b > 1:
+            break
+        best = max(best, b / t)
+    decode_per_request = (osl - 1) / best if osl > 1 else 0.0
+    if role == "decode":
+        return 1.0 / decode_per_request if decode_per_request > 0 else math.inf
+    return 1.0 / (prefill_per_request + decode_per_request)
+
+
+def _cache_key(model, cluster, tp, workload, *rest):
+    key = (model.name, model, cluster.name, cluster.device.name, tp, workload.prompt_len,
+           workload.output_len, workload.arrival_cv, workload.shared_prefix, *rest)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable model spec: no caching
+        return None
+    return key
+
+
+def capacities(model, work: list, workload, slo_ttft_s: float, slo_tpot_s: float, percentile: int,
+               requests: int, seed: int, engine: str, dtype: str, kv_dtype, jobs: int | None = None,
+               progress=None) -> list[Capacity]:
+    """`replica_capacity` of every (cluster, tp, role) in `work`, in that order. Configurations are
+    independent: with `jobs` > 1 (default: the CPU count) they run in forked worker processes,
+    which inherit the loaded kernel tables; results land in the parent's cache."""
+    import os
+    args = [(c, tp, role) for c, tp, role in work]
+    rest = (slo_ttft_s, slo_tpot_s, percentile, requests, seed, engine, dtype, kv_dtype)
+    keys = [_cache_key(model, c, tp, workload, *rest, 7, role, 0.04) for c, tp, role in args]
+    out: list = [_CAPACITY_CACHE.get(k) if k is not None else None for k in keys]
+    todo = [i for i, cap in enumerate(out) if cap is None]
+    jobs = min(jobs or os.cpu_count() or 1, len(todo))
+    done = len(args) - len(todo)
+
+    def finish(i, cap):
+        nonlocal done
+        out[i] = cap
+        if keys[i] is not None:
+            _CAPACITY_CACHE[keys[i]] = cap
+        done += 1
+        if progress:
+            c, tp, role = args[i]
+            progress(done, len(args), f"{c.device.name} tp={tp} {role}")
+
+    import multiprocessing
+    if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from simulator.serving.costs import iteration_cost
+        for c in {id(c): c for c, _, _ in args}.values():  # load kernel tables before the fork
+            iteration_cost(model, c, 1, 1, 1, dtype, kv_dtype, engine)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as ex:
+            futs = {ex.submit(replica_capacity, model, args[i][0], args[i][1], workload, slo_ttft_s,
+                              slo_tpot_s, percentile, requests, seed, engine, dtype, kv_dtype,
+                              role=args[i][2]): i
+                    for i in sorted(todo, key=lambda i: args[i][1])}  # small tp (slow probes) first
+            for f in as_completed(futs):
+                finish(futs[f], f.result())
+    else:
+        for i in todo:
+            c, tp, role = args[i]
+            finish(i, replica_capacity(model, c, tp, workload, slo_ttft_s, slo_tpot_s, percentile,
+                                       requests, seed, engine, dtype, kv_dtype, role=role))
+    return out
 
 
 def replica_capacity(model, cluster, tp: int, workload, slo_ttft_s: float, slo_tpot_s: float,
                      percentile: int = 90, requests: int = 400, seed: int = 0, engine: str = "vllm",
-                     dtype: str = "bf16", kv_dtype: str | None = None, iterations: int = 7) -> Capacity:
+                     dtype: str = "bf16", kv_dtype: str | None = None, iterations: int = 7,
+                     role: str = "both", rel_tol: float = 0.04) -> Capacity:
     """Bisection on the open-loop rate of one replica (tp devices of `cluster`): the highest rate
     whose probe keeps the `percentile` TTFT ≤ slo_ttft_s and TPOT ≤ slo_tpot_s with every request
-    served. The probe at 1e-3 req/s gives the floors (a config whose floors miss the SLO has rate 0).
-    Raises nothing for a model that does not fit: rate 0 with the reason in `note`."""
+    served and no growing queue. The probe at 1e-3 req/s gives the floors (a config whose floors
+    miss the SLO has rate 0); `rate_bound` brackets the search, which stops when the bracket is
+    within `rel_tol` (or after `iterations` halvings).
+
+    Roles (disaggregation, DistServe §3): "prefill" probes the replica on the prompts alone (one
+    output token) and holds TTFT + the KV transfer to a decode node to the TTFT SLO; "decode"
+    probes a decode-only replica whose requests arrive with their KV (simulator.serving.engine's
+    decode-only mode) and holds TPOT to its SLO. Raises nothing for a model that does not fit:
+    rate 0 with the reason in `note`."""
     from simulator.serving.engine import ReplicaGroup, ServingSimulation
-    from simulator.serving.workload import RateSchedule
+    from simulator.serving.workload import LengthDist, RateSchedule
+    if role not in ROLES:
+        raise InputError(f"role {role!r}; valid: {', '.join(ROLES)}")
     pk = PERCENTILES[percentile]
-    key = (model.name, model, cluster.name, cluster.device.name, tp, workload.prompt_len,
-           workload.output_len, workload.arrival_cv, workload.shared_prefix, slo_ttft_s, slo_tpot_s,
-           percentile, requests, seed, engine, dtype, kv_dtype, iterations)
-    try:
-        hit = _CAPACITY_CACHE.get(key)
-    except TypeError:  # an unhashable model spec: no caching
-        key, hit = None, None
+    key = _cache_key(model, cluster, tp, workload, slo_ttft_s, slo_tpot_s, percentile, requests, seed,
+                     engine, dtype, kv_dtype, iterations, role, rel_tol)
+    hit = _CAPACITY_CACHE.get(key) if key is not None else None
     if hit is not None:
         return hit
-    plan = _plan([ReplicaGroup(cluster, tp)], engine, dtype, kv_dtype)
+    plan = _plan([ReplicaGroup(cluster, tp, role="decode" if role == "decode" else "both")],
+                 engine, dtype, kv_dtype)
+    base = workload
+    transfer = 0.0
+    if role == "prefill":  # the prompt and its first token; the KV then leaves for a decode node
+        base = replace(workload, output_len=LengthDist.parse("1"))
     probes = []
+    lifetime_s = 0.0  # the longest a request lives within the SLOs (set below)
 
-    def probe(rate):
-        wl = replace(workload, rate=RateSchedule(((rate, math.inf),)), num_requests=requests,
+    held = {}  # what the probed replica holds: KV tokens and running sequences
+
+    def probe(rate, n=None):
+        # A probe must span several request lifetimes, or an overload goes unseen: a replica can
+        # hold a short burst whole in its KV cache and meet the SLOs while it lasts.
+        n = n or max(requests, min(MAX_PROBE_REQUESTS, math.ceil(3 * rate * lifetime_s)))
+        wl = replace(base, rate=RateSchedule(((rate, math.inf),)), num_requests=n,
                      seed=seed, concurrency=0, trace=None, warmup_requests=0,
                      slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)
         sim = ServingSimulation(model, plan, wl)
+        held.setdefault("kv_tokens", sim.replicas[0].pool.capacity_tokens)
+        held.setdefault("max_seqs", sim.replicas[0].cfg.max_num_seqs)
         rep = sim.run()
         ttft, tpot = _metrics(rep, pk)
-        ok = (rep.rejected == 0 and rep.completed == requests
-              and ttft <= slo_ttft_s and tpot <= slo_tpot_s and _steady(sim.requests))
+        served = rep.rejected == 0 and rep.completed == n
+        if role == "prefill":
+            ttft += transfer
+            ok = served and ttft <= slo_ttft_s and _steady(sim.requests)
+        elif role == "decode":
+            ok = served and tpot <= slo_tpot_s and _steady(sim.requests, latency=lambda r: r.finish_s - r.arrival_s)
+        else:
+            ok = served and ttft <= slo_ttft_s and tpot <= slo_tpot_s and _steady(sim.requests)
         probes.append((rate, ttft, tpot, ok))
         return ok, ttft, tpot
 
     try:
-        ok, ttft0, tpot0 = probe(1e-3)
+        if role == "prefill":
+            from simulator.serving.costs import iteration_cost
+            kvd = iteration_cost(model, cluster, tp, 1, 1, dtype, kv_dtype, engine).kv_dtype
+            transfer = kv_transfer_s(model, cluster.with_nodes(max(2, cluster.num_nodes)), tp, _length_percentile(workload.prompt_len, percentile, seed), kvd)
+        ok, ttft0, tpot0 = probe(1e-3, min(requests, 50))  # requests alone: a few suffice
+        footprint = workload.prompt_len.mean + workload.output_len.mean / 2  # KV tokens per running request
+        bound = rate_bound(model, cluster, tp, workload, slo_tpot_s, engine, dtype, kv_dtype, role,
+                           min(held["max_seqs"], int(held["kv_tokens"] // max(1.0, footprint))))
+        lifetime_s = (ttft0 if math.isfinite(ttft0) else slo_ttft_s) + \
+            (0.0 if role == "prefill" else max(0.0, workload.output_len.mean - 1) * slo_tpot_s)
     except InputError as e:
-        cap = Capacity(cluster.device.name, tp, 0.0, math.inf, math.inf, probes, note=str(e))
+        cap = Capacity(cluster.device.name, tp, 0.0, math.inf, math.inf, probes, note=str(e), role=role)
     else:
         if not ok:
-            cap = Capacity(cluster.device.name, tp, 0.0, ttft0, tpot0, probes)
+            cap = Capacity(cluster.device.name, tp, 0.0, ttft0, tpot0, probes, role=role, bound=bound)
         else:
-            lo, hi = 1e-3, 1.0
-            for _ in range(16):  # grow until a probe fails
-                if not probe(hi)[0]:
+            lo, hi = 1e-3, None
+            if math.isfinite(bound) and bound > lo:  # the estimate first, then a step either way
+                step = bound
+                while step > lo and not probe(step)[0]:
+                    hi, step = step, step * 0.8
+                if step > lo:
+                    lo = step
+                if hi is None:
+                    hi = 1.25 * lo
+            else:
+                hi = 1.0
+            for _ in range(16):  # the bound is a model: a probe must fail at hi
+                if hi in (p[0] for p in probes) or not probe(hi)[0]:
                     break
                 lo, hi = hi, hi * 2
             else:
                 hi = None
             if hi is not None:
                 for _ in range(iterations):
+                    if hi - lo <= rel_tol * hi:
+                        break
                     mid = (lo + hi) / 2
                     if probe(mid)[0]:
                         lo = mid
                     else:
                         hi = mid
-            cap = Capacity(cluster.device.name, tp, lo, ttft0, tpot0, probes)
+            cap = Capacity(cluster.device.name, tp, lo, ttft0, tpot0, probes, role=role, bound=bound,
+                           kv_transfer_s=transfer)
     if key is not None:
         _CAPACITY_CACHE[key] = cap
     return cap
@@ -211,12 +377,15 @@ def replica_capacity(model, cluster, tp: int, workload, slo_ttft_s: float, slo_t
 @dataclass(frozen=True)
 class Option:
     """A replica configuration for the ILP: `devices` devices of type `group` serve `rate` req/s
-    and cost `price` USD per device-hour."""
+    in `role` (both = aggregated; prefill/decode = a disaggregated pool) and cost `price` USD per
+    device-hour; `link` is what the replica moves between nodes per second (KV transfers)."""
     name: str
     group: str
     devices: int
     rate: float
     price: float
+    role: str = "both"
+    link: float = math.inf
 
     @property
     def cost(self) -> float:
@@ -227,30 +396,49 @@ class Option:
 class FleetSolution:
     counts: dict  # option name → replicas (> 0 only)
     cost_per_hour: float
-    capacity: float
+    capacity: float  # the least, over the roles served, of the capacity Σ n·rate
     status: str
     optimal: bool
     solve_time_s: float = 0.0
+    capacities: dict = field(default_factory=dict)  # role → Σ n·rate
+    gap: float = DEFAULT_GAP
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S
 
 
-def fleet_ilp(options: list[Option], required_rate: float, available: dict,
-              time_limit_s: float = DEFAULT_TIME_LIMIT_S, gap: float = DEFAULT_GAP) -> FleetSolution | None:
-    """The program in the module docstring. None when infeasible (see `explain_infeasible`)."""
+def _demands(required) -> dict:
+    """{role: rate}: a bare number is an aggregated demand."""
+    return dict(required) if isinstance(required, dict) else {"both": float(required)}
+
+
+def fleet_ilp(options: list[Option], required, available: dict, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+              gap: float = DEFAULT_GAP, kv_bytes_per_s: float = 0.0) -> FleetSolution | None:
+    """The program in the module docstring. `required`: req/s for an aggregated fleet, or
+    {"prefill": R_p, "decode": R_d} for a disaggregated one, whose prefill pool must send and
+    decode pool receive `kv_bytes_per_s` of KV over their links. None when infeasible (see
+    `explain_infeasible`)."""
     if not (time_limit_s > 0):
         raise InputError(f"solver time limit {time_limit_s!r} must be a positive number of seconds")
     if not (0 <= gap < 1):
         raise InputError(f"solver gap {gap!r} must be a relative gap in [0, 1)")
-    opts = [o for o in options if o.rate > 0 and o.devices <= available.get(o.group, 0)]
-    if not opts:
+    need = _demands(required)
+    opts = [o for o in options if o.rate > 0 and o.role in need and o.devices <= available.get(o.group, 0)]
+    if {o.role for o in opts} != set(need):
         return None
     prob = pulp.LpProblem("serving_fleet", pulp.LpMinimize)
     n = {i: pulp.LpVariable(f"replicas_{i}", lowBound=0, upBound=available[o.group] // o.devices,
                             cat="Integer") for i, o in enumerate(opts)}
     prob += pulp.lpSum(o.cost * n[i] for i, o in enumerate(opts)), "cost_per_hour"
-    prob += pulp.lpSum(o.rate * n[i] for i, o in enumerate(opts)) >= required_rate, "capacity"
+    for role, r in sorted(need.items()):
+        prob += (pulp.lpSum(o.rate * n[i] for i, o in enumerate(opts) if o.role == role) >= r,
+                 "capacity" if role == "both" else f"capacity_{role}")
     for g in sorted({o.group for o in opts}):
         prob += (pulp.lpSum(o.devices * n[i] for i, o in enumerate(opts) if o.group == g)
                  <= available[g], f"devices_{g}")
+    if kv_bytes_per_s > 0:  # DistServe §4.3: the KV of every request crosses the pools' links
+        for role, label in (("prefill", "kv_link_out"), ("decode", "kv_link_in")):
+            if role in need:  # in GB/s: coefficients near 1 keep CBC's tolerances meaningful
+                prob += (pulp.lpSum(min(o.link, 1e15) / 1e9 * n[i] for i, o in enumerate(opts) if o.role == role)
+                         >= kv_bytes_per_s / 1e9, label)
     solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap)
     t0 = time.perf_counter()
     prob.solve(solver)
@@ -265,15 +453,18 @@ def fleet_ilp(options: list[Option], required_rate: float, available: dict,
             counts[o.name] = counts.get(o.name, 0) + k
     by = {o.name: o for o in opts}
     cost = sum(by[k].cost * v for k, v in counts.items())
-    cap = sum(by[k].rate * v for k, v in counts.items())
+    caps = {role: sum(by[k].rate * v for k, v in counts.items() if by[k].role == role) for role in need}
     status = pulp.LpStatus[prob.status] if sol == pulp.LpSolutionOptimal else "time limit (not proven optimal)"
-    return FleetSolution(counts, cost, cap, status, sol == pulp.LpSolutionOptimal, dt)
+    return FleetSolution(counts, cost, min(caps.values()), status, sol == pulp.LpSolutionOptimal, dt, caps,
+                         gap, time_limit_s)
 
 
-def fleet_brute_force(options: list[Option], required_rate: float, available: dict) -> FleetSolution | None:
-    """Every integer vector n within the device limits; the cheapest meeting the capacity (small
+def fleet_brute_force(options: list[Option], required, available: dict,
+                      kv_bytes_per_s: float = 0.0) -> FleetSolution | None:
+    """Every integer vector n within the device limits; the cheapest meeting the demands (small
     instances only: the product of (available // devices + 1) over the options)."""
-    opts = [o for o in options if o.rate > 0 and o.devices <= available.get(o.group, 0)]
+    need = _demands(required)
+    opts = [o for o in options if o.rate > 0 and o.role in need and o.devices <= available.get(o.group, 0)]
     best = None
     for ns in itertools.product(*[range(available[o.group] // o.devices + 1) for o in opts]):
         use = {}
@@ -281,18 +472,29 @@ def fleet_brute_force(options: list[Option], required_rate: float, available: di
             use[o.group] = use.get(o.group, 0) + o.devices * k
         if any(v > available[g] for g, v in use.items()):
             continue
-        cap = sum(o.rate * k for o, k in zip(opts, ns))
-        if cap < required_rate - 1e-9:
+        caps = {role: sum(o.rate * k for o, k in zip(opts, ns) if o.role == role) for role in need}
+        if any(caps[role] < r - 1e-9 for role, r in need.items()):
+            continue
+        if kv_bytes_per_s > 0 and any(
+                sum(min(o.link, 1e15) * k for o, k in zip(opts, ns) if o.role == role) < kv_bytes_per_s - 1e-6
+                for role in ("prefill", "decode") if role in need):
             continue
         cost = sum(o.cost * k for o, k in zip(opts, ns))
         if best is None or cost < best.cost_per_hour - 1e-9:
-            best = FleetSolution({o.name: k for o, k in zip(opts, ns) if k}, cost, cap, "Optimal", True)
+            best = FleetSolution({o.name: k for o, k in zip(opts, ns) if k}, cost, min(caps.values()),
+                                 "Optimal", True, 0.0, caps)
     return best
 
 
 def explain_infeasible(caps: list[Capacity], pool: list[PoolEntry], required_rate: float,
-                       slo_ttft_s: float, slo_tpot_s: float, percentile: int) -> InputError:
-    """A one-line InputError naming the binding constraint."""
+                       slo_ttft_s: float, slo_tpot_s: float, percentile: int, disaggregated: bool = False,
+                       options: list | None = None, kv_bytes_per_s: float = 0.0) -> InputError:
+    """A one-line InputError naming the binding constraint (for a disaggregated search: the
+    prefill pool's TTFT, the decode pool's TPOT, the devices, or the KV link between the pools)."""
+    if disaggregated:
+        return _explain_disaggregated(caps, pool, required_rate, slo_ttft_s, slo_tpot_s, percentile,
+                                      options or [], kv_bytes_per_s)
+    caps = [c for c in caps if c.role == "both"]
     live = [c for c in caps if c.rate > 0]
     if not live:
         floors = [c for c in caps if math.isfinite(c.ttft_floor_s)]
@@ -327,6 +529,39 @@ def explain_infeasible(caps: list[Capacity], pool: list[PoolEntry], required_rat
                       f"SLOs, {required_rate:.3g} req/s required")
 
 
+def _explain_disaggregated(caps, pool, rate, slo_ttft_s, slo_tpot_s, percentile, options, kv_bytes_per_s):
+    pre = [c for c in caps if c.role == "prefill"]
+    dec = [c for c in caps if c.role == "decode"]
+    for role, mine in (("prefill", pre), ("decode", dec)):
+        if not any(c.rate > 0 for c in mine):
+            fits = [c for c in mine if math.isfinite(c.ttft_floor_s)]
+            if not fits:
+                notes = "; ".join(sorted({c.note for c in mine if c.note}))
+                return InputError(f"the model fits no {role} configuration of the pool (tp up to 8): {notes}")
+            if role == "prefill":
+                b = min(fits, key=lambda c: c.ttft_floor_s + c.kv_transfer_s)
+                return InputError(f"SLO TTFT {_fmt_s(slo_ttft_s)} is below the fastest prefill + KV transfer "
+                                  f"p{percentile} {_fmt_s(b.ttft_floor_s + b.kv_transfer_s)} "
+                                  f"({b.device} tp={b.tp}; disaggregated)")
+            b = min(fits, key=lambda c: c.tpot_floor_s)
+            return InputError(f"SLO TPOT {_fmt_s(slo_tpot_s)} is below the fastest decode-pool p{percentile} "
+                              f"TPOT {_fmt_s(b.tpot_floor_s)} ({b.device} tp={b.tp}; disaggregated)")
+    available = {e.device: e.count for e in pool}
+    need = {"prefill": rate, "decode": rate}
+    if kv_bytes_per_s > 0 and fleet_ilp(options, need, available) is not None:
+        out = max((o.link * (available[o.group] // o.devices) for o in options if o.role == "prefill" and o.rate > 0),
+                  default=0.0)
+        return InputError(f"KV link: the prefill pool must send {kv_bytes_per_s / 1e9:.3g} GB/s of KV to the "
+                          f"decode pool; the pool's links carry at most ~{out / 1e9:.3g} GB/s (kv_link)")
+    served = {role: sum(max(((available[o.group] // o.devices) * o.rate for o in options
+                             if o.role == role and o.group == g and o.rate > 0), default=0.0)
+                        for g in available) for role in need}
+    return InputError(f"not enough devices for a disaggregated fleet: {rate:.3g} req/s needs prefill and "
+                      f"decode pools together; the whole pool alone could prefill ~{served['prefill']:.3g} "
+                      f"and decode ~{served['decode']:.3g} req/s within the SLOs (devices: "
+                      f"{', '.join(f'{e.device}×{e.count}' for e in pool)})")
+
+
 def _fmt_s(s: float) -> str:
     if not math.isfinite(s):
         return "inf"
@@ -335,117 +570,199 @@ def _fmt_s(s: float) -> str:
 
 # ---- step 3: verification and the whole search ----------------------------------------------
 
-def verify_fleet(model, clusters: dict, counts: dict, tps: dict, workload, rate: float,
+DISAGG_MODES = ("auto", "on", "off")
+
+
+def option_name(device: str, tp: int, role: str = "both") -> str:
+    return f"{device}/tp{tp}" + ("" if role == "both" else f"/{role}")
+
+
+def verify_fleet(model, clusters: dict, counts: dict, by_opt: dict, workload, rate: float,
                  slo_ttft_s: float, slo_tpot_s: float, percentile: int, requests: int, seed: int,
                  engine: str, dtype: str, kv_dtype):
-    """Simulate the whole fleet (mixed device types, least-outstanding router) at `rate`."""
+    """Simulate the whole fleet (mixed device types, least-outstanding routers; a disaggregated
+    fleet's prefill pool hands each KV cache to its decode pool over the links) at `rate`."""
     from simulator.serving.engine import ReplicaGroup, simulate
     from simulator.serving.workload import RateSchedule
-    groups = [ReplicaGroup(clusters[dev], tps[name], count=k) for name, k in sorted(counts.items())
-              for dev in [name.split("/")[0]]]
+    order = {"prefill": 0, "both": 0, "decode": 1}
+    groups = [ReplicaGroup(clusters[o.group], o.devices, count=k, role=o.role)
+              for name, k in sorted(counts.items(), key=lambda kv: (order[by_opt[kv[0]].role], kv[0]))
+              for o in [by_opt[name]]]
     plan = _plan(groups, engine, dtype, kv_dtype)
     wl = replace(workload, rate=RateSchedule(((rate, math.inf),)), num_requests=requests, seed=seed,
                  concurrency=0, trace=None, warmup_requests=0, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)
     return simulate(model, plan, wl)
 
 
-def option_name(device: str, tp: int) -> str:
-    return f"{device}/tp{tp}"
-
-
 def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s: float,
                  slo_tpot_s: float, percentile: int = 90, requests: int = 400, seed: int = 0,
                  engine: str = "vllm", dtype: str = "bf16", kv_dtype: str | None = None,
                  time_limit_s: float = DEFAULT_TIME_LIMIT_S, gap: float = DEFAULT_GAP,
-                 single_type: bool = True, max_retries: int = 4) -> dict:
-    """The `plan serve` document: capacities, the cheapest fleet (and the cheapest single-type fleet
-    per device type for comparison when `single_type`), each verified by simulation."""
+                 single_type: bool = True, max_retries: int = 4, disagg: str = "auto",
+                 pareto: bool = True, progress=None, jobs: int | None = None) -> dict:
+    """The `plan serve` document: capacities, the cheapest fleet — aggregated, or prefill/decode
+    disaggregated (`disagg` on), or the cheaper of the two (auto) — the cheapest single-type fleet
+    per device type for comparison when `single_type`, each verified by simulation, and the
+    cost-vs-latency Pareto front of the verified fleets (with fleets of 1.5x and 2x the needed
+    capacity when `pareto`). `progress(done, total, label)` is called as capacities complete;
+    `jobs` worker processes measure them (default: the CPU count)."""
     if percentile not in PERCENTILES:
         raise InputError(f"SLO percentile {percentile!r}; valid: {', '.join(map(str, PERCENTILES))}")
     if not (rate > 0 and math.isfinite(rate)):
         raise InputError(f"--rate {rate!r} must be a positive number of requests/s")
+    if disagg not in DISAGG_MODES:
+        raise InputError(f"--disagg {disagg!r}; valid: {', '.join(DISAGG_MODES)}")
+    from simulator.serving.costs import iteration_cost
+    from simulator.serving.kv_cache import kv_bytes_per_token
     t0 = time.perf_counter()
     pk = PERCENTILES[percentile]
+    modes = {"off": ("aggregated",), "on": ("disaggregated",), "auto": ("aggregated", "disaggregated")}[disagg]
+    roles = (("both",) if "aggregated" in modes else ()) + (("prefill", "decode") if "disaggregated" in modes else ())
     clusters, notes, caps = {}, [], []
+    work = []
     for e in pool:
         c, note = cluster_for_device(e.device)
         c.device.peak(dtype)  # dtype unsupported on this device → InputError
         clusters[e.device] = c
         if note:
             notes.append(note)
-        for tp in TPS:
-            if tp > c.devices_per_node or tp > e.count:
-                continue
-            caps.append(replica_capacity(model, c, tp, workload, slo_ttft_s, slo_tpot_s, percentile,
-                                         requests, seed, engine, dtype, kv_dtype))
+        work += [(c, tp, role) for role in roles for tp in TPS if tp <= c.devices_per_node and tp <= e.count]
+    caps = capacities(model, work, workload, slo_ttft_s, slo_tpot_s, percentile, requests, seed,
+                      engine, dtype, kv_dtype, jobs, progress)
     price = {e.device: e.price_per_hour for e in pool}
     available = {e.device: e.count for e in pool}
-    options = [Option(option_name(c.device, c.tp), c.device, c.tp, c.rate, price[c.device]) for c in caps]
-    tps = {o.name: o.devices for o in options}
-    by_cap = {option_name(c.device, c.tp): c for c in caps}
+    options = [Option(option_name(c.device, c.tp, c.role), c.device, c.tp, c.rate, price[c.device], c.role,
+                      kv_link_bytes_per_s(clusters[c.device], c.tp)) for c in caps]
+    by_opt = {o.name: o for o in options}
+    by_cap = {option_name(c.device, c.tp, c.role): c for c in caps}
+    first = next(iter(clusters.values()))
+    kv_dt = iteration_cost(model, first, 1, 1, 1, dtype, kv_dtype, engine).kv_dtype
+    kv_rate = rate * workload.prompt_len.mean * kv_bytes_per_token(model, 1, 1, kv_dt)  # bytes/s between pools
+    verified = []
 
-    def solve_and_verify(opts, label):
-        need, fleet_notes = rate, []
+    def solve_and_verify(opts, mode, label, scale=1.0):
+        need = {"both": rate * scale} if mode == "aggregated" else {"prefill": rate * scale, "decode": rate * scale}
+        kv = kv_rate if mode == "disaggregated" else 0.0
+        fleet_notes = []
         for attempt in range(max_retries + 1):
-            sol = fleet_ilp(opts, need, available, time_limit_s, gap)
+            sol = fleet_ilp(opts, need, available, time_limit_s, gap, kv)
             if sol is None:
                 return None, fleet_notes
             nrep = sum(sol.counts.values())
-            rep = verify_fleet(model, clusters, sol.counts, tps, workload, rate, slo_ttft_s, slo_tpot_s,
+            rep = verify_fleet(model, clusters, sol.counts, by_opt, workload, rate, slo_ttft_s, slo_tpot_s,
                                percentile, max(requests, min(5000, 100 * nrep)), seed, engine, dtype, kv_dtype)
             ttft, tpot = _metrics(rep, pk)
             ok = ttft <= slo_ttft_s and tpot <= slo_tpot_s and rep.rejected == 0
             if ok or attempt == max_retries:
                 if not ok:
                     fleet_notes.append(f"{label}: still misses the SLO after {max_retries} re-solves")
-                return _fleet_doc(sol, rep, by_cap, rate, pk, ok, slo_ttft_s, slo_tpot_s, fleet_notes), fleet_notes
+                doc = _fleet_doc(sol, rep, by_cap, rate, pk, ok, slo_ttft_s, slo_tpot_s, mode)
+                verified.append(doc)
+                return doc, fleet_notes
             fleet_notes.append(f"{label}: {_describe(sol.counts)} missed the SLO in simulation "
                                f"({pk} TTFT {_fmt_s(ttft)}, TPOT {_fmt_s(tpot)}); re-solved for more capacity")
-            need = sol.capacity * 1.0001 + 1e-6  # the next solution: strictly more capacity
+            # the next solution: strictly more capacity where the simulation missed (TTFT: the
+            # prefill pool; TPOT: the decode pool; aggregated: the one pool)
+            for role, missed in (("both", True), ("prefill", ttft > slo_ttft_s or rep.rejected),
+                                 ("decode", tpot > slo_tpot_s)):
+                if role in need and missed:
+                    need[role] = sol.capacities[role] * 1.0001 + 1e-6
+            if all(need[r] <= sol.capacities[r] for r in need):  # rejected requests only
+                need = {r: v * 1.0001 + 1e-6 for r, v in sol.capacities.items()}
         return None, fleet_notes
 
-    best, fnotes = solve_and_verify(options, "cheapest fleet")
-    notes.extend(fnotes)
-    if best is None:
-        raise explain_infeasible(caps, pool, rate, slo_ttft_s, slo_tpot_s, percentile)
-    fleets = [best]
+    def mode_options(mode, device=None):
+        want = ("both",) if mode == "aggregated" else ("prefill", "decode")
+        return [o for o in options if o.role in want and (device is None or o.group == device)]
+
+    fleets = []
+    for mode in modes:
+        f, fnotes = solve_and_verify(mode_options(mode), mode, f"cheapest {mode} fleet")
+        notes.extend(fnotes)
+        if f is not None:
+            fleets.append(f)
+    if not fleets:
+        raise explain_infeasible(caps, pool, rate, slo_ttft_s, slo_tpot_s, percentile,
+                                 disaggregated=modes == ("disaggregated",), options=options,
+                                 kv_bytes_per_s=kv_rate)
+    fleets.sort(key=lambda f: (not f["meets_slo"], f["cost_per_hour"]))
+    best_mode = fleets[0]["mode"]
     if single_type and len(pool) > 1:
         for e in pool:
-            if {r["device"] for r in best["replicas"]} == {e.device}:
-                continue
-            f, fnotes = solve_and_verify([o for o in options if o.group == e.device], f"{e.device} only")
-            notes.extend(fnotes)
-            if f is None:
-                notes.append(f"{e.device} alone cannot serve {rate:g} req/s within the SLOs "
-                             f"with {e.count} devices")
-            else:
-                fleets.append(f)
-        fleets.sort(key=lambda f: (not f["meets_slo"], f["cost_per_hour"]))
+            for mode in modes:
+                if any({r["device"] for r in f["replicas"]} == {e.device} and f["mode"] == mode for f in fleets):
+                    continue
+                f, fnotes = solve_and_verify(mode_options(mode, e.device), mode, f"{e.device} only ({mode})")
+                notes.extend(fnotes)
+                if f is None:
+                    if mode == best_mode:
+                        notes.append(f"{e.device} alone cannot serve {rate:g} req/s within the SLOs "
+                                     f"with {e.count} devices ({mode})")
+                else:
+                    fleets.append(f)
+    if pareto:  # more capacity than needed: lower latency for more money
+        for scale in (1.5, 2.0):
+            solve_and_verify(mode_options(best_mode), best_mode, f"{scale}x capacity", scale)
+    fleets.sort(key=lambda f: (not f["meets_slo"], f["cost_per_hour"]))
+    for k, f in enumerate(fleets, 1):
+        f["rank"] = k
     return {
-        "model": model.name, "rate_req_per_s": rate,
+        "model": model.name, "rate_req_per_s": rate, "disagg": disagg,
         "slo": {"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s, "percentile": percentile},
         "workload": {"prompt_len": workload.prompt_len.text, "output_len": workload.output_len.text,
                      "requests_per_probe": requests, "seed": seed},
         "pool": [{"device": e.device, "count": e.count, "price_per_hour": e.price_per_hour} for e in pool],
         "capacities": [c.to_dict() for c in caps],
+        "kv_transfer_bytes_per_s": kv_rate if "disaggregated" in modes else None,
         "fleets": fleets,
+        "pareto": pareto_front(verified, pk),
         "search_time_s": time.perf_counter() - t0,
+        "solver": {"status": fleets[0]["solver_status"], "time_limit_s": time_limit_s, "gap": gap,
+                   "optimal": fleets[0]["solver_optimal"]},
         "solver_status": fleets[0]["solver_status"],
         "notes": notes,
     }
+
+
+def pareto_front(fleets: list, pk: str) -> list:
+    """The verified fleets that meet the SLOs and that no other such fleet beats on cost, TTFT
+    and TPOT at once (the SLO percentile), cheapest first."""
+    pts, seen = [], set()
+    for f in fleets:
+        key = (round(f["cost_per_hour"], 6), _describe_doc(f))
+        if not f["meets_slo"] or key in seen:
+            continue
+        seen.add(key)
+        pts.append(f)
+
+    def dominated(a, b):  # b dominates a
+        va = (a["cost_per_hour"], a["predicted"]["ttft_s"], a["predicted"]["tpot_s"])
+        vb = (b["cost_per_hour"], b["predicted"]["ttft_s"], b["predicted"]["tpot_s"])
+        return all(y <= x for x, y in zip(va, vb)) and vb != va
+    front = [a for a in pts if not any(dominated(a, b) for b in pts)]
+    front.sort(key=lambda f: f["cost_per_hour"])
+    return [{"cost_per_hour": f["cost_per_hour"], "mode": f["mode"], "replicas": _describe_doc(f),
+             "ttft_s": f["predicted"]["ttft_s"], "tpot_s": f["predicted"]["tpot_s"], "percentile": pk,
+             "headroom": f["headroom"]} for f in front]
 
 
 def _describe(counts: dict) -> str:
     return " + ".join(f"{k}×{n}" for n, k in sorted(counts.items()))
 
 
+def _describe_doc(f: dict) -> str:
+    return " + ".join(f"{r['count']}× {r['device']} tp={r['tp']}" + ("" if r["role"] == "both" else f" {r['role']}")
+                      for r in f["replicas"])
+
+
 def _fleet_doc(sol: FleetSolution, rep, by_cap: dict, rate: float, pk: str, ok: bool,
-               slo_ttft_s: float, slo_tpot_s: float, notes: list) -> dict:
+               slo_ttft_s: float, slo_tpot_s: float, mode: str) -> dict:
     reps = []
-    for name, k in sorted(sol.counts.items()):
+    for name, k in sorted(sol.counts.items(), key=lambda kv: (by_cap[kv[0]].role == "decode", kv[0])):
         c = by_cap[name]
-        reps.append({"device": c.device, "tp": c.tp, "count": k, "rate_per_replica": c.rate})
+        reps.append({"device": c.device, "tp": c.tp, "role": c.role, "count": k, "rate_per_replica": c.rate})
     return {
+        "mode": mode,
         "cost_per_hour": sol.cost_per_hour,
         "replicas": reps,
         "num_devices": sum(r["tp"] * r["count"] for r in reps),
@@ -458,5 +775,8 @@ def _fleet_doc(sol: FleetSolution, rep, by_cap: dict, rate: float, pk: str, ok: 
         "required": {"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s},
         "meets_slo": ok,
         "solver_status": sol.status,
+        "solver_optimal": sol.optimal,
+        "solver_gap": sol.gap,
+        "solver_time_limit_s": sol.time_limit_s,
         "solve_time_s": sol.solve_time_s,
     }

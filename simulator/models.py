@@ -251,6 +251,16 @@ def _int_key(cfg: dict, key: str, where: str, default=None, positive=True, names
     return v
 
 
+def _count_key(cfg: dict, key: str, where: str) -> float:
+    """cfg[key] as a finite number >= 0 (0 when absent)."""
+    v = cfg.get(key)
+    if v is None:
+        return 0.0
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1e30:
+        raise InputError(f"{where}: {key}={repr(v)[:40]} must be a number from 0 to 1e30")
+    return float(v)
+
+
 def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) -> ModelSpec:
     """Build a ModelSpec from a Hugging Face `config.json` dictionary (or YAML with its keys).
 
@@ -310,7 +320,7 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
         v_head_dim=_int_key(cfg, "v_head_dim", where, default=0, positive=False),
         max_position_embeddings=_int_key(cfg, "max_position_embeddings", where, default=0, positive=False,
                                          names=names),
-        published_params=float(cfg.get("published_params", 0.0) or 0.0),
+        published_params=_count_key(cfg, "published_params", where),
         source=str(cfg.get("source", "")),
     )
     # Qwen2-MoE / Qwen3-MoE name their shared expert by size rather than count.

@@ -77,6 +77,8 @@ def test_json_is_strict_rfc8259(capsys):
     ("shared_expert_intermediate_size", "num_hidden_layers: 2\nhidden_size: 64\nnum_attention_heads: 4\n"
      "vocab_size: 100\nnum_experts: 4\nnum_experts_per_tok: 1\nshared_expert_intermediate_size: abc\n"),
     ("head_dim", "num_hidden_layers: 2\nhidden_size: 64\nnum_attention_heads: 4\nvocab_size: 100\nhead_dim: 1.5\n"),
+    ("published_params", "num_hidden_layers: 2\nhidden_size: 64\nnum_attention_heads: 4\nvocab_size: 100\n"
+                         "published_params: ':'\n"),  # long profile: was a ValueError traceback
 ])
 def test_model_file_regressions(tmp_path, name, text):
     path = tmp_path / "m.yaml"

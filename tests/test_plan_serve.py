@@ -121,7 +121,7 @@ def test_end_to_end_json(capsys):
     assert best["predicted"]["ttft_s"] <= 2.0 and best["predicted"]["tpot_s"] <= 0.06
     used = {}
     for r in best["replicas"]:
-        assert set(r) == {"device", "tp", "count", "rate_per_replica"}
+        assert set(r) == {"device", "tp", "role", "count", "rate_per_replica"}
         used[r["device"]] = used.get(r["device"], 0) + r["tp"] * r["count"]
     assert used.get("h100-sxm", 0) <= 1 and used.get("a100-sxm-80g", 0) <= 4
     costs = [f["cost_per_hour"] for f in d["fleets"] if f["meets_slo"]]
@@ -130,3 +130,135 @@ def test_end_to_end_json(capsys):
     rc, out, _ = _run(capsys, BASE + ["--devices", "h100-sxm:1,a100-sxm-80g:4", "--rate", "30",
                                       "--slo-ttft", "2s", "--slo-tpot", "60ms"])
     assert rc == 0 and "req/s per replica" in out and "met" in out
+
+
+# ---- prefill/decode disaggregation -----------------------------------------------------------
+
+P = Option("a/tp1/prefill", "a", 1, 4.0, 2.0, "prefill", link=10e9)
+P2 = Option("b/tp2/prefill", "b", 2, 9.0, 1.0, "prefill", link=20e9)
+D = Option("a/tp1/decode", "a", 1, 6.0, 2.0, "decode", link=10e9)
+D2 = Option("b/tp2/decode", "b", 2, 7.0, 1.0, "decode", link=20e9)
+
+
+def test_disaggregated_ilp_covers_both_pools():
+    sol = fleet_ilp([P, D], {"prefill": 10.0, "decode": 10.0}, {"a": 16})
+    assert sol.counts == {"a/tp1/prefill": 3, "a/tp1/decode": 2}  # ceil(10/4), ceil(10/6)
+    assert sol.capacities == {"prefill": 12.0, "decode": 12.0} and sol.capacity == 12.0
+    assert sol.cost_per_hour == pytest.approx(10.0)
+    assert fleet_ilp([P, D], {"prefill": 10.0, "decode": 10.0}, {"a": 4}) is None  # needs 5 devices
+    assert fleet_ilp([P], {"prefill": 1.0, "decode": 1.0}, {"a": 4}) is None  # no decode option
+
+
+def test_kv_link_constraint_binds():
+    """12 GB/s of KV must leave the prefill pool: 3 prefill replicas carry only 30 GB/s... enough;
+    at 45 GB/s a fourth prefill replica is needed although 3 cover the rate."""
+    need = {"prefill": 10.0, "decode": 10.0}
+    assert fleet_ilp([P, D], need, {"a": 16}, kv_bytes_per_s=30e9).counts["a/tp1/prefill"] == 3
+    sol = fleet_ilp([P, D], need, {"a": 16}, kv_bytes_per_s=45e9)
+    assert sol.counts["a/tp1/prefill"] == 5 and sol.counts["a/tp1/decode"] == 5  # both links bind
+    assert fleet_ilp([P, D], need, {"a": 8}, kv_bytes_per_s=45e9) is None
+
+
+def test_disaggregated_ilp_equals_brute_force_on_random_instances():
+    rng = random.Random(11)
+    for _ in range(40):
+        opts, avail = [], {}
+        for g in ("a", "b"):
+            avail[g] = rng.randint(1, 6)
+            price = rng.uniform(0.5, 3.0)
+            for tp in (1, 2):
+                for role in ("prefill", "decode"):
+                    opts.append(Option(f"{g}/tp{tp}/{role}", g, tp, rng.uniform(0.5, 8.0) * tp, price, role,
+                                       link=rng.uniform(5e9, 25e9) * tp))
+        need = {"prefill": rng.uniform(1.0, 15.0), "decode": rng.uniform(1.0, 15.0)}
+        kv = rng.choice([0.0, rng.uniform(1e9, 60e9)])
+        ilp = fleet_ilp(opts, need, avail, kv_bytes_per_s=kv)
+        brute = fleet_brute_force(opts, need, avail, kv_bytes_per_s=kv)
+        assert (ilp is None) == (brute is None)
+        if ilp is not None:
+            assert ilp.cost_per_hour == pytest.approx(brute.cost_per_hour, rel=1e-9)
+
+
+def test_decode_only_replica_has_no_prefill_and_outlasts_the_aggregated_one():
+    """A decode pool replica (requests arrive with their KV) reports TTFT 0 and a TPOT at least
+    one decode step, and sustains more requests than the same devices serving prefill too."""
+    from hwmodels.clusters import load_cluster
+    from planner.serve_search import replica_capacity
+    from simulator.models import load_model
+    from simulator.serving.engine import ReplicaGroup, ServingPlan, simulate
+    from simulator.serving.workload import LengthDist, RateSchedule, ServingWorkload
+    model, c = load_model("llama3.1-8b"), load_cluster("dgx-h100")
+    wl = ServingWorkload(num_requests=200, rate=RateSchedule.parse("5"), prompt_len=LengthDist.parse("1024"),
+                         output_len=LengthDist.parse("128"), seed=0)
+    rep = simulate(model, ServingPlan((ReplicaGroup(c, 1, role="decode"),)), wl)
+    assert rep.completed == 200 and rep.ttft_s["p99"] == 0.0 and rep.tpot_s["p50"] > 1e-3
+    both = replica_capacity(model, c, 1, wl, 1.0, 0.03, requests=200)
+    dec = replica_capacity(model, c, 1, wl, 1.0, 0.03, requests=200, role="decode")
+    pre = replica_capacity(model, c, 1, wl, 1.0, 0.03, requests=200, role="prefill")
+    assert dec.rate > both.rate and pre.rate > both.rate > 0
+    assert 0 < pre.kv_transfer_s < 0.05  # 1024 tokens of 8B KV (128 MiB) over a 400 Gb/s NIC: ~3 ms
+    for cap in (both, dec, pre):  # the bisection's answer: its probe passes, 10% more fails
+        assert any(ok for r, _, _, ok in cap.probes if r == cap.rate)
+        assert not any(ok for r, _, _, ok in cap.probes if r > cap.rate * 1.1)
+        assert 0.5 < cap.rate / cap.bound < 1.5  # the analytic bound brackets the search
+
+
+def test_parallel_capacities_equal_serial():
+    from hwmodels.clusters import load_cluster
+    from planner import serve_search
+    from simulator.models import load_model
+    from simulator.serving.workload import LengthDist, RateSchedule, ServingWorkload
+    model, c = load_model("llama3.1-8b"), load_cluster("dgx-h100")
+    wl = ServingWorkload(num_requests=100, rate=RateSchedule.parse("5"), prompt_len=LengthDist.parse("512"),
+                         output_len=LengthDist.parse("64"), seed=3)
+    work = [(c, 1, "both"), (c, 2, "decode"), (c, 1, "prefill")]
+    serve_search._CAPACITY_CACHE.clear()
+    par = serve_search.capacities(model, work, wl, 1.0, 0.03, 90, 100, 3, "vllm", "bf16", None, jobs=2)
+    serve_search._CAPACITY_CACHE.clear()
+    ser = serve_search.capacities(model, work, wl, 1.0, 0.03, 90, 100, 3, "vllm", "bf16", None, jobs=1)
+    assert [c.to_dict() for c in par] == [c.to_dict() for c in ser]
+    assert [c.role for c in par] == ["both", "decode", "prefill"]
+
+
+def test_disagg_on_end_to_end(capsys):
+    rc, out, err = _run(capsys, BASE + ["--devices", "h100-sxm:8", "--rate", "10", "--slo-ttft", "1s",
+                                        "--slo-tpot", "40ms", "--disagg", "on", "--json"])
+    assert rc == 0, err
+    d = json.loads(out)
+    best = d["fleets"][0]
+    assert best["mode"] == "disaggregated" and best["meets_slo"]
+    roles = {r["role"] for r in best["replicas"]}
+    assert roles == {"prefill", "decode"}
+    assert best["num_devices"] <= 8 and d["kv_transfer_bytes_per_s"] > 0
+    assert {c["role"] for c in d["capacities"]} == {"prefill", "decode"}
+    front = d["pareto"]
+    assert front and [p["cost_per_hour"] for p in front] == sorted(p["cost_per_hour"] for p in front)
+    for a in front:  # no point of the front beats another on every axis
+        for b in front:
+            if a is not b:
+                assert not (b["cost_per_hour"] <= a["cost_per_hour"] and b["ttft_s"] <= a["ttft_s"]
+                            and b["tpot_s"] <= a["tpot_s"])
+    assert d["solver"]["status"] == "Optimal" and d["solver"]["time_limit_s"] == 5.0
+
+
+def test_disagg_auto_reports_both_modes(capsys):
+    rc, out, err = _run(capsys, BASE + ["--devices", "h100-sxm:8", "--rate", "10", "--slo-ttft", "1s",
+                                        "--slo-tpot", "40ms", "--json", "--no-pareto"])
+    assert rc == 0, err
+    d = json.loads(out)
+    assert {f["mode"] for f in d["fleets"]} == {"aggregated", "disaggregated"}
+    costs = [f["cost_per_hour"] for f in d["fleets"] if f["meets_slo"]]
+    assert costs == sorted(costs)
+
+
+def test_disagg_ttft_below_prefill_plus_transfer_exit_2(capsys):
+    rc, out, err = _run(capsys, BASE + ["--devices", "h100-sxm:4", "--rate", "5", "--slo-ttft", "5ms",
+                                        "--slo-tpot", "50ms", "--disagg", "on"])
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert "below the fastest prefill + KV transfer" in err and "disaggregated" in err
+
+
+def test_bad_disagg_value_exit_2(capsys):
+    rc, out, err = _run(capsys, BASE + ["--devices", "h100-sxm:4", "--rate", "5", "--slo-ttft", "1s",
+                                        "--slo-tpot", "50ms", "--disagg", "maybe"])
+    assert rc == 2 and out == "" and err.count("\n") == 1 and "maybe" in err

@@ -336,7 +336,10 @@ class ServingSimulation:
                 i += 1
         self.front = [r for r in self.replicas if r.role in ("both", "prefill")]
         self.decode_pool = [r for r in self.replicas if r.role == "decode"]
-        if plan.disaggregated and (not self.front or not self.decode_pool):
+        # decode-only: every replica decodes and each request arrives with its KV and first token
+        # already made elsewhere (a decode pool measured on its own, as `plan serve` sizes one)
+        self.decode_only = not self.front
+        if plan.disaggregated and not self.decode_pool:
             raise InputError("a disaggregated plan needs prefill_replicas >= 1 and decode_replicas >= 1")
         for r in self.replicas:
             self.notes.extend(n for n in r.costs.notes if n not in self.notes)
@@ -350,6 +353,10 @@ class ServingSimulation:
     # ---- arrivals ------------------------------------------------------------------------------
     def arrive(self, req: Request) -> None:
         self.requests.append(req)
+        if self.decode_only:
+            req.generated = 1
+            self._receive(self.decode_pool[self.decode_router.pick(req, self.decode_pool)], req)
+            return
         if self.plan.disaggregated:
             req.prefill_only = True
         rep = self.front[self.router.pick(req, self.front)]
@@ -393,12 +400,19 @@ class ServingSimulation:
         nbytes = req.prompt_len * self.kv_token_bytes / lanes
         same_node = (src.cluster is dst.cluster and src.offset // src.cluster.devices_per_node
                      == dst.offset // dst.cluster.devices_per_node)
-        stride = 1 if same_node else src.cluster.devices_per_node
-        t = collective_s(src.cluster, "send_recv", 2, stride, float(nbytes))
+        cluster = src.cluster
+        if not same_node and cluster.num_nodes < 2:  # to another cluster's node: over the NICs
+            cluster = cluster.with_nodes(2)
+        stride = 1 if same_node else cluster.devices_per_node
+        t = collective_s(cluster, "send_recv", 2, stride, float(nbytes))
         with dst.inbox.request() as slot:
             yield slot
             yield self.env.timeout(t)
         req.transfer_s = t
+        self._receive(dst, req)
+
+    def _receive(self, dst: Replica, req: Request) -> None:
+        """`req`'s prompt KV has reached decode replica `dst`: it decodes from here."""
         req.prefill_only = False
         req.computed = req.target = req.prompt_len
         req.blocks = 0

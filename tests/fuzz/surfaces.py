@@ -511,7 +511,8 @@ def device_documents(draw):
                 devices[draw(junk_text())] = devices.pop(n)
                 continue
             if key == "alias-dup":
-                e["aliases"] = list(e.get("aliases") or []) + [draw(st.sampled_from(sorted(devices)))]
+                old = e.get("aliases")  # an earlier mutation may have made it a junk scalar
+                e["aliases"] = (list(old) if isinstance(old, list) else []) + [draw(st.sampled_from(sorted(devices)))]
                 mutated["aliases"] = e["aliases"]
                 continue
             if key.startswith("peak_flops."):
