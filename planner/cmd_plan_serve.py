@@ -62,6 +62,10 @@ def register(groups) -> None:
     p.add_argument("--disagg", default="auto", choices=["auto", "on", "off"],
                    help="prefill/decode disaggregated pools: auto (the cheaper of aggregated and "
                         "disaggregated; default), on (disaggregated only), off (aggregated only)")
+    p.add_argument("--size-classes", type=int_at_least("--size-classes", 1), default=1,
+                   help="split the prompts into K request-size classes (quantiles) for aggregated "
+                        "fleets: capacity per class, Mélange's class-placement ILP, a size-class "
+                        "router in the check (default 1: no split)")
     p.add_argument("--no-pareto", action="store_true",
                    help="skip the fleets with 1.5x and 2x capacity that fill out the cost-latency front")
     p.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
@@ -89,7 +93,8 @@ def cmd_plan_serve(args):
     doc = plan_serving(model, pool, wl, args.rate, args.slo_ttft, args.slo_tpot, args.slo_percentile,
                        args.requests, args.seed, args.engine, args.dtype, args.kv_dtype,
                        time_limit_s=args.time_limit, single_type=not args.no_single_type,
-                       disagg=args.disagg, pareto=not args.no_pareto, progress=progress)
+                       disagg=args.disagg, pareto=not args.no_pareto, progress=progress,
+                       classes=args.size_classes)
     return doc, format_plan_serve(doc)
 
 
@@ -112,14 +117,14 @@ def format_plan_serve(d: dict) -> str:
              f"output {d['workload']['output_len']}; SLO {pk} TTFT <= {_ms(s['ttft_s'])} ms, "
              f"TPOT <= {_ms(s['tpot_s'])} ms; disaggregation {d['disagg']}",
              "pool: " + ", ".join(f"{e['device']}×{e['count']} (${e['price_per_hour']:.2f}/h)" for e in d["pool"]),
-             "", f"  {'config':<30}{'req/s per replica':>18}{'$/h per replica':>17}{'idle TTFT ms':>14}"]
+             "", f"  {'config':<40}{'req/s per replica':>18}{'$/h per replica':>17}{'idle TTFT ms':>14}"]
     price = {e["device"]: e["price_per_hour"] for e in d["pool"]}
     for c in d["capacities"]:
-        cfg = f"{c['device']} tp={c['tp']}{_role(c['role'])}"
+        cfg = f"{c['device']} tp={c['tp']}{_role(c['role'])}" + (f" [{c['prompt_len']}]" if "size_class" in c else "")
         rate = f"{c['rate_per_replica']:.2f}" if c["rate_per_replica"] > 0 else (
             "does not fit" if c["note"] else "misses SLO")
         idle = c["ttft_floor_s"] + c["kv_transfer_s"] if c["role"] == "prefill" else c["ttft_floor_s"]
-        lines.append(f"  {cfg:<30}{rate:>18}{price[c['device']] * c['tp']:>17.2f}"
+        lines.append(f"  {cfg:<40}{rate:>18}{price[c['device']] * c['tp']:>17.2f}"
                      f"{('-' if c['role'] == 'decode' else _ms(idle)):>14}")
     if d.get("kv_transfer_bytes_per_s"):
         lines.append(f"  KV between the disaggregated pools: {d['kv_transfer_bytes_per_s'] / 1e9:.2f} GB/s")

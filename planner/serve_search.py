@@ -141,16 +141,17 @@ def _metrics(rep, pk: str):
 
 def _steady(requests, growth: float = 1.5, latency=lambda r: r.first_token_s - r.arrival_s) -> bool:
     """False when the queue grows through the run (the rate is not sustainable, however short the
-    run): mean latency (TTFT by default) of the last fifth of arrivals > growth × that of the
+    run): median latency (TTFT by default) of the last fifth of arrivals > growth × that of the
     second fifth plus the smallest seen (a short probe at an overload rate can still meet a loose
-    SLO)."""
+    SLO). Medians, so that a few long prompts of a heavy-tailed workload do not read as a queue."""
+    import statistics
     reqs = sorted((r for r in requests if math.isfinite(latency(r))), key=lambda r: r.arrival_s)
     n = len(reqs)
     if n < 10:
         return True
     lat = [latency(r) for r in reqs]
-    early = sum(lat[n // 5: 2 * n // 5]) / max(1, 2 * n // 5 - n // 5)
-    late = sum(lat[4 * n // 5:]) / max(1, n - 4 * n // 5)
+    early = statistics.median(lat[n // 5: max(n // 5 + 1, 2 * n // 5)])
+    late = statistics.median(lat[4 * n // 5:])
     return late <= growth * early + min(lat)
 
 
@@ -312,6 +313,10 @@ def replica_capacity(model, cluster, tp: int, workload, slo_ttft_s: float, slo_t
         rep = sim.run()
         ttft, tpot = _metrics(rep, pk)
         served = rep.rejected == 0 and rep.completed == n
+        if rate <= 1e-3:  # the floor probe: requests alone, nothing can queue
+            ok = served and ttft + transfer <= slo_ttft_s and (role == "prefill" or tpot <= slo_tpot_s)
+            probes.append((rate, ttft + transfer, tpot, ok))
+            return ok, ttft + transfer, tpot
         if role == "prefill":
             ttft += transfer
             ok = served and ttft <= slo_ttft_s and _steady(sim.requests)
@@ -486,6 +491,133 @@ def fleet_brute_force(options: list[Option], required, available: dict,
     return best
 
 
+# ---- request-size classes (Mélange) -------------------------------------------------------------
+
+def size_classes(workload, k: int, seed: int = 0, samples: int = 4000) -> list[tuple]:
+    """Split the workload's prompt lengths into at most `k` classes of equal request share
+    (quantiles of `samples` seeded draws): [(upper bound in tokens, share of requests, LengthDist
+    of the class's prompt lengths)], shortest first. Fewer classes when the lengths do not spread
+    (a fixed length is one class)."""
+    import numpy as np
+
+    from simulator.serving.workload import LengthDist
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 8:
+        raise InputError(f"--size-classes {k!r} must be an integer from 1 to 8")
+    x = np.sort(workload.prompt_len.sample(np.random.default_rng(seed), samples))
+    cuts = sorted({int(np.quantile(x, q / k, method="inverted_cdf")) for q in range(1, k)} | {int(x[-1])})
+    out, lo = [], 0
+    for b in cuts:
+        vals = x[(x > lo) & (x <= b)]
+        if len(vals):
+            out.append((int(b), len(vals) / len(x), LengthDist.empirical(vals, f"prompt {int(vals[0])}-{int(b)}")))
+        lo = b
+    return out
+
+
+@dataclass(frozen=True)
+class ClassOption:
+    """A replica configuration with its sustainable rate for every size class (0: misses the
+    SLOs on that class)."""
+    name: str
+    group: str
+    devices: int
+    rates: tuple
+    price: float
+
+    @property
+    def cost(self) -> float:
+        return self.devices * self.price
+
+
+def fleet_ilp_classes(options: list[ClassOption], demand: list[float], available: dict,
+                      time_limit_s: float = DEFAULT_TIME_LIMIT_S, gap: float = DEFAULT_GAP):
+    """Mélange's allocation (Griggs et al. arXiv 2404.14527 §5.3): integer replicas n_c and the
+    class-k load y_ck (req/s) each configuration takes,
+
+        minimise    Σ_c n_c · cost_c
+        subject to  Σ_c y_ck ≥ R_k                       ∀ k   [class_k]
+                    Σ_k y_ck / r_ck ≤ n_c                ∀ c   [load_c]  (a replica's time shared by classes)
+                    Σ_{c: device_c = t} n_c · devices_c ≤ available_t      [devices_t]
+
+    Returns (FleetSolution, {name: [y_ck]}) or None when infeasible."""
+    opts = [o for o in options if any(r > 0 for r in o.rates) and o.devices <= available.get(o.group, 0)]
+    K = len(demand)
+    if not opts or any(not any(o.rates[k] > 0 for o in opts) for k in range(K) if demand[k] > 0):
+        return None
+    prob = pulp.LpProblem("serving_fleet_classes", pulp.LpMinimize)
+    n = {i: pulp.LpVariable(f"replicas_{i}", 0, available[o.group] // o.devices, cat="Integer")
+         for i, o in enumerate(opts)}
+    y = {(i, k): pulp.LpVariable(f"load_{i}_{k}", 0) for i, o in enumerate(opts) for k in range(K) if o.rates[k] > 0}
+    prob += pulp.lpSum(o.cost * n[i] for i, o in enumerate(opts)), "cost_per_hour"
+    for k in range(K):
+        prob += pulp.lpSum(v for (i, kk), v in y.items() if kk == k) >= demand[k], f"class_{k}"
+    for i, o in enumerate(opts):
+        prob += pulp.lpSum(y[i, k] / o.rates[k] for k in range(K) if (i, k) in y) <= n[i], f"load_{i}"
+    for g in sorted({o.group for o in opts}):
+        prob += (pulp.lpSum(o.devices * n[i] for i, o in enumerate(opts) if o.group == g)
+                 <= available[g], f"devices_{g}")
+    t0 = time.perf_counter()
+    prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap))
+    dt = time.perf_counter() - t0
+    sol = prob.sol_status
+    if sol not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        return None
+    counts, loads = {}, {}
+    for i, o in enumerate(opts):
+        kn = int(round(n[i].value() or 0))
+        if kn:
+            counts[o.name] = kn
+            loads[o.name] = [max(0.0, y[i, k].value() or 0.0) if (i, k) in y else 0.0 for k in range(K)]
+    cost = sum(o.cost * counts.get(o.name, 0) for o in opts)
+    total = sum(demand)
+    status = pulp.LpStatus[prob.status] if sol == pulp.LpSolutionOptimal else "time limit (not proven optimal)"
+    return (FleetSolution(counts, cost, total, status, sol == pulp.LpSolutionOptimal, dt, {"both": total},
+                          gap, time_limit_s), loads)
+
+
+def class_scale(options: list[ClassOption], counts: dict, demand: list[float]) -> float:
+    """The largest λ such that λ·demand can be placed on the fleet `counts` (an LP): its capacity
+    as a multiple of the demand, for the headroom."""
+    opts = [o for o in options if counts.get(o.name)]
+    prob = pulp.LpProblem("class_headroom", pulp.LpMaximize)
+    lam = pulp.LpVariable("scale", 0)
+    y = {(i, k): pulp.LpVariable(f"y_{i}_{k}", 0) for i, o in enumerate(opts) for k in range(len(demand))
+         if o.rates[k] > 0}
+    prob += lam
+    for k in range(len(demand)):
+        prob += pulp.lpSum(v for (i, kk), v in y.items() if kk == k) >= lam * demand[k]
+    for i, o in enumerate(opts):
+        prob += pulp.lpSum(y[i, k] / o.rates[k] for k in range(len(demand)) if (i, k) in y) <= counts[o.name]
+    prob.solve(pulp.PULP_CBC_CMD(msg=False))
+    return float(lam.value() or 0.0) if prob.sol_status == pulp.LpSolutionOptimal else 0.0
+
+
+def fleet_brute_force_classes(options: list[ClassOption], demand: list[float], available: dict):
+    """Every integer vector n within the device limits, cheapest first; the first whose class
+    loads can be placed (an LP, no integers) wins. Small instances only (tests)."""
+    opts = [o for o in options if any(r > 0 for r in o.rates) and o.devices <= available.get(o.group, 0)]
+    cands = []
+    for ns in itertools.product(*[range(available[o.group] // o.devices + 1) for o in opts]):
+        use = {}
+        for o, kn in zip(opts, ns):
+            use[o.group] = use.get(o.group, 0) + o.devices * kn
+        if all(v <= available[g] for g, v in use.items()):
+            cands.append((sum(o.cost * kn for o, kn in zip(opts, ns)), ns))
+    for cost, ns in sorted(cands):
+        prob = pulp.LpProblem("placement", pulp.LpMinimize)
+        y = {(i, k): pulp.LpVariable(f"y_{i}_{k}", 0) for i, o in enumerate(opts) for k in range(len(demand))
+             if o.rates[k] > 0 and ns[i] > 0}
+        prob += pulp.lpSum(y.values())
+        for k in range(len(demand)):
+            prob += pulp.lpSum(v for (i, kk), v in y.items() if kk == k) >= demand[k]
+        for i, o in enumerate(opts):
+            prob += pulp.lpSum(y[i, k] / o.rates[k] for k in range(len(demand)) if (i, k) in y) <= ns[i]
+        prob.solve(pulp.PULP_CBC_CMD(msg=False))
+        if prob.sol_status == pulp.LpSolutionOptimal:
+            return FleetSolution({o.name: kn for o, kn in zip(opts, ns) if kn}, cost, sum(demand), "Optimal", True)
+    return None
+
+
 def explain_infeasible(caps: list[Capacity], pool: list[PoolEntry], required_rate: float,
                        slo_ttft_s: float, slo_tpot_s: float, percentile: int, disaggregated: bool = False,
                        options: list | None = None, kv_bytes_per_s: float = 0.0) -> InputError:
@@ -579,16 +711,23 @@ def option_name(device: str, tp: int, role: str = "both") -> str:
 
 def verify_fleet(model, clusters: dict, counts: dict, by_opt: dict, workload, rate: float,
                  slo_ttft_s: float, slo_tpot_s: float, percentile: int, requests: int, seed: int,
-                 engine: str, dtype: str, kv_dtype):
+                 engine: str, dtype: str, kv_dtype, class_bounds: tuple = (), class_shares: dict | None = None):
     """Simulate the whole fleet (mixed device types, least-outstanding routers; a disaggregated
-    fleet's prefill pool hands each KV cache to its decode pool over the links) at `rate`."""
-    from simulator.serving.engine import ReplicaGroup, simulate
+    fleet's prefill pool hands each KV cache to its decode pool over the links) at `rate`. With
+    size classes, a size-class router gives each replica of option `name` the share
+    class_shares[name][k] of class k (Mélange's placement)."""
+    from simulator.serving.engine import ReplicaGroup, ServingPlan, simulate
     from simulator.serving.workload import RateSchedule
     order = {"prefill": 0, "both": 0, "decode": 1}
-    groups = [ReplicaGroup(clusters[o.group], o.devices, count=k, role=o.role)
-              for name, k in sorted(counts.items(), key=lambda kv: (order[by_opt[kv[0]].role], kv[0]))
-              for o in [by_opt[name]]]
-    plan = _plan(groups, engine, dtype, kv_dtype)
+    names = sorted(counts, key=lambda nm: (order[by_opt[nm].role], nm))
+    groups = [ReplicaGroup(clusters[by_opt[nm].group], by_opt[nm].devices, count=counts[nm], role=by_opt[nm].role)
+              for nm in names]
+    if class_shares:
+        plan = ServingPlan(tuple(groups), engine=engine, router="size_class", dtype=dtype, kv_dtype=kv_dtype,
+                           class_bounds=tuple(class_bounds),
+                           class_shares=tuple(tuple(class_shares[nm]) for nm in names))
+    else:
+        plan = _plan(groups, engine, dtype, kv_dtype)
     wl = replace(workload, rate=RateSchedule(((rate, math.inf),)), num_requests=requests, seed=seed,
                  concurrency=0, trace=None, warmup_requests=0, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)
     return simulate(model, plan, wl)
@@ -599,13 +738,15 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
                  engine: str = "vllm", dtype: str = "bf16", kv_dtype: str | None = None,
                  time_limit_s: float = DEFAULT_TIME_LIMIT_S, gap: float = DEFAULT_GAP,
                  single_type: bool = True, max_retries: int = 4, disagg: str = "auto",
-                 pareto: bool = True, progress=None, jobs: int | None = None) -> dict:
+                 pareto: bool = True, progress=None, jobs: int | None = None, classes: int = 1) -> dict:
     """The `plan serve` document: capacities, the cheapest fleet — aggregated, or prefill/decode
     disaggregated (`disagg` on), or the cheaper of the two (auto) — the cheapest single-type fleet
     per device type for comparison when `single_type`, each verified by simulation, and the
     cost-vs-latency Pareto front of the verified fleets (with fleets of 1.5x and 2x the needed
     capacity when `pareto`). `progress(done, total, label)` is called as capacities complete;
-    `jobs` worker processes measure them (default: the CPU count)."""
+    `jobs` worker processes measure them (default: the CPU count). `classes` > 1 splits the
+    prompts into that many request-size classes for the aggregated fleets: capacities per class
+    and Mélange's class-placement ILP (`fleet_ilp_classes`), verified with a size-class router."""
     if percentile not in PERCENTILES:
         raise InputError(f"SLO percentile {percentile!r}; valid: {', '.join(map(str, PERCENTILES))}")
     if not (rate > 0 and math.isfinite(rate)):
@@ -627,14 +768,28 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
         if note:
             notes.append(note)
         work += [(c, tp, role) for role in roles for tp in TPS if tp <= c.devices_per_node and tp <= e.count]
+    size = size_classes(workload, classes, seed) if classes > 1 and "aggregated" in modes else []
+    if len(size) > 1:  # the aggregated configurations are measured per class instead
+        agg_work = [w for w in work if w[2] == "both"]
+        work = [w for w in work if w[2] != "both"]
     caps = capacities(model, work, workload, slo_ttft_s, slo_tpot_s, percentile, requests, seed,
                       engine, dtype, kv_dtype, jobs, progress)
+    class_caps = []
+    for bound, share, dist in (size if len(size) > 1 else []):
+        class_caps.append(capacities(model, agg_work, replace(workload, prompt_len=dist), slo_ttft_s, slo_tpot_s,
+                                     percentile, requests, seed, engine, dtype, kv_dtype, jobs, progress))
     price = {e.device: e.price_per_hour for e in pool}
     available = {e.device: e.count for e in pool}
     options = [Option(option_name(c.device, c.tp, c.role), c.device, c.tp, c.rate, price[c.device], c.role,
                       kv_link_bytes_per_s(clusters[c.device], c.tp)) for c in caps]
+    class_options = [ClassOption(option_name(c.device, c.tp), c.device, c.tp,
+                                 tuple(cc[j].rate for cc in class_caps), price[c.device])
+                     for j, c in enumerate(class_caps[0])] if class_caps else []
     by_opt = {o.name: o for o in options}
+    by_opt.update({o.name: Option(o.name, o.group, o.devices, 0.0, o.price) for o in class_options})
     by_cap = {option_name(c.device, c.tp, c.role): c for c in caps}
+    for j, c in enumerate(class_caps[0] if class_caps else []):
+        by_cap[option_name(c.device, c.tp)] = c
     first = next(iter(clusters.values()))
     kv_dt = iteration_cost(model, first, 1, 1, 1, dtype, kv_dtype, engine).kv_dtype
     kv_rate = rate * workload.prompt_len.mean * kv_bytes_per_token(model, 1, 1, kv_dt)  # bytes/s between pools
@@ -643,22 +798,44 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
     def solve_and_verify(opts, mode, label, scale=1.0):
         need = {"both": rate * scale} if mode == "aggregated" else {"prefill": rate * scale, "decode": rate * scale}
         kv = kv_rate if mode == "disaggregated" else 0.0
+        by_class = bool(opts) and isinstance(opts[0], ClassOption)
+        demand = [rate * scale * share for _, share, _ in size] if by_class else []
         fleet_notes = []
         for attempt in range(max_retries + 1):
-            sol = fleet_ilp(opts, need, available, time_limit_s, gap, kv)
+            shares = None
+            if by_class:
+                out = fleet_ilp_classes(opts, demand, available, time_limit_s, gap)
+                if out is None:
+                    return None, fleet_notes
+                sol, loads = out
+                shares = {nm: [y / sol.counts[nm] for y in loads[nm]] for nm in sol.counts}
+            else:
+                sol = fleet_ilp(opts, need, available, time_limit_s, gap, kv)
             if sol is None:
                 return None, fleet_notes
             nrep = sum(sol.counts.values())
             rep = verify_fleet(model, clusters, sol.counts, by_opt, workload, rate, slo_ttft_s, slo_tpot_s,
-                               percentile, max(requests, min(5000, 100 * nrep)), seed, engine, dtype, kv_dtype)
+                               percentile, max(requests, min(5000, 100 * nrep)), seed, engine, dtype, kv_dtype,
+                               tuple(b for b, _, _ in size), shares)
             ttft, tpot = _metrics(rep, pk)
             ok = ttft <= slo_ttft_s and tpot <= slo_tpot_s and rep.rejected == 0
             if ok or attempt == max_retries:
                 if not ok:
                     fleet_notes.append(f"{label}: still misses the SLO after {max_retries} re-solves")
                 doc = _fleet_doc(sol, rep, by_cap, rate, pk, ok, slo_ttft_s, slo_tpot_s, mode)
+                if shares:
+                    scale_max = class_scale(opts, sol.counts, [rate * sh for _, sh, _ in size])
+                    doc["capacity_req_per_s"] = rate * scale_max
+                    doc["headroom"] = scale_max - 1.0
+                    doc["size_classes"] = [{"max_prompt_len": b, "share": sh, "prompt_len": d.text}
+                                           for b, sh, d in size]
+                    for r in doc["replicas"]:
+                        r["class_load_req_per_s"] = shares[option_name(r["device"], r["tp"])]
+                        r["rate_per_replica"] = sum(r["class_load_req_per_s"])
                 verified.append(doc)
                 return doc, fleet_notes
+            if by_class:  # more of every class's load: the next, strictly dearer or larger fleet
+                demand = [d * 1.1 for d in demand]
             fleet_notes.append(f"{label}: {_describe(sol.counts)} missed the SLO in simulation "
                                f"({pk} TTFT {_fmt_s(ttft)}, TPOT {_fmt_s(tpot)}); re-solved for more capacity")
             # the next solution: strictly more capacity where the simulation missed (TTFT: the
@@ -672,6 +849,8 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
         return None, fleet_notes
 
     def mode_options(mode, device=None):
+        if mode == "aggregated" and class_options:
+            return [o for o in class_options if device is None or o.group == device]
         want = ("both",) if mode == "aggregated" else ("prefill", "decode")
         return [o for o in options if o.role in want and (device is None or o.group == device)]
 
@@ -682,7 +861,8 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
         if f is not None:
             fleets.append(f)
     if not fleets:
-        raise explain_infeasible(caps, pool, rate, slo_ttft_s, slo_tpot_s, percentile,
+        raise explain_infeasible(caps + [c for cc in class_caps for c in cc], pool, rate, slo_ttft_s,
+                                 slo_tpot_s, percentile,
                                  disaggregated=modes == ("disaggregated",), options=options,
                                  kv_bytes_per_s=kv_rate)
     fleets.sort(key=lambda f: (not f["meets_slo"], f["cost_per_hour"]))
@@ -712,7 +892,11 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
         "workload": {"prompt_len": workload.prompt_len.text, "output_len": workload.output_len.text,
                      "requests_per_probe": requests, "seed": seed},
         "pool": [{"device": e.device, "count": e.count, "price_per_hour": e.price_per_hour} for e in pool],
-        "capacities": [c.to_dict() for c in caps],
+        "capacities": [c.to_dict() for c in caps] + [
+            {**c.to_dict(), "size_class": j, "prompt_len": size[j][2].text}
+            for j, cc in enumerate(class_caps) for c in cc],
+        "size_classes": [{"max_prompt_len": b, "share": sh, "prompt_len": d.text} for b, sh, d in size]
+        if len(size) > 1 else None,
         "kv_transfer_bytes_per_s": kv_rate if "disaggregated" in modes else None,
         "fleets": fleets,
         "pareto": pareto_front(verified, pk),

@@ -262,3 +262,104 @@ def test_bad_disagg_value_exit_2(capsys):
     rc, out, err = _run(capsys, BASE + ["--devices", "h100-sxm:4", "--rate", "5", "--slo-ttft", "1s",
                                         "--slo-tpot", "50ms", "--disagg", "maybe"])
     assert rc == 2 and out == "" and err.count("\n") == 1 and "maybe" in err
+
+
+# ---- request-size classes (Mélange) ------------------------------------------------------------
+
+def _wl(prompt, output="64", n=200, rate="5"):
+    from simulator.serving.workload import LengthDist, RateSchedule, ServingWorkload
+    return ServingWorkload(num_requests=n, rate=RateSchedule.parse(rate), prompt_len=LengthDist.parse(prompt),
+                           output_len=LengthDist.parse(output), seed=0)
+
+
+def test_size_classes_split_by_quantile():
+    from planner.serve_search import size_classes
+    assert len(size_classes(_wl("1024"), 3)) == 1  # a fixed length is one class
+    cls = size_classes(_wl("uniform:100:3000"), 3)
+    assert len(cls) == 3
+    bounds = [b for b, _, _ in cls]
+    assert bounds == sorted(bounds) and bounds[-1] <= 3000
+    assert sum(sh for _, sh, _ in cls) == pytest.approx(1.0)
+    assert all(abs(sh - 1 / 3) < 0.02 for _, sh, _ in cls)
+    lo = 0
+    for b, _, dist in cls:  # every class's lengths lie in its interval
+        assert lo < min(dist.values) and max(dist.values) <= b
+        lo = b
+    with pytest.raises(InputError):
+        size_classes(_wl("1024"), 0)
+
+
+def test_class_ilp_equals_brute_force_on_random_instances():
+    from planner.serve_search import ClassOption, fleet_brute_force_classes, fleet_ilp_classes
+    rng = random.Random(5)
+    for _ in range(25):
+        opts, avail = [], {}
+        for g in ("a", "b"):
+            avail[g] = rng.randint(1, 4)
+            price = rng.uniform(0.5, 3.0)
+            for tp in (1, 2):
+                opts.append(ClassOption(f"{g}/tp{tp}", g, tp, tuple(rng.choice([0.0, rng.uniform(1, 10) * tp])
+                                                                   for _ in range(2)), price))
+        demand = [rng.uniform(0.5, 12.0), rng.uniform(0.5, 12.0)]
+        ilp = fleet_ilp_classes(opts, demand, avail)
+        brute = fleet_brute_force_classes(opts, demand, avail)
+        assert (ilp is None) == (brute is None)
+        if ilp is not None:
+            assert ilp[0].cost_per_hour == pytest.approx(brute.cost_per_hour, rel=1e-9)
+            loads = ilp[1]
+            for k in range(2):  # every class placed, no replica over its time
+                assert sum(v[k] for v in loads.values()) >= demand[k] - 1e-6
+            for o in opts:
+                if o.name in loads:
+                    used = sum(loads[o.name][k] / o.rates[k] for k in range(2) if o.rates[k] > 0)
+                    assert used <= ilp[0].counts[o.name] + 1e-6
+
+
+def test_class_placement_mix_wins_where_types_differ_by_size():
+    """Mélange's case: a cheap type that is good at short requests only and a dear one that serves
+    long ones well; splitting classes across both beats either alone."""
+    from planner.serve_search import ClassOption, fleet_ilp_classes
+    cheap = ClassOption("cheap/tp1", "cheap", 1, (10.0, 0.5), 1.0)  # short: 10 req/s, long: 0.5
+    dear = ClassOption("dear/tp1", "dear", 1, (12.0, 6.0), 3.0)
+    demand = [20.0, 12.0]
+    mixed = fleet_ilp_classes([cheap, dear], demand, {"cheap": 20, "dear": 20})[0]
+    only_cheap = fleet_ilp_classes([cheap], demand, {"cheap": 20})
+    only_dear = fleet_ilp_classes([dear], demand, {"dear": 20})[0]
+    assert mixed.counts == {"cheap/tp1": 2, "dear/tp1": 2}  # shorts on cheap, longs on dear
+    assert mixed.cost_per_hour == pytest.approx(8.0)
+    assert only_cheap is None  # 20 devices cannot take 12 req/s of long requests
+    assert only_dear.cost_per_hour == pytest.approx(3.0 * 4)  # 20/12 + 12/6 = 3.67 → 4 replicas
+    assert mixed.cost_per_hour < only_dear.cost_per_hour
+
+
+def test_size_class_router_follows_the_shares():
+    from hwmodels.clusters import load_cluster
+    from simulator.models import load_model
+    from simulator.serving.engine import ReplicaGroup, ServingPlan, ServingSimulation
+    c = load_cluster("dgx-h100")
+    plan = ServingPlan((ReplicaGroup(c, 1, count=2), ReplicaGroup(c, 2)), router="size_class",
+                       class_bounds=(1000, 4000), class_shares=((1.0, 0.0), (0.0, 2.0)))
+    sim = ServingSimulation(load_model("llama3.1-8b"), plan, _wl("uniform:100:4000", n=300, rate="3"))
+    sim.run()
+    for r in sim.requests:
+        assert (r.replica in (0, 1)) == (r.prompt_len <= 1000), (r.replica, r.prompt_len)
+    short = [r.replica for r in sim.requests if r.prompt_len <= 1000]
+    assert abs(short.count(0) - short.count(1)) <= 1  # equal shares alternate
+    with pytest.raises(InputError, match="no replica serves class 1"):
+        ServingSimulation(load_model("llama3.1-8b"), ServingPlan(
+            (ReplicaGroup(c, 1, count=2),), router="size_class", class_bounds=(1000, 4000),
+            class_shares=((1.0, 0.0),)), _wl("512"))
+
+
+def test_size_classes_end_to_end(capsys):
+    rc, out, err = _run(capsys, BASE + ["--devices", "h100-sxm:4,a100-sxm-80g:4", "--rate", "12",
+                                        "--slo-ttft", "2s", "--slo-tpot", "60ms", "--disagg", "off",
+                                        "--size-classes", "2", "--json", "--no-pareto"])
+    assert rc == 0, err
+    d = json.loads(out)
+    assert len(d["size_classes"]) == 2 and {c.get("size_class") for c in d["capacities"]} == {0, 1}
+    best = d["fleets"][0]
+    assert best["meets_slo"] and len(best["size_classes"]) == 2 and best["headroom"] >= 0
+    for k in range(2):  # the placement covers each class's demand
+        placed = sum(r["class_load_req_per_s"][k] * r["count"] for r in best["replicas"])
+        assert placed >= 12 * d["size_classes"][k]["share"] - 1e-6

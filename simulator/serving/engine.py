@@ -68,6 +68,10 @@ class ServingPlan:
     prefix_caching: bool = True
     kv_blocks: int | None = None  # pinned KV pool per replica
     gpu_memory_utilization: float | None = None
+    # router "size_class": prompt-length bounds of the classes and, per group, each replica's
+    # share of every class (planner.serve_search sets them from its size-class ILP)
+    class_bounds: tuple = ()
+    class_shares: tuple = ()
 
     @property
     def disaggregated(self) -> bool:
@@ -343,8 +347,13 @@ class ServingSimulation:
             raise InputError("a disaggregated plan needs prefill_replicas >= 1 and decode_replicas >= 1")
         for r in self.replicas:
             self.notes.extend(n for n in r.costs.notes if n not in self.notes)
-        self.router = Router(plan.router)
-        self.decode_router = Router(plan.router if plan.router != "kv_aware" else "least_outstanding")
+        if plan.router == "size_class":
+            gi = [next(j for j, g in enumerate(plan.groups) if r.group is g) for r in self.front]
+            self.router = Router("size_class", plan.class_bounds, [plan.class_shares[j] for j in gi])
+        else:
+            self.router = Router(plan.router)
+        self.decode_router = Router(plan.router if plan.router not in ("kv_aware", "size_class")
+                                    else "least_outstanding")
         self.source = RequestSource(workload)
         self.requests: list[Request] = []
         self._rejected = 0

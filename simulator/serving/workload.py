@@ -115,6 +115,16 @@ class LengthDist:
     a: float = 0.0
     b: float = 0.0
     text: str = ""
+    values: tuple = ()  # kind "empirical": lengths drawn uniformly from these (a request-size class)
+
+    @classmethod
+    def empirical(cls, values, text: str) -> "LengthDist":
+        """Lengths drawn uniformly from `values` (what `plan serve` uses for one size class of a
+        workload: the sampled lengths that fall in the class)."""
+        vals = tuple(int(v) for v in values)
+        if not vals or min(vals) < 1:
+            raise InputError(f"length class {text!r}: needs lengths >= 1")
+        return cls("empirical", min(vals), max(vals), text, vals)
 
     @classmethod
     def parse(cls, text: str, what: str = "length") -> "LengthDist":
@@ -151,6 +161,8 @@ class LengthDist:
 
     @property
     def mean(self) -> float:
+        if self.kind == "empirical":
+            return sum(self.values) / len(self.values)
         if self.kind == "uniform":
             return (self.a + self.b) / 2
         return self.a
@@ -158,6 +170,8 @@ class LengthDist:
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if self.kind == "const":
             x = np.full(n, self.a)
+        elif self.kind == "empirical":
+            x = np.asarray(self.values, dtype=float)[rng.integers(0, len(self.values), size=n)]
         elif self.kind == "uniform":
             x = rng.integers(int(self.a), int(self.b) + 1, size=n).astype(float)
         elif self.kind == "normal":
