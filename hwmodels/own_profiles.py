@@ -405,22 +405,27 @@ def _read_csv(path: str, where: str) -> list[dict]:
     if not os.path.isfile(path):
         return []
     name = os.path.basename(path)
+    return read_typed_csv(path, COLUMNS.get(name, {}), f"profile {where!r}: {name}")
+
+
+def read_typed_csv(path: str, cols: dict, label: str) -> list[dict]:
+    """The rows of a CSV whose columns `cols` maps to kinds (`table_cell`; a kind ending in "?"
+    may be absent), every cell converted; a one-line InputError, prefixed `label`, names an
+    unreadable file, a missing column or the bad cell's line and column."""
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            rows = list(reader)
-            header = reader.fieldnames or []
+            rows, header = list(reader), reader.fieldnames or []
     except (OSError, csv.Error, ValueError) as e:  # ValueError: UnicodeDecodeError
-        raise InputError(f"profile {where!r}: {name} is unreadable ({e})") from None
-    cols = COLUMNS.get(name, {})
+        raise InputError(f"{label} is unreadable ({e})") from None
     if not rows:
         return []
     missing = [c for c, kind in cols.items() if c not in header and not kind.endswith("?")]
     if missing:
-        raise InputError(f"profile {where!r}: {name} has no column {missing[0]!r}; columns: {', '.join(cols)}")
+        raise InputError(f"{label} has no column {missing[0]!r}; columns: {', '.join(cols)}")
     for line, r in enumerate(rows, start=2):
         for c, kind in cols.items():
-            r[c] = table_cell(r.get(c), kind, f"profile {where!r}: {name} line {line}: {c}")
+            r[c] = table_cell(r.get(c), kind, f"{label} line {line}: {c}")
     return rows
 
 

@@ -542,19 +542,9 @@ def _read_json(path: str, where: str):
 
 def _read_cases(path: str, where: str) -> list[dict]:
     """cases.csv rows with numbers converted and checked (one-line InputError naming the cell)."""
-    from hwmodels.own_profiles import table_cell
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            rows, header = list(reader), reader.fieldnames or []
-    except (OSError, csv.Error, ValueError) as e:
-        raise InputError(f"{where}: cases.csv is unreadable ({e})") from None
-    missing = [c for c, k in _CASE_COLUMNS.items() if c not in header and not k.endswith("?")]
-    if missing:
-        raise InputError(f"{where}: cases.csv has no column {missing[0]!r}; columns: {', '.join(_CASE_COLUMNS)}")
+    from hwmodels.own_profiles import read_typed_csv
+    rows = read_typed_csv(path, _CASE_COLUMNS, f"{where}: cases.csv")
     for line, r in enumerate(rows, start=2):
-        for c, kind in _CASE_COLUMNS.items():
-            r[c] = table_cell(r.get(c), kind, f"{where}: cases.csv line {line}: {c}")
         for c in ("ranks", "batch", "seq_len"):
             if r[c] < 1:
                 raise InputError(f"{where}: cases.csv line {line}: {c}={r[c]} must be >= 1")
