@@ -105,6 +105,15 @@ def load_devices_file(path) -> dict[str, Device]:
     return devices
 
 
+# libyaml's C parser when PyYAML has it (10x faster on the catalogs); a safe loader either way.
+SafeYamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def safe_yaml(text):
+    """yaml.safe_load, with the C parser when there is one."""
+    return yaml.load(text, Loader=SafeYamlLoader)
+
+
 def read_yaml(path, where: str):
     """yaml.safe_load of a file; unreadable files and syntax errors become one-line InputErrors."""
     try:
@@ -112,7 +121,7 @@ def read_yaml(path, where: str):
     except OSError as e:
         raise InputError(f"{where}: cannot read file ({e.strerror})") from None
     try:
-        return yaml.safe_load(text)
+        return safe_yaml(text)
     except yaml.YAMLError as e:
         raise InputError(f"{where}: YAML syntax error: {yaml_error_line(e)}") from None
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 from functools import cache, lru_cache
 from pathlib import Path
 
-import yaml
 
 from hwmodels import profiles
-from hwmodels.devices import Device, get_device
+from hwmodels.devices import Device, get_device, safe_yaml
 from hwmodels.errors import InputError
 
 # Achievable fraction of HBM bandwidth for streaming kernels and a fixed per-kernel cost.
@@ -177,7 +176,7 @@ class KernelModel:
 @cache
 def _sustained() -> dict:
     with open(Path(__file__).parent / "data" / "gemm_sustained.yaml") as f:
-        return yaml.safe_load(f)["sustained_gemm_flops"]
+        return safe_yaml(f)["sustained_gemm_flops"]
 
 
 def _sustained_factor(device: str, dtype: str, table_best: float, src_peak: float) -> float:

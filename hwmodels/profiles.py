@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hwmodels.devices import safe_yaml
 from hwmodels.errors import unknown_name
 
 AIC_VERSION = "0.12.0"
@@ -646,7 +647,7 @@ def _pinned_comm_versions(system_dir: str, system: str) -> dict:
     path = os.path.join(os.path.dirname(os.path.dirname(system_dir)), f"{system}.yaml")
     try:
         with open(path) as f:
-            misc = (yaml.safe_load(f) or {}).get("misc") or {}
+            misc = (safe_yaml(f) or {}).get("misc") or {}
     except (OSError, yaml.YAMLError):
         return {}
     return {lib: str(misc[f"{lib}_version"]) for lib in ("nccl", "oneccl")

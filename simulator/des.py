@@ -19,6 +19,7 @@ it runs at rate 1, i.e. in the uncontended time the collective cost model gives.
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -518,7 +519,7 @@ def parse_stragglers(text: str, num_devices: int, seed: int = 0) -> dict:
             frac, factor = float(parts[1]), float(parts[2])
         except ValueError:
             raise InputError(f"stragglers {text!r}: FRACTION and FACTOR must be numbers") from None
-        if not 0 < frac <= 1 or factor < 1:
+        if not 0 < frac <= 1 or not 1 <= factor < math.inf:  # also refuses nan
             raise InputError(f"stragglers {text!r}: FRACTION in (0, 1], FACTOR >= 1")
         rng = random.Random(seed)
         k = max(1, round(frac * num_devices))
@@ -531,8 +532,8 @@ def parse_stragglers(text: str, num_devices: int, seed: int = 0) -> dict:
             raise InputError(f"straggler {item!r}: expected RANK:FACTOR (e.g. 3:1.5)") from None
         if not 0 <= rank < num_devices:
             raise InputError(f"straggler rank {rank} outside 0..{num_devices - 1}")
-        if factor < 1:
-            raise InputError(f"straggler factor {factor} must be >= 1 (a slowdown)")
+        if not 1 <= factor < math.inf:  # also refuses nan
+            raise InputError(f"straggler factor {factor} must be a finite number >= 1 (a slowdown)")
         out[rank] = factor
     return out
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from hwmodels.devices import safe_yaml
 from hwmodels.errors import InputError, unknown_name
 
 _PRESETS_FILE = Path(__file__).parent / "data" / "models.yaml"
@@ -345,7 +346,7 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
 @cache
 def _presets() -> dict[str, dict]:
     with open(_PRESETS_FILE) as f:
-        data = yaml.safe_load(f)
+        data = safe_yaml(f)
     return data["models"]
 
 
@@ -364,7 +365,7 @@ def load_model(ref: str) -> ModelSpec:
             raise InputError(f"model file {ref!r} does not exist (give a preset name or a config.json path)")
         text = path.read_text()
         try:
-            cfg = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+            cfg = json.loads(text) if path.suffix.lower() == ".json" else safe_yaml(text)
         except (json.JSONDecodeError, yaml.YAMLError) as e:
             first = str(e).splitlines()[0]
             raise InputError(f"model file {ref!r} is not valid {path.suffix[1:].upper()}: {first}") from None

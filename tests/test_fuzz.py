@@ -51,6 +51,9 @@ REFUSED = [
     # values that parsed to infinity
     (["plan", "train", "--model", TINY, "--cluster", "dgx-h100", "--seq-len", "256", "--global-batch", "16",
       "--tokens", "1e309", "--objective", "time-to-train"], "tokens"),
+    # long profile: a straggler factor of nan or inf was accepted
+    (TRAIN + ["--engine", "des", "--stragglers", "0:nan"], "straggler factor"),
+    (TRAIN + ["--engine", "des", "--stragglers", "random:0.5:1e309"], "FACTOR"),
 ]
 
 

@@ -363,3 +363,15 @@ def test_size_classes_end_to_end(capsys):
     for k in range(2):  # the placement covers each class's demand
         placed = sum(r["class_load_req_per_s"][k] * r["count"] for r in best["replicas"])
         assert placed >= 12 * d["size_classes"][k]["share"] - 1e-6
+
+
+def test_disaggregated_infeasibility_names_the_kv_link():
+    from planner.serve_search import Capacity, PoolEntry, explain_infeasible
+    caps = [Capacity("a", 1, 4.0, 0.1, 0.01, role="prefill"), Capacity("a", 1, 6.0, 0.1, 0.01, role="decode")]
+    pool = [PoolEntry("a", 8, 1.0)]
+    err = explain_infeasible(caps, pool, 10.0, 1.0, 0.05, 90, disaggregated=True,
+                             options=[P, D], kv_bytes_per_s=200e9)  # 8 devices carry at most 80 GB/s
+    assert "KV link" in str(err) and "200 GB/s" in str(err) and "kv_link" in str(err)
+    err = explain_infeasible(caps, [PoolEntry("a", 2, 1.0)], 10.0, 1.0, 0.05, 90, disaggregated=True,
+                             options=[P, D], kv_bytes_per_s=0.0)
+    assert "not enough devices for a disaggregated fleet" in str(err)

@@ -867,8 +867,10 @@ def _edit_file(path: Path, kind: str, value, pick: int, key: str) -> None:
             rows = list(csv.reader(f))
         if len(rows) < 2:
             return
-        r, c = 1 + pick % (len(rows) - 1), pick % len(rows[0])
+        r, c = 1 + pick % (len(rows) - 1), pick % max(1, len(rows[0]))
         if kind == "cell":
+            if c >= len(rows[r]):  # a truncated row
+                return
             rows[r][c] = "" if value is None else str(value)
         else:
             rows = [row[:c] + row[c + 1:] for row in rows]
