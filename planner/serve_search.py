@@ -301,9 +301,10 @@ def replica_capacity(model, cluster, tp: int, workload, slo_ttft_s: float, slo_t
     held = {}  # what the probed replica holds: KV tokens and running sequences
 
     def probe(rate, n=None):
-        # A probe must span several request lifetimes, or an overload goes unseen: a replica can
-        # hold a short burst whole in its KV cache and meet the SLOs while it lasts.
-        n = n or max(requests, min(MAX_PROBE_REQUESTS, math.ceil(3 * rate * lifetime_s)))
+        # A probe must span several request lifetimes and at least the TTFT SLO, or an overload
+        # goes unseen: a replica can hold a short burst whole in its KV cache, or prefill it in a
+        # batch or two, and meet the SLOs while it lasts.
+        n = n or max(requests, min(MAX_PROBE_REQUESTS, math.ceil(rate * max(3 * lifetime_s, slo_ttft_s))))
         wl = replace(base, rate=RateSchedule(((rate, math.inf),)), num_requests=n,
                      seed=seed, concurrency=0, trace=None, warmup_requests=0,
                      slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)

@@ -822,6 +822,44 @@ def check_cli_serve(example) -> str:
         cleanup(d)
 
 
+@st.composite
+def plan_serve_argv(draw):
+    argv, mutated = draw(argv_for(
+        ["plan", "serve"],
+        # a real 8B model: a toy one serves 10^5 req/s per GPU, whose capacity probes are long
+        {"--model": (["llama3.1-8b"], st.sampled_from(["nope", ""])),
+         "--devices": (["h100-sxm:2", "h100-sxm:1,a100-sxm-80g:2", "a100-sxm-80g:2:1.5"],
+                       st.sampled_from(["h100-sxm", "h100-sxm:0", "h100-sxm:x", "nope:2", "l40s:2",
+                                        "h100-sxm:2:-1", "h100-sxm:1,h100-sxm:1", "h100-sxm:2:inf", ","])),
+         "--rate": (["5", "50"], st.sampled_from(["0", "-1", "inf", "nan", "x", "1e400"])),
+         "--prompt-len": (["256", "uniform:64:512"], st.sampled_from(_DIST)),
+         "--output-len": (["32", "exp:16"], st.sampled_from(_DIST)),
+         "--slo-ttft": (["2s", "500ms"], with_unit(["", "s", "ms", "us", "min"])),
+         "--slo-tpot": (["50ms", "0.1s"], with_unit(["", "s", "ms", "us", "min"]))},
+        {"--disagg": value_for(["auto", "on", "off"], st.sampled_from(["maybe", ""])),
+         "--size-classes": value_for(["1", "2", "3"], st.sampled_from(["0", "9", "x", "-1"])),
+         "--slo-percentile": value_for(["50", "90", "99"], st.sampled_from(["95", "0", "x"])),
+         "--time-limit": value_for(["1", "5"], st.sampled_from(["0", "-1", "inf", "x"])),
+         "--engine": value_for(["vllm", "sglang", "trtllm"]),
+         "--dtype": value_for(["bf16", "fp8"]),
+         "--kv-dtype": value_for(["bf16", "fp8"]),
+         "--seed": value_for(["0", "7", "-3"]),
+         "--requests": value_for(["20", "40"], st.sampled_from(["0", "-5", "x"]))},
+        ["--json", "--no-single-type", "--no-pareto"]))
+    if "--requests" not in argv:
+        argv += ["--requests", "30"]
+    if _is_int_over(_flag(argv, "--requests"), 60):  # each probe simulates this many requests
+        argv[argv.index("--requests") + 1] = "30"
+    return argv, mutated
+
+
+@surface("cli_plan_serve", plan_serve_argv(), 12,
+         "plan serve: device pools and prices, rate, SLO durations, --disagg, --size-classes")
+def check_cli_plan_serve(example) -> str:
+    argv, mutated = example
+    return check_cli(list(argv), mutated)
+
+
 # ---- 11. CLI: validate compare (measured profile and run folders) -----------------------------------
 
 _PROFILE = ROOT / "validation" / "data" / "profiles" / "cpu-epyc-2c"
