@@ -861,6 +861,8 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
         notes.extend(fnotes)
         if f is not None:
             fleets.append(f)
+        elif len(modes) > 1:
+            notes.append(f"no {mode} fleet of this pool serves {rate:g} req/s within the SLOs")
     if not fleets:
         raise explain_infeasible(caps + [c for cc in class_caps for c in cc], pool, rate, slo_ttft_s,
                                  slo_tpot_s, percentile,
