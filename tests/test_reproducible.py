@@ -107,3 +107,20 @@ def test_the_seed_reaches_every_stochastic_part():
     assert doc["goodput"]["seed"] == 9 and doc["seed"] == 9
     doc = json.loads(_run(SEEDED["serve"] + ["--seed", "9"]))
     assert doc["workload"]["seed"] == 9
+
+
+def test_plan_serve_repeats_but_for_its_own_timings():
+    """Seeded capacity probes and fleet checks, measured in forked workers: the same document twice
+    (its search and solve times aside), another with another seed."""
+    argv = ["plan", "serve", "--model", "llama3.1-8b", "--devices", "h100-sxm:2", "--rate", "20",
+            "--prompt-len", "uniform:64:512", "--output-len", "exp:32", "--slo-ttft", "1s", "--slo-tpot", "50ms",
+            "--requests", "60", "--json"]
+    from planner import serve_search
+    serve_search._CAPACITY_CACHE.clear()
+    a = json.loads(_run(argv + ["--seed", "4"]))
+    serve_search._CAPACITY_CACHE.clear()
+    b = json.loads(_run(argv + ["--seed", "4"]))
+    assert _strip_timing(a) == _strip_timing(b) and a["provenance"]["seed"] == 4
+    serve_search._CAPACITY_CACHE.clear()
+    c = json.loads(_run(argv + ["--seed", "5"]))
+    assert _strip_timing(c)["capacities"] != _strip_timing(a)["capacities"]
