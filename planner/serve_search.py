@@ -37,6 +37,8 @@ TPS = (1, 2, 4, 8)
 PERCENTILES = {50: "p50", 90: "p90", 99: "p99"}
 _CAPACITY_CACHE: dict = {}
 MAX_PROBE_REQUESTS = 20_000
+# The context assumed for a model whose config names none: the longest of the presets' (Llama 3.1).
+MAX_CONTEXT = 131_072
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -754,6 +756,14 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
         raise InputError(f"--rate {rate!r} must be a positive number of requests/s")
     if disagg not in DISAGG_MODES:
         raise InputError(f"--disagg {disagg!r}; valid: {', '.join(DISAGG_MODES)}")
+    # A request longer than the model's context is refused by the engines (vLLM max_model_len);
+    # a workload made of them has no serving plan (and would cost hours of simulated decoding).
+    ctx = model.max_position_embeddings or MAX_CONTEXT
+    mean_len = workload.prompt_len.mean + workload.output_len.mean
+    if mean_len > ctx:
+        raise InputError(f"mean prompt ({workload.prompt_len.mean:,.0f}) + output ({workload.output_len.mean:,.0f}) "
+                         f"= {mean_len:,.0f} tokens exceeds {model.name}'s context of {ctx:,} tokens "
+                         f"(max_position_embeddings); use shorter --prompt-len/--output-len")
     from simulator.serving.costs import iteration_cost
     from simulator.serving.kv_cache import kv_bytes_per_token
     t0 = time.perf_counter()

@@ -375,3 +375,12 @@ def test_disaggregated_infeasibility_names_the_kv_link():
     err = explain_infeasible(caps, [PoolEntry("a", 2, 1.0)], 10.0, 1.0, 0.05, 90, disaggregated=True,
                              options=[P, D], kv_bytes_per_s=0.0)
     assert "not enough devices for a disaggregated fleet" in str(err)
+
+
+def test_requests_beyond_the_context_exit_2_quickly(capsys):
+    """Long-profile fuzz finding: --output-len 1048577 simulated for 5 minutes."""
+    rc, out, err = _run(capsys, ["plan", "serve", "--model", "llama3.1-8b", "--devices", "a100-sxm-80g:2",
+                                 "--rate", "5", "--prompt-len", "256", "--output-len", "1048577",
+                                 "--slo-ttft", "2s", "--slo-tpot", "50ms"])
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert "131,072 tokens" in err and "max_position_embeddings" in err
