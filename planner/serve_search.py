@@ -37,6 +37,8 @@ TPS = (1, 2, 4, 8)
 PERCENTILES = {50: "p50", 90: "p90", 99: "p99"}
 _CAPACITY_CACHE: dict = {}
 MAX_PROBE_REQUESTS = 20_000
+FLOOR_RATE = 1e-3  # req/s of the floor probe: every request alone
+ITERATIONS, REL_TOL = 7, 0.04  # bisection halvings at most, and the bracket at which it stops
 # The context assumed for a model whose config names none: the longest of the presets' (Llama 3.1).
 MAX_CONTEXT = 131_072
 
@@ -229,7 +231,7 @@ def capacities(model, work: list, workload, slo_ttft_s: float, slo_tpot_s: float
     import os
     args = [(c, tp, role) for c, tp, role in work]
     rest = (slo_ttft_s, slo_tpot_s, percentile, requests, seed, engine, dtype, kv_dtype)
-    keys = [_cache_key(model, c, tp, workload, *rest, 7, role, 0.04) for c, tp, role in args]
+    keys = [_cache_key(model, c, tp, workload, *rest, ITERATIONS, role, REL_TOL) for c, tp, role in args]
     out: list = [_CAPACITY_CACHE.get(k) if k is not None else None for k in keys]
     todo = [i for i, cap in enumerate(out) if cap is None]
     jobs = min(jobs or os.cpu_count() or 1, len(todo))
@@ -268,8 +270,8 @@ def capacities(model, work: list, workload, slo_ttft_s: float, slo_tpot_s: float
 
 def replica_capacity(model, cluster, tp: int, workload, slo_ttft_s: float, slo_tpot_s: float,
                      percentile: int = 90, requests: int = 400, seed: int = 0, engine: str = "vllm",
-                     dtype: str = "bf16", kv_dtype: str | None = None, iterations: int = 7,
-                     role: str = "both", rel_tol: float = 0.04) -> Capacity:
+                     dtype: str = "bf16", kv_dtype: str | None = None, iterations: int = ITERATIONS,
+                     role: str = "both", rel_tol: float = REL_TOL) -> Capacity:
     """Bisection on the open-loop rate of one replica (tp devices of `cluster`): the highest rate
     whose probe keeps the `percentile` TTFT ≤ slo_ttft_s and TPOT ≤ slo_tpot_s with every request
     served and no growing queue. The probe at 1e-3 req/s gives the floors (a config whose floors
@@ -315,18 +317,12 @@ def replica_capacity(model, cluster, tp: int, workload, slo_ttft_s: float, slo_t
         held.setdefault("max_seqs", sim.replicas[0].cfg.max_num_seqs)
         rep = sim.run()
         ttft, tpot = _metrics(rep, pk)
-        served = rep.rejected == 0 and rep.completed == n
-        if rate <= 1e-3:  # the floor probe: requests alone, nothing can queue
-            ok = served and ttft + transfer <= slo_ttft_s and (role == "prefill" or tpot <= slo_tpot_s)
-            probes.append((rate, ttft + transfer, tpot, ok))
-            return ok, ttft + transfer, tpot
-        if role == "prefill":
-            ttft += transfer
-            ok = served and ttft <= slo_ttft_s and _steady(sim.requests)
-        elif role == "decode":
-            ok = served and tpot <= slo_tpot_s and _steady(sim.requests, latency=lambda r: r.finish_s - r.arrival_s)
-        else:
-            ok = served and ttft <= slo_ttft_s and tpot <= slo_tpot_s and _steady(sim.requests)
+        ttft += transfer  # 0 but for a prefill pool
+        # the floor probe (requests alone) cannot queue; a decode pool's queue shows in end-to-end time
+        steady = rate <= FLOOR_RATE or (_steady(sim.requests, latency=lambda r: r.finish_s - r.arrival_s)
+                                        if role == "decode" else _steady(sim.requests))
+        ok = (rep.rejected == 0 and rep.completed == n and steady
+              and (role == "decode" or ttft <= slo_ttft_s) and (role == "prefill" or tpot <= slo_tpot_s))
         probes.append((rate, ttft, tpot, ok))
         return ok, ttft, tpot
 
@@ -335,7 +331,7 @@ def replica_capacity(model, cluster, tp: int, workload, slo_ttft_s: float, slo_t
             from simulator.serving.costs import iteration_cost
             kvd = iteration_cost(model, cluster, tp, 1, 1, dtype, kv_dtype, engine).kv_dtype
             transfer = kv_transfer_s(model, cluster.with_nodes(max(2, cluster.num_nodes)), tp, _length_percentile(workload.prompt_len, percentile, seed), kvd)
-        ok, ttft0, tpot0 = probe(1e-3, min(requests, 50))  # requests alone: a few suffice
+        ok, ttft0, tpot0 = probe(FLOOR_RATE, min(requests, 50))  # requests alone: a few suffice
         footprint = workload.prompt_len.mean + workload.output_len.mean / 2  # KV tokens per running request
         bound = rate_bound(model, cluster, tp, workload, slo_tpot_s, engine, dtype, kv_dtype, role,
                            min(held["max_seqs"], int(held["kv_tokens"] // max(1.0, footprint))))
@@ -347,7 +343,7 @@ def replica_capacity(model, cluster, tp: int, workload, slo_ttft_s: float, slo_t
         if not ok:
             cap = Capacity(cluster.device.name, tp, 0.0, ttft0, tpot0, probes, role=role, bound=bound)
         else:
-            lo, hi = 1e-3, None
+            lo, hi = FLOOR_RATE, None
             if math.isfinite(bound) and bound > lo:  # the estimate first, then a step either way
                 step = bound
                 while step > lo and not probe(step)[0]:
@@ -418,41 +414,53 @@ def _demands(required) -> dict:
     return dict(required) if isinstance(required, dict) else {"both": float(required)}
 
 
+def _replica_vars(opts, available: dict) -> dict:
+    """n_c: integer replicas of each option, at most what its device type's count allows."""
+    return {i: pulp.LpVariable(f"replicas_{i}", lowBound=0, upBound=available[o.group] // o.devices,
+                               cat="Integer") for i, o in enumerate(opts)}
+
+
+def _device_limits(prob, opts, n: dict, available: dict) -> None:
+    """[devices_t]: the replicas of each device type fit in the devices available."""
+    for g in sorted({o.group for o in opts}):
+        prob += (pulp.lpSum(o.devices * n[i] for i, o in enumerate(opts) if o.group == g)
+                 <= available[g], f"devices_{g}")
+
+
+def _solve_fleet(prob, time_limit_s: float, gap: float):
+    """CBC under the limits (planner.ilp's solve, limits checked there): the SolverRun and the
+    status this planner reports ("time limit (not proven optimal)" for a time-limited incumbent)."""
+    from planner.ilp import _solve
+    run = _solve(prob, time_limit_s, gap)
+    return run, (run.status if run.optimal else "time limit (not proven optimal)")
+
+
 def fleet_ilp(options: list[Option], required, available: dict, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
               gap: float = DEFAULT_GAP, kv_bytes_per_s: float = 0.0) -> FleetSolution | None:
     """The program in the module docstring. `required`: req/s for an aggregated fleet, or
     {"prefill": R_p, "decode": R_d} for a disaggregated one, whose prefill pool must send and
     decode pool receive `kv_bytes_per_s` of KV over their links. None when infeasible (see
     `explain_infeasible`)."""
-    if not (time_limit_s > 0):
-        raise InputError(f"solver time limit {time_limit_s!r} must be a positive number of seconds")
-    if not (0 <= gap < 1):
-        raise InputError(f"solver gap {gap!r} must be a relative gap in [0, 1)")
+    from planner.ilp import _check_limits
+    _check_limits(time_limit_s, gap)
     need = _demands(required)
     opts = [o for o in options if o.rate > 0 and o.role in need and o.devices <= available.get(o.group, 0)]
     if {o.role for o in opts} != set(need):
         return None
     prob = pulp.LpProblem("serving_fleet", pulp.LpMinimize)
-    n = {i: pulp.LpVariable(f"replicas_{i}", lowBound=0, upBound=available[o.group] // o.devices,
-                            cat="Integer") for i, o in enumerate(opts)}
+    n = _replica_vars(opts, available)
     prob += pulp.lpSum(o.cost * n[i] for i, o in enumerate(opts)), "cost_per_hour"
     for role, r in sorted(need.items()):
         prob += (pulp.lpSum(o.rate * n[i] for i, o in enumerate(opts) if o.role == role) >= r,
                  "capacity" if role == "both" else f"capacity_{role}")
-    for g in sorted({o.group for o in opts}):
-        prob += (pulp.lpSum(o.devices * n[i] for i, o in enumerate(opts) if o.group == g)
-                 <= available[g], f"devices_{g}")
+    _device_limits(prob, opts, n, available)
     if kv_bytes_per_s > 0:  # DistServe §4.3: the KV of every request crosses the pools' links
         for role, label in (("prefill", "kv_link_out"), ("decode", "kv_link_in")):
             if role in need:  # in GB/s: coefficients near 1 keep CBC's tolerances meaningful
                 prob += (pulp.lpSum(min(o.link, 1e15) / 1e9 * n[i] for i, o in enumerate(opts) if o.role == role)
                          >= kv_bytes_per_s / 1e9, label)
-    solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap)
-    t0 = time.perf_counter()
-    prob.solve(solver)
-    dt = time.perf_counter() - t0
-    sol = prob.sol_status
-    if sol not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+    run, status = _solve_fleet(prob, time_limit_s, gap)
+    if not run.feasible:
         return None
     counts = {}
     for i, o in enumerate(opts):
@@ -462,8 +470,7 @@ def fleet_ilp(options: list[Option], required, available: dict, time_limit_s: fl
     by = {o.name: o for o in opts}
     cost = sum(by[k].cost * v for k, v in counts.items())
     caps = {role: sum(by[k].rate * v for k, v in counts.items() if by[k].role == role) for role in need}
-    status = pulp.LpStatus[prob.status] if sol == pulp.LpSolutionOptimal else "time limit (not proven optimal)"
-    return FleetSolution(counts, cost, min(caps.values()), status, sol == pulp.LpSolutionOptimal, dt, caps,
+    return FleetSolution(counts, cost, min(caps.values()), status, run.optimal, run.solve_time_s, caps,
                          gap, time_limit_s)
 
 
@@ -548,22 +555,16 @@ def fleet_ilp_classes(options: list[ClassOption], demand: list[float], available
     if not opts or any(not any(o.rates[k] > 0 for o in opts) for k in range(K) if demand[k] > 0):
         return None
     prob = pulp.LpProblem("serving_fleet_classes", pulp.LpMinimize)
-    n = {i: pulp.LpVariable(f"replicas_{i}", 0, available[o.group] // o.devices, cat="Integer")
-         for i, o in enumerate(opts)}
+    n = _replica_vars(opts, available)
     y = {(i, k): pulp.LpVariable(f"load_{i}_{k}", 0) for i, o in enumerate(opts) for k in range(K) if o.rates[k] > 0}
     prob += pulp.lpSum(o.cost * n[i] for i, o in enumerate(opts)), "cost_per_hour"
     for k in range(K):
         prob += pulp.lpSum(v for (i, kk), v in y.items() if kk == k) >= demand[k], f"class_{k}"
     for i, o in enumerate(opts):
         prob += pulp.lpSum(y[i, k] / o.rates[k] for k in range(K) if (i, k) in y) <= n[i], f"load_{i}"
-    for g in sorted({o.group for o in opts}):
-        prob += (pulp.lpSum(o.devices * n[i] for i, o in enumerate(opts) if o.group == g)
-                 <= available[g], f"devices_{g}")
-    t0 = time.perf_counter()
-    prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap))
-    dt = time.perf_counter() - t0
-    sol = prob.sol_status
-    if sol not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+    _device_limits(prob, opts, n, available)
+    run, status = _solve_fleet(prob, time_limit_s, gap)
+    if not run.feasible:
         return None
     counts, loads = {}, {}
     for i, o in enumerate(opts):
@@ -573,8 +574,7 @@ def fleet_ilp_classes(options: list[ClassOption], demand: list[float], available
             loads[o.name] = [max(0.0, y[i, k].value() or 0.0) if (i, k) in y else 0.0 for k in range(K)]
     cost = sum(o.cost * counts.get(o.name, 0) for o in opts)
     total = sum(demand)
-    status = pulp.LpStatus[prob.status] if sol == pulp.LpSolutionOptimal else "time limit (not proven optimal)"
-    return (FleetSolution(counts, cost, total, status, sol == pulp.LpSolutionOptimal, dt, {"both": total},
+    return (FleetSolution(counts, cost, total, status, run.optimal, run.solve_time_s, {"both": total},
                           gap, time_limit_s), loads)
 
 
@@ -780,15 +780,15 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
             notes.append(note)
         work += [(c, tp, role) for role in roles for tp in TPS if tp <= c.devices_per_node and tp <= e.count]
     size = size_classes(workload, classes, seed) if classes > 1 and "aggregated" in modes else []
-    if len(size) > 1:  # the aggregated configurations are measured per class instead
-        agg_work = [w for w in work if w[2] == "both"]
-        work = [w for w in work if w[2] != "both"]
+    if len(size) < 2:  # lengths that do not spread make one class: no split
+        size = []
+    agg_work = [w for w in work if w[2] == "both"] if size else []
+    work = [w for w in work if w not in agg_work]  # with classes, aggregated configs are measured per class
     caps = capacities(model, work, workload, slo_ttft_s, slo_tpot_s, percentile, requests, seed,
                       engine, dtype, kv_dtype, jobs, progress)
-    class_caps = []
-    for bound, share, dist in (size if len(size) > 1 else []):
-        class_caps.append(capacities(model, agg_work, replace(workload, prompt_len=dist), slo_ttft_s, slo_tpot_s,
-                                     percentile, requests, seed, engine, dtype, kv_dtype, jobs, progress))
+    class_caps = [capacities(model, agg_work, replace(workload, prompt_len=dist), slo_ttft_s, slo_tpot_s,
+                             percentile, requests, seed, engine, dtype, kv_dtype, jobs, progress)
+                  for _, _, dist in size]
     price = {e.device: e.price_per_hour for e in pool}
     available = {e.device: e.count for e in pool}
     options = [Option(option_name(c.device, c.tp, c.role), c.device, c.tp, c.rate, price[c.device], c.role,
@@ -798,9 +798,7 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
                      for j, c in enumerate(class_caps[0])] if class_caps else []
     by_opt = {o.name: o for o in options}
     by_opt.update({o.name: Option(o.name, o.group, o.devices, 0.0, o.price) for o in class_options})
-    by_cap = {option_name(c.device, c.tp, c.role): c for c in caps}
-    for j, c in enumerate(class_caps[0] if class_caps else []):
-        by_cap[option_name(c.device, c.tp)] = c
+    by_cap = {option_name(c.device, c.tp, c.role): c for c in caps + (class_caps[0] if class_caps else [])}
     first = next(iter(clusters.values()))
     kv_dt = iteration_cost(model, first, 1, 1, 1, dtype, kv_dtype, engine).kv_dtype
     kv_rate = rate * workload.prompt_len.mean * kv_bytes_per_token(model, 1, 1, kv_dt)  # bytes/s between pools
@@ -855,8 +853,6 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
                                  ("decode", tpot > slo_tpot_s)):
                 if role in need and missed:
                     need[role] = sol.capacities[role] * 1.0001 + 1e-6
-            if all(need[r] <= sol.capacities[r] for r in need):  # rejected requests only
-                need = {r: v * 1.0001 + 1e-6 for r, v in sol.capacities.items()}
         return None, fleet_notes
 
     def mode_options(mode, device=None):
@@ -908,8 +904,7 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
         "capacities": [c.to_dict() for c in caps] + [
             {**c.to_dict(), "size_class": j, "prompt_len": size[j][2].text}
             for j, cc in enumerate(class_caps) for c in cc],
-        "size_classes": [{"max_prompt_len": b, "share": sh, "prompt_len": d.text} for b, sh, d in size]
-        if len(size) > 1 else None,
+        "size_classes": [{"max_prompt_len": b, "share": sh, "prompt_len": d.text} for b, sh, d in size] or None,
         "kv_transfer_bytes_per_s": kv_rate if "disaggregated" in modes else None,
         "fleets": fleets,
         "pareto": pareto_front(verified, pk),
