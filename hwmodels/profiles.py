@@ -1,6 +1,6 @@
 """The one adapter that reads measured kernel tables shipped by `aiconfigurator-core`.
 
-aiconfigurator-core (PyPI, Apache-2.0; DESIGN.md §5) ships latency tables measured on real GPUs
+aiconfigurator-core (PyPI, Apache-2.0; docs/design.md §5) ships latency tables measured on real GPUs
 under `aiconfigurator_core/systems/data/<system>/<family>/<framework>/<version>/*.parquet`.
 This module turns the few we use into plain numpy grids in SI units (seconds, bytes, FLOP/s)
 and answers point queries by interpolation. pandas/pyarrow are imported here only, lazily, so
@@ -21,8 +21,8 @@ Which table feeds each op (one framework table per op, chosen per system and dty
 - GEMM: every framework's bf16 rows time the framework's plain dense Linear (torch
   `F.linear`, i.e. cuBLAS: vLLM `torch.nn.functional.linear` / `vllm_default`, SGLang
   `sglang_torch_linear`, TRT-LLM `torch_flow`); fp8 = per-tensor scaled fp8 (`gemm_dtype`
-  "fp8": CUTLASS / sgl-kernel / cuBLASLt scaled-mm, activation quantisation included); block-
-  scaled fp8, nvfp4 and weight-only rows are not used. Among the candidates we take the table
+  "fp8": CUTLASS / sgl-kernel / cuBLASLt scaled-mm, activation quantisation included); fp4 =
+  NVFP4 (`gemm_dtype` "nvfp4", Blackwell only); block-scaled fp8 and weight-only rows are not used. Among the candidates we take the table
   with the most measured (m, n, k) points (the fullest regular grid), ties broken by framework
   (vLLM first: its collector replays CUDA graphs over 6 weight copies, so it times the kernel
   alone, without launch gaps, with a cold L2), then by the newest version.
@@ -282,12 +282,15 @@ class GemmTable:
         return float(np.nanmax(self.flops_per_s))
 
 
-_GEMM_DTYPES = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8"}
+# fp4 = NVFP4 (E2M1 values, an FP8 E4M3 scale per 16-element block and a per-tensor fp32 scale:
+# NVIDIA "Introducing NVFP4" blog / TensorRT-LLM docs), the Blackwell FP4 tensor-core format the
+# collectors time as `gemm_dtype` "nvfp4", activation quantisation included.
+_GEMM_DTYPES = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8", "fp4": "nvfp4"}
 
 
 @functools.cache
 def load_gemm_table(system: str, dtype: str = "bf16") -> GemmTable | None:
-    """The GEMM table of `system` at `dtype` (bf16|fp16|fp8); None if absent.
+    """The GEMM table of `system` at `dtype` (bf16|fp16|fp8|fp4); None if absent.
 
     No table in 0.12.0 holds fp16 GEMMs: fp16 is served by the bf16 table (same tensor-core
     rate on every listed GPU) and its `source` says so."""

@@ -14,12 +14,12 @@ from hwmodels.errors import InputError
 REQUIRED_DEVICES = [
     "a100-sxm-40g", "a100-sxm-80g", "a100-pcie-80g", "h100-sxm", "h100-pcie", "h200", "b200", "gb200",
     "l40s", "l4", "v100-sxm", "mi250x-gcd", "mi300x", "mi325x", "tpu-v4", "tpu-v5e", "tpu-v5p",
-    "ascend-910b", "gaudi2", "gaudi3",
+    "ascend-910b", "gaudi2", "gaudi3", "b300", "gb300", "rtx-pro-6000",
 ]
 NO_BF16 = {"v100-sxm": "fp16"}  # Volta has no BF16 hardware; its training dtype is fp16
 REQUIRED_CLUSTERS = [
     "dgx-a100", "dgx-h100", "dgx-h200", "dgx-b200", "gb200-nvl72", "frontier", "mi300x", "tpu-v5p",
-    "ascend-910b", "pcie-a100",
+    "ascend-910b", "pcie-a100", "dgx-b300", "gb300-nvl72", "l40s-server", "rtx-pro-6000-server",
 ]
 NUMBER_FIELDS = ["hbm_bytes", "hbm_bytes_per_s", "scale_up_bytes_per_s", "power_w", "price_per_hour"]
 
@@ -273,3 +273,31 @@ def test_stand_in_devices_cover_every_dtype():
     for d in all_devices():
         if d.efficiency_from:
             assert set(d.peak_flops) <= set(get_device(d.efficiency_from).peak_flops), d.name
+
+
+def test_blackwell_ultra_and_pcie_servers_read_their_measured_tables():
+    """B300, GB300 and RTX PRO 6000 have measured kernel tables in aiconfigurator-core 0.12.0: their
+    GEMMs come from those tables (no roofline note), and NVFP4 GEMMs run faster than FP8 ones."""
+    from hwmodels.kernels import kernel_model
+    for name in ("b300", "gb300", "rtx-pro-6000"):
+        times = {}
+        for dtype in ("bf16", "fp8", "fp4"):
+            km = kernel_model(name, dtype)
+            assert not any("roofline" in n for n in km.notes), (name, dtype, km.notes)
+            times[dtype] = km.gemm_s(8192, 8192, 8192)
+        assert times["fp4"] < times["fp8"] < times["bf16"], (name, times)
+        # measured, so below peak: 2·8192³ FLOP at the dense fp4 peak is the lower bound
+        assert times["fp4"] > 2 * 8192**3 / get_device(name).peak("fp4")
+
+
+def test_fp4_gemm_reads_the_nvfp4_table_not_the_roofline():
+    """An NVFP4 GEMM on B200 takes the measured nvfp4 rate (~5.3 PFLOP/s best in aiconfigurator-core
+    0.12.0 vllm rows), well below the 87%-of-9-PF roofline that was used before it was read."""
+    from hwmodels import profiles
+    from hwmodels.kernels import FALLBACK_GEMM_EFFICIENCY, kernel_model
+    table = profiles.load_gemm_table("b200_sxm", "fp4")
+    assert table is not None and table.stamp["gemm_dtype"] == "nvfp4"
+    assert 4.5e15 < table.peak_achieved() < 6.5e15
+    km = kernel_model("b200", "fp4")
+    roofline_s = 2 * 8192**3 / (FALLBACK_GEMM_EFFICIENCY * get_device("b200").peak("fp4"))
+    assert km.gemm_s(8192, 8192, 8192) > 1.2 * roofline_s
