@@ -32,6 +32,13 @@ _HF_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_head
              "moe_ffn_hidden_size": "moe_intermediate_size", "num_shared_experts": "n_shared_experts",
              "first_dense_layers": "first_k_dense_replace"}
 
+# Architectures whose layers are not attention + MLP blocks (state-space and recurrent mixers):
+# their configs are refused by name rather than with a missing-key message.
+_UNSUPPORTED_TYPES = {"mamba", "mamba2", "falcon_mamba", "rwkv", "rwkv5", "rwkv6", "rwkv7", "jamba",
+                      "nemotron_h", "zamba", "zamba2", "bamba", "granitemoehybrid", "xlstm", "recurrent_gemma"}
+SUPPORTED_TYPES = ("llama", "llama4", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
+                   "deepseek_v2", "deepseek_v3", "kimi_k2", "gpt2", "gpt3", "megatron-gpt")
+
 _GATED_ACTS = {"silu", "swiglu", "geglu", "swish"}
 _PLAIN_ACTS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu"}
 
@@ -273,12 +280,28 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
     if not isinstance(cfg, dict):
         raise InputError(f"{where}: expected a mapping of config keys, got {type(cfg).__name__}")
     cfg = dict(cfg)
+    # Multimodal configs (Llama 4, Qwen-VL, Gemma 3, ...) nest the language model's keys under
+    # `text_config` (Hugging Face composite configs); the keys outside it describe the wrapper.
+    text = cfg.get("text_config")
+    if isinstance(text, dict) and "num_hidden_layers" not in cfg:
+        outer = {k: cfg[k] for k in ("published_params", "source", "architectures") if k in cfg}
+        cfg = {**text, **outer}
+    model_type = str(cfg.get("model_type", "")).lower()
+    arch = model_type or ",".join(map(str, cfg.get("architectures") or [])) or "unknown"
+    if model_type in _UNSUPPORTED_TYPES or any(
+            t in str(a).lower() for a in cfg.get("architectures") or [] for t in ("mamba", "rwkv", "jamba")):
+        raise InputError(f"{where}: architecture {arch!r} is not supported (supported: "
+                         f"{', '.join(SUPPORTED_TYPES)})")
     names: dict = {}  # HF key -> the GPT-style alias the config used for it
     for alias, key in (("n_layer", "num_hidden_layers"), ("n_embd", "hidden_size"),
                        ("n_head", "num_attention_heads"), ("n_inner", "intermediate_size"),
                        ("activation_function", "hidden_act"), ("n_positions", "max_position_embeddings")):
         if alias in cfg and key not in cfg:
             cfg[key], names[key] = cfg[alias], alias
+    for key in ("num_hidden_layers", "hidden_size", "num_attention_heads"):
+        if key not in cfg and model_type and model_type not in SUPPORTED_TYPES:
+            raise InputError(f"{where}: architecture {arch!r} is not supported (missing key {key!r}; "
+                             f"supported: {', '.join(SUPPORTED_TYPES)})")
     L = _int_key(cfg, "num_hidden_layers", where, names=names)
     h = _int_key(cfg, "hidden_size", where, names=names)
     a = _int_key(cfg, "num_attention_heads", where, names=names)
@@ -289,9 +312,12 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
         raise InputError(f"{where}: {names.get('hidden_act', 'hidden_act')}={act!r} is not known; valid: "
                          f"{', '.join(sorted(_GATED_ACTS | _PLAIN_ACTS))}")
     gated = bool(cfg.get("gated_mlp", act in _GATED_ACTS))
-    ffn = _int_key(cfg, "intermediate_size", where, default=4 * h, names=names)
-    model_type = str(cfg.get("model_type", "")).lower()
     gpt_style = model_type in ("gpt2", "gpt3", "megatron-gpt", "gpt_neox", "gpt-j") or "n_embd" in cfg
+    if "intermediate_size" not in cfg and not gpt_style:
+        raise InputError(f"{where}: missing key 'intermediate_size' (only GPT-2/3-style configs default "
+                         f"it, to 4·hidden)")
+    # GPT-2/3: n_inner absent means 4·n_embd (Radford et al. 2019; HF GPT2Config n_inner=None)
+    ffn = _int_key(cfg, "intermediate_size", where, default=4 * h, names=names)
     n_experts = _int_key(cfg, "num_local_experts", where, default=0, positive=False) or \
         _int_key(cfg, "n_routed_experts", where, default=0, positive=False) or \
         _int_key(cfg, "num_experts", where, default=0, positive=False)
@@ -324,6 +350,14 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
         published_params=_count_key(cfg, "published_params", where),
         source=str(cfg.get("source", "")),
     )
+    # Llama 4 (HF Llama4TextConfig): experts and the one shared expert have `intermediate_size`,
+    # dense layers `intermediate_size_mlp`; every `interleave_moe_layer_step`-th layer is MoE,
+    # counting from layer step−1 (HF Llama4TextModel moe_layers). Its QK norm has no weights.
+    if model_type.startswith("llama4") and n_experts:
+        step = _int_key(cfg, "interleave_moe_layer_step", where, default=1)
+        kwargs.update(ffn_hidden_size=_int_key(cfg, "intermediate_size_mlp", where, default=ffn),
+                      moe_ffn_hidden_size=ffn, num_shared_experts=1, first_dense_layers=step - 1,
+                      moe_layer_freq=step, qk_norm=False)
     # Qwen2-MoE / Qwen3-MoE name their shared expert by size rather than count.
     shared_ffn = _int_key(cfg, "shared_expert_intermediate_size", where, default=0, positive=False)
     if shared_ffn > MAX_DIM:
@@ -360,9 +394,13 @@ def load_model(ref: str) -> ModelSpec:
     if ref in presets:
         return from_hf_config(presets[ref], name=ref)
     path = Path(ref)
+    if path.is_dir() and (path / "config.json").is_file():  # a checkpoint folder, as HF tools take
+        path = path / "config.json"
+        ref = str(path)
     if path.suffix.lower() in (".json", ".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise InputError(f"model file {ref!r} does not exist (give a preset name or a config.json path)")
+            raise InputError(f"model file {ref!r} does not exist (give a preset name, a config.json path "
+                             f"or a folder holding config.json)")
         text = path.read_text()
         try:
             cfg = json.loads(text) if path.suffix.lower() == ".json" else safe_yaml(text)

@@ -39,8 +39,10 @@ def test_required_presets_present():
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_metadata(name):
     raw = RAW[name]
-    for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size",
-                "hidden_act", "model_type", "published_params", "source"):
+    text = raw.get("text_config", raw)  # multimodal configs nest the language model
+    for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size", "hidden_act"):
+        assert key in text, f"{name}: missing {key}"
+    for key in ("model_type", "published_params", "source"):
         assert key in raw, f"{name}: missing {key}"
     # Written with an exponent sign so that YAML reads a float, not a string.
     for key in ("published_params", "published_active_params", "published_params_precision"):
@@ -180,9 +182,15 @@ def test_load_yaml_with_hf_keys(tmp_path):
     assert (m.name, m.num_layers, m.num_kv_heads, m.num_experts) == ("tiny", 2, 2, 4)
 
 
-def test_preset_dict_roundtrip():
-    """A preset is a plain HF-style mapping: from_hf_config reads it the same as load_model."""
-    assert from_hf_config(RAW["deepseek-v3"], name="deepseek-v3") == load_model("deepseek-v3")
+def test_preset_dict_roundtrip(tmp_path):
+    """A preset is a plain HF-style mapping: written out as a config.json and read back through the
+    file path it gives the preset's model, whose size is DeepSeek-V3's published 671B / 37B."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(RAW["deepseek-v3"]))
+    m = from_hf_config(json.loads(path.read_text()), name="deepseek-v3")
+    assert load_model(str(path)).num_params == m.num_params
+    assert m.num_params == pytest.approx(671e9, rel=0.01)
+    assert m.num_active_params == pytest.approx(37e9, rel=0.03)
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -241,3 +249,44 @@ def test_config_not_a_mapping(tmp_path):
 def test_nonexistent_json_path(tmp_path):
     msg = _one_line_error(str(tmp_path / "nope" / "config.json"))
     assert "does not exist" in msg
+
+
+# ---- configs as people download them --------------------------------------------------------
+
+def test_nested_text_config_is_read_for_its_language_model(tmp_path):
+    """Multimodal HF configs (Llama 4, Qwen-VL) nest the language model under `text_config`; reading
+    the outer keys alone failed with "missing key 'num_hidden_layers'"."""
+    cfg = {"model_type": "llama4", "architectures": ["Llama4ForConditionalGeneration"],
+           "text_config": dict(RAW["llama4-maverick"]["text_config"]), "vision_config": {"hidden_size": 1408}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    m = load_model(str(path))
+    assert (m.num_layers, m.hidden_size, m.num_experts, m.experts_per_token) == (48, 5120, 128, 1)
+    # Maverick alternates dense and MoE layers, MoE on odd layers (HF Llama4TextModel moe_layers)
+    assert [m.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
+    assert m.ffn_hidden_size == 16384 and m.moe_ffn_hidden_size == 8192 and m.num_shared_experts == 1
+    assert m.num_params == pytest.approx(400e9, rel=0.01)
+
+
+def test_a_folder_holding_config_json_is_a_model(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(RAW["llama3-8b"]))
+    assert load_model(str(tmp_path)).num_params == load_model("llama3-8b").num_params
+
+
+@pytest.mark.parametrize("cfg, words", [
+    ({"model_type": "mamba2", "hidden_size": 2560, "num_hidden_layers": 64, "vocab_size": 50280},
+     ["architecture 'mamba2' is not supported", "llama"]),
+    ({"model_type": "rwkv", "hidden_size": 2560, "num_hidden_layers": 32, "vocab_size": 50277},
+     ["architecture 'rwkv' is not supported"]),
+    ({"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+      "vocab_size": 100}, ["missing key 'intermediate_size'"]),
+])
+def test_unsupported_or_incomplete_configs_are_refused_by_name(tmp_path, cfg, words):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(InputError) as info:
+        load_model(str(path))
+    msg = str(info.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, msg
