@@ -22,9 +22,9 @@ import pulp
 
 from hwmodels.clusters import Cluster
 from hwmodels.errors import InputError
-from simulator.memory import (FRAGMENTATION, GRAD_BYTES, OPTIMIZER_BYTES, WEIGHT_BYTES,
-                              inflight_microbatches, layer_activation_bytes, stage_layers, stage_memory)
-from simulator.ops import layer_cost
+from simulator.analytic import layer_time_s, step_costs
+from simulator.memory import (FRAGMENTATION, WEIGHT_BYTES, inflight_microbatches, layer_activation_bytes,
+                              model_states, stage_layers, stage_memory)
 from simulator.training import TrainingJob, TrainingPlan, micro_batches
 
 DEFAULT_TIME_LIMIT_S = 2.0
@@ -356,38 +356,29 @@ def partition_problem(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) ->
     """A `PartitionProblem` for a plan and a balanced partition to start from (the uniform one
     when pp·vpp divides the layers; here it need not).
 
-    Per-layer times: `simulator.ops.layer_cost` (dense or MoE layer), summed as
-    `simulator.analytic.step_costs` sums them. Per-layer memory: parameter states after ZeRO
-    sharding (ZeRO §5 with `simulator.memory`'s byte counts) and
-    `simulator.memory.layer_activation_bytes`. Per-stage extras e_s and F_s are what
+    Per-layer times: `simulator.analytic.layer_time_s` (the engine's `work` of one dense or MoE
+    layer). Per-layer memory: `simulator.memory.model_states` (parameter states after ZeRO
+    sharding) and `simulator.memory.layer_activation_bytes`. Per-stage extras e_s and F_s are what
     `simulator.analytic.step_costs` and `simulator.memory.stage_memory` put on a stage beyond its
     layers (embedding, LM head, tied-embedding copy, logits, buffers, reserve); the ZeRO-3 gather
     buffer and full recompute's one-layer working set are taken at the model's largest layer.
     """
-    from simulator.analytic import step_costs
     m = job.model
     L, p, v, t = m.num_layers, plan.pp, plan.vpp, plan.tp
     if not 1 <= p * v <= L:
         raise InputError(f"partition: pp·vpp={p}·{v} must be in 1..{L} (the model's layers)")
     moe = [m.is_moe_layer(i) for i in range(L)]
-    costs = {f: layer_cost(m, job, plan, cluster, f) for f in set(moe)}
-
-    def total(cost):  # one layer's share of a stage's forward + backward, exposed comm included
-        return (cost.fwd_compute_s + cost.bwd_compute_s + cost.recompute_s
-                + sum(sum(part.values()) for part in (cost.fwd_comm_s, cost.bwd_comm_s, cost.recompute_comm_s)))
-    times = [total(costs[f]) for f in moe]
+    layer_s = {f: layer_time_s(job, plan, cluster, f) for f in set(moe)}
+    times = [layer_s[f] for f in moe]
     dp_cp, expert_dp = plan.dp * plan.cp, max(1, plan.dp * plan.cp // plan.ep)
-    z, off = plan.zero, plan.offload
-    # bytes per parameter after ZeRO partitioning (Rajbhandari et al. 2019 §5)
-    per_param = lambda d: (WEIGHT_BYTES / (d if z >= 3 else 1) + GRAD_BYTES / (d if z >= 2 else 1)  # noqa: E731
-                           + (0 if off else OPTIMIZER_BYTES / (d if z >= 1 else 1)))
+    z = plan.zero
     experts = m.num_experts * m.expert_params() if m.is_moe else 0
     act = {f: layer_activation_bytes(m, job, plan, f) for f in set(moe)}
     states, acts = [], []
     for i, f in enumerate(moe):
         dense = (m.layer_params(i) - (experts if f else 0)) / t
         expert = (m.num_experts // plan.ep) * m.expert_params() if f else 0.0
-        states.append(dense * per_param(dp_cp) + expert * per_param(expert_dp))
+        states.append(float(sum(model_states(dense, expert, z, plan.offload, dp_cp, expert_dp))))
         acts.append(act[f])
     inflight = [inflight_microbatches(plan, job, s) for s in range(p)]
     # stage_layers/step_costs/stage_memory take L // (p·v) layers per chunk (no validation), so

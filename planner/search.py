@@ -18,20 +18,17 @@ from the cheapest test to the dearest, and every candidate lands in exactly one 
    time is computed);
 4. scored — step time computed.
 
-Scoring is exact and vectorised per mesh shape (tp, pp, cp, ep, dp): per-layer costs come from
-`simulator.ops.layer_cost` (cached on the parts of a plan that change them: tp, cp, ep, sp, mb,
-recompute), per-layer activations from `simulator.memory.layer_activation_bytes`, in-flight
-micro-batches from `simulator.memory.inflight_microbatches`, and numpy combines them over stages
-and over ZeRO/offload variants with the closed forms of `simulator.analytic` (`step_costs`'
-per-stage sums, `estimate`'s bubble and p2p, `dp_exposed_s`' DP/ZeRO tail, the optimizer step).
-`tests/test_planner.py` checks that these numbers equal `estimate()`/`stage_memory()` on random
-plans; at run time every reported plan and three random candidates are re-scored with
-`estimate()` (a note says so if they disagree), and a reported plan's JSON is
-`estimate().to_dict()`.
+Scoring calls the simulator's engine on arrays of plans, one mesh shape (tp, pp, cp, ep, dp) at a
+time: `simulator.memory.memory_parts` for the memory test, then `simulator.analytic.step_terms` for
+the survivors — the same functions `simulator.analytic.estimate` calls with a batch of one, so a
+reported plan's score is its `estimate()`. The planner holds no cost formula: validity comes from
+`simulator.training`'s rules and `Schedule.check`, schedules and their virtual-stage domains from
+`simulator.schedules.SCHEDULES`, and a reported plan's JSON is `estimate().to_dict()`.
 """
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -41,33 +38,33 @@ import numpy as np
 from hwmodels.clusters import Cluster
 from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
-from hwmodels.kernels import kernel_model
-from simulator import memory as smem
-from simulator.analytic import (ADAM_BYTES_PER_PARAM, DDP_BUCKET_BYTES, HOST_DRAM_BYTES_PER_S,
-                                PCIE_BYTES_PER_S, estimate)
-from simulator.memory import (CONTEXT_BYTES, FRAGMENTATION, GRAD_BYTES, OPTIMIZER_BYTES, WEIGHT_BYTES,
-                              inflight_microbatches, layer_activation_bytes, stage_memory)
-from simulator.models import ModelSpec
-from simulator.ops import ACT_BYTES, layer_cost
-from simulator.training import RECOMPUTE, TrainingJob, TrainingPlan, parse_plan
+from simulator import schedules
+from simulator.analytic import estimate, step_terms
+from simulator.memory import memory_parts, placement, stage_memory, stage_params
+from simulator.ops import check_supported
+from simulator.training import (RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, cp_splits_seq, ep_splits_experts,
+                                layer_plan, layers_split, parse_plan, tp_splits_model)
 
 OBJECTIVES = ("throughput", "cost", "time-to-train")
 FIX_KEYS = ("dp", "tp", "pp", "cp", "ep", "mb", "vpp", "zero", "recompute", "schedule", "sp", "offload",
             "fsdp")
-# Schedules the vectorised scorer models (bubble and memory as simulator.analytic/memory do);
-# the candidate table stores a schedule as its index here.
-SCHED = ("1f1b", "interleaved", "gpipe", "zb-h1", "zb-h2")
-S_1F1B, S_INTERLEAVED, S_GPIPE, S_ZBH1, S_ZBH2 = range(len(SCHED))
-R_FULL = RECOMPUTE.index("full")
+# The candidate table stores a schedule as its index in `simulator.schedules.names()` (every
+# registered schedule is searched). SCHED: the registry's names when this module was imported.
+SCHED = schedules.names()
 GIB = 2**30
-# Reported plans whose analytic step time differs from the vectorised score by more than this
-# relative amount get a note (float summation order differs; anything larger is a bug).
-SCORE_TOLERANCE = 1e-6
 
 
 def divisors(n: int) -> list[int]:
     small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
     return sorted(set(small + [n // d for d in small]))
+
+
+@lru_cache(maxsize=1024)
+def _label(why: str) -> str:
+    """A validity message as a pruning bucket: without its numbers and references, so that every
+    plan a rule rejects counts under one label."""
+    why = re.sub(r"\s*\([^)]*\)", "", why)
+    return re.sub(r"=\d+", "", why).removeprefix("plan ")
 
 
 # ---- --fix -----------------------------------------------------------------------------------
@@ -118,64 +115,6 @@ def _fix_text(fix: dict) -> str:
     return ",".join(f"{k}={'|'.join(show(x) for x in v)}" for k, v in fix.items())
 
 
-# ---- per-model tables --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Stages:
-    """Per pipeline stage (uniform partition, `simulator.memory.stage_layers`)."""
-
-    n_layers: np.ndarray
-    n_moe: np.ndarray
-    dense_sum: np.ndarray  # Σ non-expert parameters of the stage's layers (whole layer, before TP)
-    max_layer: np.ndarray  # largest layer's parameters (ZeRO-3 gather buffer)
-
-
-class _ModelTables:
-    def __init__(self, model: ModelSpec):
-        self.model = model
-        L = model.num_layers
-        params = [model.layer_params(i) for i in range(L)]
-        moe = [model.is_moe_layer(i) for i in range(L)]
-        all_experts = model.num_experts * model.expert_params() if model.is_moe else 0
-        dense = [p - all_experts if e else p for p, e in zip(params, moe)]
-        self.params = params
-        self.moe_prefix = np.concatenate([[0], np.cumsum(moe)]).astype(np.int64)
-        self.dense_prefix = [0]
-        for d in dense:
-            self.dense_prefix.append(self.dense_prefix[-1] + d)
-        self.embedding = model.embedding_params()
-        self.head = model.head_params()
-
-    @lru_cache(maxsize=None)
-    def stages(self, p: int, v: int) -> _Stages:
-        per_chunk = self.model.num_layers // (p * v)
-        n_layers = np.full(p, per_chunk * v, dtype=np.float64)
-        n_moe = np.zeros(p)
-        dense_sum = np.zeros(p)
-        max_layer = np.zeros(p)
-        for st in range(p):
-            dsum, mx, nm = 0, 0, 0
-            for j in range(v):
-                a = (st + j * p) * per_chunk
-                b = a + per_chunk
-                nm += int(self.moe_prefix[b] - self.moe_prefix[a])
-                dsum += self.dense_prefix[b] - self.dense_prefix[a]
-                mx = max(mx, max(self.params[a:b]))
-            n_moe[st], dense_sum[st], max_layer[st] = nm, dsum, mx
-        return _Stages(n_layers, n_moe, dense_sum, max_layer)
-
-
-@lru_cache(maxsize=64)
-def _tables(model: ModelSpec) -> _ModelTables:
-    return _ModelTables(model)
-
-
-def canonical_layer_plan(tp: int, cp: int, ep: int, sp: bool, mb: int, recompute: str) -> TrainingPlan:
-    """The plan fields `simulator.ops.layer_cost` and `layer_activation_bytes` read; the others
-    (dp, pp, zero, vpp, schedule, offload) take defaults so the caches hit across plans."""
-    return TrainingPlan(tp=tp, cp=cp, ep=ep, sp=sp, mb=mb, recompute=recompute)
-
-
 # ---- the candidate table ---------------------------------------------------------------------
 
 # Columns of the table of scored candidates (one row per plan that fits).
@@ -187,7 +126,7 @@ def plan_of(row: dict) -> TrainingPlan:
     return TrainingPlan(dp=int(row["dp"]), tp=int(row["tp"]), pp=int(row["pp"]), cp=int(row["cp"]),
                         ep=int(row["ep"]), sp=bool(row["sp"]), zero=int(row["zero"]),
                         fsdp=bool(row["fsdp"]), mb=int(row["mb"]), vpp=int(row["vpp"]),
-                        recompute=RECOMPUTE[int(row["recompute"])], schedule=SCHED[int(row["sched"])],
+                        recompute=RECOMPUTE[int(row["recompute"])], schedule=schedules.names()[int(row["sched"])],
                         offload=bool(row["offload"]))
 
 
@@ -234,10 +173,8 @@ class _Enumerator:
         self.keep_unfit = keep_unfit  # keep up to this many memory-pruned plans (for tests)
         self.unfit: list[tuple[TrainingPlan, float]] = []
         self.model = m = job.model
-        self.tables = _tables(m)
-        self.km = kernel_model(cluster.device.name, job.dtype)
         self.hbm = float(cluster.device.hbm_bytes)
-        N, L, B = cluster.num_devices, m.num_layers, job.global_batch
+        N, B = cluster.num_devices, job.global_batch
         self.N = N
         dom = lambda key, default: list(fix[key]) if key in fix else default  # noqa: E731
         self.tp_dom = dom("tp", divisors(N))
@@ -245,18 +182,14 @@ class _Enumerator:
         self.cp_dom = dom("cp", divisors(N))
         self.ep_dom = dom("ep", divisors(m.num_experts) if m.is_moe else [1])
         self.mb_dom = dom("mb", divisors(B))
+        self.names = names = schedules.names()
         for sch in fix.get("schedule", ()):
-            if sch not in SCHED:
-                raise InputError(f"--fix schedule={sch} is not modelled by the planner; valid: {', '.join(SCHED)}")
-        codes = [SCHED.index(x) for x in fix["schedule"]] if "schedule" in fix else list(range(len(SCHED)))
-        self.sched_dom = []
-        for c in codes:
-            if "vpp" in fix:
-                self.sched_dom += [(c, v) for v in fix["vpp"]]
-            elif c == S_INTERLEAVED:
-                self.sched_dom += [(c, v) for v in divisors(L) if v >= 2]
-            else:
-                self.sched_dom.append((c, 1))
+            if sch not in names:
+                raise InputError(f"--fix schedule={sch} is not a schedule; valid: {', '.join(names)}")
+        self.sched_codes = [names.index(x) for x in fix["schedule"]] if "schedule" in fix else list(range(len(names)))
+        self._sched_dom: dict = {}
+        self._classes: dict = {}  # (pp, m) -> schedule entries
+        self._support: dict = {}  # (tp, sp) -> check_supported's verdict
         self.rc_dom = [RECOMPUTE.index(r) for r in dom("recompute", RECOMPUTE)]
         self.sp_dom = dom("sp", [False, True])
         zvals, fsdp_vals = dom("zero", [0, 1, 2, 3]), dom("fsdp", [False, True])
@@ -278,15 +211,8 @@ class _Enumerator:
                     self.zo_rule.append(("heuristic", "offload searched only when nothing fits"))
                 else:
                     self.zo_main.append((zz, fs, off))
-        # layer costs and activations do not read the global batch: one job for every batch size
-        # keeps simulator.ops' caches warm across searches that differ only in it
-        self.layer_job = TrainingJob(**{**job.__dict__, "global_batch": 1})
         self.counts = _Counts()
         self.min_unfit: tuple[float, TrainingPlan] | None = None
-        self._layer_cache: dict = {}
-        self._inflight: dict = {}
-        self._dp_cache: dict = {}
-        self._coll_cache: dict = {}
 
     # -- the space --
     def meshes(self):
@@ -306,34 +232,46 @@ class _Enumerator:
                         continue
                     yield tp, pp, cp, dp
 
-    def sizes(self) -> tuple[int, int, int, int]:
-        """Subtree sizes below a mesh, an ep, an mb and a schedule entry."""
+    def sched_dom(self, pp: int) -> list[tuple[int, int]]:
+        """(schedule index, vpp) pairs searched on pp stages: each schedule's `vpp_options`, or
+        the vpp values --fix lists."""
+        dom = self._sched_dom.get(pp)
+        if dom is None:
+            L, dom = self.model.num_layers, []
+            for c in self.sched_codes:
+                vs = self.fix["vpp"] if "vpp" in self.fix else schedules.get(self.names[c]).vpp_options(L, pp)
+                dom += [(c, v) for v in vs]
+            self._sched_dom[pp] = dom
+        return dom
+
+    def sizes(self, pp: int) -> tuple[int, int, int, int]:
+        """Subtree sizes below a mesh with pp stages, an ep, an mb and a schedule entry."""
         s_sched = len(self.rc_dom) * len(self.sp_dom) * self.zo_size
-        s_mb = len(self.sched_dom) * s_sched
+        s_mb = len(self.sched_dom(pp)) * s_sched
         s_ep = len(self.mb_dom) * s_mb
         return len(self.ep_dom) * s_ep, s_ep, s_mb, s_sched
 
     def run(self, progress=None) -> dict[str, np.ndarray]:
         meshes = list(self.meshes())
-        s_mesh, s_ep, s_mb, s_sched = self.sizes()
         m, c = self.model, self.counts
-        S, L = self.job.seq_len, m.num_layers
+        S = self.job.seq_len
         out: list[dict] = []
         for i, (tp, pp, cp, dp) in enumerate(meshes):
+            s_mesh, s_ep, s_mb, s_sched = self.sizes(pp)
             c.space += s_mesh
             if progress:
                 progress(i, len(meshes))
-            if m.num_heads % tp or (tp > m.num_kv_heads and tp % m.num_kv_heads) or m.ffn_hidden_size % tp:
+            if not tp_splits_model(m, tp):
                 c.bad("tp must divide heads, KV heads (or be a multiple) and ffn", s_mesh)
                 continue
-            if S % cp or (cp > 1 and (S // cp) % 2):
+            if not cp_splits_seq(S, cp):
                 c.bad("cp must split seq-len into 2·cp chunks", s_mesh)
                 continue
-            if L % pp:
+            if not layers_split(m, pp):
                 c.bad("pp·vpp must divide layers", s_mesh)
                 continue
             for ep in self.ep_dom:
-                if ep > 1 and (not m.is_moe or m.num_experts % ep or dp % ep):
+                if not ep_splits_experts(m, ep, dp):
                     c.bad("ep must divide experts and dp (MoE only)", s_ep)
                     continue
                 misfit = self._groups_misfit(tp, cp, ep)
@@ -364,101 +302,66 @@ class _Enumerator:
         return ""
 
     def _sched_entries(self, pp: int, m: int, s_sched: int) -> list[tuple[int, int, tuple | None]]:
-        """Valid (schedule, vpp) entries with the rule that prunes them, if any."""
-        L, c, ok = self.model.num_layers, self.counts, []
-        for code, v in self.sched_dom:
-            if v > 1 and code != S_INTERLEAVED:
-                c.bad("vpp > 1 needs schedule=interleaved", s_sched)
-            elif code == S_INTERLEAVED and v == 1:
-                c.bad("interleaved needs vpp >= 2", s_sched)
-            elif L % (pp * v):
-                c.bad("pp·vpp must divide layers", s_sched)
-            elif v > 1 and pp == 1:
-                c.bad("vpp > 1 needs pp > 1", s_sched)
-            elif v > 1 and m % pp:
-                c.bad("interleaved needs micro-batches % pp == 0", s_sched)
-            elif pp == 1 and code in (S_ZBH1, S_ZBH2) and "schedule" not in self.fix:
-                ok.append((code, v, ("duplicate", "zb-h1/zb-h2 are 1f1b when pp=1")))
-            elif code == S_GPIPE and "schedule" not in self.fix:
-                ok.append((code, v, ("dominated", "gpipe: 1f1b's step time, more activations")))
+        """Valid (schedule, vpp) entries with the rule that prunes them, if any (invalid ones are
+        counted)."""
+        ok = []
+        for code, v, why, rule in self._sched_classes(pp, m):
+            if why:
+                self.counts.bad(why, s_sched)
             else:
-                ok.append((code, v, None))
+                ok.append((code, v, rule))
         return ok
 
-    def _inflight_row(self, pp, dp, mb, code, v) -> np.ndarray:
-        key = (pp, dp, mb, code, v)
-        r = self._inflight.get(key)
-        if r is None:
-            plan = TrainingPlan(dp=dp, pp=pp, mb=mb, vpp=v, schedule=SCHED[code])
-            r = np.array([inflight_microbatches(plan, self.job, st) for st in range(pp)], dtype=np.float64)
-            self._inflight[key] = r
-        return r
+    def _sched_classes(self, pp: int, m: int) -> list[tuple[int, int, str, tuple | None]]:
+        """(schedule, vpp, why invalid, pruning rule) on pp stages with m micro-batches: validity
+        from `simulator.training.layers_split` and `Schedule.check`, pruning from the schedule's
+        hints (`same_when_pp1`, `dominated_by`)."""
+        out = self._classes.get((pp, m))
+        if out is not None:
+            return out
+        out = self._classes[pp, m] = []
+        for code, v in self.sched_dom(pp):
+            sched = schedules.get(self.names[code])
+            why = "" if layers_split(self.model, pp * v) else "pp·vpp must divide layers"
+            why = why or _label(sched.check(pp, v, m))
+            rule = None
+            if "schedule" in self.fix:
+                pass
+            elif pp == 1 and sched.same_when_pp1:
+                rule = ("duplicate", sched.same_when_pp1)
+            elif sched.dominated_by:
+                rule = ("dominated", sched.dominated_by)
+            out.append((code, v, why, rule))
+        return out
 
-    def _layer(self, tp, cp, ep, sp, mb, rc) -> dict:
-        """Per-layer costs and activations of one kernel configuration (cached)."""
-        key = (tp, cp, ep, sp, mb, rc)
-        d = self._layer_cache.get(key)
-        if d is not None:
-            return d
-        job, m = self.layer_job, self.model
-        plan = canonical_layer_plan(tp, cp, ep, sp, mb, RECOMPUTE[rc])
-        d = {"act_d": layer_activation_bytes(m, job, plan, False),
-             "act_m": layer_activation_bytes(m, job, plan, True) if m.is_moe else 0.0}
-        if rc == R_FULL:
-            none = canonical_layer_plan(tp, cp, ep, sp, mb, "none")
-            d["full_d"] = layer_activation_bytes(m, job, none, False)
-            d["full_m"] = layer_activation_bytes(m, job, none, True) if m.is_moe else 0.0
-        self._layer_cache[key] = d
-        return d
-
-    def _times(self, tp, cp, ep, sp, mb, rc, d: dict) -> dict:
-        """Per-layer times (added to the `_layer` entry on first use), summed as
-        simulator.analytic.step_costs sums them: forward, backward + recompute, weight gradients,
-        exposed forward comm and backward + recompute comm per group."""
-        if "fwd_d" in d:
-            return d
-        job, m, km, cl = self.layer_job, self.model, self.km, self.cluster
-        plan = canonical_layer_plan(tp, cp, ep, sp, mb, RECOMPUTE[rc])
-        for tag, moe in (("d", False), ("m", True)):
-            if moe and not m.is_moe:
-                for k in ("fwd", "bwd", "wgrad", "fc_tp", "fc_cp", "fc_ep", "bc_tp", "bc_cp", "bc_ep"):
-                    d[f"{k}_{tag}"] = 0.0
-                continue
-            cost = layer_cost(m, job, plan, cl, moe)
-            d[f"fwd_{tag}"] = cost.fwd_compute_s
-            d[f"bwd_{tag}"] = cost.bwd_compute_s + cost.recompute_s
-            d[f"wgrad_{tag}"] = cost.wgrad_s
-            for g in ("tp", "cp", "ep"):
-                d[f"fc_{g}_{tag}"] = cost.fwd_comm_s.get(g, 0.0)
-                d[f"bc_{g}_{tag}"] = cost.bwd_comm_s.get(g, 0.0) + cost.recompute_comm_s.get(g, 0.0)
-        T = mb * job.seq_len // cp
-        V, h = m.vocab_size, m.hidden_size
-        # analytic.step_costs: logits GEMM + fp32 softmax cross-entropy; embedding gather/scatter
-        d["head_f"] = km.gemm_s(T, V // tp, h) + km.memory_s(3 * 4 * T * V / tp)
-        d["head_w"] = km.gemm_s(V // tp, h, T)
-        d["head_b"] = km.gemm_s(T, h, V // tp) + d["head_w"] + km.memory_s(3 * 4 * T * V / tp)
-        d["emb_f"] = km.memory_s(2 * T * h * ACT_BYTES)
-        d["T"] = T
-        return d
+    def _unsupported(self, tp: int, sp: bool) -> str:
+        """Why `simulator.ops.check_supported` refuses this (tp, sp) for the model, or ''."""
+        if (tp, sp) not in self._support:
+            try:
+                check_supported(self.model, layer_plan(tp, 1, 1, sp, 1, "none"))
+                self._support[tp, sp] = ""
+            except InputError:
+                self._support[tp, sp] = "MoE with tp > 1 needs sp"
+        return self._support[tp, sp]
 
     def _mesh(self, tp, pp, cp, ep, dp, s_mb, s_sched) -> dict | None:
-        job, m, c, tab = self.job, self.model, self.counts, self.tables
-        B, S, dpn = job.global_batch, job.seq_len, self.cluster.devices_per_node
+        job, m, c = self.job, self.model, self.counts
+        B, dpn = job.global_batch, self.cluster.devices_per_node
         n_rc, n_zo = len(self.rc_dom), len(self.zo_main)
         # ---- a-rows: (mb, schedule, vpp, recompute, sp) that pass divisibility and rules ----
-        rows = []  # (mb, m, code, v, rc, sp)
+        rows = []  # (mb, schedule, v, rc, sp)
         for mb in self.mb_dom:
             if B % (dp * mb):
                 c.bad("global batch must be a multiple of dp·mb", s_mb)
                 continue
-            mcount = B // (dp * mb)
-            for code, v, rule in self._sched_entries(pp, mcount, s_sched):
+            for code, v, rule in self._sched_entries(pp, B // (dp * mb), s_sched):
                 for sp in self.sp_dom:
                     if sp and tp == 1:
                         c.bad("sp needs tp > 1", n_rc * self.zo_size)
                         continue
-                    if m.is_moe and tp > 1 and not sp:
-                        c.bad("MoE with tp > 1 needs sp", n_rc * self.zo_size)
+                    why = self._unsupported(tp, sp)
+                    if why:
+                        c.bad(why, n_rc * self.zo_size)
                         continue
                     # every candidate below is valid: the first rule that applies prunes it
                     for why in self.zo_bad:
@@ -473,217 +376,48 @@ class _Enumerator:
                     for bucket, why in self.zo_rule:
                         c.rule(bucket, why, n_rc)
                     for rc in self.rc_dom:
-                        rows.append((mb, mcount, code, v, rc, sp))
+                        rows.append((mb, code, v, rc, sp))
         if not rows or not n_zo:
             return None
-        n_a = len(rows)
-        # ---- memory: states per (vpp, zero/offload) + activations per a-row, per stage ----
-        t, p = tp, pp
-        dp_cp, expert_dp = dp * cp, max(1, dp * cp // ep)
-        vs = sorted({r[3] for r in rows})
-        vidx = {v: i for i, v in enumerate(vs)}
-        st = [tab.stages(p, v) for v in vs]
-        n_moe = np.stack([s.n_moe for s in st])  # (n_v, p)
-        n_dense = np.stack([s.n_layers - s.n_moe for s in st])
-        expert_per_layer = (m.num_experts // ep) * m.expert_params() if m.is_moe else 0
-        dense = np.stack([s.dense_sum for s in st]) / t
-        dense[:, 0] += tab.embedding / t
-        dense[:, -1] += tab.head / t
-        if m.tie_embeddings and p > 1:  # memory.stage_memory: last stage's copy of the tied embedding
-            dense[:, -1] += m.vocab_size * m.hidden_size / t
-        expert = n_moe * expert_per_layer
-        nccl = sum(smem._nccl_bytes(n) for n in (tp, cp, dp, ep, pp if pp > 1 else 1))
-        fixed = np.empty((len(vs), n_zo, p))
-        for j, (z, _, off) in enumerate(self.zo_main):
-            sh = lambda x, d, k: x / d if z >= k else x  # noqa: E731  ZeRO §5 partitioning
-            states = (WEIGHT_BYTES * (sh(dense, dp_cp, 3) + sh(expert, expert_dp, 3))
-                      + GRAD_BYTES * (sh(dense, dp_cp, 2) + sh(expert, expert_dp, 2))
-                      + (0.0 if off else OPTIMIZER_BYTES * (sh(dense, dp_cp, 1) + sh(expert, expert_dp, 1))))
-            comm = nccl + (2 * WEIGHT_BYTES * np.stack([s.max_layer for s in st]) / t if z == 3 else 0.0)
-            fixed[:, j, :] = states + comm + CONTEXT_BYTES
-        rarr = np.array(rows, dtype=np.int64)  # mb, m, code, v, rc, sp
-        vi = np.array([vidx[r[3]] for r in rows])
-        kkeys: dict = {}  # kernel configuration (mb, rc, sp) -> index
-        kidx = np.array([kkeys.setdefault((r[0], r[4], r[5]), len(kkeys)) for r in rows])
-        lay = [self._layer(tp, cp, ep, sp, mb, rc) for (mb, rc, sp) in kkeys]
-        col = lambda name: np.array([d.get(name, 0.0) for d in lay])  # noqa: E731
-        ikeys: dict = {}
-        iidx = np.array([ikeys.setdefault((r[0], r[2], r[3]), len(ikeys)) for r in rows])
-        inflight = np.stack([self._inflight_row(pp, dp, mb, code, v) for (mb, code, v) in ikeys])[iidx]
-        is_full = rarr[:, 4] == R_FULL  # full recompute: one layer's whole activations live in its backward
-        extra = np.where(is_full[:, None], np.where(n_moe[vi] > 0, col("full_m")[kidx][:, None],
-                                                 col("full_d")[kidx][:, None]), 0.0)
-        extra[:, -1] += (4 * rarr[:, 0] * S // cp) * m.vocab_size / t  # fp32 logits, one micro-batch
-        acts = (n_dense[vi] * col("act_d")[kidx][:, None] + n_moe[vi] * col("act_m")[kidx][:, None]) \
-            * inflight + extra
-        mem = fixed[vi] + (acts * (1 + FRAGMENTATION))[:, None, :]  # (n_a, n_zo, p)
-        peak = mem.max(axis=2)
+        # ---- every (a-row, zero/offload variant) as one batch of plans, a-row major ----
+        a = np.array(rows, dtype=np.int64)[np.repeat(np.arange(len(rows)), n_zo)]
+        zo = np.tile(np.array(self.zo_main, dtype=np.int64), (len(rows), 1))
+        batch = PlanBatch.columns(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, mb=a[:, 0], schedule=a[:, 1], vpp=a[:, 2],
+                                  recompute=a[:, 3], sp=a[:, 4], zero=zo[:, 0], fsdp=zo[:, 1], offload=zo[:, 2])
+        # ---- memory first: the engine's memory model on every candidate ----
+        mem = memory_parts(job, batch)
+        peak = mem.max_peak_bytes
         fits = peak <= self.hbm
         n_fit = int(fits.sum())
-        c.memory += fits.size - n_fit
+        c.memory += len(fits) - n_fit
         c.scored += n_fit
-        if self.keep_unfit and len(self.unfit) < self.keep_unfit:
-            for a, j in zip(*np.nonzero(~fits)):
-                mb, _, code, v, rc, sp = rows[a]
-                z, fs, off = self.zo_main[j]
-                self.unfit.append((TrainingPlan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, sp=sp, zero=z, fsdp=fs,
-                                                mb=mb, vpp=v, recompute=RECOMPUTE[rc], schedule=SCHED[code],
-                                                offload=off), float(peak[a, j])))
-        if n_fit < fits.size:
-            a, j = np.unravel_index(np.argmin(np.where(fits, np.inf, peak)), peak.shape)
-            if self.min_unfit is None or peak[a, j] < self.min_unfit[0]:
-                mb, _, code, v, rc, sp = rows[a]
-                z, fs, off = self.zo_main[j]
-                self.min_unfit = (float(peak[a, j]), TrainingPlan(
-                    dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, sp=sp, zero=z, fsdp=fs, mb=mb, vpp=v,
-                    recompute=RECOMPUTE[rc], schedule=SCHED[code], offload=off))
+        if n_fit < len(fits):
+            unfit = np.nonzero(~fits)[0]
+            for i in unfit[:max(0, self.keep_unfit - len(self.unfit))]:
+                self.unfit.append((batch.plan(int(i)), float(peak[i])))
+            i = int(unfit[np.argmin(peak[unfit])])
+            if self.min_unfit is None or peak[i] < self.min_unfit[0]:
+                self.min_unfit = (float(peak[i]), batch.plan(i))
         if not n_fit:
             return None
-        # ---- time, only for a-rows with at least one fitting zero/offload variant ----
-        live = np.nonzero(fits.any(axis=1))[0]
-        klist = list(kkeys)
-        for kk in set(kidx[live].tolist()):
-            mb, rc, sp = klist[kk]
-            self._times(tp, cp, ep, sp, mb, rc, lay[kk])
-        skeys: dict = {}  # (kernel configuration, vpp) -> index
-        sidx = np.array([skeys.setdefault((int(kidx[a]), int(vi[a])), len(skeys)) for a in live])
-        K = np.array([k for k, _ in skeys])
-        VI = np.array([v for _, v in skeys])
-        ND, NM = n_dense[VI], n_moe[VI]
-        per = lambda name: ND * col(f"{name}_d")[K][:, None] + NM * col(f"{name}_m")[K][:, None]  # noqa: E731
-        # simulator.analytic.step_costs summed over a stage's chunks: embedding on chunk 0, LM
-        # head (its weight gradient included) on the last chunk
-        f_c, b_c, w = per("fwd"), per("bwd"), per("wgrad")
-        f_c[:, 0] += col("emb_f")[K]
-        b_c[:, 0] += col("emb_f")[K]
-        f_c[:, -1] += col("head_f")[K]
-        b_c[:, -1] += col("head_b")[K]
-        w[:, -1] += col("head_w")[K]
-        fc = {g: per(f"fc_{g}") for g in ("tp", "cp", "ep")}
-        bc = {g: per(f"bc_{g}") for g in ("tp", "cp", "ep")}
-        fwd_s = f_c + (fc["tp"] + fc["cp"] + fc["ep"])
-        bwd_s = b_c + (bc["tp"] + bc["cp"] + bc["ep"])
-        tot = fwd_s + bwd_s
-        b = tot.argmax(axis=1)[:, None]  # analytic.estimate: the first slowest stage
-        pick = lambda x: np.take_along_axis(x, b, axis=1)[:, 0]  # noqa: E731
-        bn = np.stack([pick(f_c + b_c), pick(fc["tp"] + bc["tp"]), pick(fc["cp"] + bc["cp"]),
-                       pick(fc["ep"] + bc["ep"]), pick(tot), tot.sum(axis=1) / p,
-                       (tot - 2 * w).sum(axis=1), fwd_s.sum(axis=1)], axis=1)[sidx]
-        last_bwd = bwd_s[sidx]  # (live, p): backward of one micro-batch, per stage
-        # pipeline p2p: one activation ÷ t per micro-batch per boundary (Narayanan §4.1)
-        p2p = np.array([collective_s(self.cluster, "send_recv", 2, tp * cp * dp,
-                                     float(d["T"] * m.hidden_size * ACT_BYTES / tp)) if p > 1 and "T" in d
-                        else 0.0 for d in lay])[kidx[live]]
-        mc = rarr[live, 1].astype(np.float64)
-        code = rarr[live, 2]
-        v = rarr[live, 3].astype(np.float64)
-        rcs = rarr[live, 4]
-        # pipeline bubble (Narayanan et al. 2021 §2.2; Qi et al. 2023 §3 for ZB-H1/H2)
-        if p == 1:
-            bubble = np.zeros(len(live))
-        else:
-            bubble = np.select([code == S_INTERLEAVED, code == S_ZBH1, code == S_ZBH2],
-                               [(p - 1) / v * bn[:, 5], (p - 1) * bn[:, 6] / p, (p - 1) * bn[:, 7] / p],
-                               (p - 1) * bn[:, 5])
-        if p == 1:
-            pp_comm = np.zeros(len(live))
-        elif self.job.overlap_p2p_comm:  # analytic.estimate: fill and drain chains only
-            pp_comm = 2 * (p * v - 1) * p2p * np.ones(len(live))
-        else:
-            pp_comm = 2 * (mc * v + p - 1) * p2p
-        steady_terms = mc * bn[:, 0] + mc * bn[:, 1] + mc * bn[:, 2] + mc * bn[:, 3]
-        steady = mc * bn[:, 4]
-        # ---- DP/ZeRO exposure and optimizer: the slowest stage's tail (analytic.dp_exposed_s) ----
-        step = np.full((len(live), n_zo), np.inf)
-        for j, (z, _, off) in enumerate(self.zo_main):
-            ok = fits[live, j]
-            if not ok.any():
-                continue
-            dpx = np.zeros(len(live))
-            opt = np.zeros(len(live))
-            for vv in set(v[ok].astype(int).tolist()):
-                sel = ok & (v == vv)
-                grad, gather, grad_bytes, n_layers, opt_st = self._dp_terms(tp, pp, cp, ep, dp, z, off, vv)
-                if z == 3:  # ZeRO §7.2.1: parameters gathered in forward and backward (+ recompute)
-                    total = grad + gather * np.where(rcs[sel] == R_FULL, 3, 2)[:, None] * mc[sel][:, None]
-                    ex = (np.maximum(0.0, total - steady[sel][:, None]) + total / np.maximum(1, n_layers)
-                          if job.overlap_param_gather else total)
-                else:
-                    if job.overlap_grad_reduce:  # DDP buckets (Li et al. 2020 §3.2.3)
-                        bucket = grad * np.minimum(1.0, DDP_BUCKET_BYTES / np.maximum(1.0, grad_bytes))
-                        ge = np.where(grad > 0, np.maximum(grad - last_bwd[sel], bucket), 0.0)
-                    else:
-                        ge = np.broadcast_to(grad, (int(sel.sum()), p))
-                    ex = ge + (0.0 if job.overlap_param_gather and z in (1, 2) else gather)
-                tails = ex + opt_st
-                ti = tails.argmax(axis=1)[:, None]
-                o = opt_st[ti[:, 0]]
-                dpx[sel] = np.take_along_axis(tails, ti, axis=1)[:, 0] - o
-                opt[sel] = o
-            step[ok, j] = (steady_terms + bubble + pp_comm + dpx + opt)[ok]
-        # ---- the block of fitting rows ----
-        la, lj = np.nonzero(np.isfinite(step))
-        aa = live[la]
-        zo = np.array(self.zo_main, dtype=np.int64)[lj]
-        rows_arr = rarr[aa]
-        n = len(la)
+        # ---- step time of the plans that fit: the engine's step terms ----
+        ok = np.nonzero(fits)[0]
+        fit = batch.take(ok)
+        step = step_terms(job, self.cluster, fit).step_s
+        n = len(ok)
         const = lambda x: np.full(n, x, dtype=np.int64)  # noqa: E731
+        col = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
         return {"nodes": const(self.cluster.num_nodes), "dp": const(dp), "tp": const(tp), "pp": const(pp),
-                "cp": const(cp), "ep": const(ep), "mb": rows_arr[:, 0], "vpp": rows_arr[:, 3],
-                "sched": rows_arr[:, 2], "recompute": rows_arr[:, 4], "sp": rows_arr[:, 5],
-                "zero": zo[:, 0], "fsdp": zo[:, 1], "offload": zo[:, 2],
-                "step_s": step[la, lj], "peak_bytes": peak[aa, lj],
-                "peak_stage": mem[aa, lj].argmax(axis=1)}
-
-    def _coll(self, op: str, n: int, stride: int, nbytes: float) -> float:
-        key = (op, n, stride, nbytes)
-        r = self._coll_cache.get(key)
-        if r is None:
-            r = self._coll_cache[key] = collective_s(self.cluster, op, n, stride, nbytes)
-        return r
-
-    def _dp_terms(self, tp, pp, cp, ep, dp, z, off, v):
-        """Per stage: (gradient reduction s, one parameter gather s, gradient bytes, layers,
-        optimizer step s) — simulator.analytic.step_costs' DP/ZeRO and optimizer block."""
-        key = (tp, pp, cp, ep, dp, z, off, v)
-        if key in self._dp_cache:
-            return self._dp_cache[key]
-        m, cl, tab = self.model, self.cluster, self.tables
-        st = tab.stages(pp, v)
-        dense = st.dense_sum / tp
-        dense[0] += tab.embedding / tp
-        dense[-1] += tab.head / tp
-        if m.tie_embeddings and pp > 1:  # the last stage's copy of the tied embedding
-            dense[-1] += m.vocab_size * m.hidden_size / tp
-        expert = st.n_moe * ((m.num_experts // ep) * m.expert_params() if m.is_moe else 0)
-        dp_cp, expert_dp = dp * cp, max(1, dp * cp // ep)
-
-        def coll(params, n):  # ZeRO §3: stages 1-3 reduce-scatter + all-gather, stage 0 all-reduce
-            if n <= 1 or params <= 0:
-                return 0.0, 0.0
-            if z == 0:
-                return self._coll("all_reduce", n, tp, params * 2), 0.0
-            return (self._coll("reduce_scatter", n, tp, params * 2),
-                    self._coll("all_gather", n, tp, params * WEIGHT_BYTES))
-        grad, gather, opt = np.zeros(pp), np.zeros(pp), np.zeros(pp)
-        for s in range(pp):
-            g1, a1 = coll(float(dense[s]), dp_cp)
-            g2, a2 = coll(float(expert[s]), expert_dp)
-            grad[s], gather[s] = g1 + g2, a1 + a2
-            local = float(dense[s] / (dp_cp if z >= 1 else 1) + expert[s] / (expert_dp if z >= 1 else 1))
-            if off:  # ZeRO-Offload: grads down, params up over PCIe; CPU Adam on host DRAM
-                opt[s] = (local * (2 + WEIGHT_BYTES) / PCIE_BYTES_PER_S + local * ADAM_BYTES_PER_PARAM
-                          / (HOST_DRAM_BYTES_PER_S / cl.devices_per_node))
-            else:
-                opt[s] = self.km.memory_s(local * ADAM_BYTES_PER_PARAM)
-        out = self._dp_cache[key] = (grad, gather, (dense + expert) * 2, st.n_layers, opt)
-        return out
+                "cp": const(cp), "ep": const(ep), "mb": col(fit.mb), "vpp": col(fit.vpp),
+                "sched": col(fit.schedule), "recompute": col(fit.recompute), "sp": col(fit.sp),
+                "zero": col(fit.zero), "fsdp": col(fit.fsdp), "offload": col(fit.offload),
+                "step_s": step, "peak_bytes": peak[ok], "peak_stage": mem.peak_stage[ok]}
 
 
 def space_size(job: TrainingJob, cluster: Cluster, fix: dict | None = None) -> int:
     """Number of plans in the candidate space (before any pruning)."""
     e = _Enumerator(job, cluster, _normalise_fix(fix), with_offload=True)
-    return sum(1 for _ in e.meshes()) * e.sizes()[0]
+    return sum(e.sizes(pp)[0] for _, pp, _, _ in e.meshes())
 
 
 # ---- objectives ------------------------------------------------------------------------------
@@ -764,7 +498,7 @@ class SearchResult:
             col = {"schedule": "sched"}.get(k, k)
             if col not in t:
                 raise InputError(f"family_ranking: unknown plan field {k!r}; valid: {', '.join(COLUMNS)}")
-            codes = [SCHED.index(v) if k == "schedule" else RECOMPUTE.index(v) if k == "recompute" else int(v)
+            codes = [schedules.names().index(v) if k == "schedule" else RECOMPUTE.index(v) if k == "recompute" else int(v)
                      for v in vals]
             keep &= np.isin(t[col], codes)
         best: dict[tuple, float] = {}
@@ -959,25 +693,14 @@ def _rank(result: SearchResult, top: int, group: str, partition: int, time_limit
         if len(chosen) == top:
             break
     clusters: dict[int, Cluster] = {}
-    scored = []  # (metric by estimate(), estimate, candidate row, cluster)
-    mismatch = 0.0
-    rng = np.random.default_rng(0)
-    spot = [int(i) for i in rng.choice(len(t["step_s"]), size=min(3, len(t["step_s"])), replace=False)]
-    for i in chosen + [i for i in spot if i not in chosen]:
+    scored = []  # (metric, estimate, candidate row, cluster): estimate() is the same engine on one plan
+    for i in chosen:
         row = {c: t[c][i] for c in COLUMNS}
-        plan = plan_of(row)
         n = int(row["nodes"])
         cl = clusters.setdefault(n, result.cluster if n == result.cluster.num_nodes
                                  else result.cluster.with_nodes(n))
-        est = estimate(job, plan, cl)
-        mismatch = max(mismatch, abs(est.step_time_s - t["step_s"][i]) / est.step_time_s)
-        if i in chosen:
-            scored.append((_metric(result, est), est, i, cl))
-    if mismatch > SCORE_TOLERANCE:
-        result.notes.append(f"the vectorised scores differ from simulator.analytic.estimate by up to "
-                            f"{100 * mismatch:.3g}%: the ranking is approximate (plans shown are re-scored "
-                            f"and re-sorted by estimate())")
-        scored.sort(key=lambda x: x[0])
+        est = estimate(job, plan_of(row), cl)
+        scored.append((_metric(result, est), est, i, cl))
     solves = []
     best = best_metric = None
     for r, (metric, est, i, cl) in enumerate(scored):
@@ -1166,12 +889,8 @@ def _sync_s(job: TrainingJob, groups: list[Cluster], layout: tuple, replicas: in
     tp, pp, cp, dp = layout
     if replicas <= 1:
         return 0.0
-    m, tab = job.model, _tables(job.model)
-    st = tab.stages(pp, 1)
-    params = st.dense_sum / tp
-    params[0] += tab.embedding / tp
-    params[-1] += tab.head / tp
-    params = params + st.n_moe * ((m.num_experts // max(1, dp * cp)) * m.expert_params() if m.is_moe else 0)
+    dense, expert = stage_params(job.model, placement(job.model, "1f1b", pp, 1), tp, max(1, dp * cp))
+    params = dense + expert
     shard = float(params.max()) / (dp * cp)
     slow = min(groups, key=lambda g: g.tiers[-1].bytes_per_s / g.tiers[-1].oversubscription)
     cl = slow.with_nodes(replicas * replica_nodes)

@@ -8,14 +8,19 @@ communication + optimizer step. Every term is reported in `breakdown_s` and they
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+
+import numpy as np
 
 from hwmodels.clusters import Cluster
 from hwmodels.collectives import collective_s
 from hwmodels.kernels import kernel_model
-from simulator.memory import WEIGHT_BYTES, stage_layers, stage_memory
-from simulator.ops import ACT_BYTES, check_supported, layer_cost
-from simulator.training import TrainingJob, TrainingPlan, micro_batches, validate_plan
+from simulator import schedules
+from simulator.memory import (as_row, by_mesh, cached, group, layer_terms_job, memo, named_rows, placement,
+                              plan_memory, stage_memory, stage_params, tokens_per_rank)
+from simulator.ops import check_supported, layer_cost
+from simulator.precision import ACT_BYTES, WEIGHT_BYTES
+from simulator.training import (RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, layer_plan, micro_batches,
+                                validate_plan)
 
 # Bytes a fused Adam step moves per parameter: read grad (2), master/m/v (12); write
 # master/m/v (12) and the bf16 copy (2) — memory-bound (Megatron-LM FusedAdam / apex).
@@ -30,6 +35,7 @@ HOST_DRAM_BYTES_PER_S = 409.6e9
 # reduction cannot hide behind backward.
 DDP_BUCKET_BYTES = 25 * 2**20
 
+COMM_GROUPS = ("tp", "cp", "ep")
 BREAKDOWN_KEYS = ("compute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble", "pp_comm", "dp_comm",
                   "optimizer")
 
@@ -68,22 +74,231 @@ class StepEstimate:
         }
 
 
-def _stage_params(model, plan, layers) -> tuple[float, float]:
-    """(non-expert params, expert params) held by one rank of a stage, before ZeRO sharding."""
-    n_moe = sum(model.is_moe_layer(i) for i in layers)
-    n_dense = len(layers) - n_moe
-    expert = n_moe * (model.num_experts // plan.ep) * model.expert_params()
-    dense = n_dense * _layer_params(model, False) / plan.tp
-    if n_moe:
-        dense += n_moe * (_layer_params(model, True) - model.num_experts * model.expert_params()) / plan.tp
-    return dense, expert
+# ---- per-layer and per-chunk durations ----
+
+def _kernel_terms(job: TrainingJob, cluster: Cluster, tp: int, cp: int, ep: int, sp: bool, mb: int,
+                  rc: int) -> dict:
+    """One micro-batch's durations for a kernel configuration (the plan fields a layer's cost
+    reads), by name: per dense layer (`*_dense`) and MoE layer (`*_moe`) the forward, backward +
+    recompute (weight gradients included), weight-gradient and exposed TP/CP/EP comm seconds;
+    the embedding and the LM head's forward, backward and weight gradient."""
+    model, km = job.model, kernel_model(cluster.device.name, job.dtype)
+    plan = layer_plan(tp, cp, ep, sp, mb, RECOMPUTE[rc])
+    out = {}
+    for kind, moe in (("dense", False), ("moe", True)):
+        cost = layer_cost(model, job, plan, cluster, moe) if model.is_moe or not moe else None
+        out[f"fwd_{kind}"] = cost.fwd_compute_s if cost else 0.0
+        out[f"bwd_{kind}"] = cost.bwd_compute_s + cost.recompute_s if cost else 0.0
+        out[f"wgrad_{kind}"] = cost.wgrad_s if cost else 0.0
+        for g in COMM_GROUPS:
+            out[f"fwd_{g}_{kind}"] = cost.fwd_comm_s.get(g, 0.0) if cost else 0.0
+            out[f"bwd_{g}_{kind}"] = (cost.bwd_comm_s.get(g, 0.0) + cost.recompute_comm_s.get(g, 0.0)
+                                      if cost else 0.0)
+    T, V, h = tokens_per_rank(job, mb, cp), model.vocab_size, model.hidden_size
+    out["head_fwd"] = km.gemm_s(T, V // tp, h) + km.memory_s(3 * 4 * T * V / tp)  # logits GEMM; fp32 softmax cross-entropy
+    out["head_wgrad"] = km.gemm_s(V // tp, h, T)
+    out["head_bwd"] = km.gemm_s(T, h, V // tp) + out["head_wgrad"] + km.memory_s(3 * 4 * T * V / tp)
+    out["embedding"] = km.memory_s(2 * T * h * ACT_BYTES)  # gather forward, scatter-add backward
+    return out
 
 
-@lru_cache(maxsize=256)
-def _layer_params(model, moe: bool) -> int:
-    return model.attention_params() + 2 * model.norm_params() + \
-        (model.moe_layer_params() if moe else model.dense_mlp_params())
+def work(k: dict, n_dense, n_moe, first, last) -> dict:
+    """One micro-batch through a chunk or a stage of `n_dense` dense and `n_moe` MoE layers, with the
+    embedding where `first` (1.0) and the LM head where `last`: forward and backward compute
+    seconds, weight gradients, exposed comm per group (`fwd_tp`, `bwd_ep`, ...). `k` maps
+    `_kernel_terms`' names to scalars or arrays; everything broadcasts (a chunk, or (n, p) stages)."""
+    per = lambda name: n_dense * k[f"{name}_dense"] + n_moe * k[f"{name}_moe"]  # noqa: E731
+    out = {"fwd": per("fwd") + first * k["embedding"] + last * k["head_fwd"],
+           "bwd": per("bwd") + first * k["embedding"] + last * k["head_bwd"],
+           "wgrad": per("wgrad") + last * k["head_wgrad"]}
+    for g in COMM_GROUPS:
+        out[f"fwd_{g}"], out[f"bwd_{g}"] = per(f"fwd_{g}"), per(f"bwd_{g}")
+    out["fwd_s"] = out["fwd"] + sum(out[f"fwd_{g}"] for g in COMM_GROUPS)  # exposed comm included
+    out["bwd_s"] = out["bwd"] + sum(out[f"bwd_{g}"] for g in COMM_GROUPS)
+    return out
 
+
+def p2p_s(job: TrainingJob, cluster: Cluster, mb: int, tp: int, cp: int, dp: int) -> float:
+    """One activation send/recv between adjacent stages: the micro-batch's activation ÷ t
+    (scatter-gather, Narayanan et al. 2021 §4.1), between ranks tp·cp·dp apart."""
+    nbytes = tokens_per_rank(job, mb, cp) * job.model.hidden_size * ACT_BYTES / tp
+    return collective_s(cluster, "send_recv", 2, tp * cp * dp, nbytes)
+
+
+def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: int, cp: int, ep: int,
+              dp: int, v: int, zero: int, offload: bool, cache: dict) -> dict:
+    """Per stage (arrays (p,)): gradient reduction (all-reduce, or reduce-scatter with ZeRO ≥ 1),
+    one pass of parameter all-gathers, gradient bytes, optimizer step seconds."""
+    km = kernel_model(cluster.device.name, dtype)
+    dense, expert = stage_params(model, placement(model, schedule, pp, v), tp, ep)
+    dp_cp, expert_dp = dp * cp, max(1, dp * cp // ep)
+    gb = 2  # bf16 gradient reduction (ZeRO §3: 2Ψ gradients)
+
+    def coll(params: float, n: int) -> tuple[float, float]:
+        """(gradient reduction, one parameter gather) seconds for `params` over n ranks, stride tp
+        (the dp×cp group of a TP rank in Megatron order tp-cp-ep-dp-pp)."""
+        if n <= 1 or params <= 0:
+            return 0.0, 0.0
+        def c(op, nbytes):  # cached: ZeRO stages and schedules with one placement share them
+            return cached(cache, (op, n, tp, nbytes), lambda: collective_s(cluster, op, n, tp, nbytes))
+        if zero == 0:
+            return c("all_reduce", params * gb), 0.0
+        return c("reduce_scatter", params * gb), c("all_gather", params * WEIGHT_BYTES)
+    grad, gather, opt = np.zeros(pp), np.zeros(pp), np.zeros(pp)
+    for s in range(pp):
+        g1, a1 = coll(float(dense[s]), dp_cp)
+        g2, a2 = coll(float(expert[s]), expert_dp)
+        grad[s], gather[s] = g1 + g2, a1 + a2
+        local = float(dense[s] / (dp_cp if zero >= 1 else 1) + expert[s] / (expert_dp if zero >= 1 else 1))
+        if offload:  # grads to host, params back over PCIe, CPU Adam on host DRAM (ZeRO-Offload)
+            opt[s] = (local * (gb + WEIGHT_BYTES) / PCIE_BYTES_PER_S
+                      + local * ADAM_BYTES_PER_PARAM / (HOST_DRAM_BYTES_PER_S / cluster.devices_per_node))
+        else:
+            opt[s] = km.memory_s(local * ADAM_BYTES_PER_PARAM)
+    return {"grad": grad, "gather": gather, "grad_bytes": (dense + expert) * gb, "optimizer": opt}
+
+
+def gather_passes(zero, recompute):
+    """Parameter all-gather passes per micro-batch: ZeRO-3 gathers in forward and again in backward
+    (and in the recompute), ZeRO §7.2.1; stages 1-2 gather once per step."""
+    return np.where(zero == 3, np.where(recompute == RECOMPUTE.index("full"), 3, 2), 1)
+
+
+@dataclass
+class StageArrays:
+    """The DP/ZeRO inputs of arrays of stages ((n, p) arrays), read as `StageCost` reads them."""
+
+    dp_grad_s: np.ndarray
+    dp_gather_s: np.ndarray  # all passes of the step's parameter gathers
+    grad_bytes: np.ndarray
+    num_layers: np.ndarray
+    last_bwd_s: np.ndarray  # one micro-batch's backward through the stage's chunks
+
+
+def dp_exposed_s(job: TrainingJob, plan, stage, busy_s):
+    """Exposed DP/ZeRO communication of one stage (`plan` a TrainingPlan, `stage` a StageCost),
+    or of arrays of stages (a PlanBatch with (n, 1) columns and StageArrays), given the
+    compute-busy time in the step."""
+    zero, grad, gather, m = plan.zero, stage.dp_grad_s, stage.dp_gather_s, micro_batches(plan, job)
+    # FSDP/ZeRO-3: per-layer gathers and reduce-scatters prefetched behind compute; exposed where
+    # communication outlasts the step's compute, plus the first layer's gather.
+    total = grad + gather * m
+    z3 = (np.maximum(0.0, total - busy_s) + total / np.maximum(1, stage.num_layers)
+          if job.overlap_param_gather else total)
+    if job.overlap_grad_reduce:
+        # DDP buckets (Li et al. 2020 §3.2.3): reductions run during the last micro-batch's
+        # backward; only what outlasts it, and at least the last bucket, is exposed.
+        bucket = grad * np.minimum(1.0, DDP_BUCKET_BYTES / np.maximum(1.0, stage.grad_bytes))
+        grad_exposed = np.where(grad > 0, np.maximum(grad - stage.last_bwd_s, bucket), 0.0)
+    else:
+        grad_exposed = grad
+    hidden = job.overlap_param_gather & ((zero == 1) | (zero == 2))  # ZeRO-1/2 gathers overlap
+    out = np.where(zero == 3, z3, grad_exposed + np.where(hidden, 0.0, gather))
+    return float(out) if out.ndim == 0 else out
+
+
+# ---- the engine: step-time terms of arrays of plans ----
+
+@dataclass
+class StepTerms:
+    """The step of n plans by term (arrays (n,), BREAKDOWN_KEYS) and one micro-batch's time through
+    each stage (`stage_s`, (n, p): forward + backward with exposed comm, chunks weighted by the
+    share of micro-batches passing through them)."""
+
+    compute: np.ndarray
+    tp_comm: np.ndarray
+    cp_comm: np.ndarray
+    ep_comm: np.ndarray
+    pp_bubble: np.ndarray
+    pp_comm: np.ndarray
+    dp_comm: np.ndarray
+    optimizer: np.ndarray
+    stage_s: np.ndarray
+
+    @property
+    def step_s(self) -> np.ndarray:
+        out = self.compute
+        for k in BREAKDOWN_KEYS[1:]:
+            out = out + getattr(self, k)
+        return out
+
+    def breakdown(self, i: int) -> dict:
+        return {k: float(getattr(self, k)[i]) for k in BREAKDOWN_KEYS}
+
+
+def step_terms(job: TrainingJob, cluster: Cluster, batch: PlanBatch) -> StepTerms:
+    """Step time of every plan in `batch`, term by term:
+
+    step = m × (forward + backward + recompute with exposed TP/CP/EP comm) of the slowest stage
+    + the schedule's pipeline bubble + exposed pipeline send/recv + the slowest stage's exposed
+    DP/ZeRO communication and optimizer step."""
+    return StepTerms(**by_mesh(batch, lambda b, mesh: _mesh_step(job, cluster, b, *mesh),
+                               BREAKDOWN_KEYS + ("stage_s",)))
+
+
+def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: int, cp: int, ep: int,
+               dp: int) -> dict:
+    model, names, lj, p = job.model, schedules.names(), layer_terms_job(job), pp
+    n = len(b)
+    cache = memo("step", lj, cluster)
+    kkeys, kinv = group(b.mb, b.recompute, b.sp)
+    ks = [cached(cache, ("kernel", tp, cp, ep, sp, mb, rc),
+                 lambda: as_row(_kernel_terms(lj, cluster, tp, cp, ep, bool(sp), mb, rc))) for mb, rc, sp in kkeys]
+    k = named_rows(ks, kinv)
+    pkeys, pinv = group(b.schedule, b.vpp)
+    pls = [placement(model, names[s], pp, v) for s, v in pkeys]
+    stack = lambda attr: np.stack([getattr(pl, attr) for pl in pls])[pinv]  # noqa: E731
+    n_moe, n_layers = stack("n_moe"), stack("n_layers")
+    frac = np.array([pl.fraction for pl in pls])[pinv][:, None]
+    w = work(k, n_layers - n_moe, n_moe, stack("first"), stack("last"))
+    tot = frac * (w["fwd_s"] + w["bwd_s"])  # one micro-batch through the stage's chunks
+    m = b.micro_batches(job).astype(np.float64)
+    bi = tot.argmax(axis=1)[:, None]  # the first slowest stage
+    at_b = lambda x: m * np.take_along_axis(frac * x, bi, axis=1)[:, 0]  # noqa: E731  m × bottleneck
+    out = {"compute": at_b(w["fwd"] + w["bwd"]), "stage_s": tot}
+    for g in COMM_GROUPS:
+        out[f"{g}_comm"] = at_b(w[f"fwd_{g}"] + w[f"bwd_{g}"])
+    steady = m * np.take_along_axis(tot, bi, axis=1)[:, 0]
+
+    # ---- pipeline bubble: each schedule's closed form (simulator.schedules) ----
+    out["pp_bubble"] = bubble = np.zeros(n)
+    v = b.vpp
+    if p > 1:
+        for s in np.unique(b.schedule):
+            sel = b.schedule == s
+            bubble[sel] = schedules.get(names[s]).bubble_s(p, v[sel], m[sel], tot[sel], (frac * w["fwd_s"])[sel],
+                                                           (frac * w["wgrad"])[sel])
+    # ---- pipeline send/recv on the critical path: one activation ÷ t per micro-batch per chunk
+    # boundary, forward and backward, plus the fill and drain (Narayanan et al. 2021 §4.1) ----
+    if p == 1:
+        out["pp_comm"] = np.zeros(n)
+    else:
+        p2p = np.array([cached(cache, ("p2p", mb, tp, cp, dp), lambda: p2p_s(job, cluster, mb, tp, cp, dp))
+                        for mb, _, _ in kkeys])[kinv]
+        vl = np.array([pl.chunks_per_stage for pl in pls])[pinv]
+        if job.overlap_p2p_comm:  # only the fill and drain chains through every virtual stage wait
+            hops = np.array([schedules.get(names[s]).fill_drain_hops(p, v_) for s, v_ in pkeys])[pinv]
+            out["pp_comm"] = 2 * hops * p2p
+        else:
+            out["pp_comm"] = 2 * (m * vl + p - 1) * p2p
+    # ---- data parallel / ZeRO and optimizer: the slowest stage's tail ----
+    dkeys, dinv = group(b.schedule, b.vpp, b.zero, b.offload)
+    # keyed by placement: schedules that place layers alike share their DP terms
+    ds = [cached(cache, ("dp", pls[pkeys.index((s, v_))].chunk_ids, tp, pp, cp, ep, dp, z, off),
+                 lambda: _dp_terms(model, cluster, job.dtype, names[s], tp, pp, cp, ep, dp, v_, z, bool(off), cache))
+          for s, v_, z, off in dkeys]
+    d = {name: np.stack([x[name] for x in ds])[dinv] for name in ds[0]}
+    cols = b.take((slice(None), None))  # (n, 1) columns broadcast against (n, p) stages
+    stages = StageArrays(d["grad"], d["gather"] * gather_passes(cols.zero, cols.recompute), d["grad_bytes"],
+                         n_layers, w["bwd_s"])
+    tails = dp_exposed_s(job, cols, stages, steady[:, None]) + d["optimizer"]
+    ti = tails.argmax(axis=1)[:, None]
+    out["optimizer"] = np.take_along_axis(d["optimizer"], ti, axis=1)[:, 0]
+    out["dp_comm"] = np.take_along_axis(tails, ti, axis=1)[:, 0] - out["optimizer"]
+    return out
+
+
+# ---- per-rank durations for the DES ----
 
 @dataclass
 class ChunkCost:
@@ -95,6 +310,7 @@ class ChunkCost:
     fwd_comm_s: dict  # exposed TP/CP/EP seconds in the forward
     bwd_comm_s: dict  # ... in backward and recompute
     num_layers: int
+    fraction: float = 1.0  # share of the step's micro-batches that pass through this chunk
 
     @property
     def fwd_s(self) -> float:
@@ -115,8 +331,18 @@ class StageCost:
 
     @property
     def total_s(self) -> float:
-        """Forward + backward of one micro-batch through all chunks, exposed comm included."""
-        return sum(c.fwd_s + c.bwd_s for c in self.chunks)
+        """Forward + backward of one micro-batch through all chunks, exposed comm included
+        (each chunk weighted by the share of micro-batches that pass through it)."""
+        return sum(c.fraction * (c.fwd_s + c.bwd_s) for c in self.chunks)
+
+    @property
+    def num_layers(self) -> int:
+        return sum(c.num_layers for c in self.chunks)
+
+    @property
+    def last_bwd_s(self) -> float:
+        """One micro-batch's backward through the stage's chunks (the DDP overlap window)."""
+        return sum(c.bwd_s for c in self.chunks)
 
 
 @dataclass
@@ -130,151 +356,52 @@ class StepCosts:
 
 
 def step_costs(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) -> StepCosts:
-    model = job.model
-    km = kernel_model(cluster.device.name, job.dtype)
-    p, v, t = plan.pp, plan.vpp, plan.tp
-    T = plan.mb * job.seq_len // plan.cp
-    dense_cost = layer_cost(model, job, plan, cluster, False)
-    moe_cost = layer_cost(model, job, plan, cluster, True) if model.is_moe else None
-    head_f = km.gemm_s(T, model.vocab_size // t, model.hidden_size) \
-        + km.memory_s(3 * 4 * T * model.vocab_size / t)  # logits GEMM; fp32 softmax cross-entropy
-    head_w = km.gemm_s(model.vocab_size // t, model.hidden_size, T)
-    head_b = km.gemm_s(T, model.hidden_size, model.vocab_size // t) + head_w \
-        + km.memory_s(3 * 4 * T * model.vocab_size / t)
-    emb = km.memory_s(2 * T * model.hidden_size * ACT_BYTES)
-    per_chunk = model.num_layers // (p * v)
-    dp_cp, expert_dp = plan.dp * plan.cp, max(1, plan.dp * plan.cp // plan.ep)
-    dstride = plan.tp  # dp×cp group of a TP rank: stride tp in Megatron order (tp-cp-ep-dp-pp)
-    gb = 2  # bf16 gradient reduction (ZeRO §3: 2Ψ gradients)
-
-    def dp_collectives(params: float, n: int) -> tuple[float, float]:
-        """(gradient reduction, parameter gathers) seconds for `params` over n ranks."""
-        if n <= 1 or params <= 0:
-            return 0.0, 0.0
-        if plan.zero == 0:
-            return collective_s(cluster, "all_reduce", n, dstride, params * gb), 0.0
-        rs = collective_s(cluster, "reduce_scatter", n, dstride, params * gb)
-        ag = collective_s(cluster, "all_gather", n, dstride, params * WEIGHT_BYTES)
-        if plan.zero == 3:  # ZeRO §7.2.1: parameters gathered in forward and again in backward
-            return rs, ag * (3 if plan.recompute == "full" else 2)
-        return rs, ag
-
+    """The engine's per-chunk durations of one plan (`work` per chunk) for the DES."""
+    model, p, v = job.model, plan.pp, plan.vpp
+    k = _kernel_terms(layer_terms_job(job), cluster, plan.tp, plan.cp, plan.ep, plan.sp, plan.mb,
+                      RECOMPUTE.index(plan.recompute))
+    pl = placement(model, plan.schedule, p, v)
+    last_chunk = len(pl.chunk_moe) - 1
+    d = _dp_terms(model, cluster, job.dtype, plan.schedule, plan.tp, p, plan.cp, plan.ep, plan.dp, v,
+                  plan.zero, plan.offload, memo("step", layer_terms_job(job), cluster))
+    passes = float(gather_passes(plan.zero, RECOMPUTE.index(plan.recompute)))
     stages = []
     for st in range(p):
         chunks = []
-        for j in range(v):
-            c = st + j * p
-            layers = range(c * per_chunk, (c + 1) * per_chunk)
-            n_moe = sum(model.is_moe_layer(i) for i in layers)
-            f = b = w = 0.0
-            fc: dict = {"tp": 0.0, "cp": 0.0, "ep": 0.0}
-            bc: dict = {"tp": 0.0, "cp": 0.0, "ep": 0.0}
-            for cost, n in ((dense_cost, per_chunk - n_moe), (moe_cost, n_moe)):
-                if not n:
-                    continue
-                f += n * cost.fwd_compute_s
-                b += n * (cost.bwd_compute_s + cost.recompute_s)
-                w += n * cost.wgrad_s
-                for g, x in cost.fwd_comm_s.items():
-                    fc[g] += n * x
-                for part in (cost.bwd_comm_s, cost.recompute_comm_s):
-                    for g, x in part.items():
-                        bc[g] += n * x
-            if c == 0:
-                f, b = f + emb, b + emb
-            if c == p * v - 1:
-                f, b, w = f + head_f, b + head_b, w + head_w
-            chunks.append(ChunkCost(f, b, w, fc, bc, per_chunk))
-        dense_params, expert_params = _stage_params(model, plan, stage_layers(model, plan, st))
-        if st == 0:
-            dense_params += model.embedding_params() / t
-        if st == p - 1:
-            dense_params += model.head_params() / t
-            if model.tie_embeddings and p > 1:  # the last stage's copy of the tied embedding
-                dense_params += model.vocab_size * model.hidden_size / t
-        g1, a1 = dp_collectives(dense_params, dp_cp)
-        g2, a2 = dp_collectives(expert_params, expert_dp)
-        local = dense_params / (dp_cp if plan.zero >= 1 else 1) + expert_params / (expert_dp if plan.zero >= 1 else 1)
-        if plan.offload:  # grads to host, params back, CPU Adam (ZeRO-Offload)
-            opt_s = (local * (gb + WEIGHT_BYTES) / PCIE_BYTES_PER_S
-                     + local * ADAM_BYTES_PER_PARAM / (HOST_DRAM_BYTES_PER_S / cluster.devices_per_node))
-        else:
-            opt_s = km.memory_s(local * ADAM_BYTES_PER_PARAM)
-        stages.append(StageCost(chunks, g1 + g2, a1 + a2, opt_s, (dense_params + expert_params) * gb))
+        for c in pl.chunk_ids[st]:
+            n_moe = pl.chunk_moe[c]
+            w = work(k, pl.per_chunk - n_moe, n_moe, float(c == 0), float(c == last_chunk))
+            chunks.append(ChunkCost(w["fwd"], w["bwd"], w["wgrad"], {g: w[f"fwd_{g}"] for g in COMM_GROUPS},
+                                    {g: w[f"bwd_{g}"] for g in COMM_GROUPS}, pl.per_chunk, pl.fraction))
+        stages.append(StageCost(chunks, float(d["grad"][st]), float(d["gather"][st]) * passes,
+                                float(d["optimizer"][st]), float(d["grad_bytes"][st])))
     p2p = 0.0
-    if p > 1:  # one activation per micro-batch per boundary (÷t: scatter-gather, Narayanan §4.1)
-        msg = T * model.hidden_size * ACT_BYTES / t
-        p2p = collective_s(cluster, "send_recv", 2, plan.tp * plan.cp * plan.dp, msg)
+    if p > 1:
+        p2p = p2p_s(job, cluster, plan.mb, plan.tp, plan.cp, plan.dp)
     return StepCosts(stages, p2p, micro_batches(plan, job))
 
 
-def dp_exposed_s(job: TrainingJob, plan: TrainingPlan, stage: StageCost, busy_s: float) -> float:
-    """Exposed DP/ZeRO communication of one stage, given its compute-busy time in the step."""
-    grad_s, gather_s = stage.dp_grad_s, stage.dp_gather_s
-    if plan.zero == 3:
-        # FSDP/ZeRO-3: per-layer gathers and reduce-scatters prefetched behind compute; exposed
-        # where communication outlasts the step's compute, plus the first layer's gather.
-        total = grad_s + gather_s * micro_batches(plan, job)
-        per_layer = total / max(1, sum(c.num_layers for c in stage.chunks))
-        return max(0.0, total - busy_s) + per_layer if job.overlap_param_gather else total
-    if job.overlap_grad_reduce:
-        # DDP buckets (Li et al. 2020 §3.2.3): reductions run during the last micro-batch's
-        # backward; only what outlasts it, and at least the last bucket, is exposed.
-        last_bwd = sum(c.bwd_s for c in stage.chunks)
-        bucket_s = grad_s * min(1.0, DDP_BUCKET_BYTES / max(1.0, stage.grad_bytes))
-        grad_exposed = max(grad_s - last_bwd, bucket_s) if grad_s else 0.0
-    else:
-        grad_exposed = grad_s
-    gather_exposed = 0.0 if job.overlap_param_gather and plan.zero in (1, 2) else gather_s
-    return grad_exposed + gather_exposed
+def layer_time_s(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, moe: bool) -> float:
+    """One layer's forward + backward (+ recompute) with exposed TP/CP/EP comm, one micro-batch
+    (`work` of one layer: the unit a stage's time is made of)."""
+    k = _kernel_terms(layer_terms_job(job), cluster, plan.tp, plan.cp, plan.ep, plan.sp, plan.mb,
+                      RECOMPUTE.index(plan.recompute))
+    w = work(k, float(not moe), float(moe), 0.0, 0.0)
+    return w["fwd_s"] + w["bwd_s"]
 
 
 def estimate(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, validate: bool = True) -> StepEstimate:
+    """The engine on a batch of one plan, packaged with FLOPs, throughput and memory."""
     model = job.model
     if validate:
         validate_plan(plan, job, cluster.num_devices, cluster.devices_per_node)
         check_supported(model, plan)
     km = kernel_model(cluster.device.name, job.dtype)
-    costs = step_costs(job, plan, cluster)
-    m, p, v = costs.micro_batches, plan.pp, plan.vpp
-    totals = [s.total_s for s in costs.stages]
-    b_i = max(range(p), key=lambda i: totals[i])
-    bottleneck = costs.stages[b_i]
-    mean_stage = sum(totals) / p
-    steady = m * totals[b_i]
-
-    # ---- pipeline bubble (Narayanan et al. 2021 §2.2; Qi et al. 2023 §3 for ZB-H1) ----
-    if p == 1:
-        bubble = 0.0
-    elif plan.schedule == "interleaved":
-        bubble = (p - 1) / v * mean_stage
-    elif plan.schedule == "zb-h1":  # (p−1)(T_F + T_B − T_W) with T_B the input-gradient part
-        bubble = (p - 1) * sum(s.total_s - 2 * sum(c.wgrad_s for c in s.chunks) for s in costs.stages) / p
-    elif plan.schedule == "zb-h2":
-        # ZB-H2 fills the cool-down with deferred W passes; what stays is the warm-up wait for the
-        # first forward, (p−1)·T_F, which only the paper's post-validation optimizer step removes.
-        bubble = (p - 1) * sum(sum(c.fwd_s for c in s.chunks) for s in costs.stages) / p
-    else:  # 1f1b, gpipe
-        bubble = (p - 1) * mean_stage
-    # ---- pipeline send/recv on the critical path: forward and backward, per micro-batch per
-    # chunk boundary, plus the fill and drain ----
-    if p == 1:
-        pp_comm = 0.0
-    elif job.overlap_p2p_comm:  # only the fill and drain chains through every virtual stage wait
-        pp_comm = 2 * (p * v - 1) * costs.p2p_s
-    else:
-        pp_comm = 2 * (m * v + p - 1) * costs.p2p_s
-    # ---- data parallel / ZeRO and optimizer: the slowest stage's tail ----
-    tails = [dp_exposed_s(job, plan, s, steady) + s.optimizer_s for s in costs.stages]
-    t_i = max(range(p), key=lambda i: tails[i])
-    dp_exposed, opt_s = tails[t_i] - costs.stages[t_i].optimizer_s, costs.stages[t_i].optimizer_s
-
-    comm = {g: m * sum(c.fwd_comm_s[g] + c.bwd_comm_s[g] for c in bottleneck.chunks) for g in ("tp", "cp", "ep")}
-    compute = m * sum(c.fwd_compute_s + c.bwd_compute_s for c in bottleneck.chunks)
-    breakdown = {"compute": compute, "tp_comm": comm["tp"],
-                 "cp_comm": comm["cp"], "ep_comm": comm["ep"], "pp_bubble": bubble,
-                 "pp_comm": pp_comm, "dp_comm": dp_exposed, "optimizer": opt_s}
-    step = sum(breakdown.values())
+    batch = PlanBatch.of([plan])
+    terms = step_terms(job, cluster, batch)
+    breakdown = terms.breakdown(0)
+    step = float(terms.step_s[0])
+    m = int(batch.micro_batches(job)[0])
 
     # ---- FLOPs, throughput, memory ----
     n_mb_total = job.global_batch // plan.mb  # micro-batches across all DP replicas
@@ -290,15 +417,14 @@ def estimate(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, validate: b
     exec_flops = n_mb_total * (hw_flops + head_flops)
     n = cluster.num_devices
     peak = cluster.device.peak(job.dtype)
-    mems = [stage_memory(model, job, plan, st) for st in range(p)]
-    mem = dict(max(mems, key=lambda d: d["peak_bytes"]))
+    peak_stage = int(plan_memory(model, job, plan).peak_stage[0])
+    mem = dict(stage_memory(model, job, plan, peak_stage))
     mem["hbm_bytes"] = cluster.device.hbm_bytes
-    mem["peak_stage"] = mems.index(max(mems, key=lambda d: d["peak_bytes"]))
+    mem["peak_stage"] = peak_stage
     return StepEstimate(
         plan=plan, model=model.name, cluster=cluster.name, num_devices=n, seq_len=job.seq_len,
         global_batch=job.global_batch, dtype=job.dtype, micro_batches=m, step_time_s=step,
         tokens_per_s=job.tokens_per_step / step, tflops_per_device=exec_flops / step / n / 1e12,
         mfu=model_flops / step / n / peak, hfu=exec_flops / step / n / peak,
         fits=mem["peak_bytes"] <= cluster.device.hbm_bytes, memory=mem, breakdown_s=breakdown,
-        stage_times_s=totals, notes=list(km.notes))
-
+        stage_times_s=[float(x) for x in terms.stage_s[0, :plan.pp]], notes=list(km.notes))

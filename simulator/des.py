@@ -29,6 +29,7 @@ import simpy
 from hwmodels.clusters import Cluster
 from hwmodels.errors import InputError
 from simulator.analytic import StepCosts, dp_exposed_s, estimate, step_costs
+from simulator import schedules
 from simulator.training import TrainingJob, TrainingPlan
 
 _EPS = 1e-12
@@ -121,36 +122,10 @@ class Network:
         self._rerate(affected)
 
 
-# ---- schedules ----------------------------------------------------------------------------------
-
 def schedule_order(schedule: str, stage: int, p: int, m: int, v: int) -> list[tuple[str, int, int]]:
-    """Static task order of one stage: ("F"|"B", local chunk, micro-batch).
-
-    GPipe and 1F1B: Narayanan et al. 2021 §2.2 (warm-up of p−s−1 forwards, then one forward one
-    backward); interleaved 1F1B: the same paper §2.2.2 as Megatron-LM implements it (warm-up
-    (p−s−1)·2 + (v−1)·p chunk-forwards, micro-batches in groups of p per chunk)."""
-    if schedule == "gpipe":
-        return [("F", 0, i) for i in range(m)] + [("B", 0, i) for i in range(m)]
-    if schedule == "1f1b":
-        w = min(p - stage - 1, m)
-        order = [("F", 0, i) for i in range(w)]
-        for i in range(m - w):
-            order += [("F", 0, w + i), ("B", 0, i)]
-        return order + [("B", 0, i) for i in range(m - w, m)]
-    if schedule == "interleaved":
-        total = m * v
-
-        def fwd(k):
-            return ("F", (k // p) % v, (k // (p * v)) * p + k % p)
-
-        def bwd(k):
-            return ("B", v - 1 - (k // p) % v, (k // (p * v)) * p + k % p)
-        w = min((p - stage - 1) * 2 + (v - 1) * p, total)
-        order = [fwd(k) for k in range(w)]
-        for i in range(total - w):
-            order += [fwd(w + i), bwd(i)]
-        return order + [bwd(k) for k in range(total - w, total)]
-    raise ValueError(schedule)
+    """Static task order of one stage: ("F"|"B", local chunk, micro-batch), as the schedule
+    (`simulator.schedules`) defines it."""
+    return schedules.get(schedule).order(stage, p, m, v)
 
 
 # ---- the simulation -----------------------------------------------------------------------------
@@ -220,7 +195,15 @@ class TrainingDES:
         waits = self._wait[unit] = {"bubble": 0.0, "p2p": 0.0}
         self._busy[unit] = 0.0
         self._comm[unit] = {"tp": 0.0, "cp": 0.0, "ep": 0.0}
-        zb = pl.schedule in ("zb-h1", "zb-h2")
+        sched = schedules.get(pl.schedule)
+        zb = sched.weight_split
+        chunk_ids = sched.chunk_ids(s, p, v)
+        last_chunk = sched.model_chunks(p, v) - 1
+        order = self._order(s)
+        # the last micro-batch through each local chunk completes its weight gradients (DualPipe's
+        # chunks see every other micro-batch)
+        last_mb = {j: mb for kind, j, mb in order if kind == "B"}
+        tag = (lambda j: f".{j}") if len(chunk_ids) > 1 else (lambda j: "")
         n_buckets = self._n_buckets(st)
         done_b: dict = {}
 
@@ -238,6 +221,9 @@ class TrainingDES:
         def send(key, dst_unit):
             a = self._arrival(key)
             a[1] = env.now
+            if dst_unit == unit:  # the next chunk is on this rank (the turn of a V)
+                a[0].succeed()
+                return
             links = dict(port)
             links[("port",) + dst_unit] = 1.0
             ev = self.net.transfer(costs.p2p_s, links)
@@ -256,22 +242,22 @@ class TrainingDES:
             self._record(unit, "compute", name, t0, args)
 
         def run_f(j, mb):
-            vs = s + j * p
+            vs = chunk_ids[j]
             if vs > 0:
                 yield from wait_for(("F", dp_i, vs, mb))
             c = st.chunks[j]
-            yield from compute(c.fwd_s, c.fwd_comm_s, f"F{mb}" + (f".{j}" if v > 1 else ""), {"mb": mb, "chunk": j})
-            if vs < p * v - 1:
+            yield from compute(c.fwd_s, c.fwd_comm_s, f"F{mb}" + tag(j), {"mb": mb, "chunk": j})
+            if vs < last_chunk:
                 nxt = vs + 1
-                yield from send(("F", dp_i, nxt, mb), (dp_i, nxt % p))
+                yield from send(("F", dp_i, nxt, mb), (dp_i, sched.stage_of_pass(nxt, mb, p, v)))
 
         def run_b(j, mb, with_w: bool):
-            vs = s + j * p
-            if vs < p * v - 1:
+            vs = chunk_ids[j]
+            if vs < last_chunk:
                 yield from wait_for(("B", dp_i, vs, mb))
             c = st.chunks[j]
             dur = c.bwd_s if with_w else c.bwd_s - c.wgrad_s
-            last = mb == m - 1 and with_w
+            last = mb == last_mb[j] and with_w
             if last and n_buckets > 1 and self.job.overlap_grad_reduce and pl.zero < 3:
                 # DDP buckets become ready as the last micro-batch's backward walks the layers
                 for k in range(n_buckets):
@@ -281,18 +267,18 @@ class TrainingDES:
             else:
                 yield from compute(dur, c.bwd_comm_s if not zb else
                                    {g: x for g, x in c.bwd_comm_s.items()},
-                                   f"B{mb}" + (f".{j}" if v > 1 else ""), {"mb": mb, "chunk": j})
+                                   f"B{mb}" + tag(j), {"mb": mb, "chunk": j})
                 if last:
                     for k in range(n_buckets):
                         self._bucket_ready(unit, j, k, n_buckets)
             done_b[(j, mb)] = True
             if vs > 0:
                 prv = vs - 1
-                yield from send(("B", dp_i, prv, mb), (dp_i, prv % p))
+                yield from send(("B", dp_i, prv, mb), (dp_i, sched.stage_of_pass(prv, mb, p, v)))
 
         def run_w(j, mb):
             c = st.chunks[j]
-            if mb < m - 1:
+            if mb != last_mb[j]:
                 yield from compute(c.wgrad_s, {}, f"W{mb}", {"mb": mb, "chunk": j})
                 return
             # the last weight gradients complete bucket by bucket, as the layers are walked
@@ -303,7 +289,7 @@ class TrainingDES:
 
         t_start = env.now
         if not zb:
-            for kind, j, mb in schedule_order(pl.schedule, s, p, m, v):
+            for kind, j, mb in order:
                 if kind == "F":
                     yield from run_f(j, mb)
                 else:
@@ -334,34 +320,40 @@ class TrainingDES:
         del compute_end
 
     def _zero_bubble(self, s, m, run_f, run_b, run_w, dp_i):
-        """Zero Bubble (Qi et al., arXiv 2401.10241 §3.1): backward split into B (input gradient,
-        on the critical path) and W (weight gradient, deferrable). F and B keep a 1F1B order —
-        ZB-H1 with 1F1B's warm-up of p−s−1 forwards, ZB-H2 with a longer warm-up of 2(p−s−1) —
-        and W passes run where the next F/B would wait for its input, or when the micro-batches
-        held (forward done, W pending) reach the cap: p + 1 for ZB-H1 and 2p − 1 for ZB-H2, the
-        paper's peak memories p·M_B and (2p−1)·M_B, where a micro-batch past its B holds only the
-        GEMM inputs W needs (so ZB-H1 fits one more)."""
-        p = self.plan.pp
-        h2 = self.plan.schedule == "zb-h2"
-        cap = 2 * p - 1 if h2 else p + 1
-        warm = min(m, 2 * (p - s - 1) if h2 else p - s - 1)
-        order = [("F", i) for i in range(warm)]
-        for i in range(m - warm):
-            order += [("F", warm + i), ("B", i)]
-        order += [("B", i) for i in range(m - warm, m)]
+        """Schedules that split the backward (Zero Bubble, Qi et al., arXiv 2401.10241 §3.1): B
+        (input gradient, on the critical path) and W (weight gradient, deferrable). F and B run in
+        the schedule's order; a W pass runs where the next F/B would wait for its input, or when
+        the chunk-passes held (forward done, W pending) reach the schedule's cap (`w_cap`: p + 1
+        for ZB-H1, 2p − 1 for ZB-H2, the paper's peak memories, where a pass past its B holds only
+        the GEMM inputs W needs)."""
+        sched = schedules.get(self.plan.schedule)
+        p, v = self.plan.pp, self.plan.vpp
+        cap = sched.w_cap(p)
+        chunk_ids = sched.chunk_ids(s, p, v)
+        last_chunk = sched.model_chunks(p, v) - 1
         env = self.env
-        f_done = w_next = b_done = 0
-        for kind, mb in order:
-            key = ("F", dp_i, s, mb) if kind == "F" else ("B", dp_i, s, mb)
-            needs_input = (kind == "F" and s > 0) or (kind == "B" and s < p - 1)
+        f_done = 0
+        pending_w: list = []  # (chunk, micro-batch) whose B ran and W did not, oldest first
+        w_done = 0
+        for kind, j, mb in self._order(s):
+            vs = chunk_ids[j]
+            key = (kind, dp_i, vs, mb)
+            needs_input = (kind == "F" and vs > 0) or (kind == "B" and vs < last_chunk)
+            settled = sched.fill_in_flight
             while True:
-                ready = not needs_input or self._arrival(key)[0].triggered
-                room = kind == "B" or f_done - w_next < cap
+                arrival = self._arrival(key)
+                # an input already on its way is waited for, unless the schedule fills that wait too
+                ready = not needs_input or arrival[0].triggered or (arrival[1] is not None and not sched.fill_in_flight)
+                if not ready and not settled:  # let sends due at this same instant start first
+                    settled = True
+                    yield env.timeout(0)
+                    continue
+                room = kind == "B" or f_done - w_done < cap
                 if ready and room:
                     break
-                if w_next < b_done:  # fill the gap with a deferred weight-gradient pass
-                    yield from run_w(0, w_next)
-                    w_next += 1
+                if pending_w:  # fill the gap with a deferred weight-gradient pass
+                    yield from run_w(*pending_w.pop(0))
+                    w_done += 1
                     continue
                 if not room:
                     raise RuntimeError(f"zero-bubble schedule of stage {s} blocked by its memory cap")
@@ -369,14 +361,20 @@ class TrainingDES:
                 yield self._arrival(key)[0]
                 self._wait[(dp_i, s)]["bubble"] += env.now - t0
             if kind == "F":
-                yield from run_f(0, mb)
+                yield from run_f(j, mb)
                 f_done += 1
             else:
-                yield from run_b(0, mb, False)
-                b_done += 1
-        while w_next < m:
-            yield from run_w(0, w_next)
-            w_next += 1
+                yield from run_b(j, mb, False)
+                pending_w.append((j, mb))
+        while pending_w:
+            yield from run_w(*pending_w.pop(0))
+
+    def _order(self, s: int) -> list:
+        """Stage s's F/B order, given the per-chunk durations for schedules that derive it from them."""
+        pl, costs = self.plan, self.costs
+        times = (tuple(tuple((c.fwd_s, c.bwd_s - c.wgrad_s, c.wgrad_s) for c in st.chunks) for st in costs.stages),
+                 costs.p2p_s)
+        return schedules.get(pl.schedule).order(s, pl.pp, costs.micro_batches, pl.vpp, times)
 
     # ---- data-parallel gradient buckets ----
     def _n_buckets(self, st) -> int:
@@ -441,7 +439,9 @@ class TrainingDES:
         dps = range(self.plan.dp) if self.full else range(1)
         pl, m = self.plan, self.costs.micro_batches
         units = len(dps) * pl.pp
-        tasks = units * m * pl.vpp * (3 if pl.schedule in ("zb-h1", "zb-h2") else 2)
+        sched = schedules.get(pl.schedule)
+        tasks = round(units * m * sched.chunks_per_stage(pl.vpp) * sched.pass_fraction(pl.pp, pl.vpp)
+                      * (3 if sched.weight_split else 2))
         hint = ("use --engine analytic, a larger micro-batch (fewer micro-batches per step)"
                 + (", or fewer DP replicas (--full-ranks/--stragglers simulate each)" if self.full else ""))
         if tasks > MAX_TASKS:

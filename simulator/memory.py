@@ -6,15 +6,16 @@ stage and the engine reports the largest.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from simulator.models import ModelSpec
-from simulator.training import TrainingJob, TrainingPlan, micro_batches
+import numpy as np
 
-WEIGHT_BYTES = 2  # bf16/fp16 weights (ZeRO, Rajbhandari et al. 2019 §3: 2Ψ)
-GRAD_BYTES = 2  # bf16/fp16 gradients (2Ψ)
-OPTIMIZER_BYTES = 12  # mixed-precision Adam: fp32 master weights, momentum, variance (K = 12)
-ACT_BYTES = 2
+from simulator import schedules
+from simulator.models import ModelSpec
+from simulator.precision import ACT_BYTES, GRAD_BYTES, OPTIMIZER_BYTES, WEIGHT_BYTES  # noqa: F401
+from simulator.training import RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, layer_plan, micro_batches
+
 # NCCL buffers per communicator, observed on H100 (aiconfigurator-core 0.12.0 systems/h100_sxm.yaml
 # misc.nccl_mem: 342 MB for 2 GPUs, 392 MB for 4 and 8 GPUs).
 NCCL_BYTES = {2: 358_612_992}
@@ -26,12 +27,12 @@ FRAGMENTATION = 0.05
 
 
 def stage_layers(model: ModelSpec, plan: TrainingPlan, stage: int) -> list[int]:
-    """Layer indices held by pipeline `stage` (interleaved: chunks stage, stage+pp, ...)."""
-    chunks = plan.pp * plan.vpp
-    per_chunk = model.num_layers // chunks
+    """Layer indices held by pipeline `stage`, chunk by chunk in the schedule's placement
+    (`simulator.schedules`: interleaved holds chunks stage, stage+pp, ...)."""
+    sched = schedules.get(plan.schedule)
+    per_chunk = model.num_layers // sched.model_chunks(plan.pp, plan.vpp)
     out: list[int] = []
-    for j in range(plan.vpp):
-        c = stage + j * plan.pp
+    for c in sched.chunk_ids(stage, plan.pp, plan.vpp):
         out.extend(range(c * per_chunk, (c + 1) * per_chunk))
     return out
 
@@ -81,68 +82,249 @@ def layer_activation_bytes(model: ModelSpec, job: TrainingJob, plan: TrainingPla
 
 
 def inflight_microbatches(plan: TrainingPlan, job: TrainingJob, stage: int) -> float:
-    """Micro-batches whose activations a stage holds at its peak (Narayanan et al. 2021 §2.2;
-    Korthikanti §4.2.3 for interleaving; Zero Bubble ZB-H1 keeps 1F1B's memory)."""
-    m = micro_batches(plan, job)
-    p = plan.pp
-    if plan.schedule == "gpipe":
-        return m
-    if plan.schedule == "zb-h2":  # Qi et al. 2023 §3.1: ZB-H2 holds up to 2p−1 micro-batches
-        return min(m, 2 * p - 1 - stage)
-    held = min(m, p - stage)
-    if plan.schedule == "interleaved":
-        return min(m, p) * (1 + (p - 1) / (p * plan.vpp)) if stage == 0 else held * (1 + (p - 1 - stage) / (p * plan.vpp))
-    return held
+    """Micro-batches whose activations a stage holds at its peak (the schedule's own count)."""
+    return schedules.get(plan.schedule).inflight(plan.pp, plan.vpp, micro_batches(plan, job), stage)
 
 
 def _nccl_bytes(n: int) -> int:
     return 0 if n <= 1 else NCCL_BYTES.get(n, NCCL_BYTES_DEFAULT)
 
 
-@lru_cache(maxsize=4096)
-def stage_memory(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, stage: int) -> dict:
-    """Memory of one rank on `stage`, in bytes, by part."""
-    layers = stage_layers(model, plan, stage)
-    t, dp_cp = plan.tp, plan.dp * plan.cp
-    expert_dp = max(1, dp_cp // plan.ep)
-    dense = moe_expert = 0.0
-    n_moe = 0
-    for i in layers:
-        if model.is_moe_layer(i):
-            n_moe += 1
-            dense += (model.layer_params(i) - model.num_experts * model.expert_params()) / t
-            moe_expert += model.num_experts // plan.ep * model.expert_params()
-        else:
-            dense += model.layer_params(i) / t
-    if stage == 0:
-        dense += model.embedding_params() / t
-    if stage == plan.pp - 1:
-        dense += model.head_params() / t
-        if model.tie_embeddings and plan.pp > 1:  # last stage keeps its own copy of the tied embedding
-            dense += model.vocab_size * model.hidden_size / t
-    z = plan.zero
-    shard = lambda params, d, stage_min: params / d if z >= stage_min else params  # noqa: E731
-    weights = WEIGHT_BYTES * (shard(dense, dp_cp, 3) + shard(moe_expert, expert_dp, 3))
-    grads = GRAD_BYTES * (shard(dense, dp_cp, 2) + shard(moe_expert, expert_dp, 2))
-    optim = 0.0 if plan.offload else OPTIMIZER_BYTES * (shard(dense, dp_cp, 1) + shard(moe_expert, expert_dp, 1))
+# ---- the vectorised memory model: one function for one plan (`stage_memory`, `estimate`) and for
+# arrays of candidate plans (`planner.search`) ----
 
-    per_layer_dense = layer_activation_bytes(model, job, plan, False)
-    per_layer_moe = layer_activation_bytes(model, job, plan, True) if n_moe else 0.0
-    per_mb = (len(layers) - n_moe) * per_layer_dense + n_moe * per_layer_moe
-    acts = per_mb * inflight_microbatches(plan, job, stage)
-    if plan.recompute == "full":  # one layer's full activations live during its backward
-        acts += layer_activation_bytes(model, job, TrainingPlan(**{**plan.to_dict(), "recompute": "none"}),
-                                       n_moe > 0)
-    if stage == plan.pp - 1:  # fp32 logits of one micro-batch for the cross-entropy backward
-        acts += 4 * plan.mb * job.seq_len // plan.cp * model.vocab_size / t
-    comm = sum(_nccl_bytes(n) for n in (plan.tp, plan.cp, plan.dp, plan.ep, plan.pp if plan.pp > 1 else 1))
-    if z == 3:  # gathered parameters of the current and the prefetched layer
-        comm += 2 * WEIGHT_BYTES * max(model.layer_params(i) for i in layers) / t
+@dataclass(frozen=True)
+class Placement:
+    """Where a schedule puts the model's layers on p stages (`simulator.schedules`); per-stage
+    arrays have shape (p,)."""
+
+    chunk_ids: tuple  # per stage, the model chunks it holds, in local order
+    per_chunk: int  # layers per model chunk
+    chunk_moe: tuple  # MoE layers in each model chunk
+    n_layers: np.ndarray
+    n_moe: np.ndarray
+    layer_params: np.ndarray  # Σ non-expert parameters of the stage's layers (whole layers, before TP)
+    max_layer: np.ndarray  # parameters of the stage's largest layer (ZeRO-3 gather buffer)
+    first: np.ndarray  # 1.0 where the stage holds model chunk 0 (embedding)
+    last: np.ndarray  # 1.0 where it holds the last model chunk (LM head, loss)
+    fraction: float  # share of the step's micro-batches passing through each local chunk
+    chunks_per_stage: int
+
+
+@lru_cache(maxsize=4096)
+def placement(model: ModelSpec, schedule: str, p: int, v: int) -> Placement:
+    sched = schedules.get(schedule)
+    n_chunks = sched.model_chunks(p, v)
+    per_chunk = model.num_layers // n_chunks
+    moe = [model.is_moe_layer(i) for i in range(n_chunks * per_chunk)]
+    params = [model.layer_params(i) - (model.num_experts * model.expert_params() if moe[i] else 0)
+              for i in range(n_chunks * per_chunk)]
+    chunk_ids = tuple(tuple(sched.chunk_ids(st, p, v)) for st in range(p))
+    layers = [[i for c in ids for i in range(c * per_chunk, (c + 1) * per_chunk)] for ids in chunk_ids]
+    return Placement(
+        chunk_ids, per_chunk, tuple(sum(moe[c * per_chunk:(c + 1) * per_chunk]) for c in range(n_chunks)),
+        np.array([len(ls) for ls in layers], dtype=np.float64),
+        np.array([sum(moe[i] for i in ls) for ls in layers], dtype=np.float64),
+        np.array([float(sum(params[i] for i in ls)) for ls in layers]),
+        np.array([float(max((model.layer_params(i) for i in ls), default=0)) for ls in layers]),
+        np.array([float(sched.holds_chunk(st, 0, p, v)) for st in range(p)]),
+        np.array([float(sched.holds_chunk(st, n_chunks - 1, p, v)) for st in range(p)]),
+        sched.pass_fraction(p, v), sched.chunks_per_stage(v))
+
+
+def stage_params(model: ModelSpec, pl: Placement, tp: int, ep: int) -> tuple[np.ndarray, np.ndarray]:
+    """(non-expert, expert) parameters one rank of each stage holds, before ZeRO sharding: its
+    layers ÷ tp, the embedding with chunk 0, the LM head with the last chunk (plus, with tied
+    embeddings and pp > 1, the last stage's own copy of the embedding); experts ÷ ep."""
+    tied = model.vocab_size * model.hidden_size if model.tie_embeddings and len(pl.first) > 1 else 0
+    dense = (pl.layer_params + pl.first * model.embedding_params()
+             + pl.last * (model.head_params() + tied)) / tp
+    expert = pl.n_moe * ((model.num_experts // ep) * model.expert_params() if model.is_moe else 0)
+    return dense, expert
+
+
+def model_states(dense, expert, zero, offload, dp_cp, expert_dp) -> tuple:
+    """(weights, gradients, optimizer) bytes of `dense` + `expert` parameters: ZeRO stage k ≥ 1
+    shards optimizer states, ≥ 2 gradients, 3 weights over the data-parallel group (Rajbhandari
+    et al. 2019 §5); offload moves the optimizer states to the host."""
+    zero = np.asarray(zero)
+
+    def shard(k):  # parameters resident per rank when stage >= k shards them
+        return dense / np.where(zero >= k, dp_cp, 1) + expert / np.where(zero >= k, expert_dp, 1)
+    return (WEIGHT_BYTES * shard(3), GRAD_BYTES * shard(2),
+            np.where(offload, 0.0, OPTIMIZER_BYTES * shard(1)))
+
+
+@lru_cache(maxsize=4096)
+def layer_terms_job(job: TrainingJob) -> TrainingJob:
+    """The job's per-layer view: layer costs and activations do not read the global batch, so one
+    job serves every batch size and the per-layer caches hit across them."""
+    return replace(job, global_batch=1)
+
+
+@lru_cache(maxsize=256)
+def memo(*owner) -> dict:
+    """A dict cache for values that depend on `owner` (a job, a cluster) and on small integer keys:
+    fetched once per batch, it saves hashing the owner on every lookup."""
+    return {}
+
+
+def cached(cache: dict, key: tuple, make):
+    """cache[key], made by make() on the first lookup."""
+    out = cache.get(key)
+    if out is None:
+        out = cache[key] = make()
+    return out
+
+
+def tokens_per_rank(job: TrainingJob, mb, cp):
+    """Tokens of one micro-batch on one rank: mb sequences, the sequence split over cp."""
+    return mb * job.seq_len // cp
+
+
+def _layer_acts(job: TrainingJob, tp: int, cp: int, ep: int, sp: bool, mb: int, rc: int) -> dict:
+    """Activation bytes per layer and micro-batch (dense, MoE), and a layer's whole activations
+    (recompute none) that full recompute rebuilds in its backward."""
+    m, plan = job.model, layer_plan(tp, cp, ep, sp, mb, RECOMPUTE[rc])
+    none = layer_plan(tp, cp, ep, sp, mb, "none")
+    return {"dense": layer_activation_bytes(m, job, plan, False),
+            "moe": layer_activation_bytes(m, job, plan, True) if m.is_moe else 0.0,
+            "full_dense": layer_activation_bytes(m, job, none, False),
+            "full_moe": layer_activation_bytes(m, job, none, True) if m.is_moe else 0.0}
+
+
+def as_row(d: dict) -> tuple:
+    """{name: scalar} as (names, values): what `named_rows` stacks."""
+    return tuple(d), np.fromiter(d.values(), dtype=np.float64, count=len(d))
+
+
+def named_rows(rows: list, inv: np.ndarray) -> dict:
+    """`as_row` rows per distinct key and each plan's key index → {name: array (n, 1)}."""
+    table = np.stack([r[1] for r in rows])[inv]
+    return {k: table[:, j:j + 1] for j, k in enumerate(rows[0][0])}
+
+
+@lru_cache(maxsize=16384)
+def _inflight_row(schedule: str, p: int, v: int, m: int) -> np.ndarray:
+    sched = schedules.get(schedule)
+    return np.array([sched.inflight(p, v, m, st) for st in range(p)], dtype=np.float64)
+
+
+def group(*cols) -> tuple[list, np.ndarray]:
+    """Distinct rows of integer columns (as tuples) and each row's index among them."""
+    cols = [np.asarray(c, dtype=np.int64) for c in cols]
+    if len(cols[0]) == 1:
+        return [tuple(int(c[0]) for c in cols)], np.zeros(1, dtype=np.int64)
+    key = np.zeros(len(cols[0]), dtype=np.int64)
+    for c in cols:  # mixed radix: each column's values are small non-negative integers
+        key = key * (int(c.max()) + 1) + c
+    uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    return [tuple(r) for r in np.stack(cols, axis=1)[first].tolist()], inv.ravel()
+
+
+def by_mesh(batch: PlanBatch, fn, fields_: tuple, dtype=np.float64) -> dict:
+    """fn(sub-batch, mesh) → {field: (k, p)} for each mesh shape of `batch`, scattered into
+    {field: (n, max p)} (stages beyond a plan's pp stay 0)."""
+    meshes = list(batch.meshes())
+    if len(meshes) == 1:
+        return fn(batch, meshes[0][0])
+    n, pmax = len(batch), int(batch.pp.max())
+    out = {}
+    for mesh, idx in meshes:
+        part = fn(batch.take(idx), mesh)
+        for k in fields_:
+            x = part[k]
+            if k not in out:
+                out[k] = np.zeros((n, pmax) if x.ndim == 2 else (n,), dtype=x.dtype)
+            if x.ndim == 2:
+                out[k][idx, :x.shape[1]] = x
+            else:
+                out[k][idx] = x
+    return out
+
+
+MEMORY_PARTS = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",
+                "comm_buffers_bytes", "reserve_bytes", "peak_bytes")
+
+
+@dataclass
+class MemoryParts:
+    """Memory of one rank on each stage of n plans, in bytes, by part: arrays of shape (n, p)."""
+
+    weights_bytes: np.ndarray
+    gradients_bytes: np.ndarray
+    optimizer_bytes: np.ndarray
+    activations_bytes: np.ndarray
+    comm_buffers_bytes: np.ndarray
+    reserve_bytes: np.ndarray
+    peak_bytes: np.ndarray
+
+    @property
+    def peak_stage(self) -> np.ndarray:
+        """The first stage with the largest peak, per plan."""
+        return self.peak_bytes.argmax(axis=1)
+
+    @property
+    def max_peak_bytes(self) -> np.ndarray:
+        return self.peak_bytes.max(axis=1)
+
+    def stage(self, i: int, s: int) -> dict:
+        return {k: float(getattr(self, k)[i, s]) for k in MEMORY_PARTS}
+
+
+def memory_parts(job: TrainingJob, batch: PlanBatch) -> MemoryParts:
+    """Memory of every stage of every plan in `batch` (weights, gradients, optimizer states,
+    activations, communication buffers, reserve; their sum is the peak)."""
+    return MemoryParts(**by_mesh(batch, lambda b, mesh: _mesh_memory(job, b, *mesh), MEMORY_PARTS))
+
+
+def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: int, dp: int) -> dict:
+    model, names, lj = job.model, schedules.names(), layer_terms_job(job)
+    dp_cp, expert_dp = dp * cp, max(1, dp * cp // ep)
+    pkeys, pinv = group(b.schedule, b.vpp)
+    pls = [placement(model, names[s], pp, v) for s, v in pkeys]
+    per_pl = [stage_params(model, pl, tp, ep) for pl in pls]
+    dense = np.stack([d for d, _ in per_pl])[pinv]
+    expert = np.stack([e for _, e in per_pl])[pinv]
+    stack = lambda attr: np.stack([getattr(pl, attr) for pl in pls])[pinv]  # noqa: E731
+    n_moe, last = stack("n_moe"), stack("last")
+    zero = b.zero[:, None]
+    weights, grads, optim = model_states(dense, expert, zero, b.offload[:, None], dp_cp, expert_dp)
+
+    kkeys, kinv = group(b.mb, b.recompute, b.sp)
+    cache = memo("activations", lj)
+    act = named_rows([cached(cache, (tp, cp, ep, sp, mb, rc), lambda: as_row(_layer_acts(lj, tp, cp, ep, bool(sp), mb, rc)))
+                      for mb, rc, sp in kkeys], kinv)
+    ikeys, iinv = group(b.schedule, b.vpp, b.micro_batches(job))
+    inflight = np.stack([_inflight_row(names[s], pp, v, m) for s, v, m in ikeys])[iinv]
+    per_mb = (stack("n_layers") - n_moe) * act["dense"] + n_moe * act["moe"]
+    acts = per_mb * inflight
+    # full recompute: one layer's whole activations live during its backward
+    full = b.recompute[:, None] == RECOMPUTE.index("full")
+    acts = acts + np.where(full, np.where(n_moe > 0, act["full_moe"], act["full_dense"]), 0.0)
+    # fp32 logits of one micro-batch for the cross-entropy backward, with the LM head
+    acts = acts + last * (4 * tokens_per_rank(job, b.mb[:, None], cp) * model.vocab_size / tp)
+    comm = float(sum(_nccl_bytes(n) for n in (tp, cp, dp, ep, pp if pp > 1 else 1)))
+    # ZeRO-3: gathered parameters of the current and the prefetched layer
+    comm = comm + np.where(zero == 3, 2 * WEIGHT_BYTES * stack("max_layer") / tp, 0.0)
     reserve = CONTEXT_BYTES + FRAGMENTATION * acts
     total = weights + grads + optim + acts + comm + reserve
     return {"weights_bytes": weights, "gradients_bytes": grads, "optimizer_bytes": optim,
             "activations_bytes": acts, "comm_buffers_bytes": comm, "reserve_bytes": reserve,
             "peak_bytes": total}
+
+
+@lru_cache(maxsize=4096)
+def plan_memory(model: ModelSpec, job: TrainingJob, plan: TrainingPlan) -> MemoryParts:
+    """`memory_parts` of one plan (a batch of one)."""
+    if job.model is not model:
+        job = replace(job, model=model)
+    return memory_parts(job, PlanBatch.of([plan]))
+
+
+def stage_memory(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, stage: int) -> dict:
+    """Memory of one rank on `stage`, in bytes, by part."""
+    return plan_memory(model, job, plan).stage(0, stage)
 
 
 def model_state_bytes_per_param(zero: int, dp: int) -> float:

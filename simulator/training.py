@@ -1,17 +1,19 @@
 """Training jobs and parallelism plans: `TrainingJob`, `TrainingPlan`, plan strings, validation.
 
-A plan string is comma-separated `key=value` (DESIGN.md §4), e.g.
+A plan string is comma-separated `key=value` (docs/design.md §4 "Contracts"), e.g.
 `tp=8,pp=8,mb=1,schedule=interleaved,vpp=2,recompute=selective,sp=on`. Omitted keys take the
 defaults of `TrainingPlan`; `dp` is derived from the device count when omitted.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
 
 from hwmodels.errors import InputError
+from simulator import schedules
 from simulator.models import ModelSpec
 
-SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1", "zb-h2")
 RECOMPUTE = ("none", "selective", "full")
 DTYPES = ("bf16", "fp16", "fp8", "fp4")
 # Upper bound on seq-len and global batch (2^24 tokens per sequence, 2^24 sequences per step):
@@ -132,9 +134,9 @@ def parse_plan(text: str, num_devices: int | None = None) -> TrainingPlan:
                 raise InputError(f"plan recompute={val!r}; valid: {', '.join(RECOMPUTE)}")
             vals[key] = val
         elif key == "schedule":
-            val = {"interleaved-1f1b": "interleaved", "zb": "zb-h1", "zbh1": "zb-h1"}.get(val, val)
-            if val not in SCHEDULES:
-                raise InputError(f"plan schedule={val!r}; valid: {', '.join(SCHEDULES)}")
+            val = schedules.ALIASES.get(val, val)
+            if val not in schedules.SCHEDULES:
+                raise InputError(f"plan schedule={val!r}; valid: {', '.join(schedules.names())}")
             vals[key] = val
         else:
             raise InputError(f"unknown plan key {key!r}; valid: dp tp pp cp ep mb vpp zero "
@@ -148,6 +150,9 @@ def parse_plan(text: str, num_devices: int | None = None) -> TrainingPlan:
             raise InputError(f"plan fsdp=on means zero=3, got zero={vals['zero']}")
     if vals.get("vpp", 1) > 1 and "schedule" not in vals:
         vals["schedule"] = "interleaved"
+    vpp = schedules.get(vals.get("schedule", "1f1b")).vpp_default(vals.get("vpp", 1))
+    if vpp != 1:
+        vals["vpp"] = vpp
     if "dp" not in vals and num_devices is not None:
         mp = vals.get("tp", 1) * vals.get("pp", 1) * vals.get("cp", 1)
         if num_devices % mp:
@@ -165,16 +170,16 @@ def validate_plan(plan: TrainingPlan, job: TrainingJob, num_devices: int,
                          f"{plan.num_devices} but the cluster has {num_devices} devices")
     if plan.zero not in (0, 1, 2, 3):
         raise InputError(f"plan zero={plan.zero}; valid: 0, 1, 2, 3")
-    if m.num_heads % plan.tp:
-        raise InputError(f"plan tp={plan.tp} must divide the model's {m.num_heads} attention heads")
-    if plan.tp > m.num_kv_heads and plan.tp % m.num_kv_heads:
-        raise InputError(f"plan tp={plan.tp} must divide or be a multiple of the "
-                         f"{m.num_kv_heads} KV heads")
-    if m.ffn_hidden_size % plan.tp:
+    if not tp_splits_model(m, plan.tp):
+        if m.num_heads % plan.tp:
+            raise InputError(f"plan tp={plan.tp} must divide the model's {m.num_heads} attention heads")
+        if plan.tp > m.num_kv_heads and plan.tp % m.num_kv_heads:
+            raise InputError(f"plan tp={plan.tp} must divide or be a multiple of the "
+                             f"{m.num_kv_heads} KV heads")
         raise InputError(f"plan tp={plan.tp} must divide ffn size {m.ffn_hidden_size}")
     if plan.sp and plan.tp == 1:
         raise InputError("plan sp=on needs tp > 1 (sequence parallelism splits along tp)")
-    if job.seq_len % plan.cp or (plan.cp > 1 and (job.seq_len // plan.cp) % 2):
+    if not cp_splits_seq(job.seq_len, plan.cp):
         raise InputError(f"plan cp={plan.cp}: seq-len {job.seq_len} must split into 2·cp chunks "
                          f"(load-balanced causal context parallelism)")
     if plan.ep > 1:
@@ -184,33 +189,126 @@ def validate_plan(plan: TrainingPlan, job: TrainingJob, num_devices: int,
             raise InputError(f"plan ep={plan.ep} must divide the model's {m.num_experts} experts")
         if plan.dp % plan.ep:  # experts are placed across DP replicas, stride tp·cp
             raise InputError(f"plan ep={plan.ep} must divide dp={plan.dp}")
-    layers_per_vstage, rem = divmod(m.num_layers, plan.pp * plan.vpp)
-    if rem or layers_per_vstage == 0:
+    if not layers_split(m, plan.pp * plan.vpp):
         raise InputError(f"plan pp·vpp={plan.pp}·{plan.vpp} must divide the model's "
                          f"{m.num_layers} layers")
     if job.global_batch % (plan.dp * plan.mb):
         raise InputError(f"global batch {job.global_batch} must be a multiple of dp·mb = "
                          f"{plan.dp}·{plan.mb}")
     micro_batches = job.global_batch // (plan.dp * plan.mb)
-    if plan.vpp > 1:
-        if plan.schedule != "interleaved":
-            raise InputError(f"plan vpp={plan.vpp} needs schedule=interleaved, got {plan.schedule}")
-        if plan.pp == 1:
-            raise InputError("plan vpp > 1 needs pp > 1")
-        if micro_batches % plan.pp:
-            raise InputError(f"interleaved schedule needs micro-batches per step ({micro_batches}) "
-                             f"to be a multiple of pp={plan.pp} (Narayanan et al. 2021 §2.2.2)")
-    if plan.schedule == "interleaved" and plan.vpp == 1:
-        raise InputError("schedule=interleaved needs vpp >= 2")
-    if plan.schedule in ("zb-h1", "zb-h2") and plan.vpp > 1:
-        raise InputError(f"schedule={plan.schedule} has no virtual stages; use vpp=1")
+    why = schedules.get(plan.schedule).check(plan.pp, plan.vpp, micro_batches)
+    if why:
+        raise InputError(why)
     if plan.offload and plan.zero == 0:
         raise InputError("plan offload=on needs zero >= 1 (offload moves the partitioned optimizer)")
+
+
+# ---- the rules of validate_plan that whole subtrees of plans share (the planner prunes with them) ----
+
+def tp_splits_model(m: ModelSpec, tp: int) -> bool:
+    """tp divides the attention heads and the FFN, and divides or is a multiple of the KV heads."""
+    return not (m.num_heads % tp or (tp > m.num_kv_heads and tp % m.num_kv_heads) or m.ffn_hidden_size % tp)
+
+
+def cp_splits_seq(seq_len: int, cp: int) -> bool:
+    """Load-balanced causal context parallelism cuts the sequence into 2·cp equal chunks."""
+    return not (seq_len % cp or (cp > 1 and (seq_len // cp) % 2))
+
+
+def ep_splits_experts(m: ModelSpec, ep: int, dp: int) -> bool:
+    """ep > 1 needs a MoE model whose experts and dp it divides."""
+    return ep == 1 or (m.is_moe and not m.num_experts % ep and not dp % ep)
+
+
+def layers_split(m: ModelSpec, chunks: int) -> bool:
+    """The model's layers cut into `chunks` (pp·vpp) equal, non-empty chunks."""
+    return chunks <= m.num_layers and m.num_layers % chunks == 0
 
 
 def micro_batches(plan: TrainingPlan, job: TrainingJob) -> int:
     return job.global_batch // (plan.dp * plan.mb)
 
 
+def layer_plan(tp: int, cp: int, ep: int, sp: bool, mb: int, recompute: str) -> TrainingPlan:
+    """The plan fields a layer's costs and activations read (`simulator.ops.layer_cost`,
+    `simulator.memory.layer_activation_bytes`); the others (dp, pp, zero, vpp, schedule, offload)
+    take defaults so that their caches hit across plans."""
+    return TrainingPlan(tp=tp, cp=cp, ep=ep, sp=sp, mb=mb, recompute=recompute)
+
+
 def with_plan(plan: TrainingPlan, **kw) -> TrainingPlan:
     return replace(plan, **kw)
+
+
+@dataclass
+class PlanBatch:
+    """n training plans as parallel numpy arrays: what the analytic engine evaluates at once (a
+    single plan is a batch of one). `recompute` and `schedule` hold indices into RECOMPUTE and
+    `simulator.schedules.names()`."""
+
+    dp: np.ndarray
+    tp: np.ndarray
+    pp: np.ndarray
+    cp: np.ndarray
+    ep: np.ndarray
+    mb: np.ndarray
+    vpp: np.ndarray
+    zero: np.ndarray
+    recompute: np.ndarray
+    schedule: np.ndarray
+    sp: np.ndarray
+    offload: np.ndarray
+    fsdp: np.ndarray
+
+    @classmethod
+    def of(cls, plans) -> "PlanBatch":
+        names = schedules.names()
+        cols = {f.name: [getattr(p, f.name) for p in plans] for f in fields(cls)}
+        cols["recompute"] = [RECOMPUTE.index(r) for r in cols["recompute"]]
+        cols["schedule"] = [names.index(s) for s in cols["schedule"]]
+        return cls.columns(**cols)
+
+    @classmethod
+    def columns(cls, **cols) -> "PlanBatch":
+        """From columns (arrays or scalars, broadcast to the longest); absent ones take the
+        TrainingPlan defaults."""
+        n = max((np.size(v) for v in cols.values()), default=1)
+        default = TrainingPlan()
+        out = {}
+        for f in fields(cls):
+            if f.name in cols:
+                v = cols[f.name]
+            elif f.name == "recompute":
+                v = RECOMPUTE.index(default.recompute)
+            elif f.name == "schedule":
+                v = schedules.names().index(default.schedule)
+            else:
+                v = getattr(default, f.name)
+            kind = bool if f.name in ("sp", "offload", "fsdp") else np.int64
+            out[f.name] = np.broadcast_to(np.asarray(v, dtype=kind), (n,))
+        return cls(**out)
+
+    def __len__(self) -> int:
+        return len(self.dp)
+
+    def take(self, idx) -> "PlanBatch":
+        return PlanBatch(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def plan(self, i: int) -> TrainingPlan:
+        d = {f.name: getattr(self, f.name)[i].item() for f in fields(self)}
+        d["recompute"] = RECOMPUTE[d["recompute"]]
+        d["schedule"] = schedules.names()[d["schedule"]]
+        return TrainingPlan(**d)
+
+    def micro_batches(self, job: TrainingJob) -> np.ndarray:
+        return job.global_batch // (self.dp * self.mb)
+
+    def meshes(self):
+        """(tp, pp, cp, ep, dp) and the indices of the plans with that mesh shape."""
+        keys = np.stack([self.tp, self.pp, self.cp, self.ep, self.dp], axis=1)
+        if len(self) and (keys == keys[0]).all():
+            yield tuple(int(x) for x in keys[0]), np.arange(len(self))
+            return
+        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+        for k, row in enumerate(uniq):
+            yield tuple(int(x) for x in row), np.nonzero(inv.ravel() == k)[0]

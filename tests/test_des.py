@@ -10,7 +10,7 @@ import pytest
 from hwmodels.clusters import load_cluster
 from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
-from planner.cli import main
+from ui.cli import main
 from simulator.analytic import estimate, step_costs
 from simulator.des import (TrainingDES, chrome_trace, concurrent_transfers, parse_stragglers,
                            schedule_order, simulate)
