@@ -1,27 +1,38 @@
-"""The ops of one training iteration on one rank, with FLOPs, bytes and durations.
+"""The transformer layer, described once: its kernels and collectives on one rank, with FLOPs,
+bytes and durations, for a training step and for a serving pass alike.
 
-This is the op graph both engines read (DESIGN.md §1): `layer_ops` lists the kernels and
-collectives of one transformer layer for one micro-batch on one rank — forward, backward and
-recompute — each costed once by `hwmodels` (kernels, collectives). The analytic engine sums them
-with closed forms; the discrete-event engine (later) executes the same list on streams.
+`transformer_layer` lists one layer's ops in execution order — norms, the attention block's
+GEMMs (MLA included), the attention core, the MLP or MoE block (router, experts, shared experts,
+dispatch and combine) and the TP/CP/EP collectives — for `LayerPass.tokens` tokens on one rank,
+each costed once by `hwmodels` (kernels, collectives). Training builds it per micro-batch
+(tokens = mb·s/cp; forward, backward and recompute) in `layer_ops`, and the analytic and
+discrete-event engines read that list; serving (`simulator.serving.costs`) builds it for the
+tokens of a batch (forward only) and adds the attention core of its prefill chunks and decodes
+with `chunk_attention_s` and `kv_cache_elements`. GEMM shapes come from `attention_gemms` and
+the block builders below for both; where a training framework and a serving engine run the same
+layer with different kernels, `Kernels` names the difference.
 
 Shapes follow Megatron-LM: TP splits heads and the FFN (Shoeybi et al. 2019 §3), SP splits the
 norm/dropout regions along the sequence (Korthikanti et al. 2022 §4.2.2), CP splits the sequence
-with ring attention, EP places experts (Megatron-Core, expert-TP = 1).
+with ring attention, EP places experts (Megatron-Core, expert-TP = 1 in training).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 from hwmodels.clusters import Cluster
 from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
 from hwmodels.kernels import KernelModel, dtype_bytes, kernel_model
 from simulator.models import ModelSpec
+from simulator.precision import ACT_BYTES
 from simulator.training import TrainingJob, TrainingPlan
 
-ACT_BYTES = 2  # activations and gradients travel in bf16/fp16 (fp8 GEMMs still exchange bf16)
+# seconds of one collective: (op, group, group size, rank stride, message bytes) -> seconds
+CommCost = Callable[[str, str, int, int, float], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +64,107 @@ class LayerCost:
     recompute_flops: float
 
 
+@dataclass(frozen=True, slots=True)
+class Kernels:
+    """Kernel choices where a training framework and a serving engine run the same layer
+    differently; everything else about the layer is shared."""
+
+    # residual add fused into RMSNorm, reading x and the residual and writing both (vLLM
+    # fused_add_rms_norm), instead of Megatron's norm plus bias-dropout-add kernels
+    fused_add_norm: bool
+    # a rotary-embedding kernel over q and k (vLLM rotary_embedding); the training costs leave it out
+    rope_kernel: bool
+    # each new token's K and V (MLA: its latent) written to the paged cache (vLLM reshape_and_cache)
+    kv_cache_write: bool
+    # the local experts as one grouped GEMM (vLLM fused_moe), instead of one GEMM per expert
+    # (Megatron-Core SequentialMLP)
+    grouped_experts: bool
+    # experts hit by T·k independent uniform picks (few at decode sizes), instead of every expert
+    # getting exactly T·k/E tokens (balanced routing of training-sized batches)
+    random_routing: bool
+    # router GEMM unquantised in fp8/fp4 models (vLLM builds the MoE gate with quant_config=None)
+    router_16bit: bool
+
+
+MEGATRON = Kernels(fused_add_norm=False, rope_kernel=False, kv_cache_write=False,
+                   grouped_experts=False, random_routing=False, router_16bit=False)
+SERVING_ENGINE = Kernels(fused_add_norm=True, rope_kernel=True, kv_cache_write=True,
+                         grouped_experts=True, random_routing=True, router_16bit=True)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerPass:
+    """What one rank runs of one layer in one pass: how many tokens, and how the layer is split."""
+
+    tokens: int  # rows through the linear layers (training: mb·s/cp; serving: the batch's tokens)
+    tp: int = 1
+    sp: bool = False  # norm/dropout regions and the MoE block on the T/tp sequence shard
+    cp: int = 1
+    ep: int = 1
+    ep_stride: int = 1  # rank distance between EP peers (training: tp·cp; serving: 1, inside TP)
+    # EP peers hold different tokens (training: DP/CP ranks) or the same ones (serving: EP inside
+    # the TP group, where every rank holds the whole batch)
+    ep_distinct_tokens: bool = True
+    expert_tp: int = 1  # ways each expert's FFN is split (Megatron-Core: 1; vLLM: tp / ep)
+    overlap_tp_comm: bool = False
+    dropout: bool = False
+    kv_bytes: float = ACT_BYTES  # bytes of one KV-cache element (serving)
+    kernels: Kernels = MEGATRON
+
+
+# ---- shapes ------------------------------------------------------------------------------------
+def kv_heads_per_rank(model: ModelSpec, tp: int) -> int:
+    """KV heads on one TP rank, replicated when tp exceeds them (vLLM QKVParallelLinear)."""
+    return math.ceil(model.num_kv_heads / tp)
+
+
+def attention_qk_dim(model: ModelSpec) -> int:
+    """Width of one head's q·k product (DeepSeek-V2, arXiv 2405.04434 §2.1.3: d_h + d_h^R for MLA)."""
+    return model.qk_nope_head_dim + model.qk_rope_head_dim if model.is_mla else model.head_dim
+
+
+def kv_cache_elements(model: ModelSpec, kv_heads: int) -> int:
+    """Elements cached per token per layer on one rank: K and V of its KV heads, or MLA's latent
+    and its shared RoPE key (DeepSeek-V2 §2.1.3, Table 1: (d_c + d_h^R) per token)."""
+    if model.is_mla:
+        return model.kv_lora_rank + model.qk_rope_head_dim
+    return 2 * kv_heads * model.head_dim
+
+
+def attention_gemms(model: ModelSpec, tp: int) -> list[tuple[str, int, int]]:
+    """(name, n, k) of the GEMMs before the attention core on one TP rank, m = tokens.
+
+    MHA/GQA: one column-parallel QKV GEMM (Shoeybi et al. 2019 §3). MLA (DeepSeek-V2 §2.1.2):
+    the down-projections to the q and kv latents, replicated on every TP rank, and the
+    up-projections out of them, split by heads — as Megatron-Core's MLASelfAttention and the
+    serving engines compute them. With weight absorption (DeepSeek-V2 §2.1.2, used by engines
+    for decode) W^UK and W^UV move into per-head products with the query and the attention
+    output: the same FLOPs and weight bytes as the kv up-projection, so one shape costs both.
+    Names share the prefix "qkv" so the TP all-gather before them overlaps them all."""
+    h = model.hidden_size
+    if not model.is_mla:
+        return [("qkv", model.q_dim // tp + 2 * kv_heads_per_rank(model, tp) * model.head_dim, h)]
+    heads = model.num_heads
+    qk = model.qk_nope_head_dim + model.qk_rope_head_dim
+    if model.q_lora_rank:  # DeepSeek-V2 eq. 12-13: c^Q = W^DQ h, q = W^UQ c^Q
+        gemms = [("qkv.q_down", model.q_lora_rank, h), ("qkv.q_up", heads * qk // tp, model.q_lora_rank)]
+    else:
+        gemms = [("qkv.q", heads * qk // tp, h)]
+    # DeepSeek-V2 eq. 9-10, 14: c^KV and the shared k^R from h; k^C and v^C from c^KV
+    return gemms + [("qkv.kv_down", model.kv_lora_rank + model.qk_rope_head_dim, h),
+                    ("qkv.kv_up", heads * (model.qk_nope_head_dim + model.v_head_dim) // tp,
+                     model.kv_lora_rank)]
+
+
+def rope_elements(model: ModelSpec, tp: int) -> int:
+    """Elements of q and k rotated per token on one TP rank (Su et al. 2021, RoFormer §3.4);
+    MLA rotates only its decoupled q^R per head and the shared k^R (DeepSeek-V2 §2.1.3)."""
+    if model.is_mla:
+        return max(1, model.num_heads // tp) * model.qk_rope_head_dim + model.qk_rope_head_dim
+    return model.q_dim // tp + kv_heads_per_rank(model, tp) * model.head_dim
+
+
+# ---- op builders -------------------------------------------------------------------------------
 def _gemm(km: KernelModel, name: str, m: int, n: int, k: int, phase: str = "fwd") -> list[Op]:
     """A forward GEMM, or its backward pair (input gradient + weight gradient)."""
     b = dtype_bytes(km.dtype)
@@ -69,15 +181,152 @@ def _mem(km: KernelModel, name: str, nbytes: float, phase: str) -> Op:
     return Op(name, "compute", phase, 0.0, nbytes, km.memory_s(nbytes))
 
 
-def _comm(cluster: Cluster, name: str, op: str, group: str, size: int, stride: int,
+def _comm(comm_s: CommCost, name: str, op: str, group: str, size: int, stride: int,
           nbytes: float, phase: str, overlap_with: str = "", chunks: int = 0) -> Op:
     """A collective; with `overlap_with`, hidden behind that compute, and when split into
     `chunks` pipelined pieces, the first piece stays exposed."""
-    t = collective_s(cluster, op, size, stride, nbytes)
+    t = comm_s(op, group, size, stride, nbytes)
     return Op(name, "comm", phase, 0.0, nbytes, t, group=group, overlap_with=overlap_with,
               exposed_floor_s=t / chunks if chunks else 0.0)
 
 
+def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: KernelModel,
+                      comm_s: CommCost, moe: bool, phase: str, attention: tuple = ()) -> list[Op]:
+    """Ops of one layer on one rank, in execution order, for `phase` in fwd | bwd | recompute.
+    GEMMs run on `km`, 16-bit work on `km16`; `attention` holds the attention core's ops, which
+    depend on how the tokens group into sequences (training: `_core_attention`; serving adds
+    its prefill chunks and decodes per batch instead)."""
+    t, T, h, ab = lp.tp, lp.tokens, model.hidden_size, ACT_BYTES
+    T_sp = T // t if lp.sp else T  # tokens in the norm/dropout regions
+    fwd = phase != "bwd"
+    ew = 1.0 if fwd else 2.0  # elementwise backward reads the input and the incoming gradient
+    drop = 1 if lp.dropout else 0  # 1-byte dropout mask per element
+    kern = lp.kernels
+    ops: list[Op] = []
+
+    def gemm(name: str, m: int, n: int, k: int):
+        ops.extend(_gemm(km, name, m, n, k, phase))
+
+    def tp_collective(name: str, before_gemm: bool):
+        """TP exchange around a column/row-parallel GEMM pair (Megatron f/g operators)."""
+        if t == 1:
+            return
+        if lp.sp:  # Korthikanti §4.2.2: all-gather before the GEMM, reduce-scatter after
+            op = "all_gather" if before_gemm == fwd else "reduce_scatter"
+        else:  # Shoeybi §3: identity/all-reduce (f) and all-reduce/identity (g)
+            if before_gemm == fwd:
+                return
+            op = "all_reduce"
+        # Transformer Engine userbuffers (NeMo/Megatron-Core tp_comm_overlap; Wang et al.,
+        # ASPLOS 2023): the collective is split into tp chunks pipelined with its GEMM.
+        overlap = lp.overlap_tp_comm and lp.sp
+        ops.append(_comm(comm_s, f"tp.{name}", op, "tp", t, 1, T * h * ab, phase,
+                         overlap_with=name if overlap else "", chunks=t if overlap else 0))
+
+    def norm(i: int):
+        if kern.fused_add_norm:  # the previous residual add and this norm: read x, r; write both
+            ops.append(_mem(km, f"add_norm{i}", ew * 4 * T_sp * h * ab, phase))
+        else:
+            ops.append(_mem(km, f"norm{i}", ew * 2 * T_sp * h * ab, phase))
+
+    def residual(i: int):
+        if not kern.fused_add_norm:
+            ops.append(_mem(km, f"bias_dropout_add{i}", ew * (3 * ab + drop) * T_sp * h, phase))
+
+    # ---- attention block ----
+    norm(1)
+    tp_collective("qkv", True)
+    for name, n, k in attention_gemms(model, t):
+        gemm(name, T, n, k)
+    if kern.rope_kernel:  # read and write the rotated elements
+        ops.append(_mem(km, "rope", ew * T * 2 * rope_elements(model, t) * ab, phase))
+    if kern.kv_cache_write:
+        kv = kv_cache_elements(model, kv_heads_per_rank(model, t))
+        ops.append(_mem(km, "kv_write", T * (kv * lp.kv_bytes), phase))
+    if lp.cp > 1:  # ring attention: pass K and V around the CP ring, hidden behind attention
+        if model.is_mla:  # Megatron-Core rings the up-projected K (d_h + d_h^R) and V (d_h^v) heads
+            k_and_v = model.num_heads // t * (attention_qk_dim(model) + model.v_head_dim)
+        else:
+            k_and_v = 2 * (model.kv_dim // t)
+        kv_ring = T * k_and_v * ab
+        ops.append(_comm(comm_s, "cp.kv_ring", "all_gather", "cp", lp.cp, t,
+                         kv_ring * lp.cp * (1 if fwd else 2), phase, overlap_with="attn"))
+    ops += attention
+    gemm("proj", T, h, model.attn_out_dim // t)
+    tp_collective("proj", False)
+    residual(1)
+    # ---- MLP / MoE block ----
+    norm(2)
+    if moe:
+        ops += _moe_block(km, km16 if kern.router_16bit else km, model, lp, comm_s, phase)
+        if t > 1 and not lp.sp:  # experts split by TP over all T tokens: one all-reduce after
+            ops.append(_comm(comm_s, "tp.moe", "all_reduce", "tp", t, 1, T * h * ab, phase))
+    else:
+        ffn = model.ffn_hidden_size // t
+        tp_collective("fc1", True)
+        gemm("fc1", T, ffn * (2 if model.gated_mlp else 1), h)
+        act_bytes = (3 if model.gated_mlp else 2) * T * ffn * ab  # SwiGLU reads gate and up
+        ops.append(_mem(km, "act", ew * act_bytes, phase))
+        gemm("fc2", T, h, ffn)
+        tp_collective("fc2", False)
+    residual(2)
+    if phase == "bwd":
+        ops.reverse()
+    return ops
+
+
+def _moe_block(km: KernelModel, km_router: KernelModel, model: ModelSpec, lp: LayerPass,
+               comm_s: CommCost, phase: str) -> list[Op]:
+    """Router, token all-to-all, expert GEMMs, all-to-all back (GShard, arXiv 2006.16668;
+    Megatron-Core token dispatcher), plus shared experts (DeepSeekMoE, arXiv 2401.06066 §3.2)."""
+    t, ep, h = lp.tp, lp.ep, model.hidden_size
+    k, E = model.experts_per_token, model.num_experts
+    tokens = max(1, lp.tokens // t) if lp.sp else lp.tokens  # with SP, MoE runs on the sequence shard
+    routed = tokens * k * (ep if lp.ep_distinct_tokens else 1)  # (token, expert) pairs of the EP group
+    if lp.kernels.random_routing:
+        # expected experts hit by `routed` uniform picks: E·(1 − (1 − 1/E)^routed); an expert that
+        # gets no token is skipped
+        active = E * (1.0 - (1.0 - 1.0 / E) ** routed)
+        local = max(1, round(active / ep))
+        per_expert = max(1, math.ceil(routed / max(active, 1.0)))
+    else:  # balanced routing: each of the E/ep local experts gets routed/E tokens
+        local = E // ep
+        per_expert = max(1, routed // E)
+    ffn = model.moe_ffn_hidden_size // lp.expert_tp
+    gated = 2 if model.gated_mlp else 1
+    a2a_bytes = tokens * k * h * ACT_BYTES
+    ops = _gemm(km_router, "router", tokens, E, h, phase)
+    ops.append(_comm(comm_s, "ep.dispatch", "all_to_all", "ep", ep, lp.ep_stride, a2a_bytes, phase))
+    for name, n, kk in (("expert_fc1", ffn * gated, h), ("expert_fc2", h, ffn)):
+        if lp.kernels.grouped_experts:  # local experts side by side in N: their FLOPs and weight bytes
+            ops += _gemm(km, name, per_expert, n * local, kk, phase)
+            continue
+        for op in _gemm(km, name, per_expert, n, kk, phase):
+            ops.append(Op(op.name, op.kind, op.phase, op.flops * local,
+                          op.bytes * local, op.time_s * local, wgrad=op.wgrad))
+    # activation over the (token, expert) pairs this rank's experts receive: the EP group's share
+    ops.append(_mem(km, "expert_act", (gated + 1) * (routed / ep) * ffn * ACT_BYTES, phase))
+    ops.append(_comm(comm_s, "ep.combine", "all_to_all", "ep", ep, lp.ep_stride, a2a_bytes, phase))
+    if model.num_shared_experts:
+        sf = model.moe_ffn_hidden_size * model.num_shared_experts // t
+        ops += _gemm(km, "shared_fc1", lp.tokens, sf * gated, h, phase)
+        ops += _gemm(km, "shared_fc2", lp.tokens, h, sf, phase)
+    return ops
+
+
+def chunk_attention_s(km: KernelModel, model: ModelSpec, heads: int, kv_heads: int,
+                      count: int, q: int, ctx: int) -> float:
+    """One layer's attention core, forward, for `count` sequences each adding q tokens after ctx
+    cached ones (FlashAttention-2, Dao 2023 §3.1): the causal q×q block plus the full q×ctx
+    block. A training micro-batch is `count` = mb sequences of q = s tokens and no context."""
+    d = attention_qk_dim(model)
+    t = km.flash_attention_s(count, q, q, heads, kv_heads, d, True)
+    if ctx:
+        t += km.flash_attention_s(count, q, ctx, heads, kv_heads, d, False)
+    return t
+
+
+# ---- training ----------------------------------------------------------------------------------
 def layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: Cluster,
               moe: bool, phase: str) -> list[Op]:
     """Ops of one layer for one micro-batch on one rank, in execution order, for `phase` in
@@ -91,86 +340,27 @@ def _layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: 
     km = kernel_model(cluster.device.name, job.dtype)
     # FP8 recipes run attention in bf16 (Transformer Engine: FP8 dot-product attention is opt-in)
     km_attn = kernel_model(cluster.device.name, "bf16") if job.dtype in ("fp8", "fp4") else km
-    t, cp, mb, s = plan.tp, plan.cp, plan.mb, job.seq_len
-    h, d = model.hidden_size, model.head_dim
-    T = mb * s // cp  # tokens per rank per micro-batch (before SP)
-    T_sp = T // t if plan.sp else T  # tokens in the norm/dropout regions
+    t, cp = plan.tp, plan.cp
+    lp = LayerPass(tokens=plan.mb * job.seq_len // cp, tp=t, sp=plan.sp, cp=cp, ep=plan.ep,
+                   ep_stride=t * cp, overlap_tp_comm=job.overlap_tp_comm, dropout=job.dropout)
     heads, kv_heads = model.num_heads // t, max(1, model.num_kv_heads // t)
-    ab = ACT_BYTES
-    drop = 1 if job.dropout else 0  # 1-byte dropout mask per element
-    fwd = phase != "bwd"
-    ph = phase
-    ew = 1.0 if fwd else 2.0  # elementwise backward reads the input and the incoming gradient
-    ops: list[Op] = []
+    attention = _core_attention(km_attn, model, job, plan, heads, kv_heads, phase)
 
-    def tp_collective(name: str, before_gemm: bool):
-        """TP exchange around a column/row-parallel GEMM pair (Megatron f/g operators)."""
-        if t == 1:
-            return
-        buf = T * h * ab
-        if plan.sp:  # Korthikanti §4.2.2: all-gather before the GEMM, reduce-scatter after
-            op = "all_gather" if before_gemm == fwd else "reduce_scatter"
-        else:  # Shoeybi §3: identity/all-reduce (f) and all-reduce/identity (g)
-            if before_gemm == fwd:
-                return
-            op = "all_reduce"
-        # Transformer Engine userbuffers (NeMo/Megatron-Core tp_comm_overlap; Wang et al.,
-        # ASPLOS 2023): the collective is split into tp chunks pipelined with its GEMM.
-        overlap = job.overlap_tp_comm and plan.sp
-        ops.append(_comm(cluster, f"tp.{name}", op, "tp", t, 1, buf, ph,
-                         overlap_with=name if overlap else "", chunks=t if overlap else 0))
-
-    # ---- attention block ----
-    ops.append(_mem(km, "norm1", ew * 2 * T_sp * h * ab, ph))
-    tp_collective("qkv", True)
-    ops += _gemm(km, "qkv", T, (model.q_dim + 2 * model.kv_dim) // t if not model.is_mla
-                 else _mla_qkv_width(model, t), h, ph)
-    if cp > 1:  # ring attention: pass K and V around the CP ring, hidden behind attention
-        kv = 2 * T * (model.kv_dim // t if not model.is_mla else model.num_heads // t * d) * ab
-        ops.append(_comm(cluster, "cp.kv_ring", "all_gather", "cp", cp, t, kv * cp * (1 if fwd else 2),
-                         ph, overlap_with="attn"))
-    ops += _core_attention(km_attn, model, job, plan, heads, kv_heads, ph)
-    ops += _gemm(km, "proj", T, h, model.attn_out_dim // t, ph)
-    tp_collective("proj", False)
-    ops.append(_mem(km, "bias_dropout_add1", ew * (3 * ab + drop) * T_sp * h, ph))
-    # ---- MLP / MoE block ----
-    ops.append(_mem(km, "norm2", ew * 2 * T_sp * h * ab, ph))
-    if moe:
-        ops += _moe_block(km, model, plan, cluster, T, ph)
-    else:
-        ffn = model.ffn_hidden_size // t
-        tp_collective("fc1", True)
-        ops += _gemm(km, "fc1", T, ffn * (2 if model.gated_mlp else 1), h, ph)
-        act_bytes = (3 if model.gated_mlp else 2) * T * ffn * ab
-        ops.append(_mem(km, "act", ew * act_bytes, ph))
-        ops += _gemm(km, "fc2", T, h, ffn, ph)
-        tp_collective("fc2", False)
-    ops.append(_mem(km, "bias_dropout_add2", ew * (3 * ab + drop) * T_sp * h, ph))
-    if ph == "bwd":
-        ops.reverse()
-    return tuple(ops)
-
-
-def _mla_qkv_width(model: ModelSpec, t: int) -> int:
-    """MLA projections folded into one GEMM width per rank (DeepSeek-V2 §2.1.2): down-projections
-    replicated, up-projections split across TP."""
-    qk = model.qk_nope_head_dim + model.qk_rope_head_dim
-    down = (model.q_lora_rank or 0) + model.kv_lora_rank + model.qk_rope_head_dim
-    up_q = model.num_heads * qk * (1 if not model.q_lora_rank else model.q_lora_rank / model.hidden_size)
-    up_kv = model.num_heads * (model.qk_nope_head_dim + model.v_head_dim) * model.kv_lora_rank / model.hidden_size
-    return max(1, int(down + (up_q + up_kv) / t))
+    def comm_s(op: str, group: str, size: int, stride: int, nbytes: float) -> float:
+        return collective_s(cluster, op, size, stride, nbytes)
+    return tuple(transformer_layer(model, lp, km, km_attn, comm_s, moe, phase, tuple(attention)))
 
 
 def _core_attention(km: KernelModel, model: ModelSpec, job: TrainingJob, plan: TrainingPlan,
                     heads: int, kv_heads: int, ph: str) -> list[Op]:
     mb, s, cp = plan.mb, job.seq_len, plan.cp
-    d = model.head_dim if not model.is_mla else model.qk_nope_head_dim + model.qk_rope_head_dim
+    d = attention_qk_dim(model)
     causal_flops = 2.0 * mb * s * s * heads * d / cp  # causal QK^T + AV, per rank (half of 4·b·s²·a·d)
     if job.flash_attention:
         if ph == "recompute" and plan.recompute == "selective":
             return []  # flash attention recomputes its scores inside the backward kernel
-        fwd_t = km.flash_attention_s(mb, s, s, heads, kv_heads, d, True) / cp
-        if ph == "bwd":
+        fwd_t = chunk_attention_s(km, model, heads, kv_heads, mb, s, 0) / cp
+        if ph == "bwd":  # FlashAttention-2 (Dao 2023 §4.1): the backward costs 2.5 forwards
             return [Op("attn", "compute", ph, 2.5 * causal_flops, 0.0, 2.5 * fwd_t)]
         return [Op("attn", "compute", ph, causal_flops, 0.0, fwd_t)]
     # Unfused attention as Megatron-LM 2021 runs it: baddbmm for QK^T, fused
@@ -188,34 +378,6 @@ def _core_attention(km: KernelModel, model: ModelSpec, job: TrainingJob, plan: T
             Op("attn.softmax", "compute", ph, 0.0, (2 * 2 + (2 * 2 + 1) * drop) * scores,
                km.memory_s((2 * 2 + (2 * 2 + 1) * drop) * scores)),
             Op("attn.av", "compute", ph, 2.0 * scores * d, 0.0, km.bmm_s(b, s // cp, d, s))]
-
-
-def _moe_block(km: KernelModel, model: ModelSpec, plan: TrainingPlan, cluster: Cluster,
-               T: int, ph: str) -> list[Op]:
-    """Router, token all-to-all, grouped expert GEMMs, all-to-all back (GShard, arXiv 2006.16668;
-    Megatron-Core token dispatcher), plus shared experts (DeepSeekMoE)."""
-    t, ep, h = plan.tp, plan.ep, model.hidden_size
-    k, E = model.experts_per_token, model.num_experts
-    tokens = max(1, T // t)  # MoE with TP runs on the sequence-parallel shard of tokens
-    local_experts = E // ep
-    per_expert = max(1, tokens * k * ep // E)  # balanced routing
-    ffn = model.moe_ffn_hidden_size
-    a2a_bytes = tokens * k * h * ACT_BYTES
-    ops = _gemm(km, "router", tokens, E, h, ph)
-    ops.append(_comm(cluster, "ep.dispatch", "all_to_all", "ep", ep, t * plan.cp, a2a_bytes, ph))
-    for name, m, n, kk in (("expert_fc1", per_expert, ffn * (2 if model.gated_mlp else 1), h),
-                           ("expert_fc2", per_expert, h, ffn)):
-        for op in _gemm(km, name, m, n, kk, ph):
-            ops.append(Op(op.name, op.kind, op.phase, op.flops * local_experts,
-                          op.bytes * local_experts, op.time_s * local_experts, wgrad=op.wgrad))
-    ops.append(Op("expert_act", "compute", ph, 0.0, 3 * tokens * k * ffn * ACT_BYTES,
-                  km.memory_s(3 * tokens * k * ffn * ACT_BYTES)))
-    ops.append(_comm(cluster, "ep.combine", "all_to_all", "ep", ep, t * plan.cp, a2a_bytes, ph))
-    if model.num_shared_experts:
-        sf = model.moe_ffn_hidden_size * model.num_shared_experts // t
-        ops += _gemm(km, "shared_fc1", T, sf * (2 if model.gated_mlp else 1), h, ph)
-        ops += _gemm(km, "shared_fc2", T, h, sf, ph)
-    return ops
 
 
 def _sum_phase(ops: tuple[Op, ...]) -> tuple[float, float, dict, float]:

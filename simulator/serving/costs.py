@@ -1,18 +1,20 @@
 """How long one forward pass of a serving replica takes: `IterationCost.iteration_s(batch)`.
 
 A pass runs every token of the batch (prefill chunks and one token per decode) through the
-model as one varlen batch (vLLM v1, TensorRT-LLM in-flight batching): per layer, the linear
-layers as GEMMs over all T tokens with Megatron TP-split shapes (Shoeybi et al. 2019 §3), the
-memory-bound kernels (norms, RoPE, activation, KV-cache write), attention per sequence, and two
-TP all-reduces of T·h activations; then the LM head over the rows that sample a token.
-Every duration comes from the shared cost layer (DESIGN.md §1):
+model as one varlen batch (vLLM v1, TensorRT-LLM in-flight batching). Each layer is the one
+transformer-layer description that training costs too (`simulator.ops.transformer_layer`, with
+the serving engines' kernels `SERVING_ENGINE`): the linear layers as GEMMs over all T tokens
+with Megatron TP-split shapes (Shoeybi et al. 2019 §3), MLA's down- and up-projections, the
+memory-bound kernels (fused add+norm, RoPE, activation, KV-cache write), the MoE block and two
+TP all-reduces of T·h activations; attention runs per sequence; then the LM head over the rows
+that sample a token. Every duration comes from the shared cost layer:
 - GEMMs: `KernelModel.gemm_s` (measured GEMM tables, aiconfigurator-core);
 - prefill attention: `KernelModel.flash_attention_s` (measured context-attention tables): a
   chunk of q new tokens after c cached ones is the causal q×q block plus the full q×c block;
 - decode attention: the measured generation-attention table (`load_decode_attention_table`) at
   the batch's mean KV length, else the KV read at the achievable HBM bandwidth;
-- MoE: the routed experts as one grouped GEMM over their share of the tokens, plus EP
-  all-to-alls;
+- MoE: router, the routed experts as one grouped GEMM over the experts the batch's tokens hit,
+  shared experts, EP all-to-alls;
 - communication: `collective_s` (TP all-reduce, EP all-to-all, PP send/recv); TP all-reduces
   small enough for the engine's custom all-reduce kernel (vLLM/SGLang custom_all_reduce,
   TensorRT-LLM one-/two-shot AllReduce, all inside CUDA graphs) take its measured time when
@@ -26,7 +28,6 @@ attention and prefill attention scale from their grid point by KV length and FLO
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 from hwmodels import profiles
@@ -35,9 +36,10 @@ from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
 from hwmodels.kernels import KernelModel, dtype_bytes, kernel_model
 from simulator.models import ModelSpec
+from simulator.ops import (SERVING_ENGINE, LayerPass, chunk_attention_s, kv_cache_elements,
+                           kv_heads_per_rank, transformer_layer)
+from simulator.precision import ACT_BYTES
 from simulator.serving.scheduler import Batch
-
-ACT_BYTES = 2  # activations travel in bf16 (fp8 GEMMs quantise on the fly, their outputs are bf16)
 
 
 def _grid(x: int) -> tuple[int, int]:
@@ -72,7 +74,7 @@ class IterationCost:
         if model.is_moe and model.num_experts % ep:
             raise InputError(f"ep={ep} must divide {model.name}'s {model.num_experts} experts")
         self.heads = max(1, model.num_heads // tp)
-        self.kv_heads = math.ceil(model.num_kv_heads / tp)  # replicated when tp > kv heads (vLLM)
+        self.kv_heads = kv_heads_per_rank(model, tp)
         self.head_dim = model.head_dim
         self._decode_table = None
         src = dev if dev.kernel_profile else None
@@ -98,60 +100,31 @@ class IterationCost:
         self._head: dict = {}
         self._dec: dict = {}
         self._pre: dict = {}
-        self._build_layer_shapes()
+        self.n_moe = model.num_moe_layers
+        self.n_dense_mlp = model.num_layers - self.n_moe
 
-    # ---- per-token linear work -----------------------------------------------------------------
-    def _build_layer_shapes(self) -> None:
-        m, tp = self.model, self.tp
-        h = m.hidden_size
-        if m.is_mla:
-            qk = m.qk_nope_head_dim + m.qk_rope_head_dim
-            shapes = []
-            if m.q_lora_rank:
-                shapes += [(m.q_lora_rank, h), (m.num_heads * qk // tp, m.q_lora_rank)]
-            else:
-                shapes += [(m.num_heads * qk // tp, h)]
-            shapes += [(m.kv_lora_rank + m.qk_rope_head_dim, h),
-                       (m.num_heads * (m.qk_nope_head_dim + m.v_head_dim) // tp, m.kv_lora_rank),
-                       (h, m.num_heads * m.v_head_dim // tp)]
-        else:
-            qkv = m.q_dim // tp + 2 * self.kv_heads * m.head_dim
-            shapes = [(qkv, h), (h, m.attn_out_dim // tp)]
-        self.attn_shapes = shapes  # (n, k) of each GEMM, m = tokens
-        ffn = m.ffn_hidden_size
-        up = ffn * (2 if m.gated_mlp else 1)
-        self.mlp_shapes = [(up // tp, h), (h, ffn // tp)]
-        self.n_moe = m.num_moe_layers
-        self.n_dense_mlp = m.num_layers - self.n_moe
-        if m.is_moe:
-            f = m.moe_ffn_hidden_size
-            tp_e = max(1, tp // self.ep)
-            self.expert_shapes = [(f * (2 if m.gated_mlp else 1) // tp_e, h), (h, f // tp_e)]
-            fs = f * m.num_shared_experts
-            self.shared_shapes = ([(fs * (2 if m.gated_mlp else 1) // tp, h), (h, fs // tp)]
-                                  if fs else [])
-        # memory-bound kernels per layer, 16-bit elements read + written per token: fused
-        # add+RMSNorm twice (read x and residual, write both), RoPE on q and k, SiLU·mul
-        # (read gate and up, write one), KV-cache write (K and V at the KV dtype).
-        q, kv = m.q_dim // tp, self.kv_heads * m.head_dim
-        self.elementwise = [4 * h * ACT_BYTES, 4 * h * ACT_BYTES, 2 * (q + kv) * ACT_BYTES,
-                            3 * (ffn // tp) * ACT_BYTES]
-        kv_elems = m.kv_lora_rank + m.qk_rope_head_dim if m.is_mla else 2 * kv  # MLA caches the latent
-        self.kv_write_bytes = kv_elems * dtype_bytes(self.kv_dtype)
+    # ---- everything but attention and the LM head -----------------------------------------------
+    def _layer_s(self, T: int, moe: bool) -> float:
+        """One layer's ops for T tokens, attention core aside, forward (`transformer_layer`)."""
+        lp = LayerPass(tokens=T, tp=self.tp, ep=self.ep, ep_distinct_tokens=False,
+                       expert_tp=max(1, self.tp // self.ep), kv_bytes=dtype_bytes(self.kv_dtype),
+                       kernels=SERVING_ENGINE)
+        ops = transformer_layer(self.model, lp, self.km, self.km16, self._comm_s, moe, "fwd")
+        return sum(op.time_s for op in ops)
+
+    def _comm_s(self, op: str, group: str, size: int, stride: int, nbytes: float) -> float:
+        if group == "tp" and op == "all_reduce":
+            return self.tp_allreduce_s(nbytes)
+        return collective_s(self.cluster, op, size, stride, nbytes)
 
     def _dense_at(self, T: int) -> float:
         """Seconds of everything but attention and the LM head for T tokens (all layers)."""
-        km, m, L = self.km, self.model, self.layers
-        t_attn_lin = sum(km.gemm_s(T, n, k) for n, k in self.attn_shapes)
-        t_mlp = sum(km.gemm_s(T, n, k) for n, k in self.mlp_shapes) if self.n_dense_mlp else 0.0
-        t_moe = self._moe_s(T) if self.n_moe else 0.0
-        t_ew = sum(km.memory_s(T * b) for b in self.elementwise) + km.memory_s(T * self.kv_write_bytes)
-        t = L * (t_attn_lin + t_ew) + self.n_dense_mlp * t_mlp + self.n_moe * t_moe
-        if self.tp > 1:  # Megatron TP: all-reduce after attention and after the MLP (T·h each)
-            t += 2 * L * self.tp_allreduce_s(float(T * m.hidden_size * ACT_BYTES))
+        t = self.n_dense_mlp * self._layer_s(T, False) if self.n_dense_mlp else 0.0
+        if self.n_moe:
+            t += self.n_moe * self._layer_s(T, True)
         if self.pp > 1:  # activations cross each stage boundary once
             t += (self.pp - 1) * collective_s(self.cluster, "send_recv", 2, self.tp,
-                                              float(T * m.hidden_size * ACT_BYTES))
+                                              float(T * self.model.hidden_size * ACT_BYTES))
         return t
 
     def tp_allreduce_s(self, nbytes: float) -> float:
@@ -162,26 +135,6 @@ class IterationCost:
             if t is not None:
                 return t
         return collective_s(self.cluster, "all_reduce", self.tp, 1, nbytes)
-
-    def _moe_s(self, T: int) -> float:
-        """One MoE layer for T tokens on one rank: router GEMM, routed experts (balanced routing:
-        each of the E experts gets T·k/E tokens; an expert that gets none is skipped, expected
-        active fraction 1 − (1 − 1/E)^(T·k)), shared experts, two EP all-to-alls (GShard).
-        The routed experts run as one grouped GEMM (vLLM fused_moe, TensorRT-LLM/SGLang MoE
-        kernels): the FLOPs and weight bytes of a GEMM with the active experts side by side in N."""
-        m, km = self.model, self.km
-        E, k = m.num_experts, m.experts_per_token
-        t = self.km16.gemm_s(T, E, m.hidden_size)
-        routed = T * k
-        active = E * (1.0 - (1.0 - 1.0 / E) ** routed)
-        local = max(1, round(active / self.ep))
-        per_expert = max(1, math.ceil(routed / max(active, 1.0)))
-        t += sum(km.gemm_s(per_expert, n * local, kk) for n, kk in self.expert_shapes)
-        t += sum(km.gemm_s(T, n, kk) for n, kk in self.shared_shapes)
-        if self.ep > 1:
-            a2a = collective_s(self.cluster, "all_to_all", self.ep, 1, float(routed * m.hidden_size * ACT_BYTES))
-            t += 2 * a2a
-        return t
 
     def dense_s(self, T: int) -> float:
         if T <= 0:
@@ -236,8 +189,9 @@ class IterationCost:
                 if t is not None:
                     t *= self._decode_scale
             if t is None:
-                per_tok = (self.model.kv_lora_rank + self.model.qk_rope_head_dim
-                           if self.model.is_mla else 2 * self.kv_heads * self.head_dim)
+                # memory-bound: read the cached K and V (MLA with weight absorption, as engines
+                # decode: the latent, attended as one shared KV head — DeepSeek-V2 §2.1.2)
+                per_tok = kv_cache_elements(self.model, self.kv_heads)
                 t = self.km.memory_s(n * kv * per_tok * dtype_bytes(self.kv_dtype))
             t *= self.layers
             self._dec[key] = t
@@ -250,12 +204,7 @@ class IterationCost:
         key = (count, qlo, clo)
         t = self._pre.get(key)
         if t is None:
-            km, hd = self.km16, self.head_dim
-            if self.model.is_mla:
-                hd = self.model.qk_nope_head_dim + self.model.qk_rope_head_dim
-            t = km.flash_attention_s(count, qlo, qlo, self.heads, self.kv_heads, hd, True)
-            if clo:
-                t += km.flash_attention_s(count, qlo, clo, self.heads, self.kv_heads, hd, False)
+            t = chunk_attention_s(self.km16, self.model, self.heads, self.kv_heads, count, qlo, clo)
             t *= self.layers
             self._pre[key] = t
         # scale from the grid point by the FLOPs: q²/2 causal + q·ctx
