@@ -1,4 +1,4 @@
-"""The CLI contract (DESIGN.md §4): JSON keys, readable tables, one-line errors with exit 2."""
+"""The CLI contract (docs/design.md §4): JSON keys, readable tables, one-line errors with exit 2."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from planner.cli import main
+from ui.cli import main
 
 TRAIN = ["simulate", "train", "--model", "gpt3-175b", "--cluster", "dgx-a100", "--nodes", "128",
          "--plan", "tp=8,pp=8,mb=1,schedule=interleaved,vpp=2,recompute=selective,sp=on",
@@ -126,7 +126,62 @@ def test_missing_required_flag_and_unknown_command(capsys):
 
 def test_console_script_exit_code():
     """The installed entry point: a real process, a real exit code, no traceback."""
-    r = subprocess.run([sys.executable, "-m", "planner.cli", "simulate", "train", "--model", "nope",
+    r = subprocess.run([sys.executable, "-m", "ui.cli", "simulate", "train", "--model", "nope",
                         "--cluster", "dgx-a100", "--seq-len", "1", "--global-batch", "1"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_a_command_module_that_fails_to_import_is_an_error(capsys, monkeypatch, tmp_path):
+    """A broken command module stops the command line with one line naming the module and the
+    import error (exit 1, no traceback), never a silently missing command."""
+    import ui.cli as cli
+    (tmp_path / "broken_cmd.py").write_text("import no_such_package_for_clusterplan\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "COMMANDS", cli.COMMANDS + ("broken_cmd",))
+    for argv in (["--help"], TRAIN):
+        code, out, err = run(capsys, argv)
+        assert code == 1 and out == "" and err.count("\n") == 1, err
+        assert err.startswith("clusterplan: error: command module 'broken_cmd' failed to import")
+        assert "No module named 'no_such_package_for_clusterplan'" in err
+
+
+def test_flag_errors_name_the_flag_the_value_and_what_is_valid(capsys):
+    cases = [
+        (["simulate", "collective", "--cluster", "dgx-a100", "--op", "all_reduce", "--size", "1.5XB"],
+         "--size='1.5XB': unknown unit 'XB'; valid units: B, KB"),
+        (["ui", "--port", "0"], "--port=0 must be an integer 1..65535"),
+        (TRAIN + ["--tp-overlap", "maybe"], "--tp-overlap='maybe' must be on or off"),
+        (TRAIN + ["--ckpt-s", "nan"], "--ckpt-s='nan' must be a finite number >= 0"),
+        (["plan", "train", "--model", "llama3-8b", "--cluster", "dgx-h100", "--seq-len", "8", "--global-batch",
+          "8", "--deadline", "0s"], "--deadline='0s' must be a positive duration"),
+        (["plan", "train", "--model", "llama3-8b", "--cluster", "dgx-h100", "--seq-len", "8", "--global-batch",
+          "8", "--budget", "lots"], "--budget='lots' is not an amount in USD"),
+    ]
+    for argv, fragment in cases:
+        code, out, err = run(capsys, argv)
+        assert code == 2 and out == "" and err.count("\n") == 1 and fragment in err, (argv, err)
+
+
+def test_flag_converters():
+    from ui.cli import flags
+    assert flags.parse_duration("2s") == 2 and flags.parse_duration("50ms") == pytest.approx(0.05)
+    assert flags.parse_duration("2min") == 120 and flags.duration("--deadline", zero=False)("30d") == 30 * 86400
+    assert flags.parse_size("256MiB") == 256 * 2 ** 20 and flags.parse_size("1.5 kib") == 1536
+    assert flags.count("--tokens")("15T") == 15e12 and flags.money("--budget")("$1.5M") == 1.5e6
+    assert flags.integers("--ranks")("1,4,16") == (1, 4, 16) and flags.fraction("--gap", zero=True)("0") == 0
+    assert flags.on_off("--dropout")("OFF") is False and flags.positive("--rate")("0.5") == 0.5
+    for conv, text in [(flags.integer("--n", 1, 8), "9"), (flags.positive("--rate"), "inf"),
+                       (flags.fraction("--f"), "0"), (flags.parse_duration, "-1s"), (flags.parse_size, "0.4")]:
+        with pytest.raises(flags.Error):
+            conv(text)
+
+
+def test_simulate_train_uses_the_overlap_options(capsys):
+    """--tp-overlap and --p2p-overlap reach the job (ui.jobs builds it, as the dashboard does)."""
+    base = TRAIN + ["--json"]  # sp=on: TP overlap needs sequence parallelism
+    _, off, _ = run(capsys, base)
+    _, on, _ = run(capsys, base + ["--tp-overlap", "on", "--p2p-overlap", "on"])
+    off, on = json.loads(off), json.loads(on)
+    assert on["breakdown_s"]["tp_comm"] < off["breakdown_s"]["tp_comm"]
+    assert on["step_time_s"] < off["step_time_s"]

@@ -13,7 +13,6 @@ invalid JSON.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -59,9 +58,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("argv,fragment", REFUSED)
 def test_refused_quickly_with_one_line(argv, fragment):
-    t0 = time.perf_counter()
-    code, out, err = run_cli(argv)
-    assert time.perf_counter() - t0 < 10
+    code, out, err = run_cli(argv)  # a hang is caught by the suite's timeout, not a clock here
     assert code == 2 and out == "" and err.count("\n") == 1 and fragment in err, err
 
 
@@ -76,12 +73,14 @@ def test_json_is_strict_rfc8259(capsys):
 
 @pytest.mark.parametrize("name,text", [
     ("num_hidden_layers", "num_hidden_layers: 1000000000000\nhidden_size: 64\nnum_attention_heads: 4\n"
-                          "vocab_size: 100\n"),
+                          "vocab_size: 100\nintermediate_size: 128\n"),
     ("shared_expert_intermediate_size", "num_hidden_layers: 2\nhidden_size: 64\nnum_attention_heads: 4\n"
-     "vocab_size: 100\nnum_experts: 4\nnum_experts_per_tok: 1\nshared_expert_intermediate_size: abc\n"),
-    ("head_dim", "num_hidden_layers: 2\nhidden_size: 64\nnum_attention_heads: 4\nvocab_size: 100\nhead_dim: 1.5\n"),
+     "vocab_size: 100\nintermediate_size: 128\nnum_experts: 4\nnum_experts_per_tok: 1\n"
+     "shared_expert_intermediate_size: abc\n"),
+    ("head_dim", "num_hidden_layers: 2\nhidden_size: 64\nnum_attention_heads: 4\nvocab_size: 100\n"
+                 "intermediate_size: 128\nhead_dim: 1.5\n"),
     ("published_params", "num_hidden_layers: 2\nhidden_size: 64\nnum_attention_heads: 4\nvocab_size: 100\n"
-                         "published_params: ':'\n"),  # long profile: was a ValueError traceback
+                         "intermediate_size: 128\npublished_params: ':'\n"),  # long profile: was a ValueError traceback
 ])
 def test_model_file_regressions(tmp_path, name, text):
     path = tmp_path / "m.yaml"
@@ -140,8 +139,7 @@ PACKAGES = ("hwmodels", "simulator", "planner", "validation", "ui")
 # Files that may open a file for writing directly (everything else goes through hwmodels.fileio):
 # the harness's workers write into their private temporary folder, the dashboard writes an
 # upload into a private temporary folder for hwmodels' reader.
-DIRECT_WRITERS = {"hwmodels/fileio.py", "validation/harness.py", "ui/state.py",
-                  "planner/cmd_serve.py"}  # reported: --chrome-trace is not atomic yet (serving work)
+DIRECT_WRITERS = {"hwmodels/fileio.py", "validation/harness.py", "ui/state.py"}
 
 
 def _sources():

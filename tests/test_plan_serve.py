@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from planner.cli import main
+from ui.cli import main
 from planner.serve_search import Option, fleet_brute_force, fleet_ilp, parse_devices
 from hwmodels.errors import InputError
 

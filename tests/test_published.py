@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from planner.cli import main
+from ui.cli import main
 from validation.published import megatron_table1, nemo_report, published_report
 
 

@@ -97,7 +97,7 @@ def test_json_documents_carry_provenance(argv):
     p = doc["provenance"]
     assert p["clusterplan"] == version("clusterplan")
     assert p["kernel_tables"] == f"aiconfigurator-core {version('aiconfigurator-core')}" \
-        == "aiconfigurator-core 0.12.0"  # the pinned version (DESIGN.md §5)
+        == "aiconfigurator-core 0.12.0"  # the pinned version (docs/design.md §5)
     assert "seed" in p
 
 

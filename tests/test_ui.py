@@ -358,6 +358,29 @@ def test_train_page_framework_options_and_dtype():
     assert at.checkbox(key="train.grad_overlap").value is False
 
 
+def test_train_page_tp_and_p2p_overlap(capsys):
+    """The overlap options of `clusterplan simulate train --tp-overlap on --p2p-overlap on`: both
+    faces build the job with ui.jobs, so the page shows the CLI's numbers."""
+    plan = "tp=8,pp=2,vpp=2,mb=1,sp=on"
+    at = ok(app("train", model="llama3-70b", cluster="dgx-h100", nodes=4, seq=4096, batch=64, plan=plan))
+    assert at.checkbox(key="train.tp_overlap").value is False and at.checkbox(key="train.p2p_overlap").value is False
+    at.checkbox(key="train.tp_overlap").check().run()
+    at.checkbox(key="train.p2p_overlap").check().run()
+    ok(at)
+    est, stages = direct_estimate("llama3-70b", "dgx-h100", 4, 4096, 64, plan=plan,
+                                  overlap_tp_comm=True, overlap_p2p_comm=True)
+    check_train(at, est, stages)
+    assert at.query_params["tp_overlap"] == "1" and at.query_params["p2p_overlap"] == "1"
+    plain, _ = direct_estimate("llama3-70b", "dgx-h100", 4, 4096, 64, plan=plan)
+    assert est.step_time_s < plain.step_time_s  # the options change the estimate
+    from ui.cli import main
+    capsys.readouterr()
+    assert main(["simulate", "train", "--model", "llama3-70b", "--cluster", "dgx-h100", "--nodes", "4",
+                 "--seq-len", "4096", "--global-batch", "64", "--plan", plan, "--tp-overlap", "on",
+                 "--p2p-overlap", "on", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step_time_s"] == est.step_time_s
+
+
 def test_train_page_bad_plan_is_one_error_line():
     at = app("train", plan="tp=3")
     assert not at.exception
@@ -472,17 +495,16 @@ def test_cluster_presets_all_render():
 # ---- `clusterplan ui` ----------------------------------------------------------------------------------
 
 def test_cli_ui_rejects_a_bad_port(capsys):
-    from planner.cli import main
+    from ui.cli import main
     assert main(["ui", "--port", "70000"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("clusterplan: error:") and "65535" in err and "\n" not in err
 
 
 def test_cli_ui_command_line():
-    from planner import cmd_ui
-    from planner.cli import build_parser
+    from ui.cli import build_parser, dashboard
     args = build_parser().parse_args(["ui", "--port", "8601", "--headless"])
-    argv = cmd_ui.streamlit_argv(args)
+    argv = dashboard.streamlit_argv(args)
     assert argv[1:4] == ["-m", "streamlit", "run"] and Path(argv[4]) == Path(APP)
     assert argv[argv.index("--server.port") + 1] == "8601" and "--server.headless" in argv
 
@@ -496,7 +518,7 @@ def test_cli_ui_serves_the_app():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "planner.cli", "ui", "--port", str(port), "--headless",
+    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "ui", "--port", str(port), "--headless",
                              "--host", "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:

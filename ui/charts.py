@@ -2,7 +2,7 @@
 
 They take what the library already returns (`hwmodels.clusters.summary`, rows of collective
 timings, `StepEstimate.to_dict()`, `simulator.memory.stage_memory`, validation reports in the
-DESIGN §4 schema) and import no Streamlit, so tests build and inspect them directly. Numbers go
+docs/design.md §4 schema) and import no Streamlit, so tests build and inspect them directly. Numbers go
 into figures as plain Python lists (not numpy arrays) so the figure JSON holds readable values.
 """
 from __future__ import annotations

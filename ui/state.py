@@ -27,6 +27,7 @@ import yaml
 
 from hwmodels.clusters import Cluster, cluster_names, load_cluster, summary
 from hwmodels.errors import InputError
+from ui import jobs
 
 CUSTOM = "custom (upload)"
 MAX_UPLOAD_BYTES = 256 * 1024  # cluster YAML / config.json uploads
@@ -251,47 +252,43 @@ def tier_rows(cluster_summary: dict) -> list[dict]:
     return rows
 
 
-def _job_and_cluster(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, seq_len, global_batch, dtype,
-                     attention, grad_overlap, dropout):
-    from simulator.training import TrainingJob
-    model = get_model(model_ref, model_cfg)
-    cluster = get_cluster(cluster_ref, cluster_spec, nodes)
-    job = TrainingJob(model=model, seq_len=seq_len, global_batch=global_batch, dtype=dtype,
-                      flash_attention=attention == "flash", overlap_grad_reduce=grad_overlap,
-                      dropout=dropout)
-    cluster.device.peak(dtype)  # the device must support the dtype (as the CLI checks)
-    return job, cluster
+def training_setup(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, plan=None, **options):
+    """ui.jobs.training_setup on the page's model and cluster (a preset or an upload): the same
+    builder as `clusterplan simulate train` / `plan train`."""
+    return jobs.training_setup(get_model(model_ref, model_cfg), get_cluster(cluster_ref, cluster_spec, nodes),
+                               plan, **options)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def train_estimate(model_ref: str, model_cfg: str | None, cluster_ref: str, cluster_spec: str | None,
                    nodes: int, seq_len: int, global_batch: int, dtype: str, plan: str,
-                   attention: str = "flash", grad_overlap: bool = True, dropout: bool = True) -> dict:
+                   attention: str = "flash", grad_overlap: bool = True, dropout: bool = True,
+                   tp_overlap: bool = False, p2p_overlap: bool = False) -> dict:
     """The analytic estimate of one plan (StepEstimate.to_dict()) plus the memory of every stage."""
     CALLS["train_estimate"] += 1
     from simulator.analytic import estimate
     from simulator.memory import stage_memory
-    from simulator.training import parse_plan
-    job, cluster = _job_and_cluster(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, seq_len,
-                                    global_batch, dtype, attention, grad_overlap, dropout)
-    p = parse_plan(plan, cluster.num_devices)
-    est = estimate(job, p, cluster)
-    stages = [dict(stage_memory(job.model, job, p, st)) for st in range(p.pp)]
-    return {"estimate": est.to_dict(), "stage_memory": stages, "model": job.model.summary(),
-            "cluster": summary(cluster)}
+    s = training_setup(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, plan, seq_len=seq_len,
+                       global_batch=global_batch, dtype=dtype, attention=attention, grad_overlap=grad_overlap,
+                       dropout=dropout, tp_overlap=tp_overlap, p2p_overlap=p2p_overlap)
+    est = estimate(s.job, s.plan, s.cluster)
+    stages = [dict(stage_memory(s.job.model, s.job, s.plan, st)) for st in range(s.plan.pp)]
+    return {"estimate": est.to_dict(), "stage_memory": stages, "model": s.job.model.summary(),
+            "cluster": summary(s.cluster)}
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def des_timeline(model_ref: str, model_cfg: str | None, cluster_ref: str, cluster_spec: str | None,
                  nodes: int, seq_len: int, global_batch: int, dtype: str, plan: str,
-                 attention: str = "flash", grad_overlap: bool = True, dropout: bool = True) -> dict:
+                 attention: str = "flash", grad_overlap: bool = True, dropout: bool = True,
+                 tp_overlap: bool = False, p2p_overlap: bool = False) -> dict:
     """The discrete-event simulation of one plan with its timeline (simulator.des.simulate)."""
     CALLS["des_timeline"] += 1
     from simulator.des import simulate
-    from simulator.training import parse_plan
-    job, cluster = _job_and_cluster(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, seq_len,
-                                    global_batch, dtype, attention, grad_overlap, dropout)
-    est, res = simulate(job, parse_plan(plan, cluster.num_devices), cluster, trace=True)
+    s = training_setup(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, plan, seq_len=seq_len,
+                       global_batch=global_batch, dtype=dtype, attention=attention, grad_overlap=grad_overlap,
+                       dropout=dropout, tp_overlap=tp_overlap, p2p_overlap=p2p_overlap)
+    est, res = simulate(s.job, s.plan, s.cluster, trace=True)
     return {"estimate": est.to_dict(), "timeline": res.timeline, "events": res.events, "units": res.units}
 
 
@@ -307,13 +304,14 @@ def search_available() -> bool:
 @st.cache_data(max_entries=32, show_spinner=False)
 def plan_search(model_ref: str, model_cfg: str | None, cluster_ref: str, cluster_spec: str | None,
                 nodes: int, seq_len: int, global_batch: int, dtype: str, attention: str, grad_overlap: bool,
-                dropout: bool, fix: str, top: int) -> dict:
+                dropout: bool, fix: str, top: int, tp_overlap: bool = False, p2p_overlap: bool = False) -> dict:
     """The ranked plans of planner.search.search (its to_dict(): plans, candidates, pruned, ...)."""
     CALLS["plan_search"] += 1
     from planner.search import search
-    job, cluster = _job_and_cluster(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, seq_len,
-                                    global_batch, dtype, attention, grad_overlap, dropout)
-    return _plain(search(job, cluster, fix=fix or None, top=top).to_dict())
+    s = training_setup(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, seq_len=seq_len,
+                       global_batch=global_batch, dtype=dtype, attention=attention, grad_overlap=grad_overlap,
+                       dropout=dropout, tp_overlap=tp_overlap, p2p_overlap=p2p_overlap)
+    return _plain(search(s.job, s.cluster, fix=fix or None, top=top).to_dict())
 
 
 def _plain(doc):
@@ -347,7 +345,7 @@ def search_rows(doc: dict) -> list[dict]:
 
 @st.cache_data(show_spinner=False)
 def validation_report(suite: str) -> dict:
-    """A validation suite's report in the DESIGN §4 schema."""
+    """A validation suite's report in the docs/design.md §4 schema."""
     CALLS[f"validation:{suite}"] += 1
     return VALIDATION_SUITES[suite][1]()
 

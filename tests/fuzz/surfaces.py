@@ -10,7 +10,7 @@ hang into a failure.
 
     SURFACES["model_file"].check(example)      # raises AssertionError (or the escaped exception)
 
-Commands run in-process through `planner.cli.main` with stdout/stderr captured; models are the
+Commands run in-process through `ui.cli.main` with stdout/stderr captured; models are the
 tiny ones in tests/fuzz/data so that a case takes milliseconds.
 """
 from __future__ import annotations
@@ -68,8 +68,8 @@ def cleanup(d: Path) -> None:
 UNNAMED: list = []
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """planner.cli.main in-process: (exit code, stdout, stderr)."""
-    from planner.cli import main
+    """ui.cli.main in-process: (exit code, stdout, stderr)."""
+    from ui.cli import main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(argv))
@@ -986,24 +986,23 @@ def check_units(example) -> str:
     import random
 
     import numpy as np
+
+    from ui.cli import flags
     kind, text, n = example
     try:
         if kind == "size":
-            from planner.cmd_collective import parse_size
-            v = parse_size(text)
+            v = flags.parse_size(text)
             assert isinstance(v, int) and v >= 1
         elif kind in ("tokens", "duration", "budget"):
-            from planner import cmd_plan
-            units = {"tokens": cmd_plan._SI, "budget": cmd_plan._SI, "duration": cmd_plan._DURATION}[kind]
-            v = cmd_plan._number(kind, units, "a value")(text)
+            conv = {"tokens": flags.count, "budget": flags.money,
+                    "duration": lambda name: flags.duration(name, zero=False)}[kind]("--" + kind)
+            v = conv(text)
             assert v > 0 and math.isfinite(v), f"{kind} {text!r} -> {v!r}"
         elif kind == "serve-duration":
-            from planner.cmd_serve import parse_duration
-            v = parse_duration(text)
+            v = flags.parse_duration(text)
             assert v >= 0 and math.isfinite(v)
         elif kind == "memory-limit":
-            from planner.cmd_validate import _size
-            v = _size(text)
+            v = flags.size("--memory-limit")(text)
             assert v > 0 and math.isfinite(v), f"memory limit {text!r} -> {v!r}"
         elif kind == "stragglers":
             from simulator.des import parse_stragglers

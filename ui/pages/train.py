@@ -52,11 +52,16 @@ with st.expander("Framework options"):
                key=ps.init("attention", "flash", choices=["flash", "unfused"]))
     o[1].checkbox("Overlap DP gradient reduction with backward", key=ps.init("grad_overlap", True, bool))
     o[2].checkbox("Dropout layers", key=ps.init("dropout", True, bool))
+    o = st.columns(3)
+    o[0].checkbox("Overlap TP communication with GEMMs (needs sp=on)", key=ps.init("tp_overlap", False, bool),
+                  help="Transformer Engine userbuffers (clusterplan --tp-overlap)")
+    o[1].checkbox("Overlap pipeline send/recv with compute", key=ps.init("p2p_overlap", False, bool),
+                  help="off: a send blocks its stage (clusterplan --p2p-overlap)")
 
 inputs = dict(model_ref=model_ref, model_cfg=model_cfg, cluster_ref=cluster_ref, cluster_spec=cluster_spec,
               nodes=nodes, seq_len=ps.get("seq"), global_batch=ps.get("batch"),
               dtype=ps.get("dtype"), attention=ps.get("attention"), grad_overlap=ps.get("grad_overlap"),
-              dropout=ps.get("dropout"))
+              tp_overlap=ps.get("tp_overlap"), p2p_overlap=ps.get("p2p_overlap"), dropout=ps.get("dropout"))
 SEARCH = state.search_available()
 if SEARCH:
     ps.init("search", False, bool)

@@ -1,4 +1,4 @@
-"""`clusterplan simulate collective` and `clusterplan validate collectives`.
+"""`clusterplan simulate collective`: one collective on a cluster's topology.
 
     clusterplan simulate collective --cluster dgx-h100 --nodes 16 --op all_reduce --size 256MiB \\
         --ranks 128 [--stride 1] [--algo auto] [--sweep] [--json]
@@ -8,43 +8,12 @@ simulator assumes; without --nodes the cluster grows to hold ranks x stride devi
 """
 from __future__ import annotations
 
-import argparse
 import math
-import re
 
 from hwmodels.errors import InputError
+from ui.cli import flags
 
-_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
-          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
 SWEEP_SIZES = tuple(2 ** k for k in range(10, 33))  # 1 KiB .. 4 GiB, doubling (nccl-tests -f 2)
-
-
-def parse_size(text: str) -> int:
-    """Bytes from '256MiB', '1GB', '1.5GiB' or '4096' (argparse type: one-line errors)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-    if not m:
-        raise argparse.ArgumentTypeError(f"size={text!r} is not a size; use bytes or a number with a unit "
-                                          f"({', '.join(u for u in _UNITS if u)}), e.g. 256MiB, 1GB, 4096")
-    unit = m.group(2).lower()
-    if unit not in _UNITS:
-        raise argparse.ArgumentTypeError(f"size={text!r}: unknown unit {m.group(2)!r}; valid units: "
-                                          "B, KB, MB, GB, TB, KiB, MiB, GiB, TiB")
-    value = float(m.group(1)) * _UNITS[unit]
-    if not math.isfinite(value) or value < 1:
-        raise argparse.ArgumentTypeError(f"size={text!r} must be at least 1 byte")
-    return int(round(value))
-
-
-def _count(name: str, minimum: int = 1):
-    def conv(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} must be an integer >= {minimum}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"{name}={v} must be an integer >= {minimum}")
-        return v
-    return conv
 
 
 def register(groups) -> None:
@@ -53,12 +22,12 @@ def register(groups) -> None:
 
     p = groups["simulate"].add_parser("collective", help="cost one collective on a cluster's topology")
     p.add_argument("--cluster", required=True, help="preset or cluster YAML")
-    p.add_argument("--nodes", type=_count("nodes"), help="cluster size (default: enough for ranks x stride)")
+    p.add_argument("--nodes", type=flags.integer("--nodes"), help="cluster size (default: enough for ranks x stride)")
     p.add_argument("--op", required=True, choices=OPS)
-    p.add_argument("--size", type=parse_size, help="message size: 256MiB, 1GB, 4096 (bytes); nccl-tests "
+    p.add_argument("--size", type=flags.size("--size"), help="message size: 256MiB, 1GB, 4096 (bytes); nccl-tests "
                    "convention (all-reduce input, all-gather output, ...)")
-    p.add_argument("--ranks", type=_count("ranks", 2), help="group size (default: every device / stride)")
-    p.add_argument("--stride", type=_count("stride"), default=1,
+    p.add_argument("--ranks", type=flags.integer("--ranks", lo=2), help="group size (default: every device / stride)")
+    p.add_argument("--stride", type=flags.integer("--stride"), default=1,
                    help="devices between consecutive ranks in the Megatron order (TP innermost)")
     p.add_argument("--algo", default="auto", choices=["auto", "ring", "tree", "nvls", "nvls_tree",
                                                       "hierarchical", "pairwise", "p2p"])
@@ -68,11 +37,6 @@ def register(groups) -> None:
     p.add_argument("--sweep", action="store_true", help="table over sizes 1 KiB .. 4 GiB")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
-
-    v = groups["validate"].add_parser("collectives", help="collective model vs measured NCCL tables "
-                                      "and published bus bandwidths")
-    v.add_argument("--json", action="store_true")
-    v.set_defaults(func=run_validate)
 
 
 def _cluster(args):
@@ -160,10 +124,3 @@ def _sweep_text(rows: list[dict], cluster) -> str:
         lines.append(f"{_bytes(d['size_bytes']):>10} {_time(d['time_s']):>12} {d['algbw_bytes_per_s'] / 1e9:11.2f} "
                      f"{d['busbw_bytes_per_s'] / 1e9:11.2f}  {d['algorithm']}/{d['protocol']}")
     return "\n".join(lines)
-
-
-def run_validate(args) -> tuple[object, str]:
-    from validation.collectives import format_report, validate_collectives
-
-    report = validate_collectives()
-    return report, format_report(report)

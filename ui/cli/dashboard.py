@@ -1,41 +1,22 @@
 """`clusterplan ui [--port P] [--host H] [--headless]`: start the Streamlit dashboard (ui/app.py).
 
 The command replaces this process with `python -m streamlit run ui/app.py ...`, so Ctrl-C and
-signals reach Streamlit directly. It locates ui/app.py without importing `ui` (DESIGN §2:
-nothing imports ui)."""
+signals reach Streamlit directly."""
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import sys
 from pathlib import Path
 
 from hwmodels.errors import InputError
+from ui.cli import flags
 
-
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port={text!r} must be an integer 1..65535") from None
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"port={v} must be in 1..65535")
-    return v
-
-
-def app_path() -> Path:
-    spec = importlib.util.find_spec("ui")  # locates the package without running it
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("the ui package is not installed; run pip install -e . in the repository")
-    path = Path(list(spec.submodule_search_locations)[0]) / "app.py"
-    if not path.is_file():
-        raise InputError(f"dashboard script {str(path)!r} not found")
-    return path
+APP = Path(__file__).resolve().parents[1] / "app.py"
 
 
 def streamlit_argv(args) -> list[str]:
-    argv = [sys.executable, "-m", "streamlit", "run", str(app_path()), "--server.port", str(args.port),
+    argv = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
             "--server.address", args.host, "--browser.gatherUsageStats", "false",
             "--client.toolbarMode", "minimal"]  # no "Deploy" button on a local planner
     if args.headless:
@@ -54,7 +35,8 @@ def cmd_ui(args):
 
 def register(groups) -> None:
     p = groups["top"].add_parser("ui", help="start the Streamlit dashboard")
-    p.add_argument("--port", type=_port, default=8501, help="port to serve on (default 8501)")
+    p.add_argument("--port", type=flags.integer("--port", 1, 65535), default=8501,
+                   help="port to serve on (default 8501)")
     p.add_argument("--host", default="localhost", help="address to bind (default localhost)")
     p.add_argument("--headless", action="store_true", help="do not open a browser")
     p.set_defaults(func=cmd_ui)

@@ -1,73 +1,190 @@
-"""`clusterplan plan train`: search every training plan of a job on a cluster and rank them.
+"""`clusterplan simulate train` and `clusterplan plan train`: one training plan through the analytic
+engine or the DES, and the search that ranks every plan of a job on a cluster.
 
+    clusterplan simulate train --model gpt3-175b --cluster dgx-a100 --nodes 128 \\
+        --plan "tp=8,pp=8,mb=1,schedule=interleaved,vpp=2" --seq-len 2048 --global-batch 1536 \\
+        [--engine analytic|des] [--trace out.json] [--json]
     clusterplan plan train --model llama3-70b --cluster dgx-h100 --nodes 128 --seq-len 8192 \\
         --global-batch 1024 [--top 10] [--objective throughput|cost|time-to-train] \\
         [--tokens 15T] [--deadline 30d] [--budget 2M] [--fix "tp=8,pp=2"] [--dtype bf16] [--json]
 
-`--cluster "dgx-h100:64,dgx-a100:128"` (preset:nodes, comma-separated) plans data-parallel
-replicas over heterogeneous device groups instead (planner.search.plan_heterogeneous).
-A progress bar goes to stderr for long searches on a terminal, never with --json.
+`plan train --cluster "dgx-h100:64,dgx-a100:128"` (preset:nodes, comma-separated) plans
+data-parallel replicas over heterogeneous device groups instead (planner.search.plan_heterogeneous).
+A progress bar goes to stderr for long searches on a terminal, never with --json. Both commands
+build the job with ui.jobs, as the dashboard does.
 """
 from __future__ import annotations
 
-import argparse
-import math
-import re
 import sys
 import time
 
 from hwmodels.errors import InputError
-from planner.cli import _positive_int, add_job_options, job_from_args
 from planner.search import OBJECTIVES, human_duration
+from ui import jobs
+from ui.cli import flags
+from ui.cli.text import table
 
-_SI = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
-_DURATION = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+DTYPES = ["bf16", "fp16", "fp8", "fp4"]
 
 
-def _number(name: str, units: dict, what: str):
-    def conv(text: str) -> float:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
-        if not m or m.group(2).lower() not in units:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} is not {what}")
-        v = float(m.group(1)) * units[m.group(2).lower()]
-        if not 0 < v < math.inf:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} must be positive and finite")
-        return v
-    return conv
+def add_job_flags(p) -> None:
+    """The user-facing options of a training job (ui.jobs.JOB_OPTIONS) as flags."""
+    p.add_argument("--attention", default="flash", choices=list(jobs.ATTENTION),
+                   help="flash (fused) or unfused attention kernels (Megatron-LM 2021)")
+    p.add_argument("--grad-overlap", type=flags.on_off("--grad-overlap"), default=True,
+                   help="overlap DP gradient reduction with backward (on|off)")
+    p.add_argument("--tp-overlap", type=flags.on_off("--tp-overlap"), default=False,
+                   help="pipeline TP collectives with their GEMMs, needs sp=on (TE userbuffers; on|off)")
+    p.add_argument("--p2p-overlap", type=flags.on_off("--p2p-overlap"), default=False,
+                   help="overlap pipeline send/recv with compute (on|off; off = blocking sends)")
+    p.add_argument("--dropout", type=flags.on_off("--dropout"), default=True, help="dropout layers present (on|off)")
 
 
 def register(groups) -> None:
+    tr = groups["simulate"].add_parser("train", help="predict one training step of a plan")
+    tr.add_argument("--model", required=True, help="preset, HF config.json or YAML")
+    tr.add_argument("--cluster", required=True, help="preset or cluster YAML")
+    tr.add_argument("--nodes", type=flags.integer("--nodes"))
+    tr.add_argument("--plan", default="", help='e.g. "tp=8,pp=8,mb=1,schedule=interleaved,vpp=2"')
+    tr.add_argument("--seq-len", type=flags.integer("--seq-len"), required=True)
+    tr.add_argument("--global-batch", type=flags.integer("--global-batch"), required=True,
+                    help="sequences per step")
+    tr.add_argument("--dtype", default="bf16", choices=DTYPES)
+    tr.add_argument("--engine", default="analytic", choices=["analytic", "des"],
+                    help="analytic closed forms, or the discrete-event simulation (simpy)")
+    tr.add_argument("--trace", metavar="FILE", help="DES: write a Chrome-trace JSON timeline (Perfetto)")
+    tr.add_argument("--stragglers", metavar="SPEC",
+                    help='DES: slow ranks, "RANK:FACTOR,..." or "random:FRACTION:FACTOR"')
+    tr.add_argument("--full-ranks", action="store_true",
+                    help="DES: simulate every DP replica (automatic with stragglers)")
+    tr.add_argument("--seed", type=flags.integer("--seed", lo=0), default=0,
+                    help="seed for random stragglers and failures")
+    tr.add_argument("--run-steps", type=flags.integer("--run-steps"),
+                    help="goodput over a run of this many steps, with failures and checkpoints")
+    tr.add_argument("--ckpt-interval", type=flags.integer("--ckpt-interval"), default=500,
+                    help="steps between checkpoints (default 500)")
+    tr.add_argument("--ckpt-s", type=flags.non_negative("--ckpt-s"), default=30.0,
+                    help="seconds a checkpoint stalls training (default 30; 0 = fully async)")
+    tr.add_argument("--restart-s", type=flags.non_negative("--restart-s"), default=600.0,
+                    help="seconds to restart after a failure (default 600)")
+    tr.add_argument("--failure-rate", type=flags.non_negative("--failure-rate"), default=None,
+                    help="failures per device-hour (default: Llama 3's 419 in 54 days on 16k H100)")
+    add_job_flags(tr)
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=cmd_simulate_train)
+
     p = groups["plan"].add_parser("train", help="search and rank training plans")
     p.add_argument("--model", required=True, help="preset, HF config.json or YAML")
     p.add_argument("--cluster", required=True,
                    help='preset or cluster YAML; or device groups "dgx-h100:64,dgx-a100:128" (preset:nodes)')
-    p.add_argument("--nodes", type=_positive_int("nodes"))
-    p.add_argument("--seq-len", type=_positive_int("seq-len"), required=True)
-    p.add_argument("--global-batch", type=_positive_int("global-batch"), required=True, help="sequences per step")
-    p.add_argument("--top", type=_positive_int("top"), default=10, help="plans to report (default 10)")
+    p.add_argument("--nodes", type=flags.integer("--nodes"))
+    p.add_argument("--seq-len", type=flags.integer("--seq-len"), required=True)
+    p.add_argument("--global-batch", type=flags.integer("--global-batch"), required=True, help="sequences per step")
+    p.add_argument("--top", type=flags.integer("--top"), default=10, help="plans to report (default 10)")
     p.add_argument("--objective", default="throughput", choices=OBJECTIVES)
-    p.add_argument("--tokens", type=_number("tokens", _SI, "a token count like 2e12, 300B or 15T"),
+    p.add_argument("--tokens", type=flags.count("--tokens"),
                    help="tokens to train on (time-to-train, cost, --deadline, --budget)")
-    p.add_argument("--deadline", type=_number("deadline", _DURATION, "a duration like 3600, 12h or 30d"),
+    p.add_argument("--deadline", type=flags.duration("--deadline", zero=False),
                    help="longest time to train (s, or with m/h/d/w)")
-    p.add_argument("--budget", type=_number("budget", _SI, "an amount in USD like 50000 or 1.5M"),
-                   help="largest cost to train, USD")
+    p.add_argument("--budget", type=flags.money("--budget"), help="largest cost to train, USD")
     p.add_argument("--fix", default="", help='keys held fixed, e.g. "tp=8,pp=2" or "schedule=1f1b|zb-h1"')
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp8", "fp4"])
-    add_job_options(p)
+    p.add_argument("--dtype", default="bf16", choices=DTYPES)
+    add_job_flags(p)
     p.add_argument("--all-variants", action="store_true",
                    help="rank every variant (default: the best plan of each mesh shape dp/tp/pp/cp/ep)")
-    p.add_argument("--partition", type=int, default=3,
+    p.add_argument("--partition", type=flags.integer("--partition", lo=0), default=3,
                    help="reported plans with pp > 1 (best first) that get an uneven layer partition by "
                         "ILP (default 3)")
-    p.add_argument("--time-limit", type=_number("time-limit", _DURATION, "a duration like 2 or 0.5s"),
+    p.add_argument("--time-limit", type=flags.duration("--time-limit", zero=False),
                    default=1.0, help="solver time limit per ILP, seconds (default 1)")
-    p.add_argument("--gap", type=float, default=0.01, help="solver relative gap (default 0.01)")
-    p.add_argument("--replica-nodes", type=_positive_int("replica-nodes"), default=1,
+    p.add_argument("--gap", type=flags.fraction("--gap", zero=True), default=0.01,
+                   help="solver relative gap (default 0.01)")
+    p.add_argument("--replica-nodes", type=flags.integer("--replica-nodes"), default=1,
                    help="heterogeneous groups: nodes per data-parallel replica (default 1)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan_train)
 
+
+# ---- simulate train --------------------------------------------------------------------------
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:8.2f} GiB"
+
+
+def _secs(s: float) -> str:
+    if s >= 1:
+        return f"{s:9.3f} s "
+    return f"{s * 1e3:9.3f} ms"
+
+
+def format_estimate(est) -> str:
+    d = est.to_dict()
+    lines = [
+        f"model {d['model']} on {d['cluster']} ({d['num_devices']} devices), seq {d['seq_len']}, "
+        f"global batch {d['global_batch']}, {d['dtype']}, engine {d['engine']}",
+        f"plan  {d['plan_string']}  ({d['micro_batches']} micro-batches per step)",
+        "",
+        f"  step time          {_secs(d['step_time_s'])}",
+        f"  tokens/s           {d['tokens_per_s']:12,.0f}",
+        f"  TFLOP/s per device {d['tflops_per_device']:10.1f}",
+        f"  MFU                {d['mfu'] * 100:9.1f} %   (HFU {d['hfu'] * 100:.1f} %)",
+        f"  fits in memory     {'yes' if d['fits'] else 'NO'}   "
+        f"(peak {d['memory']['peak_bytes'] / 2**30:.1f} of {d['memory']['hbm_bytes'] / 2**30:.1f} GiB, "
+        f"stage {d['memory']['peak_stage']})",
+        "",
+        "  memory per device (peak stage)      time per step",
+    ]
+    mem_rows = [("weights", "weights_bytes"), ("gradients", "gradients_bytes"),
+                ("optimizer states", "optimizer_bytes"), ("activations", "activations_bytes"),
+                ("comm buffers", "comm_buffers_bytes"), ("reserve/fragment.", "reserve_bytes"),
+                ("total", "peak_bytes")]
+    time_rows = [("compute", "compute"), ("TP comm (exposed)", "tp_comm"),
+                 ("CP comm (exposed)", "cp_comm"), ("EP comm (exposed)", "ep_comm"),
+                 ("pipeline bubble", "pp_bubble"), ("pipeline send/recv", "pp_comm"),
+                 ("DP/ZeRO comm (exp.)", "dp_comm"), ("optimizer step", "optimizer")]
+    step = d["step_time_s"]
+    for i in range(max(len(mem_rows), len(time_rows))):
+        left = f"    {mem_rows[i][0]:<18}{_gib(d['memory'][mem_rows[i][1]])}" if i < len(mem_rows) else " " * 34
+        right = ""
+        if i < len(time_rows):
+            v = d["breakdown_s"][time_rows[i][1]]
+            right = f"    {time_rows[i][0]:<20}{_secs(v)} {100 * v / step:5.1f} %"
+        lines.append(left + right)
+    for n in d["notes"]:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+def cmd_simulate_train(args) -> tuple[object, str]:
+    from simulator.analytic import estimate
+    s = jobs.training_setup(args.model, args.cluster, args.plan, nodes=args.nodes, **jobs.job_options(args))
+    job, cluster, plan = s.job, s.cluster, s.plan
+    if args.engine == "analytic" and (args.trace or args.stragglers or args.full_ranks):
+        raise InputError("--trace, --stragglers and --full-ranks need --engine des")
+    if args.engine == "des":
+        from hwmodels.fileio import write_json_atomic
+        from simulator.des import chrome_trace, parse_stragglers, simulate
+        slow = parse_stragglers(args.stragglers, cluster.num_devices, args.seed) if args.stragglers else None
+        est, res = simulate(job, plan, cluster, slowdown=slow, full_ranks=args.full_ranks, trace=bool(args.trace))
+        if args.trace:
+            write_json_atomic(args.trace, chrome_trace(res, plan))
+    else:
+        est = estimate(job, plan, cluster)
+    doc, text = est.to_dict(), format_estimate(est)
+    if args.run_steps:
+        from simulator.faults import LLAMA3_FAILURES_PER_DEVICE_HOUR, simulate_goodput
+        rate = LLAMA3_FAILURES_PER_DEVICE_HOUR if args.failure_rate is None else args.failure_rate
+        g = simulate_goodput(cluster.num_devices, est.step_time_s, args.run_steps, args.ckpt_interval,
+                             args.ckpt_s, args.restart_s, rate, seed=args.seed)
+        doc["goodput"] = g.to_dict()
+        text += (f"\n\n  goodput over {args.run_steps} steps: {g.goodput * 100:.1f} %  "
+                 f"({g.failures} failures, job MTBF {g.mtbf_s / 3600:.1f} h, {g.wall_s / 3600:.1f} h wall; "
+                 f"Young/Daly checkpoint interval {g.young_daly_interval_steps:.0f} steps)")
+    doc["seed"] = args.seed
+    return doc, text
+
+
+# ---- plan train ------------------------------------------------------------------------------
 
 class Progress:
     """A one-line progress bar on stderr, drawn only on a terminal and only once a search has
@@ -114,14 +231,8 @@ def _groups(text: str):
 def cmd_plan_train(args) -> tuple[object, str]:
     from hwmodels.clusters import load_cluster
     from planner.search import Objective, parse_fix, plan_heterogeneous, search
-    from simulator.models import load_model
-    model = load_model(args.model)
-    job = job_from_args(args, model)
+    job = jobs.training_job(args.model, **jobs.job_options(args))
     fix = parse_fix(args.fix)
-    if not 0 <= args.gap < 1:
-        raise InputError(f"--gap={args.gap} must be a relative gap in [0, 1)")
-    if args.partition < 0:
-        raise InputError(f"--partition={args.partition} must be >= 0")
     groups = _groups(args.cluster)
     if groups is not None:
         if args.nodes:
@@ -144,7 +255,7 @@ def cmd_plan_train(args) -> tuple[object, str]:
     return res.to_dict(), format_result(res)
 
 
-# ---- text ------------------------------------------------------------------------------------
+# ---- plan train: text -----------------------------------------------------------------------
 
 def _dominant(bd: dict, step: float) -> str:
     k, v = max(bd.items(), key=lambda kv: kv[1])
@@ -153,18 +264,6 @@ def _dominant(bd: dict, step: float) -> str:
         o, ov = max(((a, b) for a, b in bd.items() if a != "compute"), key=lambda kv: kv[1])
         text += f" (+{o} {100 * ov / step:.1f}%)"
     return text
-
-
-def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
-    """cols: (header, key, format spec); the first two columns left-aligned, numbers right."""
-    cells = [[h for h, _, _ in cols]] + [[format(r[k], f) if r[k] is not None else "-" for _, k, f in cols]
-                                         for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
-    left = {0, 1, len(cols) - 1}
-    out = ["  ".join(c.ljust(w) if j in left else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))).rstrip()
-           for row in cells]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
 
 
 def format_result(res) -> str:
@@ -197,7 +296,7 @@ def format_result(res) -> str:
     if res.objective.tokens is not None:
         cols += [("time to train", "ttt", "")] + ([("cost USD", "cost", ",.0f")]
                                                   if c.device.price_per_hour is not None else [])
-    lines += ["", _table(rows, cols), "", "why:"]
+    lines += ["", table(rows, cols, left=(0, 1, -1)), "", "why:"]
     for d in res.plans:
         lines.append(f"  #{d['rank']}: {d['why']}")
     parts = [d for d in res.plans if d.get("partition")]

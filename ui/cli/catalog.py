@@ -1,0 +1,48 @@
+"""`clusterplan catalog devices|clusters|models`: the devices, clusters and model presets."""
+from __future__ import annotations
+
+import math
+
+from ui.cli.text import table
+
+
+def register(groups) -> None:
+    p = groups["catalog"]
+    p.add_argument("what", choices=["devices", "clusters", "models"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_catalog)
+
+
+def cmd_catalog(args) -> tuple[object, str]:
+    if args.what == "devices":
+        from hwmodels.devices import all_devices
+        rows = [{"name": d.name, "kind": d.kind, "vendor": d.vendor,
+                 "bf16_tflops": d.peak_flops.get("bf16", math.nan) / 1e12 if d.peak_flops.get("bf16") else None,
+                 "fp8_tflops": d.peak_flops["fp8"] / 1e12 if d.peak_flops.get("fp8") else None,
+                 "hbm_gb": d.hbm_bytes / 1e9 if d.hbm_bytes else None,
+                 "hbm_tb_s": d.hbm_bytes_per_s / 1e12 if d.hbm_bytes_per_s else None,
+                 "scale_up_gb_s": d.scale_up_bytes_per_s / 1e9 if d.scale_up_bytes_per_s else None,
+                 "power_w": d.power_w, "price_per_hour": d.price_per_hour,
+                 "measured_kernels": d.kernel_profile or (f"via {d.efficiency_from}" if d.efficiency_from else "none")}
+                for d in all_devices()]
+        text = table(rows, [("device", "name", ""), ("kind", "kind", ""), ("bf16 TF", "bf16_tflops", ".0f"),
+                            ("fp8 TF", "fp8_tflops", ".0f"), ("HBM GB", "hbm_gb", ".0f"),
+                            ("HBM TB/s", "hbm_tb_s", ".2f"), ("scale-up GB/s", "scale_up_gb_s", ".0f"),
+                            ("W", "power_w", ".0f"), ("$/h", "price_per_hour", ".2f"),
+                            ("kernel data", "measured_kernels", "")])
+        return rows, text
+    if args.what == "clusters":
+        from hwmodels.clusters import cluster_names, load_cluster, summary
+        rows = [summary(load_cluster(n)) for n in cluster_names()]
+        text = "\n".join(f"{r['name']:<14} {r.get('description', '')}" for r in rows)
+        return rows, text
+    from simulator.models import load_model, preset_names
+    rows = [load_model(n).summary() for n in preset_names()]
+    for r in rows:
+        r["params_b"] = r["params"] / 1e9
+        r["active_b"] = r["active_params"] / 1e9
+    text = table(rows, [("model", "name", ""), ("layers", "layers", "d"), ("hidden", "hidden", "d"),
+                        ("heads", "heads", "d"), ("kv", "kv_heads", "d"), ("ffn", "ffn", "d"),
+                        ("vocab", "vocab", "d"), ("experts", "experts", "d"), ("params (B)", "params_b", ".2f"),
+                        ("active (B)", "active_b", ".2f")])
+    return rows, text

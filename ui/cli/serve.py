@@ -1,0 +1,313 @@
+"""`clusterplan simulate serve` (the serving DES) and `clusterplan plan serve` (the cheapest fleet of
+replicas, device type x tp, that serves a rate within TTFT/TPOT SLOs; planner.serve_search)."""
+from __future__ import annotations
+
+import math
+import sys
+
+from hwmodels.errors import InputError
+from hwmodels.fileio import write_json_atomic
+from ui.cli import flags
+from ui.cli.executors import add_executor_flags, executor_from_args
+
+
+def register(groups) -> None:
+    sim = groups["simulate"].add_parser(
+        "serve", help="simulate serving a model on a cluster (continuous batching DES)",
+        description="Discrete-event simulation of LLM serving: arrivals, routers, per-replica "
+                    "continuous batching with chunked prefill and a paged KV cache.")
+    sim.add_argument("--model", required=True, help="preset, HF config.json or YAML")
+    sim.add_argument("--cluster", required=True, help="preset or cluster YAML")
+    sim.add_argument("--nodes", type=flags.integer("--nodes"),
+                     help="cluster size in nodes (default: just enough for the plan)")
+    sim.add_argument("--plan", default="", help='e.g. "tp=4,replicas=4,max_batch=256,max_tokens=8192,'
+                                                'chunk=512" or "prefill_tp=2,prefill_replicas=2,'
+                                                'decode_tp=4,decode_replicas=1"')
+    load = sim.add_mutually_exclusive_group(required=True)
+    load.add_argument("--rate", help="open loop: requests/s, or a schedule RATE:SECONDS,RATE:SECONDS")
+    load.add_argument("--concurrency", type=flags.integer("--concurrency"),
+                      help="closed loop: requests always in flight")
+    load.add_argument("--trace", help="trace file: Azure LLM CSV, BurstGPT CSV or Mooncake JSONL")
+    sim.add_argument("--prompt-len", help="1024 | uniform:LO:HI | normal:MEAN:STD | lognormal:MEAN:STD | exp:MEAN")
+    sim.add_argument("--output-len", help="same syntax as --prompt-len")
+    sim.add_argument("--requests", type=flags.integer("--requests"),
+                     help="requests to simulate (default 1000; a trace: all its rows)")
+    sim.add_argument("--warmup", type=flags.integer("--warmup", lo=0), default=0,
+                     help="first requests left out of the statistics")
+    sim.add_argument("--arrival", default="poisson", help="open-loop gaps: poisson | gamma:CV (burstiness)")
+    sim.add_argument("--think-time", type=flags.duration("--think-time"), default=0.0,
+                     help="closed loop: pause between a response and the next request")
+    sim.add_argument("--ramp-up", type=flags.duration("--ramp-up"), default=0.0,
+                     help="closed loop: spread the clients' first requests over this window")
+    sim.add_argument("--shared-prefix", help="GROUPS:TOKENS shared system prompts (prefix caching)")
+    sim.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp8", "fp4"])
+    sim.add_argument("--kv-dtype", choices=["bf16", "fp16", "fp8"], help="KV cache dtype (default: 16-bit)")
+    sim.add_argument("--engine", default="vllm", choices=["vllm", "sglang", "trtllm"],
+                     help="scheduler and memory semantics of the serving engine")
+    sim.add_argument("--router", default="round_robin",
+                     choices=["round_robin", "least_outstanding", "kv_aware"])
+    sim.add_argument("--no-prefix-caching", action="store_true")
+    sim.add_argument("--kv-blocks", type=flags.integer("--kv-blocks"), help="pin the KV pool (blocks per replica)")
+    sim.add_argument("--gpu-memory-utilization", type=flags.fraction("--gpu-memory-utilization"),
+                     help="share of HBM the engine may use (vLLM default 0.9)")
+    sim.add_argument("--slo-ttft", type=flags.duration("--slo-ttft"), help="TTFT SLO, e.g. 2s")
+    sim.add_argument("--slo-tpot", type=flags.duration("--slo-tpot"), help="TPOT SLO, e.g. 50ms")
+    sim.add_argument("--goodput-search", action="store_true",
+                     help="also search the highest rate with >= 90%% of requests within both SLOs (DistServe)")
+    sim.add_argument("--seed", type=flags.integer("--seed", lo=0), default=0)
+    sim.add_argument("--chrome-trace", help="write a Chrome/Perfetto trace of batches per replica to this file")
+    sim.add_argument("--json", action="store_true")
+    sim.set_defaults(func=cmd_simulate_serve)
+
+    p = groups["plan"].add_parser(
+        "serve", help="cheapest serving fleet (device types × tp) meeting TTFT/TPOT SLOs at a rate",
+        description="Per-configuration capacity by bisection with the serving DES, then an ILP "
+                    "(Mélange-style) choosing replicas of each device type and tp, then an "
+                    "end-to-end simulation of the chosen fleet.")
+    p.add_argument("--model", required=True, help="preset, HF config.json or YAML")
+    p.add_argument("--devices", required=True,
+                   help='available devices, "h100-sxm:16,a100-sxm-80g:32"; NAME:COUNT:PRICE sets '
+                        'the USD/device-hour price')
+    p.add_argument("--rate", required=True, type=flags.positive("--rate", "requests/s"),
+                   help="requests/s to serve (open loop, Poisson)")
+    p.add_argument("--prompt-len", required=True,
+                   help="1024 | uniform:LO:HI | normal:MEAN:STD | lognormal:MEAN:STD | exp:MEAN")
+    p.add_argument("--output-len", required=True, help="same syntax as --prompt-len")
+    p.add_argument("--slo-ttft", required=True, type=flags.duration("--slo-ttft"), help="TTFT SLO, e.g. 2s")
+    p.add_argument("--slo-tpot", required=True, type=flags.duration("--slo-tpot"), help="TPOT SLO, e.g. 50ms")
+    p.add_argument("--slo-percentile", type=flags.integer("--slo-percentile"), default=90, choices=[50, 90, 99],
+                   help="percentile of TTFT and TPOT held to the SLOs (default 90)")
+    p.add_argument("--requests", type=flags.integer("--requests"), default=400,
+                   help="simulated requests per capacity probe (default 400)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp8", "fp4"])
+    p.add_argument("--kv-dtype", choices=["bf16", "fp16", "fp8"], help="KV cache dtype (default: 16-bit)")
+    p.add_argument("--engine", default="vllm", choices=["vllm", "sglang", "trtllm"])
+    p.add_argument("--time-limit", type=flags.positive("--time-limit"), default=5.0,
+                   help="ILP time limit per solve in seconds (default 5)")
+    p.add_argument("--no-single-type", action="store_true",
+                   help="skip the cheapest single-device-type fleets shown for comparison")
+    p.add_argument("--disagg", default="auto", choices=["auto", "on", "off"],
+                   help="prefill/decode disaggregated pools: auto (the cheaper of aggregated and "
+                        "disaggregated; default), on (disaggregated only), off (aggregated only)")
+    p.add_argument("--size-classes", type=flags.integer("--size-classes"), default=1,
+                   help="split the prompts into K request-size classes (quantiles) for aggregated "
+                        "fleets: capacity per class, Mélange's class-placement ILP, a size-class "
+                        "router in the check (default 1: no split)")
+    p.add_argument("--no-pareto", action="store_true",
+                   help="skip the fleets with 1.5x and 2x capacity that fill out the cost-latency front")
+    p.add_argument("--seed", type=flags.integer("--seed", lo=0), default=0)
+    add_executor_flags(p, jobs_help="capacity probes in parallel: local worker processes (default: the "
+                                    "CPU count), or the CPUs of a local Ray")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan_serve)
+
+
+# ---- simulate serve ---------------------------------------------------------------------------
+
+def _workload(args):
+    from simulator.serving.workload import LengthDist, RateSchedule, ServingWorkload, load_trace
+    kw = {"seed": args.seed, "warmup_requests": args.warmup,
+          "slo_ttft_s": args.slo_ttft if args.slo_ttft is not None else math.inf,
+          "slo_tpot_s": args.slo_tpot if args.slo_tpot is not None else math.inf}
+    if args.trace:
+        if args.prompt_len or args.output_len:
+            raise InputError("--trace gives the lengths; drop --prompt-len/--output-len")
+        rows, fmt = load_trace(args.trace)
+        kw.update(trace=rows, trace_name=f"{args.trace} ({fmt})", num_requests=args.requests or 0)
+    else:
+        if not args.prompt_len or not args.output_len:
+            raise InputError("give --prompt-len and --output-len (or --trace FILE)")
+        kw.update(prompt_len=LengthDist.parse(args.prompt_len, "--prompt-len"),
+                  output_len=LengthDist.parse(args.output_len, "--output-len"),
+                  num_requests=args.requests or 1000)
+        if args.rate is not None:
+            kw["rate"] = RateSchedule.parse(args.rate)
+        else:
+            kw["concurrency"] = args.concurrency
+    if args.trace and args.concurrency:
+        raise InputError("--trace replays its own timestamps; drop --concurrency")
+    arrival = str(args.arrival).strip().lower()
+    if arrival == "poisson":
+        cv = 1.0
+    elif arrival.startswith("gamma:"):
+        try:
+            cv = float(arrival.split(":", 1)[1])
+        except ValueError:
+            raise InputError(f"--arrival {args.arrival!r}: expected gamma:CV with a number CV") from None
+        if not (cv > 0 and math.isfinite(cv)):
+            raise InputError(f"--arrival {args.arrival!r}: CV must be > 0")
+    else:
+        raise InputError(f"--arrival {args.arrival!r}; valid: poisson, gamma:CV")
+    if cv != 1.0 and args.rate is None:
+        raise InputError("--arrival gamma:CV shapes open-loop arrivals; it needs --rate")
+    kw["arrival_cv"] = cv
+    kw["think_time_s"] = args.think_time
+    kw["ramp_up_s"] = args.ramp_up
+    if (args.think_time or args.ramp_up) and not args.concurrency:
+        raise InputError("--think-time and --ramp-up apply to closed loop (--concurrency)")
+    if args.shared_prefix:
+        try:
+            g, t = (int(x) for x in args.shared_prefix.split(":"))
+        except ValueError:
+            raise InputError(f"--shared-prefix {args.shared_prefix!r}: expected GROUPS:TOKENS, e.g. 8:512") from None
+        if g < 1 or t < 1:
+            raise InputError(f"--shared-prefix {args.shared_prefix!r}: GROUPS and TOKENS must be >= 1")
+        kw["shared_prefix"] = (g, t)
+    return ServingWorkload(**kw)
+
+
+def cmd_simulate_serve(args):
+    from hwmodels.clusters import load_cluster
+    from simulator.models import load_model
+    from simulator.serving.engine import ServingSimulation, max_goodput_rate, parse_serving_plan
+    model = load_model(args.model)
+    cluster = load_cluster(args.cluster, nodes=args.nodes)
+    cluster.device.peak(args.dtype)
+    plan = parse_serving_plan(args.plan, cluster, engine=args.engine, router=args.router,
+                              dtype=args.dtype, kv_dtype=args.kv_dtype,
+                              prefix_caching=not args.no_prefix_caching, kv_blocks=args.kv_blocks,
+                              gpu_memory_utilization=args.gpu_memory_utilization)
+    wl = _workload(args)
+    sim = ServingSimulation(model, plan, wl, chrome_trace=bool(args.chrome_trace),
+                            nodes_given=args.nodes is not None)
+    report = sim.run()
+    doc = report.to_dict()
+    doc["model"] = model.name
+    doc["cluster"] = cluster.name
+    if args.goodput_search:
+        if wl.rate is None or not wl.rate.is_constant:
+            raise InputError("--goodput-search needs a constant --rate to start from")
+        if wl.slo_ttft_s == math.inf and wl.slo_tpot_s == math.inf:
+            raise InputError("--goodput-search needs --slo-ttft and/or --slo-tpot")
+        doc["distserve_goodput"] = max_goodput_rate(model, plan, wl, nodes_given=args.nodes is not None)
+    if args.chrome_trace:
+        write_json_atomic(args.chrome_trace, sim.chrome_trace())
+    return doc, format_serving(doc)
+
+
+def _ms(d: dict, key: str) -> str:
+    v = d.get(key)
+    return "       -" if v is None else f"{v * 1e3:9.1f}"
+
+
+def format_serving(d: dict) -> str:
+    p = d["plan"]
+    reps = ", ".join(f"{r['count']}× {r['role'] + ' ' if r['role'] != 'both' else ''}{r['device']} "
+                     f"tp={r['tp']} pp={r['pp']}" for r in p["replicas"])
+    wl = d["workload"]
+    load = (f"rate {wl['rate']} req/s" if "rate" in wl else
+            f"concurrency {wl['concurrency']}" if "concurrency" in wl else f"trace {wl.get('trace')}")
+    lines = [f"model {d['model']} on {d['cluster']}: {reps}; engine {p['engine']}, router {p['router']}, "
+             f"{p['dtype']} (KV {p['kv_dtype']})",
+             f"workload {load}, {d['num_requests']} requests ({d['measured']} measured, "
+             f"{d['rejected']} rejected), seed {wl['seed']}", "",
+             f"  {'latency (ms)':<14}{'mean':>9}{'p50':>9}{'p90':>9}{'p99':>9}"]
+    for label, key in (("TTFT", "ttft_s"), ("TPOT", "tpot_s"), ("ITL", "itl_s"), ("E2E", "e2e_s"),
+                       ("queueing", "queue_s")):
+        s = d[key]
+        lines.append(f"  {label:<14}" + "".join(_ms(s, k) for k in ("mean", "p50", "p90", "p99")))
+    lines += ["",
+              f"  throughput        {d['throughput_requests_per_s']:10.2f} req/s   "
+              f"{d['throughput_tokens_per_s']:10.0f} output tok/s   "
+              f"{d['tokens_per_s_per_device']:8.0f} tok/s/device",
+              f"  goodput           {d['goodput_requests_per_s']:10.2f} req/s   "
+              f"(SLO attainment {d['slo_attainment'] * 100:.1f}%)",
+              f"  KV utilisation    mean {d['kv_utilization']['mean'] * 100:5.1f}%   "
+              f"max {d['kv_utilization']['max'] * 100:5.1f}%   preemptions {d['preemptions']}   "
+              f"prefix-cache hit rate {d['prefix_cache_hit_rate'] * 100:.1f}%"]
+    if "distserve_goodput" in d:
+        g = d["distserve_goodput"]
+        lines.append(f"  DistServe goodput {g['rate_req_per_s']:10.2f} req/s at >= "
+                     f"{g['target'] * 100:.0f}% SLO attainment")
+    lines.append("")
+    for r in d["replicas"]:
+        lines.append(f"  replica {r['index']:>3} {r['role']:<7} {r['device']:<10} tp={r['tp']} "
+                     f"KV {r['kv_capacity_tokens']:>9,} tokens  busy {r['busy_s']:8.2f} s  "
+                     f"iterations {r['iterations']:>8}  preemptions {r['preemptions']}")
+    for n in d["notes"]:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+# ---- plan serve ------------------------------------------------------------------------------
+
+def cmd_plan_serve(args):
+    from planner.serve_search import parse_devices, plan_serving
+    from simulator.models import load_model
+    from simulator.serving.workload import LengthDist, RateSchedule, ServingWorkload
+    pool = parse_devices(args.devices)
+    model = load_model(args.model)
+    wl = ServingWorkload(num_requests=args.requests, rate=RateSchedule(((args.rate, math.inf),)),
+                         prompt_len=LengthDist.parse(args.prompt_len, "--prompt-len"),
+                         output_len=LengthDist.parse(args.output_len, "--output-len"), seed=args.seed)
+    progress = None
+    if not args.json and sys.stderr.isatty():  # a progress bar for people, never in --json output
+        def progress(done, total, label):
+            bar = "#" * (24 * done // total)
+            sys.stderr.write(f"\r  capacities [{bar:<24}] {done}/{total} {label:<28}")
+            if done == total:
+                sys.stderr.write("\r" + " " * 72 + "\r")
+            sys.stderr.flush()
+    # The capacity probes: a Ray executor when asked for; locally, plan_serving's own forked
+    # pool of --jobs workers (serial with --jobs 1).
+    executor = executor_from_args(args) if args.executor == "ray" or args.ray_address else None
+    try:
+        doc = plan_serving(model, pool, wl, args.rate, args.slo_ttft, args.slo_tpot, args.slo_percentile,
+                           args.requests, args.seed, args.engine, args.dtype, args.kv_dtype,
+                           time_limit_s=args.time_limit, single_type=not args.no_single_type,
+                           disagg=args.disagg, pareto=not args.no_pareto, progress=progress,
+                           classes=args.size_classes, jobs=args.jobs, executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
+    return doc, format_plan_serve(doc)
+
+
+def _ms_cell(v) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v * 1e3:.1f}"
+
+
+def _mode(mode: str) -> str:
+    return "agg" if mode == "aggregated" else "disagg"
+
+
+def _role(role: str) -> str:
+    return "" if role == "both" else f" {role}"
+
+
+def format_plan_serve(d: dict) -> str:
+    s = d["slo"]
+    pk = f"p{s['percentile']}"
+    lines = [f"plan serve {d['model']}: {d['rate_req_per_s']:g} req/s, prompt {d['workload']['prompt_len']}, "
+             f"output {d['workload']['output_len']}; SLO {pk} TTFT <= {_ms_cell(s['ttft_s'])} ms, "
+             f"TPOT <= {_ms_cell(s['tpot_s'])} ms; disaggregation {d['disagg']}",
+             "pool: " + ", ".join(f"{e['device']}×{e['count']} (${e['price_per_hour']:.2f}/h)" for e in d["pool"]),
+             "", f"  {'config':<40}{'req/s per replica':>18}{'$/h per replica':>17}{'idle TTFT ms':>14}"]
+    price = {e["device"]: e["price_per_hour"] for e in d["pool"]}
+    for c in d["capacities"]:
+        cfg = f"{c['device']} tp={c['tp']}{_role(c['role'])}" + (f" [{c['prompt_len']}]" if "size_class" in c else "")
+        rate = f"{c['rate_per_replica']:.2f}" if c["rate_per_replica"] > 0 else (
+            "does not fit" if c["note"] else "misses SLO")
+        idle = c["ttft_floor_s"] + c["kv_transfer_s"] if c["role"] == "prefill" else c["ttft_floor_s"]
+        lines.append(f"  {cfg:<40}{rate:>18}{price[c['device']] * c['tp']:>17.2f}"
+                     f"{('-' if c['role'] == 'decode' else _ms_cell(idle)):>14}")
+    if d.get("kv_transfer_bytes_per_s"):
+        lines.append(f"  KV between the disaggregated pools: {d['kv_transfer_bytes_per_s'] / 1e9:.2f} GB/s")
+    lines += ["", f"  {'#':<3}{'$/h':>9}  {'mode':<7}{'replicas':<46}{pk + ' TTFT ms':>14}{pk + ' TPOT ms':>14}"
+                  f"{'tok/s/dev':>10}{'attain':>8}{'headroom':>9}  SLO"]
+    for i, f in enumerate(d["fleets"], 1):
+        reps = " + ".join(f"{r['count']}× {r['device']} tp={r['tp']}{_role(r['role'])}" for r in f["replicas"])
+        lines.append(f"  {i:<3}{f['cost_per_hour']:>9.2f}  {_mode(f['mode']):<7}{reps:<46}{_ms_cell(f['predicted']['ttft_s']):>14}"
+                     f"{_ms_cell(f['predicted']['tpot_s']):>14}{f['tokens_per_s_per_device']:>10.0f}"
+                     f"{f['slo_attainment'] * 100:>7.1f}%{f['headroom'] * 100:>8.1f}%  "
+                     f"{'met' if f['meets_slo'] else 'MISSED'}")
+    if len(d.get("pareto") or []) > 1:
+        lines += ["", f"  cost-latency Pareto front ({pk}):"]
+        for p in d["pareto"]:
+            lines.append(f"    ${p['cost_per_hour']:>8.2f}/h  TTFT {_ms_cell(p['ttft_s']):>8} ms  TPOT "
+                         f"{_ms_cell(p['tpot_s']):>7} ms  {_mode(p['mode']):<6} {p['replicas']}")
+    sol = d["solver"]
+    lines += ["", f"  search {d['search_time_s']:.2f} s, solver {sol['status']} (CBC, time limit "
+                  f"{sol['time_limit_s']:g} s per solve, gap {sol['gap']:g})"]
+    lines += [f"  note: {n}" for n in d["notes"]]
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""`clusterplan validate published|collectives|profile|run|compare|serving`: the simulator against
+measurements. published: training throughput tables; collectives: NCCL tables and bus bandwidths;
+profile, run, compare: measure kernels and run the model for real with torch (validation/profiler.py,
+harness.py; torch is imported when they run), then predict the runs from the profile;
+serving: replay of aiconfigurator-core's measured deployments."""
+from __future__ import annotations
+
+import sys
+
+from ui.cli import flags
+from ui.cli.executors import add_executor_flags, executor_from_args
+
+
+def cmd_published(args) -> tuple[object, str]:
+    from validation.published import format_report, published_report
+    # Serial in this process unless --jobs or --executor ray asks for workers.
+    ex = executor_from_args(args) if args.executor == "ray" or args.ray_address or args.jobs else None
+    try:
+        report = published_report(executor=ex)
+    finally:
+        if ex is not None:
+            ex.close()
+    return report, format_report(report)
+
+
+def cmd_collectives(args) -> tuple[object, str]:
+    from validation.collectives import format_report, validate_collectives
+    report = validate_collectives()
+    return report, format_report(report)
+
+
+def _log(json_mode: bool):
+    return (lambda msg: print(msg, file=sys.stderr)) if json_mode else print
+
+
+def cmd_profile(args):
+    from validation.profiler import profile
+    meta = profile(args.device, args.out, quick=args.quick, threads=args.threads, ranks=args.ranks,
+                   log=_log(args.json))
+    text = (f"profile written to {args.out}: {meta['device_name']}, {meta['threads']} thread(s), "
+            f"torch {meta['torch']}, {meta['profile_seconds']} s; tables {meta['tables']}")
+    return meta, text
+
+
+def _model(ref):
+    from validation.harness import default_model
+    if not ref:
+        return default_model()
+    from simulator.models import load_model
+    return load_model(ref)
+
+
+def cmd_run(args):
+    from validation.harness import RunConfig, run
+    dtype = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
+    cfg = RunConfig(model=_model(args.model), seq_len=args.seq_len, batch=args.batch, steps=args.steps,
+                    warmup=args.warmup, ranks=args.ranks, decode_batches=args.decode_batches,
+                    prompt_len=args.prompt_len, gen_len=args.gen_len, threads=args.threads,
+                    device=args.device, dtype=dtype, timeout_s=args.timeout)
+    res = run(cfg, args.out, memory_limit=args.memory_limit, log=_log(args.json))
+    lines = [f"runs written to {args.out}"]
+    for c in res["cases"]:
+        lines.append(f"  {c['case']:<16} median {c['median_s'] * 1e3:9.2f} ms  "
+                     f"(p10 {c['p10_s'] * 1e3:.2f}, p90 {c['p90_s'] * 1e3:.2f}, {c['samples']} samples)")
+    return res, "\n".join(lines)
+
+
+def cmd_compare(args):
+    from validation.compare import compare, format_report
+    rep = compare(args.profile, args.runs)
+    return rep, format_report(rep)
+
+
+def cmd_serving(args):
+    from validation.serving import format_report, run_suite
+    # Ray when asked for; locally, run_suite's own pool of --jobs workers.
+    ex = executor_from_args(args) if args.executor == "ray" or args.ray_address else None
+    try:
+        doc = run_suite(quick=args.quick, limit=args.limit, scope=args.scope, protocol=args.protocol,
+                        jobs=args.jobs, executor=ex)
+    finally:
+        if ex is not None:
+            ex.close()
+    return doc, format_report(doc)
+
+
+def register(groups) -> None:
+    val = groups["validate"]
+    pub = val.add_parser("published", help="published training throughput (Megatron-LM 2021 Table 1, NeMo 24.07)")
+    add_executor_flags(pub)
+    pub.add_argument("--json", action="store_true")
+    pub.set_defaults(func=cmd_published)
+
+    v = val.add_parser("collectives", help="collective model vs measured NCCL tables and published bus bandwidths")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_collectives)
+
+    p = val.add_parser("profile", help="measure kernels, collectives and overheads with torch")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", required=True, help="folder to write (validation/data/profiles/NAME)")
+    p.add_argument("--quick", action="store_true", help="small grids (CI: well under a minute on 2 cores)")
+    p.add_argument("--threads", type=flags.integer("--threads"), default=1, help="CPU threads per process")
+    p.add_argument("--ranks", type=flags.integer("--ranks"), default=2, help="processes for collectives")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+    r = val.add_parser("run", help="train and decode the validation GPT for real, record medians")
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    r.add_argument("--out", required=True, help="folder to write (validation/data/runs/NAME)")
+    r.add_argument("--model", default="", help="preset, config.json or YAML (default: 4-layer GPT, hidden 512, vocab 4096)")
+    r.add_argument("--seq-len", type=flags.integer("--seq-len"), default=128)
+    r.add_argument("--batch", type=flags.integer("--batch"), default=4, help="sequences per rank per step")
+    r.add_argument("--steps", type=flags.integer("--steps"), default=6, help="timed training steps")
+    r.add_argument("--warmup", type=flags.integer("--warmup", lo=0), default=4, help="untimed steps / iterations first")
+    r.add_argument("--ranks", type=flags.integers("--ranks"), default=(1, 2),
+                   help="training cases: 1 = one process, n = DDP over n")
+    r.add_argument("--decode-batches", type=flags.integers("--decode-batches"), default=(1, 4, 16))
+    r.add_argument("--prompt-len", type=flags.integer("--prompt-len"), default=128)
+    r.add_argument("--gen-len", type=flags.integer("--gen-len"), default=24)
+    r.add_argument("--threads", type=flags.integer("--threads"), default=1, help="CPU threads per process")
+    r.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default fp32 on cpu, bf16 on cuda")
+    r.add_argument("--memory-limit", type=flags.size("--memory-limit"),
+                   help="refuse cases needing more (default: available memory)")
+    r.add_argument("--timeout", type=flags.positive("--timeout"), default=900.0,
+                   help="seconds per case before workers are killed")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    c = val.add_parser("compare", help="predict the runs from the profile; error per case and MAPE")
+    c.add_argument("--profile", required=True, help="profile folder")
+    c.add_argument("--runs", required=True, help="run folder")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+    sv = val.add_parser("serving", help="replay measured deployments (aiconfigurator-core silicon_sample.csv)")
+    sv.add_argument("--quick", action="store_true", help="1 warm-up + 3 measured requests per client")
+    sv.add_argument("--limit", type=flags.integer("--limit"), help="replay only the first N rows in scope")
+    sv.add_argument("--scope", default="dense", choices=["dense", "all"],
+                    help="dense: dense models on H100/H200 (default); all: adds MoE/MLA presets and B200/GB200")
+    sv.add_argument("--protocol", default="burst", choices=["burst", "staggered"],
+                    help="closed-loop start: all clients at t=0 (aiperf; default) or spread over one "
+                         "request lifetime (sensitivity check)")
+    add_executor_flags(sv)
+    sv.add_argument("--json", action="store_true")
+    sv.set_defaults(func=cmd_serving)

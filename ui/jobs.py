@@ -1,0 +1,71 @@
+"""Training jobs from the options a person gives: one builder for the command line
+(`simulate train`, `plan train`) and the dashboard's Train page, so that both read the same options
+the same way.
+
+    setup = training_setup("gpt3-175b", "dgx-a100", "tp=8,pp=8,mb=1", nodes=128,
+                           seq_len=2048, global_batch=1536, tp_overlap=True)
+    estimate(setup.job, setup.plan, setup.cluster)
+
+The option names are the CLI flags' (`--grad-overlap` -> grad_overlap) and the dashboard's inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hwmodels.clusters import Cluster, load_cluster
+from hwmodels.errors import InputError
+from simulator.models import ModelSpec, load_model
+from simulator.ops import check_supported
+from simulator.training import TrainingJob, TrainingPlan, parse_plan, validate_plan
+
+ATTENTION = ("flash", "unfused")
+# The user-facing options of a training job, with their defaults (TrainingJob's where it has one).
+JOB_OPTIONS = {"seq_len": None, "global_batch": None, "dtype": "bf16", "attention": "flash",
+               "dropout": True, "grad_overlap": True, "tp_overlap": False, "p2p_overlap": False}
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    job: TrainingJob
+    cluster: Cluster
+    plan: TrainingPlan | None  # None when no plan was asked for (a plan search)
+
+
+def job_options(source) -> dict:
+    """The job options held by `source`, an argparse namespace or a dict (missing: default)."""
+    get = source.get if isinstance(source, dict) else (lambda k, d: getattr(source, k, d))
+    return {k: get(k, d) for k, d in JOB_OPTIONS.items()}
+
+
+def training_job(model: ModelSpec | str, seq_len: int, global_batch: int, dtype: str = "bf16",
+                 attention: str = "flash", dropout: bool = True, grad_overlap: bool = True,
+                 tp_overlap: bool = False, p2p_overlap: bool = False) -> TrainingJob:
+    """A TrainingJob of `model` (a ModelSpec, or a preset name / config.json / YAML path)."""
+    if attention not in ATTENTION:
+        raise InputError(f"attention={attention!r}; valid: {', '.join(ATTENTION)}")
+    if isinstance(model, str):
+        model = load_model(model)
+    return TrainingJob(model=model, seq_len=seq_len, global_batch=global_batch, dtype=dtype,
+                       flash_attention=attention == "flash", dropout=dropout, overlap_grad_reduce=grad_overlap,
+                       overlap_tp_comm=tp_overlap, overlap_p2p_comm=p2p_overlap)
+
+
+def training_setup(model: ModelSpec | str, cluster: Cluster | str, plan: str | None = None,
+                   nodes: int | None = None, **options) -> TrainingSetup:
+    """The job, the cluster (resized to `nodes` when given) and the plan, every one checked: the
+    device supports the dtype, and the plan fits the job and the cluster (validate_plan). Raises
+    InputError naming the first bad value, in the order model, cluster, job, dtype, plan."""
+    if isinstance(model, str):
+        model = load_model(model)
+    if isinstance(cluster, str):
+        cluster = load_cluster(cluster, nodes=nodes)
+    elif nodes is not None:
+        cluster = cluster.with_nodes(nodes)
+    job = training_job(model, **options)
+    cluster.device.peak(job.dtype)  # the device must support the dtype
+    if plan is None:
+        return TrainingSetup(job, cluster, None)
+    p = parse_plan(plan, cluster.num_devices)
+    validate_plan(p, job, cluster.num_devices, cluster.devices_per_node)
+    check_supported(job.model, p)
+    return TrainingSetup(job, cluster, p)
