@@ -1,5 +1,5 @@
-"""Cost-optimal serving fleets (`clusterplan plan serve`; DESIGN.md §4, MODELING.md "Serving:
-Mélange"; issue #7).
+"""Cost-optimal serving fleets (`clusterplan plan serve`; docs/design.md §4, docs/modeling.md §5.3
+"Serving fleets"; issue #7).
 
 Three steps, each usable on its own:
 
@@ -224,10 +224,11 @@ def _cache_key(model, cluster, tp, workload, *rest):
 
 def capacities(model, work: list, workload, slo_ttft_s: float, slo_tpot_s: float, percentile: int,
                requests: int, seed: int, engine: str, dtype: str, kv_dtype, jobs: int | None = None,
-               progress=None) -> list[Capacity]:
+               progress=None, executor=None) -> list[Capacity]:
     """`replica_capacity` of every (cluster, tp, role) in `work`, in that order. Configurations are
-    independent: with `jobs` > 1 (default: the CPU count) they run in forked worker processes,
-    which inherit the loaded kernel tables; results land in the parent's cache."""
+    independent: they run on `executor` (simulator.executor, e.g. a RayExecutor) when given, else
+    with `jobs` > 1 (default: the CPU count) in forked worker processes, which inherit the loaded
+    kernel tables; results land in the parent's cache, the same on every executor."""
     import os
     args = [(c, tp, role) for c, tp, role in work]
     rest = (slo_ttft_s, slo_tpot_s, percentile, requests, seed, engine, dtype, kv_dtype)
@@ -248,24 +249,27 @@ def capacities(model, work: list, workload, slo_ttft_s: float, slo_tpot_s: float
             progress(done, len(args), f"{c.device.name} tp={tp} {role}")
 
     import multiprocessing
-    if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+    if executor is None and jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
+        from simulator.executor import LocalExecutor
+        executor = LocalExecutor(jobs)
+    if executor is not None and todo:
         from simulator.serving.costs import iteration_cost
-        for c in {id(c): c for c, _, _ in args}.values():  # load kernel tables before the fork
+        for c in {id(c): c for c, _, _ in args}.values():  # load kernel tables before a fork
             iteration_cost(model, c, 1, 1, 1, dtype, kv_dtype, engine)
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as ex:
-            futs = {ex.submit(replica_capacity, model, args[i][0], args[i][1], workload, slo_ttft_s,
-                              slo_tpot_s, percentile, requests, seed, engine, dtype, kv_dtype,
-                              role=args[i][2]): i
-                    for i in sorted(todo, key=lambda i: args[i][1])}  # small tp (slow probes) first
-            for f in as_completed(futs):
-                finish(futs[f], f.result())
+        order = sorted(todo, key=lambda i: args[i][1])  # small tp (slow probes) first
+        executor.run(_capacity_probe, [(model, args[i][0], args[i][1], workload, *rest, args[i][2]) for i in order],
+                     on_done=lambda o: finish(order[o.index], o.value), capture_errors=False)
     else:
         for i in todo:
             c, tp, role = args[i]
             finish(i, replica_capacity(model, c, tp, workload, slo_ttft_s, slo_tpot_s, percentile,
                                        requests, seed, engine, dtype, kv_dtype, role=role))
     return out
+
+
+def _capacity_probe(a: tuple) -> Capacity:
+    """replica_capacity(*a[:-1], role=a[-1]): one task for an executor."""
+    return replica_capacity(*a[:-1], role=a[-1])
 
 
 def replica_capacity(model, cluster, tp: int, workload, slo_ttft_s: float, slo_tpot_s: float,
@@ -741,13 +745,15 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
                  engine: str = "vllm", dtype: str = "bf16", kv_dtype: str | None = None,
                  time_limit_s: float = DEFAULT_TIME_LIMIT_S, gap: float = DEFAULT_GAP,
                  single_type: bool = True, max_retries: int = 4, disagg: str = "auto",
-                 pareto: bool = True, progress=None, jobs: int | None = None, classes: int = 1) -> dict:
+                 pareto: bool = True, progress=None, jobs: int | None = None, classes: int = 1,
+                 executor=None) -> dict:
     """The `plan serve` document: capacities, the cheapest fleet — aggregated, or prefill/decode
     disaggregated (`disagg` on), or the cheaper of the two (auto) — the cheapest single-type fleet
     per device type for comparison when `single_type`, each verified by simulation, and the
     cost-vs-latency Pareto front of the verified fleets (with fleets of 1.5x and 2x the needed
     capacity when `pareto`). `progress(done, total, label)` is called as capacities complete;
-    `jobs` worker processes measure them (default: the CPU count). `classes` > 1 splits the
+    `jobs` worker processes measure them (default: the CPU count), or `executor`
+    (simulator.executor) when given. `classes` > 1 splits the
     prompts into that many request-size classes for the aggregated fleets: capacities per class
     and Mélange's class-placement ILP (`fleet_ilp_classes`), verified with a size-class router."""
     if percentile not in PERCENTILES:
@@ -785,9 +791,9 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
     agg_work = [w for w in work if w[2] == "both"] if size else []
     work = [w for w in work if w not in agg_work]  # with classes, aggregated configs are measured per class
     caps = capacities(model, work, workload, slo_ttft_s, slo_tpot_s, percentile, requests, seed,
-                      engine, dtype, kv_dtype, jobs, progress)
+                      engine, dtype, kv_dtype, jobs, progress, executor)
     class_caps = [capacities(model, agg_work, replace(workload, prompt_len=dist), slo_ttft_s, slo_tpot_s,
-                             percentile, requests, seed, engine, dtype, kv_dtype, jobs, progress)
+                             percentile, requests, seed, engine, dtype, kv_dtype, jobs, progress, executor)
                   for _, _, dist in size]
     price = {e.device: e.price_per_hour for e in pool}
     available = {e.device: e.count for e in pool}

@@ -1,5 +1,5 @@
 """Published training throughput vs the simulator's prediction (validation only: no constant is
-fitted to these rows, DESIGN.md §5)."""
+fitted to these rows, docs/design.md §5)."""
 from __future__ import annotations
 
 import csv
@@ -37,43 +37,51 @@ def megatron2021_plans(job: TrainingJob, tp: int, pp: int, dp: int):
                                        schedule="interleaved", vpp=v, zero=0)
 
 
-def megatron_table1() -> dict:
-    cases = []
+def _run(fn, rows: list, executor=None) -> list:
+    """[fn(row) for row in rows], on `executor` (simulator.executor) when given."""
+    return executor.map(fn, rows) if executor is not None else [fn(r) for r in rows]
+
+
+def _table1_case(r: dict) -> dict:
+    """The case of one Table 1 row: the best plan Megatron-LM 2021 could have run."""
+    h, L, a = int(r["hidden_size"]), int(r["num_layers"]), int(r["attention_heads"])
+    tp, pp, gpus = int(r["tensor_parallel"]), int(r["pipeline_parallel"]), int(r["num_gpus"])
+    s, B, V = int(r["seq_len"]), int(r["global_batch_size"]), int(r["vocab_size"])
+    model = megatron_gpt(f"gpt-{r['params_billion']}b", L, h, a, vocab_size=V, seq_len=s)
+    # Megatron-LM 2021 software: fp16, unfused attention with dropout, gradient all-reduce
+    # after backward (no overlap), no distributed optimizer.
+    job = TrainingJob(model=model, seq_len=s, global_batch=B, dtype="fp16", flash_attention=False,
+                      overlap_grad_reduce=False, overlap_param_gather=False, dropout=True)
+    cluster = load_cluster("dgx-a100", nodes=gpus // 8)
+    best = None
+    for plan in megatron2021_plans(job, tp, pp, gpus // (tp * pp)):
+        try:
+            est = estimate(job, plan, cluster)
+        except InputError:
+            continue
+        if est.fits and (best is None or est.step_time_s < best.step_time_s):
+            best = est
+    if best is None:
+        raise RuntimeError(f"no plan fits for Table 1 row {r['params_billion']}B")
+    measured = float(r["achieved_tflops_per_gpu"])
+    pred = best.tflops_per_device
+    return {"name": f"GPT {r['params_billion']}B, {gpus} A100, tp={tp} pp={pp}",
+            "predicted": round(pred, 2), "measured": measured, "unit": "TFLOP/s per GPU",
+            "table": "megatron-2021-table1",
+            "error_pct": round(100 * (pred - measured) / measured, 2),
+            "plan": best.plan.to_string(), "step_time_s": best.step_time_s,
+            "breakdown_s": best.breakdown_s}
+
+
+def megatron_table1(executor=None) -> dict:
     with open(TABLE1) as f:
         rows = list(csv.DictReader(f))
-    for r in rows:
-        h, L, a = int(r["hidden_size"]), int(r["num_layers"]), int(r["attention_heads"])
-        tp, pp, gpus = int(r["tensor_parallel"]), int(r["pipeline_parallel"]), int(r["num_gpus"])
-        s, B, V = int(r["seq_len"]), int(r["global_batch_size"]), int(r["vocab_size"])
-        model = megatron_gpt(f"gpt-{r['params_billion']}b", L, h, a, vocab_size=V, seq_len=s)
-        # Megatron-LM 2021 software: fp16, unfused attention with dropout, gradient all-reduce
-        # after backward (no overlap), no distributed optimizer.
-        job = TrainingJob(model=model, seq_len=s, global_batch=B, dtype="fp16", flash_attention=False,
-                          overlap_grad_reduce=False, overlap_param_gather=False, dropout=True)
-        cluster = load_cluster("dgx-a100", nodes=gpus // 8)
-        best = None
-        for plan in megatron2021_plans(job, tp, pp, gpus // (tp * pp)):
-            try:
-                est = estimate(job, plan, cluster)
-            except InputError:
-                continue
-            if est.fits and (best is None or est.step_time_s < best.step_time_s):
-                best = est
-        if best is None:
-            raise RuntimeError(f"no plan fits for Table 1 row {r['params_billion']}B")
-        measured = float(r["achieved_tflops_per_gpu"])
-        pred = best.tflops_per_device
-        cases.append({"name": f"GPT {r['params_billion']}B, {gpus} A100, tp={tp} pp={pp}",
-                      "predicted": round(pred, 2), "measured": measured, "unit": "TFLOP/s per GPU",
-                      "table": "megatron-2021-table1",
-                      "error_pct": round(100 * (pred - measured) / measured, 2),
-                      "plan": best.plan.to_string(), "step_time_s": best.step_time_s,
-                      "breakdown_s": best.breakdown_s})
+    cases = _run(_table1_case, rows, executor)
     return {"suite": "published", "source": "Narayanan et al. 2021 (arXiv 2104.04473) Table 1",
             "cases": cases, **{k: v for k, v in _stats(cases).items() if k != "cases"}}
 
 
-def nemo_2407() -> list[dict]:
+def nemo_2407(executor=None) -> list[dict]:
     """NeMo 24.07 pretraining on DGX-H100 in FP8 (the latest doc version of the table): tokens/s
     per GPU with each row's own TP/PP/CP/VP and micro-batch. NeMo's software as its performance
     recipes run it: Transformer Engine FP8 GEMMs with bf16 flash attention, sequence parallelism
@@ -84,32 +92,33 @@ def nemo_2407() -> list[dict]:
     with open(NEMO) as f:
         rows = [r for r in csv.DictReader(f) if r["section"] == "Pretraining"]
     latest = max(r["doc_version"] for r in rows)
-    cases = []
-    for r in rows:
-        if r["doc_version"] != latest or r["Model"] not in NEMO_MODELS:
-            continue
-        model = load_model(NEMO_MODELS[r["Model"]])
-        gpus, seq = int(r["#-GPUs"]), int(float(r["Sequence Length"]))
-        tp, pp, cp, vp = (int(float(r[k] or 1)) for k in ("TP", "PP", "CP", "VP"))
-        job = TrainingJob(model=model, seq_len=seq, global_batch=int(r["GBS"]), dtype="fp8",
-                          overlap_tp_comm=True, overlap_p2p_comm=vp > 1,
-                          dropout=r["Model"].startswith("GPT3"))
-        cluster = load_cluster("dgx-h100", nodes=gpus // 8)
-        est = None
-        for rc in ("none", "selective", "full"):
-            plan = TrainingPlan(dp=gpus // (tp * pp * cp), tp=tp, pp=pp, cp=cp, vpp=vp, mb=int(r["MBS"]),
-                                schedule="interleaved" if vp > 1 else "1f1b", sp=tp > 1, zero=1, recompute=rc)
-            est = estimate(job, plan, cluster)
-            if est.fits:
-                break
-        measured = float(r["Tokens / sec / GPU"])
-        pred = est.tokens_per_s / gpus
-        cases.append({"name": f"NeMo {r['Model']}, {gpus} H100 FP8, tp={tp} pp={pp} cp={cp} vp={vp}",
-                      "predicted": round(pred, 1), "measured": measured, "unit": "tokens/s per GPU",
-                      "error_pct": round(100 * (pred - measured) / measured, 2), "table": "nemo-24.07",
-                      "plan": est.plan.to_string(), "step_time_s": est.step_time_s,
-                      "breakdown_s": est.breakdown_s})
-    return cases
+    rows = [r for r in rows if r["doc_version"] == latest and r["Model"] in NEMO_MODELS]
+    return _run(_nemo_case, rows, executor)
+
+
+def _nemo_case(r: dict) -> dict:
+    """The case of one NeMo 24.07 row."""
+    model = load_model(NEMO_MODELS[r["Model"]])
+    gpus, seq = int(r["#-GPUs"]), int(float(r["Sequence Length"]))
+    tp, pp, cp, vp = (int(float(r[k] or 1)) for k in ("TP", "PP", "CP", "VP"))
+    job = TrainingJob(model=model, seq_len=seq, global_batch=int(r["GBS"]), dtype="fp8",
+                      overlap_tp_comm=True, overlap_p2p_comm=vp > 1,
+                      dropout=r["Model"].startswith("GPT3"))
+    cluster = load_cluster("dgx-h100", nodes=gpus // 8)
+    est = None
+    for rc in ("none", "selective", "full"):
+        plan = TrainingPlan(dp=gpus // (tp * pp * cp), tp=tp, pp=pp, cp=cp, vpp=vp, mb=int(r["MBS"]),
+                            schedule="interleaved" if vp > 1 else "1f1b", sp=tp > 1, zero=1, recompute=rc)
+        est = estimate(job, plan, cluster)
+        if est.fits:
+            break
+    measured = float(r["Tokens / sec / GPU"])
+    pred = est.tokens_per_s / gpus
+    return {"name": f"NeMo {r['Model']}, {gpus} H100 FP8, tp={tp} pp={pp} cp={cp} vp={vp}",
+            "predicted": round(pred, 1), "measured": measured, "unit": "tokens/s per GPU",
+            "error_pct": round(100 * (pred - measured) / measured, 2), "table": "nemo-24.07",
+            "plan": est.plan.to_string(), "step_time_s": est.step_time_s,
+            "breakdown_s": est.breakdown_s}
 
 
 def nemo_report() -> dict:
@@ -123,9 +132,10 @@ def _stats(cases: list[dict]) -> dict:
     return {"cases": len(cases), "mape_pct": round(sum(errs) / len(errs), 2), "max_error_pct": round(max(errs), 2)}
 
 
-def published_report() -> dict:
-    """Every published end-to-end table the simulator is compared with."""
-    megatron, nemo = megatron_table1()["cases"], nemo_2407()
+def published_report(executor=None) -> dict:
+    """Every published end-to-end table the simulator is compared with; the cases run on
+    `executor` (simulator.executor) when given, with the same results."""
+    megatron, nemo = megatron_table1(executor)["cases"], nemo_2407(executor)
     cases = megatron + nemo
     return {"suite": "published", "cases": cases, **{k: v for k, v in _stats(cases).items() if k != "cases"},
             "tables": {"megatron-2021-table1": {"source": "Narayanan et al. 2021 (arXiv 2104.04473) Table 1",

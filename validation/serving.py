@@ -1,7 +1,7 @@
 """Serving validation: replay the measured deployments of aiconfigurator-core's
 `systems/silicon_sample.csv` with the serving DES and compare TTFT and TPOT.
 
-The CSV (aiconfigurator-core 0.12.0, Apache-2.0; DESIGN.md §5: validation data, never fitted) has
+The CSV (aiconfigurator-core 0.12.0, Apache-2.0; docs/design.md §5: validation data, never fitted) has
 one row per measured deployment: model (`model_path`), GPU system, serving backend (vLLM,
 SGLang, TensorRT-LLM) and version, precision (empty = the checkpoint's bf16), aggregated (`agg`)
 or disaggregated (`disagg`) mode, input/output lengths (`isl`/`osl`), parallelism per worker,
@@ -189,18 +189,27 @@ def _replay(case: dict, seed: int, slots: tuple, protocol: str) -> dict:
             "preemptions": rep.preemptions, "kv_blocks": rep.replicas[0]["kv_blocks"]}
 
 
+def _replay_task(a: tuple) -> dict:
+    """replay(case, 0, slots, protocol) for a = (case, slots, protocol): one executor task."""
+    case, slots, protocol = a
+    return replay(case, 0, slots, protocol)
+
+
 def _err(pred: float, meas: float) -> float:
     return 100.0 * (pred - meas) / meas
 
 
 def run_suite(path: str | None = None, limit: int | None = None, quick: bool = False,
-              jobs: int | None = None, scope: str = "dense", protocol: str = "burst") -> dict:
+              jobs: int | None = None, scope: str = "dense", protocol: str = "burst", executor=None) -> dict:
     """Replay every row in scope; the document `validate serving --json` prints.
 
     protocol "burst": all C clients send their first request at t = 0 (aiperf concurrency mode);
     "staggered": their first requests spread over one request lifetime, i.e. a closed loop
     whose clients are out of phase (a sensitivity check: the measured TTFTs depend on how far
-    the benchmark's clients drifted out of lock-step, which the CSV does not record)."""
+    the benchmark's clients drifted out of lock-step, which the CSV does not record).
+
+    The rows replay on `executor` (simulator.executor) when given, else on `jobs` local worker
+    processes (default: the CPU count); the document is the same either way."""
     if scope not in ("dense", "all"):
         raise InputError(f"scope {scope!r}; valid: dense, all")
     if protocol not in ("burst", "staggered"):
@@ -220,7 +229,9 @@ def run_suite(path: str | None = None, limit: int | None = None, quick: bool = F
         cases = cases[:limit]
     results = []
     workers = min(jobs or os.cpu_count() or 1, max(1, len(cases) // 8))
-    if workers > 1:  # rows are independent; results come back in row order
+    if executor is not None:  # rows are independent; results come back in row order
+        preds = executor.map(_replay_task, [(case, slots, protocol) for case in cases])
+    elif workers > 1:
         with concurrent.futures.ProcessPoolExecutor(workers) as pool:
             preds = list(pool.map(replay, cases, [0] * len(cases), [slots] * len(cases),
                                   [protocol] * len(cases), chunksize=8))
