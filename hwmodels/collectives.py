@@ -26,9 +26,9 @@ protocols), unless the caller forces an algorithm or protocol.
 - pairwise (all-to-all): n-1 grouped send/recv; p2p (send/recv): one step, at NCCL's measured p2p
   share of the link (vidur profiles), over the NIC path across nodes.
 Protocols LL / LL128 / Simple differ in latency and bandwidth (NCCL tuning.cc constants, in
-../shared/reference/hardware/interconnects.csv model_param rows).
+validation/data/reference/interconnects.csv model_param rows).
 
-Calibration (DESIGN.md §5): for a device with measured NCCL tables (aiconfigurator-core, via its
+Calibration (docs/modeling.md §2.8): for a device with measured NCCL tables (aiconfigurator-core, via its
 `kernel_profile`), the scale-up tier's per-protocol lines are fitted to the table: latency
 a0 + a1·steps and a per-byte cost (u·f + v) per (op, protocol, algorithm) — u the bus bandwidth's
 inverse, v a cost per byte of S that does not shrink with the group (the rank's own copy and

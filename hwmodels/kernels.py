@@ -1,6 +1,6 @@
 """Kernel time model: how long one GEMM, attention, elementwise or copy kernel takes on a device.
 
-Order of evidence, best first (DESIGN.md §5, calibration data only):
+Order of evidence, best first (docs/modeling.md §1; calibration data only, docs/design.md §5):
 1. a measured latency table of this device (aiconfigurator-core parquet, or our own profiles),
    interpolated where it covers the shape;
 2. the same table's achieved efficiency (FLOP/s ÷ dense peak) carried over to a device without
@@ -21,7 +21,7 @@ from hwmodels.errors import InputError
 
 # Achievable fraction of HBM bandwidth for streaming kernels and a fixed per-kernel cost.
 # aiconfigurator-core 0.12.0 systems/*.yaml: mem_bw_empirical_scaling_factor 0.8 and
-# mem_empirical_constant_latency 3 µs (kernel-level observations); ../shared/reference/hardware
+# mem_empirical_constant_latency 3 µs (kernel-level observations); validation/data/reference/hardware
 # README: NVIDIA parts reach up to ~90% of HBM peak in copy benchmarks (arXiv 2510.27583).
 MEMORY_EFFICIENCY = 0.8
 KERNEL_LATENCY_S = 3e-6
@@ -30,7 +30,7 @@ KERNEL_LATENCY_S = 3e-6
 FALLBACK_GEMM_EFFICIENCY = 0.869
 # FlashAttention-2 backward does 2.5× the forward FLOPs (5 GEMMs vs 2) at about the forward's
 # throughput: FA2 benchmark figures (Dao 2023, repo README) give fwd+bwd 189 TFLOP/s vs fwd ~190
-# on A100 hd128 causal, 328 vs 335 on H100 (../shared/reference/flashattention_measured_tflops.csv).
+# on A100 hd128 causal, 328 vs 335 on H100 (validation/data/reference/flashattention_measured_tflops.csv).
 FLASH_BWD_FLOP_RATIO = 2.5
 # Flash attention forward when no attention table covers the device: FA2 forward on H100,
 # hd128 causal, 16k: 335 of 989 TFLOP/s (same file) — a fraction of dense peak.

@@ -43,7 +43,7 @@ import numpy as np
 from hwmodels.clusters import Cluster
 from hwmodels.errors import InputError
 
-# ---- structural constants (each from a source in ../shared/reference/hardware) -------------------
+# ---- structural constants (each from a source in validation/data/reference/hardware) -------------
 SWITCH_RADIX = 64  # NVIDIA Quantum-2 QM9700: 64 x 400 Gb/s ports (interconnects.csv switch row)
 LEAF_DOWN_PORTS = SWITCH_RADIX // 2  # non-blocking leaf: half the ports down, half up (folded Clos)
 SU_NODES = 32  # DGX SuperPOD scalable unit = 32 nodes, rail i of every node on leaf i (systems.md 2.1)

@@ -1,13 +1,13 @@
 """`clusterplan validate collectives`: predicted vs measured collective times.
 
 Two groups of cases:
-- tables: every system with NCCL tables in aiconfigurator-core (DESIGN.md §5): all-reduce,
+- tables: every system with NCCL tables in aiconfigurator-core (docs/design.md §5): all-reduce,
   all-gather and reduce-scatter latency over every measured GPU count (2..8) and size (512 B ..
   512 MiB), predicted by the same `collective_cost` the simulator uses, on a one-node cluster of
   that system. The scale-up tier is calibrated on these very tables (hwmodels.collectives), so this
   group measures how well the model's structure (NCCL protocols and algorithms, tuner) reproduces
   them; the issue's bar is MAPE <= 10% at >= 1 MiB and <= 25% below, per system.
-- reference: published measurements from ../shared/reference (nccl_collective_measurements.csv,
+- reference: published measurements in validation/data/reference (nccl_collective_measurements.csv,
   hardware/interconnects.csv measured rows, vidur_profiled_collectives.csv): 8-GPU sweeps beyond
   512 MiB, NVLS by GPU count, multi-node bus bandwidths (DGX A100 / DGX H100 SuperPOD peaks, a
   2x8 H100 sweep, 4x8 B200), MI300X and PCIe nodes. Each case says whether it is independent of
@@ -31,7 +31,7 @@ from hwmodels.clusters import Cluster, Tier, load_cluster
 from hwmodels.collectives import collective_cost
 from hwmodels.devices import Device, all_devices
 
-REFERENCE = Path(__file__).resolve().parent / "data" / "reference"  # copies of ../shared/reference files
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"  # sourced reference files (README.md there)
 TABLE_OPS = ("all_reduce", "all_gather", "reduce_scatter")
 MIB, GIB = 2 ** 20, 2 ** 30
 # SM version -> NVLink generation of the SXM parts (interconnects.csv link_spec rows: NVLink 3
@@ -338,7 +338,7 @@ def validate_collectives() -> dict:
     ref_valid = [c for c in ref if c["role"] == "validation"]
     return {
         "suite": "collectives",
-        "source": "aiconfigurator-core 0.12.0 NCCL tables; ../shared/reference collective measurements",
+        "source": "aiconfigurator-core 0.12.0 NCCL tables; validation/data/reference collective measurements",
         "cases": cases,
         "mape_pct": round(float(np.mean(errs)), 2) if errs else None,
         "max_error_pct": round(float(np.max(errs)), 2) if errs else None,
@@ -368,7 +368,7 @@ def format_report(report: dict) -> str:
     t = report["tables"]
     lines += [f"{'all tables':<22} {'':<8} {t['cases']:>5} {t['mape_ge_1mib_pct']:>9.1f}% "
               f"{t['mape_lt_1mib_pct']:>8.1f}%", "",
-              "Published measurements (validation/data/reference, copied from ../shared/reference)", "",
+              "Published measurements (validation/data/reference, sources in its README.md)", "",
               f"{'case':<58} {'predicted':>10} {'measured':>10} {'unit':<11} {'error':>7}  role"]
     for c in report["cases"]:
         if c["group"] != "reference":

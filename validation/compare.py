@@ -1,5 +1,5 @@
 """Predicted vs measured: the real runs of validation/harness.py predicted from a kernel profile
-of the same machine (validation/profiler.py), DESIGN.md §4 validate schema.
+of the same machine (validation/profiler.py), docs/design.md §4 validate schema.
 
 The analytic engine (simulator.analytic.estimate) takes its KernelModel from the device catalog,
 so a profiled CPU cannot be plugged into it; this module walks the op list of the validation GPT

@@ -1,4 +1,4 @@
-"""Serving simulation (DESIGN.md §1 "serving DES"): workloads, per-replica continuous-batching
+"""Serving simulation (docs/design.md §1, serving DES): workloads, per-replica continuous-batching
 engines on simpy, routers, disaggregation and the metrics of a run.
 
     from simulator.serving import simulate, parse_serving_plan, ServingWorkload, LengthDist, RateSchedule

@@ -94,7 +94,7 @@ class ServingPlan:
 
 
 def parse_serving_plan(text: str, cluster: Cluster, **options) -> ServingPlan:
-    """A plan string (DESIGN.md §4): `tp pp ep replicas max_batch max_tokens chunk`, or for
+    """A plan string (docs/design.md §4): `tp pp ep replicas max_batch max_tokens chunk`, or for
     disaggregation `prefill_tp prefill_replicas decode_tp decode_replicas` (and prefill_pp,
     decode_pp). Defaults: tp=pp=ep=replicas=1; batching limits from the engine.
     `options` set the other ServingPlan fields (engine, router, dtype, ...)."""

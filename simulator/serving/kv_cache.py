@@ -40,7 +40,7 @@ LOGIT_BYTES = 4
 
 def kv_bytes_per_token(model: ModelSpec, tp: int, pp: int, kv_dtype: str) -> float:
     """KV bytes one token takes on one GPU: 2 (K and V) · layers/pp · kv heads per GPU ·
-    head_dim · bytes (MODELING.md Serving). KV heads are replicated when tp > kv heads (vLLM);
+    head_dim · bytes (docs/modeling.md §4.2). KV heads are replicated when tp > kv heads (vLLM);
     MLA caches the compressed latent plus the RoPE key, on every TP rank (DeepSeek-V2 §2.1.3)."""
     layers = math.ceil(model.num_layers / pp)
     b = dtype_bytes(kv_dtype)

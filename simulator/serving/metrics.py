@@ -1,7 +1,7 @@
 """What a serving run measured: `MetricsRecorder` collects it during the simulation and
 `ServingReport` summarises it.
 
-Definitions (vLLM benchmarks/benchmark_serving.py, MODELING.md Serving):
+Definitions (vLLM benchmarks/benchmark_serving.py, docs/modeling.md §4.4 "Metrics"):
     TTFT  first token time − arrival (queueing + prefill; + KV transfer when disaggregated)
     TPOT  (E2E − TTFT) / (output tokens − 1), per request with more than one output token
     ITL   every gap between two consecutive tokens of a request; a decode iteration of length d
