@@ -117,6 +117,9 @@ class Schedule:
 
 
 class OneFOneB(Schedule):
+    """1F1B (PipeDream-Flush; Narayanan et al. 2021 §2.2.1): a warm-up of forwards, then one
+    forward one backward, so a stage holds at most p − s micro-batches."""
+
     name = "1f1b"
 
 
@@ -127,6 +130,7 @@ class GPipe(Schedule):
     dominated_by = "gpipe: 1f1b's step time, more activations"
 
     def inflight(self, p, v, m, stage):
+        """Every micro-batch's activations until the backwards start (Huang et al. 2019 §2.2)."""
         return m
 
     def order(self, stage, p, m, v, times=None):
@@ -205,6 +209,7 @@ class ZeroBubbleH2(ZeroBubbleH1):
         return (p - 1) * fwd.sum(axis=-1) / p
 
     def inflight(self, p, v, m, stage):
+        """Stage s holds up to 2p − 1 − s micro-batches (Qi et al. 2023 §3.1: peak (2p − 1)·M_B)."""
         return np.minimum(m, 2 * p - 1 - stage)
 
     def order(self, stage, p, m, v, times=None):

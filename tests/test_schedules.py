@@ -247,3 +247,23 @@ def test_every_registered_schedule_has_the_full_interface():
         assert v in sched.vpp_options(16, p)
     assert parse_plan("pp=4,schedule=zb-v", 8).vpp == 2
     assert parse_plan("pp=4,schedule=dualpipe", 8).vpp == 1
+
+
+def test_catalog_lists_every_registered_schedule_with_its_sources():
+    """`clusterplan catalog schedules` reads the registry: a schedule added to
+    simulator/schedules.py appears there with its bubble and in-flight formulas and their sources."""
+    import json
+
+    from ui.cli import main
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["catalog", "schedules", "--json"])
+    assert code in (0, None)
+    doc = json.loads(out.getvalue())
+    rows = doc if isinstance(doc, list) else doc.get("rows", doc.get("schedules", []))
+    assert [r["name"] for r in rows] == list(schedules.SCHEDULES)
+    for r in rows:
+        assert r["bubble"] and r["in_flight"] and r["description"], r
+        assert any(ch.isdigit() for ch in r["bubble"] + r["description"]), r  # a cited source

@@ -1,4 +1,5 @@
-"""`clusterplan catalog devices|clusters|models`: the devices, clusters and model presets."""
+"""`clusterplan catalog devices|clusters|models|schedules`: the devices, clusters, model presets and
+pipeline schedules."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ from ui.cli.text import table
 
 def register(groups) -> None:
     p = groups["catalog"]
-    p.add_argument("what", choices=["devices", "clusters", "models"])
+    p.add_argument("what", choices=["devices", "clusters", "models", "schedules"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_catalog)
 
@@ -36,6 +37,8 @@ def cmd_catalog(args) -> tuple[object, str]:
         rows = [summary(load_cluster(n)) for n in cluster_names()]
         text = "\n".join(f"{r['name']:<14} {r.get('description', '')}" for r in rows)
         return rows, text
+    if args.what == "schedules":
+        return _schedules()
     from simulator.models import load_model, preset_names
     rows = [load_model(n).summary() for n in preset_names()]
     for r in rows:
@@ -45,4 +48,21 @@ def cmd_catalog(args) -> tuple[object, str]:
                         ("heads", "heads", "d"), ("kv", "kv_heads", "d"), ("ffn", "ffn", "d"),
                         ("vocab", "vocab", "d"), ("experts", "experts", "d"), ("params (B)", "params_b", ".2f"),
                         ("active (B)", "active_b", ".2f")])
+    return rows, text
+
+
+def _first_line(doc: str | None) -> str:
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
+def _schedules() -> tuple[list, str]:
+    """The registry of `simulator.schedules`: each schedule with its source and closed forms."""
+    from simulator import schedules
+    rows = []
+    for name, s in schedules.SCHEDULES.items():
+        rows.append({"name": name, "description": _first_line(type(s).__doc__),
+                     "bubble": _first_line(s.bubble_s.__doc__), "in_flight": _first_line(s.inflight.__doc__),
+                     "splits_weight_gradients": s.weight_split, "parameter_copies": 2 if s.pass_fraction(2, 2) < 1 else 1})
+    text = "\n\n".join(f"{r['name']}\n  {r['description']}\n  bubble: {r['bubble']}\n  in flight: {r['in_flight']}"
+                        for r in rows)
     return rows, text
