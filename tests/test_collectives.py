@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import replace
 
 import networkx as nx
@@ -15,8 +14,9 @@ from hwmodels.collectives import (OPS, bus_bandwidth, candidates, collective_cos
                                   group_layout, tier_calibration)
 from hwmodels.errors import InputError
 from hwmodels.topology import build_topology, network_time, place_group, torus_shape
-from planner.cli import main
-from planner.cmd_collective import SWEEP_SIZES, parse_size
+from ui.cli import main
+from ui.cli.collective import SWEEP_SIZES
+from ui.cli.flags import parse_size
 
 GIB, MIB = 2 ** 30, 2 ** 20
 
@@ -268,15 +268,29 @@ def test_every_nccl_table_system_meets_the_accuracy_bar():
         summary = system_summary(s, table_cases(s))
         assert summary["mape_ge_1mib_pct"] <= 10.0, summary
         assert summary["mape_lt_1mib_pct"] <= 25.0, summary
+        # and the fit quality README.md publishes (its `validate collectives` table), within a point
+        if s in README_MAPE:
+            ge, lt = README_MAPE[s]
+            assert summary["mape_ge_1mib_pct"] <= ge + 1.0, summary
+            assert summary["mape_lt_1mib_pct"] <= lt + 1.0, summary
 
 
-def test_cached_costing_is_fast():
+# README.md "Collectives" table: MAPE >= 1 MiB, MAPE < 1 MiB (%) per NCCL table
+README_MAPE = {"a100_sxm": (5.8, 3.1), "b200_sxm": (5.9, 2.1), "b300_sxm": (6.0, 4.2), "gb200": (5.5, 1.9),
+               "gb300": (5.6, 2.0), "h100_sxm": (3.5, 2.7), "h200_sxm": (2.7, 3.1), "l40s": (6.3, 8.1),
+               "rtx_pro_6000_server": (3.4, 4.3)}
+
+
+def test_costing_a_placed_group_shape_reuses_its_candidates():
+    """New message sizes on a group shape already placed are costed from the cached candidate
+    lines (the speed target, < 50 µs a call, is measured by tests/bench/bench_collectives.py)."""
+    from hwmodels.collectives import candidates
     c = load_cluster("dgx-h100", nodes=64)
     collective_cost(c, "all_reduce", 512, 1, MIB)
-    t0 = time.perf_counter()
+    misses = candidates.cache_info().misses
     for i in range(200):
         collective_cost(c, "all_reduce", 512, 1, MIB + i)
-    assert (time.perf_counter() - t0) / 200 < 200e-6  # bench target 50 µs; slack for CI noise
+    assert candidates.cache_info().misses == misses
 
 
 # ---- CLI --------------------------------------------------------------------------------------------

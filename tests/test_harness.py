@@ -228,6 +228,7 @@ def test_kernel_model_from_profile_answers_the_kernel_queries():
     prof, _ = _committed()
     km = KernelModel.from_profile(prof)
     assert km.dtype == "fp32" and km.device.kind == "cpu"
+    assert km.sustained_factor == 1.0  # own measurements are used as measured (no MAMF scaling)
     t1, t2 = km.gemm_s(512, 1024, 256), km.gemm_s(1024, 1024, 256)
     assert 0 < t1 < t2 < 3 * t1
     assert km.flash_attention_s(4, 128, 128, 8, 8, 32) > 0

@@ -10,7 +10,7 @@ import pytest
 
 from hwmodels.clusters import load_cluster
 from hwmodels.errors import InputError
-from planner.cli import main
+from ui.cli import main
 from simulator.models import load_model
 from simulator.serving import scheduler as sched_mod
 from simulator.serving.engine import (ReplicaGroup, ServingPlan, ServingSimulation,
@@ -221,7 +221,7 @@ def test_bad_flags_exit_2_with_one_line(capsys, extra, msg):
 
 
 def test_durations_parse():
-    from planner.cmd_serve import parse_duration
+    from ui.cli.flags import parse_duration
     assert parse_duration("2s") == 2 and parse_duration("50ms") == pytest.approx(0.05)
     assert parse_duration("1500us") == pytest.approx(0.0015) and parse_duration("0.25") == 0.25
 

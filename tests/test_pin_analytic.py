@@ -1,0 +1,56 @@
+"""Pins of the analytic step-time estimate (`simulator.analytic.estimate`): pipeline send/recv.
+
+Narayanan et al. 2021 §4.1: each micro-batch's activation (s·b·h·2 bytes, ÷t with the
+scatter-gather optimisation) crosses every stage boundary once forward and once backward.
+Megatron-Core --overlap-p2p-communication hides the transfers behind compute except along the
+fill and drain, whose chain passes through all p·v − 1 (virtual) stage boundaries, forward and
+backward: 2·(p·v − 1) transfers exposed. Without overlap every transfer blocks its stage:
+2·(m·v + p − 1).
+"""
+import pytest
+
+from hwmodels.clusters import load_cluster
+from hwmodels.collectives import collective_s
+from simulator.analytic import estimate
+from simulator.models import load_model
+from simulator.training import TrainingJob, parse_plan, micro_batches
+
+SEQ, GB = 4096, 64
+
+
+def _case(overlap, plan_text="tp=8,pp=4,schedule=interleaved,vpp=2", nodes=4):
+    cluster = load_cluster("dgx-h100", nodes=nodes)
+    model = load_model("llama3-70b")
+    job = TrainingJob(model, SEQ, GB, overlap_p2p_comm=overlap)
+    plan = parse_plan(plan_text, cluster.num_devices)
+    est = estimate(job, plan, cluster)
+    msg = SEQ * plan.mb * model.hidden_size * 2 / plan.tp
+    one = collective_s(cluster, "send_recv", 2, plan.tp * plan.cp * plan.dp, msg) if plan.pp > 1 else 0.0
+    return est, plan, micro_batches(plan, job), one
+
+
+def test_overlapped_p2p_exposes_fill_and_drain_both_directions():
+    est, plan, m, one = _case(True)
+    p, v = plan.pp, plan.vpp
+    assert one > 0
+    assert est.breakdown_s["pp_comm"] == pytest.approx(2 * (p * v - 1) * one, rel=1e-6)
+
+
+def test_blocking_p2p_exposes_every_transfer_both_directions():
+    est, plan, m, one = _case(False)
+    p, v = plan.pp, plan.vpp
+    assert est.breakdown_s["pp_comm"] == pytest.approx(2 * (m * v + p - 1) * one, rel=1e-6)
+
+
+def test_overlap_hides_the_steady_state_transfers():
+    on, plan, m, one = _case(True)
+    off, *_ = _case(False)
+    p, v = plan.pp, plan.vpp
+    saved = off.breakdown_s["pp_comm"] - on.breakdown_s["pp_comm"]
+    assert saved == pytest.approx(2 * (m * v + p - 1 - (p * v - 1)) * one, rel=1e-6)
+    assert off.step_time_s - on.step_time_s == pytest.approx(saved, rel=1e-6)
+
+
+def test_no_pipeline_no_p2p():
+    est, *_ = _case(True, "tp=8", nodes=1)
+    assert est.breakdown_s["pp_comm"] == 0.0

@@ -1,0 +1,253 @@
+"""Pins of the collective cost model (`hwmodels.collectives`) against NCCL's tuner
+(src/graph/tuning.cc): its latency formulas and hwLat/baseLat constants, written out here."""
+import math
+
+import pytest
+
+from hwmodels.clusters import load_cluster
+from hwmodels.collectives import collective_cost, collective_s
+
+US = 1e-6
+# tuning.cc baseLat[Tree] and hwLat[NET][Tree] (µs) for LL / LL128 / Simple
+TREE_BASE = {"LL": 6.8, "LL128": 14.0, "Simple": 8.4}
+NET_TREE = {"LL": 5.0, "LL128": 8.5, "Simple": 14.0}
+NET_RING_LL128 = 4.0
+
+
+def _tree_latency(nodes, proto):
+    c = load_cluster("dgx-h100", nodes=nodes)
+    return c, collective_cost(c, "all_reduce", 8 * nodes, 1, 4096, algorithm="tree", protocol=proto).latency_s
+
+
+@pytest.mark.parametrize("proto", ["LL", "LL128", "Simple"])
+def test_tree_allreduce_latency_doubles_each_inter_node_level(proto):
+    """NCCL: tree latency = baseLat + 2·((ppn − 1)·intraLat + log2(nNodes)·interLat): the tree is
+    traversed up (reduce) and down (broadcast), so every doubling of the node count adds two
+    network steps. dgx-h100's IB tier latency (4 µs) equals NCCL's NET ring LL128 step, so the
+    network steps are NCCL's own constants."""
+    c, _ = _tree_latency(2, proto)
+    assert c.tiers[-1].latency_s == pytest.approx(NET_RING_LL128 * US)
+    lat = {m: _tree_latency(m, proto)[1] for m in (2, 4, 8, 16)}
+    for m in (2, 4, 8):
+        assert lat[2 * m] - lat[m] == pytest.approx(2 * NET_TREE[proto] * US, rel=1e-6)
+
+
+def test_128_rank_small_allreduce_is_at_least_nccl_tree_latency():
+    """A 4 KiB all-reduce on 16 DGX H100 nodes is latency-bound; NCCL's cheapest algorithm there
+    is the LL tree, whose latency alone is ≥ baseLat + 2·log2(16)·hwLat[NET][Tree][LL]
+    = 6.8 + 40 = 46.8 µs (the intra-node chain adds more). NCCL's model gives ≈ 56 µs."""
+    c = load_cluster("dgx-h100", nodes=16)
+    floor = (TREE_BASE["LL"] + 2 * math.log2(16) * NET_TREE["LL"]) * US
+    t = collective_s(c, "all_reduce", 128, 1, 4096)
+    assert floor <= t <= 1.25 * floor
+    cost = collective_cost(c, "all_reduce", 128, 1, 4096)
+    assert (cost.algorithm, cost.protocol) == ("tree", "LL")
+    assert cost.time_s == pytest.approx(t)
+
+
+# ---- NCCL tuning.cc constants on a tier without a measured table (MI300X Infinity Fabric) -------
+# baseLat[Ring] and hwLat[NVLINK][Ring] (µs) per protocol; MI300X's tier latency (1.9 µs) is the
+# NVLINK LL128 ring step, so the steps are NCCL's own constants.
+RING_BASE = {"LL": 6.6, "LL128": 14.0, "Simple": 8.4}
+NVLINK_RING = {"LL": 0.6, "LL128": 1.9, "Simple": 3.4}
+PROTO_BW = {"LL": 0.25, "LL128": 0.92, "Simple": 1.0}
+
+
+@pytest.mark.parametrize("proto", ["LL", "LL128", "Simple"])
+def test_default_ring_line_is_nccls_latency_and_protocol_bandwidth(proto):
+    """8-GPU ring all-reduce: latency = baseLat + 2(n-1)·hwLat; per byte 2(n-1)/n over the bus
+    bandwidth (MI300X 448 GB/s x 0.70 measured-peak efficiency, RCCL 312.9 GB/s busbw, STAS_NET)
+    times the protocol's share (LL 1/4, LL128 0.92, Simple 1: tuning.cc)."""
+    from hwmodels.collectives import candidates
+    c = load_cluster("mi300x")
+    lines = {(ln.algorithm, ln.protocol): ln for ln in candidates(c, "all_reduce", 8, 1)}
+    ring = lines[("ring", proto)]
+    assert ring.latency_s == pytest.approx((RING_BASE[proto] + 14 * NVLINK_RING[proto]) * US, rel=1e-9)
+    assert ring.s_per_byte == pytest.approx(1.75 / (448e9 * 0.70 * PROTO_BW[proto]), rel=1e-9)
+    # the single-node tree is a chain: ~2S through every GPU, 2(n-1) steps
+    tree = lines[("tree", proto)]
+    assert tree.latency_s == pytest.approx(ring.latency_s, rel=1e-9)
+    assert tree.s_per_byte == pytest.approx(2 / (448e9 * 0.70 * PROTO_BW[proto]), rel=1e-9)
+
+
+def test_mi300x_large_all_reduce_matches_the_measured_busbw():
+    """RCCL all-reduce on 8x MI300X: 312.9 GB/s bus bandwidth at large sizes (STAS_NET)."""
+    cost = collective_cost(load_cluster("mi300x"), "all_reduce", 8, 1, 2 ** 30)
+    assert cost.busbw_bytes_per_s == pytest.approx(312.9e9, rel=0.02)
+    assert (cost.algorithm, cost.protocol) == ("ring", "Simple")
+
+
+def test_all_gather_uses_the_single_node_ll_share():
+    """tuning.cc: LL runs at 1/3 of busBw for single-node collectives other than all-reduce."""
+    from hwmodels.collectives import candidates
+    c = load_cluster("mi300x")
+    lines = {(ln.algorithm, ln.protocol): ln for ln in candidates(c, "all_gather", 8, 1)}
+    assert lines[("ring", "LL")].s_per_byte == pytest.approx(0.875 / (448e9 * 0.70 / 3), rel=1e-9)
+    assert lines[("ring", "LL")].latency_s == pytest.approx((6.6 + 7 * 0.6) * US, rel=1e-9)
+    assert ("tree", "LL") not in lines  # NCCL's tree is an all-reduce algorithm
+
+
+def test_ll128_needs_nvlink():
+    """tuning.cc disables LL128 over PCIe: a PCIe A100 server offers only LL and Simple."""
+    from hwmodels.collectives import candidates
+    c = load_cluster("pcie-a100")
+    assert {ln.protocol for ln in candidates(c, "all_reduce", 8, 1)} == {"LL", "Simple"}
+    with pytest.raises(Exception, match="protocol 'LL128' is not available"):
+        collective_cost(c, "all_reduce", 8, 1, 2 ** 20, protocol="LL128")
+
+
+def test_nvls_from_five_gpus_on_hopper_and_six_on_blackwell():
+    """NCCL picks NVLS above 4 GPUs on 8x H200 and from 6 GPUs on 8x B200 (interconnects.csv)."""
+    from hwmodels.collectives import candidates, nvls_min_ranks
+    assert nvls_min_ranks(load_cluster("dgx-h100")) == 5 and nvls_min_ranks(load_cluster("dgx-b200")) == 6
+    assert nvls_min_ranks(load_cluster("dgx-a100")) is None
+    b = load_cluster("dgx-b200")
+    assert "nvls" in {ln.algorithm for ln in candidates(b, "all_reduce", 6, 1)}
+    assert "nvls" not in {ln.algorithm for ln in candidates(b, "all_reduce", 5, 1)}
+
+
+def test_nvls_beats_ring_by_the_measured_h200_gain():
+    """8x H200 all-reduce: NVLS 480.0 vs ring 367.2 GB/s busbw (interconnects.csv): a 1.31x gain."""
+    c = load_cluster("dgx-h200")
+    nvls = collective_cost(c, "all_reduce", 8, 1, 2 ** 30)
+    ring = collective_cost(c, "all_reduce", 8, 1, 2 ** 30, algorithm="ring")
+    assert nvls.algorithm == "nvls"
+    assert nvls.busbw_bytes_per_s / ring.busbw_bytes_per_s == pytest.approx(480.0 / 367.2, rel=0.02)
+
+
+# ---- TPU ICI torus (scaling-book: 1 µs per hop, bidirectional rings on wrapped axes) ----------
+def test_tpu_v5p_all_reduce_over_a_wrapped_4x4x4_cube():
+    """64 chips: a bidirectional ring on each of the 3 wrapped axes at once, 6 links of 100 GB/s
+    per chip (600 GB/s ICI), 80% efficiency; 2·(4-1) hops per axis of 1 µs."""
+    from hwmodels.collectives import candidates
+    c = load_cluster("tpu-v5p", nodes=16)
+    (line,) = candidates(c, "all_reduce", 64, 1)
+    assert line.latency_s == pytest.approx(3 * 2 * 3 * US, rel=1e-9)
+    assert line.s_per_byte == pytest.approx((2 * 63 / 64) / (3 * 2 * 100e9 * 0.8), rel=1e-9)
+    (x,) = candidates(c, "all_reduce", 4, 1)  # one wrapped axis
+    assert x.latency_s == pytest.approx(6 * US) and x.s_per_byte == pytest.approx(1.5 / (2 * 100e9 * 0.8))
+    (p2p,) = candidates(c, "send_recv", 2, 1)  # neighbours: one hop, one link
+    assert p2p.latency_s == pytest.approx(1 * US) and p2p.s_per_byte == pytest.approx(1 / (100e9 * 0.8))
+    (ag,) = candidates(c, "all_gather", 4, 1)
+    assert ag.latency_s == pytest.approx(3 * US)
+
+
+# ---- the cost record and its errors -------------------------------------------------------------
+def test_cost_record_splits_latency_and_bandwidth_and_lists_candidates():
+    c = load_cluster("mi300x")
+    cost = collective_cost(c, "all_reduce", 8, 1, 2 ** 30)
+    assert cost.time_s == pytest.approx(cost.latency_s + cost.bandwidth_s, rel=1e-12)
+    assert cost.latency_s == pytest.approx((8.4 + 14 * 3.4) * US)
+    assert cost.algbw_bytes_per_s == pytest.approx(2 ** 30 / cost.time_s)
+    assert cost.busbw_bytes_per_s == pytest.approx(cost.algbw_bytes_per_s * 1.75)
+    assert min(t for _, _, t in cost.candidates) == cost.time_s and len(cost.candidates) == 6
+    d = cost.to_dict()
+    assert d["size_bytes"] == 2 ** 30 and d["calibrated_from"] == "" and d["members_per_node"] == 8
+    assert collective_cost(c, "all_reduce", 8, 1, 0).time_s == 0.0
+    assert collective_cost(c, "all_reduce", 1, 1, 2 ** 20).algorithm == "none"
+    assert collective_s(c, "all_reduce", 1, 1, 2 ** 20) == 0.0 and collective_s(c, "all_reduce", 8, 1, 0) == 0.0
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    (dict(op="gather"), "unknown collective"), (dict(nbytes=-1), "finite number"),
+    (dict(nbytes=float("inf")), "finite number"), (dict(placement="random"), "placement"),
+    (dict(op="send_recv"), "between 2 ranks"), (dict(algorithm="butterfly"), "not available"),
+    (dict(algorithm="tree", protocol="LL129"), "protocol 'LL129'")])
+def test_bad_collective_requests_are_one_line_errors(kw, fragment):
+    from hwmodels.errors import InputError
+    args = dict(op="all_reduce", nbytes=2 ** 20)
+    args.update(kw)
+    op, nbytes = args.pop("op"), args.pop("nbytes")
+    with pytest.raises(InputError, match=fragment) as e:
+        collective_cost(load_cluster("dgx-h100"), op, 8, 1, nbytes, **args)
+    assert "\n" not in str(e.value)
+
+
+def test_hierarchical_all_reduce_is_forced_only():
+    """NCCL has no sequential hierarchical all-reduce: the tuner never picks it, forcing works."""
+    c = load_cluster("dgx-h100", nodes=4)
+    auto = collective_cost(c, "all_reduce", 32, 1, 2 ** 28)
+    hier = collective_cost(c, "all_reduce", 32, 1, 2 ** 28, algorithm="hierarchical")
+    assert auto.algorithm != "hierarchical" and hier.algorithm == "hierarchical"
+    assert ("hierarchical", hier.protocol, hier.time_s) in hier.candidates
+
+
+@pytest.mark.parametrize("size,stride,ppn,expected_us", [(16, 1, 8, 6.6 + 2 * (7 * 0.6 + 5.0)),
+                                                         (8, 2, 4, 6.6 + 2 * (3 * 0.6 + 5.0)),
+                                                         (2, 8, 1, 6.8 + 2 * 5.0)])
+def test_tree_latency_counts_the_intra_node_chain(size, stride, ppn, expected_us):
+    """tuning.cc: tree latency = baseLat + 2·((ppn − 1)·intraLat + log2(nNodes)·interLat), LL on
+    2 MI300X nodes (intra step hwLat[NVLINK] 0.6 µs; NET tree LL 5.0 µs, the IB tier's 4 µs being
+    NCCL's NET LL128 ring step); one rank per node has no chain and NCCL's tree base 6.8 µs."""
+    c = load_cluster("mi300x", nodes=2)
+    cost = collective_cost(c, "all_reduce", size, stride, 4096, algorithm="tree", protocol="LL")
+    assert cost.members_per_node == ppn and cost.nodes == 2
+    assert cost.latency_s == pytest.approx(expected_us * US, rel=1e-9)
+
+
+def test_cross_node_ring_limited_by_the_scale_up_link_keeps_the_in_node_busbw():
+    """MI300X nodes (Infinity Fabric 448 GB/s x 0.70) with 8 x 400G NICs: a 16-rank ring over 2
+    nodes is limited by the in-node links, so its bus bandwidth is the in-node 313.6 GB/s."""
+    c = load_cluster("mi300x", nodes=2)
+    two = collective_cost(c, "all_reduce", 16, 1, 2 ** 32, algorithm="ring", protocol="Simple")
+    one = collective_cost(c, "all_reduce", 8, 1, 2 ** 32, algorithm="ring", protocol="Simple")
+    assert two.bottleneck == "scale-up"
+    assert two.bandwidth_s == pytest.approx(2 ** 32 * (2 * 15 / 16) / (448e9 * 0.70), rel=1e-9)
+    assert two.busbw_bytes_per_s == pytest.approx(one.busbw_bytes_per_s, rel=0.01)
+
+
+@pytest.mark.parametrize("op", ["all_reduce", "all_gather", "reduce_scatter"])
+@pytest.mark.parametrize("proto", ["LL", "Simple"])
+def test_hierarchical_phases_run_one_after_another(op, proto):
+    """Hierarchical (forced): reduce-scatter inside the node, the collective across nodes, all-gather
+    inside the node (all-gather and reduce-scatter: the one intra phase they need), sequential, so
+    the latencies add: those of the in-node ring phases plus the network steps of a one-rank-per-
+    node group (its own latency less the base, which the intra phases already pay)."""
+    c = load_cluster("dgx-h100", nodes=4)
+    hier = collective_cost(c, op, 32, 1, 2 ** 28, algorithm="hierarchical", protocol=proto)
+    net = collective_cost(c, op, 4, 8, 2 ** 28, algorithm="hierarchical", protocol=proto)
+    rs = collective_cost(c, "reduce_scatter", 8, 1, 2 ** 28, algorithm="ring", protocol=proto)
+    ag = collective_cost(c, "all_gather", 8, 1, 2 ** 28, algorithm="ring", protocol=proto)
+    intra = {"all_reduce": rs.latency_s + ag.latency_s, "all_gather": ag.latency_s,
+             "reduce_scatter": rs.latency_s}[op]
+    assert hier.latency_s == pytest.approx(intra + net.latency_s - RING_BASE[proto] * US, rel=1e-9)
+    assert hier.time_s > hier.latency_s
+
+
+def test_dp_ring_of_one_gpu_per_node_runs_at_the_nic():
+    """One rank per node (stride 8): nothing crosses NVLink; the ring runs at the NIC's 400 Gb/s
+    times the measured IB efficiency (48 of 50 GB/s, GTC24 S62129)."""
+    c = load_cluster("dgx-h100", nodes=4)
+    cost = collective_cost(c, "all_reduce", 4, 8, 2 ** 30, algorithm="ring", protocol="Simple")
+    assert cost.bottleneck == "nic-out"
+    assert cost.bandwidth_s == pytest.approx(2 ** 30 * 1.5 / (50e9 * 0.96), rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [3, 6])
+def test_unmeasured_pcie_group_latency_is_interpolated_in_log2_of_the_size(n):
+    """L40S (PCIe) tables measure 2, 4 and 8 GPUs; at 3 or 6 the fitted latency is linear in log2(n)
+    between the neighbours (docs/modeling.md, per-size calibration)."""
+    import math as m
+    from hwmodels.collectives import candidates
+    c = load_cluster("l40s-server")
+    lo, hi = (2, 4) if n == 3 else (4, 8)
+    w = (m.log2(n) - m.log2(lo)) / (m.log2(hi) - m.log2(lo))
+
+    def lat(k):
+        return {ln.protocol: ln.latency_s for ln in candidates(c, "all_reduce", k, 1) if ln.algorithm == "ring"}
+    a, b, x = lat(lo), lat(hi), lat(n)
+    assert set(x) == set(a) & set(b) and x
+    for p in x:
+        assert x[p] == pytest.approx((1 - w) * a[p] + w * b[p], rel=1e-9)
+
+
+def test_no_nvls_without_an_nvswitch():
+    """NVLS is NVSwitch in-network reduction: GPUs on a PCIe tier have none, whatever their
+    NVLink generation (H100 PCIe with its pair bridges, or NVLink-4 parts without the switch)."""
+    from dataclasses import replace
+    from hwmodels.collectives import candidates, nvls_min_ranks
+    from hwmodels.devices import get_device
+    for dev in ("h100-pcie", "h100-sxm"):
+        c = replace(load_cluster("pcie-a100"), device=get_device(dev))
+        assert nvls_min_ranks(c) is None, dev
+        assert "nvls" not in {ln.algorithm for ln in candidates(c, "all_reduce", 8, 1)}, dev

@@ -1,0 +1,198 @@
+"""Pin tests for simulator.serving.costs (written from surviving mutants): what one serving
+forward pass costs, each from a published figure, a measured table or the engines' batching."""
+from __future__ import annotations
+
+import pytest
+
+from hwmodels.clusters import load_cluster
+from hwmodels.collectives import collective_s
+from hwmodels.errors import InputError
+from hwmodels.kernels import kernel_model
+from simulator.models import load_model
+from simulator.serving.costs import IterationCost, _grid, iteration_cost
+from simulator.serving.scheduler import Batch
+
+
+@pytest.fixture(scope="module")
+def h100():
+    return load_cluster("dgx-h100")
+
+
+@pytest.fixture(scope="module")
+def llama8(h100):
+    return IterationCost(load_model("llama3.1-8b"), h100, 1)
+
+
+def _batch(prefills=(), decodes=0, kv=0, samples=None):
+    b = Batch()
+    b.prefills = [(None, q, c) for q, c in prefills]
+    b.prefill_tokens = sum(q for q, _ in prefills)
+    b.num_decode, b.decode_kv_tokens = decodes, kv
+    b.samples = decodes + len(prefills) if samples is None else samples
+    return b
+
+
+def test_grid_has_16_points_per_octave_and_is_exact_below_32():
+    assert _grid(1) == (1, 1) and _grid(32) == (32, 32)
+    assert _grid(33) == (32, 34)
+    assert _grid(1000) == (992, 1024) and _grid(1024) == (1024, 1088)
+    assert _grid(4097) == (4096, 4352)
+    for x in (33, 100, 777, 5000, 123457):
+        lo, hi = _grid(x)
+        assert lo <= x < hi and (hi - lo) / lo <= 1 / 16 + 1e-12
+
+
+def test_between_grid_points_the_dense_cost_is_interpolated_linearly(llama8):
+    lo, hi = _grid(1000)
+    a, b = llama8.dense_s(lo), llama8.dense_s(hi)
+    assert a < llama8.dense_s(1000) < b
+    assert llama8.dense_s(1000) == pytest.approx(a + (b - a) * (1000 - lo) / (hi - lo), rel=1e-12)
+    assert llama8.dense_s(0) == 0.0
+
+
+def test_lm_head_is_a_16_bit_vocabulary_parallel_gemm_over_the_sampled_rows(h100):
+    """Llama 3.1 8B: 128256 x 4096 head, split over TP, 16-bit even when the GEMMs run in fp8."""
+    ic = IterationCost(load_model("llama3.1-8b"), h100, 2, dtype="fp8")
+    km16 = kernel_model("h100-sxm", "bf16")
+    assert ic.lm_head_s(32) == km16.gemm_s(32, 128256 // 2, 4096)
+    assert ic.lm_head_s(0) == 0.0
+    assert ic.lm_head_s(1) == km16.gemm_s(1, 128256 // 2, 4096) > 0  # one sampled row still costs
+    assert _grid(51) == (50, 52)  # between two grid points: halfway
+    a, b = km16.gemm_s(50, 64128, 4096), km16.gemm_s(52, 64128, 4096)
+    assert ic.lm_head_s(51) == pytest.approx((a + b) / 2, rel=1e-12)
+    assert ic.kv_dtype == "bf16"  # fp8 GEMMs keep a 16-bit KV cache unless told otherwise
+
+
+def test_mla_decode_reads_the_latent_cache_at_hbm_speed():
+    """DeepSeek-V3 (no decode table for MLA): each of 61 layers reads 576 cached elements per
+    token (512 latent + 64 RoPE, DeepSeek-V2 §2.1.2-3) at 2 bytes through 80% of H200's 4.8 TB/s,
+    plus the 3 µs kernel launch."""
+    ic = IterationCost(load_model("deepseek-v3"), load_cluster("dgx-h200"), 8)
+    expected = 61 * (64 * 4096 * 576 * 2 / (0.8 * 4.8e12) + 3e-6)
+    assert ic.decode_attention_s(64, 64 * 4096) == pytest.approx(expected, rel=1e-9)
+    assert any("no measured decode-attention table" in n for n in ic.notes)
+    assert ic.decode_attention_s(0, 0) == 0.0
+
+
+def test_decode_attention_follows_the_measured_generation_table(llama8):
+    """Llama 3.1 8B on H100 reads aiconfigurator's generation-attention table; between its grid
+    points the time scales with the mean KV length (the reads are bandwidth-bound)."""
+    from hwmodels import profiles
+    table = profiles.load_decode_attention_table("h100_sxm", "bf16")
+    assert llama8._decode_table is not None
+    assert llama8.decode_attention_s(16, 16 * 2048) == pytest.approx(
+        32 * table.time_s(16, 2048, 32, 8, 128), rel=1e-9)
+    # between batch-size grid points (40, 42) the time is interpolated linearly
+    assert _grid(41) == (40, 42)
+    assert llama8.decode_attention_s(41, 41 * 2048) == pytest.approx(
+        (llama8.decode_attention_s(40, 40 * 2048) + llama8.decode_attention_s(42, 42 * 2048)) / 2, rel=1e-12)
+    lo, _ = _grid(2100)
+    assert llama8.decode_attention_s(16, 16 * 2100) == pytest.approx(
+        llama8.decode_attention_s(16, 16 * lo) * 2100 / lo, rel=1e-9)
+
+
+def test_a_borrowing_device_scales_measured_decode_attention_by_hbm_bandwidth():
+    """H100 PCIe borrows H100 SXM's tables: decode attention is bandwidth-bound, so it takes
+    3.35 / 2.0 TB/s times as long."""
+    m = load_model("llama3.1-8b")
+    sxm = IterationCost(m, load_cluster("dgx-h100"), 1)
+    from dataclasses import replace
+    from hwmodels.devices import get_device
+    pcie_cluster = replace(load_cluster("dgx-h100"), device=get_device("h100-pcie"))
+    pcie = IterationCost(m, pcie_cluster, 1)
+    assert pcie.decode_attention_s(8, 8 * 4096) == pytest.approx(
+        sxm.decode_attention_s(8, 8 * 4096) * 3.35 / 2.0, rel=1e-9)
+
+
+def test_prefill_attention_scales_with_causal_plus_context_flops(llama8):
+    """A chunk of q new tokens after c cached ones: q^2/2 causal + q*c full attention work."""
+    base = llama8.prefill_attention_s(1, 1024, 0)
+    assert llama8.prefill_attention_s(1, 1000, 0) == pytest.approx(
+        llama8.prefill_attention_s(1, 992, 0) * 1000 ** 2 / 992 ** 2, rel=1e-9)
+    with_ctx = llama8.prefill_attention_s(1, 1024, 2048)
+    lo, _ = _grid(2050)
+    assert llama8.prefill_attention_s(1, 1024, 2050) == pytest.approx(
+        with_ctx * (1024 ** 2 / 2 + 1024 * 2050) / (1024 ** 2 / 2 + 1024 * 2048), rel=1e-9)
+    assert with_ctx > base
+
+
+def test_a_pass_is_the_sum_of_its_parts(llama8):
+    """Every token through the layers once (varlen batch), the LM head over the sampling rows,
+    decode attention for the decodes and prefill attention per chunk shape."""
+    b = _batch(prefills=[(512, 0), (512, 0), (256, 1024)], decodes=10, kv=10 * 3000, samples=12)
+    expected = (llama8.dense_s(512 + 512 + 256 + 10) + llama8.lm_head_s(12)
+                + llama8.decode_attention_s(10, 30000) + llama8.prefill_attention_s(2, 512, 0)
+                + llama8.prefill_attention_s(1, 256, 1024))
+    assert llama8.iteration_s(b) == pytest.approx(expected, rel=1e-12)
+    one = _batch(prefills=[(2048, 0)])
+    assert llama8.prefill_s(2048) == llama8.iteration_s(one) == pytest.approx(
+        llama8.dense_s(2048) + llama8.lm_head_s(1) + llama8.prefill_attention_s(1, 2048, 0), rel=1e-12)
+    dec = _batch(decodes=4, kv=4 * 100)
+    assert llama8.iteration_s(dec) == pytest.approx(
+        llama8.dense_s(4) + llama8.lm_head_s(4) + llama8.decode_attention_s(4, 400), rel=1e-12)
+
+
+def test_two_prefill_chunks_cost_more_than_one(llama8):
+    one = llama8.iteration_s(_batch(prefills=[(1024, 0)]))
+    two = llama8.iteration_s(_batch(prefills=[(1024, 0), (1024, 0)]))
+    assert two > one
+
+
+def test_small_tp_all_reduce_uses_the_engines_custom_kernel(h100):
+    """vLLM's custom all-reduce (measured, aiconfigurator h100_sxm/comm/vllm) for small messages;
+    NCCL where the table stops; no custom kernel at TP 1 or across nodes."""
+    from hwmodels import profiles
+    m = load_model("llama3.1-8b")
+    ic = IterationCost(m, h100, 2)
+    table = profiles.load_custom_allreduce_table("h100_sxm", "vllm")
+    assert ic.tp_allreduce_s(1 << 20) == table.time_s(2, 1 << 20)
+    assert ic.tp_allreduce_s(1 << 20) != collective_s(h100, "all_reduce", 2, 1, float(1 << 20))
+    big = float(1 << 30)
+    if table.time_s(2, big) is None:
+        assert ic.tp_allreduce_s(big) == collective_s(h100, "all_reduce", 2, 1, big)
+    assert IterationCost(m, h100, 1)._custom_ar is None
+
+
+def test_pipeline_stages_add_one_activation_send_per_boundary(h100):
+    m = load_model("llama3-70b")
+    pp1 = IterationCost(m, h100, 4, 1)
+    pp2 = IterationCost(m, h100, 4, 2)
+    send = collective_s(h100, "send_recv", 2, 4, float(1024 * 8192 * 2))
+    assert pp2.dense_s(1024) == pytest.approx(pp1.dense_s(1024) + send, rel=1e-12)
+
+
+def test_replica_shapes_the_model_cannot_take_are_errors(h100):
+    with pytest.raises(InputError, match="must divide"):
+        IterationCost(load_model("llama3.1-8b"), h100, 3)
+    with pytest.raises(InputError, match="exceeds"):
+        IterationCost(load_model("llama3.1-8b"), h100, 1, 33)
+    IterationCost(load_model("llama3.1-8b"), h100, 1, 32)
+    with pytest.raises(InputError, match="experts"):
+        IterationCost(load_model("mixtral-8x7b"), h100, 1, 1, 3)
+    assert iteration_cost(load_model("llama3.1-8b"), h100, 1) is iteration_cost(load_model("llama3.1-8b"), h100, 1)
+    # the defaults are one unsplit replica
+    dflt = iteration_cost(load_model("mixtral-8x7b"), h100)
+    assert (dflt.tp, dflt.pp, dflt.ep, dflt.dtype, dflt.kv_dtype) == (1, 1, 1, "bf16", "bf16")
+    assert dflt.dense_s(128) == IterationCost(load_model("mixtral-8x7b"), h100, 1, 1, 1).dense_s(128)
+
+
+def test_experts_split_tp_over_ep_ways_in_a_serving_replica(h100):
+    """vLLM fused MoE with EP inside the TP group: each expert's FFN is split tp/ep ways
+    (Mixtral on TP 4, EP 2: halves of 4 experts per GPU)."""
+    from simulator.ops import SERVING_ENGINE, LayerPass, transformer_layer
+    mx = load_model("mixtral-8x7b")
+    ic = IterationCost(mx, h100, 4, 1, 2)
+    lp = LayerPass(tokens=512, tp=4, ep=2, ep_distinct_tokens=False, expert_tp=2, kv_bytes=2,
+                   kernels=SERVING_ENGINE)
+    layer = sum(o.time_s for o in transformer_layer(mx, lp, ic.km, ic.km16, ic._comm_s, True, "fwd"))
+    assert ic.dense_s(512) == pytest.approx(32 * layer, rel=1e-12)
+
+
+def test_layer_collectives_route_tp_all_reduces_to_the_custom_kernel(h100):
+    """Inside a pass, the TP all-reduces go through the engine's custom all-reduce choice; other
+    groups' collectives (EP all-to-all) through NCCL's model."""
+    ic = IterationCost(load_model("mixtral-8x7b"), h100, 2, 1, 2)
+    mib = float(1 << 20)
+    assert ic._comm_s("all_reduce", "tp", 2, 1, mib) == ic.tp_allreduce_s(mib)
+    assert ic._comm_s("all_reduce", "tp", 2, 1, mib) != collective_s(h100, "all_reduce", 2, 1, mib)
+    assert ic._comm_s("all_to_all", "ep", 2, 1, mib) == collective_s(h100, "all_to_all", 2, 1, mib)

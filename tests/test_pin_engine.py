@@ -1,0 +1,259 @@
+"""Pin tests for simulator.serving.engine (written from surviving mutants): plan strings,
+replica placement, runs of decode iterations, KV transfers of disaggregated serving."""
+from __future__ import annotations
+
+import pytest
+
+from hwmodels.clusters import load_cluster
+from hwmodels.collectives import collective_s
+from hwmodels.errors import InputError
+from simulator.models import load_model
+from simulator.serving.engine import (ReplicaGroup, Replica, ServingSimulation, parse_serving_plan,
+                                      place)
+from simulator.serving.kv_cache import kv_bytes_per_token
+from simulator.serving.workload import LengthDist, RateSchedule, ServingWorkload
+
+H100 = load_cluster("dgx-h100")
+L8B = load_model("llama3.1-8b")
+
+
+# ---- plan strings (docs/design.md §4) -----------------------------------------------------------
+def test_plan_string_keys_and_defaults():
+    p = parse_serving_plan("tp=2, replicas=3, max_batch=64, max_tokens=4096, chunk=off", H100)
+    (g,) = p.groups
+    assert (g.tp, g.pp, g.ep, g.count, g.role) == (2, 1, 1, 3, "both")
+    assert (p.max_batch, p.max_tokens, p.chunk) == (64, 4096, 0)
+    assert p.num_devices == 6 and not p.disaggregated
+    d = parse_serving_plan("prefill_tp=4,prefill_replicas=2,decode_tp=8,ep=2", H100, engine="sglang")
+    assert [(g.tp, g.pp, g.ep, g.count, g.role) for g in d.groups] == [(4, 1, 2, 2, "prefill"),
+                                                                       (8, 1, 2, 1, "decode")]
+    assert d.disaggregated and d.num_devices == 16 and d.engine == "sglang"
+    e = parse_serving_plan("", H100)
+    assert [(g.tp, g.count) for g in e.groups] == [(1, 1)] and e.max_batch is None and e.chunk is None
+    assert d.to_dict()["kv_dtype"] == "bf16"
+    assert parse_serving_plan("tp=1", H100, dtype="fp8").to_dict()["kv_dtype"] == "bf16"
+    assert parse_serving_plan("tp=1", H100, dtype="fp16").to_dict()["kv_dtype"] == "fp16"
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("tp", "not key=value"), ("tq=2", "unknown plan key"), ("tp=2,tp=4", "given twice"),
+    ("tp=two", "must be an integer"), ("tp=0", "tp=0 must be >= 1"), ("chunk=-1", "chunk=-1 must be >= 0"),
+    ("tp=2,decode_tp=4", "conflicts with disaggregation"),
+    ("replicas=2,prefill_tp=4", "conflicts with disaggregation")])
+def test_bad_plan_strings_are_one_line_errors(text, fragment):
+    with pytest.raises(InputError, match=fragment):
+        parse_serving_plan(text, H100)
+
+
+def test_chunk_zero_is_allowed():
+    assert parse_serving_plan("chunk=0", H100).chunk == 0
+
+
+# ---- placement -----------------------------------------------------------------------------------
+def test_a_replica_that_fits_a_node_never_straddles_two():
+    """8 GPUs per node: TP-3 replicas at 0, 3, then 8 (6..8 would cross the node boundary)."""
+    offsets, resized, notes = place([ReplicaGroup(H100, tp=3, count=4)], nodes_given=False)
+    assert offsets == [0, 3, 8, 11]
+    assert resized == [2] and notes == ["cluster dgx-h100 sized to 2 node(s) to hold the plan"]
+    offsets, resized, notes = place([ReplicaGroup(H100, tp=4, count=2), ReplicaGroup(H100, tp=8)], False)
+    assert offsets == [0, 4, 8] and resized == [2, 2]
+    offsets, resized, _ = place([ReplicaGroup(H100, tp=8, pp=2)], False)  # 16 GPUs: spans two nodes
+    assert offsets == [0] and resized == [2]
+    offsets, resized, notes = place([ReplicaGroup(H100, tp=2, count=4)], False)
+    assert offsets == [0, 2, 4, 6] and resized == [None] and notes == []
+
+
+def test_a_plan_larger_than_the_given_nodes_is_an_error():
+    with pytest.raises(InputError, match="needs 16 devices"):
+        place([ReplicaGroup(H100, tp=8, count=2)], nodes_given=True)
+    place([ReplicaGroup(H100, tp=8, count=1)], nodes_given=True)
+
+
+# ---- runs of decode iterations -------------------------------------------------------------------
+def test_iterations_within_a_run_of_growing_durations():
+    """Durations d0, d0 + s, d0 + 2s, ...: j iterations end at j*d0 + s*j(j-1)/2."""
+    assert Replica._steps_within(3.5, 1.0, 0.0, 10) == 3
+    assert Replica._steps_within(3.0, 1.0, 0.0, 10) == 3
+    assert Replica._steps_within(30.0, 1.0, 0.0, 10) == 10
+    # d0 = 1, s = 0.5: ends at 1, 2.5, 4.5, 7
+    assert Replica._steps_within(4.4, 1.0, 0.5, 10) == 2
+    assert Replica._steps_within(4.5, 1.0, 0.5, 10) == 3
+    assert Replica._steps_within(6.99, 1.0, 0.5, 10) == 3
+    assert Replica._steps_within(0.5, 1.0, 0.5, 10) == 0
+    assert Replica._steps_within(100.0, 1.0, 0.5, 4) == 4
+    assert Replica._steps_within(1.0, 0.0, 0.0, 7) == 7
+    # steep growth (d0 = 1, s = 10): ends at 1, 12, 33, 64
+    assert [Replica._steps_within(e, 1.0, 10.0, 10) for e in (0.9, 1.0, 11.9, 12.0, 33.0, 63.9)] == \
+        [0, 1, 1, 2, 3, 3]
+    # slow growth over many iterations (d0 = 1, s = 0.01): 100 end at 100 + 49.5
+    assert Replica._steps_within(149.5, 1.0, 0.01, 1000) == 100
+    assert Replica._steps_within(149.49, 1.0, 0.01, 1000) == 99
+
+
+def _wl(**kw):
+    kw.setdefault("num_requests", 1)
+    kw.setdefault("rate", RateSchedule.parse("1"))
+    return ServingWorkload(**kw)
+
+
+def test_a_lone_request_decodes_in_one_run_at_the_cost_layers_times():
+    """One request, prompt 1000, 50 output tokens: TTFT is the prefill pass, then 49 decode passes
+    whose KV grows by one token each; the run costs them as one event with the same total."""
+    w = _wl(prompt_len=LengthDist.parse("1000"), output_len=LengthDist.parse("50"), seed=1)
+    sim = ServingSimulation(L8B, parse_serving_plan("tp=1", H100), w)
+    rep = sim.run()
+    (req,) = sim.requests
+    rep0 = sim.replicas[0]
+    from simulator.serving.scheduler import Batch
+    decode = []
+    for i in range(49):
+        b = Batch()
+        b.num_decode, b.decode_kv_tokens, b.samples = 1, 1001 + i, 1
+        decode.append(rep0.costs.iteration_s(b))
+    assert req.first_token_s - req.arrival_s == pytest.approx(rep0.costs.prefill_s(1000), rel=1e-9)
+    # the run interpolates the durations linearly between its first and last iteration: within
+    # the 2e-3 that test_serving's run-vs-iteration check allows
+    assert req.finish_s - req.first_token_s == pytest.approx(sum(decode), rel=2e-3)
+    assert 49 * decode[0] <= req.finish_s - req.first_token_s <= 49 * decode[-1]
+    assert rep0.iterations == 50 and rep.completed == 1
+    assert rep0.busy_s == pytest.approx(req.finish_s - req.arrival_s, rel=1e-9)
+
+
+def test_an_arrival_cuts_a_decode_run_after_the_iteration_in_flight():
+    """Request 1 arrives during request 0's decode run: its prefill starts at the end of the
+    decode iteration in flight (iteration-level scheduling, Orca), not at the end of the run."""
+    from simulator.serving.workload import RateSchedule as RS
+    w = ServingWorkload(num_requests=2, rate=RS.parse("10"), prompt_len=LengthDist.parse("500"),
+                        output_len=LengthDist.parse("400"), seed=2)
+    sim = ServingSimulation(L8B, parse_serving_plan("tp=1", H100), w)
+    sim.run()
+    r0, r1 = sorted(sim.requests, key=lambda r: r.arrival_s)
+    assert r0.first_token_s < r1.arrival_s < r0.finish_s
+    # it waits at most one decode iteration (r0's KV < 900 tokens) plus its own prefill pass,
+    # which also carries r0's decode
+    costs = sim.replicas[0].costs
+    from simulator.serving.scheduler import Batch
+    dec = Batch()
+    dec.num_decode, dec.decode_kv_tokens, dec.samples = 1, 900, 1
+    mixed = Batch()
+    mixed.num_decode, mixed.decode_kv_tokens, mixed.samples = 1, 900, 2
+    mixed.prefills, mixed.prefill_tokens = [(None, 500, 0)], 500
+    assert r1.first_token_s - r1.arrival_s <= costs.iteration_s(dec) + costs.iteration_s(mixed) + 1e-9
+
+
+def test_idle_prefill_time_with_and_without_chunking():
+    """Chunked prefill (chunk 512) runs a 1300-token prompt as 512 + 512 + 276; without chunking
+    in one pass."""
+    w = _wl(prompt_len=LengthDist.parse("1300"), output_len=LengthDist.parse("2"))
+    sim = ServingSimulation(L8B, parse_serving_plan("tp=1,chunk=512", H100), w)
+    r = sim.replicas[0]
+    costs = r.costs
+    from simulator.serving.scheduler import Batch
+
+    def chunk(q, done, last):
+        b = Batch()
+        b.prefills, b.prefill_tokens, b.samples = [(None, q, done)], q, 1 if last else 0
+        return costs.iteration_s(b)
+    assert r.idle_prefill_s(1300) == pytest.approx(chunk(512, 0, False) + chunk(512, 512, False)
+                                                  + chunk(276, 1024, True), rel=1e-12)
+    whole = ServingSimulation(L8B, parse_serving_plan("tp=1,chunk=off", H100), w).replicas[0]
+    assert whole.idle_prefill_s(1300) == pytest.approx(costs.prefill_s(1300), rel=1e-12)
+    assert r.cfg.chunked_prefill and not whole.cfg.chunked_prefill
+
+
+# ---- disaggregation (DistServe / Splitwise) -------------------------------------------------------
+def test_kv_transfer_moves_the_prompts_cache_over_the_tp_shards_links():
+    """The prompt's KV (Llama 3.1 8B: 128 KiB per token in bf16) goes from the prefill to the
+    decode replica as send/recv, split over min(prefill tp, decode tp) links; both on node 0."""
+    w = _wl(num_requests=3, prompt_len=LengthDist.parse("2048"), output_len=LengthDist.parse("8"),
+            rate=RateSchedule.parse("1"), seed=4)
+    sim = ServingSimulation(L8B, parse_serving_plan("prefill_tp=2,decode_tp=4", H100), w)
+    sim.run()
+    nbytes = 2048 * kv_bytes_per_token(L8B, 1, 1, "bf16") / 2
+    assert kv_bytes_per_token(L8B, 1, 1, "bf16") == 128 * 1024
+    expected = collective_s(H100, "send_recv", 2, 1, float(nbytes))
+    assert all(r.transfer_s == pytest.approx(expected, rel=1e-12) for r in sim.requests)
+    pre = [r for r in sim.replicas if r.role == "prefill"][0]
+    for r in sim.requests:
+        assert r.first_token_s - r.arrival_s >= pre.idle_prefill_s(2048) + expected - 1e-9
+
+
+def test_kv_to_a_replica_on_another_cluster_crosses_the_nics():
+    """Prefill on DGX H100, decode on DGX H200 (two machines): the KV goes node to node over the
+    network (send/recv between nodes), even though both replicas are first on their cluster."""
+    from simulator.serving.engine import ServingPlan
+    h200 = load_cluster("dgx-h200")
+    plan = ServingPlan((ReplicaGroup(H100, 1, 1, 1, 1, "prefill"), ReplicaGroup(h200, 1, 1, 1, 1, "decode")))
+    w = _wl(num_requests=2, prompt_len=LengthDist.parse("1024"), output_len=LengthDist.parse("4"),
+            rate=RateSchedule.parse("1"), seed=6)
+    sim = ServingSimulation(L8B, plan, w)
+    sim.run()
+    assert [r.offset for r in sim.replicas] == [0, 0]
+    nbytes = float(1024 * 128 * 1024)
+    over_nic = collective_s(H100.with_nodes(2), "send_recv", 2, 8, nbytes)
+    assert over_nic > 2 * collective_s(H100, "send_recv", 2, 1, nbytes)  # slower than NVLink
+    assert all(r.transfer_s == pytest.approx(over_nic, rel=1e-12) for r in sim.requests)
+
+
+def test_one_token_outputs_end_on_the_prefill_replica():
+    w = _wl(num_requests=3, prompt_len=LengthDist.parse("256"), output_len=LengthDist.parse("1"),
+            rate=RateSchedule.parse("1"), seed=4)
+    sim = ServingSimulation(L8B, parse_serving_plan("prefill_tp=1,decode_tp=1", H100), w)
+    rep = sim.run()
+    assert rep.completed == 3 and all(r.transfer_s == 0.0 for r in sim.requests)
+    assert [r for r in sim.replicas if r.role == "decode"][0].iterations == 0
+
+
+def test_decode_only_pool_receives_requests_with_their_first_token():
+    """A pool of decode replicas alone (as `plan serve` sizes one): requests arrive with the KV and
+    the first token already made elsewhere, so TTFT is zero and every token after is a decode."""
+    from simulator.serving.engine import ServingPlan
+    plan = ServingPlan((ReplicaGroup(H100, 1, 1, 1, 2, "decode"),))
+    w = _wl(num_requests=4, prompt_len=LengthDist.parse("512"), output_len=LengthDist.parse("20"),
+            rate=RateSchedule.parse("100"), seed=5)
+    sim = ServingSimulation(L8B, plan, w)
+    rep = sim.run()
+    assert sim.decode_only and rep.completed == 4
+    assert all(r.first_token_s == r.arrival_s for r in sim.requests)
+    assert sum(r.iterations for r in sim.replicas) >= 19
+    assert {r.replica for r in sim.requests} == {0, 1}
+
+
+def test_a_disaggregated_plan_needs_both_pools():
+    from simulator.serving.engine import ServingPlan
+    plan = ServingPlan((ReplicaGroup(H100, 1, 1, 1, 1, "prefill"),))
+    with pytest.raises(InputError, match="decode_replicas >= 1"):
+        ServingSimulation(L8B, plan, _wl())
+
+
+def test_prefill_replicas_never_reserve_for_decodes():
+    """A prefill-only TensorRT-LLM replica allocates incrementally (it hands every request off
+    after one token); the decode replica keeps GUARANTEED_NO_EVICT."""
+    sim = ServingSimulation(L8B, parse_serving_plan("prefill_tp=1,decode_tp=1", H100, engine="trtllm"), _wl())
+    assert [r.cfg.kv_reservation for r in sim.replicas] == ["incremental", "full"]
+
+
+def test_replica_description_and_kv_load():
+    w = _wl(num_requests=2, prompt_len=LengthDist.parse("300"), output_len=LengthDist.parse("3"))
+    sim = ServingSimulation(L8B, parse_serving_plan("tp=2,replicas=2,max_batch=8,max_tokens=256", H100), w)
+    d = sim.replicas[1].describe()
+    assert (d["index"], d["tp"], d["first_device"], d["engine"], d["block_size"]) == (1, 2, 2, "vllm", 16)
+    assert d["kv_capacity_tokens"] == d["kv_blocks"] * 16
+    r = sim.replicas[0]
+    assert r.cfg.max_num_seqs == 8 and r.cfg.max_num_batched_tokens == 256
+    assert r.kv_load() == 0.0
+    from simulator.serving.workload import Request
+    r.scheduler.add(Request(0, 0.0, 1600, 4))
+    assert r.kv_load() == pytest.approx(100 / r.kv.num_blocks, rel=1e-12)
+
+
+def test_every_closed_loop_client_issues_its_next_request_after_a_response():
+    """Closed loop (concurrency 2, 10 requests): each client, client 0 included, sends its next
+    request when the previous one finishes, until all 10 are issued and served."""
+    w = ServingWorkload(num_requests=10, concurrency=2, prompt_len=LengthDist.parse("128"),
+                        output_len=LengthDist.parse("4"), seed=8)
+    sim = ServingSimulation(L8B, parse_serving_plan("tp=1", H100), w)
+    rep = sim.run()
+    assert rep.completed == 10
+    clients = [r.client for r in sim.requests]
+    assert clients.count(0) >= 2 and clients.count(1) >= 2 and set(clients) == {0, 1}

@@ -1,0 +1,79 @@
+"""Pins of per-device training memory (`simulator.memory.stage_memory`) against the formulas of
+Korthikanti et al. 2022 (arXiv 2205.05198) §4, written out here independently of the code."""
+import pytest
+
+from simulator.memory import stage_memory
+from simulator.models import load_model, with_overrides
+from simulator.training import TrainingJob, parse_plan
+
+GiB = 2 ** 30
+
+
+def _acts(model, seq, plan_text, devices, stage=0, **job):
+    plan = parse_plan(plan_text, devices)
+    return stage_memory(model, TrainingJob(model, seq, 256, **job), plan, stage)["activations_bytes"]
+
+
+def test_moe_activations_keep_one_copy_per_routed_expert():
+    """Every token is routed to its top-k experts; each copy keeps the expert input (2h bytes),
+    the gate and up projections (2·2f) and the activation output (2f) for backward. Going from
+    top-1 to top-2 routing adds one such copy per token on every MoE layer (÷t with SP)."""
+    base = load_model("mixtral-8x7b")
+    s, t = 4096, 2
+    a1 = _acts(with_overrides(base, experts_per_token=1), s, "tp=2,ep=8,sp=on", 64)
+    a2 = _acts(with_overrides(base, experts_per_token=2), s, "tp=2,ep=8,sp=on", 64)
+    h, f, layers = base.hidden_size, base.moe_ffn_hidden_size, base.num_layers
+    per_copy = s * (2 * h + 2 * 2 * f + 2 * f) / t
+    assert a2 - a1 == pytest.approx(layers * per_copy, rel=1e-6)
+
+
+def test_mixtral_8x7b_activations_match_korthikanti_generalised():
+    """Mixtral 8x7B, s=4096, b=1, tp=2 with SP, flash attention, dropout on, 1F1B pp=1:
+    per layer (bytes, everything ÷t with SP):
+      norms, block inputs, QKV and MLP inputs 8sbh, two dropout masks 2sbh,
+      Q, K, V and attention output 2sb(q + kv) + 2sb·kv + 2sb·h,
+      fp32 log-sum-exp 4sb·a (FlashAttention-2),
+      k = 2 routed copies of 2h + 3·2f;
+    plus fp32 logits 4·s·V/t of one micro-batch. ≈ 15.5 GiB."""
+    m = load_model("mixtral-8x7b")
+    s, t, h, a = 4096, 2, m.hidden_size, m.num_heads
+    q, kv, f, k, V = 4096, 1024, m.moe_ffn_hidden_size, 2, m.vocab_size
+    assert (m.q_dim, m.kv_dim, m.experts_per_token) == (q, kv, k)
+    layer = (10 * s * h + 2 * s * (q + kv) + 2 * s * kv + 2 * s * h + 4 * s * a
+             + s * k * (2 * h + 2 * 2 * f + 2 * f)) / t
+    expected = m.num_layers * layer + 4 * s * V / t
+    got = _acts(m, s, "tp=2,ep=8,sp=on", 64)
+    assert got == pytest.approx(expected, rel=0.01)
+    assert got / GiB == pytest.approx(15.5, rel=0.01)
+
+
+def test_last_stage_keeps_fp32_logits_of_one_micro_batch():
+    """The cross-entropy backward needs the fp32 logits of the micro-batch: 4·b·s·V/t bytes on the
+    last pipeline stage. A larger vocabulary adds exactly that (transformer layers unchanged)."""
+    base = load_model("llama3-8b")
+    s, t, mb = 4096, 2, 2
+    small = with_overrides(base, vocab_size=32_000)
+    large = with_overrides(base, vocab_size=128_000)
+    for plan, stage in (("tp=2,mb=2", 0), ("tp=2,pp=2,mb=2", 1)):
+        d = (_acts(large, s, plan, 8, stage=stage) - _acts(small, s, plan, 8, stage=stage))
+        assert d == pytest.approx(4 * mb * s * (128_000 - 32_000) / t, rel=1e-6)
+
+
+def test_first_stage_of_a_pipeline_does_not_hold_logits():
+    base = load_model("llama3-8b")
+    small = with_overrides(base, vocab_size=32_000)
+    large = with_overrides(base, vocab_size=128_000)
+    assert _acts(large, 4096, "tp=2,pp=2", 8, stage=0) == _acts(small, 4096, "tp=2,pp=2", 8, stage=0)
+
+
+def test_logits_are_part_of_the_peak():
+    """The logits count towards the peak a user compares with HBM."""
+    base = load_model("llama3-8b")
+    plan = parse_plan("tp=2,pp=2", 8)
+    small, large = with_overrides(base, vocab_size=32_000), with_overrides(base, vocab_size=128_000)
+    pk = lambda m: stage_memory(m, TrainingJob(m, 4096, 256), plan, 1)  # noqa: E731
+    extra_weights = (pk(large)["weights_bytes"] + pk(large)["gradients_bytes"] + pk(large)["optimizer_bytes"]
+                     - pk(small)["weights_bytes"] - pk(small)["gradients_bytes"] - pk(small)["optimizer_bytes"])
+    logits = 4 * 4096 * 96_000 / 2
+    d = pk(large)["peak_bytes"] - pk(small)["peak_bytes"] - extra_weights
+    assert d >= logits

@@ -1,0 +1,297 @@
+"""Pin tests for simulator.ops (written from surviving mutants): the one transformer-layer
+description, checked against the papers its shapes, FLOPs, bytes and collectives come from."""
+from __future__ import annotations
+
+import pytest
+
+from hwmodels.clusters import load_cluster
+from hwmodels.errors import InputError
+from hwmodels.kernels import kernel_model
+from simulator.models import load_model, megatron_gpt
+from simulator.ops import (MEGATRON, SERVING_ENGINE, LayerPass, attention_gemms, check_supported,
+                           kv_cache_elements, layer_cost, layer_ops, rope_elements, transformer_layer)
+from simulator.training import TrainingJob, TrainingPlan
+
+H100 = load_cluster("dgx-h100")
+GPT = megatron_gpt("gpt-5.9b", 32, 4096, 32, seq_len=2048)  # Narayanan et al. 2021 Table 1 row
+S = 2048
+
+
+def _job(model=GPT, **kw):
+    kw.setdefault("flash_attention", True)
+    kw.setdefault("dropout", False)
+    return TrainingJob(model, S, 64, **kw)
+
+
+def _ops(plan, phase="fwd", model=GPT, moe=False, **job):
+    return layer_ops(model, _job(model, **job), plan, H100, moe, phase)
+
+
+def _by_name(ops):
+    return {o.name: o for o in ops}
+
+
+# ---- FLOPs (Narayanan et al. 2021 eq. 3; Korthikanti et al. 2022 §5) ---------------------------
+def test_layer_flops_are_megatron_equation_3():
+    """24·B·s·h²·(1 + s/(6h)) forward FLOPs per layer for a GPT with a 4h GELU MLP (eq. 3 / 3 /
+    layers, without the LM head), whatever the TP split."""
+    B, h = 2, 4096
+    expected = 24 * B * S * h * h * (1 + S / (6 * h))
+    for tp in (1, 4):
+        lc = layer_cost(GPT, _job(), TrainingPlan(tp=tp, mb=B), H100, False)
+        assert lc.fwd_flops == pytest.approx(expected, rel=1e-12)
+
+
+def test_selective_recompute_reruns_only_the_attention_core():
+    """Korthikanti §5: selective recompute re-runs QK^T, softmax, dropout and AV: 4·B·s²·h FLOPs;
+    with flash attention the backward kernel recomputes the scores already (nothing extra);
+    full recompute re-runs the forward."""
+    B, h = 1, 4096
+    unfused = layer_cost(GPT, _job(flash_attention=False), TrainingPlan(mb=B, recompute="selective"), H100, False)
+    assert unfused.recompute_flops == pytest.approx(4 * B * S * S * h, rel=1e-12)
+    attn_s = sum(o.time_s for o in _ops(TrainingPlan(mb=B), flash_attention=False) if o.name.startswith("attn"))
+    assert unfused.recompute_s == pytest.approx(attn_s, rel=1e-12)
+    flash = layer_cost(GPT, _job(), TrainingPlan(mb=B, recompute="selective"), H100, False)
+    assert flash.recompute_flops == 0.0 and flash.recompute_s == 0.0
+    full = layer_cost(GPT, _job(), TrainingPlan(mb=B, recompute="full"), H100, False)
+    assert full.recompute_flops == full.fwd_flops and full.recompute_s == full.fwd_compute_s
+    none = layer_cost(GPT, _job(), TrainingPlan(mb=B), H100, False)
+    assert none.recompute_s == 0.0 and none.wgrad_s > 0 and none.bwd_compute_s > none.fwd_compute_s
+
+
+def test_flash_attention_backward_is_two_and_a_half_forwards():
+    """FlashAttention-2 (Dao 2023 §4.1): the backward does 2.5x the forward's FLOPs, in 2.5x its time;
+    the causal forward does half of the 4·b·s²·a·d square per rank."""
+    plan = TrainingPlan(tp=2, mb=2)
+    fwd = _by_name(_ops(plan))["attn"]
+    bwd = _by_name(_ops(plan, "bwd"))["attn"]
+    assert fwd.flops == pytest.approx(2.0 * 2 * S * S * 16 * 128, rel=1e-12)
+    assert bwd.flops == pytest.approx(2.5 * fwd.flops) and bwd.time_s == pytest.approx(2.5 * fwd.time_s)
+    km = kernel_model("h100-sxm", "bf16")
+    assert fwd.time_s == km.flash_attention_s(2, S, S, 16, 16, 128, True)
+
+
+def test_unfused_attention_is_megatron_2021s_full_square():
+    """Megatron-LM 2021 without flash: baddbmm over the full s x s square (2·b·a·s²·d per GEMM),
+    the score matrix through HBM for softmax (read + write, 2 bytes) and dropout (a 1-byte mask)."""
+    plan = TrainingPlan(mb=1)
+    ops = _by_name(_ops(plan, flash_attention=False, dropout=True))
+    scores = 32 * S * S
+    assert ops["attn.qk"].flops == ops["attn.av"].flops == pytest.approx(2.0 * scores * 128)
+    assert ops["attn.softmax"].bytes == (2 * 2 + (2 * 2 + 1)) * scores
+    bwd = _by_name(_ops(plan, "bwd", flash_attention=False, dropout=True))
+    assert bwd["attn.qk"].flops == pytest.approx(4.0 * scores * 128)
+    assert bwd["attn.softmax"].bytes == (3 * 2 + 2) * scores
+    no_drop = _by_name(_ops(plan, flash_attention=False))
+    assert no_drop["attn.softmax"].bytes == 2 * 2 * scores
+
+
+# ---- tensor-parallel collectives (Shoeybi §3; Korthikanti §4.2.2) -------------------------------
+def test_tensor_parallel_exchanges_per_layer():
+    """Without SP: one all-reduce after the attention and one after the MLP in the forward (g),
+    one before each in the backward (f). With SP: all-gather before and reduce-scatter after each
+    block in the forward, the reverse in the backward. Each moves the T·h 16-bit activations."""
+    T, h = 2 * S, 4096
+
+    def comms(plan, phase):
+        return [(o.name, o.bytes, o.group) for o in _ops(plan, phase) if o.kind == "comm"]
+    msg = T * h * 2
+    assert comms(TrainingPlan(tp=4, mb=2), "fwd") == [("tp.proj", msg, "tp"), ("tp.fc2", msg, "tp")]
+    assert [n for n, _, _ in comms(TrainingPlan(tp=4, mb=2), "bwd")] == ["tp.fc1", "tp.qkv"]
+    sp = [o for o in _ops(TrainingPlan(tp=4, mb=2, sp=True)) if o.kind == "comm"]
+    assert [o.name for o in sp] == ["tp.qkv", "tp.proj", "tp.fc1", "tp.fc2"]
+    ops = _ops(TrainingPlan(tp=4, mb=2, sp=True))
+    assert [o.time_s for o in sp] == pytest.approx([
+        __import__("hwmodels.collectives", fromlist=["x"]).collective_s(H100, op, 4, 1, msg)
+        for op in ("all_gather", "reduce_scatter", "all_gather", "reduce_scatter")])
+    assert comms(TrainingPlan(tp=1, mb=2), "fwd") == []
+    # SP shards the norms along the sequence (T/tp rows)
+    norm_sp = _by_name(ops)["norm1"].bytes
+    assert norm_sp == 2 * (T // 4) * h * 2
+    assert _by_name(_ops(TrainingPlan(tp=4, mb=2)))["norm1"].bytes == 2 * T * h * 2
+
+
+def test_tp_comm_overlap_hides_behind_its_gemm_except_one_chunk():
+    """Transformer Engine userbuffers (Wang et al., ASPLOS 2023): the SP collective is split into
+    tp chunks pipelined with its GEMM; the first chunk stays exposed."""
+    plan = TrainingPlan(tp=4, mb=2, sp=True)
+    ops = _by_name(_ops(plan, overlap_tp_comm=True))
+    ag = ops["tp.qkv"]
+    assert ag.overlap_with == "qkv" and ag.exposed_floor_s == pytest.approx(ag.time_s / 4)
+    plain = _by_name(_ops(plan))["tp.qkv"]
+    assert plain.overlap_with == "" and plain.exposed_floor_s == 0.0
+    with_overlap = layer_cost(GPT, _job(overlap_tp_comm=True), plan, H100, False)
+    without = layer_cost(GPT, _job(), plan, H100, False)
+    assert with_overlap.fwd_comm_s["tp"] < without.fwd_comm_s["tp"]
+    assert with_overlap.fwd_comm_s["tp"] >= sum(o.time_s for o in ops.values() if o.kind == "comm") / 4 - 1e-12
+
+
+# ---- memory-bound kernels ----------------------------------------------------------------------
+def test_elementwise_bytes_of_the_megatron_layer():
+    """LayerNorm reads and writes T·h 16-bit values; bias-dropout-add reads x, bias-add output and
+    writes the sum (3 x 2 bytes) plus a 1-byte mask with dropout; the GELU reads and writes the 4h
+    activations; the backward reads the incoming gradient too (twice the bytes)."""
+    T, h = S, 4096
+    f = _by_name(_ops(TrainingPlan(mb=1), dropout=True))
+    assert f["norm1"].bytes == 2 * T * h * 2
+    assert f["bias_dropout_add1"].bytes == (3 * 2 + 1) * T * h
+    assert f["act"].bytes == 2 * T * 4 * h * 2
+    b = _by_name(_ops(TrainingPlan(mb=1), "bwd", dropout=True))
+    assert b["norm1"].bytes == 2 * f["norm1"].bytes and b["act"].bytes == 2 * f["act"].bytes
+    assert _by_name(_ops(TrainingPlan(mb=1)))["bias_dropout_add1"].bytes == 3 * 2 * T * h
+    # SwiGLU (Llama) reads gate and up and writes the product: 3 x ffn per token
+    llama = load_model("llama3.1-8b")
+    a = _by_name(_ops(TrainingPlan(mb=1), model=llama))["act"]
+    assert a.bytes == 3 * S * 14336 * 2
+
+
+def test_serving_kernels_fuse_add_norm_and_write_the_kv_cache():
+    """vLLM: fused_add_rms_norm reads x and the residual and writes both (4 x T·h x 2 bytes); the
+    rotary kernel reads and writes q and k; reshape_and_cache writes each token's K and V."""
+    llama = load_model("llama3.1-8b")
+    km = kernel_model("h100-sxm", "bf16")
+    T = 512
+
+    def comm(*a):
+        return 0.0
+    ops = _by_name(transformer_layer(llama, LayerPass(tokens=T, tp=2, kernels=SERVING_ENGINE, kv_bytes=1),
+                                     km, km, comm, False, "fwd"))
+    assert ops["add_norm1"].bytes == 4 * T * 4096 * 2 and "bias_dropout_add1" not in ops
+    assert ops["rope"].bytes == T * 2 * (4096 // 2 + 4 * 128) * 2
+    assert ops["kv_write"].bytes == T * 2 * 4 * 128 * 1  # fp8 KV: 1 byte per element
+    assert rope_elements(llama, 2) == 2048 + 512
+    mega = _by_name(transformer_layer(llama, LayerPass(tokens=T, tp=2), km, km, comm, False, "fwd"))
+    assert "rope" not in mega and "kv_write" not in mega and "add_norm1" not in mega
+
+
+def test_mla_shapes_follow_deepseek_v2():
+    """DeepSeek-V3: q_lora 1536, kv_lora 512, 128 heads of 128 + 64 RoPE, v 128. Down-projections
+    replicated on every TP rank, up-projections split by heads; the cache holds 512 + 64 per token;
+    RoPE rotates q^R per head and the shared k^R."""
+    ds = load_model("deepseek-v3")
+    g = {n: (nn, k) for n, nn, k in attention_gemms(ds, 8)}
+    assert g["qkv.q_down"] == (1536, 7168)
+    assert g["qkv.q_up"] == (128 * 192 // 8, 1536)
+    assert g["qkv.kv_down"] == (512 + 64, 7168)
+    assert g["qkv.kv_up"] == (128 * (128 + 128) // 8, 512)
+    assert kv_cache_elements(ds, 1) == 576
+    assert rope_elements(ds, 8) == 16 * 64 + 64
+    llama = load_model("llama3.1-8b")
+    assert attention_gemms(llama, 4) == [("qkv", 4096 // 4 + 2 * 2 * 128, 4096)]
+    assert attention_gemms(llama, 16) == [("qkv", 4096 // 16 + 2 * 1 * 128, 4096)]  # KV heads replicated
+    assert kv_cache_elements(llama, 8) == 2 * 8 * 128
+
+
+# ---- MoE (GShard / Megatron-Core dispatcher; DeepSeekMoE shared experts) ------------------------
+def test_balanced_training_routing_gives_each_expert_its_share():
+    """Mixtral 8x7B, top-2, EP 2, one 2048-token sequence per rank: the EP group routes 2·2048·2
+    (token, expert) pairs, each of the 4 local experts gets 1024 tokens; all-to-all of T·k·h."""
+    mx = load_model("mixtral-8x7b")
+    plan = TrainingPlan(mb=1, ep=2, dp=2)
+    ops = _ops(plan, model=mx, moe=True)
+    byn = {}
+    for o in ops:
+        byn.setdefault(o.name, []).append(o)
+    fc1 = byn["expert_fc1"][0]
+    assert fc1.flops == pytest.approx(4 * 2.0 * 1024 * 2 * 14336 * 4096)
+    a2a = byn["ep.dispatch"][0]
+    assert a2a.bytes == S * 2 * 4096 * 2 and a2a.group == "ep"
+    assert byn["expert_act"][0].bytes == 3 * (2 * S * 2 / 2) * 14336 * 2
+    assert byn["router"][0].flops == 2.0 * S * 8 * 4096
+
+
+def test_a_decode_step_reads_only_the_experts_its_tokens_pick():
+    """Serving (random routing): one token with top-2 routing hits at most 2 of Mixtral's 8
+    experts, so the grouped expert GEMM reads ~2 experts' weights; a 4096-token prefill hits all 8."""
+    mx = load_model("mixtral-8x7b")
+    km = kernel_model("h100-sxm", "bf16")
+    w_fc1 = 4096 * 2 * 14336 * 2  # one expert's gate+up weights, bytes
+
+    def fc1_bytes(T):
+        lp = LayerPass(tokens=T, ep_distinct_tokens=False, kernels=SERVING_ENGINE)
+        ops = transformer_layer(mx, lp, km, km, lambda *a: 0.0, True, "fwd")
+        return [o for o in ops if o.name == "expert_fc1"][0].bytes
+    assert 2 * w_fc1 <= fc1_bytes(1) < 2.01 * w_fc1
+    assert fc1_bytes(4096) >= 8 * w_fc1
+
+
+def test_shared_experts_run_on_every_token():
+    """DeepSeek-V3: 1 shared expert of 2048 next to the routed ones (DeepSeekMoE §3.2)."""
+    ds = load_model("deepseek-v3")
+    km = kernel_model("h100-sxm", "bf16")
+    lp = LayerPass(tokens=256, tp=2, expert_tp=2, ep_distinct_tokens=False, kernels=SERVING_ENGINE)
+    ops = _by_name(transformer_layer(ds, lp, km, km, lambda *a: 0.0, True, "fwd"))
+    assert ops["shared_fc1"].flops == 2.0 * 256 * (2048 * 2 // 2) * 7168
+    assert ops["shared_fc2"].flops == 2.0 * 256 * 7168 * (2048 // 2)
+    # experts split by TP over all tokens: one all-reduce of the T·h 16-bit outputs after them
+    assert ops["tp.moe"].bytes == 256 * 7168 * 2 and ops["tp.moe"].group == "tp"
+
+
+def test_moe_with_tensor_parallelism_needs_sequence_parallelism():
+    mx = load_model("mixtral-8x7b")
+    with pytest.raises(InputError, match="sp=on"):
+        check_supported(mx, TrainingPlan(tp=2))
+    check_supported(mx, TrainingPlan(tp=2, sp=True))
+    check_supported(GPT, TrainingPlan(tp=2))
+
+
+# ---- context parallelism (ring attention) -------------------------------------------------------
+def test_context_parallel_ring_passes_k_and_v_hidden_behind_attention():
+    """CP 2: each rank holds T = s/2 tokens and passes its K and V (2·kv_dim 16-bit per token)
+    around the ring; the backward passes them and their gradients (twice the bytes)."""
+    llama = load_model("llama3.1-8b")
+    plan = TrainingPlan(cp=2, mb=1)
+    ring = _by_name(_ops(plan, model=llama))["cp.kv_ring"]
+    T = S // 2
+    assert ring.bytes == T * 2 * 1024 * 2 * 2 and ring.overlap_with == "attn" and ring.group == "cp"
+    assert _by_name(_ops(plan, "bwd", model=llama))["cp.kv_ring"].bytes == 2 * ring.bytes
+    # a plain overlap: the ring hides completely behind a longer attention (no exposed floor)
+    assert ring.exposed_floor_s == 0.0
+    lc = layer_cost(llama, _job(llama), plan, H100, False)
+    attn_s = _by_name(_ops(plan, model=llama))["attn"].time_s
+    assert lc.fwd_comm_s.get("cp", 0.0) == pytest.approx(max(0.0, ring.time_s - attn_s), abs=1e-15)
+    attn = _by_name(_ops(plan, model=llama))["attn"]
+    assert attn.flops == pytest.approx(2.0 * S * S * 32 * 128 / 2)
+
+
+# ---- every op's time follows from its size ------------------------------------------------------
+@pytest.mark.parametrize("flash", [True, False])
+def test_memory_bound_ops_take_the_streaming_time_of_their_bytes_and_gemms_move_three_matrices(flash):
+    """A memory-bound kernel's time is its bytes through HBM (KernelModel.memory_s); a GEMM, forward
+    or either backward GEMM, reads and writes its three matrices once: the input-gradient and
+    weight-gradient GEMMs of a layer move as many bytes as its forward GEMM."""
+    km = kernel_model("h100-sxm", "bf16")
+    plan = TrainingPlan(tp=2, mb=1)
+    fwd = _ops(plan, flash_attention=flash, dropout=True)
+    bwd = _ops(plan, "bwd", flash_attention=flash, dropout=True)
+    for o in fwd + bwd:
+        if o.kind == "compute" and o.flops == 0:
+            assert o.time_s == km.memory_s(o.bytes), o.name
+    f = {o.name: o for o in fwd}
+    for o in bwd:
+        base, _, grad = o.name.rpartition(".")
+        if grad in ("dgrad", "wgrad"):
+            assert o.bytes == f[base].bytes and o.flops == f[base].flops, o.name
+    assert sum(1 for o in bwd if o.wgrad) == 4  # qkv, proj, fc1, fc2
+
+
+@pytest.mark.parametrize("name,moe", [("gpt", False), ("mixtral-8x7b", True), ("llama3.1-8b", False)])
+def test_model_flops_are_the_flops_the_layers_ops_execute(name, moe):
+    """Model FLOPs (Megatron eq. 3 / PaLM App. B convention: attention counted non-causal) equal
+    the FLOPs of the layer's forward ops with the causal attention counted twice: the GEMMs,
+    router and experts (balanced training routing) included."""
+    model = GPT if name == "gpt" else load_model(name)
+    plan = TrainingPlan(mb=1, ep=1)
+    ops = _ops(plan, model=model, moe=moe)
+    executed = sum(o.flops for o in ops if o.kind == "compute")
+    attn = _by_name(ops)["attn"].flops
+    lc = layer_cost(model, _job(model), plan, H100, moe)
+    assert lc.fwd_flops == pytest.approx(executed + attn, rel=1e-12)
+
+
+def test_ops_are_immutable():
+    """Op lists are cached and shared between plans (lru_cache): an op cannot be changed."""
+    import dataclasses
+    op = _ops(TrainingPlan(mb=1))[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        op.time_s = 0.0
