@@ -209,12 +209,14 @@ def load_spec(path: str, check: bool = True) -> Spec:
     cell: unknown keys, empty grids, and with `check` every cell whose options the command would
     refuse or whose model, cluster or device pool cannot be loaded."""
     import yaml
+
+    from hwmodels.devices import safe_yaml
     try:
         text = Path(path).read_text()
     except OSError as e:
         raise InputError(f"sweep spec {path!r}: {e.strerror or e}") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = safe_yaml(text)
     except yaml.YAMLError as e:
         raise InputError(f"sweep spec {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(doc, dict):
