@@ -11,9 +11,11 @@ the same shapes millions of times.
 """
 from __future__ import annotations
 
+import csv
 from functools import cache, lru_cache
 from pathlib import Path
 
+import numpy as np
 
 from hwmodels import profiles
 from hwmodels.devices import Device, get_device, safe_yaml
@@ -36,6 +38,37 @@ FLASH_BWD_FLOP_RATIO = 2.5
 # hd128 causal, 16k: 335 of 989 TFLOP/s (same file) — a fraction of dense peak.
 FALLBACK_FLASH_EFFICIENCY = 0.34
 _BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "fp4": 0.5, "int8": 1}
+
+
+# FlashAttention implementations a framework may run, by the name `TrainingJob.attention_kernel`
+# takes. The kernel tables measure FlashAttention-2-class kernels; the older ones run at their
+# measured A100 fwd+bwd rate (hwmodels/data/flash_attention_impls.csv, Dao 2023 Fig. 4-5).
+ATTENTION_KERNELS = ("fa2", "fa1", "fa-triton")
+LEGACY_FLASH_DEVICE = "a100-sxm-80g"  # where the non-FA2 kernels were measured
+
+
+@cache
+def _attention_impl_table() -> dict:
+    """{(device, implementation, causal, head_dim): (seq_lens, TFLOP/s)} of the benchmark figures."""
+    out: dict = {}
+    with open(Path(__file__).parent / "data" / "flash_attention_impls.csv") as f:
+        for r in csv.DictReader(line for line in f if not line.startswith("#")):
+            key = (r["device"], r["implementation"], r["causal"] == "True", int(r["head_dim"]))
+            out.setdefault(key, []).append((int(r["seq_len"]), float(r["tflops_per_s"])))
+    return {k: (np.array([s for s, _ in sorted(v)], float), np.array([t for _, t in sorted(v)]))
+            for k, v in out.items()}
+
+
+def attention_kernel_flops(device: str, kernel: str, head_dim: int, seq_len: int) -> float | None:
+    """Measured fwd+bwd FLOP/s of causal flash kernel `kernel` on `device` (None where not
+    measured) at the nearest measured head dim (64 or 128) and the sequence length
+    (log-interpolated, clamped to the measured 512-16k)."""
+    if kernel not in ATTENTION_KERNELS:
+        raise InputError(f"attention kernel {kernel!r}; valid: {', '.join(ATTENTION_KERNELS)}")
+    row = _attention_impl_table().get((device, kernel, True, 64 if head_dim <= 96 else 128))
+    if row is None:
+        return None
+    return 1e12 * float(np.interp(np.log(max(seq_len, 1)), np.log(row[0]), row[1]))
 
 
 def dtype_bytes(dtype: str) -> float:
@@ -74,7 +107,7 @@ class KernelModel:
         self._scale = 1.0 if src is self.device else src.peak(dtype) / self.peak_flops
         if self._gemm is not None:
             self.sustained_factor = _sustained_factor(self.device.name, dtype, self._gemm.peak_achieved()
-                                                      / self._scale, src.peak(dtype) / self._scale)
+                                                      / self._scale, src.peak(dtype) / self._scale, src.name)
             self._scale /= self.sustained_factor
             if self.sustained_factor < 1:
                 self.notes.append(f"{self.device.name}: measured kernel tables scaled by "
@@ -161,6 +194,21 @@ class KernelModel:
                 return t * self._scale * flops / ref
         return flops / (self.peak_flops * FALLBACK_FLASH_EFFICIENCY) + KERNEL_LATENCY_S
 
+    def legacy_flash_s(self, kernel: str, batch: int, seq: int, heads: int, head_dim: int) -> float:
+        """Forward of a causal self-attention on an older flash kernel (FA1, the Triton port): its
+        measured fwd+bwd rate on this device (hwmodels/data/flash_attention_impls.csv, Dao 2023
+        Fig. 4-5), or on the A100 it was measured on, scaled by how much faster this device runs
+        FlashAttention-2 on the same problem. The benchmark counts fwd+bwd as (1 + 2.5) forwards
+        (FLASH_BWD_FLOP_RATIO); the forward is its 1/3.5 share."""
+        flops = 2.0 * batch * seq * seq * heads * head_dim  # causal: half of 4·b·s²·h·d
+        rate = attention_kernel_flops(self.device.name, kernel, head_dim, seq)
+        if rate is not None:
+            return flops / rate + KERNEL_LATENCY_S
+        ref = kernel_model(LEGACY_FLASH_DEVICE, "bf16")
+        speedup = (ref.flash_attention_s(batch, seq, seq, heads, heads, head_dim, True)
+                   / self.flash_attention_s(batch, seq, seq, heads, heads, head_dim, True))
+        return flops / (attention_kernel_flops(LEGACY_FLASH_DEVICE, kernel, head_dim, seq) * speedup) + KERNEL_LATENCY_S
+
     def flash_attention_bwd_s(self, batch, seq_q, seq_kv, heads, kv_heads, head_dim, causal=True):
         return FLASH_BWD_FLOP_RATIO * self.flash_attention_s(batch, seq_q, seq_kv, heads,
                                                              kv_heads, head_dim, causal)
@@ -179,15 +227,18 @@ def _sustained() -> dict:
         return safe_yaml(f)["sustained_gemm_flops"]
 
 
-def _sustained_factor(device: str, dtype: str, table_best: float, src_peak: float) -> float:
-    """MAMF best ÷ the table's best achieved rate on this device (≤ 1). Where MAMF measured
-    another dtype of this device, its ratio to that dtype's peak carries over."""
-    mamf = _sustained().get(device, {})
-    if dtype in mamf:
-        return min(1.0, mamf[dtype] / table_best)
-    if mamf:  # clock behaviour is a property of the device, not of the dtype
-        d, v = next(iter(mamf.items()))
-        return min(1.0, (v / get_device(device).peak(d)) / (table_best / src_peak))
+def _sustained_factor(device: str, dtype: str, table_best: float, src_peak: float,
+                      source: str | None = None) -> float:
+    """MAMF best ÷ the table's best achieved rate on this device (≤ 1), as efficiencies (÷ peak).
+    Where MAMF measured another dtype of this device, its ratio to that dtype's peak carries
+    over; a device without MAMF rows that borrows its kernel efficiency from `source` borrows
+    the source's sustained efficiency with it (clock behaviour comes with the silicon: A100 40GB
+    and 80GB are one GA100 at the same clocks and 400 W)."""
+    for name in (device, source):
+        mamf = _sustained().get(name, {}) if name else {}
+        if mamf:  # clock behaviour is a property of the device, not of the dtype
+            d = dtype if dtype in mamf else next(iter(mamf))
+            return min(1.0, (mamf[d] / get_device(name).peak(d)) / (table_best / src_peak))
     return 1.0
 
 

@@ -300,9 +300,8 @@ class TrainingDES:
         # ---- DP tail: wait for this unit's gradient reductions, then the optimizer ----
         t0 = env.now
         if pl.zero == 3:
-            # busy as the analytic engine counts it (its `steady`): compute and exposed TP/CP/EP
-            # communication, which the DP stream's prefetched gathers overlap as well
-            exposed = dp_exposed_s(self.job, pl, st, self._busy[unit] + sum(self._comm[unit].values()))
+            # the per-layer overlap windows of the analytic engine (zero3_exposed_s)
+            exposed = dp_exposed_s(self.job, pl, st)
             if exposed:
                 yield env.timeout(exposed)
         else:
@@ -386,6 +385,8 @@ class TrainingDES:
 
     def _bucket_ready(self, unit, j, k, n):
         """Bucket k of chunk j of `unit` is ready; reduce it once all DP peers have it."""
+        if self.plan.zero == 3:
+            return  # ZeRO-3's reduce-scatters are in the exposed DP tail (dp_exposed_s), not buckets
         dp_i, s = unit
         st = self.costs.stages[s]
         key = (s, j, k)

@@ -359,7 +359,10 @@ def _core_attention(km: KernelModel, model: ModelSpec, job: TrainingJob, plan: T
     if job.flash_attention:
         if ph == "recompute" and plan.recompute == "selective":
             return []  # flash attention recomputes its scores inside the backward kernel
-        fwd_t = chunk_attention_s(km, model, heads, kv_heads, mb, s, 0) / cp
+        if job.attention_kernel == "fa2":
+            fwd_t = chunk_attention_s(km, model, heads, kv_heads, mb, s, 0) / cp
+        else:  # an older flash kernel (FA1, the Triton port) at its own measured rate
+            fwd_t = km.legacy_flash_s(job.attention_kernel, mb, s, heads, d) / cp
         if ph == "bwd":  # FlashAttention-2 (Dao 2023 §4.1): the backward costs 2.5 forwards
             return [Op("attn", "compute", ph, 2.5 * causal_flops, 0.0, 2.5 * fwd_t)]
         return [Op("attn", "compute", ph, causal_flops, 0.0, fwd_t)]

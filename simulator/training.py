@@ -6,11 +6,13 @@ defaults of `TrainingPlan`; `dp` is derived from the device count when omitted.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
 from hwmodels.errors import InputError
+from hwmodels.kernels import ATTENTION_KERNELS
 from simulator import schedules
 from simulator.models import ModelSpec
 
@@ -35,6 +37,9 @@ class TrainingJob:
     # Flash-style fused attention (Dao et al. 2022). Megatron-LM 2021 predates it: its attention
     # materialises the s×s scores (baddbmm + fused scale-mask-softmax + dropout + bmm).
     flash_attention: bool = True
+    # Which flash kernel: FlashAttention-2 class ("fa2", what the kernel tables measure), FA1
+    # ("fa1") or the Triton port llm-foundry ran in 2023 ("fa-triton"); hwmodels.kernels.
+    attention_kernel: str = "fa2"
     # Dropout on attention probabilities and hidden states (Megatron-LM default 0.1): it adds a
     # 1-byte mask per element to memory traffic and to stored activations (Korthikanti §4.1).
     dropout: bool = True
@@ -57,6 +62,8 @@ class TrainingJob:
                 raise InputError(f"{k.replace('_', '-')}={v!r} must be a positive integer")
             if v > MAX_JOB_SIZE:
                 raise InputError(f"{k.replace('_', '-')}={v} exceeds {MAX_JOB_SIZE:,}, the largest clusterplan accepts")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise InputError(f"attention kernel {self.attention_kernel!r}; valid: {', '.join(ATTENTION_KERNELS)}")
         if self.dtype not in DTYPES:
             raise InputError(f"dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
 
@@ -105,6 +112,11 @@ class TrainingPlan:
         return self.dp * self.tp * self.pp * self.cp
 
 
+def plan_commas(item: str) -> str:
+    """'tp=8 pp=4' (keys separated by spaces) as 'tp=8,pp=4'."""
+    return ",".join(re.sub(r"\s*=\s*", "=", item.strip()).split())
+
+
 def parse_plan(text: str, num_devices: int | None = None) -> TrainingPlan:
     """Parse `key=value,...`; derive dp from num_devices when it is omitted."""
     if not isinstance(text, str):
@@ -116,6 +128,9 @@ def parse_plan(text: str, num_devices: int | None = None) -> TrainingPlan:
             continue
         if "=" not in item:
             raise InputError(f"plan item {item!r} is not key=value (e.g. 'tp=8,pp=2')")
+        if item.count("=") > 1:
+            raise InputError(f"plan item {item!r} holds several keys: separate plan keys with commas, "
+                             f"e.g. {plan_commas(item)!r}")
         key, val = (s.strip().lower() for s in item.split("=", 1))
         if key in vals:
             raise InputError(f"plan key {key!r} given twice")

@@ -129,7 +129,7 @@ def test_chrome_trace_follows_the_trace_event_format(tmp_path, capsys):
     out = tmp_path / "trace.json"
     code = main(["simulate", "train", "--model", "llama2-13b", "--cluster", "dgx-a100", "--nodes", "4",
                  "--plan", "tp=4,pp=2,mb=1,sp=on,vpp=2", "--seq-len", "4096", "--global-batch", "64",
-                 "--engine", "des", "--trace", str(out), "--json"])
+                 "--engine", "des", "--chrome-trace", str(out), "--json"])
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["engine"] == "des"
@@ -150,11 +150,11 @@ def test_chrome_trace_follows_the_trace_event_format(tmp_path, capsys):
 def test_des_cli_errors(capsys, tmp_path):
     base = ["simulate", "train", "--model", "llama2-13b", "--cluster", "dgx-a100", "--plan", "tp=8",
             "--seq-len", "4096", "--global-batch", "8"]
-    assert main(base + ["--trace", str(tmp_path / "x.json")]) == 2
+    assert main(base + ["--chrome-trace", str(tmp_path / "x.json")]) == 2
     assert "need --engine des" in capsys.readouterr().err
     assert main(base + ["--engine", "des", "--stragglers", "99:2"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
-    assert main(base + ["--engine", "des", "--trace", str(tmp_path / "no" / "x.json")]) == 2
+    assert main(base + ["--engine", "des", "--chrome-trace", str(tmp_path / "no" / "x.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -188,3 +188,84 @@ def test_gantt_figure_renders_the_des_timeline():
     assert max(b + w for b, w in zip(bar.base, bar.x)) == pytest.approx(res.step_time_s * 1e3, rel=1e-6)
     assert {t[:1] for t in bar.hovertext} >= {"F", "B", "W"}
     fig.to_json()  # serialisable for the browser
+
+
+# ---- issue #20 §2: ZeRO-3 gradient reduction, and every event inside its step ------------------
+
+def _last_event_end_s(res) -> float:
+    return max(start + dur for _unit, _stream, _name, start, dur, _args in res.timeline)
+
+
+@pytest.mark.parametrize("zero,overlap,schedule,slow,shape", [
+    (0, True, "1f1b", None, 2), (0, False, "1f1b", None, 2), (1, True, "interleaved", None, 2),
+    (2, False, "1f1b", None, 2), (3, True, "1f1b", None, 2), (3, False, "1f1b", None, 2),
+    (3, True, "zb-h1", None, 2), (0, True, "zb-h1", None, 2), (3, True, "1f1b", {1: 1.4}, 2),
+    (1, True, "1f1b", {2: 1.3}, 2),
+    (3, True, "1f1b", None, 1), (3, False, "1f1b", None, 1), (0, True, "1f1b", None, 1),
+])
+def test_no_event_of_a_step_ends_after_the_step(zero, overlap, schedule, slow, shape):
+    """A ZeRO-3 DP "reduce" bar ran 3087-3479 ms in a 3124 ms step: its reduction was traced but
+    never waited for. Every traced event, on every stream and unit, lies inside the step.
+    shape 2: llama2-7b, dp=4 tp=2 pp=2; shape 1: llama3-8b on 32 devices, dp=32."""
+    if shape == 2:
+        c, job = load_cluster("dgx-h100", nodes=2), TrainingJob(load_model("llama2-7b"), 2048, 32,
+                                                                overlap_grad_reduce=overlap)
+        vpp = 2 if schedule == "interleaved" else 1
+        plan = TrainingPlan(dp=4, tp=2, pp=2, mb=1, zero=zero, schedule=schedule, vpp=vpp)
+    else:
+        c, job = load_cluster("dgx-h100", nodes=4), TrainingJob(load_model("llama3-8b"), 4096, 64,
+                                                                overlap_grad_reduce=overlap)
+        plan = TrainingPlan(dp=32, tp=1, pp=1, mb=1, zero=zero)
+    _, res = simulate(job, plan, c, slowdown=slow, trace=True)
+    assert res.timeline
+    assert _last_event_end_s(res) <= res.step_time_s * (1 + 1e-9)
+    assert all(start >= 0 and dur >= 0 for *_, start, dur, _a in res.timeline)
+
+
+def test_zero3_gradient_overlap_off_exposes_the_reduce_scatter():
+    """--grad-overlap off gave ZeRO-3 the step time of on. Without overlap the gradient
+    reduce-scatters wait for the end of the backward (Megatron-LM finish_grad_sync), so in a
+    compute-bound step the exposed DP time grows by the reductions that overlap hid. FSDP/ZeRO-3
+    reduce-scatter every micro-batch (m of them): all but the last layer's share, less the
+    slowdown the overlapped reductions inflicted on the backward compute they ran beside:
+    grad·(m − 1/L − m·OVERLAP_COMPUTE_SLOWDOWN)."""
+    from simulator.analytic import OVERLAP_COMPUTE_SLOWDOWN
+    c = load_cluster("dgx-h100", nodes=4)
+    plan = TrainingPlan(dp=32, tp=1, pp=1, zero=3, mb=1)
+    out = {}
+    for overlap in (True, False):
+        job = TrainingJob(load_model("llama3-8b"), 4096, 64, overlap_grad_reduce=overlap)
+        est, res = simulate(job, plan, c, trace=True)
+        ana = estimate(job, plan, c)
+        assert est.step_time_s == pytest.approx(ana.step_time_s, rel=0.03)  # the engines agree
+        out[overlap] = (res, step_costs(job, plan, c).stages[0])
+    (on, st), (off, _) = out[True], out[False]
+    assert off.step_time_s > on.step_time_s
+    grad, layers, m = st.dp_grad_s, st.num_layers, 2
+    assert st.dp_gather_s / 2 + grad < st.last_bwd_s  # compute-bound: every reduction hides when on
+    assert off.breakdown_s["dp_comm"] - on.breakdown_s["dp_comm"] == pytest.approx(
+        grad * (m - 1 / layers - m * OVERLAP_COMPUTE_SLOWDOWN), rel=1e-6)
+    assert _last_event_end_s(on) <= on.step_time_s * (1 + 1e-9)
+
+
+def test_straggler_ranks_are_named_in_text_and_json(capsys):
+    from simulator.faults import describe_stragglers
+    argv = ["simulate", "train", "--model", "llama2-13b", "--cluster", "dgx-a100", "--nodes", "2", "--plan",
+            "tp=4,pp=2", "--seq-len", "4096", "--global-batch", "32", "--engine", "des", "--stragglers", "3:1.3,12:2"]
+    assert main(argv + ["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["stragglers"]
+    # Megatron order (tp innermost, then dp, pp): rank 3 is tp rank 3 of dp 0 / stage 0, rank 12 is
+    # dp 1 of stage 1 (ranks 12-15), as TrainingDES.unit_ranks places them
+    assert rows == [{"rank": 3, "factor": 1.3, "stage": 0, "dp_replica": 0, "group_factor": 1.3},
+                    {"rank": 12, "factor": 2.0, "stage": 1, "dp_replica": 1, "group_factor": 2.0}]
+    des = TrainingDES(TrainingJob(load_model("llama2-13b"), 4096, 32), TrainingPlan(dp=2, tp=4, pp=2),
+                      load_cluster("dgx-a100", nodes=2))
+    for r in rows:
+        assert r["rank"] in des.unit_ranks(r["dp_replica"], r["stage"])
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert ("stragglers: 2 slowed rank(s): rank 3 x1.3 (stage 0, dp replica 0), "
+            "rank 12 x2 (stage 1, dp replica 1)") in text
+    many = describe_stragglers({r: 1.5 for r in range(0, 64, 4)}, 4, 1, 8, 2)
+    from simulator.faults import format_stragglers
+    assert format_stragglers(many).endswith("and 8 more (all in --json)")

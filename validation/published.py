@@ -9,11 +9,20 @@ from hwmodels.clusters import load_cluster
 from hwmodels.errors import InputError
 from simulator.analytic import estimate
 from simulator.models import load_model, megatron_gpt
+from simulator.software import apply_software, get_software
 from simulator.training import TrainingJob, TrainingPlan
 
 DATA = Path(__file__).parent / "data" / "published"
 TABLE1 = DATA / "megatron2021_table1_weak_scaling_a100.csv"
 NEMO = DATA / "nemo_2407_perf_summary_h100_fp8.csv"
+LLMFOUNDRY = DATA / "llmfoundry_mpt_a100_fsdp.csv"
+# MPT sizes (layers, d_model, heads): mosaicml/llm-foundry scripts/train/yamls/pretrain/mpt-*.yaml;
+# vocab 50368 (GPT-NeoX tokenizer padded); GELU MLP of 4·d, learned positions in these benchmarks
+# (the NumParams column grows by seq·d with the sequence: tests/test_published.py checks it).
+MPT = {"125m": (12, 768, 12), "350m": (24, 1024, 16), "760m": (24, 1536, 12), "1b": (24, 2048, 16),
+       "3b": (32, 2560, 20), "7b": (32, 4096, 32), "13b": (40, 5120, 40), "30b": (48, 7168, 64),
+       "70b": (80, 8192, 64)}
+MPT_VOCAB = 50368
 # NeMo model names -> our presets (GPT3-5B/20B and Nemotron have no preset: not modelled)
 NEMO_MODELS = {"GPT3-175B": "gpt3-175b", "LLAMA2-7B": "llama2-7b", "LLAMA2-13B": "llama2-13b",
                "LLAMA2-70B": "llama2-70b", "LLAMA3-8B": "llama3-8b", "LLAMA3-70B": "llama3-70b"}
@@ -48,10 +57,9 @@ def _table1_case(r: dict) -> dict:
     tp, pp, gpus = int(r["tensor_parallel"]), int(r["pipeline_parallel"]), int(r["num_gpus"])
     s, B, V = int(r["seq_len"]), int(r["global_batch_size"]), int(r["vocab_size"])
     model = megatron_gpt(f"gpt-{r['params_billion']}b", L, h, a, vocab_size=V, seq_len=s)
-    # Megatron-LM 2021 software: fp16, unfused attention with dropout, gradient all-reduce
-    # after backward (no overlap), no distributed optimizer.
-    job = TrainingJob(model=model, seq_len=s, global_batch=B, dtype="fp16", flash_attention=False,
-                      overlap_grad_reduce=False, overlap_param_gather=False, dropout=True)
+    # Megatron-LM 2021 software (simulator/software.py): fp16, unfused attention with dropout,
+    # gradient all-reduce after backward (no overlap), no distributed optimizer.
+    job = apply_software(TrainingJob(model=model, seq_len=s, global_batch=B, dtype="fp16"), "megatron-lm-2021")
     cluster = load_cluster("dgx-a100", nodes=gpus // 8)
     best = None
     for plan in megatron2021_plans(job, tp, pp, gpus // (tp * pp)):
@@ -101,9 +109,8 @@ def _nemo_case(r: dict) -> dict:
     model = load_model(NEMO_MODELS[r["Model"]])
     gpus, seq = int(r["#-GPUs"]), int(float(r["Sequence Length"]))
     tp, pp, cp, vp = (int(float(r[k] or 1)) for k in ("TP", "PP", "CP", "VP"))
-    job = TrainingJob(model=model, seq_len=seq, global_batch=int(r["GBS"]), dtype="fp8",
-                      overlap_tp_comm=True, overlap_p2p_comm=vp > 1,
-                      dropout=r["Model"].startswith("GPT3"))
+    job = apply_software(TrainingJob(model=model, seq_len=seq, global_batch=int(r["GBS"]), dtype="fp8"),
+                         "nemo-24.07", overlap_p2p_comm=vp > 1, dropout=r["Model"].startswith("GPT3"))
     cluster = load_cluster("dgx-h100", nodes=gpus // 8)
     est = None
     for rc in ("none", "selective", "full"):
@@ -127,6 +134,39 @@ def nemo_report() -> dict:
             "cases": cases, **{k: v for k, v in _stats(cases).items() if k != "cases"}}
 
 
+def mpt_model(size: str, seq_len: int):
+    L, d, a = MPT[size]
+    return megatron_gpt(f"mpt-{size}", L, d, a, vocab_size=MPT_VOCAB, seq_len=seq_len)
+
+
+def _llmfoundry_case(r: dict) -> dict:
+    """One llm-foundry row: its model, GPUs, micro-batch, global batch and activation
+    checkpointing as printed, on the `llm-foundry` software profile (FSDP FULL_SHARD, the
+    Triton FlashAttention port)."""
+    seq, gpus, mb = int(r["SeqLen (T)"]), int(r["# GPUs"]), int(r["MicroBatchSize"])
+    job = apply_software(TrainingJob(model=mpt_model(r["Model"], seq), seq_len=seq,
+                                     global_batch=int(r["GlobalBatchSize"]), dtype="bf16"), "llm-foundry")
+    preset = {"a100_80gb": "dgx-a100", "a100_40gb": "dgx-a100-40g"}[r["GPU"]]
+    cluster = load_cluster(preset, nodes=max(1, gpus // 8))
+    plan = TrainingPlan(dp=gpus, mb=mb, recompute="full" if r["Activation Checkpointing"] == "True" else "none",
+                        **get_software("llm-foundry").plan_defaults)
+    est = estimate(job, plan, cluster)
+    measured = float(r["Throughput (T/s/GPU)"])
+    pred = est.tokens_per_s / gpus
+    return {"name": f"MPT-{r['Model']}, {gpus} {r['GPU']}, seq {seq}, mb={mb}",
+            "predicted": round(pred, 1), "measured": measured, "unit": "tokens/s per GPU",
+            "error_pct": round(100 * (pred - measured) / measured, 2), "table": "llm-foundry-fsdp",
+            "size": r["Model"], "plan": est.plan.to_string(), "step_time_s": est.step_time_s,
+            "breakdown_s": est.breakdown_s}
+
+
+def llmfoundry_fsdp(executor=None) -> list[dict]:
+    """llm-foundry's MPT throughput table on A100 (PyTorch FSDP; validation only)."""
+    with open(LLMFOUNDRY) as f:
+        rows = list(csv.DictReader(f))
+    return _run(_llmfoundry_case, rows, executor)
+
+
 def _stats(cases: list[dict]) -> dict:
     errs = [abs(c["error_pct"]) for c in cases]
     return {"cases": len(cases), "mape_pct": round(sum(errs) / len(errs), 2), "max_error_pct": round(max(errs), 2)}
@@ -136,12 +176,25 @@ def published_report(executor=None) -> dict:
     """Every published end-to-end table the simulator is compared with; the cases run on
     `executor` (simulator.executor) when given, with the same results."""
     megatron, nemo = megatron_table1(executor)["cases"], nemo_2407(executor)
-    cases = megatron + nemo
+    foundry = llmfoundry_fsdp(executor)
+    cases = megatron + nemo + foundry
     return {"suite": "published", "cases": cases, **{k: v for k, v in _stats(cases).items() if k != "cases"},
             "tables": {"megatron-2021-table1": {"source": "Narayanan et al. 2021 (arXiv 2104.04473) Table 1",
                                                 **_stats(megatron)},
                        "nemo-24.07": {"source": "NeMo 24.07 performance summary, DGX-H100 FP8 (doc "
-                                                "version of 2024-11-27)", **_stats(nemo)}}}
+                                                "version of 2024-11-27)", **_stats(nemo)},
+                       "llm-foundry-fsdp": {"source": "llm-foundry MPT benchmarks, A100 40/80GB, PyTorch FSDP "
+                                                      "(scripts/train/benchmarking/README.md)",
+                                            **_stats(foundry), "by_size": _by_size(foundry)}}}
+
+
+def _by_size(cases: list[dict]) -> dict:
+    """Mean signed and absolute error per model size (the FSDP table's size classes)."""
+    out = {}
+    for c in cases:
+        out.setdefault(c["size"], []).append(c["error_pct"])
+    return {k: {"cases": len(v), "mean_error_pct": round(sum(v) / len(v), 2),
+                "mape_pct": round(sum(map(abs, v)) / len(v), 2)} for k, v in out.items()}
 
 
 def format_report(report: dict) -> str:
@@ -153,6 +206,13 @@ def format_report(report: dict) -> str:
                   f"{'case':<52} {'predicted':>9} {'published':>9} {'error':>7}  plan"]
         for c in cases:
             lines.append(f"{c['name']:<52} {c['predicted']:9.1f} {c['measured']:9.1f} {c['error_pct']:+6.1f}%  {c['plan']}")
-        lines += ["", f"MAPE {meta['mape_pct']:.1f}%   max |error| {meta['max_error_pct']:.1f}%", "", ""]
+        lines += ["", f"MAPE {meta['mape_pct']:.1f}%   max |error| {meta['max_error_pct']:.1f}%"]
+        if "by_size" in meta:
+            lines.append("by model size: " + "  ".join(f"{k} {v['mean_error_pct']:+.1f}% (MAPE {v['mape_pct']:.1f}%)"
+                                                       for k, v in meta["by_size"].items()))
+        lines += ["", ""]
+    lines += ["summary by table", f"{'table':<22} {'cases':>5} {'MAPE':>6} {'max':>6}"]
+    for key, meta in report["tables"].items():
+        lines.append(f"{key:<22} {meta['cases']:>5} {meta['mape_pct']:5.1f}% {meta['max_error_pct']:5.1f}%")
     lines.append(f"all {len(report['cases'])} cases: MAPE {report['mape_pct']:.1f}%   max |error| {report['max_error_pct']:.1f}%")
     return "\n".join(lines)

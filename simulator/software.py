@@ -1,0 +1,79 @@
+"""Software profiles: the facts of the training software a run used that change kernel costs.
+
+A published throughput is a property of the hardware *and* of the framework version that ran it:
+which attention kernel, which overlaps, dropout, how parameters are sharded. A profile names those
+facts once, with the source each comes from, so that `validate published` and a user's
+`simulate train --software NAME` read the same settings instead of options hard-coded per table.
+A profile sets `TrainingJob` fields; the plan (zero stage, recompute) stays the user's, except
+for `plan_defaults` the framework always uses (FSDP shards everything: zero=3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from hwmodels.errors import InputError
+from simulator.training import TrainingJob
+
+
+@dataclass(frozen=True)
+class Software:
+    name: str
+    description: str
+    source: str
+    job: dict  # TrainingJob fields
+    plan_defaults: dict = field(default_factory=dict)  # TrainingPlan fields the framework fixes
+
+
+PROFILES = {p.name: p for p in (
+    Software("megatron-lm-2021",
+             "Megatron-LM as in Narayanan et al. 2021: unfused attention with dropout, gradient "
+             "all-reduce after backward, no distributed optimizer",
+             "arXiv 2104.04473 §5 (software of Table 1); NVIDIA/Megatron-LM v2.x",
+             {"flash_attention": False, "dropout": True, "overlap_grad_reduce": False,
+              "overlap_param_gather": False, "overlap_tp_comm": False, "overlap_p2p_comm": False}),
+    Software("nemo-24.07",
+             "NeMo 24.07 performance recipes: Transformer Engine, flash attention, distributed "
+             "optimizer with overlapped reduce-scatter and all-gather, TP comm overlap "
+             "(userbuffers), P2P overlap with the interleaved schedule, no dropout",
+             "NVIDIA NeMo 24.07 performance summary and its recipes (nemo/collections/llm/recipes)",
+             {"flash_attention": True, "attention_kernel": "fa2", "dropout": False,
+              "overlap_grad_reduce": True, "overlap_param_gather": True, "overlap_tp_comm": True,
+              "overlap_p2p_comm": True}),
+    Software("megatron-core",
+             "Megatron-Core (0.8+): flash attention (TE/cuDNN), --overlap-grad-reduce and "
+             "--overlap-param-gather with the distributed optimizer, no TP overlap unless asked",
+             "NVIDIA/Megatron-LM megatron/core (distributed_data_parallel.py, arguments.py)",
+             {"flash_attention": True, "attention_kernel": "fa2", "dropout": False,
+              "overlap_grad_reduce": True, "overlap_param_gather": True, "overlap_tp_comm": False,
+              "overlap_p2p_comm": True}),
+    Software("llm-foundry",
+             "MosaicML llm-foundry / Composer benchmarks of 2023: PyTorch FSDP FULL_SHARD "
+             "(limit_all_gathers), the Triton FlashAttention port (attn_impl=triton), no dropout",
+             "mosaicml/llm-foundry scripts/train/benchmarking/submit_benchmarks.py "
+             "(--attn_impl default 'triton', image pytorch 1.13.1, limit_all_gathers=True)",
+             {"flash_attention": True, "attention_kernel": "fa-triton", "dropout": False,
+              "overlap_grad_reduce": True, "overlap_param_gather": True, "overlap_tp_comm": False,
+              "overlap_p2p_comm": False},
+             {"zero": 3, "tp": 1, "pp": 1}),
+    Software("torchtitan",
+             "torchtitan: FSDP2 (fully_shard, reshard after forward), SDPA flash attention (FA2 "
+             "class), no dropout",
+             "pytorch/torchtitan torchtitan/parallelisms (fully_shard), docs/performance.md",
+             {"flash_attention": True, "attention_kernel": "fa2", "dropout": False,
+              "overlap_grad_reduce": True, "overlap_param_gather": True, "overlap_tp_comm": False,
+              "overlap_p2p_comm": False},
+             {"zero": 3}),
+)}
+
+
+def get_software(name: str) -> Software:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise InputError(f"software {name!r} is not a known profile; valid: {', '.join(PROFILES)}") from None
+
+
+def apply_software(job: TrainingJob, name: str, **explicit) -> TrainingJob:
+    """`job` with profile `name`'s settings; `explicit` fields (what the user set) win."""
+    sw = get_software(name)
+    return replace(job, **{**sw.job, **{k: v for k, v in explicit.items() if v is not None}})
