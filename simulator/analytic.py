@@ -19,6 +19,7 @@ from simulator.memory import (as_row, by_mesh, cached, group, layer_terms_job, m
                               plan_memory, stage_memory, stage_params, tokens_per_rank)
 from simulator.ops import check_supported, layer_cost
 from simulator.precision import ACT_BYTES, WEIGHT_BYTES
+from simulator.regimes import validation_of
 from simulator.training import (RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, layer_plan, micro_batches,
                                 validate_plan)
 
@@ -66,6 +67,7 @@ class StepEstimate:
     stage_times_s: list
     engine: str = "analytic"
     notes: list = field(default_factory=list)
+    validation: dict = field(default_factory=dict)  # simulator.regimes.validation_of
 
     def to_dict(self) -> dict:
         return {
@@ -76,6 +78,7 @@ class StepEstimate:
             "tokens_per_s": self.tokens_per_s, "tflops_per_device": self.tflops_per_device,
             "mfu": self.mfu, "hfu": self.hfu, "fits": self.fits, "memory": self.memory,
             "breakdown_s": self.breakdown_s, "stage_times_s": self.stage_times_s, "notes": self.notes,
+            "validation": self.validation,
         }
 
 
@@ -466,4 +469,5 @@ def estimate(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, validate: b
         tokens_per_s=job.tokens_per_step / step, tflops_per_device=exec_flops / step / n / 1e12,
         mfu=model_flops / step / n / peak, hfu=exec_flops / step / n / peak,
         fits=mem["peak_bytes"] <= cluster.device.hbm_bytes, memory=mem, breakdown_s=breakdown,
-        stage_times_s=[float(x) for x in terms.stage_s[0, :plan.pp]], notes=list(km.notes))
+        stage_times_s=[float(x) for x in terms.stage_s[0, :plan.pp]], notes=list(km.notes),
+        validation=validation_of(job, plan, cluster))

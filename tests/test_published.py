@@ -84,3 +84,29 @@ def test_attention_kernel_of_the_software_matters():
     cl, plan = load_cluster("dgx-a100-40g", nodes=1), TrainingPlan(dp=8, mb=1, zero=3)
     slow, fast = (estimate(j, plan, cl).step_time_s for j in (job, replace(job, attention_kernel="fa2")))
     assert slow > 1.25 * fast
+
+
+# ---- how far to trust a prediction (simulator/regimes.py) ----
+
+def test_validated_regimes_file_is_what_validate_published_measures():
+    """simulator/data/validated_regimes.json is rewritten by `python -m validation.published
+    --regimes`; a model change that moves an error without rewriting it fails here."""
+    from simulator.regimes import REGIMES_FILE
+    assert REGIMES_FILE.read_text() == published.regimes_document(published_report())
+
+
+def test_a_prediction_names_its_regime_or_says_no_run_validates_it():
+    from hwmodels.clusters import load_cluster
+    from simulator.analytic import estimate
+    from simulator.models import load_model
+    from simulator.training import TrainingJob, TrainingPlan
+    job = TrainingJob(load_model("gpt3-175b"), 2048, 1536, dtype="fp16")
+    cl = load_cluster("dgx-a100", nodes=128)
+    v = estimate(job, TrainingPlan(dp=16, tp=8, pp=8, mb=1), cl).validation
+    assert v["validated"] and v["regime"] == "megatron/a100-sxm-80g/16-bit" and v["cases"] >= 9
+    # ZeRO-3 over 1024 A100s: FSDP is validated on A100, but only up to 64 80GB GPUs
+    v = estimate(job, TrainingPlan(dp=256, tp=2, cp=2, mb=3, zero=3, sp=True), cl).validation
+    assert not v["validated"] and "64 devices" in v["note"] and "1,024" in v["note"]
+    # no published run on B200 at all
+    v = estimate(job, TrainingPlan(dp=16, tp=8, pp=8, mb=1), load_cluster("dgx-b200", nodes=128)).validation
+    assert not v["validated"] and v["note"].startswith("no published run validates megatron/b200")

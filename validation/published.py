@@ -3,12 +3,14 @@ fitted to these rows, docs/design.md §5)."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 from hwmodels.clusters import load_cluster
 from hwmodels.errors import InputError
 from simulator.analytic import estimate
 from simulator.models import load_model, megatron_gpt
+from simulator.regimes import REGIMES_FILE, regime_key
 from simulator.software import apply_software, get_software
 from simulator.training import TrainingJob, TrainingPlan
 
@@ -78,7 +80,8 @@ def _table1_case(r: dict) -> dict:
             "table": "megatron-2021-table1",
             "error_pct": round(100 * (pred - measured) / measured, 2),
             "plan": best.plan.to_string(), "step_time_s": best.step_time_s,
-            "breakdown_s": best.breakdown_s}
+            "breakdown_s": best.breakdown_s, "regime": regime_key(job, best.plan, cluster),
+            "devices": cluster.num_devices}
 
 
 def megatron_table1(executor=None) -> dict:
@@ -125,7 +128,8 @@ def _nemo_case(r: dict) -> dict:
             "predicted": round(pred, 1), "measured": measured, "unit": "tokens/s per GPU",
             "error_pct": round(100 * (pred - measured) / measured, 2), "table": "nemo-24.07",
             "plan": est.plan.to_string(), "step_time_s": est.step_time_s,
-            "breakdown_s": est.breakdown_s}
+            "breakdown_s": est.breakdown_s, "regime": regime_key(job, est.plan, cluster),
+            "devices": cluster.num_devices}
 
 
 def nemo_report() -> dict:
@@ -157,7 +161,8 @@ def _llmfoundry_case(r: dict) -> dict:
             "predicted": round(pred, 1), "measured": measured, "unit": "tokens/s per GPU",
             "error_pct": round(100 * (pred - measured) / measured, 2), "table": "llm-foundry-fsdp",
             "size": r["Model"], "plan": est.plan.to_string(), "step_time_s": est.step_time_s,
-            "breakdown_s": est.breakdown_s}
+            "breakdown_s": est.breakdown_s, "regime": regime_key(job, est.plan, cluster),
+            "devices": cluster.num_devices}
 
 
 def llmfoundry_fsdp(executor=None) -> list[dict]:
@@ -216,3 +221,30 @@ def format_report(report: dict) -> str:
         lines.append(f"{key:<22} {meta['cases']:>5} {meta['mape_pct']:5.1f}% {meta['max_error_pct']:5.1f}%")
     lines.append(f"all {len(report['cases'])} cases: MAPE {report['mape_pct']:.1f}%   max |error| {report['max_error_pct']:.1f}%")
     return "\n".join(lines)
+
+
+def regimes(report: dict) -> dict:
+    """Per regime (simulator.regimes.regime_key) of the published cases: how many, their MAPE,
+    the largest job and the tables they come from: what `simulator/data/validated_regimes.json`
+    holds."""
+    out: dict = {}
+    for c in report["cases"]:
+        r = out.setdefault(c["regime"], {"errs": [], "max_devices": 0, "tables": set()})
+        r["errs"].append(abs(c["error_pct"]))
+        r["max_devices"] = max(r["max_devices"], c["devices"])
+        r["tables"].add(c["table"])
+    return {k: {"cases": len(v["errs"]), "mape_pct": round(sum(v["errs"]) / len(v["errs"]), 2),
+                "max_devices": v["max_devices"], "tables": sorted(v["tables"])} for k, v in sorted(out.items())}
+
+
+def regimes_document(report: dict) -> str:
+    return json.dumps({"written_by": "python -m validation.published --regimes", "regimes": regimes(report)},
+                      indent=1, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":  # python -m validation.published --regimes: rewrite the regimes file
+    import sys
+    if sys.argv[1:] != ["--regimes"]:
+        sys.exit("usage: python -m validation.published --regimes")
+    REGIMES_FILE.write_text(regimes_document(published_report()))
+    print(f"wrote {REGIMES_FILE}")
