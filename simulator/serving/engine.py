@@ -27,11 +27,14 @@ from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
 from simulator.models import ModelSpec
 from simulator.serving.costs import iteration_cost
+from simulator.serving.frontend import Frontend, frontend_costs
 from simulator.serving.kv_cache import KVCache, kv_bytes_per_token, kv_pool
 from simulator.serving.metrics import MetricsRecorder, ServingReport, build_report
 from simulator.serving.router import Router
+from simulator.serving.policies import describe as describe_policies
 from simulator.serving.scheduler import Batch, EngineConfig, Scheduler, engine_config
 from simulator.serving.workload import Request, RequestSource, ServingWorkload
+from simulator.training import plan_commas
 
 PLAN_KEYS = ("tp", "pp", "ep", "replicas", "max_batch", "max_tokens", "chunk",
              "prefill_tp", "prefill_pp", "prefill_replicas", "decode_tp", "decode_pp", "decode_replicas")
@@ -72,6 +75,10 @@ class ServingPlan:
     # share of every class (planner.serve_search sets them from its size-class ILP)
     class_bounds: tuple = ()
     class_shares: tuple = ()
+    # engine options (simulator/serving/policies.py ENGINE_OPTIONS) as (key, value) pairs, e.g.
+    # (("async_scheduling", "on"),) or (("capacity_scheduler", "max_utilization"),)
+    engine_options: tuple = ()
+    frontend: str = "off"  # API-server stage (simulator/serving/frontend.py): off | measured | published
 
     @property
     def disaggregated(self) -> bool:
@@ -90,6 +97,7 @@ class ServingPlan:
             "kv_dtype": self.kv_dtype or ("bf16" if self.dtype in ("fp8", "fp4") else self.dtype),
             "prefix_caching": self.prefix_caching, "kv_blocks": self.kv_blocks,
             "disaggregated": self.disaggregated, "num_devices": self.num_devices,
+            "engine_options": dict(self.engine_options), "frontend": self.frontend,
         }
 
 
@@ -102,6 +110,9 @@ def parse_serving_plan(text: str, cluster: Cluster, **options) -> ServingPlan:
     for part in [p for p in str(text or "").split(",") if p.strip()]:
         if "=" not in part:
             raise InputError(f"plan item {part.strip()!r} is not key=value; keys: {', '.join(PLAN_KEYS)}")
+        if part.count("=") > 1:
+            raise InputError(f"plan item {part.strip()!r} holds several keys: separate plan keys with commas, "
+                             f"e.g. {plan_commas(part)!r}")
         k, v = (x.strip() for x in part.split("=", 1))
         if k not in PLAN_KEYS:
             raise InputError(f"unknown plan key {k!r}; valid: {', '.join(PLAN_KEYS)}")
@@ -183,6 +194,11 @@ class Replica:
         self.kv = KVCache(self.pool.num_blocks, cfg.block_size, cfg.prefix_caching)
         self.scheduler = Scheduler(cfg, self.kv, on_finish=self._finished,
                                    on_first_token=self._first_token, on_stall=self._stall)
+        fc = frontend_costs(plan.frontend) if group.role != "decode" else None
+        self.frontend = Frontend(fc) if fc is not None else None
+        # passes that run after an arrival before it can join: the one in flight, plus the one
+        # already scheduled with async / overlap scheduling
+        self.cut_after = 2 if cfg.extra_step else 1
         self.wake: simpy.Event | None = None
         self.busy_s = 0.0
         self.iterations = 0
@@ -230,6 +246,8 @@ class Replica:
         cost = self.costs.iteration_s
         while True:
             if not sched.has_work():
+                if self.frontend is not None:
+                    self.frontend.output_rate(0.0)
                 self.wake = env.event()
                 yield self.wake
                 self.wake = None
@@ -263,13 +281,15 @@ class Replica:
                         el = env.now - start
                         # iterations finished by now: largest j with j·dt + slope·j(j−1)/2 <= el
                         j = self._steps_within(el, dt, slope, steps)
-                        steps = min(steps, j + 1)
+                        steps = min(steps, j + self.cut_after)
                         end = start + steps * dt + slope * steps * (steps - 1) / 2
                 self.in_run = False
                 sched.skip_decode_iterations(steps - 1)
                 dt = (env.now - start) / steps
             self.busy_s += env.now - start
             self.iterations += steps
+            if self.frontend is not None and env.now > start:
+                self.frontend.output_rate(batch.samples * steps / (env.now - start))
             sched.complete(batch, env.now)
             rec.iteration(self.index, env.now, dt, batch.num_decode, batch.prefill_tokens,
                           self.kv.used, len(batch.prefills), steps)
@@ -308,7 +328,8 @@ class Replica:
                 "kv_capacity_tokens": self.pool.capacity_tokens,
                 "memory_per_gpu": self.pool.breakdown, "iterations": self.iterations,
                 "busy_s": self.busy_s, "preemptions": self.scheduler.preemptions,
-                "rejected": len(self.scheduler.rejected)}
+                "rejected": len(self.scheduler.rejected), "policies": describe_policies(self.cfg),
+                "frontend": self.frontend.summary() if self.frontend is not None else None}
 
 
 # ---- the simulation ----------------------------------------------------------------------------
@@ -330,7 +351,8 @@ class ServingSimulation:
             cfg = engine_config(plan.engine, cluster.device, g.tp, max_num_seqs=plan.max_batch,
                                 max_num_batched_tokens=plan.max_tokens,
                                 memory_fraction=plan.gpu_memory_utilization,
-                                kv_blocks=plan.kv_blocks, prefix_caching=plan.prefix_caching)
+                                kv_blocks=plan.kv_blocks, prefix_caching=plan.prefix_caching,
+                                **dict(plan.engine_options))
             if plan.chunk is not None:
                 cfg = replace(cfg, chunked_prefill=plan.chunk > 0, chunk=plan.chunk)
             if g.role == "prefill":  # a prefill-only engine never holds decodes for long
@@ -369,7 +391,13 @@ class ServingSimulation:
         if self.plan.disaggregated:
             req.prefill_only = True
         rep = self.front[self.router.pick(req, self.front)]
-        rep.submit(req)
+        if rep.frontend is None:
+            rep.submit(req)
+            return
+        # the API server takes the request in (HTTP, tokenisation) before the engine sees it
+        ready = rep.frontend.intake(self.env.now, req.prompt_len)
+        ev = self.env.timeout(ready - self.env.now)
+        ev.callbacks.append(lambda _e, r=req, rp=rep: rp.submit(r))
 
     def _open_loop(self, reqs: list[Request]):
         env = self.env
@@ -443,6 +471,16 @@ class ServingSimulation:
         else:
             self.env.process(self._open_loop(self.source.open_loop()))
         self.env.run()
+        fronts = [r.frontend for r in self.replicas if r.frontend is not None]
+        if fronts:
+            n = sum(f.intakes for f in fronts)
+            mean = sum(f.delay_sum_s for f in fronts) / n if n else 0.0
+            self.notes.append(f"frontend ({fronts[0].costs.profile}): mean intake "
+                              f"{mean * 1e3:.2f} ms per request, output streaming up to "
+                              f"{max(f.max_load for f in fronts) * 100:.0f}% of the API-server thread")
+            if any(f.saturated for f in fronts):
+                self.notes.append("frontend saturated: streaming output needs more than one "
+                                  "API-server thread; intake delays are a lower bound")
         return build_report(self.requests, self.recorder, self.replicas, wl, self.plan.to_dict(),
                             self.plan.num_devices, self.notes, self._rejected)
 

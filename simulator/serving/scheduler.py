@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, replace
 from hwmodels.devices import Device
 from hwmodels.errors import InputError
 from simulator.serving.kv_cache import KVCache
+from simulator.serving.policies import ENGINE_OPTIONS, ENGINE_POLICIES, LPM_FALLBACK_QUEUE
 from simulator.serving.workload import Request
 
 ENGINES = ("vllm", "sglang", "trtllm")
@@ -57,37 +58,43 @@ class EngineConfig:
     memory_policy: str = "vllm"
     memory_fraction: float = 0.9
     kv_blocks: int | None = None  # pin the pool size instead of deriving it from memory
+    # a request that arrives while a pass runs is first scheduled one pass later (vLLM async
+    # scheduling, TRT-LLM / SGLang overlap scheduler: the next batch is built before this one ends)
+    extra_step: bool = False
+    capacity_scheduler: str = ""  # TRT-LLM name of the KV policy ("" elsewhere)
+    schedule_policy: str = "fcfs"  # waiting-queue order: fcfs, or lpm (SGLang longest prefix match)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def engine_config(engine: str, device: Device, tp: int, **overrides) -> EngineConfig:
-    """An engine's documented defaults on `device`, then `overrides` (None values ignored).
+    """An engine's documented defaults on `device` (its policies in simulator/serving/policies.py),
+    then `overrides` (None values ignored): EngineConfig fields, or the engine options
+    `async_scheduling` (vllm), `overlap_scheduler` (sglang, trtllm), `capacity_scheduler`
+    (trtllm: guaranteed_no_evict | max_utilization), `schedule_policy` (sglang: fcfs | lpm).
 
     vllm   0.10-0.12 EngineArgs: on GPUs with >= 70 GiB (not A100) the OpenAI server uses
            max_num_batched_tokens 8192 and max_num_seqs 1024, else 2048 and 256; chunked prefill
-           and prefix caching on; block 16; gpu_memory_utilization 0.9.
+           and prefix caching on; block 16; gpu_memory_utilization 0.9; async scheduling off.
     sglang 0.4-0.5 ServerArgs: chunked_prefill_size 2048 below 35 GB, 8192 below 160 GB, else
            16384; no mixed chunks; page size 1; radix cache on; mem_fraction_static 0.88/0.87/
-           0.85/0.81/0.79 for tp 1/2/4/8/16.
+           0.85/0.81/0.79 for tp 1/2/4/8/16; overlap schedule on; schedule_policy fcfs.
     trtllm 1.0 trtllm-serve: max_batch_size 2048, max_num_tokens 8192, chunked prefill off,
-           GUARANTEED_NO_EVICT, tokens_per_block 32, block reuse on, free_gpu_memory_fraction 0.9.
+           GUARANTEED_NO_EVICT, tokens_per_block 32, block reuse on, free_gpu_memory_fraction 0.9,
+           overlap scheduler on.
     """
-    gib = float(device.hbm_bytes or 0) / 2**30
-    if engine == "vllm":
-        big = gib >= 70 and "a100" not in device.name
-        cfg = EngineConfig("vllm", 1024 if big else 256, 8192 if big else 2048)
-    elif engine == "sglang":
-        chunk = 2048 if gib < 35 else 8192 if gib < 160 else 16384
-        frac = 0.88 if tp < 2 else 0.87 if tp < 4 else 0.85 if tp < 8 else 0.81 if tp < 16 else 0.79
-        cfg = EngineConfig("sglang", 1024, chunk, mixed_batches=False, block_size=1,
-                           kv_reservation="ratio", memory_policy="sglang", memory_fraction=frac)
-    elif engine == "trtllm":
-        cfg = EngineConfig("trtllm", 2048, 8192, chunked_prefill=False, kv_reservation="full",
-                           block_size=32, memory_policy="trtllm", memory_fraction=0.9)
-    else:
+    pol = ENGINE_POLICIES.get(engine)
+    if pol is None:
         raise InputError(f"unknown serving engine {engine!r}; valid: {', '.join(ENGINES)}")
+    cfg = EngineConfig(engine)
+    for p in pol.defaults(device, tp):
+        cfg = p.apply(cfg)
+    overrides = dict(overrides)
+    for key in ENGINE_OPTIONS:
+        value = overrides.pop(key, None)
+        if value is not None:
+            cfg = pol.option(key, value).apply(cfg)
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if cfg.max_num_seqs < 1 or cfg.max_num_batched_tokens < 1 or cfg.block_size < 1:
         raise InputError("max_batch, max_tokens and the block size must be >= 1")
@@ -97,6 +104,8 @@ def engine_config(engine: str, device: Device, tp: int, **overrides) -> EngineCo
                          f"{cfg.max_num_seqs} (each running request decodes one token per step)")
     if cfg.kv_reservation not in ("incremental", "full", "ratio"):
         raise InputError(f"kv_reservation={cfg.kv_reservation!r}; valid: incremental, full, ratio")
+    if cfg.schedule_policy not in ("fcfs", "lpm"):
+        raise InputError(f"schedule_policy={cfg.schedule_policy!r}; valid: fcfs, lpm")
     if cfg.chunk < 0:
         raise InputError(f"chunk={cfg.chunk} must be >= 0 (0 = chunked prefill off)")
     if not 0 < cfg.memory_fraction <= 1:
@@ -157,6 +166,13 @@ class Scheduler:
         self.on_stall = on_stall
         self._seq = 0
         self.chunk_limit = cfg.chunk if cfg.chunk > 0 else 1 << 62
+        # extra step (async / overlap scheduling): requests added while pass p runs wait in
+        # `deferred` (stamped with the pass count) and join the queue for pass p + 2
+        self.extra = cfg.extra_step
+        self.deferred: list = []
+        self.passes = 0  # passes scheduled so far (a run of decode passes counts each)
+        self.in_flight = False  # a pass has been scheduled and not completed yet
+        self.lpm = cfg.schedule_policy == "lpm"
 
     # ---- state ---------------------------------------------------------------------------------
     def add(self, req: Request) -> bool:
@@ -166,18 +182,36 @@ class Scheduler:
         if _cdiv(req.prompt_len + req.output_len, self.bs) > self.kv.num_blocks:
             self.rejected.append(req)
             return False
-        self.waiting.append(req)
+        if self.extra and self.in_flight:
+            # the next pass was scheduled when the one in flight started (vLLM
+            # async_scheduler.py; TRT-LLM _executor_loop_overlap): this request misses it
+            self.deferred.append((self.passes, req))
+        else:
+            self.waiting.append(req)
         return True
 
     def has_work(self) -> bool:
-        return bool(self.running) or bool(self.waiting)
+        return bool(self.running) or bool(self.waiting) or bool(self.deferred)
 
     @property
     def outstanding(self) -> int:
-        return len(self.running) + len(self.waiting)
+        return len(self.running) + len(self.waiting) + len(self.deferred)
 
     def waiting_tokens(self) -> int:
-        return sum(r.target - r.computed for r in self.waiting)
+        return (sum(r.target - r.computed for r in self.waiting)
+                + sum(r.target - r.computed for _, r in self.deferred))
+
+    def _release_deferred(self) -> None:
+        """Queue the deferred requests that were added before the pass now being built started;
+        all of them when nothing else could run (an idle engine schedules at once)."""
+        idle = not self.running and not self.waiting
+        keep = []
+        for stamp, req in self.deferred:
+            if idle or stamp < self.passes:
+                self.waiting.append(req)
+            else:
+                keep.append((stamp, req))
+        self.deferred = keep
 
     # ---- decoders ------------------------------------------------------------------------------
     def _join_decode(self, req: Request) -> None:
@@ -236,6 +270,13 @@ class Scheduler:
     # ---- one iteration -------------------------------------------------------------------------
     def schedule(self, now: float) -> Batch:
         cfg, kv, bs = self.cfg, self.kv, self.bs
+        if self.deferred:
+            self._release_deferred()
+        if self.lpm and kv.prefix_caching and 1 < len(self.waiting) <= LPM_FALLBACK_QUEUE:
+            # SGLang schedule_policy.py lpm: longest cached prefix first (a stable sort keeps
+            # FCFS among equals)
+            self.waiting = deque(sorted(self.waiting, key=lambda r: -kv.match(r.prefix_keys)
+                                        if r.computed == 0 and r.prefix_keys else 0))
         batch = Batch()
         budget = cfg.max_num_batched_tokens
         pbudget = self.chunk_limit if cfg.chunked_prefill else budget  # prompt tokens this pass
@@ -327,6 +368,9 @@ class Scheduler:
             self._schedule_decodes(batch, now)
         batch.samples = batch.num_decode + sum(
             1 for req, chunk, start in batch.prefills if start + chunk >= req.target)
+        if batch:
+            self.passes += 1
+            self.in_flight = True
         return batch
 
     def _reserved_blocks(self) -> int:
@@ -352,7 +396,7 @@ class Scheduler:
         anything but token counts changes: up to and including the next finishing iteration,
         while the blocks the decoders cross into stay available, and with no prompt waiting that
         could be admitted."""
-        if self.prefilling or self.waiting or not self.n_dec:
+        if self.prefilling or self.waiting or self.deferred or not self.n_dec:
             return 1
         n = min(limit, self.finish_heap[0][0] - self.kd + 1) if self.finish_heap else limit
         if n <= 1 or self.full:
@@ -385,6 +429,7 @@ class Scheduler:
             need = cycles * self.n_dec + sum(ph[(kd + 1 + j) % bs] for j in range(rest))
             self.kv.allocate(need)
         self.kd += n
+        self.passes += n
         if self.reserve:
             self.ratio = max(NEW_TOKEN_RATIO_MIN, self.ratio - n * NEW_TOKEN_RATIO_DECAY)
 
@@ -441,6 +486,7 @@ class Scheduler:
                 self._finish(req, now)
             else:
                 self._join_decode(req)
+        self.in_flight = False
 
     def _finish(self, req: Request, now: float) -> None:
         self.running.pop(req.id, None)
