@@ -1,30 +1,31 @@
 """Serving validation: replay the measured deployments of aiconfigurator-core's
-`systems/silicon_sample.csv` with the serving DES and compare TTFT and TPOT.
+`systems/silicon_sample.csv` with the serving DES, each with the benchmark client that measured
+it, and compare TTFT and TPOT.
 
 The CSV (aiconfigurator-core 0.12.0, Apache-2.0; docs/design.md §5: validation data, never fitted) has
 one row per measured deployment: model (`model_path`), GPU system, serving backend (vLLM,
-SGLang, TensorRT-LLM) and version, precision (empty = the checkpoint's bf16), aggregated (`agg`)
-or disaggregated (`disagg`) mode, input/output lengths (`isl`/`osl`), parallelism per worker,
-and `batch_size`, which is the benchmark concurrency (its source string repeats it as
-`silicon_concurrency`). `silicon_ttft_ms` and `silicon_tpot_ms` are the client-side means.
+SGLang, TensorRT-LLM) and version, precision, aggregated (`agg`) or disaggregated (`disagg`)
+mode, nominal input/output lengths (`isl`/`osl`), parallelism per worker (and per prefill/decode
+pool when disaggregated), and the client concurrency (`batch_size` for agg rows;
+`silicon_concurrency=N` in `silicon_data_source` and `_cN_` in the id for every row).
+`silicon_ttft_ms` and `silicon_tpot_ms` are the client-side means; they are read only to compare
+(tests/test_serving_validation.py checks that changing them changes no prediction).
 
-How the rows were measured: fixed-length synthetic prompts (`isl`, no spread) and outputs forced
-to `osl` tokens (ignore_eos, min_tokens = max_tokens = osl), streamed, closed loop at the given
-concurrency — the Dynamo/aiperf benchmark protocol (`--concurrency C --request-count 10C
---warmup-request-count 2C`, ai-dynamo/dynamo benchmarks/llm/perf.sh), TTFT and TPOT per request
-as vLLM's benchmark_serving defines them, averaged. The replay does the same: C closed-loop
-clients, 12·C requests, the first 2·C excluded; each backend's scheduler and memory defaults
-(`engine_config`). The CSV does not record the KV-cache dtype. Rows with per-tensor FP8 GEMMs
-(`gemm_quant_mode` fp8) ran FP8 checkpoints (NVIDIA ModelOpt FP8, e.g.
-nvidia/Llama-3.1-8B-Instruct-FP8, whose hf_quant_config sets kv_cache_quant_algo FP8), so they
-replay with an FP8 KV cache; block-scaled FP8 (`fp8_block`, online quantisation) and 16-bit
-rows keep a 16-bit KV cache. Without chunked prefill (TensorRT-LLM) a prompt must fit one
-iteration's token budget next to the running decodes; where isl + concurrency exceeds the
-default 8192, the replay raises the budget to isl + concurrency (the default would starve
-those prompts, which the measured TTFTs rule out).
+The client (simulator/serving/clients.py, docs/modeling.md "Benchmark clients") is picked from
+the row's data source: the InferenceMAX/InferenceX dumps ran `benchmark_serving.py` (10·C prompts
+through C slots, lengths uniform in [0.8, 1] x nominal, TTFT clock at slot acquisition, means; a
+drained 2·C warm-up from 2026-01-21); the internal runs ran aiperf (fixed lengths, 10·C requests
+after a drained 2·C warm-up). A drained warm-up leaves the server idle, so the measured phase is
+simulated from an idle server. The CSV does not record the KV-cache dtype: rows with per-tensor
+FP8 GEMMs (`gemm_quant_mode` fp8: ModelOpt FP8 checkpoints such as
+nvidia/Llama-3.1-8B-Instruct-FP8, whose hf_quant_config sets kv_cache_quant_algo FP8) and NVFP4
+rows replay with an FP8 KV cache; block-scaled FP8 (`fp8_block`) and 16-bit rows keep a 16-bit
+KV cache. Without chunked prefill (TensorRT-LLM) a prompt must fit one iteration's token budget
+next to the running decodes; where isl + concurrency exceeds the default 8192, the replay raises
+the budget to isl + concurrency (the default would starve those prompts).
 
-Scope: dense models with a preset here (Llama-3.1-8B/70B, Qwen3-32B) on H100/H200 in aggregated
-mode with tp·pp on one node. Every other row is listed with the reason it is not replayed.
+Rows that cannot be modelled (architectures the layer description cannot express, attention
+data parallelism, weight-only INT4 GEMMs, ...) are listed grouped by reason.
 """
 from __future__ import annotations
 
@@ -32,18 +33,18 @@ import concurrent.futures
 import csv
 import math
 import os
+import re
 import statistics
 import time
+from pathlib import Path
 
 from hwmodels.clusters import load_cluster
 from hwmodels.errors import InputError
 from simulator.models import load_model
-from simulator.serving.costs import iteration_cost
+from simulator.serving.clients import aiperf, bench_serving, bench_serving_warmups, client_for_row
 from simulator.serving.engine import ReplicaGroup, ServingPlan, simulate
-from simulator.serving.scheduler import Batch
-from simulator.serving.workload import LengthDist, ServingWorkload
 
-MODELS = {  # model_path in the CSV -> our preset
+MODELS = {  # model_path in the CSV -> our preset (dense)
     "meta-llama/Llama-3.1-8B-Instruct": "llama3.1-8b",
     "nvidia/Llama-3.1-8B-Instruct-FP8": "llama3.1-8b",
     "meta-llama/Llama-3.1-8B": "llama3.1-8b",
@@ -51,21 +52,49 @@ MODELS = {  # model_path in the CSV -> our preset
     "meta-llama/Llama-3.1-70B-Instruct": "llama3.1-70b",
     "Qwen/Qwen3-32B": "qwen3-32b",
     "Qwen/Qwen3-32B-FP8": "qwen3-32b",
+    "nvidia/Qwen3-32B-NVFP4": "qwen3-32b",
     "Qwen/Qwen3-8B": "qwen3-8b",
 }
-MOE_MODELS = {  # replayed with --scope all (MoE / MLA presets; outside the dense criterion)
+MOE_MODELS = {  # MoE / MLA presets
     "Qwen/Qwen3-235B-A22B-FP8": "qwen3-235b-a22b",
     "Qwen/Qwen3-235B-A22B": "qwen3-235b-a22b",
+    "Qwen/Qwen3-30B-A3B": "qwen3-30b-a3b",
     "deepseek-ai/DeepSeek-V3": "deepseek-v3",
     "deepseek-ai/DeepSeek-R1": "deepseek-v3",  # R1 shares V3's architecture (config.json)
+    "nvidia/DeepSeek-R1-NVFP4": "deepseek-v3",
+    "nvidia/DeepSeek-V3.1-NVFP4": "deepseek-v3",  # V3.1: V3's architecture (HF config.json)
+    "moonshotai/Kimi-K2.5": "kimi-k2.5",
 }
-SYSTEMS = {"h100_sxm": "dgx-h100", "h200_sxm": "dgx-h200"}
-EXTRA_SYSTEMS = {"b200_sxm": "dgx-b200", "gb200": "gb200-nvl72"}  # --scope all
+# Architectures the layer description (attention + MLP/MoE blocks, dense attention) cannot express.
+REFUSED_MODELS = {
+    "openai/gpt-oss-120b": "GPT-OSS: alternating 128-token sliding-window and full attention with "
+                           "attention sinks (HF openai/gpt-oss-120b config.json layer_types); no "
+                           "windowed attention in the layer description",
+    "Qwen/Qwen3.5-397B-A17B": "Qwen3.5: hybrid Gated DeltaNet linear-attention layers (HF "
+                              "Qwen/Qwen3.5-397B-A17B config.json layer_types); not attention + MLP blocks",
+    "zhipuai/GLM-5": "GLM-5: DeepSeek sparse attention (an indexer picks the keys each query "
+                     "reads; HF zai-org/GLM-5 config.json); no sparse attention in the layer description",
+    "MiniMaxAI/MiniMax-M2.5": "MiniMax-M2.5: no preset (its HF config is not transcribed here)",
+}
+FAMILY = {"llama3.1-8b": "Llama-3.1", "llama3.1-70b": "Llama-3.1", "qwen3-32b": "Qwen3 dense",
+          "qwen3-8b": "Qwen3 dense", "qwen3-235b-a22b": "Qwen3 MoE", "qwen3-30b-a3b": "Qwen3 MoE",
+          "deepseek-v3": "DeepSeek-V3/R1", "kimi-k2.5": "Kimi-K2.5"}
+SYSTEMS = {"h100_sxm": "dgx-h100", "h200_sxm": "dgx-h200", "b200_sxm": "dgx-b200",
+           "b300_sxm": "dgx-b300", "gb200": "gb200-nvl72", "gb300": "gb300-nvl72"}
+DENSE_SYSTEMS = ("h100_sxm", "h200_sxm")  # the acceptance set: dense agg rows on H100/H200
 PRECISIONS = {"": "bf16", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "fp8": "fp8",
               "fp4": "fp4"}
+QUANTS = {"": None, "bfloat16": None, "float16": None, "fp8": "fp8", "fp8_block": None,
+          "nvfp4": "fp8"}  # GEMM quant mode -> KV-cache dtype of the checkpoint (module docstring)
 BACKENDS = ("vllm", "sglang", "trtllm")
-WARMUP_PER_SLOT = 2  # aiperf --warmup-request-count 2C
-MEASURED_PER_SLOT = 10  # aiperf --request-count 10C
+AIC_ESTIMATES = Path(__file__).parent / "data" / "serving" / "aiconfigurator_0.12_estimates_dense_h100_h200.csv"
+MEASURED_COLUMNS = ("silicon_ttft_ms", "silicon_tpot_ms")
+# Replay cost bound: output tokens a row's measured phase generates (10·C·osl). The DES cost
+# grows with them; rows outside the dense H100/H200 acceptance set (which always replays in full)
+# beyond the bound are listed ("replay exceeds the per-row budget") so that the default suite
+# stays within a minute on two cores (measured: docs/modeling.md §4.6). A run-time budget, not a
+# model constant: --max-row-tokens raises it (the full set of 2,670 rows: 10,485,760, ~5 min).
+MAX_ROW_TOKENS = 1_048_576
 
 
 def silicon_csv_path() -> str:
@@ -81,11 +110,14 @@ def silicon_csv_path() -> str:
 
 
 def read_rows(path: str | None = None) -> list[dict]:
-    with open(path or silicon_csv_path(), newline="") as f:
+    p = path or silicon_csv_path()
+    if not os.path.isfile(p):
+        raise InputError(f"measured-rows file {p!r} not found")
+    with open(p, newline="") as f:
         return list(csv.DictReader(f))
 
 
-def _int(x: str) -> int | None:
+def _int(x) -> int | None:
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -93,74 +125,124 @@ def _int(x: str) -> int | None:
     return int(v) if math.isfinite(v) and v.is_integer() else None
 
 
-def classify(row: dict, scope: str = "dense") -> tuple[dict | None, str]:
-    """(replay settings, "") for a row the DES replays, else (None, reason). scope "dense":
-    dense models on H100/H200 (the acceptance set); "all" adds MoE/MLA presets and B200/GB200."""
-    if row.get("mode") != "agg":
-        # disagg rows record per-pool batch sizes and worker counts but not the benchmark's
-        # concurrency or request rate, so the load that produced their TTFT/TPOT is unknown
-        return None, "disaggregated deployment: no client concurrency recorded"
-    systems = SYSTEMS if scope == "dense" else {**SYSTEMS, **EXTRA_SYSTEMS}
-    system = systems.get(row.get("system", ""))
-    if system is None:
-        return None, (f"system {row.get('system')} (" + ("only H100/H200 in the dense scope)"
-                                                        if scope == "dense" else "no cluster preset)"))
-    models = MODELS if scope == "dense" else {**MODELS, **MOE_MODELS}
-    preset = models.get(row.get("model_path", ""))
+def row_concurrency(row: dict) -> int | None:
+    """The client concurrency: `silicon_concurrency=N` in the source string, else `_cN_` in the
+    id, else (agg rows) `batch_size`."""
+    m = re.search(r"silicon_concurrency=(\d+)", row.get("silicon_data_source") or "")
+    if m:
+        return int(m.group(1))
+    m = re.search(r"_c(\d+)_", row.get("id") or "")
+    if m:
+        return int(m.group(1))
+    return _int(row.get("batch_size")) if row.get("mode") == "agg" else None
+
+
+def _pool(row: dict, prefix: str, preset: str, devices_per_node: int) -> tuple[dict | None, str]:
+    """One worker pool's shape (prefix "" for agg, "prefill_"/"decode_" for disagg)."""
+    tp, pp = _int(row.get(prefix + "tp_size")), _int(row.get(prefix + "pp_size")) or 1
+    dp = _int(row.get(prefix + "attention_dp_size")) or 1
+    workers = _int(row.get(prefix + "num_workers")) or 1 if prefix else 1
+    if not tp:
+        return None, "missing parallelism"
+    if dp != 1:
+        return None, f"attention data parallelism {dp} (the DES has no attention-DP replica)"
+    if tp * pp > devices_per_node:
+        return None, f"tp·pp = {tp * pp} spans nodes"
+    ep = 1
+    if preset in MOE_MODELS.values():
+        ep = _int(row.get(prefix + "moe_ep_size")) or 1
+        mtp = _int(row.get(prefix + "moe_tp_size")) or 1
+        if mtp * ep != tp:  # the layer pass splits experts over ep, each over tp/ep ranks (costs.py)
+            return None, f"MoE tp {mtp} x ep {ep} with attention tp {tp}"
+    return {"tp": tp, "pp": pp, "ep": ep, "count": workers}, ""
+
+
+def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
+    """(replay settings, "") for a row the DES replays, else (None, reason). scope "dense": the
+    acceptance set (dense models, H100/H200, aggregated); "all": every row that can be modelled.
+    The measured TTFT/TPOT are carried along only for the comparison."""
+    mode = row.get("mode")
+    tag = "disaggregated: " if mode == "disagg" else ""
+    if mode not in ("agg", "disagg"):
+        return None, f"mode {mode!r}"
+    path = row.get("model_path", "")
+    if path in REFUSED_MODELS:
+        return None, REFUSED_MODELS[path]
+    preset = MODELS.get(path) or MOE_MODELS.get(path)
     if preset is None:
-        return None, (f"model {row.get('model_path')} (" + ("not a dense preset; --scope all adds "
-                      "MoE presets)" if row.get("model_path") in MOE_MODELS and scope == "dense"
-                      else "no preset for this architecture)"))
+        return None, f"model {path} (no preset)"
+    sysname = row.get("system", "")
+    system = SYSTEMS.get(sysname)
+    if system is None:
+        return None, f"system {sysname} (no cluster preset)"
+    dense = path in MODELS and sysname in DENSE_SYSTEMS and mode == "agg"
+    if scope == "dense" and not dense:
+        return None, "outside the dense scope (dense models, H100/H200, aggregated)"
     prec = PRECISIONS.get((row.get("precision") or "").strip().lower())
     if prec is None:
         return None, f"precision {row.get('precision')}"
     quant = (row.get("gemm_quant_mode") or "").strip()
-    if quant and quant not in ("fp8", "fp8_block", "bfloat16", "float16"):
-        return None, f"GEMM quantisation {quant} (no measured kernel table)"
+    if quant not in QUANTS:
+        return None, f"GEMM quantisation {quant} (weight-only INT4: no kernel model)"
     backend = (row.get("backend") or "").strip().lower()
     if backend not in BACKENDS:
         return None, f"backend {backend}"
-    tp, pp = _int(row.get("tp_size")), _int(row.get("pp_size"))
-    c, isl, osl = _int(row.get("batch_size")), _int(row.get("isl")), _int(row.get("osl"))
-    dp = _int(row.get("attention_dp_size")) or 1
-    if not all((tp, pp, c, isl, osl)):
-        return None, "missing parallelism, concurrency or lengths"
-    if dp != 1:
-        return None, f"attention data parallelism {dp}"
-    if tp * pp > load_cluster(system).devices_per_node:
-        return None, f"tp·pp = {tp * pp} spans nodes"
-    if preset in MOE_MODELS.values():
-        ep = _int(row.get("moe_ep_size")) or 1
-        if ep not in (1, tp):
-            return None, f"expert parallelism {ep} with tp {tp}"
-    try:
+    c, isl, osl = row_concurrency(row), _int(row.get("isl")), _int(row.get("osl"))
+    if not all((c, isl, osl)):
+        return None, tag + "missing concurrency or lengths"
+    dpn = load_cluster(system).devices_per_node
+    if mode == "agg":
+        pool, why = _pool(row, "", preset, dpn)
+        if pool is None:
+            return None, why
+        pools = {"both": pool}
+    else:
+        pools = {}
+        for role in ("prefill", "decode"):
+            pool, why = _pool(row, role + "_", preset, dpn)
+            if pool is None:
+                return None, f"{tag}{role} pool: {why}"
+            pools[role] = pool
+    try:  # carried for the comparison only
         ttft = float(row["silicon_ttft_ms"]) / 1e3
         tpot = float(row["silicon_tpot_ms"]) / 1e3
     except (KeyError, TypeError, ValueError):
         return None, "no measured TTFT/TPOT"
     if not (ttft > 0 and tpot > 0):
         return None, "no measured TTFT/TPOT"
-    dense = preset in MODELS.values() and system in SYSTEMS.values()
-    ep = (_int(row.get("moe_ep_size")) or 1) if preset in MOE_MODELS.values() else 1
-    return {"id": row.get("id", ""), "model": preset, "cluster": system, "dtype": prec,
-            "engine": backend, "version": row.get("backend_version") or "", "tp": tp, "pp": pp,
-            "ep": ep, "dense": dense,
-            "concurrency": c, "isl": isl, "osl": osl, "quant": quant,
-            "kv_dtype": "fp8" if quant == "fp8" else None,
+    client, info = client_for_row(row.get("silicon_data_source", ""))
+    main = pools.get("both") or pools["decode"]
+    return {"id": row.get("id", ""), "model": preset, "family": FAMILY.get(preset, preset),
+            "model_path": path, "system": sysname, "cluster": system, "dtype": prec,
+            "engine": backend, "version": row.get("backend_version") or "", "mode": mode,
+            "pools": pools, "tp": main["tp"], "pp": main["pp"], "ep": main["ep"], "dense": dense,
+            "concurrency": c, "isl": isl, "osl": osl, "quant": quant, "kv_dtype": QUANTS[quant],
+            "client": client, "measured_on": info["measured"],
             "ttft_s": ttft, "tpot_s": tpot}, ""
 
 
-def replay(case: dict, seed: int = 0, slots: tuple = (WARMUP_PER_SLOT, MEASURED_PER_SLOT),
-           protocol: str = "burst") -> dict:
+def case_workload(case: dict, seed: int = 0, quick: bool = False, client: str | None = None):
+    """The measured phase of the row's benchmark client (quick: 3 requests per slot)."""
+    c, name = case["concurrency"], client or case["client"]
+    n = c * (3 if quick else 10)
+    if name == "bench-serving":
+        return bench_serving(case["isl"], case["osl"], c, num_prompts=n, seed=seed,
+                             num_warmups=bench_serving_warmups(c, case.get("measured_on", "")))
+    if name == "aiperf":
+        return aiperf(case["isl"], case["osl"], c, request_count=n, seed=seed)
+    raise InputError(f"client {name!r}; valid: bench-serving, aiperf")
+
+
+def replay(case: dict, seed: int = 0, quick: bool = False, client: str | None = None) -> dict:
     """Predicted mean TTFT and TPOT of one row ({"error": message} if the deployment cannot be
     built, e.g. the weights do not fit)."""
     try:
-        return _replay(case, seed, slots, protocol)
+        return _replay(case, seed, quick, client)
     except InputError as e:
         return {"error": str(e)}
 
 
-def _replay(case: dict, seed: int, slots: tuple, protocol: str) -> dict:
+def _replay(case: dict, seed: int, quick: bool, client: str | None) -> dict:
     model = load_model(case["model"])
     cluster = load_cluster(case["cluster"])
     c = case["concurrency"]
@@ -170,56 +252,96 @@ def _replay(case: dict, seed: int, slots: tuple, protocol: str) -> dict:
         # running decodes; TensorRT-LLM's default max_num_tokens (8192) would starve prompts
         # this long, so the measured deployment had a larger one: the smallest that serves it.
         max_tokens = case["isl"] + c
-    plan = ServingPlan((ReplicaGroup(cluster, case["tp"], case["pp"], case.get("ep", 1)),),
-                       max_tokens=max_tokens, engine=case["engine"], dtype=case["dtype"],
-                       kv_dtype=case.get("kv_dtype"))
-    ramp = 0.0
-    if protocol == "staggered":  # clients start spread over one loaded request lifetime
-        costs = iteration_cost(model, cluster, case["tp"], case["pp"], case.get("ep", 1),
-                               case["dtype"], case.get("kv_dtype"), case["engine"])
-        dec = Batch()
-        dec.num_decode, dec.samples = c, c
-        dec.decode_kv_tokens = c * (case["isl"] + case["osl"] // 2)
-        ramp = costs.prefill_s(case["isl"]) + (case["osl"] - 1) * costs.iteration_s(dec)
-    wl = ServingWorkload(num_requests=c * sum(slots), concurrency=c, warmup_requests=c * slots[0],
-                         prompt_len=LengthDist.parse(str(case["isl"])),
-                         output_len=LengthDist.parse(str(case["osl"])), seed=seed, ramp_up_s=ramp)
-    rep = simulate(model, plan, wl)
+    groups = tuple(ReplicaGroup(cluster, p["tp"], p["pp"], p["ep"], p["count"], role)
+                   for role, p in case["pools"].items())
+    plan = ServingPlan(groups, max_tokens=max_tokens, engine=case["engine"], dtype=case["dtype"],
+                       kv_dtype=case.get("kv_dtype"), prefix_caching=False)
+    rep = simulate(model, plan, case_workload(case, seed, quick, client))
+    if rep.ttft_s["mean"] is None or rep.tpot_s["mean"] is None:
+        return {"error": "no request finished (the KV pool cannot hold one request)"}
     return {"ttft_s": rep.ttft_s["mean"], "tpot_s": rep.tpot_s["mean"],
             "preemptions": rep.preemptions, "kv_blocks": rep.replicas[0]["kv_blocks"]}
 
 
 def _replay_task(a: tuple) -> dict:
-    """replay(case, 0, slots, protocol) for a = (case, slots, protocol): one executor task."""
-    case, slots, protocol = a
-    return replay(case, 0, slots, protocol)
+    """replay(case, 0, quick, client) for a = (case, quick, client): one executor task."""
+    case, quick, client = a
+    return replay(case, 0, quick, client)
 
 
 def _err(pred: float, meas: float) -> float:
     return 100.0 * (pred - meas) / meas
 
 
+def aic_estimates(path: Path = AIC_ESTIMATES) -> dict:
+    """AIConfigurator 0.12's own estimates of the dense H100/H200 agg rows (validation/data/serving/
+    README.md), keyed like `_aic_key`."""
+    out = {}
+    if not path.is_file():
+        return out
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            try:
+                pt, pp = float(r["pred_ttft_ms"]) / 1e3, float(r["pred_tpot_ms"]) / 1e3
+                key = (r["system"], r["model_path"], r["backend"], int(r["isl"]), int(r["osl"]),
+                       int(r["tp_size"]), int(r["silicon_concurrency"] or row_concurrency({"id": r["id"]})),
+                       round(float(r["measured_ttft_ms"]), 2), round(float(r["measured_tpot_ms"]), 3))
+            except (TypeError, ValueError):
+                continue  # refused by AIConfigurator (`error` says why) or an incomplete row
+            out[key] = (pt, pp)
+    return out
+
+
+def _aic_key(r: dict) -> tuple:
+    return (r["system"], r["model_path"], r["engine"], r["isl"], r["osl"], r["tp"], r["concurrency"],
+            round(r["ttft_s"] * 1e3, 2), round(r["tpot_s"] * 1e3, 3))
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def _summarise(rows: list, key) -> dict:
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    out = {}
+    for k, rs in sorted(groups.items()):
+        aic = [r for r in rs if r.get("aic_ttft_error_pct") is not None]
+        out[k] = {"rows": len(rs),
+                  "median_abs_ttft_error_pct": _median([abs(r["ttft_error_pct"]) for r in rs]),
+                  "median_abs_tpot_error_pct": _median([abs(r["tpot_error_pct"]) for r in rs]),
+                  "aic_rows": len(aic),
+                  "ours_on_aic_rows_ttft_pct": _median([abs(r["ttft_error_pct"]) for r in aic]),
+                  "ours_on_aic_rows_tpot_pct": _median([abs(r["tpot_error_pct"]) for r in aic]),
+                  "aic_median_abs_ttft_error_pct": _median([abs(r["aic_ttft_error_pct"]) for r in aic]),
+                  "aic_median_abs_tpot_error_pct": _median([abs(r["aic_tpot_error_pct"]) for r in aic])}
+    return out
+
+
 def run_suite(path: str | None = None, limit: int | None = None, quick: bool = False,
-              jobs: int | None = None, scope: str = "dense", protocol: str = "burst", executor=None) -> dict:
+              jobs: int | None = None, scope: str = "all", client: str = "auto",
+              executor=None, max_row_tokens: int = MAX_ROW_TOKENS) -> dict:
     """Replay every row in scope; the document `validate serving --json` prints.
 
-    protocol "burst": all C clients send their first request at t = 0 (aiperf concurrency mode);
-    "staggered": their first requests spread over one request lifetime, i.e. a closed loop
-    whose clients are out of phase (a sensitivity check: the measured TTFTs depend on how far
-    the benchmark's clients drifted out of lock-step, which the CSV does not record).
+    client "auto": each row's own benchmark client (from its data source); "bench-serving" or
+    "aiperf": every row with that client (a sensitivity check).
 
     The rows replay on `executor` (simulator.executor) when given, else on `jobs` local worker
     processes (default: the CPU count); the document is the same either way."""
     if scope not in ("dense", "all"):
         raise InputError(f"scope {scope!r}; valid: dense, all")
-    if protocol not in ("burst", "staggered"):
-        raise InputError(f"protocol {protocol!r}; valid: burst, staggered")
+    if client not in ("auto", "bench-serving", "aiperf"):
+        raise InputError(f"client {client!r}; valid: auto, bench-serving, aiperf")
+    forced = None if client == "auto" else client
     t0 = time.perf_counter()
     rows = read_rows(path)
     cases, skipped, reasons = [], [], {}
-    slots = (1, 3) if quick else (WARMUP_PER_SLOT, MEASURED_PER_SLOT)
     for row in rows:
         case, why = classify(row, scope)
+        if case is not None and not case["dense"] and 10 * case["concurrency"] * case["osl"] > max_row_tokens:
+            case, why = None, (f"replay exceeds the per-row budget of {max_row_tokens:,} output tokens "
+                               f"(10·C·osl; --max-row-tokens)")
         if case is None:
             skipped.append({"id": row.get("id", ""), "reason": why})
             reasons[why] = reasons.get(why, 0) + 1
@@ -227,26 +349,38 @@ def run_suite(path: str | None = None, limit: int | None = None, quick: bool = F
         cases.append(case)
     if limit is not None:
         cases = cases[:limit]
-    results = []
+    # longest replays first so the pool's workers finish together
+    order = sorted(range(len(cases)), key=lambda i: -cases[i]["concurrency"] * cases[i]["osl"])
+    work = [cases[i] for i in order]
     workers = min(jobs or os.cpu_count() or 1, max(1, len(cases) // 8))
     if executor is not None:  # rows are independent; results come back in row order
-        preds = executor.map(_replay_task, [(case, slots, protocol) for case in cases])
+        preds = executor.map(_replay_task, [(case, quick, forced) for case in work])
     elif workers > 1:
         with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-            preds = list(pool.map(replay, cases, [0] * len(cases), [slots] * len(cases),
-                                  [protocol] * len(cases), chunksize=8))
+            preds = list(pool.map(_replay_task, [(case, quick, forced) for case in work], chunksize=4))
     else:
-        preds = [replay(case, slots=slots, protocol=protocol) for case in cases]
-    for case, pred in zip(cases, preds):
+        preds = [replay(case, 0, quick, forced) for case in work]
+    by_index = dict(zip(order, preds))
+    aic = aic_estimates()
+    results = []
+    for i, case in enumerate(cases):
+        pred = by_index[i]
         if "error" in pred:
             why = "cannot be built here: " + pred["error"].split(": ", 1)[-1]
             skipped.append({"id": case["id"], "reason": why})
             reasons[why] = reasons.get(why, 0) + 1
             continue
-        results.append({**case, "pred_ttft_s": pred["ttft_s"], "pred_tpot_s": pred["tpot_s"],
-                        "ttft_error_pct": _err(pred["ttft_s"], case["ttft_s"]),
-                        "tpot_error_pct": _err(pred["tpot_s"], case["tpot_s"]),
-                        "preemptions": pred["preemptions"]})
+        r = {**case, "client": forced or case["client"],
+             "pred_ttft_s": pred["ttft_s"], "pred_tpot_s": pred["tpot_s"],
+             "ttft_error_pct": _err(pred["ttft_s"], case["ttft_s"]),
+             "tpot_error_pct": _err(pred["tpot_s"], case["tpot_s"]),
+             "preemptions": pred["preemptions"], "aic_ttft_error_pct": None, "aic_tpot_error_pct": None}
+        est = aic.get(_aic_key(r)) if r["mode"] == "agg" else None
+        if est is not None:
+            r["aic_pred_ttft_s"], r["aic_pred_tpot_s"] = est
+            r["aic_ttft_error_pct"] = _err(est[0], case["ttft_s"])
+            r["aic_tpot_error_pct"] = _err(est[1], case["tpot_s"])
+        results.append(r)
     out_cases = []
     for r in results:
         out_cases.append({"name": f"{r['id']} ttft", "predicted": r["pred_ttft_s"],
@@ -256,66 +390,86 @@ def run_suite(path: str | None = None, limit: int | None = None, quick: bool = F
     errs = [abs(c["error_pct"]) for c in out_cases]
     te = [abs(r["ttft_error_pct"]) for r in results]
     pe = [abs(r["tpot_error_pct"]) for r in results]
-    dte = [abs(r["ttft_error_pct"]) for r in results if r["dense"]]
-    dpe = [abs(r["tpot_error_pct"]) for r in results if r["dense"]]
-    groups = {}
-    for r in results:
-        key = f"{r['model']} {r['cluster']} {r['engine']} {r['dtype']}"
-        g = groups.setdefault(key, {"rows": 0, "ttft": [], "tpot": []})
-        g["rows"] += 1
-        g["ttft"].append(abs(r["ttft_error_pct"]))
-        g["tpot"].append(abs(r["tpot_error_pct"]))
-    by_group = {k: {"rows": g["rows"], "median_abs_ttft_error_pct": statistics.median(g["ttft"]),
-                    "median_abs_tpot_error_pct": statistics.median(g["tpot"])}
-                for k, g in sorted(groups.items())}
+    dense = [r for r in results if r["dense"]]
     return {
         "cases": out_cases,
         "mape_pct": statistics.fmean(errs) if errs else None,
         "max_error_pct": max(errs) if errs else None,
-        "median_abs_ttft_error_pct": statistics.median(te) if te else None,
-        "median_abs_tpot_error_pct": statistics.median(pe) if pe else None,
+        "median_abs_ttft_error_pct": _median(te),
+        "median_abs_tpot_error_pct": _median(pe),
         "mean_abs_ttft_error_pct": statistics.fmean(te) if te else None,
         "mean_abs_tpot_error_pct": statistics.fmean(pe) if pe else None,
-        "dense_h100_h200": {"rows": len(dte),
-                            "median_abs_ttft_error_pct": statistics.median(dte) if dte else None,
-                            "median_abs_tpot_error_pct": statistics.median(dpe) if dpe else None},
-        "rows_modelled": len(results), "rows_skipped": len(skipped), "scope": scope,
+        "dense_h100_h200": _summarise(dense, lambda r: "all").get("all", {"rows": 0}),
+        "dense_h100_h200_by_engine": _summarise(dense, lambda r: r["engine"]),
+        "rows_total": len(rows), "rows_modelled": len(results), "rows_skipped": len(skipped),
+        "scope": scope,
         "skip_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-        "by_group": by_group,
+        "by_engine": _summarise(results, lambda r: r["engine"]),
+        "by_system": _summarise(results, lambda r: r["system"]),
+        "by_family": _summarise(results, lambda r: r["family"]),
+        "by_mode": _summarise(results, lambda r: r["mode"]),
+        "by_client": _summarise(results, lambda r: r["client"]),
         "rows": results,
-        "protocol": {"closed_loop": True, "start": protocol, "warmup_per_slot": slots[0],
-                     "measured_per_slot": slots[1]},
+        "protocol": {"client": client, "measured_per_slot": 3 if quick else 10,
+                     "warmup": "drained (simulated from an idle server)"},
         "source": silicon_csv_path() if path is None else path,
         "wall_s": time.perf_counter() - t0,
     }
 
 
-def format_report(doc: dict) -> str:
-    lines = [f"{'row':<58} {'eng':<6} {'C':>4} {'isl':>5} {'osl':>5} {'tp':>2} "
-             f"{'TTFT ms':>9} {'pred':>9} {'err%':>7} {'TPOT ms':>8} {'pred':>8} {'err%':>7}"]
-    for r in doc["rows"]:
-        name = r["id"][-58:]
-        lines.append(f"{name:<58} {r['engine']:<6} {r['concurrency']:>4} {r['isl']:>5} {r['osl']:>5} "
-                     f"{r['tp']:>2} {r['ttft_s'] * 1e3:9.1f} {r['pred_ttft_s'] * 1e3:9.1f} "
-                     f"{r['ttft_error_pct']:7.1f} {r['tpot_s'] * 1e3:8.2f} {r['pred_tpot_s'] * 1e3:8.2f} "
-                     f"{r['tpot_error_pct']:7.1f}")
+def _pct(x) -> str:
+    return f"{x:6.1f}%" if x is not None else "      -"
+
+
+def format_report(doc: dict, rows: bool = False) -> str:
+    lines = []
+    if rows:
+        lines.append(f"{'row':<58} {'client':<13} {'eng':<6} {'C':>4} {'isl':>5} {'osl':>5} {'tp':>2} "
+                     f"{'TTFT ms':>9} {'pred':>9} {'err%':>7} {'AIC%':>7} {'TPOT ms':>8} {'pred':>8} "
+                     f"{'err%':>7} {'AIC%':>7}")
+        for r in doc["rows"]:
+            lines.append(f"{r['id'][-58:]:<58} {r['client']:<13} {r['engine']:<6} {r['concurrency']:>4} "
+                         f"{r['isl']:>5} {r['osl']:>5} {r['tp']:>2} {r['ttft_s'] * 1e3:9.1f} "
+                         f"{r['pred_ttft_s'] * 1e3:9.1f} {r['ttft_error_pct']:7.1f} "
+                         f"{_pct(r['aic_ttft_error_pct'])} {r['tpot_s'] * 1e3:8.2f} "
+                         f"{r['pred_tpot_s'] * 1e3:8.2f} {r['tpot_error_pct']:7.1f} "
+                         f"{_pct(r['aic_tpot_error_pct'])}")
+        lines.append("")
+    head = (f"{'':<22} {'rows':>5}  {'|TTFT err| p50':>14} {'|TPOT err| p50':>14}   "
+            f"{'AIC rows':>8}  {'ours TTFT':>9} {'AIC TTFT':>9}  {'ours TPOT':>9} {'AIC TPOT':>9}")
+
+    def table(title: str, groups: dict) -> None:
+        lines.append(f"{title}")
+        lines.append(head)
+        for k, g in groups.items():
+            lines.append(f"  {str(k):<20} {g['rows']:>5}  {_pct(g['median_abs_ttft_error_pct']):>14} "
+                         f"{_pct(g['median_abs_tpot_error_pct']):>14}   {g['aic_rows']:>8}  "
+                         f"{_pct(g['ours_on_aic_rows_ttft_pct']):>9} {_pct(g['aic_median_abs_ttft_error_pct']):>9}  "
+                         f"{_pct(g['ours_on_aic_rows_tpot_pct']):>9} {_pct(g['aic_median_abs_tpot_error_pct']):>9}")
+        lines.append("")
+
+    lines.append("median |error| of the mean TTFT / TPOT; AIC: AIConfigurator 0.12's own estimates of the "
+                 "same rows, where it has them (ours beside it on those rows)")
     lines.append("")
-    lines.append(f"{'group':<46} {'rows':>5} {'|TTFT err| p50':>15} {'|TPOT err| p50':>15}")
-    for k, g in doc["by_group"].items():
-        lines.append(f"{k:<46} {g['rows']:>5} {g['median_abs_ttft_error_pct']:14.1f}% "
-                     f"{g['median_abs_tpot_error_pct']:14.1f}%")
-    lines.append("")
+    for title, key in (("by engine", "by_engine"), ("by system", "by_system"),
+                       ("by model family", "by_family"), ("by mode", "by_mode"),
+                       ("by benchmark client", "by_client")):
+        table(title, doc[key])
+    if doc["dense_h100_h200_by_engine"]:
+        table("dense H100/H200 aggregated rows, by engine", doc["dense_h100_h200_by_engine"])
     dd = doc["dense_h100_h200"]
-    if dd["rows"] and doc["scope"] != "dense":
-        lines.append(f"dense H100/H200 rows {dd['rows']}: median |error| TTFT "
+    if dd.get("rows"):
+        lines.append(f"dense H100/H200 agg rows {dd['rows']}: median |error| TTFT "
                      f"{dd['median_abs_ttft_error_pct']:.1f}%, TPOT {dd['median_abs_tpot_error_pct']:.1f}%")
     if doc["rows_modelled"]:
-        lines.append(f"rows modelled {doc['rows_modelled']}, not modelled {doc['rows_skipped']}; "
-                     f"median |error| TTFT {doc['median_abs_ttft_error_pct']:.1f}%, "
+        lines.append(f"rows modelled {doc['rows_modelled']} of {doc['rows_total']}, not modelled "
+                     f"{doc['rows_skipped']}; median |error| TTFT {doc['median_abs_ttft_error_pct']:.1f}%, "
                      f"TPOT {doc['median_abs_tpot_error_pct']:.1f}%; MAPE {doc['mape_pct']:.1f}%, "
                      f"max {doc['max_error_pct']:.0f}%")
     lines.append("not modelled:")
     for why, n in doc["skip_reasons"].items():
         lines.append(f"  {n:5d}  {why}")
+    if not rows:
+        lines.append("(per-row table: --rows)")
     lines.append(f"({doc['wall_s']:.1f} s)")
     return "\n".join(lines)

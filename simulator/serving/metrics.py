@@ -8,6 +8,8 @@ Definitions (vLLM benchmarks/benchmark_serving.py, docs/modeling.md §4.4 "Metri
           contributes one gap d for each request it advanced, a recompute after preemption one
           gap from the last token before it
     E2E   finish − arrival
+TTFT and E2E run from the client's clock start (`Request.clock_s`: the arrival at the server,
+or the slot acquisition for a client that starts its clock there, simulator/serving/clients.py).
 Statistics cover the requests issued after the warm-up ones that finished. Throughput counts
 their output tokens over the span from the first of their arrivals to the last of their
 finishes; goodput counts the requests that met both SLOs over the same span (vLLM
@@ -34,6 +36,51 @@ def summary(values) -> dict:
     for p, v in zip(PERCENTILES, np.percentile(a, PERCENTILES)):
         out[f"p{p}"] = float(v)
     return out
+
+
+# What each benchmark client prints for a latency metric (simulator/serving/clients.py):
+#   bench-serving: mean, median, population std and the --metric-percentiles (default 99), all
+#     with numpy's linear-interpolation percentile (kimbochen/bench_serving benchmark_serving.py
+#     calculate_metrics; vllm benchmarks/benchmark_serving.py)
+#   aiperf: avg, min, max, std and p1 p5 p10 p25 p50 p75 p90 p95 p99 (ai-dynamo/aiperf profile
+#     export, MetricResult fields)
+CLIENT_STATS = {
+    "bench-serving": ("mean", "median", "std", "p99"),
+    "aiperf": ("avg", "min", "max", "std", "p1", "p5", "p10", "p25", "p50", "p75", "p90", "p95", "p99"),
+}
+
+
+def client_summary(values, client: str, percentiles=None) -> dict:
+    """The statistics `client` reports for these per-request values (seconds); clients without
+    their own set get `summary`'s. `percentiles` overrides bench-serving's --metric-percentiles."""
+    a = np.asarray(values, dtype=float)
+    a = a[np.isfinite(a)]
+    names = CLIENT_STATS.get(client)
+    if names is None:
+        return summary(a)
+    if client == "bench-serving" and percentiles:
+        names = ("mean", "median", "std") + tuple(f"p{_pname(p)}" for p in percentiles)
+    if a.size == 0:
+        return {n: None for n in names}
+    out = {}
+    for n in names:
+        if n in ("mean", "avg"):
+            out[n] = float(a.mean())
+        elif n == "median":
+            out[n] = float(np.median(a))
+        elif n == "std":
+            out[n] = float(a.std())  # population std (numpy default, ddof = 0), as both clients
+        elif n == "min":
+            out[n] = float(a.min())
+        elif n == "max":
+            out[n] = float(a.max())
+        else:
+            out[n] = float(np.percentile(a, float(n[1:])))
+    return out
+
+
+def _pname(p: float) -> str:
+    return str(int(p)) if float(p).is_integer() else str(p)
 
 
 def weighted_summary(values, weights) -> dict:
@@ -115,6 +162,7 @@ class ServingReport:
     workload: dict = field(default_factory=dict)
     slo: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    client_metrics: dict = field(default_factory=dict)  # {metric: stats as the client prints them}
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -124,8 +172,8 @@ def build_report(requests, recorder: MetricsRecorder, replicas, workload, plan: 
                  num_devices: int, notes: list, rejected: int) -> ServingReport:
     warm = workload.warmup_requests
     done = [r for r in requests if r.id >= warm and math.isfinite(r.finish_s)]
-    ttft = np.array([r.first_token_s - r.arrival_s for r in done])
-    e2e = np.array([r.finish_s - r.arrival_s for r in done])
+    ttft = np.array([r.ttft_s for r in done])
+    e2e = np.array([r.e2e_s for r in done])
     tpot = np.array([r.tpot_s for r in done])
     out_tokens = sum(r.output_len for r in done)
     in_tokens = sum(r.prompt_len for r in done)
@@ -135,7 +183,7 @@ def build_report(requests, recorder: MetricsRecorder, replicas, workload, plan: 
         span = max(end - start, 1e-12)
     else:
         start, end, span = 0.0, 0.0, math.nan
-    ok = [(r.first_token_s - r.arrival_s) <= workload.slo_ttft_s
+    ok = [r.ttft_s <= workload.slo_ttft_s
           and (r.output_len <= 1 or r.tpot_s <= workload.slo_tpot_s) for r in done]
     attained = sum(ok)
     # ITL: decode iterations (each a gap for every request it advanced) after the first
@@ -157,7 +205,7 @@ def build_report(requests, recorder: MetricsRecorder, replicas, workload, plan: 
     for r in done:
         rep = replicas[r.replica] if 0 <= r.replica < len(replicas) else None
         if rep is not None:
-            queue.append(max(0.0, (r.first_token_s - r.arrival_s) - rep.idle_prefill_s(r.prompt_len)))
+            queue.append(max(0.0, r.ttft_s - rep.idle_prefill_s(r.prompt_len)))
     kv_util, preempt_tl = _timelines(recorder, replicas, requests)
     hits = sum(rep.kv.hits for rep in replicas)
     looks = sum(rep.kv.lookups for rep in replicas)
@@ -177,7 +225,11 @@ def build_report(requests, recorder: MetricsRecorder, replicas, workload, plan: 
         kv_utilization=kv_util, preemptions_over_time=preempt_tl,
         replicas=[rep.describe() for rep in replicas], plan=plan, workload=workload.describe(),
         slo={"ttft_s": _finite(workload.slo_ttft_s), "tpot_s": _finite(workload.slo_tpot_s)},
-        notes=notes)
+        notes=notes,
+        client_metrics=({"ttft_s": client_summary(ttft, workload.client),
+                         "tpot_s": client_summary(tpot, workload.client),
+                         "e2e_s": client_summary(e2e, workload.client)}
+                        if workload.client in CLIENT_STATS else {}))
 
 
 def _finite(x: float):

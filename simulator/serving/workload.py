@@ -57,7 +57,7 @@ class Request:
     __slots__ = ("id", "arrival_s", "prompt_len", "output_len", "prefix_keys", "prefix_key_tokens",
                  "client", "replica", "first_token_s", "finish_s", "last_token_s", "generated",
                  "computed", "target", "cached", "blocks", "preemptions", "dec_k0", "dec_l0",
-                 "transfer_s", "seq", "held_keys", "shared_blocks", "prefill_only")
+                 "transfer_s", "seq", "held_keys", "shared_blocks", "prefill_only", "clock_s")
 
     def __init__(self, id: int, arrival_s: float, prompt_len: int, output_len: int,
                  prefix_keys: tuple = (), prefix_key_tokens: int = 0, client: int = -1):
@@ -85,14 +85,19 @@ class Request:
         self.held_keys: tuple = ()  # prefix-cache entries this request references
         self.shared_blocks = 0  # KV blocks it reads from the prefix cache
         self.prefill_only = False  # disaggregated serving: on the prefill pool
+        # where the client starts its latency clock: at the server arrival (aiperf: HTTP send)
+        # or earlier (benchmark_serving: when the concurrency slot is acquired), see clients.py
+        self.clock_s = arrival_s
 
     @property
     def ttft_s(self) -> float:
-        return self.first_token_s - self.arrival_s
+        """First token − the client's clock start (arrival at the server unless the client
+        starts its clock earlier)."""
+        return self.first_token_s - self.clock_s
 
     @property
     def e2e_s(self) -> float:
-        return self.finish_s - self.arrival_s
+        return self.finish_s - self.clock_s
 
     @property
     def tpot_s(self) -> float:
@@ -271,6 +276,14 @@ class ServingWorkload:
     slo_ttft_s: float = math.inf
     slo_tpot_s: float = math.inf
     seed: int = 0
+    # benchmark client (simulator/serving/clients.py): its name and settings, for the report
+    client: str = ""
+    client_options: dict = field(default_factory=dict)
+    # closed loop: the first wave's requests leave the client one after another, `send_gap_s`
+    # apart (a serial sender); "slot": the TTFT clock starts when the slot is acquired (t = 0 for
+    # the first wave), "send": when the request is sent
+    send_gap_s: float = 0.0
+    ttft_clock: str = "send"
 
     def __post_init__(self):
         modes = sum([self.rate is not None, self.concurrency > 0, self.trace is not None])
@@ -285,6 +298,10 @@ class ServingWorkload:
             raise InputError(f"warmup requests {self.warmup_requests} must be in 0..{self.num_requests - 1}")
         if self.ramp_up_s < 0 or self.think_time_s < 0:
             raise InputError("ramp-up and think time must be >= 0")
+        if not (self.send_gap_s >= 0 and math.isfinite(self.send_gap_s)):
+            raise InputError(f"send gap {self.send_gap_s!r} s must be a finite number >= 0")
+        if self.ttft_clock not in ("send", "slot"):
+            raise InputError(f"TTFT clock {self.ttft_clock!r}; valid: send, slot")
         g, tok = self.shared_prefix
         if g < 0 or tok < 0:
             raise InputError(f"shared prefix {self.shared_prefix}: groups and tokens must be >= 0")
@@ -310,6 +327,12 @@ class ServingWorkload:
                 d["ramp_up_s"] = self.ramp_up_s
         if self.warmup_requests:
             d["warmup_requests"] = self.warmup_requests
+        if self.client:
+            d["client"] = self.client
+            d["client_options"] = dict(self.client_options)
+            d["ttft_clock"] = self.ttft_clock
+        if self.send_gap_s:
+            d["send_gap_s"] = self.send_gap_s
         if self.shared_prefix[0]:
             d["shared_prefix"] = {"groups": self.shared_prefix[0], "tokens": self.shared_prefix[1]}
         return d
@@ -333,6 +356,10 @@ class RequestSource:
         self.issued = 0
         self.start_offsets = (self.rng.uniform(0, wl.ramp_up_s, size=wl.concurrency)
                               if wl.closed_loop and wl.ramp_up_s > 0 else None)
+        if wl.closed_loop and wl.send_gap_s > 0:  # a serial sender: slot k's first request leaves k gaps late
+            gaps = np.arange(wl.concurrency, dtype=float) * wl.send_gap_s
+            self.start_offsets = gaps if self.start_offsets is None else self.start_offsets + gaps
+        self._started: set = set()  # closed-loop clients that issued their first request
 
     def _make(self, i: int, arrival_s: float, client: int = -1) -> Request:
         wl = self.wl
@@ -362,6 +389,13 @@ class RequestSource:
             return None
         r = self._make(self.issued, now, client)
         self.issued += 1
+        if client not in self._started:
+            self._started.add(client)
+            if self.wl.ttft_clock == "slot" and self.start_offsets is not None:
+                # every first-wave slot is acquired at t = 0 (+ its ramp-up start): the clock runs
+                # while the client is still sending the requests ahead of this one
+                ramp = now - client * self.wl.send_gap_s
+                r.clock_s = max(0.0, min(now, ramp))
         return r
 
 

@@ -1,0 +1,120 @@
+"""`validate serving` (validation/serving.py): rows classified with their client, disaggregated
+rows replayed from their recorded concurrency, measured columns read only to compare, the report."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from ui.cli import main
+from validation import serving as vs
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return vs.read_rows()
+
+
+def _pick(rows, pred, n=1):
+    out = [r for r in rows if pred(r)]
+    assert len(out) >= n
+    return out[:n]
+
+
+def _small(r, c_max=8, osl_max=1024):
+    case, _ = vs.classify(r)
+    return case is not None and case["concurrency"] <= c_max and case["osl"] <= osl_max
+
+
+def test_client_picked_from_the_rows_data_source(rows):
+    ix = _pick(rows, lambda r: r["silicon_data_source"].startswith("db-dump/") and vs.classify(r)[0])[0]
+    internal = _pick(rows, lambda r: "/Users/" in r["silicon_data_source"] and vs.classify(r)[0])[0]
+    assert vs.classify(ix)[0]["client"] == "bench-serving"
+    assert vs.classify(internal)[0]["client"] == "aiperf"
+    case = vs.classify(ix)[0]
+    wl = vs.case_workload(case)
+    c = case["concurrency"]
+    # InferenceMAX: 10*C prompts, C slots, lengths in [0.8, 1] x nominal
+    assert wl.num_requests == 10 * c and wl.concurrency == c
+    assert wl.prompt_len.a == int(0.8 * case["isl"]) and wl.prompt_len.b == case["isl"]
+
+
+def test_disaggregated_rows_use_the_recorded_concurrency_and_pools(rows):
+    r = _pick(rows, lambda r: r["mode"] == "disagg" and vs.classify(r)[0] is not None)[0]
+    case = vs.classify(r)[0]
+    assert f"silicon_concurrency={case['concurrency']}" in r["silicon_data_source"]
+    assert set(case["pools"]) == {"prefill", "decode"}
+    assert case["pools"]["decode"]["count"] == int(r["decode_num_workers"])
+    assert case["pools"]["prefill"]["tp"] == int(r["prefill_tp_size"])
+    # the id carries it too when the source string does not
+    r2 = {**r, "silicon_data_source": "db-dump/x"}
+    assert vs.row_concurrency(r2) == case["concurrency"]
+
+
+def test_rows_that_cannot_be_modelled_say_why(rows):
+    gpt = _pick(rows, lambda r: r["model_path"] == "openai/gpt-oss-120b")[0]
+    assert "sliding-window" in vs.classify(gpt)[1]
+    adp = _pick(rows, lambda r: r["mode"] == "agg" and (r["attention_dp_size"] or "1") not in ("1", "")
+                and r["model_path"] in vs.MOE_MODELS)[0]
+    assert "attention data parallelism" in vs.classify(adp)[1]
+    kimi = _pick(rows, lambda r: r["model_path"] == "moonshotai/Kimi-K2.5" and vs.classify(r)[0])[0]
+    assert vs.classify(kimi)[0]["model"] == "kimi-k2.5"
+    dense = _pick(rows, lambda r: r["model_path"] == "meta-llama/Llama-3.1-70B" and r["system"] == "b200_sxm")[0]
+    assert vs.classify(dense, "dense")[0] is None and vs.classify(dense, "all")[0]["cluster"] == "dgx-b200"
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_measured_columns_are_read_only_to_compare(rows, tmp_path):
+    sample = (_pick(rows, lambda r: r["silicon_data_source"].startswith("db-dump/") and r["mode"] == "agg"
+                    and _small(r))
+              + _pick(rows, lambda r: "/Users/" in r["silicon_data_source"] and _small(r))
+              + _pick(rows, lambda r: r["mode"] == "disagg" and _small(r, 4, 1024)))
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    _write(a, sample)
+    _write(b, [{**r, **{k: str(float(r[k]) * 3.7) for k in vs.MEASURED_COLUMNS}} for r in sample])
+    da = vs.run_suite(str(a), quick=True, jobs=1)
+    db = vs.run_suite(str(b), quick=True, jobs=1)
+    assert da["rows_modelled"] == db["rows_modelled"] == 3
+    for ra, rb in zip(da["rows"], db["rows"]):
+        assert ra["pred_ttft_s"] == rb["pred_ttft_s"] and ra["pred_tpot_s"] == rb["pred_tpot_s"]
+        assert rb["ttft_s"] == pytest.approx(3.7 * ra["ttft_s"])  # ... and they are compared
+        assert ra["ttft_error_pct"] != rb["ttft_error_pct"]
+    assert {r["mode"] for r in da["rows"]} == {"agg", "disagg"}
+    assert {r["client"] for r in da["rows"]} == {"bench-serving", "aiperf"}
+
+
+def test_aiconfigurator_estimates_sit_beside_ours(rows, tmp_path):
+    est = vs.aic_estimates()
+    assert len(est) >= 740  # 748 estimated of 778 (validation/data/serving/README.md)
+    dense = [r for r in rows if (vs.classify(r, "dense")[0] or {}).get("concurrency", 99) <= 4][:3]
+    p = tmp_path / "d.csv"
+    _write(p, dense)
+    doc = vs.run_suite(str(p), quick=True, jobs=1)
+    matched = [r for r in doc["rows"] if r["aic_ttft_error_pct"] is not None]
+    assert matched, "AIConfigurator's estimate of a dense H100/H200 row was not found"
+    g = doc["by_engine"][matched[0]["engine"]]
+    assert g["aic_rows"] >= 1 and g["aic_median_abs_ttft_error_pct"] is not None
+    text = vs.format_report(doc)
+    assert "by engine" in text and "by system" in text and "by model family" in text and "by mode" in text
+    assert matched[0]["id"][-40:] not in text  # per-row table only with rows=True
+    assert matched[0]["id"][-40:] in vs.format_report(doc, rows=True)
+
+
+def test_validate_serving_bad_flags_exit_2(capsys):
+    code = main(["validate", "serving", "--client", "locust"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "locust" in err
+
+
+def test_validate_serving_cli_json(capsys):
+    code = main(["validate", "serving", "--quick", "--limit", "3", "--scope", "dense", "--json"])
+    d = json.loads(capsys.readouterr().out)
+    assert code == 0 and d["rows_modelled"] == 3 and d["scope"] == "dense"
+    assert all(r["dense"] for r in d["rows"]) and "outside the dense scope" in " ".join(d["skip_reasons"])
