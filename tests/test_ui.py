@@ -62,6 +62,13 @@ def table(at: AppTest, column: str):
     return found[0]
 
 
+def tier_table(at: AppTest):
+    """The Cluster page's tier table (an st.table, so long tier names wrap instead of being cut)."""
+    found = [t.value for t in at.table if "GB/s/dir" in t.value.columns]
+    assert found, "no tier table"
+    return found[0]
+
+
 def trace(fig: dict, name: str) -> dict:
     for t in fig["data"]:
         if t.get("name") == name:
@@ -233,10 +240,10 @@ def check_busbw(at, cluster, ranks):
 def test_cluster_page_default():
     at = ok(app())
     cluster = load_cluster("dgx-h100", nodes=2)
-    tiers = table(at, "GB/s/dir")
+    tiers = tier_table(at)
     assert list(tiers["name"]) == [t.name for t in cluster.tiers]
-    assert list(tiers["GB/s/dir"]) == [t.bytes_per_s / 1e9 for t in cluster.tiers]
-    assert list(tiers["span"]) == [8, 16]
+    assert [float(v) for v in tiers["GB/s/dir"]] == [t.bytes_per_s / 1e9 for t in cluster.tiers]
+    assert list(tiers["span"]) == ["8", "16"]
     check_busbw(at, cluster, 16)
     topo = figure(at, "topology")
     assert "2 nodes × 8 h100-sxm = 16 devices" in topo["layout"]["title"]["text"]
@@ -247,7 +254,7 @@ def test_cluster_page_from_link_and_widgets():
     at = ok(app(cluster="frontier", nodes=4, ranks=8))
     assert at.selectbox(key="cluster.cluster").value == "frontier"
     check_busbw(at, load_cluster("frontier", nodes=4), 8)
-    assert list(table(at, "GB/s/dir")["kind"]) == ["infinity-fabric", "infinity-fabric", "dragonfly"]
+    assert list(tier_table(at)["kind"]) == ["infinity-fabric", "infinity-fabric", "dragonfly"]
     at.number_input(key="cluster.nodes").set_value(16).run()
     at.selectbox(key="cluster.ranks").set_value(128).run()
     ok(at)
@@ -305,8 +312,14 @@ def check_train(at, est, stages, unit="GiB"):
     assert close(rows["tokens per second"], est.tokens_per_s)
     assert close(rows["TFLOP/s per device"], est.tflops_per_device)
     assert close(rows["MFU"], 100 * est.mfu)
-    assert close(rows["peak memory per device"], est.memory["peak_bytes"] / GIB)
-    assert rows["fits"] == (1.0 if est.fits else 0.0)
+    scale = GIB if unit == "GiB" else 1e9
+    assert close(rows["peak memory per device"], est.memory["peak_bytes"] / scale)
+    assert close(rows["memory headroom"], (est.memory["hbm_bytes"] - est.memory["peak_bytes"]) / scale)
+    units = {r.quantity: r.unit for r in table(at, "quantity").itertuples()}
+    assert units["peak memory per device"] == unit and "yes=1" not in units.values()
+    peak = next(m for m in at.metric if m.label == "Peak memory")
+    assert peak.value == f"{est.memory['peak_bytes'] / scale:.1f} {unit}"
+    assert (("fits in" if est.fits else "does NOT fit") in peak.delta) and peak.delta.endswith(unit)
     assert rows["micro-batches per step"] == est.micro_batches
     mem = figure(at, "memory")
     assert mem["layout"]["barmode"] == "stack"
@@ -436,7 +449,7 @@ def test_train_page_plan_search_and_use_a_found_plan():
     assert all(close(a, p["tokens_per_s"]) for a, p in zip(figure(at, "search")["data"][0]["y"], expect))
     assert at.query_params["search"] == "1" and at.query_params["top"] == "3"
     # Simulate the second plan found: the estimate above the search switches to it.
-    at.selectbox(key="search_pick").set_value(rows["plan"][1])
+    at.selectbox(key="train.pick").set_value(rows["plan"][1])
     at.button(key="search_use").click().run()
     ok(at)
     assert parse_plan(at.text_input(key="train.plan").value) == parse_plan(expect[1]["plan_string"])
@@ -478,7 +491,7 @@ def test_validate_page_matches_published_report():
 
 def test_every_page_is_registered():
     at = app()
-    for page in ("cluster", "train", "validate"):
+    for page in ("cluster", "train", "serve", "validate"):
         at.switch_page(f"pages/{page}.py").run()
         ok(at)
         assert at.title[0].value == page.capitalize()
@@ -555,3 +568,328 @@ def test_train_page_des_timeline_matches_the_simulation():
     assert len(gantt["x"]) == len(res.timeline)
     assert close(max(b + w for b, w in zip(gantt["base"], gantt["x"])), res.step_time_s * 1e3, rel=1e-6)
     assert at.query_params["des"] == "1"
+
+
+# ---- dashboard faults a new user hit (issue 20 §2) ------------------------------------------------
+
+def test_train_page_custom_model_before_upload_is_one_info_not_an_error():
+    """Choosing "custom (upload)" asks for the file once (an info line); no error before anything
+    is uploaded, and no result of the previous model stays on screen."""
+    at = ok(app("train"))
+    assert at.get("plotly_chart")
+    at.selectbox(key="train.model").set_value(state.CUSTOM).run()
+    assert not at.exception and not at.error
+    assert len(at.info) == 1 and "config.json" in at.info[0].value
+    assert not at.get("plotly_chart") and not at.metric
+    assert at.query_params["model"] == state.CUSTOM
+
+
+def test_train_page_broken_upload_clears_the_previous_model():
+    at = app("train")
+    at.selectbox(key="train.model").set_value(state.CUSTOM).run()
+    at.file_uploader(key="train.model_file").set_value(("config.json", json.dumps(HF_CONFIG).encode(),
+                                                         "application/json"))
+    at.run()
+    ok(at)
+    assert at.get("plotly_chart") and "model_cfg" in at.query_params
+    broken = {k: v for k, v in HF_CONFIG.items() if k != "num_hidden_layers"}
+    at.file_uploader(key="train.model_file").set_value(("config.json", json.dumps(broken).encode(),
+                                                         "application/json"))
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "num_hidden_layers" in at.error[0].value
+    assert not at.get("plotly_chart") and not at.metric and not at.dataframe  # nothing of the old model
+    assert "model_cfg" not in at.query_params
+
+
+def test_cluster_page_custom_before_upload_and_after_a_broken_one():
+    at = app()
+    at.selectbox(key="cluster.cluster").set_value(state.CUSTOM).run()
+    assert not at.exception and not at.error and len(at.info) == 1 and "cluster YAML" in at.info[0].value
+    assert not at.get("plotly_chart")
+    at.file_uploader(key="cluster.cluster_file").set_value(
+        ("lab.yaml", preset_yaml("dgx-a100", name="lab-a100").encode(), "application/x-yaml"))
+    at.run()
+    ok(at)
+    assert "lab-a100" in figure(at, "topology")["layout"]["title"]["text"]
+    at.file_uploader(key="cluster.cluster_file").set_value(
+        ("bad.yaml", preset_yaml("dgx-a100", devices_per_node=0).encode(), "application/x-yaml"))
+    at.run()
+    assert len(at.error) == 1 and not at.get("plotly_chart") and not at.metric
+
+
+def test_cluster_page_tier_table_shows_whole_names():
+    """Tier names are drawn as text that wraps (st.table), never cut at a grid column's width."""
+    at = app()
+    at.selectbox(key="cluster.cluster").set_value("frontier").run()
+    ok(at)
+    names = list(tier_table(at)["name"])
+    assert names == [t.name for t in load_cluster("frontier").tiers]
+    assert all(isinstance(v, str) for v in tier_table(at)["GB/s/dir"])
+
+
+def test_train_page_memory_unit_changes_metric_table_and_chart():
+    at = ok(app("train", plan="tp=8,pp=1,mb=1"))
+    est, stages = direct_estimate(plan="tp=8,pp=1,mb=1")
+    check_train(at, est, stages, unit="GiB")
+    at.radio(key="train.mem_unit").set_value("GB").run()
+    check_train(ok(at), est, stages, unit="GB")
+    assert next(m for m in at.metric if m.label == "Peak memory").value.endswith(" GB")
+
+
+def test_train_page_search_table_follows_the_memory_unit():
+    if not state.search_available():
+        pytest.skip("planner.search is not in this checkout")
+    at = ok(app("train", search=1, top=3, mem_unit="GB"))
+    rows = table(at, "why")
+    assert "peak_GB" in rows.columns and "peak_GiB" not in rows.columns
+    at.radio(key="train.mem_unit").set_value("GiB").run()
+    assert "peak_GiB" in table(ok(at), "why").columns
+
+
+# ---- Train page: Pareto scatter of the searched plans -------------------------------------------------
+
+def test_search_rows_pareto_front_and_selection():
+    doc = {"plans": [
+        {"plan": parse_plan("tp=8,mb=1").to_dict(), "num_devices": 8, "step_time_s": 1.0, "tokens_per_s": 1,
+         "mfu": 0.5, "memory": {"peak_bytes": 40 * GIB}, "cost_per_step_usd": 0.01},
+        {"plan": parse_plan("tp=4,mb=1").to_dict(), "num_devices": 8, "step_time_s": 1.2, "tokens_per_s": 1,
+         "mfu": 0.4, "memory": {"peak_bytes": 30 * GIB}, "cost_per_step_usd": 0.012},
+        {"plan": parse_plan("tp=2,mb=1").to_dict(), "num_devices": 8, "step_time_s": 1.3, "tokens_per_s": 1,
+         "mfu": 0.3, "memory": {"peak_bytes": 45 * GIB}, "cost_per_step_usd": 0.013}]}
+    rows = state.search_rows(doc)
+    assert [r["pareto"] for r in rows] == [True, True, False]  # the third is slower, bigger and dearer
+    assert close(state.search_rows(doc, "GB")[0]["peak_GB"], 40 * GIB / 1e9)
+    fig = charts.plan_pareto_figure(rows, "GiB", rows[1]["plan"]).to_plotly_json()
+    front = trace(fig, "Pareto front")
+    assert [c[0] for c in front["customdata"]] == [rows[0]["plan"], rows[1]["plan"]]
+    assert list(front["x"]) == [1000.0, 1200.0] and list(front["y"]) == [40.0, 30.0]
+    assert trace(fig, "selected")["customdata"][0][0] == rows[1]["plan"]
+    plans = [r["plan"] for r in rows]
+    click = {"selection": {"points": [{"customdata": [rows[2]["plan"], 3, 0.013]}]}}
+    assert state.plan_from_selection(click, plans) == rows[2]["plan"]
+    assert state.plan_from_selection({"selection": {"points": []}}, plans) is None
+    assert state.plan_from_selection({"selection": {"points": [{"customdata": ["tp=3"]}]}}, plans) is None
+
+
+@pytest.mark.skipif(not state.search_available(), reason="planner.search is not in this checkout")
+def test_train_page_search_pareto_chart_matches_the_search():
+    at = ok(app("train", search=1, top=4))
+    rows = table(at, "why")
+    fig = figure(at, "search_pareto")
+    shown = {c[0]: (x, y) for t in fig["data"] if t.get("name") in ("Pareto front", "other plans")
+             for c, x, y in zip(t["customdata"], t["x"], t["y"])}
+    assert set(shown) == set(rows["plan"])
+    for r in rows.itertuples():
+        assert close(shown[r.plan][0], r.step_time_s * 1e3) and close(shown[r.plan][1], r.peak_GiB)
+    assert trace(fig, "selected")["customdata"][0][0] == rows["plan"][0]
+
+
+# ---- Validate page: collectives, serving and own-harness summaries --------------------------------
+
+def test_validate_page_collectives_groups_match_the_library():
+    from validation.collectives import validate_collectives
+    report = validate_collectives()
+    at = ok(app("validate", suite="collectives"))
+    groups = state.validation_groups(report, "collectives")
+    shown = table(at, "median_error_pct")
+    assert list(shown["group"]) == [g["group"] for g in groups]
+    assert list(shown["cases"]) == [g["cases"] for g in groups] and sum(shown["cases"]) == len(report["cases"])
+    fig = figure(at, "validation_groups")
+    bars = trace(fig, "median error % (bars: p10..p90)")
+    assert all(close(y, g["median_error_pct"]) for y, g in zip(bars["y"], groups))
+    assert all(close(m + up, g["p90_error_pct"]) for m, up, g in zip(bars["y"], bars["error_y"]["array"], groups))
+    assert f"{report['mape_pct']:.1f}%" in [m.value for m in at.metric]
+    errs = [c["error_pct"] for c in report["cases"]
+            if f"{c.get('system', '?')} {c.get('op', '?')}" == groups[0]["group"] and c.get("error_pct") is not None]
+    assert close(groups[0]["mape_pct"], sum(abs(e) for e in errs) / len(errs))
+
+
+def test_validate_page_serving_summary_by_engine_and_system():
+    from validation.serving import run_suite
+    report = run_suite(quick=True, limit=20, jobs=1)
+    at = ok(app("validate", suite="serving", rows=20))
+    groups = table(at, "median_error_pct")
+    assert sum(groups["cases"]) == len(report["cases"])
+    engines = {r["engine"] for r in report["rows"]}
+    assert {g.split()[0] for g in groups["group"]} == engines
+    assert {g.split()[-1] for g in groups["group"]} <= {"ttft", "tpot"}
+    assert f"{report['mape_pct']:.1f}%" in [m.value for m in at.metric]
+
+
+def test_validate_page_own_harness_with_measured_spread():
+    at = ok(app("validate", suite="harness"))
+    report = state._harness()
+    cases = table(at, "error_pct")
+    assert list(cases["name"]) == [c["name"] for c in report["cases"]]
+    fig = figure(at, "validation")
+    measured = trace(fig, "measured")
+    c0 = report["cases"][0]
+    assert close(measured["error_y"]["array"][0], c0["measured_p90"] - c0["measured"])
+    assert close(measured["error_y"]["arrayminus"][0], c0["measured"] - c0["measured_p10"])
+
+
+# ---- Serve page -------------------------------------------------------------------------------------
+
+SERVE_Q = dict(model="llama3-8b", devices="h100-sxm:2,a100-sxm-80g:2", rate=2.0, prompt_len="512",
+               output_len="128", requests=100, seed=0, slo_ttft_ms=2000.0, slo_tpot_ms=100.0, percentile=90,
+               engine="vllm", dtype="bf16", disagg="off", classes=1)
+
+
+def direct_plan_serve(**over):
+    from planner.serve_search import parse_devices, plan_serving
+    from ui import jobs
+    q = {**SERVE_Q, **over}
+    wl = jobs.plan_serve_workload(q["prompt_len"], q["output_len"], q["requests"], q["seed"], q["rate"])
+    return plan_serving(load_model(q["model"]), parse_devices(q["devices"]), wl, q["rate"], q["slo_ttft_ms"] / 1e3,
+                        q["slo_tpot_ms"] / 1e3, q["percentile"], q["requests"], q["seed"], q["engine"], q["dtype"],
+                        None, disagg=q["disagg"], classes=q["classes"], jobs=1)
+
+
+@pytest.fixture(scope="module")
+def serve_doc():
+    return direct_plan_serve()
+
+
+def test_serve_page_waits_for_the_button():
+    at = ok(app("serve"))
+    assert not at.get("plotly_chart") and len(at.info) == 1 and "Plan fleet" in at.info[0].value
+    assert at.query_params["devices"] == "h100-sxm:8:2.49,a100-sxm-80g:8:1.49"
+
+
+def test_serve_page_plan_matches_the_library(serve_doc):
+    at = ok(app("serve", run=1, **SERVE_Q))
+    doc = serve_doc
+    fleets = table(at, "meets SLO")
+    assert list(fleets["$/h"]) == [f["cost_per_hour"] for f in doc["fleets"]]
+    assert list(fleets["replicas"]) == [state.fleet_label(f) for f in doc["fleets"]]
+    assert all(close(a, f["predicted"]["ttft_s"] * 1e3) for a, f in zip(fleets["p90 TTFT ms"], doc["fleets"]))
+    best = doc["fleets"][0]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Cheapest fleet"] == f"${best['cost_per_hour']:,.2f}/h"
+    assert metrics["p90 TTFT"] == f"{best['predicted']['ttft_s'] * 1e3:,.1f} ms"
+    caps = trace(figure(at, "capacities"), "aggregated")
+    assert all(close(y, c["rate_per_replica"]) for y, c in zip(caps["y"], doc["capacities"]))
+    pareto = figure(at, "pareto")
+    front = [t for t in pareto["data"] if t.get("name") == "Pareto front"][0]
+    assert [c[0] for c in front["customdata"]] == [p["replicas"] for p in doc["pareto"]]
+    assert all(close(y, p["ttft_s"] * 1e3) for y, p in zip(front["y"], doc["pareto"]))
+    assert at.query_params["fleet"] == state.fleet_label(best)
+    assert len(at.get("download_button")) == 5  # plan JSON + CSV; run JSON, CSV, Chrome trace
+
+
+def test_serve_page_des_check_reproduces_the_planners_check(serve_doc):
+    """The selected fleet's CDFs come from re-running the fleet as plan serve checked it: the SLO
+    percentile of the plotted TTFTs is the planner's own number."""
+    import numpy as np
+    at = ok(app("serve", run=1, **SERVE_Q))
+    best = serve_doc["fleets"][0]
+    cdf = figure(at, "cdf")
+    ttft = trace(cdf, "TTFT")["x"]
+    assert close(np.percentile(np.asarray(ttft) / 1e3, 90), best["predicted"]["ttft_s"], rel=1e-9)
+    tpot = trace(cdf, "TPOT")["x"]
+    assert close(np.percentile(np.asarray(tpot) / 1e3, 90), best["predicted"]["tpot_s"], rel=1e-9)
+    assert list(trace(cdf, "TTFT SLO")["x"]) == [SERVE_Q["slo_ttft_ms"]] * 2  # the SLO lines
+    assert list(trace(cdf, "TPOT SLO")["x"]) == [SERVE_Q["slo_tpot_ms"]] * 2
+    gantt = figure(at, "serve_gantt")
+    assert sum(len(t["x"]) for t in gantt["data"]) > 0
+    tl = figure(at, "replica_timeline")
+    assert len([t for t in tl["data"] if t.get("showlegend") is not False]) == sum(r["count"] for r in best["replicas"])
+
+
+def test_fleet_serving_plan_matches_every_verified_fleet(serve_doc):
+    from simulator.serving.engine import simulate
+    from ui import jobs
+    for f in serve_doc["fleets"]:
+        nrep = sum(r["count"] for r in f["replicas"])
+        wl = jobs.plan_serve_workload("512", "128", max(100, min(5000, 100 * nrep)), 0, 2.0)
+        rep = simulate(load_model("llama3-8b"), jobs.fleet_serving_plan(f), wl)
+        assert rep.ttft_s["p90"] == f["predicted"]["ttft_s"] and rep.tpot_s["p90"] == f["predicted"]["tpot_s"]
+
+
+def test_serve_page_select_fleet_then_simulate_it(serve_doc):
+    from simulator.serving.engine import simulate
+    from simulator.serving.workload import LengthDist, ServingWorkload
+    from ui import jobs
+    at = ok(app("serve", run=1, **SERVE_Q))
+    misses = state.CALLS["plan_serve"]
+    second = state.fleet_label(serve_doc["fleets"][1])
+    at.selectbox(key="serve.fleet").set_value(second).run()
+    ok(at)
+    assert state.CALLS["plan_serve"] == misses  # a display choice: the plan comes from the cache
+    assert at.query_params["fleet"] == second
+    at.button(key="sim_go").click().run()
+    at.radio(key="serve.load").set_value("concurrency").run()
+    at.number_input(key="serve.concurrency").set_value(4).run()
+    at.number_input(key="serve.sim_requests").set_value(60).run()
+    ok(at)
+    wl = ServingWorkload(concurrency=4, prompt_len=LengthDist.parse("512"), output_len=LengthDist.parse("128"),
+                         num_requests=60, seed=0, slo_ttft_s=2.0, slo_tpot_s=0.1)
+    rep = simulate(load_model("llama3-8b"), jobs.fleet_serving_plan(serve_doc["fleets"][1]), wl)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Throughput"] == f"{rep.throughput_requests_per_s:,.2f} req/s"
+    assert metrics["p90 TTFT"] == f"{rep.ttft_s['p90'] * 1e3:,.1f} ms"
+    assert at.query_params["sim"] == "1" and at.query_params["load"] == "concurrency"
+
+
+def test_serve_page_replays_an_uploaded_trace(serve_doc):
+    from simulator.serving.engine import simulate
+    from simulator.serving.workload import ServingWorkload
+    from ui import jobs
+    text = "TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(
+        f"2023-11-16 18:15:{i // 10:02d}.{(i % 10) * 100000:06d},{200 + 37 * i},{20 + i}\n" for i in range(30))
+    at = ok(app("serve", run=1, sim=1, load="trace", **SERVE_Q))
+    assert len(at.info) == 1 and "trace" in at.info[0].value  # asks for the file, no error
+    at.file_uploader(key="serve.trace_file").set_value(("azure.csv", text.encode(), "text/csv"))
+    at.run()
+    ok(at)
+    rows, fmt = state.trace_from_text(text, "azure.csv")
+    assert fmt == "azure" and len(rows) == 30
+    wl = ServingWorkload(trace=[(a, p, o, tuple(k), kt) for a, p, o, k, kt in rows], trace_name="azure.csv (azure)",
+                         num_requests=500, seed=0, slo_ttft_s=2.0, slo_tpot_s=0.1)
+    rep = simulate(load_model("llama3-8b"), jobs.fleet_serving_plan(serve_doc["fleets"][0]), wl)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Throughput"] == f"{rep.throughput_requests_per_s:,.2f} req/s"
+
+
+def test_serve_page_bad_inputs_are_one_error_line():
+    at = app("serve", run=1, **{**SERVE_Q, "prompt_len": "abc"})
+    assert not at.exception and len(at.error) == 1 and "prompt" in at.error[0].value.lower()
+    assert "\n" not in at.error[0].value and not at.get("plotly_chart")
+    at = app("serve", run=1, **{**SERVE_Q, "devices": "h100-sxm:two"})
+    assert not at.exception and any("COUNT" in e.value for e in at.error)
+    at = app("serve", run=1, **{**SERVE_Q, "prompt_len": "200000"})  # beyond llama3-8b's context
+    assert not at.exception and len(at.error) == 1 and "context" in at.error[0].value
+
+
+def test_plan_serve_progress_counts_every_capacity_probe():
+    calls = []
+    doc = state.plan_serve("llama3-8b", None, "h100-sxm:2", 2.0, "512", "64", 2.0, 0.1, 90, 60, 1, "vllm", "bf16",
+                           "off", 1, _progress=lambda d, t, lab: calls.append((d, t, lab)))
+    assert calls and [d for d, _, _ in calls] == list(range(1, len(doc["capacities"]) + 1))
+    assert {t for _, t, _ in calls} == {len(doc["capacities"])}
+
+
+def test_fleet_from_selection_and_pareto_extras(serve_doc):
+    fleets = state.selectable_fleets(serve_doc)
+    labels = [f["label"] for f in fleets]
+    assert labels[:len(serve_doc["fleets"])] == [state.fleet_label(f) for f in serve_doc["fleets"]]
+    assert {p["replicas"] for p in serve_doc["pareto"]} <= set(labels)
+    for f in fleets[len(serve_doc["fleets"]):]:  # the 1.5x / 2x front fleets, parsed back to replicas
+        assert state.fleet_label(f) == f["label"]
+    click = {"selection": {"points": [{"customdata": [labels[-1]]}]}}
+    assert state.fleet_from_selection(click, fleets) == labels[-1]
+    assert state.fleet_from_selection({"selection": {"points": []}}, fleets) is None
+    assert state.fleet_from_selection({"selection": {"points": [{"customdata": ["9× b200 tp=8"]}]}}, fleets) is None
+    fig = charts.pareto_figure(fleets, "p90", labels[0]).to_plotly_json()
+    assert trace(fig, "selected")["customdata"][0][0] == labels[0]
+
+
+def test_pool_table_round_trips_the_devices_string():
+    rows = state.pool_rows("h100-sxm:4,a100-sxm-80g:2:1.2")
+    assert rows == [{"device": "h100-sxm", "count": 4, "price_per_hour": 2.49},
+                    {"device": "a100-sxm-80g", "count": 2, "price_per_hour": 1.2}]
+    assert state.pool_text(rows + [{"device": None, "count": None, "price_per_hour": None}]) == \
+        "h100-sxm:4:2.49,a100-sxm-80g:2:1.2"
+    with pytest.raises(InputError, match="COUNT"):
+        state.pool_text([{"device": "h100-sxm", "count": 0, "price_per_hour": None}])

@@ -14,6 +14,7 @@ st.set_page_config(page_title="clusterplan", layout="wide")
 PAGES = [
     st.Page("pages/cluster.py", title="Cluster", url_path="cluster", default=True),
     st.Page("pages/train.py", title="Train", url_path="train"),
+    st.Page("pages/serve.py", title="Serve", url_path="serve"),
     st.Page("pages/validate.py", title="Validate", url_path="validate"),
 ]
 st.navigation(PAGES).run()

@@ -246,8 +246,13 @@ def validation_figure(report: dict) -> go.Figure:
     names = [c["name"] for c in cases]
     unit = cases[0].get("unit", "") if cases else ""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.06)
+    spread = all(c.get("measured_p10") is not None and c.get("measured_p90") is not None for c in cases) and cases
     fig.add_trace(go.Bar(x=names, y=[float(c["measured"]) for c in cases], name="measured",
-                         marker_color="#7f7f7f"), row=1, col=1)
+                         marker_color="#7f7f7f",
+                         error_y=dict(type="data", symmetric=False,  # the run's p10..p90 over its samples
+                                      array=[float(c["measured_p90"]) - float(c["measured"]) for c in cases],
+                                      arrayminus=[float(c["measured"]) - float(c["measured_p10"]) for c in cases])
+                         if spread else None), row=1, col=1)
     fig.add_trace(go.Bar(x=names, y=[float(c["predicted"]) for c in cases], name="predicted",
                          marker_color=PALETTE[0]), row=1, col=1)
     errs = [float(c["error_pct"]) for c in cases]
@@ -294,3 +299,189 @@ def gantt_figure(timeline: list, max_units: int = 16) -> go.Figure:
     fig.update_xaxes(title="time (ms)")
     return _layout(fig, "pipeline timeline (DES): F forward, B backward, W weight gradient",
                    height=max(300, 28 * len(order) + 120))
+
+
+# ---- serving (plan serve / simulate serve) ---------------------------------------------------------
+
+ROLE_COLOURS = {"both": PALETTE[0], "prefill": PALETTE[1], "decode": PALETTE[2]}
+
+
+def pareto_figure(fleets: list[dict], percentile: str, selected: str | None = None) -> go.Figure:
+    """Cost against the SLO-percentile TTFT (left) and TPOT (right) of every verified fleet; the
+    cost-latency Pareto front joined by a line; the selected fleet ringed. Each point's customdata
+    holds the fleet's label, so a click (plotly selection) names the fleet."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=(f"{percentile} TTFT vs cost", f"{percentile} TPOT vs cost"))
+    for col, key in ((1, "ttft_s"), (2, "tpot_s")):
+        for on_front, name, colour, symbol in ((False, "other fleets", "#9aa0a6", "circle"),
+                                               (True, "Pareto front", PALETTE[0], "diamond")):
+            pts = sorted((f for f in fleets if bool(f.get("on_front")) == on_front and f["predicted"][key] is not None),
+                         key=lambda f: f["cost_per_hour"])
+            if not pts:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[f["cost_per_hour"] for f in pts], y=[f["predicted"][key] * 1e3 for f in pts],
+                mode="lines+markers" if on_front else "markers", name=name, legendgroup=name,
+                showlegend=col == 1, marker=dict(size=12, color=colour, symbol=symbol),
+                line=dict(color=colour, dash="dot"), customdata=[[f["label"]] for f in pts],
+                hovertemplate="%{customdata[0]}<br>$%{x:.2f}/h, %{y:.1f} ms<extra></extra>"), row=1, col=col)
+        sel = [f for f in fleets if f["label"] == selected and f["predicted"][key] is not None]
+        if sel:
+            fig.add_trace(go.Scatter(
+                x=[sel[0]["cost_per_hour"]], y=[sel[0]["predicted"][key] * 1e3], mode="markers", name="selected",
+                showlegend=col == 1, marker=dict(size=22, color="rgba(0,0,0,0)", line=dict(width=3, color="#d62728")),
+                customdata=[[sel[0]["label"]]], hoverinfo="skip"), row=1, col=col)
+        fig.update_yaxes(title_text=f"{percentile} {'TTFT' if key == 'ttft_s' else 'TPOT'} (ms)", row=1, col=col)
+        fig.update_xaxes(title_text="USD per hour", row=1, col=col)
+    return _layout(fig, "Cost vs latency of the verified fleets (click a point to select its fleet)", height=420)
+
+
+def _ecdf(values: list[float]) -> tuple[list, list]:
+    v = sorted(values)
+    n = len(v)
+    return [x * 1e3 for x in v], [(i + 1) / n for i in range(n)]
+
+
+def latency_cdf_figure(ttft_s: list[float], tpot_s: list[float], slo_ttft_s: float | None = None,
+                       slo_tpot_s: float | None = None, percentile: int | None = None) -> go.Figure:
+    """Empirical CDFs of the measured requests' TTFT and TPOT, with the SLOs as vertical lines
+    and the SLO percentile as a horizontal one."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=("TTFT", "TPOT"))
+    for col, (vals, slo, name) in enumerate(((ttft_s, slo_ttft_s, "TTFT"), (tpot_s, slo_tpot_s, "TPOT")), 1):
+        x, y = _ecdf(vals)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line_shape="hv", name=name,
+                                 line=dict(color=PALETTE[col - 1]),
+                                 hovertemplate=f"{name} %{{x:.1f}} ms: %{{y:.3f}}<extra></extra>"), row=1, col=col)
+        if slo is not None and slo == slo and slo != float("inf"):  # a trace, not a shape: log axes
+            fig.add_trace(go.Scatter(x=[slo * 1e3, slo * 1e3], y=[0, 1], mode="lines", name=f"{name} SLO",
+                                     line=dict(color="#d62728", dash="dash"),
+                                     hovertemplate=f"{name} SLO {slo * 1e3:g} ms<extra></extra>"), row=1, col=col)
+        if percentile and x:
+            lo, hi = min(x + ([slo * 1e3] if slo and slo != float("inf") else [])), \
+                max(x + ([slo * 1e3] if slo and slo != float("inf") else []))
+            fig.add_trace(go.Scatter(x=[lo, hi], y=[percentile / 100] * 2, mode="lines", name=f"p{percentile}",
+                                     line=dict(color="#999", dash="dot"), showlegend=col == 1,
+                                     hoverinfo="skip"), row=1, col=col)
+        fig.update_xaxes(title_text=f"{name} (ms)", type="log" if x and min(x) > 0 else "linear", row=1, col=col)
+    fig.update_yaxes(title_text="share of requests", range=[0, 1.02], row=1, col=1)
+    return _layout(fig, "Latency CDFs of the simulated requests", height=380)
+
+
+def replica_timeline_figure(replicas: list[dict]) -> go.Figure:
+    """Per replica over simulated time: KV-cache utilisation after each iteration (top) and the
+    requests waiting for their first token (bottom)."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("KV-cache utilisation", "requests waiting for their first token"))
+    for r in replicas:
+        name = f"replica {r['index']} ({r['role']}, {r['device']} tp={r['tp']})"
+        colour = PALETTE[r["index"] % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=r["kv_time_s"], y=[100 * u for u in r["kv_utilization"]], mode="lines",
+                                 line_shape="hv", name=name, legendgroup=name, line=dict(color=colour),
+                                 hovertemplate="%{x:.2f} s: %{y:.1f}%<extra>" + name + "</extra>"), row=1, col=1)
+        fig.add_trace(go.Scatter(x=r["queue_time_s"], y=r["waiting"], mode="lines", line_shape="hv", name=name,
+                                 legendgroup=name, showlegend=False, line=dict(color=colour),
+                                 hovertemplate="%{x:.2f} s: %{y} waiting<extra>" + name + "</extra>"), row=2, col=1)
+    fig.update_yaxes(title_text="% of KV blocks", range=[0, 105], row=1, col=1)
+    fig.update_yaxes(title_text="requests", rangemode="tozero", row=2, col=1)
+    fig.update_xaxes(title_text="simulated time (s)", row=2, col=1)
+    return _layout(fig, "Per-replica KV cache and queue over time", height=520)
+
+
+def serving_gantt_figure(trace: dict, max_bars: int = 4000) -> go.Figure:
+    """The serving Chrome trace (one "X" event per batch, pid = replica) as horizontal bars per
+    replica: mixed batches with prompt tokens in one colour, decode-only runs in another. Only the
+    first `max_bars` batches in time are drawn (the title says when)."""
+    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
+    names = {e["pid"]: e["args"]["name"] for e in trace.get("traceEvents", []) if e.get("ph") == "M"}
+    events.sort(key=lambda e: e["ts"])
+    shown = events[:max_bars]
+    fig = go.Figure()
+    for kind, colour in (("batch", PALETTE[1]), ("decode", PALETTE[0])):
+        es = [e for e in shown if e["name"] == kind]
+        if not es:
+            continue
+        fig.add_trace(go.Bar(
+            y=[names.get(e["pid"], f"replica {e['pid']}") for e in es], x=[max(e["dur"] / 1e3, 1e-6) for e in es],
+            base=[e["ts"] / 1e3 for e in es], orientation="h", marker_color=colour,
+            name="prefill (+decode) batch" if kind == "batch" else "decode iterations",
+            customdata=[[e["args"].get("prefill_tokens", 0), e["args"].get("decode", 0), e["args"].get("iterations", 1)]
+                        for e in es],
+            hovertemplate="start %{base:.2f} ms, %{x:.2f} ms<br>prompt tokens %{customdata[0]}, decodes "
+                          "%{customdata[1]}, iterations %{customdata[2]}<extra></extra>"))
+    order = sorted({names.get(e["pid"], f"replica {e['pid']}") for e in shown}, key=lambda s: int(s.split()[1]))
+    fig.update_yaxes(categoryorder="array", categoryarray=order[::-1])
+    fig.update_xaxes(title="simulated time (ms)")
+    fig.update_layout(barmode="overlay")
+    title = "Batches per replica (serving Chrome trace)"
+    if len(events) > len(shown):
+        title += f": first {len(shown):,} of {len(events):,} batches"
+    return _layout(fig, title, height=max(260, 40 * len(order) + 140))
+
+
+def capacity_figure(rows: list[dict]) -> go.Figure:
+    """Sustainable requests/s per replica of every measured configuration (state.capacity_rows),
+    coloured by role."""
+    fig = go.Figure()
+    for role in ("both", "prefill", "decode"):
+        rs = [r for r in rows if r["role"] == role]
+        if rs:
+            fig.add_trace(go.Bar(x=[r["config"] for r in rs], y=[r["req/s per replica"] for r in rs],
+                                 name={"both": "aggregated", "prefill": "prefill pool", "decode": "decode pool"}[role],
+                                 marker_color=ROLE_COLOURS[role],
+                                 hovertemplate="%{x}: %{y:.2f} req/s per replica<extra></extra>"))
+    fig.update_yaxes(title="requests/s per replica within the SLOs")
+    fig.update_xaxes(tickangle=-30, type="category")
+    return _layout(fig, "Capacity per replica configuration", height=400)
+
+
+def plan_pareto_figure(rows: list[dict], unit: str = "GiB", selected: str | None = None) -> go.Figure:
+    """The searched plans (state.search_rows) as step time against peak memory per device, coloured
+    by cost per step; plans on the Pareto front of the three as diamonds, the selected plan ringed.
+    customdata[0] is the plan string, so a click (plotly selection) names the plan."""
+    fig = go.Figure()
+    costs = [r["cost_per_step_usd"] for r in rows if r["cost_per_step_usd"] is not None]
+    for front, name, symbol in ((False, "other plans", "circle"), (True, "Pareto front", "diamond")):
+        rs = [r for r in rows if r["pareto"] == front]
+        if not rs:
+            continue
+        marker = dict(size=13, symbol=symbol, line=dict(width=1, color="#333"))
+        if costs:
+            marker.update(color=[r["cost_per_step_usd"] or 0.0 for r in rs], colorscale="Viridis",
+                          cmin=min(costs), cmax=max(costs), showscale=front or not any(r["pareto"] for r in rows),
+                          colorbar=dict(title="USD/step"))
+        fig.add_trace(go.Scatter(
+            x=[r["step_time_s"] * 1e3 for r in rs], y=[r[f"peak_{unit}"] for r in rs], mode="markers", name=name,
+            marker=marker, customdata=[[r["plan"], r["rank"], r["cost_per_step_usd"] or 0.0] for r in rs],
+            hovertemplate="#%{customdata[1]} %{customdata[0]}<br>%{x:.1f} ms/step, %{y:.1f} " + unit
+                          + ", $%{customdata[2]:.4f}/step<extra></extra>"))
+    sel = [r for r in rows if r["plan"] == selected]
+    if sel:
+        fig.add_trace(go.Scatter(x=[sel[0]["step_time_s"] * 1e3], y=[sel[0][f"peak_{unit}"]], mode="markers",
+                                 name="selected", customdata=[[sel[0]["plan"], sel[0]["rank"], 0.0]],
+                                 marker=dict(size=24, color="rgba(0,0,0,0)", line=dict(width=3, color="#d62728")),
+                                 hoverinfo="skip"))
+    fig.update_xaxes(title="step time (ms)")
+    fig.update_yaxes(title=f"peak memory per device ({unit})")
+    fig.update_layout(legend=dict(orientation="h", y=-0.2))
+    return _layout(fig, "Searched plans: step time vs memory vs cost (click a point to pick the plan)", height=420)
+
+
+def validation_groups_figure(groups: list[dict], title: str = "Error by group") -> go.Figure:
+    """Per group of validation cases (state.validation_groups): the median signed error with error
+    bars from the 10th to the 90th percentile, and the MAPE as a marker."""
+    names = [g["group"] for g in groups]
+    med = [g["median_error_pct"] for g in groups]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(
+        x=names, y=med, name="median error % (bars: p10..p90)", marker_color=PALETTE[0],
+        error_y=dict(type="data", symmetric=False, array=[g["p90_error_pct"] - m for g, m in zip(groups, med)],
+                     arrayminus=[m - g["p10_error_pct"] for g, m in zip(groups, med)], color="#444"),
+        customdata=[[g["cases"], g["p10_error_pct"], g["p90_error_pct"]] for g in groups],
+        hovertemplate="%{x}: median %{y:+.1f}% (p10 %{customdata[1]:+.1f}%, p90 %{customdata[2]:+.1f}%), "
+                      "%{customdata[0]} cases<extra></extra>"))
+    fig.add_trace(go.Scatter(x=names, y=[g["mape_pct"] for g in groups], mode="markers", name="MAPE %",
+                             marker=dict(symbol="diamond", size=10, color="#d62728")))
+    fig.add_hline(y=0, line_color="#999")
+    fig.update_yaxes(title="error % (predicted vs measured)")
+    fig.update_xaxes(tickangle=-35, type="category")
+    return _layout(fig, title, height=460)

@@ -69,3 +69,34 @@ def training_setup(model: ModelSpec | str, cluster: Cluster | str, plan: str | N
     validate_plan(p, job, cluster.num_devices, cluster.devices_per_node)
     check_supported(job.model, p)
     return TrainingSetup(job, cluster, p)
+
+
+# ---- serving ---------------------------------------------------------------------------------------
+
+def plan_serve_workload(prompt_len: str, output_len: str, requests: int, seed: int, rate: float):
+    """The workload `plan serve` sizes a fleet for: open-loop Poisson arrivals at `rate` req/s with
+    the given length distributions (the syntax of simulator.serving.workload.LengthDist)."""
+    import math
+
+    from simulator.serving.workload import LengthDist, RateSchedule, ServingWorkload
+    return ServingWorkload(num_requests=requests, rate=RateSchedule(((rate, math.inf),)),
+                           prompt_len=LengthDist.parse(prompt_len, "--prompt-len"),
+                           output_len=LengthDist.parse(output_len, "--output-len"), seed=seed)
+
+
+def fleet_serving_plan(fleet: dict, engine: str = "vllm", dtype: str = "bf16", kv_dtype: str | None = None):
+    """The ServingPlan of one fleet of a `plan serve` document (its "fleets" entries), built as
+    planner.serve_search.verify_fleet builds the fleet it checks: one replica group per
+    (device, tp, role) on the device's preset cluster, prefill/aggregated groups before decode
+    ones, least-outstanding routing, or the size-class router with each replica's class shares."""
+    from planner.serve_search import cluster_for_device, option_name
+    from simulator.serving.engine import ReplicaGroup, ServingPlan
+    order = {"prefill": 0, "both": 0, "decode": 1}
+    reps = sorted(fleet["replicas"], key=lambda r: (order[r["role"]], option_name(r["device"], r["tp"], r["role"])))
+    groups = tuple(ReplicaGroup(cluster_for_device(r["device"])[0], r["tp"], count=r["count"], role=r["role"])
+                   for r in reps)
+    if fleet.get("size_classes"):
+        return ServingPlan(groups, engine=engine, router="size_class", dtype=dtype, kv_dtype=kv_dtype,
+                           class_bounds=tuple(c["max_prompt_len"] for c in fleet["size_classes"]),
+                           class_shares=tuple(tuple(r["class_load_req_per_s"]) for r in reps))
+    return ServingPlan(groups, engine=engine, router="least_outstanding", dtype=dtype, kv_dtype=kv_dtype)

@@ -8,6 +8,7 @@ from ui import charts, state
 st.title("Cluster")
 ps = state.PageState("cluster")
 ref, spec, nodes = state.cluster_picker(ps, default="dgx-h100", default_nodes=2)
+ps.stop_if_waiting()  # "custom (upload)" without a valid upload yet: the picker said what to do
 
 try:
     cluster = state.get_cluster(ref, spec, nodes)
@@ -27,12 +28,10 @@ info = summary(cluster)
 dev = cluster.device
 if cluster.description:
     st.caption(cluster.description)
-c = st.columns(5)
-c[0].metric("Devices", f"{n:,}")
-c[1].metric("Device", dev.name)
-c[2].metric("Devices per node", cluster.devices_per_node)
-c[3].metric("HBM per device", f"{dev.hbm_bytes / 2**30:.0f} GiB" if dev.hbm_bytes else "unknown")
-c[4].metric("Dense BF16 peak", f"{dev.peak_flops['bf16'] / 1e12:.0f} TFLOP/s" if "bf16" in dev.peak_flops else "n/a")
+state.metric_row([("Devices", f"{n:,}"), ("Device", dev.name), ("Devices per node", str(cluster.devices_per_node)),
+                  ("HBM per device", f"{dev.hbm_bytes / 2**30:.0f} GiB" if dev.hbm_bytes else "unknown"),
+                  ("Dense BF16 peak", f"{dev.peak_flops['bf16'] / 1e12:.0f} TFLOP/s" if "bf16" in dev.peak_flops
+                   else "n/a")])
 
 left, right = st.columns([1, 1])
 with left:
@@ -40,7 +39,8 @@ with left:
 with right:
     st.subheader("Network tiers")
     tiers = state.tier_rows(info)
-    st.dataframe(tiers, hide_index=True, key="tiers")
+    # st.table wraps long tier names (a data grid cuts them at its column width)
+    st.table(state.tier_table(tiers), hide_index=True)
     st.caption("GB/s/dir: wire rate per device per direction; span: devices a group inside the tier "
                "can cover; the last tier spans all nodes.")
     state.downloads(f"{cluster.name}-{nodes}n-cluster", info, tiers, key="cluster_dl")

@@ -1,10 +1,7 @@
 """Train page: one training plan through the analytic engine (simulator.analytic.estimate)."""
-import json
-
 import streamlit as st
 
 from hwmodels.errors import InputError
-from simulator.models import preset_names
 from simulator.training import DTYPES
 from ui import charts, state
 
@@ -12,28 +9,9 @@ st.title("Train")
 st.caption("Predict one training step of a plan: time, throughput, MFU and per-device memory.")
 ps = state.PageState("train")
 
-models = preset_names() + [state.CUSTOM]
 c1, c2 = st.columns([1, 1])
 with c1:
-    km = ps.init("model", "llama3-8b", choices=models)
-    ps.init("model_cfg", None)  # compact JSON of an uploaded config (from the link or the upload)
-    st.selectbox("Model", models, key=km, help="a preset from simulator/data/models.yaml, or a "
-                 "Hugging Face config.json")
-    model_ref, model_cfg = ps.get("model"), None
-    if model_ref == state.CUSTOM:
-        up = state.file_uploader("Hugging Face config.json (or YAML with the same keys)",
-                                 ["json", "yaml", "yml"], ps.key("model_file"))
-        if up is not None:
-            try:
-                ps.set("model_cfg", state.model_cfg_from_text(state.read_upload(up, "model file"), up.name))
-            except InputError as e:
-                st.error(str(e))
-        model_cfg = ps.get("model_cfg")
-        if model_cfg is not None:
-            st.caption(f"custom model {json.loads(model_cfg).get('_name', 'custom')!r} "
-                       f"({'from the upload' if up is not None else 'from the link'})")
-    else:
-        ps.set("model_cfg", None)
+    model_ref, model_cfg = state.model_picker(ps, default="llama3-8b")
 with c2:
     cluster_ref, cluster_spec, nodes = state.cluster_picker(ps, default="dgx-h100", default_nodes=4)
 
@@ -69,6 +47,8 @@ if SEARCH:
     ps.init("top", 5, int, lo=1, hi=50)
 ps.init("mem_unit", "GiB", choices=["GiB", "GB"])
 ps.init("des", False, bool)
+ps.init("pick", "")  # the search plan picked in the list or on the Pareto chart
+ps.stop_if_waiting()  # a custom model or cluster without a valid upload: nothing to compute yet
 ps.sync_url()  # every input is in session state now; a button callback changes it before the run
 
 
@@ -81,19 +61,24 @@ def show_estimate():
         return
     est = result["estimate"]
     mem = est["memory"]
+    unit = ps.get("mem_unit")
+    scale = state.MEM_UNITS[unit]
     st.markdown(f"**{est['model']}** on **{est['cluster']}** ({est['num_devices']} devices) · plan "
                 f"`{est['plan_string']}` · {est['micro_batches']} micro-batches per step")
-    m = st.columns(5)
     step = est["step_time_s"]
-    m[0].metric("Step time", f"{step:,.2f} s" if step >= 10 else f"{step * 1e3:,.1f} ms")
-    m[1].metric("Tokens/s", f"{est['tokens_per_s']:,.0f}")
-    m[2].metric("TFLOP/s per device", f"{est['tflops_per_device']:.1f}")
-    m[3].metric("MFU", f"{100 * est['mfu']:.1f}%")
-    m[4].metric("Peak memory", f"{mem['peak_bytes'] / 2**30:.1f} GiB",
-                f"{'fits' if est['fits'] else 'does NOT fit'} in {mem['hbm_bytes'] / 2**30:.0f} GiB",
-                delta_color="normal" if est["fits"] else "inverse")
+    hbm = mem["hbm_bytes"]
+    state.metric_row([
+        ("Step time", f"{step:,.2f} s" if step >= 10 else f"{step * 1e3:,.1f} ms"),
+        ("Tokens/s", f"{est['tokens_per_s']:,.0f}"),
+        ("TFLOP/s per device", f"{est['tflops_per_device']:.1f}"),
+        ("MFU", f"{100 * est['mfu']:.1f}%"),
+        ("Peak memory", f"{mem['peak_bytes'] / scale:.1f} {unit}",
+         f"{'fits' if est['fits'] else 'does NOT fit'} in {hbm / scale:.0f} {unit}" if hbm else
+         ("fits" if est["fits"] else "does NOT fit"), "normal" if est["fits"] else "inverse")])
 
-    rows = state.estimate_rows(est)
+    st.radio("Memory unit", list(state.MEM_UNITS), horizontal=True, key=ps.key("mem_unit"),
+             help="GiB = 2^30 bytes, GB = 10^9 bytes; applies to the metric, the table and the chart")
+    rows = state.estimate_rows(est, unit)
     doc = {**est, "stage_memory": result["stage_memory"]}
     t1, t2 = st.columns([2, 3])
     with t1:
@@ -104,10 +89,9 @@ def show_estimate():
     with t2:
         st.plotly_chart(charts.breakdown_figure(est["breakdown_s"], est["step_time_s"]), key="breakdown")
 
-    unit = st.radio("Memory unit", ["GiB", "GB"], horizontal=True, key=ps.key("mem_unit"))
     g1, g2 = st.columns([3, 2])
     with g1:
-        st.plotly_chart(charts.memory_figure(result["stage_memory"], mem["hbm_bytes"], unit), key="memory")
+        st.plotly_chart(charts.memory_figure(result["stage_memory"], hbm, unit), key="memory")
     with g2:
         st.plotly_chart(charts.stage_time_figure(est["stage_times_s"]), key="stage_times")
     for note in est["notes"]:
@@ -136,7 +120,7 @@ def show_des():
 
 
 def use_plan() -> None:  # button callback: runs before the next run draws the plan box
-    st.session_state[ps.key("plan")] = st.session_state["search_pick"]
+    st.session_state[ps.key("plan")] = st.session_state[ps.key("pick")]
 
 
 def show_search():
@@ -162,16 +146,28 @@ def show_search():
         return
     st.caption(f"{doc['candidates']:,} candidates, {doc.get('pruned', {}).get('scored', 0):,} scored "
                f"in {doc['search_time_s']:.2f} s")
-    rows = state.search_rows(doc)
+    unit = ps.get("mem_unit")
+    rows = state.search_rows(doc, unit)
     st.dataframe(rows, hide_index=True, key="search_table",
                  column_config={"step_time_s": st.column_config.NumberColumn(format="%.4g"),
                                 "tokens_per_s": st.column_config.NumberColumn(format="%.0f"),
                                 "mfu_pct": st.column_config.NumberColumn(format="%.1f"),
-                                "peak_GiB": st.column_config.NumberColumn(format="%.1f")})
+                                f"peak_{unit}": st.column_config.NumberColumn(format="%.1f"),
+                                "cost_per_step_usd": st.column_config.NumberColumn(format="%.4g")})
+    plans = [r["plan"] for r in rows]
+    if ps.get("pick") not in plans:
+        ps.set("pick", plans[0])
+
+    def pick_from_chart() -> None:  # plotly selection callback: runs before the selectbox is drawn
+        plan = state.plan_from_selection(st.session_state.get("search_pareto"), plans)
+        if plan is not None:
+            st.session_state[ps.key("pick")] = plan
+
+    st.plotly_chart(charts.plan_pareto_figure(rows, unit, ps.get("pick")), key="search_pareto",
+                    on_select=pick_from_chart, selection_mode="points")
     s1, s2 = st.columns([2, 3])
     with s1:
-        st.selectbox("Plan", [r["plan"] for r in rows], key="search_pick",
-                     format_func=lambda p: f"#{[r['plan'] for r in rows].index(p) + 1}: {p}")
+        st.selectbox("Plan", plans, key=ps.key("pick"), format_func=lambda p: f"#{plans.index(p) + 1}: {p}")
         st.button("Simulate this plan", key="search_use", on_click=use_plan,
                   help="copies the plan into the Plan box above and estimates it")
         state.downloads("plan-search", doc, rows, key="search_dl")
