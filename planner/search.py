@@ -950,7 +950,11 @@ def plan_heterogeneous(job: TrainingJob, groups: list[Cluster], replica_nodes: i
                 options.setdefault(lay, []).append(
                     ilp.ReplicaOption(name, per_replica, b, float(t["step_s"][i]), short_plan(plan)))
     if not options:
-        raise InputError(f"heterogeneous plan: no replica of {replica_nodes} node(s) fits the model on any group")
+        most = max(g.num_nodes for g in groups)
+        hint = (f"; give each replica more nodes with --replica-nodes {min(2 * replica_nodes, most)} "
+                f"(the largest group has {most})" if most > replica_nodes else
+                f"; no group has more than {most} node(s): add nodes to a group")
+        raise InputError(f"heterogeneous plan: no replica of {replica_nodes} node(s) fits the model on any group{hint}")
     best = None
     runs = []
     baseline = None

@@ -102,3 +102,33 @@ def simulate_goodput(num_devices: int, step_time_s: float, run_steps: int,
     return GoodputReport(goodput=min(1.0, useful / env.now), wall_s=env.now, useful_s=useful, failures=stats["failures"],
                          lost_s=max(0.0, env.now - useful - stats["restart"] - stats["ckpt"]), restart_s=stats["restart"],
                          checkpoint_s=stats["ckpt"], mtbf_s=mtbf, young_daly_interval_steps=yd, seed=seed)
+
+
+# ---- stragglers ---------------------------------------------------------------------------------
+
+def describe_stragglers(slowdown: dict, tp: int, cp: int, dp: int, pp: int) -> list[dict]:
+    """Where each slowed rank sits: {rank, factor, stage, dp_replica} in Megatron rank order (TP
+    innermost, then CP, DP, PP; Megatron-LM megatron/core/parallel_state.py), by rank. The DES runs
+    each TP×CP group at the pace of its slowest member, so `group_factor` is the slowdown that
+    rank's whole group takes on."""
+    size = tp * cp
+    group_factor: dict = {}
+    for rank, f in slowdown.items():
+        g = rank // size
+        group_factor[g] = max(group_factor.get(g, 1.0), f)
+    out = []
+    for rank in sorted(slowdown):
+        g = rank // size
+        if g >= dp * pp:
+            raise InputError(f"straggler rank {rank} outside 0..{dp * pp * size - 1}")
+        out.append({"rank": rank, "factor": slowdown[rank], "stage": g // dp, "dp_replica": g % dp,
+                    "group_factor": group_factor[g]})
+    return out
+
+
+def format_stragglers(rows: list[dict], limit: int = 8) -> str:
+    """One line naming the slowed ranks (the first `limit`, then a count)."""
+    shown = ", ".join(f"rank {r['rank']} x{r['factor']:g} (stage {r['stage']}, "
+                      f"dp replica {r['dp_replica']})" for r in rows[:limit])
+    more = f", and {len(rows) - limit} more (all in --json)" if len(rows) > limit else ""
+    return f"stragglers: {len(rows)} slowed rank(s): {shown}{more}"

@@ -185,3 +185,206 @@ def test_simulate_train_uses_the_overlap_options(capsys):
     off, on = json.loads(off), json.loads(on)
     assert on["breakdown_s"]["tp_comm"] < off["breakdown_s"]["tp_comm"]
     assert on["step_time_s"] < off["step_time_s"]
+
+
+# ---- issue #20 §2: the faults a new user hits ---------------------------------------------------
+
+SERVE = ["simulate", "serve", "--model", "llama3-8b", "--cluster", "dgx-h100", "--plan", "tp=1",
+         "--prompt-len", "2048", "--output-len", "512", "--requests", "300"]
+PLAN_SERVE = ["plan", "serve", "--model", "llama3-8b", "--devices", "h100-sxm:8", "--rate", "2",
+              "--prompt-len", "512", "--output-len", "64"]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (SERVE + ["--rate", "2", "--slo-tpot", "50"], "--slo-tpot='50' needs a unit: 50ms or 50s"),
+    (SERVE + ["--rate", "2", "--slo-ttft", "2"], "--slo-ttft='2' needs a unit: 2ms or 2s"),
+    (PLAN_SERVE + ["--slo-ttft", "2s", "--slo-tpot", "50"], "--slo-tpot='50' needs a unit: 50ms or 50s"),
+    (PLAN_SERVE + ["--slo-ttft", "0ms", "--slo-tpot", "50ms"], "--slo-ttft='0ms' must be a positive duration"),
+])
+def test_slo_needs_a_unit(capsys, argv, fragment):
+    """A bare `--slo-tpot 50` once meant 50 s (SLO attainment 100% for a 50 ms intent)."""
+    code, out, err = run(capsys, argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and fragment in err, err
+    from ui.cli import flags
+    assert flags.slo("--slo-tpot")("50ms") == pytest.approx(0.05) and flags.slo("--slo-ttft")("2s") == 2
+
+
+def test_no_slo_reports_no_attainment(capsys):
+    code, out, _ = run(capsys, SERVE + ["--rate", "2", "--requests", "40"])
+    assert code == 0 and "SLO attainment" not in out and "no SLO given" in out
+    _, out, _ = run(capsys, SERVE + ["--rate", "2", "--requests", "40", "--json"])
+    d = json.loads(out)
+    assert d["slo_attainment"] is None and d["goodput_requests_per_s"] is None
+    _, out, _ = run(capsys, SERVE + ["--rate", "2", "--requests", "40", "--slo-tpot", "1ms", "--json"])
+    d = json.loads(out)  # an SLO no request meets: attainment 0, not 100%
+    assert d["slo_attainment"] == 0 and d["goodput_requests_per_s"] == 0
+
+
+def test_overload_is_reported_in_text_and_json(capsys):
+    """20 req/s of 2048+512-token requests on one H100 serving llama3-8b: the queue grows through
+    the run, and the slope of TTFT against arrival time is λ/μ − 1 (fluid approximation)."""
+    code, out, _ = run(capsys, SERVE + ["--rate", "20", "--json"])
+    o = json.loads(out)["overload"]
+    assert code == 0 and o["overloaded"] is True
+    assert o["offered_requests_per_s"] > 2 * o["served_requests_per_s"]
+    assert o["ttft_growth_s_per_s"] == pytest.approx(o["offered_requests_per_s"] / o["served_requests_per_s"] - 1,
+                                                     rel=0.35)
+    _, text, _ = run(capsys, SERVE + ["--rate", "20"])
+    warning = [line for line in text.splitlines() if "WARNING" in line]
+    assert len(warning) == 1 and "exceeds the fleet's capacity" in warning[0] and "req/s" in warning[0]
+    # a stable load: TTFT does not grow, no warning
+    _, out, _ = run(capsys, SERVE + ["--rate", "4", "--json"])
+    o = json.loads(out)["overload"]
+    assert o["overloaded"] is False and abs(o["ttft_growth_s_per_s"]) < 0.01
+    _, text, _ = run(capsys, SERVE + ["--rate", "4"])
+    assert "WARNING" not in text
+
+
+def test_overload_is_off_for_closed_loops():
+    from simulator.serving.workload import LengthDist, ServingWorkload
+    from ui.cli.serve import overload
+    wl = ServingWorkload(concurrency=4, prompt_len=LengthDist.parse("8"), output_len=LengthDist.parse("8"))
+    assert overload([], wl) is None
+
+
+def test_prompt_beyond_the_context_is_refused(capsys):
+    code, out, err = run(capsys, SERVE + ["--rate", "1", "--prompt-len", "200000"])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "exceeds llama3-8b's context of 8,192 tokens" in err and "--prompt-len" in err
+
+
+def test_latency_columns_fit_their_values(capsys):
+    """TTFT of tens of seconds (in ms) used to run into the next column."""
+    from ui.cli.serve import _latency_table
+    stats = {"mean": 123456.7, "p50": 9876543.2, "p90": 0.001, "p99": None}
+    lines = _latency_table({k: stats for k in ("ttft_s", "tpot_s", "itl_s", "e2e_s", "queue_s")})
+    for line in lines:
+        assert len(line.split()) == (6 if line.strip().startswith("latency") else 5), line
+    assert len({len(line) for line in lines}) == 1  # right-aligned columns: equal widths
+    assert "9,876,543,200.0" in lines[1] and lines[1].endswith(" -")
+
+
+def test_one_flag_name_per_meaning(capsys, tmp_path):
+    """--chrome-trace writes a trace in every command; --trace reads one (simulate serve). The old
+    --trace of simulate train still writes, for one release, with a note on stderr."""
+    base = ["simulate", "train", "--model", "llama2-13b", "--cluster", "dgx-a100", "--plan", "tp=8",
+            "--seq-len", "4096", "--global-batch", "8", "--engine", "des"]
+    new, old = tmp_path / "new.json", tmp_path / "old.json"
+    code, out, err = run(capsys, base + ["--chrome-trace", str(new)])
+    assert code == 0 and err == "" and f"Chrome trace written to {new}" in out and new.exists()
+    code, out, err = run(capsys, base + ["--trace", str(old), "--json"])
+    assert code == 0 and json.loads(out)["chrome_trace"] == str(old) and old.exists()
+    assert err == ("clusterplan: note: --trace is deprecated and will be removed in the next release; use "
+                   "--chrome-trace (--trace names a workload trace to read, as in simulate serve)\n")
+    assert json.loads(old.read_text())["traceEvents"]
+    # an error stays one line, without the note
+    code, _, err = run(capsys, base + ["--trace", str(tmp_path / "no" / "x.json")])
+    assert code == 2 and err.count("\n") == 1
+    serve_trace = tmp_path / "serve.json"
+    code, out, _ = run(capsys, SERVE + ["--rate", "2", "--requests", "20", "--chrome-trace", str(serve_trace)])
+    assert code == 0 and f"Chrome trace written to {serve_trace}" in out and serve_trace.exists()
+
+
+def test_version_and_bare_command(capsys):
+    from importlib.metadata import version
+    code, out, err = run(capsys, ["--version"])
+    assert code == 0 and err == ""
+    assert out == f"clusterplan {version('clusterplan')} (kernel tables: aiconfigurator-core 0.12.0)\n"
+    code, out, err = run(capsys, [])
+    assert code == 0 and err == "" and out.startswith("usage: clusterplan")
+    for command in ("catalog", "simulate", "plan", "validate", "ui"):
+        assert command in out
+
+
+def _write_config(folder, **cfg):
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+MIXTRAL_LIKE = {"model_type": "mixtral", "num_hidden_layers": 4, "hidden_size": 512, "num_attention_heads": 8,
+                "num_key_value_heads": 2, "intermediate_size": 1024, "vocab_size": 32000,
+                "num_local_experts": 8, "num_experts_per_tok": 2, "max_position_embeddings": 4096}
+
+
+def test_catalog_models_shows_a_parsed_model(capsys, tmp_path):
+    from simulator.models import load_model
+    folder = _write_config(tmp_path / "mixtral-like", **MIXTRAL_LIKE)
+    code, out, _ = run(capsys, ["catalog", "models", "--model", str(folder)])
+    assert code == 0
+    fields = {line[:18].strip(): line[18:].strip() for line in out.splitlines()}
+    assert fields["layers"] == "4" and fields["hidden size"] == "512" and fields["attention heads"] == "8"
+    assert fields["KV heads"] == "2" and fields["experts"] == "8 (top 2)" and fields["context"] == "4,096 tokens"
+    m = load_model(str(folder))
+    assert fields["parameters"] == f"{m.num_params / 1e9:.2f} B"
+    code, out, _ = run(capsys, ["catalog", "models", "--model", str(folder), "--json"])
+    d = json.loads(out)
+    assert (d["layers"], d["hidden"], d["heads"], d["kv_heads"], d["experts"]) == (4, 512, 8, 2, 8)
+    assert d["params"] == m.num_params
+    code, _, err = run(capsys, ["catalog", "devices", "--model", str(folder)])
+    assert code == 2 and "--model applies to `catalog models`" in err
+
+
+@pytest.mark.parametrize("cfg, fragment", [
+    ({"model_type": "mamba2", "hidden_size": 2560, "num_hidden_layers": 64, "vocab_size": 50280},
+     "architecture 'mamba2' is not supported (supported:"),
+    ({k: v for k, v in MIXTRAL_LIKE.items() if k != "intermediate_size"}, "missing key 'intermediate_size'"),
+])
+def test_model_folder_and_refused_configs_on_the_command_line(capsys, tmp_path, cfg, fragment):
+    """--model DIR reads DIR/config.json (Hugging Face tools do); an unsupported architecture or
+    a config without intermediate_size is refused in one line naming it."""
+    folder = _write_config(tmp_path / "m", **cfg)
+    code, out, err = run(capsys, ["catalog", "models", "--model", str(folder)])
+    assert code == 2 and out == "" and err.count("\n") == 1 and fragment in err, err
+
+
+def test_model_folder_on_the_command_line(capsys, tmp_path):
+    folder = _write_config(tmp_path / "m", **MIXTRAL_LIKE)
+    code, out, err = run(capsys, ["simulate", "train", "--model", str(folder), "--cluster", "dgx-h100",
+                                  "--plan", "tp=1", "--seq-len", "1024", "--global-batch", "8", "--json"])
+    assert code == 0 and json.loads(out)["fits"]
+
+
+@pytest.mark.parametrize("argv", [
+    TRAIN[:9] + ["tp=8 pp=8"] + TRAIN[10:],
+    SERVE[:7] + ["tp=2 replicas=2"] + SERVE[8:] + ["--rate", "1"],
+    ["plan", "train", "--model", "llama3-8b", "--cluster", "dgx-h100", "--seq-len", "8", "--global-batch", "8",
+     "--fix", "tp=8 pp=8"],
+])
+def test_plan_keys_separated_by_spaces(capsys, argv):
+    code, out, err = run(capsys, argv)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "separate plan keys with commas" in err and ("'tp=8,pp=8'" in err or "'tp=2,replicas=2'" in err), err
+
+
+def test_memory_is_in_gib_in_every_header(capsys):
+    """An 80 GiB H100 used to read "HBM GB 86"; GiB is the convention of every output."""
+    code, out, _ = run(capsys, ["catalog", "devices"])
+    header, _, *rows = out.splitlines()
+    assert "HBM GiB" in header and "HBM GB " not in header
+    h100 = next(r for r in rows if r.startswith("h100-sxm "))
+    col = header.index("HBM GiB") + len("HBM GiB")
+    assert h100[:col].split()[-1] == "80"
+    _, out, _ = run(capsys, ["catalog", "devices", "--json"])
+    d = next(r for r in json.loads(out) if r["name"] == "h100-sxm")
+    assert d["hbm_gib"] == pytest.approx(80) and d["hbm_bytes"] == 80 * 2 ** 30 and "hbm_gb" not in d
+    _, out, _ = run(capsys, TRAIN)
+    assert "GiB" in out and " GB" not in out
+
+
+def test_heterogeneous_plan_suggests_replica_nodes(capsys):
+    argv = ["plan", "train", "--model", "llama3-405b", "--cluster", "dgx-h100:4,dgx-a100:4", "--seq-len", "4096",
+            "--global-batch", "64"]
+    code, out, err = run(capsys, argv)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "no replica of 1 node(s) fits" in err and "--replica-nodes 2" in err, err
+
+
+def test_validate_profile_prints_a_table():
+    from ui.cli.validate import format_profile
+    meta = {"device_name": "cpu", "threads": 1, "torch": "2.4", "profile_seconds": 3.0,
+            "tables": {"gemm.csv": 12, "attention.csv": 4}}
+    text = format_profile(meta, "validation/data/profiles/x")
+    assert "{" not in text and "'" not in text
+    lines = text.splitlines()
+    assert lines[2].split() == ["table", "rows"] and lines[4].split() == ["gemm.csv", "12"]

@@ -49,7 +49,7 @@ KINDS = ("plan train", "simulate train", "simulate serve", "plan serve")
 SPEC_KEYS = ("name", "description", "kind", "seed", "fixed", "grid", "cells")
 # Flags that are not sweep options: output files (they would collide between cells), the output
 # format, and the executor of the command itself (a cell runs on one worker).
-_NOT_OPTIONS = {"help", "json", "trace@simulate train", "chrome_trace@simulate serve",
+_NOT_OPTIONS = {"help", "json", "chrome_trace@simulate train", "chrome_trace@simulate serve",
                 "executor", "jobs", "ray_address"}
 _FILE_OPTIONS = ("model", "cluster", "trace")  # values that may name a file: its content is hashed
 # Row columns that depend on where and when a cell ran, not on its inputs: left out when two

@@ -323,10 +323,17 @@ def compare(profile_dir: str, runs_dir: str) -> dict:
             "notes": notes}
 
 
+def _shown(path: str) -> str:
+    """A folder as the text report shows it: relative to the working directory when inside it
+    (no machine-specific prefix), else absolute; --json keeps the absolute path."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def format_report(rep: dict) -> str:
     lines = [f"predicted vs measured on {rep['device']} ({rep['threads']} thread(s) per process), "
              f"model {rep['model']}",
-             f"profile {rep['profile']}", f"runs    {rep['runs']}", "",
+             f"profile {_shown(rep['profile'])}", f"runs    {_shown(rep['runs'])}", "",
              f"{'case':<16}{'predicted':>13}{'measured':>13}{'p10..p90':>21}{'error':>9}"]
     for c in rep["cases"]:
         lines.append(f"{c['name']:<16}{c['predicted'] * 1e3:10.2f} ms{c['measured'] * 1e3:10.2f} ms"

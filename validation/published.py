@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hwmodels.clusters import load_cluster
 from hwmodels.errors import InputError
+from hwmodels.fileio import write_text_atomic
 from simulator.analytic import estimate
 from simulator.models import load_model, megatron_gpt
 from simulator.regimes import REGIMES_FILE, regime_key
@@ -246,5 +247,5 @@ if __name__ == "__main__":  # python -m validation.published --regimes: rewrite 
     import sys
     if sys.argv[1:] != ["--regimes"]:
         sys.exit("usage: python -m validation.published --regimes")
-    REGIMES_FILE.write_text(regimes_document(published_report()))
+    write_text_atomic(REGIMES_FILE, regimes_document(published_report()))
     print(f"wrote {REGIMES_FILE}")

@@ -40,7 +40,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="clusterplan", description="Cluster simulator and parallelism planner for LLM training and serving.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p.add_argument("--version", action="store_true",
+                   help="print the versions of clusterplan and its kernel tables")
+    # not required: a bare `clusterplan` prints the command list (run())
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
     # The groups, in the order `clusterplan --help` lists them.
     cat = sub.add_parser("catalog", help="list devices, clusters or models")
     sim = sub.add_parser("simulate", help="simulate one plan")
@@ -62,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.version:
+        print(version_line())
+        return 0
+    if args.command is None:
+        # A bare `clusterplan` asks what the tool does: the command list on stdout with exit
+        # code 0, as --help (stderr and exit 2 stay reserved for one-line errors).
+        parser.print_help()
+        return 0
     doc, text = args.func(args)
     if getattr(args, "json", False):
         doc = json_safe(doc)
@@ -71,7 +82,15 @@ def run(argv: list[str] | None = None) -> int:
         sys.stdout.write("\n")
     else:
         print(text)
+    for note in getattr(args, "deprecation_notes", None) or []:
+        print(f"clusterplan: note: {note}", file=sys.stderr)
     return 0
+
+
+def version_line() -> str:
+    """`clusterplan --version`: this package's version and that of the measured kernel tables."""
+    p = provenance()
+    return f"clusterplan {p['clusterplan']} (kernel tables: {p['kernel_tables']})"
 
 
 def provenance(seed=None) -> dict:

@@ -6,10 +6,11 @@ be valid (the parser turns that into `clusterplan: error: ...` and exit code 2):
 
     p.add_argument("--nodes", type=flags.integer("--nodes"))            # 1, 2, ...
     p.add_argument("--seed", type=flags.integer("--seed", lo=0))        # 0, 1, ...
-    p.add_argument("--slo-tpot", type=flags.duration("--slo-tpot"))     # 50ms -> 0.05 (seconds)
+    p.add_argument("--slo-tpot", type=flags.slo("--slo-tpot"))          # 50ms -> 0.05 (seconds)
     p.add_argument("--size", type=flags.size("--size"))                 # 256MiB -> 268435456 (bytes)
 
-Units are case-insensitive; a bare number is the base unit (seconds, bytes, tokens, USD).
+Units are case-insensitive; a bare number is the base unit (seconds, bytes, tokens, USD), except
+for latency targets (`slo`), which must carry their unit.
 """
 from __future__ import annotations
 
@@ -149,6 +150,17 @@ def duration(flag: str, zero: bool = True):
     return lambda text: parse_duration(text, flag, zero)
 
 
+def slo(flag: str):
+    """Seconds (float) from a latency target that carries its unit: 50ms, 2s, 1500us. A bare
+    number is refused: "--slo-tpot 50" read as seconds once meant a 50 ms intent held as 50 s."""
+    def conv(text: str) -> float:
+        m = _NUMBER_AND_UNIT.fullmatch(str(text))
+        if m and not m.group(2):
+            raise Error(f"{flag}={text!r} needs a unit: {m.group(1)}ms or {m.group(1)}s")
+        return parse_duration(text, flag, zero=False)
+    return conv
+
+
 def _si(flag: str, noun: str, example: str, prefix: str = ""):
     def conv(text: str) -> float:
         t = str(text).strip()
@@ -167,3 +179,23 @@ def count(flag: str):
 def money(flag: str):
     """An amount in USD with an optional $ and SI suffix: 50000, $50k, 1.5M."""
     return _si(flag, "an amount in USD", "50000, $50k or 1.5M", prefix="$")
+
+
+# ---- renamed flags ------------------------------------------------------------------------------
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of a renamed flag, kept for one release: it stores into the new flag's
+    `dest` and leaves a note (printed on stderr once the command succeeds, so that an error stays
+    one line). Use: p.add_argument("--trace", dest="chrome_trace", action=DeprecatedAlias,
+    new="--chrome-trace", help=argparse.SUPPRESS)."""
+
+    def __init__(self, option_strings, dest, new: str, why: str = "", **kw):
+        self.new, self.why = new, why
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        notes = getattr(namespace, "deprecation_notes", None) or []
+        notes.append(f"{option_string} is deprecated and will be removed in the next release; use {self.new}"
+                     + (f" ({self.why})" if self.why else ""))
+        namespace.deprecation_notes = notes

@@ -23,11 +23,32 @@ def register(groups) -> None:
     sim.add_argument("--plan", default="", help='e.g. "tp=4,replicas=4,max_batch=256,max_tokens=8192,'
                                                 'chunk=512" or "prefill_tp=2,prefill_replicas=2,'
                                                 'decode_tp=4,decode_replicas=1"')
-    load = sim.add_mutually_exclusive_group(required=True)
+    load = sim.add_mutually_exclusive_group()  # one of these, or --client bench-serving|aiperf
     load.add_argument("--rate", help="open loop: requests/s, or a schedule RATE:SECONDS,RATE:SECONDS")
     load.add_argument("--concurrency", type=flags.integer("--concurrency"),
                       help="closed loop: requests always in flight")
     load.add_argument("--trace", help="trace file: Azure LLM CSV, BurstGPT CSV or Mooncake JSONL")
+    sim.add_argument("--client", choices=["bench-serving", "aiperf", "closed-loop", "open-loop", "trace",
+                                          "trtllm-bench", "vllm-throughput", "sglang-offline"],
+                     help="benchmark client to simulate (simulator/serving/clients.py): bench-serving "
+                          "(vLLM/InferenceMAX benchmark_serving.py: --num-prompts, --max-concurrency, "
+                          "--random-range-ratio, --num-warmups; --rate = its --request-rate, default inf), "
+                          "aiperf (--concurrency, --requests = --request-count, --warmup-request-count); "
+                          "default: closed-loop / open-loop / trace from --concurrency / --rate / --trace; "
+                          "offline max throughput (simulator/serving/offline.py): trtllm-bench | "
+                          "vllm-throughput | sglang-offline (--requests all at t=0, the tool's own "
+                          "engine and limits, printed)")
+    sim.add_argument("--num-prompts", type=flags.integer("--num-prompts"),
+                     help="bench-serving: prompts to send (default 10 x --max-concurrency)")
+    sim.add_argument("--max-concurrency", type=flags.integer("--max-concurrency"),
+                     help="bench-serving: concurrency slots (an asyncio semaphore)")
+    sim.add_argument("--random-range-ratio", type=flags.fraction("--random-range-ratio"), default=1.0,
+                     help="bench-serving: lengths uniform in [ratio x len, len] (default 1 = fixed; "
+                          "InferenceMAX uses 0.8)")
+    sim.add_argument("--num-warmups", type=flags.integer("--num-warmups", lo=0), default=0,
+                     help="bench-serving: warm-up requests, drained before the measured run")
+    sim.add_argument("--warmup-request-count", type=flags.integer("--warmup-request-count", lo=0),
+                     help="aiperf: warm-up requests, drained before profiling (default 2 x --concurrency)")
     sim.add_argument("--prompt-len", help="1024 | uniform:LO:HI | normal:MEAN:STD | lognormal:MEAN:STD | exp:MEAN")
     sim.add_argument("--output-len", help="same syntax as --prompt-len")
     sim.add_argument("--requests", type=flags.integer("--requests"),
@@ -48,10 +69,19 @@ def register(groups) -> None:
                      choices=["round_robin", "least_outstanding", "kv_aware"])
     sim.add_argument("--no-prefix-caching", action="store_true")
     sim.add_argument("--kv-blocks", type=flags.integer("--kv-blocks"), help="pin the KV pool (blocks per replica)")
+    # engine policies (simulator/serving/policies.py) and the API-server stage (frontend.py)
+    sim.add_argument("--async-scheduling", choices=["on", "off"], help="vLLM --async-scheduling (default off)")
+    sim.add_argument("--overlap-scheduler", choices=["on", "off"], help="SGLang / TRT-LLM overlap scheduler (default on)")
+    sim.add_argument("--capacity-scheduler", choices=["guaranteed_no_evict", "max_utilization"],
+                     help="TRT-LLM capacity scheduler policy (default guaranteed_no_evict)")
+    sim.add_argument("--schedule-policy", choices=["fcfs", "lpm"], help="SGLang waiting-queue order (default fcfs)")
+    sim.add_argument("--chunked-prefill", choices=["on", "off"], help="chunked prefill (TRT-LLM default off)")
+    sim.add_argument("--frontend", default="off", choices=["off", "on", "measured", "published"],
+                     help="API-server stage: HTTP, tokenisation, detokenisation (on = measured)")
     sim.add_argument("--gpu-memory-utilization", type=flags.fraction("--gpu-memory-utilization"),
                      help="share of HBM the engine may use (vLLM default 0.9)")
-    sim.add_argument("--slo-ttft", type=flags.duration("--slo-ttft"), help="TTFT SLO, e.g. 2s")
-    sim.add_argument("--slo-tpot", type=flags.duration("--slo-tpot"), help="TPOT SLO, e.g. 50ms")
+    sim.add_argument("--slo-ttft", type=flags.slo("--slo-ttft"), help="TTFT SLO with its unit, e.g. 2s or 500ms")
+    sim.add_argument("--slo-tpot", type=flags.slo("--slo-tpot"), help="TPOT SLO with its unit, e.g. 50ms")
     sim.add_argument("--goodput-search", action="store_true",
                      help="also search the highest rate with >= 90%% of requests within both SLOs (DistServe)")
     sim.add_argument("--seed", type=flags.integer("--seed", lo=0), default=0)
@@ -73,8 +103,9 @@ def register(groups) -> None:
     p.add_argument("--prompt-len", required=True,
                    help="1024 | uniform:LO:HI | normal:MEAN:STD | lognormal:MEAN:STD | exp:MEAN")
     p.add_argument("--output-len", required=True, help="same syntax as --prompt-len")
-    p.add_argument("--slo-ttft", required=True, type=flags.duration("--slo-ttft"), help="TTFT SLO, e.g. 2s")
-    p.add_argument("--slo-tpot", required=True, type=flags.duration("--slo-tpot"), help="TPOT SLO, e.g. 50ms")
+    p.add_argument("--slo-ttft", required=True, type=flags.slo("--slo-ttft"),
+                   help="TTFT SLO with its unit, e.g. 2s or 500ms")
+    p.add_argument("--slo-tpot", required=True, type=flags.slo("--slo-tpot"), help="TPOT SLO with its unit, e.g. 50ms")
     p.add_argument("--slo-percentile", type=flags.integer("--slo-percentile"), default=90, choices=[50, 90, 99],
                    help="percentile of TTFT and TPOT held to the SLOs (default 90)")
     p.add_argument("--requests", type=flags.integer("--requests"), default=400,
@@ -104,11 +135,78 @@ def register(groups) -> None:
 
 # ---- simulate serve ---------------------------------------------------------------------------
 
+def _nominal(text, flag: str) -> int:
+    """A benchmark client's nominal length: a plain integer >= 1."""
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and v.is_integer() and v >= 1):
+        raise InputError(f"{flag} {text!r}: this client takes a nominal length, an integer >= 1")
+    return int(v)
+
+
+def _client_workload(args, client: str, slo: dict):
+    """--client bench-serving | aiperf: the workload that tool sends (simulator/serving/clients.py)."""
+    from simulator.serving.clients import aiperf, bench_serving
+    if args.trace or args.warmup or args.think_time or args.ramp_up or args.shared_prefix:
+        raise InputError(f"--client {client} sets its own arrivals and warm-up; drop --trace, --warmup, "
+                         f"--think-time, --ramp-up and --shared-prefix")
+    if args.prompt_len is None or args.output_len is None:
+        raise InputError(f"--client {client} needs --prompt-len and --output-len (nominal lengths)")
+    isl, osl = _nominal(args.prompt_len, "--prompt-len"), _nominal(args.output_len, "--output-len")
+    if client == "bench-serving":
+        if args.concurrency:
+            raise InputError("--client bench-serving takes --max-concurrency, not --concurrency")
+        rate = math.inf
+        if args.rate is not None:
+            try:
+                rate = float(args.rate)
+            except ValueError:
+                raise InputError(f"--rate {args.rate!r}: bench-serving takes one request rate (req/s) or inf") from None
+        if args.max_concurrency is None and args.num_prompts is None:
+            raise InputError("--client bench-serving needs --max-concurrency or --num-prompts")
+        return bench_serving(isl, osl, args.max_concurrency, args.num_prompts, request_rate=rate,
+                             random_range_ratio=args.random_range_ratio, num_warmups=args.num_warmups,
+                             seed=args.seed, **slo)
+    if args.rate is not None or args.max_concurrency or args.num_prompts:
+        raise InputError("--client aiperf takes --concurrency and --requests (its --request-count)")
+    if not args.concurrency:
+        raise InputError("--client aiperf needs --concurrency")
+    return aiperf(isl, osl, args.concurrency, args.requests, args.warmup_request_count,
+                  seed=args.seed, **slo)
+
+
+def _engine_options(args) -> tuple:
+    """The engine-policy flags given, as ServingPlan.engine_options pairs."""
+    opts = [(k, getattr(args, k)) for k in ("async_scheduling", "overlap_scheduler",
+                                            "capacity_scheduler", "schedule_policy")
+            if getattr(args, k, None) is not None]
+    if getattr(args, "chunked_prefill", None) is not None:
+        opts.append(("chunked_prefill", args.chunked_prefill == "on"))
+    return tuple(opts)
+
+
 def _workload(args):
     from simulator.serving.workload import LengthDist, RateSchedule, ServingWorkload, load_trace
-    kw = {"seed": args.seed, "warmup_requests": args.warmup,
-          "slo_ttft_s": args.slo_ttft if args.slo_ttft is not None else math.inf,
-          "slo_tpot_s": args.slo_tpot if args.slo_tpot is not None else math.inf}
+    slo = {"slo_ttft_s": args.slo_ttft if args.slo_ttft is not None else math.inf,
+           "slo_tpot_s": args.slo_tpot if args.slo_tpot is not None else math.inf}
+    client = getattr(args, "client", None)
+    if client in ("bench-serving", "aiperf"):
+        return _client_workload(args, client, slo)
+    if args.max_concurrency or args.num_prompts or args.num_warmups or args.warmup_request_count is not None:
+        raise InputError("--max-concurrency, --num-prompts, --num-warmups and --warmup-request-count "
+                         "belong to --client bench-serving / aiperf")
+    need = {"closed-loop": ("concurrency", "--concurrency"), "open-loop": ("rate", "--rate"),
+            "trace": ("trace", "--trace")}
+    if client is not None and getattr(args, need[client][0]) in (None, 0, ""):
+        raise InputError(f"--client {client} needs {need[client][1]}")
+    if client is not None and sum(bool(getattr(args, a)) for a, _ in need.values()) > 1:
+        raise InputError(f"--client {client}: give only {need[client][1]}")
+    if args.rate is None and not args.concurrency and not args.trace:
+        raise InputError("give one of --rate, --concurrency, --trace, or --client bench-serving|aiperf")
+    client = client or ("trace" if args.trace else "closed-loop" if args.concurrency else "open-loop")
+    kw = {"seed": args.seed, "warmup_requests": args.warmup, "client": client, **slo}
     if args.trace:
         if args.prompt_len or args.output_len:
             raise InputError("--trace gives the lengths; drop --prompt-len/--output-len")
@@ -163,17 +261,38 @@ def cmd_simulate_serve(args):
     model = load_model(args.model)
     cluster = load_cluster(args.cluster, nodes=args.nodes)
     cluster.device.peak(args.dtype)
-    plan = parse_serving_plan(args.plan, cluster, engine=args.engine, router=args.router,
-                              dtype=args.dtype, kv_dtype=args.kv_dtype,
-                              prefix_caching=not args.no_prefix_caching, kv_blocks=args.kv_blocks,
-                              gpu_memory_utilization=args.gpu_memory_utilization)
-    wl = _workload(args)
+    limits = None
+    if getattr(args, "client", None) in ("trtllm-bench", "vllm-throughput", "sglang-offline"):
+        from simulator.serving.offline import offline_setup  # offline max throughput (issue #22)
+        if args.rate is not None or args.concurrency or args.trace:
+            raise InputError(f"--client {args.client} queues every request at t=0; drop --rate/--concurrency/--trace")
+        plan, wl, limits = offline_setup(args.client, model, cluster, args.plan, args.prompt_len,
+                                         args.output_len, args.requests, args.dtype, args.kv_dtype,
+                                         args.seed, router=args.router, kv_blocks=args.kv_blocks)
+    else:
+        plan = parse_serving_plan(args.plan, cluster, engine=args.engine, router=args.router,
+                                  dtype=args.dtype, kv_dtype=args.kv_dtype,
+                                  prefix_caching=not args.no_prefix_caching, kv_blocks=args.kv_blocks,
+                                  gpu_memory_utilization=args.gpu_memory_utilization,
+                                  engine_options=_engine_options(args), frontend=args.frontend)
+        wl = _workload(args)
+    check_context(model, wl)
     sim = ServingSimulation(model, plan, wl, chrome_trace=bool(args.chrome_trace),
                             nodes_given=args.nodes is not None)
     report = sim.run()
     doc = report.to_dict()
     doc["model"] = model.name
     doc["cluster"] = cluster.name
+    if limits is not None:
+        doc["offline_limits"] = limits.to_dict()
+        doc["notes"] = doc.get("notes", []) + [
+            f"{limits.client}: max_batch_size {limits.max_batch_size}, max_num_tokens "
+            f"{limits.max_num_tokens}, chunked prefill {'on' if limits.chunked_prefill else 'off'} "
+            f"({limits.source})"]
+    if wl.slo_ttft_s == math.inf and wl.slo_tpot_s == math.inf:
+        # no SLO given: every request "meets" an infinite one; report nothing rather than 100%
+        doc["slo_attainment"] = doc["goodput_requests_per_s"] = None
+    doc["overload"] = overload(sim.requests, wl)
     if args.goodput_search:
         if wl.rate is None or not wl.rate.is_constant:
             raise InputError("--goodput-search needs a constant --rate to start from")
@@ -182,12 +301,71 @@ def cmd_simulate_serve(args):
         doc["distserve_goodput"] = max_goodput_rate(model, plan, wl, nodes_given=args.nodes is not None)
     if args.chrome_trace:
         write_json_atomic(args.chrome_trace, sim.chrome_trace())
+        doc["chrome_trace"] = args.chrome_trace
     return doc, format_serving(doc)
+
+
+def check_context(model, wl) -> None:
+    """Refuse lengths beyond the model's context, as `plan serve` does (planner.serve_search):
+    the engines refuse such requests (vLLM max_model_len)."""
+    from planner.serve_search import MAX_CONTEXT
+    ctx = model.max_position_embeddings or MAX_CONTEXT
+    if wl.trace is not None:
+        rows = wl.trace[:wl.num_requests]
+        prompt, output, fix = (sum(r[1] for r in rows) / len(rows), sum(r[2] for r in rows) / len(rows),
+                               "a trace of shorter requests")
+    else:
+        prompt, output, fix = wl.prompt_len.mean, wl.output_len.mean, "shorter --prompt-len/--output-len"
+    if prompt + output > ctx:
+        raise InputError(f"mean prompt ({prompt:,.0f}) + output ({output:,.0f}) = {prompt + output:,.0f} tokens "
+                         f"exceeds {model.name}'s context of {ctx:,} tokens (max_position_embeddings); use {fix}")
+
+
+# Growth of TTFT per second of arrivals above which a run is overloaded: a backlog growing by 5%
+# of the arrivals (a detection threshold on the simulated run, not a fitted constant).
+OVERLOAD_TTFT_GROWTH = 0.05
+MIN_REQUESTS_FOR_OVERLOAD = 20
+
+
+def overload(requests, wl) -> dict | None:
+    """Whether open-loop arrivals outran the fleet. Past saturation work arrives at λ and leaves
+    at μ, so under FIFO admission a request arriving at t waits for a backlog of (λ − μ)·t / μ
+    (the fluid approximation of an overloaded queue, Kleinrock, Queueing Systems vol. 2 §2.8):
+    the slope of TTFT against arrival time is λ/μ − 1, ~0 for a stable fleet.
+    Returns the offered and served rates and that slope; None for closed loops (they cannot
+    overload) and runs too short to tell."""
+    import numpy as np
+    if wl.closed_loop:
+        return None
+    done = [r for r in requests if r.id >= wl.warmup_requests and math.isfinite(r.finish_s)]
+    if len(done) < MIN_REQUESTS_FOR_OVERLOAD:
+        return None
+    t = np.array([r.arrival_s for r in done])
+    ttft = np.array([r.first_token_s - r.arrival_s for r in done])
+    span = float(t.max() - t.min())
+    if span <= 0:
+        return None
+    slope = float(np.polyfit(t - t.min(), ttft, 1)[0])
+    offered = (len(done) - 1) / span
+    served = len(done) / max(1e-12, max(r.finish_s for r in done) - float(t.min()))
+    return {"overloaded": slope > OVERLOAD_TTFT_GROWTH, "offered_requests_per_s": offered,
+            "served_requests_per_s": served, "ttft_growth_s_per_s": slope}
 
 
 def _ms(d: dict, key: str) -> str:
     v = d.get(key)
-    return "       -" if v is None else f"{v * 1e3:9.1f}"
+    return "-" if v is None else f"{v * 1e3:,.1f}"
+
+
+def _latency_table(d: dict) -> list[str]:
+    """The latency rows in ms, each column as wide as its widest value (1,234,567.8 ms included)."""
+    rows = [("latency (ms)", "mean", "p50", "p90", "p99")]
+    for label, key in (("TTFT", "ttft_s"), ("TPOT", "tpot_s"), ("ITL", "itl_s"), ("E2E", "e2e_s"),
+                       ("queueing", "queue_s")):
+        rows.append((label,) + tuple(_ms(d[key], k) for k in ("mean", "p50", "p90", "p99")))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return ["  " + r[0].ljust(widths[0]) + "".join("  " + c.rjust(w) for c, w in zip(r[1:], widths[1:]))
+            for r in rows]
 
 
 def format_serving(d: dict) -> str:
@@ -200,18 +378,17 @@ def format_serving(d: dict) -> str:
     lines = [f"model {d['model']} on {d['cluster']}: {reps}; engine {p['engine']}, router {p['router']}, "
              f"{p['dtype']} (KV {p['kv_dtype']})",
              f"workload {load}, {d['num_requests']} requests ({d['measured']} measured, "
-             f"{d['rejected']} rejected), seed {wl['seed']}", "",
-             f"  {'latency (ms)':<14}{'mean':>9}{'p50':>9}{'p90':>9}{'p99':>9}"]
-    for label, key in (("TTFT", "ttft_s"), ("TPOT", "tpot_s"), ("ITL", "itl_s"), ("E2E", "e2e_s"),
-                       ("queueing", "queue_s")):
-        s = d[key]
-        lines.append(f"  {label:<14}" + "".join(_ms(s, k) for k in ("mean", "p50", "p90", "p99")))
+             f"{d['rejected']} rejected), seed {wl['seed']}", ""]
+    lines += _latency_table(d)
+    if d.get("slo_attainment") is None:
+        goodput = "           -          (no SLO given: set --slo-ttft and/or --slo-tpot)"
+    else:
+        goodput = (f"{d['goodput_requests_per_s']:10.2f} req/s   (SLO attainment {d['slo_attainment'] * 100:.1f}%)")
     lines += ["",
               f"  throughput        {d['throughput_requests_per_s']:10.2f} req/s   "
               f"{d['throughput_tokens_per_s']:10.0f} output tok/s   "
               f"{d['tokens_per_s_per_device']:8.0f} tok/s/device",
-              f"  goodput           {d['goodput_requests_per_s']:10.2f} req/s   "
-              f"(SLO attainment {d['slo_attainment'] * 100:.1f}%)",
+              f"  goodput         {goodput}",
               f"  KV utilisation    mean {d['kv_utilization']['mean'] * 100:5.1f}%   "
               f"max {d['kv_utilization']['max'] * 100:5.1f}%   preemptions {d['preemptions']}   "
               f"prefix-cache hit rate {d['prefix_cache_hit_rate'] * 100:.1f}%"]
@@ -226,6 +403,13 @@ def format_serving(d: dict) -> str:
                      f"iterations {r['iterations']:>8}  preemptions {r['preemptions']}")
     for n in d["notes"]:
         lines.append(f"  note: {n}")
+    o = d.get("overload")
+    if o and o["overloaded"]:
+        lines.append(f"  WARNING: offered load {o['offered_requests_per_s']:.2f} req/s (as sampled) exceeds the "
+                     f"fleet's capacity (served {o['served_requests_per_s']:.2f} req/s; TTFT grows {o['ttft_growth_s_per_s']:.2f} s "
+                     f"per second of arrivals): lower --rate or add replicas")
+    if d.get("chrome_trace"):
+        lines.append(f"  Chrome trace written to {d['chrome_trace']} (open it in Perfetto)")
     return "\n".join(lines)
 
 

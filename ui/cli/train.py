@@ -3,7 +3,7 @@ engine or the DES, and the search that ranks every plan of a job on a cluster.
 
     clusterplan simulate train --model gpt3-175b --cluster dgx-a100 --nodes 128 \\
         --plan "tp=8,pp=8,mb=1,schedule=interleaved,vpp=2" --seq-len 2048 --global-batch 1536 \\
-        [--engine analytic|des] [--trace out.json] [--json]
+        [--engine analytic|des] [--chrome-trace out.json] [--json]
     clusterplan plan train --model llama3-70b --cluster dgx-h100 --nodes 128 --seq-len 8192 \\
         --global-batch 1024 [--top 10] [--objective throughput|cost|time-to-train] \\
         [--tokens 15T] [--deadline 30d] [--budget 2M] [--fix "tp=8,pp=2"] [--dtype bf16] [--json]
@@ -15,6 +15,7 @@ build the job with ui.jobs, as the dashboard does.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -52,7 +53,11 @@ def register(groups) -> None:
     tr.add_argument("--dtype", default="bf16", choices=DTYPES)
     tr.add_argument("--engine", default="analytic", choices=["analytic", "des"],
                     help="analytic closed forms, or the discrete-event simulation (simpy)")
-    tr.add_argument("--trace", metavar="FILE", help="DES: write a Chrome-trace JSON timeline (Perfetto)")
+    tr.add_argument("--chrome-trace", metavar="FILE", help="DES: write a Chrome-trace JSON timeline (Perfetto)")
+    # the old name, one release: --trace names an input trace elsewhere (simulate serve)
+    tr.add_argument("--trace", dest="chrome_trace", metavar="FILE", action=flags.DeprecatedAlias,
+                    new="--chrome-trace", why="--trace names a workload trace to read, as in simulate serve",
+                    help=argparse.SUPPRESS)
     tr.add_argument("--stragglers", metavar="SPEC",
                     help='DES: slow ranks, "RANK:FACTOR,..." or "random:FRACTION:FACTOR"')
     tr.add_argument("--full-ranks", action="store_true",
@@ -152,6 +157,8 @@ def format_estimate(est) -> str:
         lines.append(left + right)
     for n in d["notes"]:
         lines.append(f"  note: {n}")
+    if d.get("validation"):
+        lines.append(f"  trust: {d['validation']['note']}")
     return "\n".join(lines)
 
 
@@ -159,18 +166,26 @@ def cmd_simulate_train(args) -> tuple[object, str]:
     from simulator.analytic import estimate
     s = jobs.training_setup(args.model, args.cluster, args.plan, nodes=args.nodes, **jobs.job_options(args))
     job, cluster, plan = s.job, s.cluster, s.plan
-    if args.engine == "analytic" and (args.trace or args.stragglers or args.full_ranks):
-        raise InputError("--trace, --stragglers and --full-ranks need --engine des")
+    if args.engine == "analytic" and (args.chrome_trace or args.stragglers or args.full_ranks):
+        raise InputError("--chrome-trace, --stragglers and --full-ranks need --engine des")
     if args.engine == "des":
         from hwmodels.fileio import write_json_atomic
         from simulator.des import chrome_trace, parse_stragglers, simulate
         slow = parse_stragglers(args.stragglers, cluster.num_devices, args.seed) if args.stragglers else None
-        est, res = simulate(job, plan, cluster, slowdown=slow, full_ranks=args.full_ranks, trace=bool(args.trace))
-        if args.trace:
-            write_json_atomic(args.trace, chrome_trace(res, plan))
+        est, res = simulate(job, plan, cluster, slowdown=slow, full_ranks=args.full_ranks,
+                            trace=bool(args.chrome_trace))
+        if args.chrome_trace:
+            write_json_atomic(args.chrome_trace, chrome_trace(res, plan))
     else:
         est = estimate(job, plan, cluster)
     doc, text = est.to_dict(), format_estimate(est)
+    if args.engine == "des" and slow:
+        from simulator.faults import describe_stragglers, format_stragglers
+        doc["stragglers"] = describe_stragglers(slow, plan.tp, plan.cp, plan.dp, plan.pp)
+        text += "\n  " + format_stragglers(doc["stragglers"])
+    if args.chrome_trace:
+        doc["chrome_trace"] = args.chrome_trace
+        text += f"\n  Chrome trace written to {args.chrome_trace} (open it in Perfetto)"
     if args.run_steps:
         from simulator.faults import LLAMA3_FAILURES_PER_DEVICE_HOUR, simulate_goodput
         rate = LLAMA3_FAILURES_PER_DEVICE_HOUR if args.failure_rate is None else args.failure_rate
@@ -257,6 +272,13 @@ def cmd_plan_train(args) -> tuple[object, str]:
 
 # ---- plan train: text -----------------------------------------------------------------------
 
+def _validated(v: dict | None) -> str:
+    """The planner table's trust column: the regime's published MAPE, or "no" (simulator.regimes)."""
+    if not v:
+        return "-"
+    return f"yes {v['mape_pct']:.0f}%" if v["validated"] else "NO"
+
+
 def _dominant(bd: dict, step: float) -> str:
     k, v = max(bd.items(), key=lambda kv: kv[1])
     text = f"{k} {100 * v / step:.0f}%"
@@ -287,10 +309,10 @@ def format_result(res) -> str:
                      "mem": d["memory"]["peak_bytes"] / 2**30, "dom": _dominant(d["breakdown_s"], d["step_time_s"]),
                      "cost": d.get("cost_usd"),
                      "ttt": human_duration(d["time_to_train_s"]) if "time_to_train_s" in d else None,
-                     "dev": d["num_devices"]})
+                     "dev": d["num_devices"], "val": _validated(d.get("validation"))})
     cols = [("#", "rank", "d"), ("plan", "plan", ""), ("step s", "step", ".3f"), ("tokens/s", "tps", ",.0f"),
             ("TFLOP/s/dev", "tflops", ".1f"), ("MFU %", "mfu", ".1f"), ("mem GiB", "mem", ".1f"),
-            ("dominant term", "dom", "")]
+            ("validated", "val", ""), ("dominant term", "dom", "")]
     if res.objective.varies_nodes:
         cols.insert(2, ("devices", "dev", "d"))
     if res.objective.tokens is not None:

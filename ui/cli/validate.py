@@ -37,9 +37,16 @@ def cmd_profile(args):
     from validation.profiler import profile
     meta = profile(args.device, args.out, quick=args.quick, threads=args.threads, ranks=args.ranks,
                    log=_log(args.json))
-    text = (f"profile written to {args.out}: {meta['device_name']}, {meta['threads']} thread(s), "
-            f"torch {meta['torch']}, {meta['profile_seconds']} s; tables {meta['tables']}")
-    return meta, text
+    return meta, format_profile(meta, args.out)
+
+
+def format_profile(meta: dict, out: str) -> str:
+    """What `validate profile` wrote: the machine, then one row per table (file, rows)."""
+    from ui.cli.text import table
+    head = (f"profile written to {out}: {meta['device_name']}, {meta['threads']} thread(s), "
+            f"torch {meta['torch']}, {meta['profile_seconds']} s")
+    rows = [{"table": k, "rows": v} for k, v in meta["tables"].items()]
+    return head + "\n\n" + table(rows, [("table", "table", ""), ("rows", "rows", "d")])
 
 
 def _model(ref):
@@ -76,11 +83,17 @@ def cmd_serving(args):
     # Ray when asked for; locally, run_suite's own pool of --jobs workers.
     ex = executor_from_args(args) if args.executor == "ray" or args.ray_address else None
     try:
-        doc = run_suite(quick=args.quick, limit=args.limit, scope=args.scope, protocol=args.protocol,
-                        jobs=args.jobs, executor=ex)
+        doc = run_suite(quick=args.quick, limit=args.limit, scope=args.scope, client=args.client,
+                        jobs=args.jobs, executor=ex, max_row_tokens=args.max_row_tokens)
     finally:
         if ex is not None:
             ex.close()
+    return doc, format_report(doc, rows=args.rows)
+
+
+def cmd_throughput(args):
+    from validation.throughput import format_report, run_suite
+    doc = run_suite(limit=args.limit)
     return doc, format_report(doc)
 
 
@@ -135,11 +148,23 @@ def register(groups) -> None:
     sv = val.add_parser("serving", help="replay measured deployments (aiconfigurator-core silicon_sample.csv)")
     sv.add_argument("--quick", action="store_true", help="1 warm-up + 3 measured requests per client")
     sv.add_argument("--limit", type=flags.integer("--limit"), help="replay only the first N rows in scope")
-    sv.add_argument("--scope", default="dense", choices=["dense", "all"],
-                    help="dense: dense models on H100/H200 (default); all: adds MoE/MLA presets and B200/GB200")
-    sv.add_argument("--protocol", default="burst", choices=["burst", "staggered"],
-                    help="closed-loop start: all clients at t=0 (aiperf; default) or spread over one "
-                         "request lifetime (sensitivity check)")
+    sv.add_argument("--scope", default="all", choices=["dense", "all"],
+                    help="all: every row that can be modelled (default); dense: dense models, "
+                         "H100/H200, aggregated (the acceptance set)")
+    sv.add_argument("--client", default="auto", choices=["auto", "bench-serving", "aiperf"],
+                    help="benchmark client: auto = each row's own, from its data source (default); "
+                         "a name replays every row with that client (sensitivity check)")
+    sv.add_argument("--rows", action="store_true", help="print the per-row table too")
+    sv.add_argument("--max-row-tokens", type=flags.integer("--max-row-tokens"), default=1_048_576,
+                    help="skip rows outside the dense H100/H200 set whose measured phase generates "
+                         "more output tokens (10*C*osl; replay time grows with them; the default keeps "
+                         "the suite within a minute on 2 cores; 10485760 replays 2,670 rows in ~5 min)")
     add_executor_flags(sv)
     sv.add_argument("--json", action="store_true")
     sv.set_defaults(func=cmd_serving)
+
+    th = val.add_parser("throughput", help="offline max throughput vs TensorRT-LLM v0.14's published "
+                                           "trtllm-bench table (AIConfigurator 0.12 beside)")
+    th.add_argument("--limit", type=flags.integer("--limit"), help="replay only the first N rows")
+    th.add_argument("--json", action="store_true")
+    th.set_defaults(func=cmd_throughput)
