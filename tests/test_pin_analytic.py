@@ -54,3 +54,32 @@ def test_overlap_hides_the_steady_state_transfers():
 def test_no_pipeline_no_p2p():
     est, *_ = _case(True, "tp=8", nodes=1)
     assert est.breakdown_s["pp_comm"] == 0.0
+
+
+def test_optimizer_step_reads_each_ranks_shard_of_dense_and_expert_parameters():
+    """ZeRO ≥ 1: a rank steps its 1/(dp·cp) shard of the dense and its 1/(dp·cp/ep) shard of the
+    expert parameters, 28 bytes per parameter through HBM (fused Adam)."""
+    from hwmodels.clusters import load_cluster
+    from hwmodels.kernels import kernel_model
+    from simulator.analytic import ADAM_BYTES_PER_PARAM, _dp_terms
+    from simulator.memory import placement, stage_params
+    from simulator.models import load_model
+    model, cl = load_model("mixtral-8x7b"), load_cluster("dgx-h100", nodes=2)
+    d = _dp_terms(model, cl, "bf16", "1f1b", 1, 1, 1, 8, 16, 1, 1, False, {})
+    dense, expert = stage_params(model, placement(model, "1f1b", 1, 1), 1, 8)
+    local = float(dense[0]) / 16 + float(expert[0]) / 2
+    assert d["optimizer"][0] == pytest.approx(kernel_model("h100-sxm", "bf16").memory_s(local * ADAM_BYTES_PER_PARAM))
+
+
+def test_offloaded_optimizer_shares_host_dram_between_the_nodes_gpus():
+    """ZeRO-Offload (Ren et al. 2021): gradients down and parameters up over PCIe at 25 GB/s, CPU
+    Adam at the node's 409.6 GB/s DRAM bandwidth shared by its 8 GPUs."""
+    from hwmodels.clusters import load_cluster
+    from simulator.analytic import _dp_terms
+    from simulator.memory import placement, stage_params
+    from simulator.models import load_model
+    model, cl = load_model("llama3-8b"), load_cluster("dgx-a100", nodes=1)
+    d = _dp_terms(model, cl, "bf16", "1f1b", 1, 1, 1, 1, 8, 1, 1, True, {})
+    dense, _ = stage_params(model, placement(model, "1f1b", 1, 1), 1, 1)
+    local = float(dense[0]) / 8
+    assert d["optimizer"][0] == pytest.approx(local * 4 / 25e9 + local * 28 / (409.6e9 / 8))
