@@ -64,3 +64,64 @@ def test_borrowed_kernel_efficiency_borrows_the_sustained_clock():
     a40, a80 = kernel_model("a100-sxm-40g"), kernel_model("a100-sxm-80g")
     assert a40.sustained_factor == pytest.approx(a80.sustained_factor) and a80.sustained_factor < 0.95
     assert a40.gemm_s(8192, 8192, 8192) == pytest.approx(a80.gemm_s(8192, 8192, 8192), rel=1e-6)
+
+
+# ---- --software on the command line (ui.jobs builds the job for the CLI and the dashboard) --------
+
+LLAMA = ["--model", "llama2-7b", "--cluster", "dgx-a100", "--nodes", "1", "--seq-len", "4096",
+         "--global-batch", "64", "--json"]
+
+
+def _sim(capsys, *extra):
+    import json
+
+    from ui.cli import main
+    code = main(["simulate", "train", *LLAMA, *extra])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_software_flag_takes_the_profiles_settings_and_plan_keys(capsys):
+    """llm-foundry runs FSDP FULL_SHARD (zero=3) with the Triton flash port: both reach the job,
+    and each moves the step the way its mechanism says (Triton FA slower than FA2; ZeRO-3 adds
+    parameter gathers)."""
+    plain = _sim(capsys)
+    lf = _sim(capsys, "--software", "llm-foundry")
+    assert lf["software"]["name"] == "llm-foundry" and "software" not in plain
+    assert lf["plan"]["zero"] == 3 and plain["plan"]["zero"] != 3
+    assert lf["step_time_s"] > 1.05 * plain["step_time_s"]
+    # the user's flag wins over the profile: FA2 instead of the Triton port is faster
+    fa2 = _sim(capsys, "--software", "llm-foundry", "--attention-kernel", "fa2")
+    assert fa2["plan"]["zero"] == 3 and fa2["step_time_s"] < 0.97 * lf["step_time_s"]
+    # and a plan key the user gives wins over the profile's plan default
+    z1 = _sim(capsys, "--software", "llm-foundry", "--plan", "zero=1")
+    assert z1["plan"]["zero"] == 1
+
+
+def test_software_flag_for_megatron_2021_is_its_unfused_attention(capsys):
+    """megatron-lm-2021 = unfused attention with dropout and no gradient overlap, as giving those
+    flags one by one, and also no overlap of the distributed optimizer's parameter all-gather
+    (no flag of its own): a little slower than the flags alone, never faster."""
+    sw = _sim(capsys, "--software", "megatron-lm-2021")
+    flags = _sim(capsys, "--attention", "unfused", "--dropout", "on", "--grad-overlap", "off")
+    assert flags["step_time_s"] < sw["step_time_s"] < 1.02 * flags["step_time_s"]
+    assert sw["step_time_s"] > 1.1 * _sim(capsys)["step_time_s"]
+
+
+def test_plan_train_with_a_software_profile_searches_its_fixed_keys_only(capsys):
+    import json
+
+    from ui.cli import main
+    code = main(["plan", "train", *LLAMA, "--software", "llm-foundry", "--top", "5"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    plans = json.loads(out)["plans"]
+    assert plans and all(p["plan"]["zero"] == 3 and p["plan"]["tp"] == 1 and p["plan"]["pp"] == 1 for p in plans)
+
+
+def test_unknown_software_flag_is_one_line_exit_2(capsys):
+    from ui.cli import main
+    code = main(["simulate", "train", *LLAMA, "--software", "deepspeed-0.1"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "deepspeed-0.1" in err and "llm-foundry" in err

@@ -10,7 +10,7 @@ The option names are the CLI flags' (`--grad-overlap` -> grad_overlap) and the d
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hwmodels.clusters import Cluster, load_cluster
 from hwmodels.errors import InputError
@@ -19,9 +19,17 @@ from simulator.ops import check_supported
 from simulator.training import TrainingJob, TrainingPlan, parse_plan, validate_plan
 
 ATTENTION = ("flash", "unfused")
-# The user-facing options of a training job, with their defaults (TrainingJob's where it has one).
-JOB_OPTIONS = {"seq_len": None, "global_batch": None, "dtype": "bf16", "attention": "flash",
-               "dropout": True, "grad_overlap": True, "tp_overlap": False, "p2p_overlap": False}
+# The user-facing options of a training job. None: not given, so the software profile's setting
+# (`software`, simulator.software) or else OPTION_DEFAULTS applies.
+JOB_OPTIONS = {"seq_len": None, "global_batch": None, "dtype": "bf16", "attention": None,
+               "attention_kernel": None, "dropout": None, "grad_overlap": None, "tp_overlap": None,
+               "p2p_overlap": None, "software": None}
+# What an option not given and not set by a software profile is (Megatron-LM's defaults).
+OPTION_DEFAULTS = {"attention": "flash", "attention_kernel": "fa2", "dropout": True, "grad_overlap": True,
+                   "tp_overlap": False, "p2p_overlap": False}
+# option name -> TrainingJob field
+_JOB_FIELD = {"attention_kernel": "attention_kernel", "dropout": "dropout", "grad_overlap": "overlap_grad_reduce",
+              "tp_overlap": "overlap_tp_comm", "p2p_overlap": "overlap_p2p_comm"}
 
 
 @dataclass(frozen=True)
@@ -38,16 +46,49 @@ def job_options(source) -> dict:
 
 
 def training_job(model: ModelSpec | str, seq_len: int, global_batch: int, dtype: str = "bf16",
-                 attention: str = "flash", dropout: bool = True, grad_overlap: bool = True,
-                 tp_overlap: bool = False, p2p_overlap: bool = False) -> TrainingJob:
-    """A TrainingJob of `model` (a ModelSpec, or a preset name / config.json / YAML path)."""
-    if attention not in ATTENTION:
+                 attention: str | None = None, attention_kernel: str | None = None,
+                 dropout: bool | None = None, grad_overlap: bool | None = None,
+                 tp_overlap: bool | None = None, p2p_overlap: bool | None = None,
+                 software: str | None = None) -> TrainingJob:
+    """A TrainingJob of `model` (a ModelSpec, or a preset name / config.json / YAML path). Options
+    left None take the software profile's setting when `software` names one, else OPTION_DEFAULTS;
+    an option given always wins over the profile."""
+    if attention is not None and attention not in ATTENTION:
         raise InputError(f"attention={attention!r}; valid: {', '.join(ATTENTION)}")
     if isinstance(model, str):
         model = load_model(model)
-    return TrainingJob(model=model, seq_len=seq_len, global_batch=global_batch, dtype=dtype,
-                       flash_attention=attention == "flash", dropout=dropout, overlap_grad_reduce=grad_overlap,
-                       overlap_tp_comm=tp_overlap, overlap_p2p_comm=p2p_overlap)
+    given = {"attention_kernel": attention_kernel, "dropout": dropout, "grad_overlap": grad_overlap,
+             "tp_overlap": tp_overlap, "p2p_overlap": p2p_overlap}
+    explicit = {_JOB_FIELD[k]: v for k, v in given.items() if v is not None}
+    if attention is not None:
+        explicit["flash_attention"] = attention == "flash"
+    base = {_JOB_FIELD[k]: OPTION_DEFAULTS[k] for k in given}
+    job = TrainingJob(model=model, seq_len=seq_len, global_batch=global_batch, dtype=dtype,
+                      flash_attention=OPTION_DEFAULTS["attention"] == "flash", **base)
+    if software is not None:
+        from simulator.software import apply_software
+        return apply_software(job, software, **explicit)
+    return replace(job, **explicit)
+
+
+def software_plan(plan: str, software: str | None) -> str:
+    """`plan` with the keys the software always fixes (a profile's plan_defaults, e.g. FSDP's
+    zero=3) added where the plan string does not give them: what the user wrote wins."""
+    if not software:
+        return plan
+    from simulator.software import get_software
+    given = {item.split("=", 1)[0].strip().lower() for item in plan.split(",") if "=" in item}
+    extra = [f"{k}={v}" for k, v in get_software(software).plan_defaults.items() if k not in given]
+    return ",".join([*extra, plan] if plan.strip() else extra)
+
+
+def software_fix(fix: dict, software: str | None) -> dict:
+    """A plan search's fixed keys (planner.search.parse_fix form) with the software's plan_defaults
+    added where the user fixed nothing."""
+    if not software:
+        return fix
+    from simulator.software import get_software
+    return {**{k: (v,) for k, v in get_software(software).plan_defaults.items()}, **fix}
 
 
 def training_setup(model: ModelSpec | str, cluster: Cluster | str, plan: str | None = None,
@@ -65,7 +106,7 @@ def training_setup(model: ModelSpec | str, cluster: Cluster | str, plan: str | N
     cluster.device.peak(job.dtype)  # the device must support the dtype
     if plan is None:
         return TrainingSetup(job, cluster, None)
-    p = parse_plan(plan, cluster.num_devices)
+    p = parse_plan(software_plan(plan, options.get("software")), cluster.num_devices)
     validate_plan(p, job, cluster.num_devices, cluster.devices_per_node)
     check_supported(job.model, p)
     return TrainingSetup(job, cluster, p)

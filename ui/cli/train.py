@@ -29,16 +29,30 @@ DTYPES = ["bf16", "fp16", "fp8", "fp4"]
 
 
 def add_job_flags(p) -> None:
-    """The user-facing options of a training job (ui.jobs.JOB_OPTIONS) as flags."""
-    p.add_argument("--attention", default="flash", choices=list(jobs.ATTENTION),
-                   help="flash (fused) or unfused attention kernels (Megatron-LM 2021)")
-    p.add_argument("--grad-overlap", type=flags.on_off("--grad-overlap"), default=True,
-                   help="overlap DP gradient reduction with backward (on|off)")
-    p.add_argument("--tp-overlap", type=flags.on_off("--tp-overlap"), default=False,
-                   help="pipeline TP collectives with their GEMMs, needs sp=on (TE userbuffers; on|off)")
-    p.add_argument("--p2p-overlap", type=flags.on_off("--p2p-overlap"), default=False,
-                   help="overlap pipeline send/recv with compute (on|off; off = blocking sends)")
-    p.add_argument("--dropout", type=flags.on_off("--dropout"), default=True, help="dropout layers present (on|off)")
+    """The user-facing options of a training job (ui.jobs.JOB_OPTIONS) as flags. A flag not given
+    stays None: the --software profile's setting applies, else ui.jobs.OPTION_DEFAULTS."""
+    from hwmodels.kernels import ATTENTION_KERNELS
+    from simulator.software import PROFILES
+    d = jobs.OPTION_DEFAULTS
+    on = {True: "on", False: "off"}
+    p.add_argument("--software", choices=list(PROFILES), default=None,
+                   help="the training software whose settings the job takes (attention kernel, overlaps, "
+                        "dropout, FSDP's zero=3); flags given below win over it")
+    p.add_argument("--attention", default=None, choices=list(jobs.ATTENTION),
+                   help=f"flash (fused) or unfused attention kernels (Megatron-LM 2021); default {d['attention']}")
+    p.add_argument("--attention-kernel", default=None, choices=list(ATTENTION_KERNELS),
+                   help=f"which flash kernel: FlashAttention-2 class, FA1, or the Triton port; "
+                        f"default {d['attention_kernel']}")
+    p.add_argument("--grad-overlap", type=flags.on_off("--grad-overlap"), default=None,
+                   help=f"overlap DP gradient reduction with backward (on|off; default {on[d['grad_overlap']]})")
+    p.add_argument("--tp-overlap", type=flags.on_off("--tp-overlap"), default=None,
+                   help="pipeline TP collectives with their GEMMs, needs sp=on (TE userbuffers; on|off; "
+                        f"default {on[d['tp_overlap']]})")
+    p.add_argument("--p2p-overlap", type=flags.on_off("--p2p-overlap"), default=None,
+                   help="overlap pipeline send/recv with compute (on|off, off = blocking sends; "
+                        f"default {on[d['p2p_overlap']]})")
+    p.add_argument("--dropout", type=flags.on_off("--dropout"), default=None,
+                   help=f"dropout layers present (on|off; default {on[d['dropout']]})")
 
 
 def register(groups) -> None:
@@ -179,6 +193,9 @@ def cmd_simulate_train(args) -> tuple[object, str]:
     else:
         est = estimate(job, plan, cluster)
     doc, text = est.to_dict(), format_estimate(est)
+    if args.software:
+        doc["software"], line = _software_line(args.software)
+        text += "\n" + line
     if args.engine == "des" and slow:
         from simulator.faults import describe_stragglers, format_stragglers
         doc["stragglers"] = describe_stragglers(slow, plan.tp, plan.cp, plan.dp, plan.pp)
@@ -247,7 +264,7 @@ def cmd_plan_train(args) -> tuple[object, str]:
     from hwmodels.clusters import load_cluster
     from planner.search import Objective, parse_fix, plan_heterogeneous, search
     job = jobs.training_job(args.model, **jobs.job_options(args))
-    fix = parse_fix(args.fix)
+    fix = jobs.software_fix(parse_fix(args.fix), args.software)
     groups = _groups(args.cluster)
     if groups is not None:
         if args.nodes:
@@ -267,7 +284,20 @@ def cmd_plan_train(args) -> tuple[object, str]:
                      time_limit_s=args.time_limit, gap=args.gap)
     finally:
         bar.close()
-    return res.to_dict(), format_result(res)
+    doc, text = res.to_dict(), format_result(res)
+    if args.software:
+        doc["software"], line = _software_line(args.software)
+        text += "\n" + line
+    return doc, text
+
+
+def _software_line(name: str) -> tuple[dict, str]:
+    """The software profile a job took its settings from: its JSON entry and a text line."""
+    from simulator.software import get_software
+    sw = get_software(name)
+    fixed = ",".join(f"{k}={v}" for k, v in sw.plan_defaults.items())
+    return ({"name": sw.name, "description": sw.description, "source": sw.source, "plan_defaults": sw.plan_defaults},
+            f"  software: {sw.name} ({sw.description}{'; fixes ' + fixed if fixed else ''})")
 
 
 # ---- plan train: text -----------------------------------------------------------------------
