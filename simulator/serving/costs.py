@@ -18,7 +18,12 @@ that sample a token. Every duration comes from the shared cost layer:
 - communication: `collective_s` (TP all-reduce, EP all-to-all, PP send/recv); TP all-reduces
   small enough for the engine's custom all-reduce kernel (vLLM/SGLang custom_all_reduce,
   TensorRT-LLM one-/two-shot AllReduce, all inside CUDA graphs) take its measured time when
-  the profile adapter offers `load_custom_allreduce_table(system, framework)`.
+  the profile adapter offers `load_custom_allreduce_table(system, framework)`. The custom
+  kernel runs only where the engine enables it (`custom_allreduce_eligible`): TensorRT-LLM
+  needs every pair of the TP group NVLink-connected (else NCCL), vLLM and SGLang need full
+  NVLink connectivity beyond two GPUs; TensorRT-LLM's TensorRT-engine flow (0.x, the
+  `trtllm-bench` of `offline.py`) also falls back to NCCL above its IPC workspace
+  (`trt_engine_allreduce_workspace_bytes`).
 Pipeline stages run one after another for a batch (no overlap of consecutive batches across
 stages: a pessimistic bound for pp > 1).
 
@@ -42,6 +47,38 @@ from simulator.precision import ACT_BYTES
 from simulator.serving.scheduler import Batch
 
 
+# Scale-up tiers whose every GPU pair is joined by NVLink (through NVSwitch); an NVLink bridge joins
+# pairs only, and PCIe joins none.
+NVLINK_ALL_PAIRS = ("nvswitch",)
+# Tiers without NVLink that vLLM/SGLang still treat as fully connected peers (xGMI / HCCS meshes).
+FULLY_CONNECTED_NON_NVLINK = ("infinity-fabric", "hccs")
+
+
+def custom_allreduce_eligible(cluster: Cluster, tp: int, engine: str) -> bool:
+    """Whether the engine runs its own (one-/two-shot) all-reduce kernel on this TP group.
+    TensorRT-LLM: only if every pair of the group is NVLink-connected, otherwise NCCL
+    (cpp/tensorrt_llm/plugins/ncclPlugin/allreducePlugin.cpp selectImplementation: "isAuto &&
+    !mIsNVLINKSupported -> NCCL"; same rule in cpp/tensorrt_llm/thop/allreduceOp.cpp).
+    vLLM / SGLang: disabled on more than two GPUs that are not fully connected
+    (vllm/distributed/device_communicators/custom_all_reduce.py CustomAllreduce.__init__;
+    sglang/srt/distributed/device_communicators/custom_all_reduce.py)."""
+    if tp < 2 or tp > cluster.devices_per_node:
+        return False
+    kind = cluster.tiers[0].kind
+    nvlink = kind in NVLINK_ALL_PAIRS or (kind == "nvlink-bridge" and tp == 2)
+    if engine == "trtllm":
+        return nvlink
+    return nvlink or kind in FULLY_CONNECTED_NON_NVLINK or tp == 2
+
+
+def trt_engine_allreduce_workspace_bytes(tp: int) -> float:
+    """Largest message the TensorRT-engine flow's custom all-reduce takes; larger ones go to NCCL
+    (cpp/tensorrt_llm/common/customAllReduceUtils.h getMaxRequiredWorkspaceSize, TRT-LLM 0.x:
+    16 MB for up to two ranks, 8 MB otherwise; selectImplementation: "messageSize >
+    maxWorkspace -> NCCL")."""
+    return 16e6 if tp <= 2 else 8e6
+
+
 def _grid(x: int) -> tuple[int, int]:
     """Neighbouring points of a geometric grid with 16 points per octave (exact below 32)."""
     if x <= 32:
@@ -56,8 +93,11 @@ class IterationCost:
     contiguous ranks), experts over `ep`, GEMMs at `dtype`, KV cache at `kv_dtype`."""
 
     def __init__(self, model: ModelSpec, cluster: Cluster, tp: int = 1, pp: int = 1, ep: int = 1,
-                 dtype: str = "bf16", kv_dtype: str | None = None, engine: str = "vllm"):
+                 dtype: str = "bf16", kv_dtype: str | None = None, engine: str = "vllm",
+                 custom_ar_max_bytes: float | None = None):
         self.model, self.cluster = model, cluster
+        # largest TP all-reduce the custom kernel takes (None: the measured table's own range)
+        self.custom_ar_max_bytes = custom_ar_max_bytes
         self.tp, self.pp, self.ep = tp, pp, ep
         self.dtype = dtype
         self.kv_dtype = kv_dtype or ("bf16" if dtype in ("fp8", "fp4") else dtype)
@@ -87,7 +127,7 @@ class IterationCost:
                 self._decode_table = None
         self._custom_ar = None
         loader = getattr(profiles, "load_custom_allreduce_table", None)
-        if loader is not None and tp > 1 and dev.kernel_profile and tp <= cluster.devices_per_node:
+        if loader is not None and dev.kernel_profile and custom_allreduce_eligible(cluster, tp, engine):
             self._custom_ar = loader(dev.kernel_profile, engine)
         self._decode_scale = 1.0
         if self._decode_table is not None and src is not dev:
@@ -130,7 +170,8 @@ class IterationCost:
     def tp_allreduce_s(self, nbytes: float) -> float:
         """One TP all-reduce: the engine's custom kernel where measured for this size, else NCCL
         (`collective_s`) — engines switch to NCCL above their custom kernel's size limit."""
-        if self._custom_ar is not None:
+        if self._custom_ar is not None and (self.custom_ar_max_bytes is None
+                                            or nbytes <= self.custom_ar_max_bytes):
             t = self._custom_ar.time_s(self.tp, nbytes)
             if t is not None:
                 return t
@@ -241,6 +282,6 @@ class IterationCost:
 @lru_cache(maxsize=64)
 def iteration_cost(model: ModelSpec, cluster: Cluster, tp: int = 1, pp: int = 1, ep: int = 1,
                    dtype: str = "bf16", kv_dtype: str | None = None,
-                   engine: str = "vllm") -> IterationCost:
+                   engine: str = "vllm", custom_ar_max_bytes: float | None = None) -> IterationCost:
     """A shared `IterationCost` per replica shape, so its caches survive across simulations."""
-    return IterationCost(model, cluster, tp, pp, ep, dtype, kv_dtype, engine)
+    return IterationCost(model, cluster, tp, pp, ep, dtype, kv_dtype, engine, custom_ar_max_bytes)

@@ -26,7 +26,7 @@ from hwmodels.clusters import Cluster
 from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
 from simulator.models import ModelSpec
-from simulator.serving.costs import iteration_cost
+from simulator.serving.costs import iteration_cost, trt_engine_allreduce_workspace_bytes
 from simulator.serving.frontend import Frontend, frontend_costs
 from simulator.serving.kv_cache import KVCache, kv_bytes_per_token, kv_pool
 from simulator.serving.metrics import MetricsRecorder, ServingReport, build_report
@@ -79,6 +79,9 @@ class ServingPlan:
     # (("async_scheduling", "on"),) or (("capacity_scheduler", "max_utilization"),)
     engine_options: tuple = ()
     frontend: str = "off"  # API-server stage (simulator/serving/frontend.py): off | measured | published
+    # TensorRT-LLM's TensorRT-engine flow (0.x, `trtllm-bench build` + `throughput`): its custom
+    # all-reduce takes messages up to its IPC workspace only (costs.trt_engine_allreduce_workspace_bytes)
+    trt_engine: bool = False
 
     @property
     def disaggregated(self) -> bool:
@@ -185,8 +188,9 @@ class Replica:
         self.group, self.cluster, self.offset, self.cfg = group, cluster, offset, cfg
         self.role = group.role
         model, plan = sim.model, sim.plan
+        ar_max = trt_engine_allreduce_workspace_bytes(group.tp) if plan.trt_engine else None
         self.costs = iteration_cost(model, cluster, group.tp, group.pp, group.ep, plan.dtype,
-                                    plan.kv_dtype, cfg.engine)
+                                    plan.kv_dtype, cfg.engine, ar_max)
         self.pool = kv_pool(model, cluster.device, group.tp, group.pp, group.ep, plan.dtype,
                             self.costs.kv_dtype, cfg.memory_policy, cfg.memory_fraction,
                             cfg.block_size, cfg.max_num_batched_tokens, cfg.max_num_seqs,

@@ -145,6 +145,9 @@ def offline_plan_options(limits: OfflineLimits) -> dict:
         # chunked context on, chunks up to the token budget; KV at kv_cache_percent
         opts["chunk"] = opts["max_tokens"]
         opts["gpu_memory_utilization"] = TRTLLM_BENCH_KV_PERCENT
+        # trtllm-bench 0.14 builds and runs a TensorRT engine (bench/build/build.py: LLM(...)
+        # .save(engine_dir)), whose AllreducePlugin has the 0.x custom all-reduce workspace
+        opts["trt_engine"] = True
     return opts
 
 

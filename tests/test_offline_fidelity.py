@@ -1,0 +1,115 @@
+"""Mechanisms behind the offline max-throughput replay (#22): which TP all-reduce kernel each
+engine runs, checked against the engines' sources, and a switch-off check for each (the test
+fails when the mechanism is removed)."""
+from __future__ import annotations
+
+import pytest
+
+from hwmodels.clusters import load_cluster
+from hwmodels.collectives import collective_s
+from simulator.models import load_model
+from simulator.serving import costs, offline
+from simulator.serving.costs import (IterationCost, custom_allreduce_eligible,
+                                     trt_engine_allreduce_workspace_bytes)
+from simulator.serving.engine import ReplicaGroup, ServingPlan, ServingSimulation
+
+L70 = load_model("llama3.1-70b")
+H100 = load_cluster("dgx-h100")
+L40S = load_cluster("l40s-server")
+
+
+def _nccl(cluster, tp, nbytes):
+    return collective_s(cluster, "all_reduce", tp, 1, nbytes)
+
+
+# ---- custom all-reduce only where the engine enables it -----------------------------------------
+
+def test_trtllm_custom_allreduce_needs_nvlink_as_allreduce_plugin():
+    """allreducePlugin.cpp selectImplementation: AUTO without NVLink between every pair -> NCCL.
+    NVSwitch nodes qualify at any TP; PCIe (L40S, A100 PCIe) never; an NVLink bridge joins pairs."""
+    assert custom_allreduce_eligible(H100, 8, "trtllm")
+    assert custom_allreduce_eligible(H100, 2, "trtllm")
+    assert not custom_allreduce_eligible(L40S, 2, "trtllm")
+    assert not custom_allreduce_eligible(L40S, 8, "trtllm")
+    assert not custom_allreduce_eligible(load_cluster("pcie-a100"), 4, "trtllm")
+    assert not custom_allreduce_eligible(H100, 1, "trtllm")
+    assert not custom_allreduce_eligible(H100, 16, "trtllm")  # beyond one node: NCCL
+
+
+def test_vllm_custom_allreduce_on_pcie_only_for_two_gpus():
+    """vLLM CustomAllreduce.__init__: disabled on more than two GPUs that are not fully connected;
+    two PCIe GPUs with P2P keep it."""
+    assert custom_allreduce_eligible(L40S, 2, "vllm")
+    assert not custom_allreduce_eligible(L40S, 4, "vllm")
+    assert custom_allreduce_eligible(H100, 8, "sglang")
+
+
+def test_trtllm_on_pcie_runs_nccl_not_the_measured_custom_kernel():
+    """Switch-off check: L40S has a measured TRT-LLM custom all-reduce table, but TRT-LLM runs
+    NCCL on PCIe, so the layer's all-reduce is the NCCL time; the table's time differs by > 3%."""
+    ic = IterationCost(L70, L40S, 4, dtype="fp8", kv_dtype="fp8", engine="trtllm")
+    nbytes = 384 * L70.hidden_size * 2  # one decode batch of 384, 16-bit activations
+    assert ic._custom_ar is None
+    assert ic.tp_allreduce_s(nbytes) == pytest.approx(_nccl(L40S, 4, nbytes), rel=1e-9)
+    from hwmodels import profiles
+    table = profiles.load_custom_allreduce_table("l40s", "trtllm")
+    assert table is not None
+    t_custom = table.time_s(4, nbytes)
+    assert abs(t_custom / _nccl(L40S, 4, nbytes) - 1) > 0.03
+
+
+def test_nvlink_small_message_uses_custom_kernel():
+    """On NVSwitch the one-shot kernel beats NCCL on small messages (measured tables): the
+    layer's all-reduce takes the custom time, several times below NCCL's latency floor."""
+    ic = IterationCost(L70, H100, 8, engine="trtllm")
+    nbytes = 8 * L70.hidden_size * 2
+    assert ic.tp_allreduce_s(nbytes) < 0.7 * _nccl(H100, 8, nbytes)
+
+
+# ---- TensorRT-engine flow: custom kernel only within its IPC workspace --------------------------
+
+def test_trt_engine_workspace_as_custom_allreduce_utils():
+    """customAllReduceUtils.h getMaxRequiredWorkspaceSize (0.x): 16 MB up to 2 ranks, else 8 MB."""
+    assert trt_engine_allreduce_workspace_bytes(2) == 16e6
+    assert trt_engine_allreduce_workspace_bytes(4) == 8e6
+    assert trt_engine_allreduce_workspace_bytes(8) == 8e6
+
+
+def test_trt_engine_falls_back_to_nccl_above_workspace():
+    """Switch-off check: with the workspace limit a 2048-token prefill all-reduce at tp=8
+    (33.5 MB > 8 MB) is NCCL's time; a 4 MB one stays on the custom kernel."""
+    lim = trt_engine_allreduce_workspace_bytes(8)
+    ic = IterationCost(L70, H100, 8, engine="trtllm", custom_ar_max_bytes=lim)
+    free = IterationCost(L70, H100, 8, engine="trtllm")
+    big = 2048 * L70.hidden_size * 2
+    small = 4e6
+    assert ic.tp_allreduce_s(big) == pytest.approx(_nccl(H100, 8, big), rel=1e-9)
+    assert ic.tp_allreduce_s(small) == pytest.approx(free.tp_allreduce_s(small), rel=1e-9)
+    # without the limit the measured (TRT-LLM 1.x, 64 MiB workspace) kernel time is used
+    assert free._custom_ar.time_s(8, big) is not None
+    assert free.tp_allreduce_s(big) == pytest.approx(free._custom_ar.time_s(8, big), rel=1e-9)
+
+
+def test_trtllm_bench_plan_is_a_trt_engine_and_reaches_the_cost_model():
+    """trtllm-bench (0.14) builds a TensorRT engine: its plan carries trt_engine, the replica's
+    cost model gets the 0.x workspace limit; vllm-throughput does not."""
+    lim = offline.offline_limits("trtllm-bench", L70, H100.device, 8, 1, 1000, 1000, "fp8", "fp8")
+    opts = offline.offline_plan_options(lim)
+    assert opts["trt_engine"] is True
+    v = offline.offline_limits("vllm-throughput", L70, H100.device, 8, 1, 1000, 1000, "fp8", "fp8")
+    assert "trt_engine" not in offline.offline_plan_options(v)
+    plan = ServingPlan((ReplicaGroup(H100, 8, 1, 1, 1),), dtype="fp8", kv_dtype="fp8",
+                       prefix_caching=False, **opts)
+    sim = ServingSimulation(L70, plan, offline.offline_workload(4, 128, 4))
+    assert sim.replicas[0].costs.custom_ar_max_bytes == 8e6
+    plain = ServingPlan((ReplicaGroup(H100, 8, 1, 1, 1),), dtype="fp8", kv_dtype="fp8",
+                        engine="trtllm", prefix_caching=False)
+    assert ServingSimulation(L70, plain, offline.offline_workload(4, 128, 4)).replicas[0].costs \
+        .custom_ar_max_bytes is None
+
+
+def test_iteration_cost_cache_keys_on_the_workspace_limit():
+    """The shared cost cache must not hand a TRT-engine replica the unlimited cost model."""
+    a = costs.iteration_cost(L70, H100, 8, 1, 1, "fp8", "fp8", "trtllm", None)
+    b = costs.iteration_cost(L70, H100, 8, 1, 1, "fp8", "fp8", "trtllm", 8e6)
+    assert a is not b and b.custom_ar_max_bytes == 8e6
