@@ -42,8 +42,9 @@ from simulator import schedules
 from simulator.analytic import estimate, step_terms
 from simulator.memory import memory_parts, placement, stage_memory, stage_params
 from simulator.ops import check_supported
-from simulator.training import (RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, cp_splits_seq, ep_splits_experts,
-                                layer_plan, layers_split, parse_plan, tp_splits_model)
+from simulator.training import (EVEN, RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, cp_splits_seq,
+                                ep_splits_experts, layer_plan, layers_split, parse_plan, split_keys, tp_splits_model,
+                                uneven_candidates)
 
 OBJECTIVES = ("throughput", "cost", "time-to-train")
 FIX_KEYS = ("dp", "tp", "pp", "cp", "ep", "mb", "vpp", "zero", "recompute", "schedule", "sp", "offload",
@@ -119,7 +120,8 @@ def _fix_text(fix: dict) -> str:
 
 # Columns of the table of scored candidates (one row per plan that fits).
 COLUMNS = ("nodes", "dp", "tp", "pp", "cp", "ep", "mb", "vpp", "sched", "recompute", "sp", "zero",
-           "fsdp", "offload")
+           "fsdp", "offload", "first", "last", "pp_embed", "pp_loss")
+SPLIT_COLUMNS = ("first", "last", "pp_embed", "pp_loss")  # the uneven pipeline split (layout is not searched)
 
 
 def plan_of(row: dict) -> TrainingPlan:
@@ -127,7 +129,8 @@ def plan_of(row: dict) -> TrainingPlan:
                         ep=int(row["ep"]), sp=bool(row["sp"]), zero=int(row["zero"]),
                         fsdp=bool(row["fsdp"]), mb=int(row["mb"]), vpp=int(row["vpp"]),
                         recompute=RECOMPUTE[int(row["recompute"])], schedule=schedules.names()[int(row["sched"])],
-                        offload=bool(row["offload"]))
+                        offload=bool(row["offload"]), first=int(row.get("first", 0)), last=int(row.get("last", 0)),
+                        pp_embed=bool(row.get("pp_embed", False)), pp_loss=bool(row.get("pp_loss", False)))
 
 
 @dataclass
@@ -232,15 +235,14 @@ class _Enumerator:
                         continue
                     yield tp, pp, cp, dp
 
-    def sched_dom(self, pp: int) -> list[tuple[int, int]]:
-        """(schedule index, vpp) pairs searched on pp stages: each schedule's `vpp_options`, or
-        the vpp values --fix lists."""
+    def sched_dom(self, pp: int) -> list[tuple[int, int, tuple]]:
+        """(schedule index, vpp, pipeline split) triples searched on pp stages (`schedule_domain`)."""
         dom = self._sched_dom.get(pp)
         if dom is None:
-            L, dom = self.model.num_layers, []
+            dom = []
             for c in self.sched_codes:
-                vs = self.fix["vpp"] if "vpp" in self.fix else schedules.get(self.names[c]).vpp_options(L, pp)
-                dom += [(c, v) for v in vs]
+                dom += [(c, v, split) for v, split in
+                        schedule_domain(self.model.num_layers, self.names[c], pp, self.fix.get("vpp"))]
             self._sched_dom[pp] = dom
         return dom
 
@@ -267,7 +269,7 @@ class _Enumerator:
             if not cp_splits_seq(S, cp):
                 c.bad("cp must split seq-len into 2·cp chunks", s_mesh)
                 continue
-            if not layers_split(m, pp):
+            if not layers_split(m, pp) and all(split == EVEN for _, _, split in self.sched_dom(pp)):
                 c.bad("pp·vpp must divide layers", s_mesh)
                 continue
             for ep in self.ep_dom:
@@ -301,28 +303,28 @@ class _Enumerator:
                     return f"{name} group must fit the devices ({name}·stride <= devices)"
         return ""
 
-    def _sched_entries(self, pp: int, m: int, s_sched: int) -> list[tuple[int, int, tuple | None]]:
-        """Valid (schedule, vpp) entries with the rule that prunes them, if any (invalid ones are
-        counted)."""
+    def _sched_entries(self, pp: int, m: int, s_sched: int) -> list[tuple[int, int, tuple, tuple | None]]:
+        """Valid (schedule, vpp, split) entries with the rule that prunes them, if any (invalid ones
+        are counted)."""
         ok = []
-        for code, v, why, rule in self._sched_classes(pp, m):
+        for code, v, split, why, rule in self._sched_classes(pp, m):
             if why:
                 self.counts.bad(why, s_sched)
             else:
-                ok.append((code, v, rule))
+                ok.append((code, v, split, rule))
         return ok
 
-    def _sched_classes(self, pp: int, m: int) -> list[tuple[int, int, str, tuple | None]]:
-        """(schedule, vpp, why invalid, pruning rule) on pp stages with m micro-batches: validity
-        from `simulator.training.layers_split` and `Schedule.check`, pruning from the schedule's
-        hints (`same_when_pp1`, `dominated_by`)."""
+    def _sched_classes(self, pp: int, m: int) -> list[tuple[int, int, tuple, str, tuple | None]]:
+        """(schedule, vpp, split, why invalid, pruning rule) on pp stages with m micro-batches:
+        validity from `simulator.training.layers_split` (uneven splits are valid by construction)
+        and `Schedule.check`, pruning from the schedule's hints (`same_when_pp1`, `dominated_by`)."""
         out = self._classes.get((pp, m))
         if out is not None:
             return out
         out = self._classes[pp, m] = []
-        for code, v in self.sched_dom(pp):
+        for code, v, split in self.sched_dom(pp):
             sched = schedules.get(self.names[code])
-            why = "" if layers_split(self.model, pp * v) else "pp·vpp must divide layers"
+            why = "" if split != EVEN or layers_split(self.model, pp * v) else "pp·vpp must divide layers"
             why = why or _label(sched.check(pp, v, m))
             rule = None
             if "schedule" in self.fix:
@@ -331,7 +333,7 @@ class _Enumerator:
                 rule = ("duplicate", sched.same_when_pp1)
             elif sched.dominated_by:
                 rule = ("dominated", sched.dominated_by)
-            out.append((code, v, why, rule))
+            out.append((code, v, split, why, rule))
         return out
 
     def _unsupported(self, tp: int, sp: bool) -> str:
@@ -349,12 +351,12 @@ class _Enumerator:
         B, dpn = job.global_batch, self.cluster.devices_per_node
         n_rc, n_zo = len(self.rc_dom), len(self.zo_main)
         # ---- a-rows: (mb, schedule, vpp, recompute, sp) that pass divisibility and rules ----
-        rows = []  # (mb, schedule, v, rc, sp)
+        rows = []  # (mb, schedule, v, rc, sp, first, last, pp_embed, pp_loss)
         for mb in self.mb_dom:
             if B % (dp * mb):
                 c.bad("global batch must be a multiple of dp·mb", s_mb)
                 continue
-            for code, v, rule in self._sched_entries(pp, B // (dp * mb), s_sched):
+            for code, v, split, rule in self._sched_entries(pp, B // (dp * mb), s_sched):
                 for sp in self.sp_dom:
                     if sp and tp == 1:
                         c.bad("sp needs tp > 1", n_rc * self.zo_size)
@@ -376,14 +378,15 @@ class _Enumerator:
                     for bucket, why in self.zo_rule:
                         c.rule(bucket, why, n_rc)
                     for rc in self.rc_dom:
-                        rows.append((mb, code, v, rc, sp))
+                        rows.append((mb, code, v, rc, sp) + split[:4])
         if not rows or not n_zo:
             return None
         # ---- every (a-row, zero/offload variant) as one batch of plans, a-row major ----
         a = np.array(rows, dtype=np.int64)[np.repeat(np.arange(len(rows)), n_zo)]
         zo = np.tile(np.array(self.zo_main, dtype=np.int64), (len(rows), 1))
         batch = PlanBatch.columns(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, mb=a[:, 0], schedule=a[:, 1], vpp=a[:, 2],
-                                  recompute=a[:, 3], sp=a[:, 4], zero=zo[:, 0], fsdp=zo[:, 1], offload=zo[:, 2])
+                                  recompute=a[:, 3], sp=a[:, 4], zero=zo[:, 0], fsdp=zo[:, 1], offload=zo[:, 2],
+                                  first=a[:, 5], last=a[:, 6], pp_embed=a[:, 7], pp_loss=a[:, 8])
         # ---- memory first: the engine's memory model on every candidate ----
         mem = memory_parts(job, batch)
         peak = mem.max_peak_bytes
@@ -411,7 +414,24 @@ class _Enumerator:
                 "cp": const(cp), "ep": const(ep), "mb": col(fit.mb), "vpp": col(fit.vpp),
                 "sched": col(fit.schedule), "recompute": col(fit.recompute), "sp": col(fit.sp),
                 "zero": col(fit.zero), "fsdp": col(fit.fsdp), "offload": col(fit.offload),
+                **{k: col(getattr(fit, k)) for k in SPLIT_COLUMNS},
                 "step_s": step, "peak_bytes": peak[ok], "peak_stage": mem.peak_stage[ok]}
+
+
+def schedule_domain(num_layers: int, schedule: str, pp: int, vpp_fix=None) -> list[tuple[int, tuple]]:
+    """(vpp, pipeline split) pairs searched for a schedule on pp stages: the schedule's
+    `vpp_options` with even stages; when pp does not divide the layers, the uneven splits
+    Megatron-Core runs (`simulator.training.uneven_candidates`) for each of its
+    `uneven_vpp_options`, if there are any (else the even entries, which validity then prunes).
+    `vpp_fix`: the vpp values --fix lists."""
+    sched = schedules.get(schedule)
+    if num_layers % pp and pp > 1:
+        vs = vpp_fix if vpp_fix is not None else sched.uneven_vpp_options(num_layers, pp)
+        uneven = [(v, split) for v in vs for split in uneven_candidates(num_layers, schedule, pp, v)]
+        if uneven:
+            return uneven
+    vs = vpp_fix if vpp_fix is not None else sched.vpp_options(num_layers, pp)
+    return [(v, EVEN) for v in vs]
 
 
 def space_size(job: TrainingJob, cluster: Cluster, fix: dict | None = None) -> int:
@@ -717,7 +737,7 @@ def _rank(result: SearchResult, top: int, group: str, partition: int, time_limit
             d["time_to_train_s"] = result.objective.tokens / est.tokens_per_s
             d["cost_usd"] = (price * est.num_devices * d["time_to_train_s"] / 3600
                              if price is not None else None)
-        if len(solves) < partition and plan.pp > 1:
+        if len(solves) < partition and plan.pp > 1 and plan.pp * plan.vpp <= job.model.num_layers:
             part = ilp.partition_for_plan(job, plan, cl, time_limit_s=time_limit_s, gap=gap)
             d["partition"] = part.to_dict()
             solves.append(part)
@@ -845,7 +865,7 @@ def short_plan(plan: TrainingPlan) -> str:
     parts += [f"recompute={plan.recompute}", f"schedule={plan.schedule}"]
     parts += ["sp=on"] if plan.sp else []
     parts += ["offload=on"] if plan.offload else []
-    return ",".join(parts)
+    return ",".join(parts + split_keys(plan.split))
 
 
 # ---- heterogeneous device groups -------------------------------------------------------------

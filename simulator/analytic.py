@@ -16,11 +16,11 @@ from hwmodels.collectives import collective_s
 from hwmodels.kernels import kernel_model
 from simulator import schedules
 from simulator.memory import (as_row, by_mesh, cached, group, layer_terms_job, memo, named_rows, placement,
-                              plan_memory, stage_memory, stage_params, tokens_per_rank)
+                              placements, plan_memory, stage_memory, stage_params, tokens_per_rank)
 from simulator.ops import check_supported, layer_cost
 from simulator.precision import ACT_BYTES, WEIGHT_BYTES
 from simulator.regimes import validation_of
-from simulator.training import (RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, layer_plan, micro_batches,
+from simulator.training import (EVEN, RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, layer_plan, micro_batches,
                                 validate_plan)
 
 # Bytes a fused Adam step moves per parameter: read grad (2), master/m/v (12); write
@@ -134,11 +134,12 @@ def p2p_s(job: TrainingJob, cluster: Cluster, mb: int, tp: int, cp: int, dp: int
 
 
 def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: int, cp: int, ep: int,
-              dp: int, v: int, zero: int, offload: bool, cache: dict) -> dict:
+              dp: int, v: int, zero: int, offload: bool, cache: dict, split: tuple = EVEN) -> dict:
     """Per stage (arrays (p,)): gradient reduction (all-reduce, or reduce-scatter with ZeRO ≥ 1),
-    one pass of parameter all-gathers, gradient bytes, optimizer step seconds."""
+    one pass of parameter all-gathers, gradient bytes, optimizer step seconds (the stage's
+    layers as `placement` puts them, with the plan's pipeline split)."""
     km = kernel_model(cluster.device.name, dtype)
-    dense, expert = stage_params(model, placement(model, schedule, pp, v), tp, ep)
+    dense, expert = stage_params(model, placement(model, schedule, pp, v, split), tp, ep)
     dp_cp, expert_dp = dp * cp, max(1, dp * cp // ep)
     gb = 2  # bf16 gradient reduction (ZeRO §3: 2Ψ gradients)
 
@@ -283,8 +284,7 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
     ks = [cached(cache, ("kernel", tp, cp, ep, sp, mb, rc),
                  lambda: as_row(_kernel_terms(lj, cluster, tp, cp, ep, bool(sp), mb, rc))) for mb, rc, sp in kkeys]
     k = named_rows(ks, kinv)
-    pkeys, pinv = group(b.schedule, b.vpp)
-    pls = [placement(model, names[s], pp, v) for s, v in pkeys]
+    pkeys, pinv, pls = placements(model, b, pp)
     stack = lambda attr: np.stack([getattr(pl, attr) for pl in pls])[pinv]  # noqa: E731
     n_moe, n_layers = stack("n_moe"), stack("n_layers")
     frac = np.array([pl.fraction for pl in pls])[pinv][:, None]
@@ -314,16 +314,17 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
                         for mb, _, _ in kkeys])[kinv]
         vl = np.array([pl.chunks_per_stage for pl in pls])[pinv]
         if job.overlap_p2p_comm:  # only the fill and drain chains through every virtual stage wait
-            hops = np.array([schedules.get(names[s]).fill_drain_hops(p, v_) for s, v_ in pkeys])[pinv]
+            hops = np.array([schedules.get(names[s]).fill_drain_hops(p, v_) for s, v_, *_ in pkeys])[pinv]
             out["pp_comm"] = 2 * hops * p2p
         else:
             out["pp_comm"] = 2 * (m * vl + p - 1) * p2p
     # ---- data parallel / ZeRO and optimizer: the slowest stage's tail ----
-    dkeys, dinv = group(b.schedule, b.vpp, b.zero, b.offload)
+    dkeys, dinv = group(pinv, b.zero, b.offload)
     # keyed by placement: schedules that place layers alike share their DP terms
-    ds = [cached(cache, ("dp", pls[pkeys.index((s, v_))].chunk_ids, tp, pp, cp, ep, dp, z, off),
-                 lambda: _dp_terms(model, cluster, job.dtype, names[s], tp, pp, cp, ep, dp, v_, z, bool(off), cache))
-          for s, v_, z, off in dkeys]
+    ds = [cached(cache, ("dp", pls[k].chunk_ids, pls[k].chunk_layers, tp, pp, cp, ep, dp, z, off),
+                 lambda: _dp_terms(model, cluster, job.dtype, names[pkeys[k][0]], tp, pp, cp, ep, dp, pkeys[k][1], z,
+                                   bool(off), cache, b.split(int(np.argmax(pinv == k)))))
+          for k, z, off in dkeys]
     d = {name: np.stack([x[name] for x in ds])[dinv] for name in ds[0]}
     cols = b.take((slice(None), None))  # (n, 1) columns broadcast against (n, p) stages
     stages = StageArrays(d["grad"], d["gather"] * gather_passes(cols.zero, cols.recompute), d["grad_bytes"],
@@ -402,19 +403,20 @@ def step_costs(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) -> StepCo
     model, p, v = job.model, plan.pp, plan.vpp
     k = _kernel_terms(layer_terms_job(job), cluster, plan.tp, plan.cp, plan.ep, plan.sp, plan.mb,
                       RECOMPUTE.index(plan.recompute))
-    pl = placement(model, plan.schedule, p, v)
+    pl = placement(model, plan.schedule, p, v, plan.split)
     last_chunk = len(pl.chunk_moe) - 1
     d = _dp_terms(model, cluster, job.dtype, plan.schedule, plan.tp, p, plan.cp, plan.ep, plan.dp, v,
-                  plan.zero, plan.offload, memo("step", layer_terms_job(job), cluster))
+                  plan.zero, plan.offload, memo("step", layer_terms_job(job), cluster), plan.split)
     passes = float(gather_passes(plan.zero, RECOMPUTE.index(plan.recompute)))
     stages = []
     for st in range(p):
         chunks = []
         for c in pl.chunk_ids[st]:
             n_moe = pl.chunk_moe[c]
-            w = work(k, pl.per_chunk - n_moe, n_moe, float(c == 0), float(c == last_chunk))
+            n = pl.chunk_layers[c]
+            w = work(k, n - n_moe, n_moe, float(c == 0), float(c == last_chunk))
             chunks.append(ChunkCost(w["fwd"], w["bwd"], w["wgrad"], {g: w[f"fwd_{g}"] for g in COMM_GROUPS},
-                                    {g: w[f"bwd_{g}"] for g in COMM_GROUPS}, pl.per_chunk, pl.fraction))
+                                    {g: w[f"bwd_{g}"] for g in COMM_GROUPS}, n, pl.fraction))
         stages.append(StageCost(chunks, float(d["grad"][st]), float(d["gather"][st]) * passes,
                                 float(d["optimizer"][st]), float(d["grad_bytes"][st])))
     p2p = 0.0

@@ -14,7 +14,8 @@ import numpy as np
 from simulator import schedules
 from simulator.models import ModelSpec
 from simulator.precision import ACT_BYTES, GRAD_BYTES, OPTIMIZER_BYTES, WEIGHT_BYTES  # noqa: F401
-from simulator.training import RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, layer_plan, micro_batches
+from simulator.training import (EVEN, RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, chunk_layers, layer_plan,
+                                micro_batches)
 
 # NCCL buffers per communicator, observed on H100 (aiconfigurator-core 0.12.0 systems/h100_sxm.yaml
 # misc.nccl_mem: 342 MB for 2 GPUs, 392 MB for 4 and 8 GPUs).
@@ -28,12 +29,12 @@ FRAGMENTATION = 0.05
 
 def stage_layers(model: ModelSpec, plan: TrainingPlan, stage: int) -> list[int]:
     """Layer indices held by pipeline `stage`, chunk by chunk in the schedule's placement
-    (`simulator.schedules`: interleaved holds chunks stage, stage+pp, ...)."""
-    sched = schedules.get(plan.schedule)
-    per_chunk = model.num_layers // sched.model_chunks(plan.pp, plan.vpp)
+    (`simulator.schedules`: interleaved holds chunks stage, stage+pp, ...) and the plan's
+    pipeline split (`simulator.training.chunk_layers`)."""
+    pl = placement(model, plan.schedule, plan.pp, plan.vpp, plan.split)
     out: list[int] = []
-    for c in sched.chunk_ids(stage, plan.pp, plan.vpp):
-        out.extend(range(c * per_chunk, (c + 1) * per_chunk))
+    for c in pl.chunk_ids[stage]:
+        out.extend(pl.chunk_range(c))
     return out
 
 
@@ -99,7 +100,7 @@ class Placement:
     arrays have shape (p,)."""
 
     chunk_ids: tuple  # per stage, the model chunks it holds, in local order
-    per_chunk: int  # layers per model chunk
+    chunk_layers: tuple  # transformer layers of each model chunk (simulator.training.chunk_layers)
     chunk_moe: tuple  # MoE layers in each model chunk
     n_layers: np.ndarray
     n_moe: np.ndarray
@@ -110,19 +111,28 @@ class Placement:
     fraction: float  # share of the step's micro-batches passing through each local chunk
     chunks_per_stage: int
 
+    def chunk_range(self, c: int) -> range:
+        """Layer indices of model chunk c (chunks hold contiguous layers, in model order)."""
+        start = sum(self.chunk_layers[:c])
+        return range(start, start + self.chunk_layers[c])
+
 
 @lru_cache(maxsize=4096)
-def placement(model: ModelSpec, schedule: str, p: int, v: int) -> Placement:
+def placement(model: ModelSpec, schedule: str, p: int, v: int, split: tuple = EVEN) -> Placement:
+    """The schedule's chunks on p stages with the layers of `split` (`TrainingPlan.split`; the even
+    split by default) in each chunk."""
     sched = schedules.get(schedule)
     n_chunks = sched.model_chunks(p, v)
-    per_chunk = model.num_layers // n_chunks
-    moe = [model.is_moe_layer(i) for i in range(n_chunks * per_chunk)]
+    counts = chunk_layers(model.num_layers, schedule, p, v, split)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
+    placed = starts[-1]
+    moe = [model.is_moe_layer(i) for i in range(placed)]
     params = [model.layer_params(i) - (model.num_experts * model.expert_params() if moe[i] else 0)
-              for i in range(n_chunks * per_chunk)]
+              for i in range(placed)]
     chunk_ids = tuple(tuple(sched.chunk_ids(st, p, v)) for st in range(p))
-    layers = [[i for c in ids for i in range(c * per_chunk, (c + 1) * per_chunk)] for ids in chunk_ids]
+    layers = [[i for c in ids for i in range(starts[c], starts[c + 1])] for ids in chunk_ids]
     return Placement(
-        chunk_ids, per_chunk, tuple(sum(moe[c * per_chunk:(c + 1) * per_chunk]) for c in range(n_chunks)),
+        chunk_ids, counts, tuple(sum(moe[starts[c]:starts[c + 1]]) for c in range(n_chunks)),
         np.array([len(ls) for ls in layers], dtype=np.float64),
         np.array([sum(moe[i] for i in ls) for ls in layers], dtype=np.float64),
         np.array([float(sum(params[i] for i in ls)) for ls in layers]),
@@ -210,6 +220,18 @@ def _inflight_row(schedule: str, p: int, v: int, m: int) -> np.ndarray:
     return np.array([sched.inflight(p, v, m, st) for st in range(p)], dtype=np.float64)
 
 
+def placements(model: ModelSpec, b: PlanBatch, pp: int) -> tuple[list, np.ndarray, list]:
+    """The distinct (schedule, vpp, split) keys of a batch on pp stages, each plan's key index, and
+    each key's `Placement`."""
+    names = schedules.names()
+    pkeys, pinv = group(b.schedule, b.vpp, b.first, b.last, b.pp_embed, b.pp_loss, b.layout)
+    pls = []
+    for s, v, *_ in pkeys:
+        i = int(np.argmax(pinv == len(pls)))  # a plan with this key
+        pls.append(placement(model, names[s], pp, v, b.split(i)))
+    return pkeys, pinv, pls
+
+
 def group(*cols) -> tuple[list, np.ndarray]:
     """Distinct rows of integer columns (as tuples) and each row's index among them."""
     cols = [np.asarray(c, dtype=np.int64) for c in cols]
@@ -281,8 +303,7 @@ def memory_parts(job: TrainingJob, batch: PlanBatch) -> MemoryParts:
 def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: int, dp: int) -> dict:
     model, names, lj = job.model, schedules.names(), layer_terms_job(job)
     dp_cp, expert_dp = dp * cp, max(1, dp * cp // ep)
-    pkeys, pinv = group(b.schedule, b.vpp)
-    pls = [placement(model, names[s], pp, v) for s, v in pkeys]
+    pkeys, pinv, pls = placements(model, b, pp)
     per_pl = [stage_params(model, pl, tp, ep) for pl in pls]
     dense = np.stack([d for d, _ in per_pl])[pinv]
     expert = np.stack([e for _, e in per_pl])[pinv]

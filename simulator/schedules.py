@@ -89,6 +89,11 @@ class Schedule:
         """Virtual-stage counts the planner searches for this schedule."""
         return [1]
 
+    def uneven_vpp_options(self, num_layers: int, pp: int) -> list[int]:
+        """Virtual-stage counts the planner tries with uneven stages, when pp does not divide the
+        layers (`simulator.training.uneven_candidates` then says which splits exist)."""
+        return self.vpp_options(num_layers, pp)
+
     # -- closed forms --
     def bubble_s(self, p, v, m, tot, fwd, wgrad):
         """1F1B and GPipe: (p − 1) stage-times (Narayanan et al. 2021 §2.2)."""
@@ -154,6 +159,10 @@ class Interleaved(Schedule):
 
     def vpp_options(self, num_layers, pp):
         return [v for v in range(2, num_layers + 1) if num_layers % v == 0]
+
+    def uneven_vpp_options(self, num_layers, pp):
+        # every count that leaves each chunk a layer (the embedding and loss may take a slot each)
+        return list(range(2, (num_layers + 2) // pp + 1))
 
     def bubble_s(self, p, v, m, tot, fwd, wgrad):
         """(p − 1)/v stage-times (Narayanan et al. 2021 §2.2.2)."""

@@ -3,11 +3,18 @@
 A plan string is comma-separated `key=value` (docs/design.md §4 "Contracts"), e.g.
 `tp=8,pp=8,mb=1,schedule=interleaved,vpp=2,recompute=selective,sp=on`. Omitted keys take the
 defaults of `TrainingPlan`; `dp` is derived from the device count when omitted.
+
+Uneven pipeline stages take Megatron-Core's options as plan keys (`pipeline_split`): `first=N`,
+`last=M` (transformer layers on the first/last pipeline stage), `pp_embed=on` / `pp_loss=on`
+(the embedding / the loss counted as a layer in the split), or `layout=...` (an explicit layout
+string, e.g. `layout=Et*3|(tt|)*29|ttL`).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
 
 import numpy as np
 
@@ -21,7 +28,9 @@ DTYPES = ("bf16", "fp16", "fp8", "fp4")
 # Upper bound on seq-len and global batch (2^24 tokens per sequence, 2^24 sequences per step):
 # beyond any training run, and it keeps token and FLOP counts finite floats.
 MAX_JOB_SIZE = 2 ** 24
-_INT_KEYS = ("dp", "tp", "pp", "cp", "ep", "mb", "vpp", "zero")
+_INT_KEYS = ("dp", "tp", "pp", "cp", "ep", "mb", "vpp", "zero", "first", "last")
+_BOOL_KEYS = ("sp", "offload", "fsdp", "pp_embed", "pp_loss")
+PLAN_KEYS = ("dp tp pp cp ep mb vpp zero recompute schedule sp offload fsdp first last pp_embed pp_loss layout")
 _ON = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
 
 
@@ -90,9 +99,21 @@ class TrainingPlan:
     recompute: str = "none"
     schedule: str = "1f1b"
     offload: bool = False  # optimizer states and master weights on the host (ZeRO-Offload)
+    # Uneven pipeline stages (Megatron-Core, megatron/core/transformer/transformer_config.py and
+    # transformer_block.py `get_num_layers_to_build`); all unset is the even split.
+    first: int = 0  # transformer layers on the first stage (--decoder-first-pipeline-num-layers)
+    last: int = 0  # ... on the last stage (--decoder-last-pipeline-num-layers)
+    pp_embed: bool = False  # the embedding counted as a layer (--account-for-embedding-in-pipeline-split)
+    pp_loss: bool = False  # the output layer + loss counted as a layer (--account-for-loss-in-pipeline-split)
+    layout: str = ""  # explicit per-chunk layout (--pipeline-model-parallel-layout), commas removed
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def split(self) -> tuple:
+        """The pipeline split keys as one hashable value (`EVEN` when none is set)."""
+        return (self.first, self.last, self.pp_embed, self.pp_loss, self.layout)
 
     def to_string(self) -> str:
         d = self.to_dict()
@@ -101,7 +122,7 @@ class TrainingPlan:
                   f"sp={'on' if self.sp else 'off'}", f"offload={'on' if self.offload else 'off'}"]
         if self.fsdp:
             parts.append("fsdp=on")
-        return ",".join(parts)
+        return ",".join(parts + split_keys(self.split))
 
     @property
     def model_parallel(self) -> int:
@@ -122,25 +143,34 @@ def parse_plan(text: str, num_devices: int | None = None) -> TrainingPlan:
     if not isinstance(text, str):
         raise InputError(f"plan must be a string like 'tp=8,pp=2', got {text!r}")
     vals: dict = {}
+    key = None
     for raw in text.split(","):
         item = raw.strip()
         if not item:
+            continue
+        if "=" not in item and key == "layout":  # commas inside a layout are cosmetic (Megatron-Core)
+            vals["layout"] = _layout_text(vals["layout"] + item)
             continue
         if "=" not in item:
             raise InputError(f"plan item {item!r} is not key=value (e.g. 'tp=8,pp=2')")
         if item.count("=") > 1:
             raise InputError(f"plan item {item!r} holds several keys: separate plan keys with commas, "
                              f"e.g. {plan_commas(item)!r}")
-        key, val = (s.strip().lower() for s in item.split("=", 1))
+        key, val = (s.strip() for s in item.split("=", 1))
+        key = key.lower()
+        if key != "layout":  # layer symbols are case-sensitive (E, t, L)
+            val = val.lower()
         if key in vals:
             raise InputError(f"plan key {key!r} given twice")
-        if key in _INT_KEYS:
+        if key == "layout":
+            vals[key] = _layout_text(val)
+        elif key in _INT_KEYS:
             try:
                 n = int(val)
             except ValueError:
                 raise InputError(f"plan {key}={val!r} must be an integer") from None
             vals[key] = n
-        elif key in ("sp", "offload", "fsdp"):
+        elif key in _BOOL_KEYS:
             if val not in _ON:
                 raise InputError(f"plan {key}={val!r}; valid: on, off")
             vals[key] = _ON[val]
@@ -154,11 +184,23 @@ def parse_plan(text: str, num_devices: int | None = None) -> TrainingPlan:
                 raise InputError(f"plan schedule={val!r}; valid: {', '.join(schedules.names())}")
             vals[key] = val
         else:
-            raise InputError(f"unknown plan key {key!r}; valid: dp tp pp cp ep mb vpp zero "
-                             f"recompute schedule sp offload fsdp")
+            raise InputError(f"unknown plan key {key!r}; valid: {PLAN_KEYS}")
     for k in _INT_KEYS:
         if k in vals and (vals[k] < (0 if k == "zero" else 1)):
             raise InputError(f"plan {k}={vals[k]} must be {'0..3' if k == 'zero' else '>= 1'}")
+    if vals.get("layout"):
+        # the layout fixes the virtual stages: its stages are pp·vpp chunks (Megatron-Core
+        # pipeline_parallel_layer_layout.py: layout[vpp_rank·pp + pp_rank])
+        n, pp = len(expand_layout(vals["layout"])), vals.get("pp", 1)
+        if n % pp:
+            raise InputError(f"plan layout has {n} stages ('|'-separated), not a multiple of pp={pp}; "
+                             f"valid: pp·vpp stages")
+        if "vpp" in vals and vals["vpp"] != n // pp:
+            raise InputError(f"plan layout has {n} stages = pp·vpp = {pp}·{n // pp}, but vpp={vals['vpp']}")
+        if n // pp > 1 and "vpp" not in vals:
+            vals["vpp"] = n // pp
+    _check_split_keys(vals.get("first", 0), vals.get("last", 0), vals.get("pp_embed", False),
+                      vals.get("pp_loss", False), vals.get("layout", ""))
     if vals.get("fsdp"):
         vals.setdefault("zero", 3)
         if vals["zero"] != 3:
@@ -204,9 +246,16 @@ def validate_plan(plan: TrainingPlan, job: TrainingJob, num_devices: int,
             raise InputError(f"plan ep={plan.ep} must divide the model's {m.num_experts} experts")
         if plan.dp % plan.ep:  # experts are placed across DP replicas, stride tp·cp
             raise InputError(f"plan ep={plan.ep} must divide dp={plan.dp}")
-    if not layers_split(m, plan.pp * plan.vpp):
+    if plan.split == EVEN and not layers_split(m, plan.pp * plan.vpp):
+        hint = uneven_candidates(m.num_layers, plan.schedule, plan.pp, plan.vpp)
+        hint = (f", or split unevenly, e.g. {','.join(split_keys(hint[0]))} (Megatron-Core uneven pipeline)"
+                if hint else "")
         raise InputError(f"plan pp·vpp={plan.pp}·{plan.vpp} must divide the model's "
-                         f"{m.num_layers} layers")
+                         f"{m.num_layers} layers{hint}")
+    if plan.first < 0 or plan.last < 0:
+        raise InputError(f"plan first={plan.first}, last={plan.last} must be >= 1 when given")
+    if plan.split != EVEN:
+        chunk_layers(m.num_layers, plan.schedule, plan.pp, plan.vpp, plan.split)  # raises when they do not add up
     if job.global_batch % (plan.dp * plan.mb):
         raise InputError(f"global batch {job.global_batch} must be a multiple of dp·mb = "
                          f"{plan.dp}·{plan.mb}")
@@ -240,6 +289,186 @@ def layers_split(m: ModelSpec, chunks: int) -> bool:
     return chunks <= m.num_layers and m.num_layers % chunks == 0
 
 
+# ---- uneven pipeline stages (Megatron-Core's split options) ----
+
+EVEN = (0, 0, False, False, "")  # TrainingPlan.split with no uneven key set
+LAYOUT_SYMBOLS = {"E": "embedding", "t": "transformer layer", "L": "loss"}
+_MAX_LAYOUT = 100_000  # expanded layout symbols: far beyond any model's layers, bounds a typo's cost
+
+
+def split_keys(split: tuple) -> list[str]:
+    """The plan-string items of a pipeline split (none for the even one)."""
+    first, last, embed, loss, layout = split
+    return ([f"first={first}"] if first else []) + ([f"last={last}"] if last else []) + \
+        (["pp_embed=on"] if embed else []) + (["pp_loss=on"] if loss else []) + \
+        ([f"layout={layout}"] if layout else [])
+
+
+def _layout_text(text: str) -> str:
+    """A layout value without its cosmetic commas and spaces, checked to expand."""
+    text = re.sub(r"[\s,]", "", text)
+    expand_layout(text)
+    return text
+
+
+@lru_cache(maxsize=256)
+def expand_layout(text: str) -> tuple[str, ...]:
+    """Megatron-Core's layout string (docs/user-guide/features/pipeline_parallel_layout.md;
+    megatron/core/transformer/pipeline_parallel_layer_layout.py): model chunks separated by '|',
+    symbols E (embedding), t (transformer layer), L (loss), 'x*n' repeats a symbol and '(...)*n' a
+    group; commas are cosmetic. Returns each chunk's symbols, in model-chunk order."""
+    s = re.sub(r"[\s,]", "", text)
+    if not s:
+        raise InputError("plan layout is empty; valid: e.g. layout=Et*3|t*4|t*3L")
+    group, single = re.compile(r"\(([^()]*)\)\*(\d+)"), re.compile(r"([^()|*\d])\*(\d+)")
+
+    def rep(mt):
+        n = int(mt.group(2))
+        if n < 1 or len(mt.group(1)) * n > _MAX_LAYOUT:
+            most = _MAX_LAYOUT // max(1, len(mt.group(1)))
+            raise InputError(f"plan layout repeat {mt.group(0)!r}: the count must be 1..{most}")
+        return mt.group(1) * n
+    while True:  # innermost groups first
+        t = group.sub(rep, s)
+        if t == s:
+            break
+        if len(t) > _MAX_LAYOUT:
+            raise InputError(f"plan layout expands to more than {_MAX_LAYOUT:,} symbols")
+        s = t
+    s = single.sub(rep, s)
+    if len(s) > _MAX_LAYOUT:
+        raise InputError(f"plan layout expands to more than {_MAX_LAYOUT:,} symbols")
+    for ch in s:
+        if ch == "m":
+            raise InputError("plan layout symbol 'm' (an MTP layer) is not modelled; valid: E t L, '|', x*n, (...)*n")
+        if ch not in LAYOUT_SYMBOLS and ch != "|":
+            raise InputError(f"plan layout symbol {ch!r} in {text!r}; valid: E (embedding), t (transformer "
+                             f"layer), L (loss), '|' between stages, x*n and (...)*n repeats")
+    return tuple(s.split("|"))
+
+
+def _check_split_keys(first: int, last: int, embed: bool, loss: bool, layout: str) -> None:
+    """The combinations Megatron-Core refuses (transformer_config.py __post_init__)."""
+    if layout and (first or last or embed or loss):
+        raise InputError("plan layout= cannot be combined with first=, last=, pp_embed or pp_loss "
+                         "(Megatron-Core: the layout names every stage)")
+    if (first or last) and (embed or loss):
+        raise InputError("plan first=/last= cannot be combined with pp_embed/pp_loss (Megatron-Core "
+                         "refuses both); give one or the other")
+
+
+def _round_robin(schedule: str, pp: int, vpp: int) -> bool:
+    """Whether model chunk c runs on stage c mod pp (1F1B, interleaving, DualPipe's forward
+    direction), so that Megatron's first/last stage is chunk position 0 / pp − 1 of every round."""
+    sched = schedules.get(schedule)
+    return all(sched.stage_of_chunk(c, pp, vpp) == c % pp for c in range(sched.model_chunks(pp, vpp)))
+
+
+@lru_cache(maxsize=8192)
+def chunk_layers(num_layers: int, schedule: str, pp: int, vpp: int, split: tuple = EVEN) -> tuple[int, ...]:
+    """Transformer layers of each model chunk, in model order (chunk c = round c // pp, position
+    c mod pp; stage by the schedule's placement). Megatron-Core's rules
+    (megatron/core/transformer/transformer_block.py `get_num_layers_to_build`,
+    transformer_layer.py `get_transformer_layer_offset`, transformer_config.py checks):
+
+    - even: L / chunks each (the remainder is not placed: `validate_plan` refuses such plans);
+    - first=F, last=M: the first (last) stage holds F (M) layers, split evenly over its vpp
+      chunks; the rest split evenly over the middle stages and their chunks;
+    - pp_embed / pp_loss: the embedding (loss) counts as a layer, L + 1 (+1) split evenly over
+      stages and chunks, and the first (last) model chunk builds one transformer layer fewer;
+    - layout: the 't' count of each '|'-separated chunk.
+
+    Raises InputError (one line, the bad value and what is valid) when they do not add up."""
+    first, last, embed, loss, layout = split
+    sched = schedules.get(schedule)
+    n = sched.model_chunks(pp, vpp)
+    r = n // pp  # rounds of pp chunks (virtual stages per rank)
+    if split == EVEN:
+        return (num_layers // n,) * n
+    _check_split_keys(*split)
+    if layout:
+        chunks = expand_layout(layout)
+        if len(chunks) != n:
+            raise InputError(f"plan layout has {len(chunks)} stages but schedule={schedule} with pp={pp}, "
+                             f"vpp={vpp} runs {n} model chunks")
+        flat = "".join(chunks)
+        if flat.count("E") != 1 or "E" not in chunks[0]:
+            raise InputError("plan layout must hold the embedding 'E' once, in its first stage")
+        if flat.count("L") != 1 or "L" not in chunks[-1]:
+            raise InputError("plan layout must hold the loss 'L' once, in its last stage")
+        if flat.count("t") != num_layers:
+            raise InputError(f"plan layout holds {flat.count('t')} transformer layers ('t') but the model "
+                             f"has {num_layers}")
+        return tuple(c.count("t") for c in chunks)
+    if embed or loss:
+        slots = num_layers + embed + loss
+        if slots % pp or (slots // pp) % r:
+            raise InputError(f"plan pp_embed/pp_loss: {num_layers} layers + {int(embed)} embedding + {int(loss)} "
+                             f"loss = {slots} slots must split evenly over pp={pp} stages × {r} chunks")
+        k = slots // n
+        out = [k] * n
+        out[0] -= embed
+        out[-1] -= loss
+        if min(out) < 0:
+            raise InputError(f"plan pp_embed/pp_loss: {slots} slots over {n} chunks leave no layer for the "
+                             f"embedding or the loss to replace; use fewer stages")
+        return tuple(out)
+    if pp < 2:
+        raise InputError(f"plan first=/last= need pp >= 2, got pp={pp}")
+    if not _round_robin(schedule, pp, vpp):
+        raise InputError(f"plan first=/last= name the first/last pipeline stage of a round-robin placement; "
+                         f"schedule={schedule} places chunks in a V: use layout= or pp_embed/pp_loss")
+    middle_stages = pp - (first > 0) - (last > 0)
+    middle = num_layers - first - last
+    for key, x in (("first", first), ("last", last)):
+        if x % r:
+            raise InputError(f"plan {key}={x} must be a multiple of vpp={r} (Megatron-Core splits a stage's "
+                             f"layers evenly over its virtual stages)")
+    if middle < 0 or bool(middle) != bool(middle_stages):
+        raise InputError(f"plan first={first},last={last} leave {middle} of the model's {num_layers} layers "
+                         f"for {middle_stages} middle stage(s); they must add up to {num_layers}")
+    if middle_stages and (middle % middle_stages or (middle // middle_stages) % r):
+        raise InputError(f"plan first={first},last={last} leave {middle} layers, which {middle_stages} middle "
+                         f"stages × {r} chunks cannot share evenly (the model has {num_layers} layers)")
+    per_middle = middle // middle_stages // r if middle_stages else 0
+    out = []
+    for c in range(n):
+        s = c % pp
+        out.append(first // r if s == 0 and first else last // r if s == pp - 1 and last else per_middle)
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def uneven_candidates(num_layers: int, schedule: str, pp: int, vpp: int) -> tuple:
+    """Uneven splits (`TrainingPlan.split`) for a pipeline whose chunks do not divide the layers,
+    as Megatron-Core runs them: the embedding and/or loss counted as layers, or the middle stages
+    holding ⌈L / chunks⌉ layers per chunk with the remainder taken off the first and last stages
+    (Llama 3 405B: one layer fewer on each, Dubey et al. 2024 §3.3.2). Distinct placements only."""
+    sched = schedules.get(schedule)
+    n = sched.model_chunks(pp, vpp)
+    if pp < 2 or num_layers % n == 0 or n > num_layers + 2:
+        return ()
+    r = n // pp
+    cands = [(0, 0, e, lo, "") for e, lo in ((True, True), (True, False), (False, True))]
+    if _round_robin(schedule, pp, vpp):
+        per = math.ceil(num_layers / n) * r  # a middle stage's layers
+        rest = num_layers - (pp - 2) * per  # what the first and last stages share
+        for f in range(r, per + 1, r):
+            m_ = rest - f
+            if r <= m_ <= per and m_ % r == 0:
+                cands.append((0 if f == per else f, 0 if m_ == per else m_, False, False, ""))
+    out, seen = [], set()
+    for c in cands:
+        try:
+            layers = chunk_layers(num_layers, schedule, pp, vpp, c)
+        except InputError:
+            continue
+        if layers not in seen and sum(layers) == num_layers:
+            seen.add(layers)
+            out.append(c)
+    return tuple(out)
+
+
 def micro_batches(plan: TrainingPlan, job: TrainingJob) -> int:
     return job.global_batch // (plan.dp * plan.mb)
 
@@ -253,6 +482,23 @@ def layer_plan(tp: int, cp: int, ep: int, sp: bool, mb: int, recompute: str) -> 
 
 def with_plan(plan: TrainingPlan, **kw) -> TrainingPlan:
     return replace(plan, **kw)
+
+
+_LAYOUTS: list[str] = [""]  # layout strings seen, by code: PlanBatch columns hold integers
+_LAYOUT_CODES: dict[str, int] = {"": 0}
+
+
+def layout_code(layout: str) -> int:
+    """A layout string's integer code for PlanBatch (interned; 0 is no layout)."""
+    code = _LAYOUT_CODES.get(layout)
+    if code is None:
+        code = _LAYOUT_CODES[layout] = len(_LAYOUTS)
+        _LAYOUTS.append(layout)
+    return code
+
+
+def layout_of(code: int) -> str:
+    return _LAYOUTS[code]
 
 
 @dataclass
@@ -274,6 +520,11 @@ class PlanBatch:
     sp: np.ndarray
     offload: np.ndarray
     fsdp: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    pp_embed: np.ndarray
+    pp_loss: np.ndarray
+    layout: np.ndarray  # index into `layout_of` (0: none)
 
     @classmethod
     def of(cls, plans) -> "PlanBatch":
@@ -281,7 +532,13 @@ class PlanBatch:
         cols = {f.name: [getattr(p, f.name) for p in plans] for f in fields(cls)}
         cols["recompute"] = [RECOMPUTE.index(r) for r in cols["recompute"]]
         cols["schedule"] = [names.index(s) for s in cols["schedule"]]
+        cols["layout"] = [layout_code(x) for x in cols["layout"]]
         return cls.columns(**cols)
+
+    def split(self, i: int) -> tuple:
+        """Plan i's `TrainingPlan.split`."""
+        return (int(self.first[i]), int(self.last[i]), bool(self.pp_embed[i]), bool(self.pp_loss[i]),
+                layout_of(int(self.layout[i])))
 
     @classmethod
     def columns(cls, **cols) -> "PlanBatch":
@@ -297,9 +554,11 @@ class PlanBatch:
                 v = RECOMPUTE.index(default.recompute)
             elif f.name == "schedule":
                 v = schedules.names().index(default.schedule)
+            elif f.name == "layout":
+                v = 0
             else:
                 v = getattr(default, f.name)
-            kind = bool if f.name in ("sp", "offload", "fsdp") else np.int64
+            kind = bool if f.name in _BOOL_KEYS else np.int64
             out[f.name] = np.broadcast_to(np.asarray(v, dtype=kind), (n,))
         return cls(**out)
 
@@ -313,6 +572,7 @@ class PlanBatch:
         d = {f.name: getattr(self, f.name)[i].item() for f in fields(self)}
         d["recompute"] = RECOMPUTE[d["recompute"]]
         d["schedule"] = schedules.names()[d["schedule"]]
+        d["layout"] = layout_of(d["layout"])
         return TrainingPlan(**d)
 
     def micro_batches(self, job: TrainingJob) -> np.ndarray:

@@ -14,7 +14,7 @@ from hwmodels.errors import InputError
 from planner import ilp
 from ui.cli import main
 from planner.search import (COLUMNS, FIX_KEYS, SCHED, Objective, _Enumerator, _normalise_fix, parse_fix,
-                            plan_heterogeneous, plan_of, search, short_plan, space_size)
+                            plan_heterogeneous, plan_of, schedule_domain, search, short_plan, space_size)
 from simulator import schedules
 from simulator.analytic import estimate
 from simulator.memory import stage_memory
@@ -143,13 +143,14 @@ def test_every_candidate_lands_in_one_bucket_and_validity_matches_validate_plan(
         if N % (tp * pp * cp):
             continue
         dp = N // (tp * pp * cp)
-        sched = [(s, v) for s in SCHED for v in schedules.get(s).vpp_options(L, pp)]
-        for ep, mb, (s, v), rc, sp, z, off in itertools.product(
+        sched = [(s, v, split) for s in SCHED for v, split in schedule_domain(L, s, pp)]
+        for ep, mb, (s, v, split), rc, sp, z, off in itertools.product(
                 _divisors(model.num_experts) if model.is_moe else [1], _divisors(16), sched, RECOMPUTE,
                 (False, True), (0, 1, 2, 3, "fsdp"), (False, True)):
             total += 1
             plan = TrainingPlan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, sp=sp, zero=3 if z == "fsdp" else z,
-                                fsdp=z == "fsdp", mb=mb, vpp=v, recompute=rc, schedule=s, offload=off)
+                                fsdp=z == "fsdp", mb=mb, vpp=v, recompute=rc, schedule=s, offload=off,
+                                first=split[0], last=split[1], pp_embed=split[2], pp_loss=split[3])
             try:
                 validate_plan(plan, job, N, c.devices_per_node)
                 check_supported(model, plan)

@@ -349,6 +349,9 @@ def short_plan_string(plan: dict) -> str:
     parts += [f"mb={plan['mb']}", "fsdp=on" if plan.get("fsdp") else f"zero={plan['zero']}",
               f"recompute={plan['recompute']}", f"schedule={plan['schedule']}"]
     parts += [f"{k}=on" for k in ("sp", "offload") if plan.get(k)]
+    parts += [f"{k}={plan[k]}" for k in ("first", "last") if plan.get(k)]  # uneven pipeline stages
+    parts += [f"{k}=on" for k in ("pp_embed", "pp_loss") if plan.get(k)]
+    parts += [f"layout={plan['layout']}"] if plan.get("layout") else []
     return ",".join(parts)
 
 
