@@ -24,6 +24,12 @@ class Software:
     plan_defaults: dict = field(default_factory=dict)  # TrainingPlan fields the framework fixes
 
 
+# Transformer Engine with every overlap NVIDIA's recipes turn on (distributed optimizer
+# reduce-scatter/all-gather, userbuffers TP overlap, P2P overlap), FA2-class flash, no dropout.
+TE_ALL_OVERLAPS = {"flash_attention": True, "attention_kernel": "fa2", "dropout": False,
+                   "overlap_grad_reduce": True, "overlap_param_gather": True, "overlap_tp_comm": True,
+                   "overlap_p2p_comm": True}
+
 PROFILES = {p.name: p for p in (
     Software("megatron-lm-2021",
              "Megatron-LM as in Narayanan et al. 2021: unfused attention with dropout, gradient "
@@ -36,9 +42,7 @@ PROFILES = {p.name: p for p in (
              "optimizer with overlapped reduce-scatter and all-gather, TP comm overlap "
              "(userbuffers), P2P overlap with the interleaved schedule, no dropout",
              "NVIDIA NeMo 24.07 performance summary and its recipes (nemo/collections/llm/recipes)",
-             {"flash_attention": True, "attention_kernel": "fa2", "dropout": False,
-              "overlap_grad_reduce": True, "overlap_param_gather": True, "overlap_tp_comm": True,
-              "overlap_p2p_comm": True}),
+             TE_ALL_OVERLAPS),
     Software("megatron-core",
              "Megatron-Core (0.8+): flash attention (TE/cuDNN), --overlap-grad-reduce and "
              "--overlap-param-gather with the distributed optimizer, no TP overlap unless asked",
@@ -46,6 +50,21 @@ PROFILES = {p.name: p for p in (
              {"flash_attention": True, "attention_kernel": "fa2", "dropout": False,
               "overlap_grad_reduce": True, "overlap_param_gather": True, "overlap_tp_comm": False,
               "overlap_p2p_comm": True}),
+    Software("nemo-mlperf-3.0",
+             "NVIDIA's MLPerf Training v3.0 GPT-3 submission (NeMo Megatron 23.04): Transformer Engine "
+             "FP8, sequence parallelism, userbuffers TP comm overlap, distributed fused Adam with "
+             "overlapped grad and param sync, P2P overlap, no dropout",
+             "mlcommons/training_results_v3.0 NVIDIA/benchmarks/gpt3/implementations/pytorch "
+             "(conf/megatron_gpt_config.yaml: dropout 0.0, overlap_grad_sync/overlap_param_sync, "
+             "overlap_p2p_comm; config_tp_h100.sh: TP_COMM_OVERLAP=True)",
+             TE_ALL_OVERLAPS),
+    Software("megatron-bridge",
+             "NeMo 25.x/26.x containers with Megatron-Bridge performance recipes: Transformer Engine, "
+             "cuDNN flash attention, distributed optimizer with overlapped reduce-scatter and "
+             "all-gather, TP comm overlap, P2P overlap, no dropout; MoE dropless with balanced routing",
+             "NVIDIA-NeMo/Megatron-Bridge scripts/performance (set_basic_perf_overrides, "
+             "CommOverlapConfig) and docs/performance-summary.md",
+             TE_ALL_OVERLAPS),
     Software("llm-foundry",
              "MosaicML llm-foundry / Composer benchmarks of 2023: PyTorch FSDP FULL_SHARD "
              "(limit_all_gathers), the Triton FlashAttention port (attn_impl=triton), no dropout",

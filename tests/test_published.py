@@ -14,7 +14,9 @@ from validation.published import megatron_table1, nemo_report, published_report
 
 def _consistent(cases):
     for c in cases:
-        assert abs(c["predicted"] - c["measured"]) / c["measured"] * 100 == pytest.approx(abs(c["error_pct"]), abs=0.01)
+        # the printed prediction is rounded to 0.1 (or 0.01): allow that rounding in the error
+        assert abs(c["predicted"] - c["measured"]) / c["measured"] * 100 == pytest.approx(
+            abs(c["error_pct"]), abs=0.01 + 5.0 / c["measured"])
 
 
 def test_megatron_table1_error_bars():
@@ -40,7 +42,9 @@ def test_validate_published_cli_json(capsys):
     d = json.loads(capsys.readouterr().out)
     assert {"cases", "mape_pct", "max_error_pct", "tables"} <= set(d)
     assert {"name", "predicted", "measured", "unit", "error_pct"} <= set(d["cases"][0])
-    assert set(d["tables"]) == {"megatron-2021-table1", "nemo-24.07", "llm-foundry-fsdp"}
+    assert set(d["tables"]) == {"megatron-2021-table1", "megatron-2021-table2", "nemo-24.07", "mlperf-3.0-gpt3",
+                                "megatron-bridge-h100", "llm-foundry-fsdp"}
+    assert all(s["reason"] for s in d["skipped"])
     assert d["cases"] == json.loads(json.dumps(published_report()["cases"]))
 
 
@@ -104,9 +108,61 @@ def test_a_prediction_names_its_regime_or_says_no_run_validates_it():
     cl = load_cluster("dgx-a100", nodes=128)
     v = estimate(job, TrainingPlan(dp=16, tp=8, pp=8, mb=1), cl).validation
     assert v["validated"] and v["regime"] == "megatron/a100-sxm-80g/16-bit" and v["cases"] >= 9
-    # ZeRO-3 over 1024 A100s: FSDP is validated on A100, but only up to 64 80GB GPUs
+    # ZeRO-3 over 1024 A100s: inside the published ZeRO-3 runs (Table 2 reaches 2,240 GPUs), and
+    # the label carries that regime's poor error (DeepSpeed 2021 ZeRO-3 is far slower than modelled)
     v = estimate(job, TrainingPlan(dp=256, tp=2, cp=2, mb=3, zero=3, sp=True), cl).validation
-    assert not v["validated"] and "64 devices" in v["note"] and "1,024" in v["note"]
+    assert v["validated"] and v["mape_pct"] > 15 and "2,240 devices" in v["note"]
+    # ... over 4,096 A100s: beyond every published ZeRO-3 run
+    big = TrainingJob(load_model("gpt3-175b"), 2048, 4096, dtype="fp16")
+    v = estimate(big, TrainingPlan(dp=1024, tp=2, cp=2, mb=1, zero=3, sp=True),
+                 load_cluster("dgx-a100", nodes=512)).validation
+    assert not v["validated"] and "2,240 devices" in v["note"] and "4,096" in v["note"]
     # no published run on B200 at all
     v = estimate(job, TrainingPlan(dp=16, tp=8, pp=8, mb=1), load_cluster("dgx-b200", nodes=128)).validation
     assert not v["validated"] and v["note"].startswith("no published run validates megatron/b200")
+
+
+# ---- Megatron 2021 Table 2, MLPerf v3.0 GPT-3, Megatron-Bridge (validation only) --------------------
+
+def test_megatron_table2_ptdp_rows_within_the_table1_error():
+    """PTD-P rows of Table 2 (GPT-3 175B and 530B at 384..2240 A100) run the Table 1 software and
+    land within 12% (issue #18's per-table bar) each, all on the optimistic side like Table 1."""
+    cases = [c for c in published.megatron_table2() if c["name"].startswith("PTD")]
+    assert len(cases) == 6
+    _consistent(cases)
+    assert all(0 < c["error_pct"] <= 12.0 for c in cases), [(c["name"], c["error_pct"]) for c in cases]
+
+
+def test_megatron_table2_zero3_throughput_falls_with_gpus_at_a_fixed_batch():
+    """Table 2's point: at a fixed global batch, ZeRO-3 without model parallelism loses throughput
+    per GPU as GPUs double (micro-batch halves while every GPU still gathers the whole model):
+    the predicted TFLOP/s per GPU must fall from 384 to 1536 GPUs as the published one does."""
+    z = [c for c in published.megatron_table2() if c["name"].startswith("ZeRO-3") and "174.6B" in c["name"]]
+    pred = [c["predicted"] for c in z]
+    assert len(z) == 3 and pred[0] > pred[1] > pred[2]
+
+
+def test_mlperf_gpt3_replays_the_h100_systems_and_lists_the_rest():
+    """Four NVIDIA H100 systems (512..3584 GPUs) from their median step times; the Gaudi2 rows,
+    which publish no TP/PP and no step timing, are listed as skipped with the reason. Error pinned
+    at today's level (optimistic, growing with DP size; issue #18's 12% bar is not met)."""
+    cases, skipped = published.mlperf_gpt3()
+    assert len(cases) == 5 and {c["devices"] for c in cases} == {512, 768, 1536, 3584}
+    assert len(skipped) == 6 and all("Gaudi2" in s["row"] and s["reason"] for s in skipped)
+    _consistent(cases)
+    assert all(0 < c["error_pct"] <= 25.0 for c in cases)
+    # measured tokens/s per GPU from the published step: 2048 sequences of 2048 tokens in 12.08 s on 512 GPUs
+    n64 = next(c for c in cases if c["devices"] == 512)
+    assert n64["measured"] == pytest.approx(2048 * 2048 / 12.0827 / 512, rel=1e-3)
+
+
+def test_megatron_bridge_dense_rows_and_skip_reasons():
+    """Llama-3 70B pretraining and SFT on DGX-H100 (FP8, TP4 PP8/4 VP5) within 5%; LoRA, GPT-OSS
+    and Nemotron-3 Nano are listed as not modelled with the reason, not dropped."""
+    cases, skipped = published.megatron_bridge()
+    llama70 = [c for c in cases if c["name"].startswith("LLAMA3_70B")]
+    assert len(llama70) == 2 and all(abs(c["error_pct"]) <= 5.0 for c in llama70)
+    _consistent(cases)
+    reasons = " ".join(s["row"] + " " + s["reason"] for s in skipped)
+    for what in ("LoRA", "GPT OSS", "Nemotron"):
+        assert what in reasons

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from hwmodels.clusters import load_cluster
@@ -19,6 +20,9 @@ DATA = Path(__file__).parent / "data" / "published"
 TABLE1 = DATA / "megatron2021_table1_weak_scaling_a100.csv"
 NEMO = DATA / "nemo_2407_perf_summary_h100_fp8.csv"
 LLMFOUNDRY = DATA / "llmfoundry_mpt_a100_fsdp.csv"
+TABLE2 = DATA / "megatron2021_table2_zero3_vs_ptdp.csv"
+MLPERF = DATA / "mlperf_training_gpt3_175b_v3.0.csv"
+BRIDGE = DATA / "megatron_bridge_dgx_h100.csv"
 # MPT sizes (layers, d_model, heads): mosaicml/llm-foundry scripts/train/yamls/pretrain/mpt-*.yaml;
 # vocab 50368 (GPT-NeoX tokenizer padded); GELU MLP of 4·d, learned positions in these benchmarks
 # (the NumParams column grows by seq·d with the sequence: tests/test_published.py checks it).
@@ -30,6 +34,14 @@ MPT_VOCAB = 50368
 NEMO_MODELS = {"GPT3-175B": "gpt3-175b", "LLAMA2-7B": "llama2-7b", "LLAMA2-13B": "llama2-13b",
                "LLAMA2-70B": "llama2-70b", "LLAMA3-8B": "llama3-8b", "LLAMA3-70B": "llama3-70b"}
 MICRO_BATCHES = (1, 2, 4, 8)
+# Table 2's models (layers, hidden, heads): GPT-3 175B (Brown et al. 2020, Table 2.1) and Table 1's 529.6B row
+MEGATRON_GPT = {174.6: (96, 12288, 96), 529.6: (105, 20480, 128)}
+# Megatron-Bridge model headings -> our presets (GPT-OSS: sliding-window attention with sinks, and
+# Nemotron-3 Nano: hybrid Mamba layers, are not modelled)
+BRIDGE_MODELS = {"LLAMA3_70B": "llama3-70b", "LLAMA3.1_405B": "llama3-405b", "Qwen3_30B_a3B": "qwen3-30b-a3b",
+                 "Qwen3_235B_a22B": "qwen3-235b-a22b"}
+BRIDGE_NOT_MODELLED = {"GPT OSS 120B": "GPT-OSS (alternating sliding-window attention with sinks) has no preset",
+                       "Nemotron_3_Nano": "hybrid Mamba-Transformer layers are not modelled"}
 
 
 def megatron2021_plans(job: TrainingJob, tp: int, pp: int, dp: int):
@@ -108,6 +120,17 @@ def nemo_2407(executor=None) -> list[dict]:
     return _run(_nemo_case, rows, executor)
 
 
+def _first_fit(job: TrainingJob, cluster, **plan) -> object:
+    """The estimate of the plan with the least recompute (none, selective, full) that fits in
+    memory: the tables do not print recompute, and their recipes recompute only what they must."""
+    est = None
+    for rc in ("none", "selective", "full"):
+        est = estimate(job, TrainingPlan(recompute=rc, **plan), cluster)
+        if est.fits:
+            break
+    return est
+
+
 def _nemo_case(r: dict) -> dict:
     """The case of one NeMo 24.07 row."""
     model = load_model(NEMO_MODELS[r["Model"]])
@@ -116,13 +139,8 @@ def _nemo_case(r: dict) -> dict:
     job = apply_software(TrainingJob(model=model, seq_len=seq, global_batch=int(r["GBS"]), dtype="fp8"),
                          "nemo-24.07", overlap_p2p_comm=vp > 1, dropout=r["Model"].startswith("GPT3"))
     cluster = load_cluster("dgx-h100", nodes=gpus // 8)
-    est = None
-    for rc in ("none", "selective", "full"):
-        plan = TrainingPlan(dp=gpus // (tp * pp * cp), tp=tp, pp=pp, cp=cp, vpp=vp, mb=int(r["MBS"]),
-                            schedule="interleaved" if vp > 1 else "1f1b", sp=tp > 1, zero=1, recompute=rc)
-        est = estimate(job, plan, cluster)
-        if est.fits:
-            break
+    est = _first_fit(job, cluster, dp=gpus // (tp * pp * cp), tp=tp, pp=pp, cp=cp, vpp=vp, mb=int(r["MBS"]),
+                     schedule="interleaved" if vp > 1 else "1f1b", sp=tp > 1, zero=1)
     measured = float(r["Tokens / sec / GPU"])
     pred = est.tokens_per_s / gpus
     return {"name": f"NeMo {r['Model']}, {gpus} H100 FP8, tp={tp} pp={pp} cp={cp} vp={vp}",
@@ -173,6 +191,180 @@ def llmfoundry_fsdp(executor=None) -> list[dict]:
     return _run(_llmfoundry_case, rows, executor)
 
 
+# ---- Megatron-LM 2021 Table 2: ZeRO-3 without model parallelism vs PTD-P --------------------------
+
+def _table2_case(r: dict) -> dict:
+    """One Table 2 row. PTD-P rows run Megatron-LM 2021 as Table 1 does (TP 8 inside a node, the
+    rest of the model-parallel size as PP, micro-batch and interleaving free). ZeRO-3 rows shard
+    everything over data parallelism (zero=3, no TP/PP) with full recompute, the printed micro-batch,
+    and DeepSpeed ZeRO-3's prefetching gathers and overlapped reduce-scatter (DeepSpeed config
+    `overlap_comm`, `stage3_prefetch_bucket_size`; arXiv 2104.04473 §5.2 ran DeepSpeed's ZeRO-3)."""
+    size = float(r["params_billion"])
+    L, h, a = MEGATRON_GPT[size]
+    gpus, B = int(r["num_gpus"]), int(r["global_batch_size"].rstrip("*"))
+    model = megatron_gpt(f"gpt-{size}b", L, h, a, vocab_size=51200, seq_len=int(r["seq_len"]))
+    job = apply_software(TrainingJob(model=model, seq_len=int(r["seq_len"]), global_batch=B, dtype="fp16"),
+                         "megatron-lm-2021")
+    cluster = load_cluster("dgx-a100", nodes=gpus // 8)
+    if r["scheme"].startswith("ZeRO-3"):
+        job = replace(job, overlap_grad_reduce=True, overlap_param_gather=True)
+        plans = [TrainingPlan(dp=gpus, mb=int(r["microbatch_size"]), zero=3, recompute="full")]
+    else:
+        tp = 8
+        pp = int(r["model_parallel_size"]) // tp
+        plans = list(megatron2021_plans(job, tp, pp, gpus // (tp * pp)))
+    best = _fastest_fitting(job, plans, cluster)
+    measured = float(r["achieved_tflops_per_gpu"])
+    pred = best.tflops_per_device
+    return {"name": f"{r['scheme'][:9]} GPT {size:g}B, {gpus} A100, mb={r['microbatch_size']}",
+            "predicted": round(pred, 2), "measured": measured, "unit": "TFLOP/s per GPU",
+            "table": "megatron-2021-table2", "error_pct": round(100 * (pred - measured) / measured, 2),
+            "fits": best.fits,
+            "plan": best.plan.to_string(), "step_time_s": best.step_time_s, "breakdown_s": best.breakdown_s,
+            "regime": regime_key(job, best.plan, cluster), "devices": cluster.num_devices}
+
+
+def _fastest_fitting(job: TrainingJob, plans, cluster):
+    """The fastest of `plans` that fits in memory (a row that does not print every plan key ran
+    the best the software allowed). When none fits in the modelled memory although the run was
+    published, the fastest of all: the case then says so (`fits` False), a memory-model miss."""
+    ests = []
+    for plan in plans:
+        try:
+            ests.append(estimate(job, plan, cluster))
+        except InputError:
+            continue
+    if not ests:
+        raise InputError(f"no plan of {job.model.name} on {cluster.num_devices} devices is valid")
+    return min(ests, key=lambda e: (not e.fits, e.step_time_s))
+
+
+def megatron_table2(executor=None) -> list[dict]:
+    with open(TABLE2) as f:
+        rows = list(csv.DictReader(f))
+    return _run(_table2_case, rows, executor)
+
+
+# ---- MLPerf Training v3.0 GPT-3 175B (NVIDIA H100 submissions) -----------------------------------
+
+def _mlperf_case(rows: list[dict]) -> dict:
+    """One MLPerf system (its runs): the median of the runs' median step times, as tokens/s per
+    GPU. The config files fix TP, PP and the micro-batch; virtual stages are not in the table
+    (blank), so every interleaving the 96 layers allow is tried and the fastest that fits kept.
+    FP8, selective recompute, sequence parallelism: the submission's megatron_gpt_config.yaml."""
+    r = rows[0]
+    gpus = int(r["nodes"]) * int(r["accel_per_node"])
+    tp, pp, mb = int(r["TP"]), int(r["PP"]), int(r["MBS"])
+    B, seq = int(r["global_batch_size"]), int(r["seq_len"])
+    job = apply_software(TrainingJob(model=load_model("gpt3-175b"), seq_len=seq, global_batch=B, dtype="fp8"),
+                         "nemo-mlperf-3.0")
+    cluster = load_cluster("dgx-h100", nodes=int(r["nodes"]))
+    dp = gpus // (tp * pp)
+    L = job.model.num_layers
+    plans = [TrainingPlan(dp=dp, tp=tp, pp=pp, mb=mb, sp=True, zero=1, recompute="selective",
+                          schedule="interleaved" if v > 1 else "1f1b", vpp=v)
+             for v in range(1, L // pp + 1) if L % (pp * v) == 0 and (v == 1 or (B // (dp * mb)) % pp == 0)]
+    best = _fastest_fitting(job, plans, cluster)
+    steps = sorted(float(x["median_train_step_s"]) for x in rows)
+    measured = B * seq / steps[len(steps) // 2] / gpus
+    pred = best.tokens_per_s / gpus
+    return {"name": f"MLPerf 3.0 {r['org']} {gpus} H100, tp={tp} pp={pp} gbs={B}",
+            "predicted": round(pred, 1), "measured": round(measured, 1), "unit": "tokens/s per GPU",
+            "table": "mlperf-3.0-gpt3", "error_pct": round(100 * (pred - measured) / measured, 2),
+            "fits": best.fits,
+            "plan": best.plan.to_string(), "step_time_s": best.step_time_s, "breakdown_s": best.breakdown_s,
+            "regime": regime_key(job, best.plan, cluster), "devices": cluster.num_devices}
+
+
+def mlperf_gpt3(executor=None) -> tuple[list[dict], list[dict]]:
+    """(cases, skipped): the H100 systems with a published step time and config; the rest
+    (Gaudi2: no TP/PP in the table, no step timing logged) listed as skipped with the reason."""
+    with open(MLPERF) as f:
+        rows = list(csv.DictReader(f))
+    systems: dict = {}
+    skipped = []
+    for r in rows:
+        if not (r["median_train_step_s"] and r["TP"] and r["PP"] and r["MBS"]):
+            skipped.append({"row": f"{r['org']} {r['system_dir']} {r['result_file']}",
+                            "reason": "no step timing or no TP/PP/MBS in the published config"})
+            continue
+        systems.setdefault(r["system_dir"], []).append(r)
+    return _run(_mlperf_case, list(systems.values()), executor), skipped
+
+
+# ---- Megatron-Bridge performance summary, DGX-H100 ------------------------------------------------
+
+def _bridge_case(r: dict) -> dict:
+    """One Megatron-Bridge row: its TP/PP/CP/VP/EP, micro-batch and global batch as printed, on the
+    `megatron-bridge` software profile; recompute is not printed: the least that fits."""
+    model = load_model(BRIDGE_MODELS[r["model"]])
+    gpus, seq = int(r["#-GPUs"]), int(r["Sequence Length"])
+    num = {k: int(r[k]) if r[k] not in ("", "n/a") else 1 for k in ("TP", "PP", "CP", "VP", "EP")}
+    tp, pp, cp, vp, ep = (num[k] for k in ("TP", "PP", "CP", "VP", "EP"))
+    job = apply_software(TrainingJob(model=model, seq_len=seq, global_batch=int(r["GBS"]),
+                                     dtype=r["Precision"].lower()), "megatron-bridge")
+    cluster = load_cluster("dgx-h100", nodes=max(1, gpus // 8))
+    # the recipes of the models whose layers the pipeline does not divide (Llama 3.1 405B, Qwen3
+    # 235B) count the embedding and the loss as pipeline slots (Megatron-Bridge recipes:
+    # account_for_embedding_in_pipeline_split / account_for_loss_in_pipeline_split = True)
+    slots = model.num_layers % (pp * vp) != 0
+    est = _first_fit(job, cluster, dp=gpus // (tp * pp * cp), tp=tp, pp=pp, cp=cp, vpp=vp, ep=ep,
+                     mb=int(r["MBS"]), schedule="interleaved" if vp > 1 else "1f1b", sp=tp > 1, zero=1,
+                     pp_embed=slots, pp_loss=slots)
+    measured = float(r["Tokens / sec / GPU"])
+    pred = est.tokens_per_s / gpus
+    layout = " ".join(f"{k.lower()}={num[k]}" for k in ("TP", "PP", "CP", "VP", "EP") if num[k] > 1)
+    return {"name": f"{r['model']} {r['section'].split()[0]}, {gpus} H100 {r['Precision']} {layout}",
+            "container": r["container"],
+            "predicted": round(pred, 1), "measured": measured, "unit": "tokens/s per GPU",
+            "table": "megatron-bridge-h100", "error_pct": round(100 * (pred - measured) / measured, 2),
+            "fits": est.fits,
+            "plan": est.plan.to_string(), "step_time_s": est.step_time_s, "breakdown_s": est.breakdown_s,
+            "regime": regime_key(job, est.plan, cluster), "devices": cluster.num_devices}
+
+
+def _bridge_try(r: dict):
+    """(case, None) or (None, skipped entry) for one row: a row the model cannot express (a plan
+    the model refuses, e.g. pipeline stages that do not divide the layers) is listed, not dropped."""
+    try:
+        return _bridge_case(r), None
+    except InputError as e:
+        return None, {"row": f"{r['container']} {r['model']} {r['section']}", "reason": str(e)}
+
+
+def megatron_bridge(executor=None) -> tuple[list[dict], list[dict]]:
+    """(cases, skipped): the latest container's row of each distinct run (model, section, GPUs,
+    precision, batch and parallel layout) of the DGX-H100 table; LoRA (frozen base weights) and
+    the models not modelled are skipped with the reason."""
+    with open(BRIDGE) as f:
+        rows = list(csv.DictReader(f))
+    latest: dict = {}
+    skipped = []
+    for r in rows:
+        r = {**r, "model": r["model_or_system_heading"].removeprefix("Model: ").strip(),
+             "container": r["nemo_container"].removesuffix(" NeMo Container")}
+        key = (r["model"], r["section"], r["#-GPUs"], r["Precision"], r["GBS"], r["MBS"], r["Sequence Length"],
+               *(r[k] for k in ("TP", "PP", "CP", "VP", "EP")))
+        if key not in latest or _version(r["container"]) > _version(latest[key]["container"]):
+            latest[key] = r
+    todo = []
+    for r in latest.values():
+        if r["section"].startswith("LoRA"):
+            skipped.append({"row": f"{r['container']} {r['model']} LoRA", "reason": "LoRA (frozen base "
+                            "weights, adapter-only gradients) is not modelled"})
+        elif r["model"] in BRIDGE_NOT_MODELLED:
+            skipped.append({"row": f"{r['container']} {r['model']}", "reason": BRIDGE_NOT_MODELLED[r["model"]]})
+        else:
+            todo.append(r)
+    out = _run(_bridge_try, todo, executor)
+    return [c for c, _ in out if c], skipped + [s for _, s in out if s]
+
+
+def _version(container: str) -> tuple:
+    """'26.04.01' -> (26, 4, 1): container versions in release order."""
+    return tuple(int(x) for x in container.split("."))
+
+
 def _stats(cases: list[dict]) -> dict:
     errs = [abs(c["error_pct"]) for c in cases]
     return {"cases": len(cases), "mape_pct": round(sum(errs) / len(errs), 2), "max_error_pct": round(max(errs), 2)}
@@ -180,18 +372,27 @@ def _stats(cases: list[dict]) -> dict:
 
 def published_report(executor=None) -> dict:
     """Every published end-to-end table the simulator is compared with; the cases run on
-    `executor` (simulator.executor) when given, with the same results."""
+    `executor` (simulator.executor) when given, with the same results. Rows a table holds that
+    the model cannot express are listed under `skipped` with the reason, never dropped silently."""
     megatron, nemo = megatron_table1(executor)["cases"], nemo_2407(executor)
-    foundry = llmfoundry_fsdp(executor)
-    cases = megatron + nemo + foundry
+    foundry, table2 = llmfoundry_fsdp(executor), megatron_table2(executor)
+    mlperf, mlperf_skipped = mlperf_gpt3(executor)
+    bridge, bridge_skipped = megatron_bridge(executor)
+    tables = {
+        "megatron-2021-table1": ("Narayanan et al. 2021 (arXiv 2104.04473) Table 1", megatron),
+        "megatron-2021-table2": ("Narayanan et al. 2021 (arXiv 2104.04473) Table 2, ZeRO-3 vs PTD-P", table2),
+        "nemo-24.07": ("NeMo 24.07 performance summary, DGX-H100 FP8 (doc version of 2024-11-27)", nemo),
+        "mlperf-3.0-gpt3": ("MLPerf Training v3.0 GPT-3 175B, NVIDIA H100 systems (median step time)", mlperf),
+        "megatron-bridge-h100": ("Megatron-Bridge performance summary, DGX-H100 (latest container per run)",
+                                 bridge),
+        "llm-foundry-fsdp": ("llm-foundry MPT benchmarks, A100 40/80GB, PyTorch FSDP "
+                             "(scripts/train/benchmarking/README.md)", foundry),
+    }
+    cases = [c for _, rows in tables.values() for c in rows]
+    meta = {k: {"source": src, **_stats(rows)} for k, (src, rows) in tables.items()}
+    meta["llm-foundry-fsdp"]["by_size"] = _by_size(foundry)
     return {"suite": "published", "cases": cases, **{k: v for k, v in _stats(cases).items() if k != "cases"},
-            "tables": {"megatron-2021-table1": {"source": "Narayanan et al. 2021 (arXiv 2104.04473) Table 1",
-                                                **_stats(megatron)},
-                       "nemo-24.07": {"source": "NeMo 24.07 performance summary, DGX-H100 FP8 (doc "
-                                                "version of 2024-11-27)", **_stats(nemo)},
-                       "llm-foundry-fsdp": {"source": "llm-foundry MPT benchmarks, A100 40/80GB, PyTorch FSDP "
-                                                      "(scripts/train/benchmarking/README.md)",
-                                            **_stats(foundry), "by_size": _by_size(foundry)}}}
+            "tables": meta, "skipped": mlperf_skipped + bridge_skipped}
 
 
 def _by_size(cases: list[dict]) -> dict:
@@ -211,7 +412,9 @@ def format_report(report: dict) -> str:
         lines += [f"{meta['source']}: predicted vs published {unit}", "",
                   f"{'case':<52} {'predicted':>9} {'published':>9} {'error':>7}  plan"]
         for c in cases:
-            lines.append(f"{c['name']:<52} {c['predicted']:9.1f} {c['measured']:9.1f} {c['error_pct']:+6.1f}%  {c['plan']}")
+            fit = "" if c.get("fits", True) else "  (does not fit in the modelled memory)"
+            lines.append(f"{c['name']:<52} {c['predicted']:9.1f} {c['measured']:9.1f} {c['error_pct']:+6.1f}%  "
+                         f"{c['plan']}{fit}")
         lines += ["", f"MAPE {meta['mape_pct']:.1f}%   max |error| {meta['max_error_pct']:.1f}%"]
         if "by_size" in meta:
             lines.append("by model size: " + "  ".join(f"{k} {v['mean_error_pct']:+.1f}% (MAPE {v['mape_pct']:.1f}%)"
@@ -221,6 +424,9 @@ def format_report(report: dict) -> str:
     for key, meta in report["tables"].items():
         lines.append(f"{key:<22} {meta['cases']:>5} {meta['mape_pct']:5.1f}% {meta['max_error_pct']:5.1f}%")
     lines.append(f"all {len(report['cases'])} cases: MAPE {report['mape_pct']:.1f}%   max |error| {report['max_error_pct']:.1f}%")
+    if report.get("skipped"):
+        lines += ["", f"not replayed ({len(report['skipped'])} rows):"]
+        lines += [f"  {s['row']}: {s['reason']}" for s in report["skipped"]]
     return "\n".join(lines)
 
 
