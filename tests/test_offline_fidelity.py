@@ -113,3 +113,58 @@ def test_iteration_cost_cache_keys_on_the_workspace_limit():
     a = costs.iteration_cost(L70, H100, 8, 1, 1, "fp8", "fp8", "trtllm", None)
     b = costs.iteration_cost(L70, H100, 8, 1, 1, "fp8", "fp8", "trtllm", 8e6)
     assert a is not b and b.custom_ar_max_bytes == 8e6
+
+
+# ---- trtllm-bench 0.14 runtime memory and capacity scheduler ------------------------------------
+
+def test_sampling_workspace_as_topp_kernel_sizes():
+    """samplingTopPKernels.cu getTopPWorkspaceSizes: 16 B per (request slot x padded vocab
+    entry), sized for max_batch_size; Llama 3.1 (vocab 128256) at 4096 slots: 8.41e9 B."""
+    from simulator.serving.kv_cache import trtllm_sampling_workspace_bytes
+    assert trtllm_sampling_workspace_bytes(L70, 1, 4096) == pytest.approx(16 * 4096 * 128256)
+    assert trtllm_sampling_workspace_bytes(L70, 1, 4096) == pytest.approx(8.405e9, rel=1e-3)
+    # vocab padded to a multiple of tp (128256 is a multiple of 8: unchanged)
+    assert trtllm_sampling_workspace_bytes(L70, 8, 64) == pytest.approx(16 * 64 * 128256)
+
+
+def test_trt_engine_kv_pool_leaves_room_for_sampling_workspace():
+    """Switch-off check: the TRT-engine replica's KV pool is 0.9 x (free memory less the decoder
+    workspace), so it is 0.9 x workspace smaller than without the term, to one block; a plain
+    trtllm plan (no trt_engine) keeps the old pool."""
+    from simulator.serving.kv_cache import kv_pool, trtllm_sampling_workspace_bytes
+    kw = dict(memory_policy="trtllm", memory_fraction=0.9, block_size=64, max_tokens=8192,
+              max_seqs=4096)
+    on = kv_pool(L70, H100.device, 8, 1, 1, "fp8", "fp8", decoder_workspace=True, **kw)
+    off = kv_pool(L70, H100.device, 8, 1, 1, "fp8", "fp8", **kw)
+    ws = trtllm_sampling_workspace_bytes(L70, 8, 4096)
+    assert on.breakdown["decoder_workspace_bytes"] == pytest.approx(ws)
+    assert off.breakdown["decoder_workspace_bytes"] == 0.0
+    assert off.breakdown["kv_bytes"] - on.breakdown["kv_bytes"] == pytest.approx(0.9 * ws, rel=1e-9)
+    block = 64 * on.bytes_per_token
+    assert abs((off.num_blocks - on.num_blocks) * block - 0.9 * ws) <= block
+    # the vllm policy never takes the TensorRT-LLM decoder term
+    v = kv_pool(L70, H100.device, 8, 1, 1, "fp8", "fp8", memory_policy="vllm", memory_fraction=0.9,
+                block_size=16, max_tokens=8192, max_seqs=4096, decoder_workspace=True)
+    assert v.breakdown["decoder_workspace_bytes"] == 0.0
+
+
+def test_trtllm_bench_replica_sizes_pool_with_decoder_workspace():
+    """End to end through ServingSimulation: a trtllm-bench plan (trt_engine) reports the
+    workspace for its max_batch_size in the replica's memory breakdown."""
+    from simulator.serving.kv_cache import trtllm_sampling_workspace_bytes
+    lim = offline.offline_limits("trtllm-bench", L70, H100.device, 8, 1, 128, 128, "fp8", "fp8")
+    plan = ServingPlan((ReplicaGroup(H100, 8, 1, 1, 1),), dtype="fp8", kv_dtype="fp8",
+                       prefix_caching=False, **offline.offline_plan_options(lim))
+    rep = ServingSimulation(L70, plan, offline.offline_workload(4, 128, 4)).replicas[0]
+    assert rep.pool.breakdown["decoder_workspace_bytes"] == pytest.approx(
+        trtllm_sampling_workspace_bytes(L70, 8, lim.max_batch_size))
+
+
+def test_trtllm_bench_014_runs_guaranteed_no_evict():
+    """tensorrt_llm/bench/run/run.py (0.14) forces IFBSchedulingPolicy.NO_EVICT over the
+    MAX_UTILIZATION default: the trtllm-bench replica reserves each request's full KV."""
+    lim = offline.offline_limits("trtllm-bench", L70, H100.device, 1, 1, 1000, 1000, "fp8", "fp8")
+    plan = ServingPlan((ReplicaGroup(H100, 1, 1, 1, 1),), dtype="fp8", kv_dtype="fp8",
+                       prefix_caching=False, **offline.offline_plan_options(lim))
+    sim = ServingSimulation(L70, plan, offline.offline_workload(4, 1000, 4))
+    assert sim.replicas[0].cfg.kv_reservation == "full"

@@ -194,7 +194,8 @@ class Replica:
         self.pool = kv_pool(model, cluster.device, group.tp, group.pp, group.ep, plan.dtype,
                             self.costs.kv_dtype, cfg.memory_policy, cfg.memory_fraction,
                             cfg.block_size, cfg.max_num_batched_tokens, cfg.max_num_seqs,
-                            cfg.kv_blocks, where=f"replica {index} ({cluster.device.name}, tp={group.tp})")
+                            cfg.kv_blocks, where=f"replica {index} ({cluster.device.name}, tp={group.tp})",
+                            decoder_workspace=plan.trt_engine)
         self.kv = KVCache(self.pool.num_blocks, cfg.block_size, cfg.prefix_caching)
         self.scheduler = Scheduler(cfg, self.kv, on_finish=self._finished,
                                    on_first_token=self._first_token, on_stall=self._stall)

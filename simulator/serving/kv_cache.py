@@ -11,6 +11,8 @@ allocations (CUDA context, NCCL buffers), sized per engine:
             weights and KV; activations and CUDA graphs live in the rest)
     trtllm  (HBM − weights − activation peak − non-torch) × free_gpu_memory_fraction
             (TensorRT-LLM KvCacheConfig; default 0.9 of the memory free after loading)
+            − on the TensorRT-engine path (trtllm-bench) also the decoder's sampling workspace,
+            allocated before the KV cache measures free memory (`trtllm_sampling_workspace_bytes`)
 
 Prefix caching (vLLM automatic prefix caching, SGLang RadixAttention): whole blocks of a prompt
 prefix that an earlier request computed are reused. Here a prompt carries `prefix_keys`, each
@@ -84,6 +86,20 @@ def activation_peak_bytes(model: ModelSpec, tp: int, max_tokens: int, max_seqs: 
     return act + logits
 
 
+# cpp/tensorrt_llm/kernels/samplingTopPKernels.cu getTopPWorkspaceSizes (0.14): the sampling
+# layer's workspace, sized once for max_batch_size x vocabSizePadded: fp32 sorted log-probs (4 B),
+# int32 sorted ids (4 B) and cub::DeviceSegmentedRadixSort's alternate key/value buffers (8 B).
+TRT_SAMPLING_BYTES_PER_LOGIT = 16
+
+
+def trtllm_sampling_workspace_bytes(model: ModelSpec, tp: int, max_seqs: int) -> float:
+    """Top-p sampling workspace of TensorRT-LLM's batched decoder (allocated at executor start,
+    before the KV cache measures free memory: trtGptModelInflightBatching.cpp createDecoder precedes
+    createKvCacheManager), on every rank: max_batch_size x vocab padded to a multiple of tp."""
+    vocab_padded = math.ceil(model.vocab_size / tp) * tp
+    return float(TRT_SAMPLING_BYTES_PER_LOGIT * max_seqs * vocab_padded)
+
+
 @dataclass(frozen=True)
 class KVPool:
     num_blocks: int
@@ -98,7 +114,8 @@ class KVPool:
 
 def kv_pool(model: ModelSpec, device: Device, tp: int, pp: int, ep: int, dtype: str, kv_dtype: str,
             memory_policy: str, memory_fraction: float, block_size: int, max_tokens: int,
-            max_seqs: int, pinned_blocks: int | None = None, where: str = "replica") -> KVPool:
+            max_seqs: int, pinned_blocks: int | None = None, where: str = "replica",
+            decoder_workspace: bool = False) -> KVPool:
     """Blocks of `block_size` tokens that one replica's KV cache holds (see module docstring)."""
     per_token = kv_bytes_per_token(model, tp, pp, kv_dtype)
     hbm = float(device.hbm_bytes or 0)
@@ -106,6 +123,10 @@ def kv_pool(model: ModelSpec, device: Device, tp: int, pp: int, ep: int, dtype: 
     acts = activation_peak_bytes(model, tp, max_tokens, max_seqs)
     group = max(tp, pp)
     non_torch = CONTEXT_BYTES + (NCCL_BYTES.get(group, NCCL_BYTES_DEFAULT) if group > 1 else 0)
+    # TensorRT-LLM's decoder buffers exist before the KV cache is sized (trtllm policy only)
+    decoder = trtllm_sampling_workspace_bytes(model, tp, max_seqs) if (
+        decoder_workspace and memory_policy == "trtllm") else 0.0
+    non_torch += decoder
     if memory_policy == "vllm":
         budget = hbm * memory_fraction - weights - acts - non_torch
     elif memory_policy == "sglang":
@@ -115,7 +136,8 @@ def kv_pool(model: ModelSpec, device: Device, tp: int, pp: int, ep: int, dtype: 
     else:
         raise InputError(f"memory policy {memory_policy!r}; valid: vllm, sglang, trtllm")
     breakdown = {"hbm_bytes": hbm, "weights_bytes": weights, "activation_peak_bytes": acts,
-                 "non_torch_bytes": non_torch, "kv_bytes": max(0.0, budget)}
+                 "non_torch_bytes": non_torch, "decoder_workspace_bytes": decoder,
+                 "kv_bytes": max(0.0, budget)}
     if pinned_blocks is not None:
         blocks = int(pinned_blocks)
         breakdown["kv_bytes"] = blocks * block_size * per_token

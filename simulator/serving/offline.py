@@ -6,10 +6,14 @@ the engine's limits chosen as the benchmarking tool chooses them.
                      (tensorrt_llm/bench/build/tuning.py calc_engine_setting / finetune_setting),
                      chunked context on, KV cache 0.90 of the memory free after loading
                      (tensorrt_llm/bench/dataclasses.py ExecutorSettingsConfig: chunking=True,
-                     kv_cache_percent=.90). The tool asks for the MAX_UTILIZATION capacity
-                     scheduler; the simulation keeps the engine's no-evict reservation
-                     (kv_reservation "full"), since EngineConfig's reservation is not a plan
-                     field — with "incremental" the memory-tight rows read further off.
+                     kv_cache_percent=.90). ExecutorSettingsConfig defaults to MAX_UTILIZATION,
+                     but 0.14's `throughput` command overrides it with GUARANTEED_NO_EVICT
+                     (tensorrt_llm/bench/run/run.py run_command: settings_config
+                     ["scheduler_policy"] = IFBSchedulingPolicy.NO_EVICT), so the simulation
+                     keeps the engine's no-evict reservation (kv_reservation "full"). The KV
+                     pool is 0.90 of the memory free after the weights, the engine's activation
+                     buffer, the CUDA context/NCCL and the decoder's sampling workspace
+                     (kv_cache.trtllm_sampling_workspace_bytes, max_batch_size x vocab).
     vllm-throughput  `vllm bench throughput` builds an offline `LLM` (UsageContext.LLM_CLASS):
                      max_num_batched_tokens 16384 and max_num_seqs 1024 on GPUs with >= 70 GiB
                      (not A100), else 8192 and 256 (vllm/engine/arg_utils.py
