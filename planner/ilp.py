@@ -60,9 +60,14 @@ def _solve(prob: pulp.LpProblem, time_limit_s: float, gap: float, warm: bool = F
     solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap, warmStart=warm)
     t0 = time.perf_counter()
     prob.solve(solver)
-    dt = time.perf_counter() - t0
     sol = prob.sol_status
-    feasible = sol in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+    if warm and not _integral(prob):
+        # CBC can stop at the root once a MIP start meets the gap and hand back the root LP's
+        # fractional values as "optimal": solve again from scratch rather than read them
+        prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap))
+        sol = prob.sol_status
+    dt = time.perf_counter() - t0
+    feasible = sol in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible) and _integral(prob)
     # The status follows what CBC proved (the solution status): pulp's problem status can read
     # "Infeasible" when the time limit came before any integer solution, or "Optimal" for a
     # time-limited incumbent; neither is proven.
@@ -73,6 +78,12 @@ def _solve(prob: pulp.LpProblem, time_limit_s: float, gap: float, warm: bool = F
                      optimal=sol == pulp.LpSolutionOptimal, feasible=feasible,
                      objective=pulp.value(prob.objective) if feasible else None,
                      solve_time_s=dt, time_limit_s=time_limit_s, gap=gap)
+
+
+def _integral(prob: pulp.LpProblem, tol: float = 1e-6) -> bool:
+    """Whether every integer variable of a solved problem holds an integer value."""
+    return all(v.value() is None or abs(v.value() - round(v.value())) <= tol
+               for v in prob.variables() if v.cat == pulp.LpInteger)
 
 
 def solver_summary(runs: list, time_limit_s: float = DEFAULT_TIME_LIMIT_S, gap: float = DEFAULT_GAP) -> dict:
@@ -424,10 +435,18 @@ def partition_for_plan(job: TrainingJob, plan: TrainingPlan, cluster: Cluster,
             gain = (pb.objective(edges) - res.objective if plan.vpp > 1
                     else m * (res.uniform_bottleneck_s - res.bottleneck_s))
             res.predicted_step_time_s = step - gain
-    if res.layers_per_chunk is not None and (res.layers_per_chunk != start or not uniform):
-        res.notes.append("simulator.analytic models uniform stages only: the partition is a suggestion "
-                         "(Megatron-Core --decoder-first/last-pipeline-num-layers)")
+    if res.layers_per_chunk is not None and res.layers_per_chunk != start:
+        res.notes.append(f"to run this partition: plan layout={partition_layout(res.layers_per_chunk)} "
+                         "(Megatron-Core --pipeline-model-parallel-layout)")
     return res
+
+
+def partition_layout(layers_per_chunk: list) -> str:
+    """A partition as a Megatron-Core pipeline layout string (`simulator.training` parses it):
+    chunks separated by `|`, the embedding `E` opening the first and the loss `L` closing the last."""
+    chunks = [f"t*{n}" for n in layers_per_chunk]
+    chunks[0], chunks[-1] = "E" + chunks[0], chunks[-1] + "L"
+    return "|".join(chunks)
 
 
 # ---- heterogeneous data-parallel replicas ----------------------------------------------------

@@ -424,3 +424,25 @@ def test_des_verification_of_the_top_plans():
     assert all(p["engine"] == "analytic" for p in res.plans[3:])
     assert [p["rank"] for p in res.plans] == list(range(1, len(res.plans) + 1))
     assert any("discrete-event" in n for n in res.notes)
+
+
+def test_partition_of_a_mixed_dense_moe_model_is_a_real_partition():
+    """DeepSeek-V3 (3 dense + 58 MoE layers) at pp=16: CBC, warm-started with the planner's split,
+    can stop at the root and hand back the LP relaxation's fractional boundaries as "optimal"
+    (they read as chunks of -16 layers). The partition must be integral: every chunk holds at least
+    one layer, the chunks hold the model's 61 layers, and the objective is no better than the
+    uniform split's slowest stage could allow (the LP bound is not a partition)."""
+    from planner.ilp import partition_for_plan, partition_layout
+    from simulator.training import chunk_layers
+    job = TrainingJob(load_model("deepseek-v3"), 4096, 4096)
+    cl = load_cluster("dgx-h100", nodes=256)
+    base = "dp=64,tp=1,pp=16,cp=2,ep=4,mb=1,zero=2,recompute=none,schedule=zb-h1"
+    res = partition_for_plan(job, parse_plan(base + ",first=2,last=3", cl.num_devices), cl)
+    assert res.solver.feasible and res.layers_per_chunk is not None
+    assert min(res.layers_per_chunk) >= 1 and sum(res.layers_per_chunk) == 61
+    assert res.bottleneck_s == max(res.stage_time_s)
+    # the suggested partition runs as a plan: its layout string places exactly these layers
+    lay = partition_layout(res.layers_per_chunk)
+    plan = parse_plan(f"{base},layout={lay}", cl.num_devices)
+    assert list(chunk_layers(61, plan.schedule, plan.pp, plan.vpp, plan.split)) == res.layers_per_chunk
+    assert any(f"layout={lay}" in n for n in res.notes)
