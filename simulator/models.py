@@ -37,7 +37,7 @@ _HF_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_head
 _UNSUPPORTED_TYPES = {"mamba", "mamba2", "falcon_mamba", "rwkv", "rwkv5", "rwkv6", "rwkv7", "jamba",
                       "nemotron_h", "zamba", "zamba2", "bamba", "granitemoehybrid", "xlstm", "recurrent_gemma"}
 SUPPORTED_TYPES = ("llama", "llama4", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
-                   "deepseek_v2", "deepseek_v3", "kimi_k2", "gpt2", "gpt3", "megatron-gpt")
+                   "deepseek_v2", "deepseek_v3", "kimi_k2", "minimax_m2", "gpt2", "gpt3", "megatron-gpt")
 
 _GATED_ACTS = {"silu", "swiglu", "geglu", "swish"}
 _PLAIN_ACTS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu"}
@@ -334,7 +334,8 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
         linear_bias=bool(cfg.get("linear_bias", gpt_style)),
         qkv_bias=bool(cfg.get("attention_bias", False) or cfg.get("qkv_bias", False) or model_type == "qwen2"),
         norm=norm,
-        qk_norm=bool(cfg.get("qk_norm", model_type.startswith("qwen3"))),
+        # Qwen3: per-head QK RMSNorm always; MiniMax-M2 names it `use_qk_norm` (HF MiniMaxM2Config)
+        qk_norm=bool(cfg.get("qk_norm", cfg.get("use_qk_norm", model_type.startswith("qwen3")))),
         num_experts=n_experts, experts_per_token=top_k,
         moe_ffn_hidden_size=_int_key(cfg, "moe_intermediate_size", where, default=0, positive=False),
         num_shared_experts=_int_key(cfg, "n_shared_experts", where, default=0, positive=False),

@@ -290,3 +290,16 @@ def test_unsupported_or_incomplete_configs_are_refused_by_name(tmp_path, cfg, wo
     assert "\n" not in msg
     for w in words:
         assert w in msg, msg
+
+
+def test_minimax_m2_config_reads_qk_norm_and_mixtral_style_experts():
+    """MiniMax-M2/M2.5 (HF MiniMaxM2Config): `intermediate_size` is each expert's FFN (Mixtral
+    style, no dense layers, no shared expert), `use_qk_norm` turns on the QK RMSNorm. 62 layers of
+    256 experts x 3 x 3072 x 1536 plus attention and untied embeddings = 228.7B (published 230B)."""
+    m = load_model("minimax-m2.5")
+    assert m.is_moe and m.num_experts == 256 and m.experts_per_token == 8 and m.num_shared_experts == 0
+    assert m.qk_norm and not m.tie_embeddings
+    experts = 62 * 256 * 3 * 3072 * 1536
+    assert m.num_params == pytest.approx(228.69e9, rel=0.002) and m.num_params > experts
+    cfg = {k: v for k, v in RAW["minimax-m2.5"].items() if k != "use_qk_norm"}
+    assert not from_hf_config(cfg, "no-qk-norm").qk_norm  # the key, not the type, turns it on

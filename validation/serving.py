@@ -64,6 +64,7 @@ MOE_MODELS = {  # MoE / MLA presets
     "nvidia/DeepSeek-R1-NVFP4": "deepseek-v3",
     "nvidia/DeepSeek-V3.1-NVFP4": "deepseek-v3",  # V3.1: V3's architecture (HF config.json)
     "moonshotai/Kimi-K2.5": "kimi-k2.5",
+    "MiniMaxAI/MiniMax-M2.5": "minimax-m2.5",
 }
 # Architectures the layer description (attention + MLP/MoE blocks, dense attention) cannot express.
 REFUSED_MODELS = {
@@ -74,11 +75,10 @@ REFUSED_MODELS = {
                               "Qwen/Qwen3.5-397B-A17B config.json layer_types); not attention + MLP blocks",
     "zhipuai/GLM-5": "GLM-5: DeepSeek sparse attention (an indexer picks the keys each query "
                      "reads; HF zai-org/GLM-5 config.json); no sparse attention in the layer description",
-    "MiniMaxAI/MiniMax-M2.5": "MiniMax-M2.5: no preset (its HF config is not transcribed here)",
 }
 FAMILY = {"llama3.1-8b": "Llama-3.1", "llama3.1-70b": "Llama-3.1", "qwen3-32b": "Qwen3 dense",
           "qwen3-8b": "Qwen3 dense", "qwen3-235b-a22b": "Qwen3 MoE", "qwen3-30b-a3b": "Qwen3 MoE",
-          "deepseek-v3": "DeepSeek-V3/R1", "kimi-k2.5": "Kimi-K2.5"}
+          "deepseek-v3": "DeepSeek-V3/R1", "kimi-k2.5": "Kimi-K2.5", "minimax-m2.5": "MiniMax-M2.5"}
 SYSTEMS = {"h100_sxm": "dgx-h100", "h200_sxm": "dgx-h200", "b200_sxm": "dgx-b200",
            "b300_sxm": "dgx-b300", "gb200": "gb200-nvl72", "gb300": "gb300-nvl72"}
 DENSE_SYSTEMS = ("h100_sxm", "h200_sxm")  # the acceptance set: dense agg rows on H100/H200
