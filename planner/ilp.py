@@ -23,8 +23,8 @@ import pulp
 from hwmodels.clusters import Cluster
 from hwmodels.errors import InputError
 from simulator.analytic import layer_time_s, step_costs
-from simulator.memory import (FRAGMENTATION, WEIGHT_BYTES, inflight_microbatches, layer_activation_bytes,
-                              model_states, stage_layers, stage_memory)
+from simulator.memory import (FRAGMENTATION, WEIGHT_BYTES, expert_dp_size, inflight_microbatches,
+                              layer_activation_bytes, model_states, stage_layers, stage_memory)
 from simulator.training import TrainingJob, TrainingPlan, micro_batches
 
 DEFAULT_TIME_LIMIT_S = 2.0
@@ -381,14 +381,14 @@ def partition_problem(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) ->
     moe = [m.is_moe_layer(i) for i in range(L)]
     layer_s = {f: layer_time_s(job, plan, cluster, f) for f in set(moe)}
     times = [layer_s[f] for f in moe]
-    dp_cp, expert_dp = plan.dp * plan.cp, max(1, plan.dp * plan.cp // plan.ep)
+    dp_cp, expert_dp = plan.dp * plan.cp, expert_dp_size(plan.tp, plan.cp, plan.dp, plan.ep, plan.etp)
     z = plan.zero
     experts = m.num_experts * m.expert_params() if m.is_moe else 0
     act = {f: layer_activation_bytes(m, job, plan, f) for f in set(moe)}
     states, acts = [], []
     for i, f in enumerate(moe):
         dense = (m.layer_params(i) - (experts if f else 0)) / t
-        expert = (m.num_experts // plan.ep) * m.expert_params() if f else 0.0
+        expert = (m.num_experts // plan.ep) * m.expert_params() / plan.etp if f else 0.0  # as stage_params
         states.append(float(sum(model_states(dense, expert, z, plan.offload, dp_cp, expert_dp))))
         acts.append(act[f])
     inflight = [inflight_microbatches(plan, job, s) for s in range(p)]

@@ -273,8 +273,8 @@ class _Enumerator:
                 c.bad("pp·vpp must divide layers", s_mesh)
                 continue
             for ep in self.ep_dom:
-                if not ep_splits_experts(m, ep, dp):
-                    c.bad("ep must divide experts and dp (MoE only)", s_ep)
+                if not ep_splits_experts(m, ep, dp, tp, cp):  # MoE parallel folding: ep | tp·cp·dp
+                    c.bad("ep must divide experts and tp·cp·dp (MoE only)", s_ep)
                     continue
                 misfit = self._groups_misfit(tp, cp, ep)
                 if misfit:
@@ -293,9 +293,9 @@ class _Enumerator:
     def _groups_misfit(self, tp: int, cp: int, ep: int) -> str:
         """Why the engine could not place a TP, CP or EP group of this mesh on the cluster
         (hwmodels places a group of `size` ranks `stride` apart; ops.py strides: TP 1, CP tp,
-        EP tp·cp), or ''."""
+        EP etp = 1 in the folded expert order of megatron/core/parallel_state.py), or ''."""
         for name, op, size, stride in (("tp", "all_reduce", tp, 1), ("cp", "all_gather", cp, tp),
-                                       ("ep", "all_to_all", ep, tp * cp)):
+                                       ("ep", "all_to_all", ep, 1)):
             if size > 1:
                 try:
                     collective_s(self.cluster, op, size, stride, 1.0)

@@ -15,8 +15,8 @@ from hwmodels.clusters import Cluster
 from hwmodels.collectives import collective_s
 from hwmodels.kernels import kernel_model
 from simulator import schedules
-from simulator.memory import (as_row, by_mesh, cached, group, layer_terms_job, memo, named_rows, placement,
-                              placements, plan_memory, stage_memory, stage_params, tokens_per_rank)
+from simulator.memory import (as_row, by_mesh, cached, expert_dp_size, group, layer_terms_job, memo, named_rows,
+                              placement, placements, plan_memory, stage_memory, stage_params, tokens_per_rank)
 from simulator.ops import check_supported, layer_cost
 from simulator.precision import ACT_BYTES, WEIGHT_BYTES
 from simulator.regimes import validation_of
@@ -85,13 +85,13 @@ class StepEstimate:
 # ---- per-layer and per-chunk durations ----
 
 def _kernel_terms(job: TrainingJob, cluster: Cluster, tp: int, cp: int, ep: int, sp: bool, mb: int,
-                  rc: int) -> dict:
+                  rc: int, etp: int = 1) -> dict:
     """One micro-batch's durations for a kernel configuration (the plan fields a layer's cost
     reads), by name: per dense layer (`*_dense`) and MoE layer (`*_moe`) the forward, backward +
     recompute (weight gradients included), weight-gradient and exposed TP/CP/EP comm seconds;
     the embedding and the LM head's forward, backward and weight gradient."""
     model, km = job.model, kernel_model(cluster.device.name, job.dtype)
-    plan = layer_plan(tp, cp, ep, sp, mb, RECOMPUTE[rc])
+    plan = layer_plan(tp, cp, ep, sp, mb, RECOMPUTE[rc], etp)
     out = {}
     for kind, moe in (("dense", False), ("moe", True)):
         cost = layer_cost(model, job, plan, cluster, moe) if model.is_moe or not moe else None
@@ -134,29 +134,32 @@ def p2p_s(job: TrainingJob, cluster: Cluster, mb: int, tp: int, cp: int, dp: int
 
 
 def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: int, cp: int, ep: int,
-              dp: int, v: int, zero: int, offload: bool, cache: dict, split: tuple = EVEN) -> dict:
+              dp: int, v: int, zero: int, offload: bool, cache: dict, split: tuple = EVEN, etp: int = 1) -> dict:
     """Per stage (arrays (p,)): gradient reduction (all-reduce, or reduce-scatter with ZeRO ≥ 1),
     one pass of parameter all-gathers, gradient bytes, optimizer step seconds (the stage's
-    layers as `placement` puts them, with the plan's pipeline split)."""
+    layers as `placement` puts them, with the plan's pipeline split). Dense parameters reduce over
+    the dp×cp ranks of a TP rank (stride tp); expert parameters over the expert data-parallel
+    group edp = tp·cp·dp/(ep·etp), etp·ep ranks apart (Megatron-Core expert order etp-ep-edp,
+    megatron/core/parallel_state.py; MoE parallel folding, arXiv 2504.14960)."""
     km = kernel_model(cluster.device.name, dtype)
-    dense, expert = stage_params(model, placement(model, schedule, pp, v, split), tp, ep)
-    dp_cp, expert_dp = dp * cp, max(1, dp * cp // ep)
+    dense, expert = stage_params(model, placement(model, schedule, pp, v, split), tp, ep, etp)
+    dp_cp, expert_dp = dp * cp, expert_dp_size(tp, cp, dp, ep, etp)
     gb = 2  # bf16 gradient reduction (ZeRO §3: 2Ψ gradients)
 
-    def coll(params: float, n: int) -> tuple[float, float]:
-        """(gradient reduction, one parameter gather) seconds for `params` over n ranks, stride tp
-        (the dp×cp group of a TP rank in Megatron order tp-cp-ep-dp-pp)."""
+    def coll(params: float, n: int, stride: int) -> tuple[float, float]:
+        """(gradient reduction, one parameter gather) seconds for `params` over n ranks `stride`
+        apart."""
         if n <= 1 or params <= 0:
             return 0.0, 0.0
         def c(op, nbytes):  # cached: ZeRO stages and schedules with one placement share them
-            return cached(cache, (op, n, tp, nbytes), lambda: collective_s(cluster, op, n, tp, nbytes))
+            return cached(cache, (op, n, stride, nbytes), lambda: collective_s(cluster, op, n, stride, nbytes))
         if zero == 0:
             return c("all_reduce", params * gb), 0.0
         return c("reduce_scatter", params * gb), c("all_gather", params * WEIGHT_BYTES)
     grad, gather, opt = np.zeros(pp), np.zeros(pp), np.zeros(pp)
     for s in range(pp):
-        g1, a1 = coll(float(dense[s]), dp_cp)
-        g2, a2 = coll(float(expert[s]), expert_dp)
+        g1, a1 = coll(float(dense[s]), dp_cp, tp)
+        g2, a2 = coll(float(expert[s]), expert_dp, etp * ep)
         grad[s], gather[s] = g1 + g2, a1 + a2
         local = float(dense[s] / (dp_cp if zero >= 1 else 1) + expert[s] / (expert_dp if zero >= 1 else 1))
         if offload:  # grads to host, params back over PCIe, CPU Adam on host DRAM (ZeRO-Offload)
@@ -276,13 +279,13 @@ def step_terms(job: TrainingJob, cluster: Cluster, batch: PlanBatch) -> StepTerm
 
 
 def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: int, cp: int, ep: int,
-               dp: int) -> dict:
+               dp: int, etp: int = 1) -> dict:
     model, names, lj, p = job.model, schedules.names(), layer_terms_job(job), pp
     n = len(b)
     cache = memo("step", lj, cluster)
     kkeys, kinv = group(b.mb, b.recompute, b.sp)
-    ks = [cached(cache, ("kernel", tp, cp, ep, sp, mb, rc),
-                 lambda: as_row(_kernel_terms(lj, cluster, tp, cp, ep, bool(sp), mb, rc))) for mb, rc, sp in kkeys]
+    ks = [cached(cache, ("kernel", tp, cp, ep, sp, mb, rc, etp),
+                 lambda: as_row(_kernel_terms(lj, cluster, tp, cp, ep, bool(sp), mb, rc, etp))) for mb, rc, sp in kkeys]
     k = named_rows(ks, kinv)
     pkeys, pinv, pls = placements(model, b, pp)
     stack = lambda attr: np.stack([getattr(pl, attr) for pl in pls])[pinv]  # noqa: E731
@@ -321,9 +324,9 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
     # ---- data parallel / ZeRO and optimizer: the slowest stage's tail ----
     dkeys, dinv = group(pinv, b.zero, b.offload)
     # keyed by placement: schedules that place layers alike share their DP terms
-    ds = [cached(cache, ("dp", pls[k].chunk_ids, pls[k].chunk_layers, tp, pp, cp, ep, dp, z, off),
+    ds = [cached(cache, ("dp", pls[k].chunk_ids, pls[k].chunk_layers, tp, pp, cp, ep, dp, z, off, etp),
                  lambda: _dp_terms(model, cluster, job.dtype, names[pkeys[k][0]], tp, pp, cp, ep, dp, pkeys[k][1], z,
-                                   bool(off), cache, b.split(int(np.argmax(pinv == k)))))
+                                   bool(off), cache, b.split(int(np.argmax(pinv == k))), etp))
           for k, z, off in dkeys]
     d = {name: np.stack([x[name] for x in ds])[dinv] for name in ds[0]}
     cols = b.take((slice(None), None))  # (n, 1) columns broadcast against (n, p) stages
@@ -402,11 +405,11 @@ def step_costs(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) -> StepCo
     """The engine's per-chunk durations of one plan (`work` per chunk) for the DES."""
     model, p, v = job.model, plan.pp, plan.vpp
     k = _kernel_terms(layer_terms_job(job), cluster, plan.tp, plan.cp, plan.ep, plan.sp, plan.mb,
-                      RECOMPUTE.index(plan.recompute))
+                      RECOMPUTE.index(plan.recompute), plan.etp)
     pl = placement(model, plan.schedule, p, v, plan.split)
     last_chunk = len(pl.chunk_moe) - 1
     d = _dp_terms(model, cluster, job.dtype, plan.schedule, plan.tp, p, plan.cp, plan.ep, plan.dp, v,
-                  plan.zero, plan.offload, memo("step", layer_terms_job(job), cluster), plan.split)
+                  plan.zero, plan.offload, memo("step", layer_terms_job(job), cluster), plan.split, plan.etp)
     passes = float(gather_passes(plan.zero, RECOMPUTE.index(plan.recompute)))
     stages = []
     for st in range(p):
@@ -429,7 +432,7 @@ def layer_time_s(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, moe: bo
     """One layer's forward + backward (+ recompute) with exposed TP/CP/EP comm, one micro-batch
     (`work` of one layer: the unit a stage's time is made of)."""
     k = _kernel_terms(layer_terms_job(job), cluster, plan.tp, plan.cp, plan.ep, plan.sp, plan.mb,
-                      RECOMPUTE.index(plan.recompute))
+                      RECOMPUTE.index(plan.recompute), plan.etp)
     w = work(k, float(not moe), float(moe), 0.0, 0.0)
     return w["fwd_s"] + w["bwd_s"]
 

@@ -63,8 +63,11 @@ def layer_activation_bytes(model: ModelSpec, job: TrainingJob, plan: TrainingPla
     if moe:
         k, f = model.experts_per_token, model.moe_ffn_hidden_size
         # routed token copies (top-k of the rank's sequence shard): expert input, up/gate
-        # outputs, activation output
-        split += sb * k * (2 * h + 2 * f * (2 if model.gated_mlp else 1) + 2 * f)
+        # outputs, activation output. With expert TP the experts' input is the ETP group's gathered
+        # tokens (etp× the copies, whole h) and their outputs are split over etp (token_dispatcher.py
+        # dispatch_postprocess all-gathers over the expert-TP group before the expert GEMMs)
+        etp = plan.etp
+        split += sb * k * (2 * h * etp + 2 * f * (2 if model.gated_mlp else 1) + 2 * f)
         if model.num_shared_experts:
             fs = f * model.num_shared_experts
             split += sb * (2 * fs * (2 if model.gated_mlp else 1) + 2 * fs)
@@ -142,15 +145,23 @@ def placement(model: ModelSpec, schedule: str, p: int, v: int, split: tuple = EV
         sched.pass_fraction(p, v), sched.chunks_per_stage(v))
 
 
-def stage_params(model: ModelSpec, pl: Placement, tp: int, ep: int) -> tuple[np.ndarray, np.ndarray]:
+def stage_params(model: ModelSpec, pl: Placement, tp: int, ep: int, etp: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(non-expert, expert) parameters one rank of each stage holds, before ZeRO sharding: its
     layers ÷ tp, the embedding with chunk 0, the LM head with the last chunk (plus, with tied
-    embeddings and pp > 1, the last stage's own copy of the embedding); experts ÷ ep."""
+    embeddings and pp > 1, the last stage's own copy of the embedding); experts/ep of them, each
+    split over etp (Megatron-Core expert mesh, megatron/core/parallel_state.py)."""
     tied = model.vocab_size * model.hidden_size if model.tie_embeddings and len(pl.first) > 1 else 0
     dense = (pl.layer_params + pl.first * model.embedding_params()
              + pl.last * (model.head_params() + tied)) / tp
-    expert = pl.n_moe * ((model.num_experts // ep) * model.expert_params() if model.is_moe else 0)
+    expert = pl.n_moe * ((model.num_experts // ep) * model.expert_params() / etp if model.is_moe else 0)
     return dense, expert
+
+
+def expert_dp_size(tp: int, cp: int, dp: int, ep: int, etp: int = 1) -> int:
+    """Expert data-parallel group: the tp·cp·dp ranks of a stage over ep·etp (MoE parallel folding,
+    Liu et al. 2025, arXiv 2504.14960 §3; megatron/core/parallel_state.py
+    expert_data_parallel_size); ZeRO shards the expert states over it."""
+    return max(1, tp * cp * dp // (ep * etp))
 
 
 def model_states(dense, expert, zero, offload, dp_cp, expert_dp) -> tuple:
@@ -192,11 +203,11 @@ def tokens_per_rank(job: TrainingJob, mb, cp):
     return mb * job.seq_len // cp
 
 
-def _layer_acts(job: TrainingJob, tp: int, cp: int, ep: int, sp: bool, mb: int, rc: int) -> dict:
+def _layer_acts(job: TrainingJob, tp: int, cp: int, ep: int, sp: bool, mb: int, rc: int, etp: int = 1) -> dict:
     """Activation bytes per layer and micro-batch (dense, MoE), and a layer's whole activations
     (recompute none) that full recompute rebuilds in its backward."""
-    m, plan = job.model, layer_plan(tp, cp, ep, sp, mb, RECOMPUTE[rc])
-    none = layer_plan(tp, cp, ep, sp, mb, "none")
+    m, plan = job.model, layer_plan(tp, cp, ep, sp, mb, RECOMPUTE[rc], etp)
+    none = layer_plan(tp, cp, ep, sp, mb, "none", etp)
     return {"dense": layer_activation_bytes(m, job, plan, False),
             "moe": layer_activation_bytes(m, job, plan, True) if m.is_moe else 0.0,
             "full_dense": layer_activation_bytes(m, job, none, False),
@@ -300,11 +311,12 @@ def memory_parts(job: TrainingJob, batch: PlanBatch) -> MemoryParts:
     return MemoryParts(**by_mesh(batch, lambda b, mesh: _mesh_memory(job, b, *mesh), MEMORY_PARTS))
 
 
-def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: int, dp: int) -> dict:
+def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: int, dp: int,
+                 etp: int = 1) -> dict:
     model, names, lj = job.model, schedules.names(), layer_terms_job(job)
-    dp_cp, expert_dp = dp * cp, max(1, dp * cp // ep)
+    dp_cp, expert_dp = dp * cp, expert_dp_size(tp, cp, dp, ep, etp)
     pkeys, pinv, pls = placements(model, b, pp)
-    per_pl = [stage_params(model, pl, tp, ep) for pl in pls]
+    per_pl = [stage_params(model, pl, tp, ep, etp) for pl in pls]
     dense = np.stack([d for d, _ in per_pl])[pinv]
     expert = np.stack([e for _, e in per_pl])[pinv]
     stack = lambda attr: np.stack([getattr(pl, attr) for pl in pls])[pinv]  # noqa: E731
@@ -314,7 +326,8 @@ def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: 
 
     kkeys, kinv = group(b.mb, b.recompute, b.sp)
     cache = memo("activations", lj)
-    act = named_rows([cached(cache, (tp, cp, ep, sp, mb, rc), lambda: as_row(_layer_acts(lj, tp, cp, ep, bool(sp), mb, rc)))
+    act = named_rows([cached(cache, (tp, cp, ep, sp, mb, rc, etp),
+                             lambda: as_row(_layer_acts(lj, tp, cp, ep, bool(sp), mb, rc, etp)))
                       for mb, rc, sp in kkeys], kinv)
     ikeys, iinv = group(b.schedule, b.vpp, b.micro_batches(job))
     inflight = np.stack([_inflight_row(names[s], pp, v, m) for s, v, m in ikeys])[iinv]
@@ -325,7 +338,7 @@ def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: 
     acts = acts + np.where(full, np.where(n_moe > 0, act["full_moe"], act["full_dense"]), 0.0)
     # fp32 logits of one micro-batch for the cross-entropy backward, with the LM head
     acts = acts + last * (4 * tokens_per_rank(job, b.mb[:, None], cp) * model.vocab_size / tp)
-    comm = float(sum(_nccl_bytes(n) for n in (tp, cp, dp, ep, pp if pp > 1 else 1)))
+    comm = float(sum(_nccl_bytes(n) for n in (tp, cp, dp, ep, etp, pp if pp > 1 else 1)))
     # ZeRO-3: gathered parameters of the current and the prefetched layer
     comm = comm + np.where(zero == 3, 2 * WEIGHT_BYTES * stack("max_layer") / tp, 0.0)
     reserve = CONTEXT_BYTES + FRAGMENTATION * acts

@@ -14,7 +14,8 @@ layer with different kernels, `Kernels` names the difference.
 
 Shapes follow Megatron-LM: TP splits heads and the FFN (Shoeybi et al. 2019 §3), SP splits the
 norm/dropout regions along the sequence (Korthikanti et al. 2022 §4.2.2), CP splits the sequence
-with ring attention, EP places experts (Megatron-Core, expert-TP = 1 in training).
+with ring attention, EP places experts over the folded expert mesh etp × ep × edp of a stage's
+ranks (Megatron-Core MoE parallel folding, Liu et al. 2025, arXiv 2504.14960).
 """
 from __future__ import annotations
 
@@ -101,11 +102,13 @@ class LayerPass:
     sp: bool = False  # norm/dropout regions and the MoE block on the T/tp sequence shard
     cp: int = 1
     ep: int = 1
-    ep_stride: int = 1  # rank distance between EP peers (training: tp·cp; serving: 1, inside TP)
+    # rank distance between EP peers (training: etp, Megatron-Core's folded expert order
+    # etp-ep-edp, megatron/core/parallel_state.py; serving: 1, inside TP)
+    ep_stride: int = 1
     # EP peers hold different tokens (training: DP/CP ranks) or the same ones (serving: EP inside
     # the TP group, where every rank holds the whole batch)
     ep_distinct_tokens: bool = True
-    expert_tp: int = 1  # ways each expert's FFN is split (Megatron-Core: 1; vLLM: tp / ep)
+    expert_tp: int = 1  # ways each expert's FFN is split (Megatron-Core: the plan's etp; vLLM: tp / ep)
     overlap_tp_comm: bool = False
     dropout: bool = False
     kv_bytes: float = ACT_BYTES  # bytes of one KV-cache element (serving)
@@ -279,10 +282,17 @@ def _moe_block(km: KernelModel, km_router: KernelModel, model: ModelSpec, lp: La
                comm_s: CommCost, phase: str) -> list[Op]:
     """Router, token all-to-all, expert GEMMs, all-to-all back (GShard, arXiv 2006.16668;
     Megatron-Core token dispatcher), plus shared experts (DeepSeekMoE, arXiv 2401.06066 §3.2)."""
-    t, ep, h = lp.tp, lp.ep, model.hidden_size
+    t, ep, h, etp = lp.tp, lp.ep, model.hidden_size, lp.expert_tp
     k, E = model.experts_per_token, model.num_experts
-    tokens = max(1, lp.tokens // t) if lp.sp else lp.tokens  # with SP, MoE runs on the sequence shard
-    routed = tokens * k * (ep if lp.ep_distinct_tokens else 1)  # (token, expert) pairs of the EP group
+    # with SP, MoE runs on the sequence shard: each TP rank routes its own S/TP tokens
+    # (megatron/core/transformer/moe/token_dispatcher.py: num_local_tokens = S/TP·B)
+    tokens = max(1, lp.tokens // t) if lp.sp else lp.tokens
+    # expert TP over distinct tokens (training): after the EP all-to-all the ETP group gathers its
+    # tokens, so each local expert sees the tokens of ep·etp ranks (token_dispatcher.py
+    # dispatch_postprocess: gather_from_sequence_parallel_region over the expert-TP group)
+    etp_gather = lp.ep_distinct_tokens and etp > 1
+    # (token, expert) pairs of the EP (× ETP) group
+    routed = tokens * k * ((ep * etp) if lp.ep_distinct_tokens else 1)
     if lp.kernels.random_routing:
         # expected experts hit by `routed` uniform picks: E·(1 − (1 − 1/E)^routed); an expert that
         # gets no token is skipped
@@ -297,6 +307,10 @@ def _moe_block(km: KernelModel, km_router: KernelModel, model: ModelSpec, lp: La
     a2a_bytes = tokens * k * h * ACT_BYTES
     ops = _gemm(km_router, "router", tokens, E, h, phase)
     ops.append(_comm(comm_s, "ep.dispatch", "all_to_all", "ep", ep, lp.ep_stride, a2a_bytes, phase))
+    fwd = phase != "bwd"
+    if etp_gather:  # ETP ranks are adjacent (stride 1) in the folded expert order
+        ops.append(_comm(comm_s, "ep.etp_gather", "all_gather" if fwd else "reduce_scatter", "ep", etp, 1,
+                         a2a_bytes * etp, phase))
     for name, n, kk in (("expert_fc1", ffn * gated, h), ("expert_fc2", h, ffn)):
         if lp.kernels.grouped_experts:  # local experts side by side in N: their FLOPs and weight bytes
             ops += _gemm(km, name, per_expert, n * local, kk, phase)
@@ -306,6 +320,9 @@ def _moe_block(km: KernelModel, km_router: KernelModel, model: ModelSpec, lp: La
                           op.bytes * local, op.time_s * local, wgrad=op.wgrad))
     # activation over the (token, expert) pairs this rank's experts receive: the EP group's share
     ops.append(_mem(km, "expert_act", (gated + 1) * (routed / ep) * ffn * ACT_BYTES, phase))
+    if etp_gather:  # token_dispatcher.py combine_preprocess: reduce-scatter over the expert-TP group
+        ops.append(_comm(comm_s, "ep.etp_scatter", "reduce_scatter" if fwd else "all_gather", "ep", etp, 1,
+                         a2a_bytes * etp, phase))
     ops.append(_comm(comm_s, "ep.combine", "all_to_all", "ep", ep, lp.ep_stride, a2a_bytes, phase))
     if model.num_shared_experts:
         sf = model.moe_ffn_hidden_size * model.num_shared_experts // t
@@ -314,12 +331,47 @@ def _moe_block(km: KernelModel, km_router: KernelModel, model: ModelSpec, lp: La
     return ops
 
 
+def window_pairs(q: int, ctx: int, window: int = 0) -> float:
+    """Key-query pairs that q new tokens after ctx cached ones attend to, each reaching back over
+    at most `window` tokens (itself included; 0 = no window), in the continuous form the causal
+    q²/2 + q·ctx takes: with a = ctx, w < a + q it is q·w (a ≥ w), else (w² − a²)/2 + (a+q−w)·w;
+    for a training sequence (a = 0) s·min(s, w) − min(s, w)²/2 (Mistral 7B arXiv 2310.06825 §2:
+    each token sees w positions; Beltagy et al. 2020 Longformer §3.1: O(n·w))."""
+    full = q * q / 2 + q * ctx
+    if window <= 0 or window >= q + ctx:
+        return full
+    a, w = ctx, window
+    if a >= w:
+        return float(q * w)
+    return (w * w - a * a) / 2 + (a + q - w) * w
+
+
+def window_mix(model: ModelSpec, q: int, ctx: int = 0) -> float:
+    """The layer-weighted share of full causal attention pairs the model's layers compute
+    (1.0 without local attention): Σ layers · window_pairs / (L · (q²/2 + q·ctx))."""
+    full = q * q / 2 + q * ctx
+    if full <= 0:
+        return 1.0
+    counts = model.window_counts()
+    return sum(n * window_pairs(q, ctx, w) for w, n in counts) / (model.num_layers * full)
+
+
 def chunk_attention_s(km: KernelModel, model: ModelSpec, heads: int, kv_heads: int,
-                      count: int, q: int, ctx: int) -> float:
+                      count: int, q: int, ctx: int, window: int = 0) -> float:
     """One layer's attention core, forward, for `count` sequences each adding q tokens after ctx
     cached ones (FlashAttention-2, Dao 2023 §3.1): the causal q×q block plus the full q×ctx
-    block. A training micro-batch is `count` = mb sequences of q = s tokens and no context."""
+    block. A training micro-batch is `count` = mb sequences of q = s tokens and no context.
+
+    A layer with local attention (`window` w < q + ctx) runs only the key blocks inside the band
+    (flash-attention `window_size`: flash_fwd_kernel.h n_block_min/n_block_max skip blocks left of
+    the window): per query block of w rows, the causal w×w diagonal block and the w×w block
+    before it, masked to a triangle. Costed as `window_pairs`/(w²/2) causal w×w units at the
+    measured rate of a causal kernel of length w, batched (each unit one CTA row's work)."""
     d = attention_qk_dim(model)
+    if 0 < window < q + ctx:
+        units = window_pairs(q, ctx, window) / (window * window / 2)
+        n = max(1, math.ceil(units))
+        return km.flash_attention_s(count * n, window, window, heads, kv_heads, d, True) * units / n
     t = km.flash_attention_s(count, q, q, heads, kv_heads, d, True)
     if ctx:
         t += km.flash_attention_s(count, q, ctx, heads, kv_heads, d, False)
@@ -341,8 +393,11 @@ def _layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: 
     # FP8 recipes run attention in bf16 (Transformer Engine: FP8 dot-product attention is opt-in)
     km_attn = kernel_model(cluster.device.name, "bf16") if job.dtype in ("fp8", "fp4") else km
     t, cp = plan.tp, plan.cp
+    # MoE parallel folding (Liu et al. 2025, arXiv 2504.14960; megatron/core/parallel_state.py
+    # expert_decoder_rank_generator, order etp-ep-edp): EP peers are etp ranks apart inside the stage
     lp = LayerPass(tokens=plan.mb * job.seq_len // cp, tp=t, sp=plan.sp, cp=cp, ep=plan.ep,
-                   ep_stride=t * cp, overlap_tp_comm=job.overlap_tp_comm, dropout=job.dropout)
+                   ep_stride=plan.etp, expert_tp=plan.etp, overlap_tp_comm=job.overlap_tp_comm,
+                   dropout=job.dropout)
     heads, kv_heads = model.num_heads // t, max(1, model.num_kv_heads // t)
     attention = _core_attention(km_attn, model, job, plan, heads, kv_heads, phase)
 
@@ -360,7 +415,13 @@ def _core_attention(km: KernelModel, model: ModelSpec, job: TrainingJob, plan: T
         if ph == "recompute" and plan.recompute == "selective":
             return []  # flash attention recomputes its scores inside the backward kernel
         if job.attention_kernel == "fa2":
-            fwd_t = chunk_attention_s(km, model, heads, kv_heads, mb, s, 0) / cp
+            # one layer cost stands for every layer of the chunk: the layer-weighted mix of full
+            # and local (sliding-window) layers (flash-attention window_size skips the blocks
+            # outside the window, forward and backward alike)
+            counts = model.window_counts()
+            fwd_t = sum(n * chunk_attention_s(km, model, heads, kv_heads, mb, s, 0, w)
+                        for w, n in counts) / model.num_layers / cp
+            causal_flops *= window_mix(model, s)
         else:  # an older flash kernel (FA1, the Triton port) at its own measured rate
             fwd_t = km.legacy_flash_s(job.attention_kernel, mb, s, heads, d) / cp
         if ph == "bwd":  # FlashAttention-2 (Dao 2023 §4.1): the backward costs 2.5 forwards
@@ -437,7 +498,8 @@ def _model_flops_fwd(model: ModelSpec, job: TrainingJob, plan: TrainingPlan,
         attn_proj = 2 * T * model.attention_params()
     d_qk = model.head_dim if not model.is_mla else model.qk_nope_head_dim + model.qk_rope_head_dim
     d_v = model.head_dim if not model.is_mla else model.v_head_dim
-    attn = 2 * T * job.seq_len * model.num_heads * (d_qk + d_v)
+    # local (sliding-window) layers: the same convention over the pairs inside the window
+    attn = 2 * T * job.seq_len * model.num_heads * (d_qk + d_v) * window_mix(model, job.seq_len)
     if moe:
         mlp = 2 * T * model.experts_per_token * model.expert_params() + 2 * T * h * model.num_experts
         if model.num_shared_experts:

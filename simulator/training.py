@@ -28,9 +28,9 @@ DTYPES = ("bf16", "fp16", "fp8", "fp4")
 # Upper bound on seq-len and global batch (2^24 tokens per sequence, 2^24 sequences per step):
 # beyond any training run, and it keeps token and FLOP counts finite floats.
 MAX_JOB_SIZE = 2 ** 24
-_INT_KEYS = ("dp", "tp", "pp", "cp", "ep", "mb", "vpp", "zero", "first", "last")
+_INT_KEYS = ("dp", "tp", "pp", "cp", "ep", "etp", "mb", "vpp", "zero", "first", "last")
 _BOOL_KEYS = ("sp", "offload", "fsdp", "pp_embed", "pp_loss")
-PLAN_KEYS = ("dp tp pp cp ep mb vpp zero recompute schedule sp offload fsdp first last pp_embed pp_loss layout")
+PLAN_KEYS = ("dp tp pp cp ep etp mb vpp zero recompute schedule sp offload fsdp first last pp_embed pp_loss layout")
 _ON = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
 
 
@@ -84,7 +84,9 @@ class TrainingJob:
 @dataclass(frozen=True)
 class TrainingPlan:
     """How it is parallelised (Megatron-LM vocabulary). Sizes multiply to the device count:
-    dp·tp·pp·cp = devices; ep splits experts inside dp·cp (Megatron-Core expert parallelism)."""
+    dp·tp·pp·cp = devices. The MoE layers have their own mesh over the same tp·cp·dp ranks of a
+    pipeline stage (Megatron-Core MoE parallel folding, Liu et al. 2025, arXiv 2504.14960):
+    etp·ep·edp = tp·cp·dp, with ep splitting the experts and etp each expert's FFN."""
 
     dp: int = 1
     tp: int = 1
@@ -106,6 +108,9 @@ class TrainingPlan:
     pp_embed: bool = False  # the embedding counted as a layer (--account-for-embedding-in-pipeline-split)
     pp_loss: bool = False  # the output layer + loss counted as a layer (--account-for-loss-in-pipeline-split)
     layout: str = ""  # explicit per-chunk layout (--pipeline-model-parallel-layout), commas removed
+    # expert tensor parallelism (--expert-tensor-parallel-size). 1 is what Megatron-Bridge's MoE
+    # recipes set; Megatron-Core's own default (megatron/training/arguments.py) is etp = tp.
+    etp: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,7 +122,8 @@ class TrainingPlan:
 
     def to_string(self) -> str:
         d = self.to_dict()
-        parts = [f"{k}={d[k]}" for k in ("dp", "tp", "pp", "cp", "ep", "mb", "vpp", "zero")]
+        keys = ("dp", "tp", "pp", "cp", "ep") + (("etp",) if self.etp != 1 else ()) + ("mb", "vpp", "zero")
+        parts = [f"{k}={d[k]}" for k in keys]
         parts += [f"recompute={self.recompute}", f"schedule={self.schedule}",
                   f"sp={'on' if self.sp else 'off'}", f"offload={'on' if self.offload else 'off'}"]
         if self.fsdp:
@@ -131,6 +137,12 @@ class TrainingPlan:
     @property
     def num_devices(self) -> int:
         return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def edp(self) -> int:
+        """Expert data parallelism: the ranks that hold the same experts and reduce their
+        gradients, tp·cp·dp / (ep·etp) (megatron/core/parallel_state.py expert_data_parallel_size)."""
+        return max(1, self.tp * self.cp * self.dp // (self.ep * self.etp))
 
 
 def plan_commas(item: str) -> str:
@@ -239,13 +251,9 @@ def validate_plan(plan: TrainingPlan, job: TrainingJob, num_devices: int,
     if not cp_splits_seq(job.seq_len, plan.cp):
         raise InputError(f"plan cp={plan.cp}: seq-len {job.seq_len} must split into 2·cp chunks "
                          f"(load-balanced causal context parallelism)")
-    if plan.ep > 1:
-        if not m.is_moe:
-            raise InputError(f"plan ep={plan.ep} needs a MoE model; {m.name} has no experts")
-        if m.num_experts % plan.ep:
-            raise InputError(f"plan ep={plan.ep} must divide the model's {m.num_experts} experts")
-        if plan.dp % plan.ep:  # experts are placed across DP replicas, stride tp·cp
-            raise InputError(f"plan ep={plan.ep} must divide dp={plan.dp}")
+    why = expert_mesh_error(m, plan.tp, plan.cp, plan.dp, plan.ep, plan.etp)
+    if why:
+        raise InputError(why)
     if plan.split == EVEN and not layers_split(m, plan.pp * plan.vpp):
         hint = uneven_candidates(m.num_layers, plan.schedule, plan.pp, plan.vpp)
         hint = (f", or split unevenly, e.g. {','.join(split_keys(hint[0]))} (Megatron-Core uneven pipeline)"
@@ -279,9 +287,34 @@ def cp_splits_seq(seq_len: int, cp: int) -> bool:
     return not (seq_len % cp or (cp > 1 and (seq_len // cp) % 2))
 
 
-def ep_splits_experts(m: ModelSpec, ep: int, dp: int) -> bool:
-    """ep > 1 needs a MoE model whose experts and dp it divides."""
-    return ep == 1 or (m.is_moe and not m.num_experts % ep and not dp % ep)
+def ep_splits_experts(m: ModelSpec, ep: int, dp: int, tp: int = 1, cp: int = 1, etp: int = 1) -> bool:
+    """The expert mesh folds into the stage's ranks: ep (and etp) > 1 need a MoE model whose
+    experts ep divides (and whose expert FFN etp divides), and ep·etp must divide tp·cp·dp
+    (`expert_mesh_error`)."""
+    return (ep == 1 and etp == 1) or not expert_mesh_error(m, tp, cp, dp, ep, etp)
+
+
+def expert_mesh_error(m: ModelSpec, tp: int, cp: int, dp: int, ep: int, etp: int) -> str:
+    """Why the MoE layers' mesh etp × ep × edp cannot fold into the tp × cp × dp ranks of a
+    pipeline stage, or ''. MoE parallel folding (Liu et al. 2025, arXiv 2504.14960 §3;
+    megatron/core/parallel_state.py: world_size must divide by etp·ep·pp, edp = the rest)."""
+    if ep == 1 and etp == 1:
+        return ""
+    if not m.is_moe:
+        return f"plan ep={ep}, etp={etp} needs a MoE model; {m.name} has no experts"
+    if m.num_experts % ep:
+        return f"plan ep={ep} must divide the model's {m.num_experts} experts"
+    if m.moe_ffn_hidden_size % etp:
+        return f"plan etp={etp} must divide the expert FFN size {m.moe_ffn_hidden_size}"
+    ranks = tp * cp * dp
+    if ranks % (ep * etp):
+        valid = [e for e in range(1, ranks // etp + 1) if not (ranks // etp) % e and not m.num_experts % e] \
+            if not ranks % etp else []
+        hint = f"valid ep with etp={etp}: {', '.join(map(str, valid))}" if valid else \
+            f"etp must divide tp·cp·dp = {ranks}"
+        return (f"plan ep·etp = {ep}·{etp} = {ep * etp} must divide tp·cp·dp = {tp}·{cp}·{dp} = {ranks} "
+                f"(MoE parallel folding); {hint}")
+    return ""
 
 
 def layers_split(m: ModelSpec, chunks: int) -> bool:
@@ -473,11 +506,11 @@ def micro_batches(plan: TrainingPlan, job: TrainingJob) -> int:
     return job.global_batch // (plan.dp * plan.mb)
 
 
-def layer_plan(tp: int, cp: int, ep: int, sp: bool, mb: int, recompute: str) -> TrainingPlan:
+def layer_plan(tp: int, cp: int, ep: int, sp: bool, mb: int, recompute: str, etp: int = 1) -> TrainingPlan:
     """The plan fields a layer's costs and activations read (`simulator.ops.layer_cost`,
     `simulator.memory.layer_activation_bytes`); the others (dp, pp, zero, vpp, schedule, offload)
     take defaults so that their caches hit across plans."""
-    return TrainingPlan(tp=tp, cp=cp, ep=ep, sp=sp, mb=mb, recompute=recompute)
+    return TrainingPlan(tp=tp, cp=cp, ep=ep, sp=sp, mb=mb, recompute=recompute, etp=etp)
 
 
 def with_plan(plan: TrainingPlan, **kw) -> TrainingPlan:
@@ -512,6 +545,7 @@ class PlanBatch:
     pp: np.ndarray
     cp: np.ndarray
     ep: np.ndarray
+    etp: np.ndarray
     mb: np.ndarray
     vpp: np.ndarray
     zero: np.ndarray
@@ -579,8 +613,8 @@ class PlanBatch:
         return job.global_batch // (self.dp * self.mb)
 
     def meshes(self):
-        """(tp, pp, cp, ep, dp) and the indices of the plans with that mesh shape."""
-        keys = np.stack([self.tp, self.pp, self.cp, self.ep, self.dp], axis=1)
+        """(tp, pp, cp, ep, dp, etp) and the indices of the plans with that mesh shape."""
+        keys = np.stack([self.tp, self.pp, self.cp, self.ep, self.dp, self.etp], axis=1)
         if len(self) and (keys == keys[0]).all():
             yield tuple(int(x) for x in keys[0]), np.arange(len(self))
             return

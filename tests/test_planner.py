@@ -154,7 +154,7 @@ def test_every_candidate_lands_in_one_bucket_and_validity_matches_validate_plan(
             try:
                 validate_plan(plan, job, N, c.devices_per_node)
                 check_supported(model, plan)
-                for size, stride in ((tp, 1), (cp, tp), (ep, tp * cp)):
+                for size, stride in ((tp, 1), (cp, tp), (ep, 1)):  # EP folded: stride etp = 1
                     if size > 1:
                         collective_s(c, "all_to_all", size, stride, 1.0)
             except InputError:
@@ -446,3 +446,18 @@ def test_partition_of_a_mixed_dense_moe_model_is_a_real_partition():
     plan = parse_plan(f"{base},layout={lay}", cl.num_devices)
     assert list(chunk_layers(61, plan.schedule, plan.pp, plan.vpp, plan.split)) == res.layers_per_chunk
     assert any(f"layout={lay}" in n for n in res.notes)
+
+
+def test_partition_problem_memory_is_the_engines_for_a_folded_expert_mesh():
+    """With MoE parallel folding (ep over tp·dp, and etp), the ILP's per-layer memory must be the
+    engine's: expert states sharded over EDP = tp·cp·dp/(ep·etp), experts/ep split etp ways. A
+    partition that moves layers (20 | 28 of Qwen3-30B's 48) must cost what the engine says that
+    uneven plan (first=20,last=28) holds."""
+    job = TrainingJob(load_model("qwen3-30b-a3b"), seq_len=4096, global_batch=64, dtype="bf16")
+    c = load_cluster("dgx-h100", nodes=2)
+    for text in ("tp=2,pp=2,ep=4,mb=1,sp=on", "tp=2,pp=2,ep=2,etp=2,mb=1,sp=on"):  # dp=4: EDP 2, not dp/ep
+        plan = parse_plan(text, c.num_devices)
+        pb, _ = ilp.partition_problem(job, plan, c)
+        uneven = estimate(job, parse_plan(text + ",first=20,last=28", c.num_devices), c)
+        assert max(pb.stage_bytes([0, 20, 48], s) for s in range(2)) == pytest.approx(
+            uneven.memory["peak_bytes"], rel=1e-6)
