@@ -42,7 +42,7 @@ from hwmodels.errors import InputError
 from hwmodels.kernels import KernelModel, dtype_bytes, kernel_model
 from simulator.models import ModelSpec
 from simulator.ops import (SERVING_ENGINE, LayerPass, chunk_attention_s, kv_cache_elements,
-                           kv_heads_per_rank, transformer_layer)
+                           kv_heads_per_rank, transformer_layer, window_pairs)
 from simulator.precision import ACT_BYTES
 from simulator.serving.scheduler import Batch
 
@@ -94,8 +94,13 @@ class IterationCost:
 
     def __init__(self, model: ModelSpec, cluster: Cluster, tp: int = 1, pp: int = 1, ep: int = 1,
                  dtype: str = "bf16", kv_dtype: str | None = None, engine: str = "vllm",
-                 custom_ar_max_bytes: float | None = None):
+                 custom_ar_max_bytes: float | None = None, dp: int = 1):
         self.model, self.cluster = model, cluster
+        # attention data parallelism: dp ranks of tp devices each run attention on their own
+        # requests; the MoE runs over all tp·dp devices (experts over ep, each split tp·dp/ep ways)
+        if dp < 1:
+            raise InputError(f"attention dp={dp} must be >= 1")
+        self.dp = dp
         # largest TP all-reduce the custom kernel takes (None: the measured table's own range)
         self.custom_ar_max_bytes = custom_ar_max_bytes
         self.tp, self.pp, self.ep = tp, pp, ep
@@ -113,6 +118,8 @@ class IterationCost:
             raise InputError(f"pp={pp} exceeds {model.name}'s {model.num_layers} layers")
         if model.is_moe and model.num_experts % ep:
             raise InputError(f"ep={ep} must divide {model.name}'s {model.num_experts} experts")
+        if dp > 1 and (tp * dp) % ep:
+            raise InputError(f"ep={ep} must divide the tp·dp = {tp * dp} devices of an attention-DP replica")
         self.heads = max(1, model.num_heads // tp)
         self.kv_heads = kv_heads_per_rank(model, tp)
         self.head_dim = model.head_dim
@@ -137,6 +144,7 @@ class IterationCost:
             self.notes.append(f"{dev.name}: no measured decode-attention table for this model; "
                               f"KV read at {self.km.mem_bytes_per_s / 1e12:.2f} TB/s")
         self._dense: dict = {}
+        self._split: dict = {}
         self._head: dict = {}
         self._dec: dict = {}
         self._pre: dict = {}
@@ -151,6 +159,52 @@ class IterationCost:
                        kernels=SERVING_ENGINE)
         ops = transformer_layer(self.model, lp, self.km, self.km16, self._comm_s, moe, "fwd")
         return sum(op.time_s for op in ops)
+
+    # ops of the routed experts, which see the tokens of every attention-DP rank (ops.py _moe_block)
+    EXPERT_OPS = ("expert_fc1", "expert_fc2", "expert_act", "ep.etp_gather", "ep.etp_scatter")
+
+    def _split_at(self, T: int) -> tuple[float, float]:
+        """Attention-DP replica, all layers at T tokens per rank: (everything but the routed
+        experts, the routed experts). The expert part is later taken at the tokens the experts
+        receive, the rest at the busiest rank's tokens."""
+        a = b = 0.0
+        for moe, n in ((False, self.n_dense_mlp), (True, self.n_moe)):
+            if not n:
+                continue
+            etp = max(1, self.tp * self.dp // self.ep)
+            lp = LayerPass(tokens=T, tp=self.tp, ep=self.ep, ep_stride=etp, ep_distinct_tokens=True,
+                           expert_tp=etp, kv_bytes=dtype_bytes(self.kv_dtype), kernels=SERVING_ENGINE)
+            for op in transformer_layer(self.model, lp, self.km, self.km16, self._comm_s, moe, "fwd"):
+                if op.name.startswith(self.EXPERT_OPS):
+                    b += n * op.time_s
+                else:
+                    a += n * op.time_s
+        return a, b
+
+    def _split_interp(self, T: int, part: int) -> float:
+        if T <= 0:
+            return 0.0
+        lo, hi = _grid(T)
+        c = self._split
+        for x in (lo, hi):
+            if x not in c:
+                c[x] = self._split_at(x)
+        a, b = c[lo][part], c[hi][part]
+        return a if hi == lo else a + (b - a) * (T - lo) / (hi - lo)
+
+    def dense_dp_s(self, t_max: int, t_sum: int) -> float:
+        """Attention-DP replica: everything but attention and the LM head when the busiest rank
+        holds t_max tokens and all ranks t_sum. Per-rank work runs at t_max; the routed experts
+        see t_sum tokens spread over the tp·dp devices (ceil(t_sum / (tp·dp)) per device in
+        `_moe_block`'s distinct-token count, since the tp ranks of one attention group share
+        their tokens)."""
+        if t_max <= 0:
+            return 0.0
+        t = self._split_interp(t_max, 0) + self._split_interp(-(-t_sum // (self.tp * self.dp)), 1)
+        if self.pp > 1:  # activations cross each stage boundary once
+            t += (self.pp - 1) * collective_s(self.cluster, "send_recv", 2, self.tp,
+                                              float(t_max * self.model.hidden_size * ACT_BYTES))
+        return t
 
     def _comm_s(self, op: str, group: str, size: int, stride: int, nbytes: float) -> float:
         if group == "tp" and op == "all_reduce":
@@ -180,6 +234,8 @@ class IterationCost:
     def dense_s(self, T: int) -> float:
         if T <= 0:
             return 0.0
+        if self.dp > 1:  # one rank's batch, the others padded to it
+            return self.dense_dp_s(T, T * self.dp)
         lo, hi = _grid(T)
         c = self._dense
         a = c.get(lo)
@@ -208,19 +264,26 @@ class IterationCost:
     # ---- attention -----------------------------------------------------------------------------
     def decode_attention_s(self, n: int, kv_tokens: int) -> float:
         """All layers' decode attention for n sequences attending to kv_tokens positions in
-        total, at their mean length."""
+        total, at their mean length. A local-attention layer of window w reads only the last
+        min(length, w) cached tokens (flash-attention / FlashInfer window_size, TensorRT-LLM
+        cyclic KV: the kernel's KV range starts at length − w), full layers the whole length."""
         if n <= 0:
             return 0.0
         mean = max(1, kv_tokens // n)
-        klo, _ = _grid(mean)
         nlo, nhi = _grid(n)
-        a = self._dec_at(nlo, klo)
-        if nhi != nlo:
-            b = self._dec_at(nhi, klo)
-            a += (b - a) * (n - nlo) / (nhi - nlo)
-        return a * mean / klo  # KV reads scale with the length
+        t = 0.0
+        for w, layers in _window_counts(self.model):
+            kv = min(mean, w) if w else mean
+            klo, _ = _grid(kv)
+            a = self._dec_at(nlo, klo)
+            if nhi != nlo:
+                b = self._dec_at(nhi, klo)
+                a += (b - a) * (n - nlo) / (nhi - nlo)
+            t += layers * a * kv / klo  # KV reads scale with the length
+        return t
 
     def _dec_at(self, n: int, kv: int) -> float:
+        """One layer's decode attention for n sequences of kv cached tokens (grid point)."""
         key = (n, kv)
         t = self._dec.get(key)
         if t is None:
@@ -234,27 +297,52 @@ class IterationCost:
                 # decode: the latent, attended as one shared KV head — DeepSeek-V2 §2.1.2)
                 per_tok = kv_cache_elements(self.model, self.kv_heads)
                 t = self.km.memory_s(n * kv * per_tok * dtype_bytes(self.kv_dtype))
-            t *= self.layers
             self._dec[key] = t
         return t
 
     def prefill_attention_s(self, count: int, q: int, ctx: int) -> float:
-        """All layers' attention for `count` chunks of q new tokens after ctx cached ones."""
+        """All layers' attention for `count` chunks of q new tokens after ctx cached ones; local-
+        attention layers over their window only (`chunk_attention_s`, `window_pairs`)."""
         qlo, _ = _grid(q)
         clo, _ = _grid(ctx) if ctx > 0 else (0, 0)
         key = (count, qlo, clo)
-        t = self._pre.get(key)
-        if t is None:
-            t = chunk_attention_s(self.km16, self.model, self.heads, self.kv_heads, count, qlo, clo)
-            t *= self.layers
-            self._pre[key] = t
-        # scale from the grid point by the FLOPs: q²/2 causal + q·ctx
-        f_grid = qlo * qlo / 2 + qlo * clo
-        return t * (q * q / 2 + q * ctx) / f_grid
+        parts = self._pre.get(key)
+        if parts is None:
+            parts = self._pre[key] = tuple(
+                (w, layers * chunk_attention_s(self.km16, self.model, self.heads, self.kv_heads,
+                                               count, qlo, clo, w))
+                for w, layers in _window_counts(self.model))
+        # scale from the grid point by the FLOPs: q²/2 causal + q·ctx, within the window
+        return sum(t * window_pairs(q, ctx, w) / window_pairs(qlo, clo, w) for w, t in parts)
 
     # ---- a whole pass --------------------------------------------------------------------------
     def iteration_s(self, batch: Batch) -> float:
         t = self.dense_s(batch.tokens) + self.lm_head_s(batch.samples)
+        return self._plus_attention(t, batch)
+
+    def iteration_dp_s(self, batches: list) -> float:
+        """One synchronised pass of an attention-DP replica, one batch per rank (empty for an idle
+        rank, which still joins the collectives). Every rank's linear layers, MoE exchange and LM
+        head run at the largest rank's tokens and rows: engines pad the ranks to the largest
+        before the MoE (vllm/v1/worker/gpu_model_runner.py get_dp_padding; sglang
+        python/sglang/srt/layers/dp_attention.py DpPaddingMode.MAX_LEN; TensorRT-LLM
+        tensorrt_llm/_torch/pyexecutor/cuda_graph_runner.py pads attention-DP ranks to one graph
+        batch) in decode-only passes. The ranks meet at every layer's MoE, so the attention adds
+        the slowest rank's."""
+        T = max((b.tokens for b in batches), default=0)
+        rows = max((b.samples for b in batches), default=0)
+        if any(b.prefills for b in batches):
+            # passes with prompt tokens run without CUDA graphs and are not padded: the experts
+            # get the tokens the ranks hold (sglang dp_attention.py DpPaddingMode: SUM_LEN when
+            # a batch extends; TensorRT-LLM runs CUDA graphs, and pads, only when every rank decodes)
+            t = self.dense_dp_s(T, sum(b.tokens for b in batches))
+        else:
+            t = self.dense_dp_s(T, T * len(batches))
+        t += self.lm_head_s(rows)
+        return t + max((self._plus_attention(0.0, b) for b in batches if b), default=0.0)
+
+    def _plus_attention(self, t: float, batch: Batch) -> float:
+        """`t` plus the batch's decode and prefill attention (all layers)."""
         if batch.num_decode:
             t += self.decode_attention_s(batch.num_decode, batch.decode_kv_tokens)
         prefills = batch.prefills
@@ -279,9 +367,16 @@ class IterationCost:
         return self.iteration_s(b)
 
 
+@lru_cache(maxsize=256)
+def _window_counts(model: ModelSpec) -> tuple[tuple[int, int], ...]:
+    """((window, layers), ...) of a model, window 0 = full attention (`ModelSpec.window_counts`)."""
+    return model.window_counts()
+
+
 @lru_cache(maxsize=64)
 def iteration_cost(model: ModelSpec, cluster: Cluster, tp: int = 1, pp: int = 1, ep: int = 1,
                    dtype: str = "bf16", kv_dtype: str | None = None,
-                   engine: str = "vllm", custom_ar_max_bytes: float | None = None) -> IterationCost:
+                   engine: str = "vllm", custom_ar_max_bytes: float | None = None,
+                   dp: int = 1) -> IterationCost:
     """A shared `IterationCost` per replica shape, so its caches survive across simulations."""
-    return IterationCost(model, cluster, tp, pp, ep, dtype, kv_dtype, engine, custom_ar_max_bytes)
+    return IterationCost(model, cluster, tp, pp, ep, dtype, kv_dtype, engine, custom_ar_max_bytes, dp)

@@ -44,17 +44,19 @@ PLAN_KEYS = ("tp", "pp", "ep", "replicas", "max_batch", "max_tokens", "chunk",
 
 @dataclass(frozen=True)
 class ReplicaGroup:
-    """`count` identical replicas of tp·pp devices of `cluster`'s type; role both|prefill|decode."""
+    """`count` identical replicas of tp·pp·dp devices of `cluster`'s type; role both|prefill|decode.
+    dp > 1: attention data parallelism, dp ranks of tp devices each (`DPReplica`), experts over ep."""
     cluster: Cluster
     tp: int = 1
     pp: int = 1
     ep: int = 1
     count: int = 1
     role: str = "both"
+    dp: int = 1
 
     @property
     def devices(self) -> int:
-        return self.tp * self.pp * self.count
+        return self.tp * self.pp * self.dp * self.count
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,8 @@ class ServingPlan:
     def to_dict(self) -> dict:
         return {
             "replicas": [{"device": g.cluster.device.name, "cluster": g.cluster.name, "tp": g.tp,
-                          "pp": g.pp, "ep": g.ep, "count": g.count, "role": g.role} for g in self.groups],
+                          "pp": g.pp, "ep": g.ep, "count": g.count, "role": g.role,
+                          **({"dp": g.dp} if g.dp > 1 else {})} for g in self.groups],
             "max_batch": self.max_batch, "max_tokens": self.max_tokens, "chunk": self.chunk,
             "engine": self.engine, "router": self.router, "dtype": self.dtype,
             "kv_dtype": self.kv_dtype or ("bf16" if self.dtype in ("fp8", "fp4") else self.dtype),
@@ -157,7 +160,7 @@ def place(groups, nodes_given: bool) -> tuple[list, list, list[str]]:
         dpn = c.devices_per_node
         off = used.get(c.name, 0)
         for _ in range(g.count):
-            size = g.tp * g.pp
+            size = g.tp * g.pp * g.dp
             if size <= dpn and off // dpn != (off + size - 1) // dpn:
                 off = (off // dpn + 1) * dpn
             out.append(off)
@@ -189,9 +192,16 @@ class Replica:
         self.role = group.role
         model, plan = sim.model, sim.plan
         ar_max = trt_engine_allreduce_workspace_bytes(group.tp) if plan.trt_engine else None
-        self.costs = iteration_cost(model, cluster, group.tp, group.pp, group.ep, plan.dtype,
-                                    plan.kv_dtype, cfg.engine, ar_max)
-        self.pool = kv_pool(model, cluster.device, group.tp, group.pp, group.ep, plan.dtype,
+        if group.dp > 1:  # attention DP: experts spread over all tp·dp devices
+            self.costs = iteration_cost(model, cluster, group.tp, group.pp, group.ep, plan.dtype,
+                                        plan.kv_dtype, cfg.engine, ar_max, dp=group.dp)
+        else:
+            self.costs = iteration_cost(model, cluster, group.tp, group.pp, group.ep, plan.dtype,
+                                        plan.kv_dtype, cfg.engine, ar_max)
+        # the KV pool of one attention-DP rank (of the replica without DP): its own memory after
+        # its attention weights (over tp) and its share of the experts (over tp·dp)
+        self.pool = kv_pool(model, cluster.device, group.tp, group.pp,
+                            group.ep if group.dp == 1 else group.tp * group.dp, plan.dtype,
                             self.costs.kv_dtype, cfg.memory_policy, cfg.memory_fraction,
                             cfg.block_size, cfg.max_num_batched_tokens, cfg.max_num_seqs,
                             cfg.kv_blocks, where=f"replica {index} ({cluster.device.name}, tp={group.tp})",
@@ -337,6 +347,213 @@ class Replica:
                 "frontend": self.frontend.summary() if self.frontend is not None else None}
 
 
+# ---- attention data parallelism ------------------------------------------------------------------
+
+def dp_engine_config(cfg: EngineConfig, dp: int, pinned: tuple = ()) -> EngineConfig:
+    """One attention-DP rank's limits. SGLang divides its server-wide chunked-prefill size and
+    max running requests by dp (python/sglang/srt/server_args.py _handle_data_parallelism:
+    chunked_prefill_size //= dp_size; model_executor max_running_requests // dp_size);
+    TensorRT-LLM's max_batch_size / max_num_tokens and vLLM's per-engine limits already apply per
+    rank. `pinned`: fields the plan set explicitly (kept)."""
+    if cfg.engine != "sglang" or dp <= 1:
+        return cfg
+    kw = {}
+    if "max_tokens" not in pinned:
+        kw["max_num_batched_tokens"] = max(1, cfg.max_num_batched_tokens // dp)
+        if cfg.chunk:
+            kw["chunk"] = max(1, cfg.chunk // dp)
+    if "max_batch" not in pinned:
+        kw["max_num_seqs"] = max(1, cfg.max_num_seqs // dp)
+    cfg = replace(cfg, **kw)
+    if cfg.max_num_seqs > cfg.max_num_batched_tokens:
+        cfg = replace(cfg, max_num_seqs=cfg.max_num_batched_tokens)
+    return cfg
+
+
+class DPRankRouter:
+    """Which attention-DP rank of a replica takes a new request, as each engine assigns them:
+    - sglang: round robin, the default load_balance_method
+      (python/sglang/srt/managers/data_parallel_controller.py round_robin_scheduler);
+    - trtllm: DefaultADPRouter (tensorrt_llm/_torch/pyexecutor/scheduler/adp_router.py): among
+      ranks below the expected count ceil((active + new) / dp) (at least the current maximum), the
+      one with the fewest active prompt tokens, then fewest active requests, then lowest rank;
+    - vllm: DPLBAsyncMPClient (vllm/v1/engine/core_client.py get_core_engine_for_request): the
+      lowest waiting·4 + running, ties to the lowest index."""
+
+    def __init__(self, engine: str, dp: int):
+        self.engine, self.dp = engine, dp
+        self.rr = 0
+        self.tokens = [0] * dp  # TRT-LLM: prompt tokens of each rank's active requests
+
+    def pick(self, ranks: list) -> int:
+        if self.engine == "trtllm":
+            active = [s.outstanding for s in ranks]
+            expected = max(-(-(sum(active) + 1) // self.dp), max(active))
+            ok = [r for r in range(self.dp) if active[r] < expected]
+            return min(ok, key=lambda r: (self.tokens[r], active[r], r))
+        if self.engine == "vllm":
+            scores = [4 * (len(s.waiting) + len(s.deferred)) + len(s.running) for s in ranks]
+            return scores.index(min(scores))
+        r = self.rr
+        self.rr = (r + 1) % self.dp
+        return r
+
+
+class _KVTotal:
+    """The KV pools of a replica's attention-DP ranks, summed (for metrics and routing)."""
+
+    def __init__(self, kvs: list):
+        self.kvs = kvs
+        self.block_size = kvs[0].block_size
+        self.num_blocks = sum(k.num_blocks for k in kvs)
+
+    @property
+    def used(self) -> int:
+        return sum(k.used for k in self.kvs)
+
+    @property
+    def hits(self) -> int:
+        return sum(k.hits for k in self.kvs)
+
+    @property
+    def lookups(self) -> int:
+        return sum(k.lookups for k in self.kvs)
+
+
+class _SchedulersTotal:
+    """The schedulers of a replica's attention-DP ranks, summed (for metrics and routing)."""
+
+    def __init__(self, ranks: list):
+        self.ranks = ranks
+
+    @property
+    def preemptions(self) -> int:
+        return sum(s.preemptions for s in self.ranks)
+
+    @property
+    def outstanding(self) -> int:
+        return sum(s.outstanding for s in self.ranks)
+
+    @property
+    def rejected(self) -> list:
+        return [r for s in self.ranks for r in s.rejected]
+
+    def has_work(self) -> bool:
+        return any(s.has_work() for s in self.ranks)
+
+
+class DPReplica(Replica):
+    """A replica with attention data parallelism (dp ranks of tp devices): one scheduler and one
+    KV pool per rank (each sized from its own GPU's memory), a router that assigns every request
+    to one rank for its whole life (`DPRankRouter`), and one synchronised forward pass for all
+    ranks, as long as the slowest (`IterationCost.iteration_dp_s`): the ranks exchange tokens for
+    the MoE every layer, and idle ranks run a dummy batch to join the exchange (sglang
+    python/sglang/srt/managers/scheduler.py prepare_mlp_sync_batch / idle batch; TensorRT-LLM
+    tensorrt_llm/_torch/pyexecutor/py_executor.py attention-DP dummy requests; vLLM
+    vllm/v1/engine/core.py DPEngineCoreProc execute_dummy_batch)."""
+
+    def __init__(self, sim: "ServingSimulation", index: int, group: ReplicaGroup, cluster: Cluster,
+                 offset: int, cfg: EngineConfig):
+        super().__init__(sim, index, group, cluster, offset, cfg)
+        dp = group.dp
+        self.kvs = [self.kv] + [KVCache(self.pool.num_blocks, cfg.block_size, cfg.prefix_caching)
+                                for _ in range(dp - 1)]
+        self.ranks = [Scheduler(cfg, kv, on_finish=lambda req, now, r=i: self._rank_finished(r, req, now),
+                                on_first_token=self._first_token, on_stall=self._stall)
+                      for i, kv in enumerate(self.kvs)]
+        self.rank_router = DPRankRouter(cfg.engine, dp)
+        self.kv = _KVTotal(self.kvs)
+        self.scheduler = _SchedulersTotal(self.ranks)
+
+    def submit(self, req: Request) -> None:
+        r = self.rank_router.pick(self.ranks)
+        req.replica = self.index
+        if not self.ranks[r].add(req):
+            self.sim.rejected(req)
+            return
+        self.rank_router.tokens[r] += req.prompt_len
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+        elif self.in_run:
+            self.in_run = False
+            self.proc.interrupt()
+
+    def _rank_finished(self, rank: int, req: Request, now: float) -> None:
+        self.rank_router.tokens[rank] -= req.prompt_len
+        self._finished(req, now)
+
+    def kv_load(self) -> float:
+        queued = sum(r.target - r.computed for s in self.ranks for r in s.waiting) / self.kv.block_size
+        return (self.kv.used + queued) / self.kv.num_blocks
+
+    def run(self):
+        env, rec, ranks = self.env, self.sim.recorder, self.ranks
+        cost = self.costs.iteration_dp_s
+        while True:
+            if not any(s.has_work() for s in ranks):
+                if self.frontend is not None:
+                    self.frontend.output_rate(0.0)
+                self.wake = env.event()
+                yield self.wake
+                self.wake = None
+                continue
+            batches = []
+            for s in ranks:
+                if not s.has_work():
+                    batches.append(Batch())  # an idle rank's dummy pass
+                    continue
+                p0 = s.preemptions
+                batches.append(s.schedule(env.now))
+                if s.preemptions != p0:
+                    rec.preempt_times.extend([env.now] * (s.preemptions - p0))
+            live = [(s, b) for s, b in zip(ranks, batches) if b]
+            if not live:
+                raise RuntimeError(f"replica {self.index}: work queued but nothing schedulable")
+            dt = cost(batches)
+            steps = 1 if any(b.prefills for _, b in live) else min(s.decode_run_length() for s, _ in live)
+            start = env.now
+            if steps == 1:
+                yield env.timeout(dt)
+            else:  # a run of decode-only passes on every busy rank (as Replica.run)
+                kv0 = [b.decode_kv_tokens for b in batches]
+                for b in batches:
+                    b.decode_kv_tokens += (steps - 1) * b.num_decode
+                dt_last = cost(batches)
+                for b, k in zip(batches, kv0):
+                    b.decode_kv_tokens = k
+                slope = (dt_last - dt) / (steps - 1)
+                end = start + steps * dt + slope * steps * (steps - 1) / 2
+                self.in_run = True
+                while env.now < end:
+                    try:
+                        yield env.timeout(end - env.now)
+                    except simpy.Interrupt:
+                        j = self._steps_within(env.now - start, dt, slope, steps)
+                        steps = min(steps, j + self.cut_after)
+                        end = start + steps * dt + slope * steps * (steps - 1) / 2
+                self.in_run = False
+                for s, _ in live:
+                    s.skip_decode_iterations(steps - 1)
+                dt = (env.now - start) / steps
+            self.busy_s += env.now - start
+            self.iterations += steps
+            samples = sum(b.samples for b in batches)
+            if self.frontend is not None and env.now > start:
+                self.frontend.output_rate(samples * steps / (env.now - start))
+            for s, b in live:
+                s.complete(b, env.now)
+            rec.iteration(self.index, env.now, dt, sum(b.num_decode for b in batches),
+                          sum(b.prefill_tokens for b in batches), self.kv.used,
+                          sum(len(b.prefills) for b in batches), steps)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update({"dp": self.group.dp, "kv_blocks_per_rank": self.pool.num_blocks,
+                  "rank_router": {"sglang": "round_robin", "trtllm": "DefaultADPRouter",
+                                  "vllm": "DPLBAsyncMPClient"}.get(self.cfg.engine)})
+        return d
+
+
 # ---- the simulation ----------------------------------------------------------------------------
 
 class ServingSimulation:
@@ -353,7 +570,8 @@ class ServingSimulation:
         i = 0
         for g, nodes in zip(plan.groups, resized):
             cluster = g.cluster.with_nodes(nodes) if nodes else g.cluster
-            cfg = engine_config(plan.engine, cluster.device, g.tp, max_num_seqs=plan.max_batch,
+            # an attention-DP engine's tp_size is all tp·dp devices (SGLang sizes memory by it)
+            cfg = engine_config(plan.engine, cluster.device, g.tp * g.dp, max_num_seqs=plan.max_batch,
                                 max_num_batched_tokens=plan.max_tokens,
                                 memory_fraction=plan.gpu_memory_utilization,
                                 kv_blocks=plan.kv_blocks, prefix_caching=plan.prefix_caching,
@@ -362,8 +580,13 @@ class ServingSimulation:
                 cfg = replace(cfg, chunked_prefill=plan.chunk > 0, chunk=plan.chunk)
             if g.role == "prefill":  # a prefill-only engine never holds decodes for long
                 cfg = replace(cfg, kv_reservation="incremental")
+            if g.dp > 1:
+                pinned = tuple(k for k, v in (("max_tokens", plan.max_tokens), ("max_batch", plan.max_batch))
+                               if v is not None)
+                cfg = dp_engine_config(cfg, g.dp, pinned)
+            kind = DPReplica if g.dp > 1 else Replica
             for _ in range(g.count):
-                self.replicas.append(Replica(self, i, g, cluster, offsets[i], cfg))
+                self.replicas.append(kind(self, i, g, cluster, offsets[i], cfg))
                 i += 1
         self.front = [r for r in self.replicas if r.role in ("both", "prefill")]
         self.decode_pool = [r for r in self.replicas if r.role == "decode"]
