@@ -37,9 +37,16 @@ _HF_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_head
 _UNSUPPORTED_TYPES = {"mamba", "mamba2", "falcon_mamba", "rwkv", "rwkv5", "rwkv6", "rwkv7", "jamba",
                       "nemotron_h", "zamba", "zamba2", "bamba", "granitemoehybrid", "xlstm", "recurrent_gemma"}
 SUPPORTED_TYPES = ("llama", "llama4", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
-                   "deepseek_v2", "deepseek_v3", "kimi_k2", "minimax_m2", "gpt2", "gpt3", "megatron-gpt")
+                   "deepseek_v2", "deepseek_v3", "kimi_k2", "minimax_m2", "gpt_oss", "gpt2", "gpt3",
+                   "megatron-gpt")
 
-_GATED_ACTS = {"silu", "swiglu", "geglu", "swish"}
+# GPT-OSS's clamped SwiGLU is named `swigluoai` in vLLM (vllm/model_executor/layers/activation.py
+# SwigluOAIAndMul); HF's config.json says "silu". Both are gated (gate and up projections).
+_GATED_ACTS = {"silu", "swiglu", "geglu", "swish", "swigluoai"}
+# Hugging Face `layer_types` entries for attention layers (HF configuration_utils.ALLOWED_LAYER_TYPES):
+# every key attends to all earlier tokens, or only to the last `sliding_window` of them.
+FULL_ATTENTION, SLIDING_ATTENTION = "full_attention", "sliding_attention"
+ATTENTION_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION)
 _PLAIN_ACTS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu"}
 
 
@@ -76,6 +83,16 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     max_position_embeddings: int = 0
+    # Local (sliding-window) attention: a layer whose `layer_types` entry is "sliding_attention"
+    # lets each query attend to the last `sliding_window` tokens, itself included (HF
+    # sliding_window masks, Mistral 7B arXiv 2310.06825 §2); () means every layer is full.
+    # sliding_window = 0 turns every layer back into full attention.
+    sliding_window: int = 0
+    layer_types: tuple = ()
+    # GPT-OSS attention sinks: one learned logit per head added to the softmax denominator
+    # (gpt-oss model card arXiv 2508.10925 §2.1; HF GptOssAttention.sinks). Parameters: num_heads
+    # per layer; FLOPs: one exp-and-add per query row and head, negligible beside QK^T and AV.
+    attention_sinks: bool = False
     published_params: float = 0.0  # the parameter count its authors publish, for checking
     source: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
@@ -122,6 +139,24 @@ class ModelSpec:
             raise InputError(f"model {self.name!r}: moe_layer_freq={self.moe_layer_freq} must be >= 1")
         if self.norm not in ("layernorm", "rmsnorm"):
             raise InputError(f"model {self.name!r}: norm={self.norm!r}; valid: layernorm, rmsnorm")
+        self._check_windows()
+
+    def _check_windows(self) -> None:
+        w = self.sliding_window
+        if not isinstance(w, int) or isinstance(w, bool) or w < 0:
+            raise InputError(f"model {self.name!r}: sliding_window={w!r} must be an integer >= 0 "
+                             f"(0 or null: full attention)")
+        if not isinstance(self.layer_types, tuple):
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if not self.layer_types:
+            return
+        if len(self.layer_types) != self.num_layers:
+            raise InputError(f"model {self.name!r}: layer_types has {len(self.layer_types)} entries; "
+                             f"num_hidden_layers={self.num_layers} needs one per layer")
+        for i, t in enumerate(self.layer_types):
+            if t not in ATTENTION_LAYER_TYPES:
+                raise InputError(f"model {self.name!r}: layer_types[{i}]={str(t)[:40]!r} is not an "
+                                 f"attention layer kind; valid: {', '.join(ATTENTION_LAYER_TYPES)}")
 
     # ---- structure -------------------------------------------------------------------------
     @property
@@ -141,6 +176,21 @@ class ModelSpec:
     @property
     def num_moe_layers(self) -> int:
         return sum(self.is_moe_layer(i) for i in range(self.num_layers))
+
+    def layer_window(self, i: int) -> int:
+        """Tokens layer i (0-based) attends to, itself included; 0 for full (causal) attention."""
+        if not self.sliding_window or not self.layer_types:
+            return 0
+        return self.sliding_window if self.layer_types[i] == SLIDING_ATTENTION else 0
+
+    def window_counts(self, layers: range | None = None) -> tuple[tuple[int, int], ...]:
+        """((window, number of layers), ...) over `layers` (default all), window 0 = full
+        attention first: the layer mix that attention costs and KV sizes are weighted by."""
+        counts: dict[int, int] = {}
+        for i in layers if layers is not None else range(self.num_layers):
+            w = self.layer_window(i)
+            counts[w] = counts.get(w, 0) + 1
+        return tuple(sorted(counts.items()))
 
     @property
     def q_dim(self) -> int:
@@ -184,6 +234,8 @@ class ModelSpec:
             p += self.q_dim + 2 * self.kv_dim
         if self.qk_norm:
             p += 2 * self.head_dim
+        if self.attention_sinks:  # one learned logit per head (HF GptOssAttention.sinks)
+            p += self.num_heads
         return p
 
     def dense_mlp_params(self, ffn: int | None = None) -> int:
@@ -269,6 +321,39 @@ def _count_key(cfg: dict, key: str, where: str) -> float:
     return float(v)
 
 
+def _attention_layout(cfg: dict, L: int, model_type: str, where: str) -> tuple[int, tuple]:
+    """(sliding_window, layer_types) of a config. `layer_types` lists each layer's kind (HF
+    GptOssConfig, Gemma 2/3, Qwen2/3 configs); without it a window applies to every layer
+    (HF MistralAttention), except that Qwen2/Qwen3 configs window only when `use_sliding_window`
+    is set, and then the layers from `max_window_layers` on (HF Qwen2Config layer_types)."""
+    w = cfg.get("sliding_window")
+    if w is None:
+        w = 0
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or (isinstance(w, float) and not w.is_integer()) \
+            or w < 0:
+        raise InputError(f"{where}: sliding_window={repr(w)[:40]} must be an integer >= 0 (0 or null: "
+                         f"full attention)")
+    w = int(w)
+    types = cfg.get("layer_types")
+    if types is not None:
+        if not isinstance(types, (list, tuple)):
+            raise InputError(f"{where}: layer_types={repr(types)[:40]} must be a list with one entry per "
+                             f"layer ({', '.join(ATTENTION_LAYER_TYPES)})")
+        for i, t in enumerate(types):
+            if t not in ATTENTION_LAYER_TYPES:
+                raise InputError(f"{where}: layer_types[{i}]={str(t)[:40]!r} is not an attention layer "
+                                 f"kind; valid: {', '.join(ATTENTION_LAYER_TYPES)}")
+        return w, tuple(types)
+    if not w or cfg.get("use_sliding_window") is False:
+        return 0, ()
+    if model_type.startswith("qwen"):  # HF Qwen2Config: windows need use_sliding_window
+        if not cfg.get("use_sliding_window"):
+            return 0, ()
+        first = _int_key(cfg, "max_window_layers", where, default=L, positive=False)
+        return w, tuple(SLIDING_ATTENTION if i >= first else FULL_ATTENTION for i in range(L))
+    return w, (SLIDING_ATTENTION,) * L
+
+
 def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) -> ModelSpec:
     """Build a ModelSpec from a Hugging Face `config.json` dictionary (or YAML with its keys).
 
@@ -321,9 +406,15 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
     n_experts = _int_key(cfg, "num_local_experts", where, default=0, positive=False) or \
         _int_key(cfg, "n_routed_experts", where, default=0, positive=False) or \
         _int_key(cfg, "num_experts", where, default=0, positive=False)
-    top_k = _int_key(cfg, "num_experts_per_tok", where, default=0, positive=False) if n_experts else 0
+    # GPT-OSS configs also spell the top-k `experts_per_token` (HF openai/gpt-oss-120b config.json)
+    top_k = (_int_key(cfg, "num_experts_per_tok", where, default=0, positive=False)
+             or _int_key(cfg, "experts_per_token", where, default=0, positive=False)) if n_experts else 0
     norm = cfg.get("norm", "layernorm" if gpt_style else "rmsnorm")
+    window, layer_types = _attention_layout(cfg, L, model_type, where)
+    gpt_oss = model_type == "gpt_oss"
     kwargs = dict(
+        sliding_window=window, layer_types=layer_types,
+        attention_sinks=bool(cfg.get("attention_sinks", gpt_oss)),
         name=name, num_layers=L, hidden_size=h, num_heads=a, num_kv_heads=kv, ffn_hidden_size=ffn,
         vocab_size=vocab, gated_mlp=gated,
         head_dim=_int_key(cfg, "head_dim", where, default=0, positive=False),
@@ -331,8 +422,11 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
         learned_pos_embeddings=_int_key(cfg, "learned_pos_embeddings", where,
                                         default=cfg.get("max_position_embeddings", 0) if gpt_style else 0,
                                         positive=False),
-        linear_bias=bool(cfg.get("linear_bias", gpt_style)),
-        qkv_bias=bool(cfg.get("attention_bias", False) or cfg.get("qkv_bias", False) or model_type == "qwen2"),
+        # GPT-OSS: biases on Q/K/V/O when attention_bias (HF GptOssAttention) and always on the
+        # experts' gate_up and down projections (HF modeling_gpt_oss.py GptOssExperts)
+        linear_bias=bool(cfg.get("linear_bias", gpt_style or (gpt_oss and cfg.get("attention_bias", True)))),
+        qkv_bias=bool((cfg.get("attention_bias", False) and not gpt_oss) or cfg.get("qkv_bias", False)
+                      or model_type == "qwen2"),
         norm=norm,
         # Qwen3: per-head QK RMSNorm always; MiniMax-M2 names it `use_qk_norm` (HF MiniMaxM2Config)
         qk_norm=bool(cfg.get("qk_norm", cfg.get("use_qk_norm", model_type.startswith("qwen3")))),

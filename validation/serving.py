@@ -24,8 +24,9 @@ KV cache. Without chunked prefill (TensorRT-LLM) a prompt must fit one iteration
 next to the running decodes; where isl + concurrency exceeds the default 8192, the replay raises
 the budget to isl + concurrency (the default would starve those prompts).
 
-Rows that cannot be modelled (architectures the layer description cannot express, attention
-data parallelism, weight-only INT4 GEMMs, ...) are listed grouped by reason.
+Rows with attention data parallelism replay on an attention-DP replica (engine.DPReplica). Rows
+that cannot be modelled (architectures the layer description cannot express, weight-only INT4
+GEMMs, ...) are listed grouped by reason.
 """
 from __future__ import annotations
 
@@ -65,12 +66,11 @@ MOE_MODELS = {  # MoE / MLA presets
     "nvidia/DeepSeek-V3.1-NVFP4": "deepseek-v3",  # V3.1: V3's architecture (HF config.json)
     "moonshotai/Kimi-K2.5": "kimi-k2.5",
     "MiniMaxAI/MiniMax-M2.5": "minimax-m2.5",
+    "openai/gpt-oss-120b": "gpt-oss-120b",
+    "openai/gpt-oss-20b": "gpt-oss-20b",
 }
 # Architectures the layer description (attention + MLP/MoE blocks, dense attention) cannot express.
 REFUSED_MODELS = {
-    "openai/gpt-oss-120b": "GPT-OSS: alternating 128-token sliding-window and full attention with "
-                           "attention sinks (HF openai/gpt-oss-120b config.json layer_types); no "
-                           "windowed attention in the layer description",
     "Qwen/Qwen3.5-397B-A17B": "Qwen3.5: hybrid Gated DeltaNet linear-attention layers (HF "
                               "Qwen/Qwen3.5-397B-A17B config.json layer_types); not attention + MLP blocks",
     "zhipuai/GLM-5": "GLM-5: DeepSeek sparse attention (an indexer picks the keys each query "
@@ -78,7 +78,8 @@ REFUSED_MODELS = {
 }
 FAMILY = {"llama3.1-8b": "Llama-3.1", "llama3.1-70b": "Llama-3.1", "qwen3-32b": "Qwen3 dense",
           "qwen3-8b": "Qwen3 dense", "qwen3-235b-a22b": "Qwen3 MoE", "qwen3-30b-a3b": "Qwen3 MoE",
-          "deepseek-v3": "DeepSeek-V3/R1", "kimi-k2.5": "Kimi-K2.5", "minimax-m2.5": "MiniMax-M2.5"}
+          "deepseek-v3": "DeepSeek-V3/R1", "kimi-k2.5": "Kimi-K2.5", "minimax-m2.5": "MiniMax-M2.5",
+          "gpt-oss-120b": "GPT-OSS", "gpt-oss-20b": "GPT-OSS"}
 SYSTEMS = {"h100_sxm": "dgx-h100", "h200_sxm": "dgx-h200", "b200_sxm": "dgx-b200",
            "b300_sxm": "dgx-b300", "gb200": "gb200-nvl72", "gb300": "gb300-nvl72"}
 DENSE_SYSTEMS = ("h100_sxm", "h200_sxm")  # the acceptance set: dense agg rows on H100/H200
@@ -144,17 +145,28 @@ def _pool(row: dict, prefix: str, preset: str, devices_per_node: int) -> tuple[d
     workers = _int(row.get(prefix + "num_workers")) or 1 if prefix else 1
     if not tp:
         return None, "missing parallelism"
-    if dp != 1:
-        return None, f"attention data parallelism {dp} (the DES has no attention-DP replica)"
+    if dp < 1:
+        return None, f"attention data parallelism {dp}"
+    # attention TP inside a node; an attention-DP replica's ranks may span nodes, its MoE
+    # exchange then crossing them (simulator.serving.engine.DPReplica)
     if tp * pp > devices_per_node:
         return None, f"tp·pp = {tp * pp} spans nodes"
+    if dp > 1 and pp > 1:
+        return None, f"attention data parallelism {dp} with pp {pp}"
     ep = 1
     if preset in MOE_MODELS.values():
         ep = _int(row.get(prefix + "moe_ep_size")) or 1
         mtp = _int(row.get(prefix + "moe_tp_size")) or 1
-        if mtp * ep != tp:  # the layer pass splits experts over ep, each over tp/ep ranks (costs.py)
-            return None, f"MoE tp {mtp} x ep {ep} with attention tp {tp}"
-    return {"tp": tp, "pp": pp, "ep": ep, "count": workers}, ""
+        # the layer pass splits experts over ep, each over tp·dp/ep ranks (costs.py)
+        if mtp * ep != tp * dp:
+            return None, (f"MoE tp {mtp} x ep {ep} with attention tp {tp}"
+                          + (f" x dp {dp}" if dp > 1 else ""))
+    elif dp > 1:
+        return None, f"attention data parallelism {dp} on a dense model"
+    pool = {"tp": tp, "pp": pp, "ep": ep, "count": workers}
+    if dp > 1:
+        pool["dp"] = dp
+    return pool, ""
 
 
 def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
@@ -215,7 +227,8 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
     return {"id": row.get("id", ""), "model": preset, "family": FAMILY.get(preset, preset),
             "model_path": path, "system": sysname, "cluster": system, "dtype": prec,
             "engine": backend, "version": row.get("backend_version") or "", "mode": mode,
-            "pools": pools, "tp": main["tp"], "pp": main["pp"], "ep": main["ep"], "dense": dense,
+            "pools": pools, "tp": main["tp"], "pp": main["pp"], "ep": main["ep"],
+            "dp": main.get("dp", 1), "dense": dense,
             "concurrency": c, "isl": isl, "osl": osl, "quant": quant, "kv_dtype": QUANTS[quant],
             "client": client, "measured_on": info["measured"],
             "ttft_s": ttft, "tpot_s": tpot}, ""
@@ -252,7 +265,7 @@ def _replay(case: dict, seed: int, quick: bool, client: str | None) -> dict:
         # running decodes; TensorRT-LLM's default max_num_tokens (8192) would starve prompts
         # this long, so the measured deployment had a larger one: the smallest that serves it.
         max_tokens = case["isl"] + c
-    groups = tuple(ReplicaGroup(cluster, p["tp"], p["pp"], p["ep"], p["count"], role)
+    groups = tuple(ReplicaGroup(cluster, p["tp"], p["pp"], p["ep"], p["count"], role, p.get("dp", 1))
                    for role, p in case["pools"].items())
     plan = ServingPlan(groups, max_tokens=max_tokens, engine=case["engine"], dtype=case["dtype"],
                        kv_dtype=case.get("kv_dtype"), prefix_caching=False)

@@ -40,16 +40,48 @@ HIGH_PRECISION_BYTES = 2
 LOGIT_BYTES = 4
 
 
-def kv_bytes_per_token(model: ModelSpec, tp: int, pp: int, kv_dtype: str) -> float:
+# SGLang's default share of KV slots of a sliding-window layer per slot of a full layer
+# (python/sglang/srt/server_args.py swa_full_tokens_ratio = 0.8).
+SGLANG_SWA_FULL_TOKENS_RATIO = 0.8
+
+
+def kv_bytes_per_token(model: ModelSpec, tp: int, pp: int, kv_dtype: str,
+                       memory_policy: str | None = None) -> float:
     """KV bytes one token takes on one GPU: 2 (K and V) · layers/pp · kv heads per GPU ·
     head_dim · bytes (docs/modeling.md §4.2). KV heads are replicated when tp > kv heads (vLLM);
-    MLA caches the compressed latent plus the RoPE key, on every TP rank (DeepSeek-V2 §2.1.3)."""
-    layers = math.ceil(model.num_layers / pp)
+    MLA caches the compressed latent plus the RoPE key, on every TP rank (DeepSeek-V2 §2.1.3).
+
+    Sliding-window layers (`ModelSpec.layer_window`) count as each engine sizes them
+    (`memory_policy`; None counts them as full layers):
+      vllm    0: the hybrid KV-cache manager keeps only the blocks inside the window
+              (vllm/v1/core/single_type_kv_cache_manager.py SlidingWindowManager
+              remove_skipped_blocks), a bounded w + block per sequence, not a per-token cost;
+      sglang  swa_full_tokens_ratio (0.8) of a full layer: the SWA pool gets that many slots per
+              full-layer slot (model_runner set_num_token_hybrid: full_tokens = total /
+              (ratio · swa_layers + full_layers));
+      trtllm  as full layers: KvCacheConfig.max_attention_window defaults to max_seq_len for
+              every layer, so the default pool is one window size (kvCacheManager.cpp
+              calculateWindowSizeToShare gives a single window size the whole pool).
+    A model whose every layer is windowed keeps its per-token rate (vLLM then holds only
+    windows, which a per-token rate cannot express)."""
+    per_stage = math.ceil(model.num_layers / pp)
     b = dtype_bytes(kv_dtype)
     if model.is_mla:
-        return layers * (model.kv_lora_rank + model.qk_rope_head_dim) * b
+        return per_stage * (model.kv_lora_rank + model.qk_rope_head_dim) * b
     kv_heads = math.ceil(model.num_kv_heads / tp)
-    return 2 * layers * kv_heads * model.head_dim * b
+    per_layer = 2 * kv_heads * model.head_dim * b
+    if memory_policy is None or not model.sliding_window or not model.layer_types:
+        return per_stage * per_layer
+    if memory_policy not in ("vllm", "sglang", "trtllm"):
+        raise InputError(f"memory policy {memory_policy!r}; valid: vllm, sglang, trtllm")
+    weight = {"vllm": 0.0, "sglang": SGLANG_SWA_FULL_TOKENS_RATIO, "trtllm": 1.0}[memory_policy]
+    worst = 0.0
+    for st in range(pp):  # the most loaded stage (ceil(L/pp) layers each, the last takes the rest)
+        layers = range(st * per_stage, min(model.num_layers, (st + 1) * per_stage))
+        counts = dict(model.window_counts(layers))
+        full, windowed = counts.get(0, 0), sum(n for w, n in counts.items() if w)
+        worst = max(worst, (full + (weight if full else 1.0) * windowed) * per_layer)
+    return worst
 
 
 def weight_bytes_per_gpu(model: ModelSpec, tp: int, pp: int, ep: int, dtype: str) -> float:
@@ -117,7 +149,7 @@ def kv_pool(model: ModelSpec, device: Device, tp: int, pp: int, ep: int, dtype: 
             max_seqs: int, pinned_blocks: int | None = None, where: str = "replica",
             decoder_workspace: bool = False) -> KVPool:
     """Blocks of `block_size` tokens that one replica's KV cache holds (see module docstring)."""
-    per_token = kv_bytes_per_token(model, tp, pp, kv_dtype)
+    per_token = kv_bytes_per_token(model, tp, pp, kv_dtype, memory_policy)
     hbm = float(device.hbm_bytes or 0)
     weights = weight_bytes_per_gpu(model, tp, pp, ep, dtype)
     acts = activation_peak_bytes(model, tp, max_tokens, max_seqs)
