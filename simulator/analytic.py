@@ -110,6 +110,28 @@ def _kernel_terms(job: TrainingJob, cluster: Cluster, tp: int, cp: int, ep: int,
     return out
 
 
+def ep_overlapped(k: dict) -> dict:
+    """`_kernel_terms` with the EP all-to-alls of each layer overlapped with another micro-batch's
+    compute of the same layer (a forward paired with a backward: Megatron-Core
+    --overlap-moe-expert-parallel-comm, DeepSeek-V3's DualPipe, arXiv 2412.19437 §3.2.1): of a
+    layer's A2A time e beside its compute c, what outlasts the compute stays exposed, and the
+    compute beside the collective slows by OVERLAP_COMPUTE_SLOWDOWN (exposed max(0, e − c) +
+    κ·min(e, c)). Steady state: the warm-up and cool-down micro-batches are not told apart."""
+    out = dict(k)
+    for kind in ("dense", "moe"):
+        f, b = k[f"fwd_ep_{kind}"], k[f"bwd_ep_{kind}"]
+        e, c = f + b, k[f"fwd_{kind}"] + k[f"bwd_{kind}"]
+        exposed = np.maximum(0.0, e - c) + OVERLAP_COMPUTE_SLOWDOWN * np.minimum(e, c)
+        scale = np.where(e > 0, exposed / np.where(e > 0, e, 1.0), 0.0)
+        out[f"fwd_ep_{kind}"], out[f"bwd_ep_{kind}"] = f * scale, b * scale
+    return out
+
+
+def overlaps_ep(job: TrainingJob, schedule: str) -> bool:
+    """Whether a plan overlaps its EP all-to-alls with compute (`ep_overlapped`)."""
+    return job.overlap_ep_comm or schedule == "dualpipe"
+
+
 def work(k: dict, n_dense, n_moe, first, last) -> dict:
     """One micro-batch through a chunk or a stage of `n_dense` dense and `n_moe` MoE layers, with the
     embedding where `first` (1.0) and the LM head where `last`: forward and backward compute
@@ -292,6 +314,10 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
     n_moe, n_layers = stack("n_moe"), stack("n_layers")
     frac = np.array([pl.fraction for pl in pls])[pinv][:, None]
     w = work(k, n_layers - n_moe, n_moe, stack("first"), stack("last"))
+    ov = np.array([overlaps_ep(job, names[s]) for s in b.schedule])
+    if model.is_moe and ov.any():
+        w_ov = work(ep_overlapped(k), n_layers - n_moe, n_moe, stack("first"), stack("last"))
+        w = {key: np.where(ov[:, None], w_ov[key], w[key]) for key in w}
     tot = frac * (w["fwd_s"] + w["bwd_s"])  # one micro-batch through the stage's chunks
     m = b.micro_batches(job).astype(np.float64)
     bi = tot.argmax(axis=1)[:, None]  # the first slowest stage
@@ -406,6 +432,8 @@ def step_costs(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) -> StepCo
     model, p, v = job.model, plan.pp, plan.vpp
     k = _kernel_terms(layer_terms_job(job), cluster, plan.tp, plan.cp, plan.ep, plan.sp, plan.mb,
                       RECOMPUTE.index(plan.recompute), plan.etp)
+    if overlaps_ep(job, plan.schedule):
+        k = ep_overlapped(k)
     pl = placement(model, plan.schedule, p, v, plan.split)
     last_chunk = len(pl.chunk_moe) - 1
     d = _dp_terms(model, cluster, job.dtype, plan.schedule, plan.tp, p, plan.cp, plan.ep, plan.dp, v,
@@ -433,6 +461,8 @@ def layer_time_s(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, moe: bo
     (`work` of one layer: the unit a stage's time is made of)."""
     k = _kernel_terms(layer_terms_job(job), cluster, plan.tp, plan.cp, plan.ep, plan.sp, plan.mb,
                       RECOMPUTE.index(plan.recompute), plan.etp)
+    if overlaps_ep(job, plan.schedule):
+        k = ep_overlapped(k)
     w = work(k, float(not moe), float(moe), 0.0, 0.0)
     return w["fwd_s"] + w["bwd_s"]
 

@@ -85,10 +85,14 @@ class Kernels:
     random_routing: bool
     # router GEMM unquantised in fp8/fp4 models (vLLM builds the MoE gate with quant_config=None)
     router_16bit: bool
+    # tokens copied into expert order and back around the all-to-alls as separate memory-bound
+    # kernels (Megatron-Core MoEAlltoAllTokenDispatcher: permute / sort_chunks_by_idxs /
+    # unpermute); vLLM's fused_moe reads the tokens through sorted indices inside its GEMM
+    token_permute: bool = False
 
 
 MEGATRON = Kernels(fused_add_norm=False, rope_kernel=False, kv_cache_write=False,
-                   grouped_experts=False, random_routing=False, router_16bit=False)
+                   grouped_experts=False, random_routing=False, router_16bit=False, token_permute=True)
 SERVING_ENGINE = Kernels(fused_add_norm=True, rope_kernel=True, kv_cache_write=True,
                          grouped_experts=True, random_routing=True, router_16bit=True)
 
@@ -306,7 +310,17 @@ def _moe_block(km: KernelModel, km_router: KernelModel, model: ModelSpec, lp: La
     gated = 2 if model.gated_mlp else 1
     a2a_bytes = tokens * k * h * ACT_BYTES
     ops = _gemm(km_router, "router", tokens, E, h, phase)
+    # Megatron-Core moe_utils.permute: each token's row copied once per chosen expert (read T·h,
+    # write T·k·h); backward scatter-adds the gradients back (the same bytes)
+    permute_bytes = (tokens + tokens * k) * h * ACT_BYTES
+    if lp.kernels.token_permute:
+        ops.append(_mem(km, "moe_permute", permute_bytes, phase))
     ops.append(_comm(comm_s, "ep.dispatch", "all_to_all", "ep", ep, lp.ep_stride, a2a_bytes, phase))
+    received = routed / ep * h * ACT_BYTES  # the (token, expert) rows this rank's experts get
+    if lp.kernels.token_permute and E // ep > 1:
+        # token_dispatcher.py dispatch_postprocess: sort_chunks_by_idxs regroups the rows the
+        # all-to-all delivered (source-rank major) into local-expert order: read and write them
+        ops.append(_mem(km, "moe_sort_chunks", 2 * received, phase))
     fwd = phase != "bwd"
     if etp_gather:  # ETP ranks are adjacent (stride 1) in the folded expert order
         ops.append(_comm(comm_s, "ep.etp_gather", "all_gather" if fwd else "reduce_scatter", "ep", etp, 1,
@@ -323,7 +337,13 @@ def _moe_block(km: KernelModel, km_router: KernelModel, model: ModelSpec, lp: La
     if etp_gather:  # token_dispatcher.py combine_preprocess: reduce-scatter over the expert-TP group
         ops.append(_comm(comm_s, "ep.etp_scatter", "reduce_scatter" if fwd else "all_gather", "ep", etp, 1,
                          a2a_bytes * etp, phase))
+    if lp.kernels.token_permute and E // ep > 1:  # combine_preprocess: back to source-rank order
+        ops.append(_mem(km, "moe_unsort_chunks", 2 * received, phase))
     ops.append(_comm(comm_s, "ep.combine", "all_to_all", "ep", ep, lp.ep_stride, a2a_bytes, phase))
+    if lp.kernels.token_permute:
+        # moe_utils.unpermute: the k expert outputs of each token weighted by its routing
+        # probabilities and summed into its row (read T·k·h, write T·h)
+        ops.append(_mem(km, "moe_unpermute", permute_bytes, phase))
     if model.num_shared_experts:
         sf = model.moe_ffn_hidden_size * model.num_shared_experts // t
         ops += _gemm(km, "shared_fc1", lp.tokens, sf * gated, h, phase)
@@ -364,14 +384,19 @@ def chunk_attention_s(km: KernelModel, model: ModelSpec, heads: int, kv_heads: i
 
     A layer with local attention (`window` w < q + ctx) runs only the key blocks inside the band
     (flash-attention `window_size`: flash_fwd_kernel.h n_block_min/n_block_max skip blocks left of
-    the window): per query block of w rows, the causal w×w diagonal block and the w×w block
-    before it, masked to a triangle. Costed as `window_pairs`/(w²/2) causal w×w units at the
-    measured rate of a causal kernel of length w, batched (each unit one CTA row's work)."""
+    the window): a query block of w rows reads the w keys before it and its own causal w×w block
+    (w² pairs). Costed as `window_pairs`/w² such blocks, each at the measured time of the cheaper
+    of two kernels that contain it: two causal kernels of length w (the two triangles), or the
+    second half of a causal kernel of length 2w, t(2w) − t(w) (exact when w is one kernel tile,
+    GPT-OSS's 128: the band is then two key tiles per query tile)."""
     d = attention_qk_dim(model)
     if 0 < window < q + ctx:
-        units = window_pairs(q, ctx, window) / (window * window / 2)
-        n = max(1, math.ceil(units))
-        return km.flash_attention_s(count * n, window, window, heads, kv_heads, d, True) * units / n
+        blocks = window_pairs(q, ctx, window) / (window * window)
+        n = max(1, math.ceil(blocks))
+        t_w = km.flash_attention_s(count * n, window, window, heads, kv_heads, d, True)
+        t_2w = km.flash_attention_s(count * n, 2 * window, 2 * window, heads, kv_heads, d, True)
+        per_block = min(2 * t_w, t_2w - t_w) if t_2w > t_w else 2 * t_w
+        return per_block * blocks / n
     t = km.flash_attention_s(count, q, q, heads, kv_heads, d, True)
     if ctx:
         t += km.flash_attention_s(count, q, ctx, heads, kv_heads, d, False)

@@ -63,6 +63,10 @@ class TrainingJob:
     # Pipeline send/recv overlapped with compute (Megatron-Core --overlap-p2p-communication, with
     # the interleaved schedule); off, a send blocks its stage as in Megatron-LM 2021.
     overlap_p2p_comm: bool = False
+    # MoE token all-to-alls of one micro-batch overlapped with another micro-batch's compute
+    # (Megatron-Core --overlap-moe-expert-parallel-comm, which pairs a forward with a backward; the
+    # DualPipe schedule always does it, DeepSeek-V3 report arXiv 2412.19437 §3.2.1).
+    overlap_ep_comm: bool = False
 
     def __post_init__(self):
         for k in ("seq_len", "global_batch"):

@@ -36,12 +36,15 @@ NEMO_MODELS = {"GPT3-175B": "gpt3-175b", "LLAMA2-7B": "llama2-7b", "LLAMA2-13B":
 MICRO_BATCHES = (1, 2, 4, 8)
 # Table 2's models (layers, hidden, heads): GPT-3 175B (Brown et al. 2020, Table 2.1) and Table 1's 529.6B row
 MEGATRON_GPT = {174.6: (96, 12288, 96), 529.6: (105, 20480, 128)}
-# Megatron-Bridge model headings -> our presets (GPT-OSS: sliding-window attention with sinks, and
-# Nemotron-3 Nano: hybrid Mamba layers, are not modelled)
+# Megatron-Bridge model headings -> our presets (Nemotron-3 Nano: hybrid Mamba layers, is not modelled)
 BRIDGE_MODELS = {"LLAMA3_70B": "llama3-70b", "LLAMA3.1_405B": "llama3-405b", "Qwen3_30B_a3B": "qwen3-30b-a3b",
-                 "Qwen3_235B_a22B": "qwen3-235b-a22b"}
-BRIDGE_NOT_MODELLED = {"GPT OSS 120B": "GPT-OSS (alternating sliding-window attention with sinks) has no preset",
-                       "Nemotron_3_Nano": "hybrid Mamba-Transformer layers are not modelled"}
+                 "Qwen3_235B_a22B": "qwen3-235b-a22b", "GPT OSS 120B": "gpt-oss-120b"}
+# Recipes that overlap the MoE all-to-all with the other micro-batch's compute
+# (overlap_moe_expert_parallel_comm=True with delay_wgrad_compute: Megatron-Bridge
+# scripts/performance perf_recipes/qwen/h100/qwen3_moe.py for Qwen3-235B; the Qwen3-30B H100
+# recipe runs the HybridEP dispatcher without it)
+BRIDGE_EP_OVERLAP = {"Qwen3_235B_a22B"}
+BRIDGE_NOT_MODELLED = {"Nemotron_3_Nano": "hybrid Mamba-Transformer layers are not modelled"}
 
 
 def megatron2021_plans(job: TrainingJob, tp: int, pp: int, dp: int):
@@ -302,7 +305,8 @@ def _bridge_case(r: dict) -> dict:
     num = {k: int(r[k]) if r[k] not in ("", "n/a") else 1 for k in ("TP", "PP", "CP", "VP", "EP")}
     tp, pp, cp, vp, ep = (num[k] for k in ("TP", "PP", "CP", "VP", "EP"))
     job = apply_software(TrainingJob(model=model, seq_len=seq, global_batch=int(r["GBS"]),
-                                     dtype=r["Precision"].lower()), "megatron-bridge")
+                                     dtype=r["Precision"].lower()), "megatron-bridge",
+                         overlap_ep_comm=r["model"] in BRIDGE_EP_OVERLAP)
     cluster = load_cluster("dgx-h100", nodes=max(1, gpus // 8))
     # the recipes of the models whose layers the pipeline does not divide (Llama 3.1 405B, Qwen3
     # 235B) count the embedding and the loss as pipeline slots (Megatron-Bridge recipes:
