@@ -18,11 +18,14 @@ _PRECISION = {"bf16": "16-bit", "fp16": "16-bit", "fp8": "fp8", "fp4": "fp4"}
 
 
 def regime_key(job, plan, cluster) -> str:
-    """'family/device/precision', e.g. 'megatron/a100-sxm-80g/16-bit'."""
+    """'family/device/precision', e.g. 'megatron/a100-sxm-80g/16-bit'. Context and expert
+    parallelism lean on parts of the model (ring attention exchange, token all-to-alls) that plain
+    TP/PP runs never exercise: a Megatron-style plan that uses them is its own regime
+    ('megatron+cp', 'megatron+ep', 'megatron+cp+ep'), validated only by published runs that did."""
     if plan.zero == 3:
         family = "fsdp"
     elif plan.tp > 1 or plan.pp > 1 or plan.cp > 1 or plan.ep > 1:
-        family = "megatron"
+        family = "megatron" + ("+cp" if plan.cp > 1 else "") + ("+ep" if plan.ep > 1 else "")
     else:
         family = "ddp"
     return f"{family}/{cluster.device.name}/{_PRECISION[job.dtype]}"

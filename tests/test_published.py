@@ -120,6 +120,12 @@ def test_a_prediction_names_its_regime_or_says_no_run_validates_it():
     # no published run on B200 at all
     v = estimate(job, TrainingPlan(dp=16, tp=8, pp=8, mb=1), load_cluster("dgx-b200", nodes=128)).validation
     assert not v["validated"] and v["note"].startswith("no published run validates megatron/b200")
+    # context parallelism is its own regime: no published A100 run used it, though TP/PP runs abound
+    v = estimate(job, TrainingPlan(dp=8, tp=8, pp=8, cp=2, mb=1, sp=True), cl).validation
+    assert not v["validated"] and v["regime"] == "megatron+cp/a100-sxm-80g/16-bit"
+    # ... which the Megatron-Bridge Llama 3.1 405B row (CP 2 on H100, FP8) validates there
+    bridge = next(c for c in published.megatron_bridge()[0] if c["name"].startswith("LLAMA3.1_405B"))
+    assert bridge["regime"] == "megatron+cp/h100-sxm/fp8"
 
 
 # ---- Megatron 2021 Table 2, MLPerf v3.0 GPT-3, Megatron-Bridge (validation only) --------------------
