@@ -399,47 +399,36 @@ class DPRankRouter:
         return r
 
 
+def _summed(attr: str) -> property:
+    """A property summing `attr` over an aggregate's parts (`self.parts`)."""
+    return property(lambda self: sum(getattr(x, attr) for x in self.parts))
+
+
 class _KVTotal:
     """The KV pools of a replica's attention-DP ranks, summed (for metrics and routing)."""
 
+    used, hits, lookups = _summed("used"), _summed("hits"), _summed("lookups")
+
     def __init__(self, kvs: list):
-        self.kvs = kvs
+        self.parts = kvs
         self.block_size = kvs[0].block_size
         self.num_blocks = sum(k.num_blocks for k in kvs)
-
-    @property
-    def used(self) -> int:
-        return sum(k.used for k in self.kvs)
-
-    @property
-    def hits(self) -> int:
-        return sum(k.hits for k in self.kvs)
-
-    @property
-    def lookups(self) -> int:
-        return sum(k.lookups for k in self.kvs)
 
 
 class _SchedulersTotal:
     """The schedulers of a replica's attention-DP ranks, summed (for metrics and routing)."""
 
+    preemptions, outstanding = _summed("preemptions"), _summed("outstanding")
+
     def __init__(self, ranks: list):
-        self.ranks = ranks
-
-    @property
-    def preemptions(self) -> int:
-        return sum(s.preemptions for s in self.ranks)
-
-    @property
-    def outstanding(self) -> int:
-        return sum(s.outstanding for s in self.ranks)
+        self.parts = ranks
 
     @property
     def rejected(self) -> list:
-        return [r for s in self.ranks for r in s.rejected]
+        return [r for s in self.parts for r in s.rejected]
 
     def has_work(self) -> bool:
-        return any(s.has_work() for s in self.ranks)
+        return any(s.has_work() for s in self.parts)
 
 
 class DPReplica(Replica):
