@@ -286,19 +286,7 @@ class Replica:
                 kv0, batch.decode_kv_tokens = batch.decode_kv_tokens, last
                 dt_last = cost(batch)
                 batch.decode_kv_tokens = kv0
-                slope = (dt_last - dt) / (steps - 1)
-                end = start + steps * dt + slope * steps * (steps - 1) / 2
-                self.in_run = True
-                while env.now < end:
-                    try:
-                        yield env.timeout(end - env.now)
-                    except simpy.Interrupt:
-                        el = env.now - start
-                        # iterations finished by now: largest j with j·dt + slope·j(j−1)/2 <= el
-                        j = self._steps_within(el, dt, slope, steps)
-                        steps = min(steps, j + self.cut_after)
-                        end = start + steps * dt + slope * steps * (steps - 1) / 2
-                self.in_run = False
+                steps = yield from self._decode_run(start, dt, (dt_last - dt) / (steps - 1), steps)
                 sched.skip_decode_iterations(steps - 1)
                 dt = (env.now - start) / steps
             self.busy_s += env.now - start
@@ -308,6 +296,24 @@ class Replica:
             sched.complete(batch, env.now)
             rec.iteration(self.index, env.now, dt, batch.num_decode, batch.prefill_tokens,
                           self.kv.used, len(batch.prefills), steps)
+
+    def _decode_run(self, start: float, dt: float, slope: float, steps: int):
+        """Wait out a run of `steps` decode iterations starting at `start`, durations dt, dt+slope, ...
+        (one event); an arrival (simpy.Interrupt) cuts it after the iteration in flight. Returns the
+        iterations run."""
+        env = self.env
+        end = start + steps * dt + slope * steps * (steps - 1) / 2
+        self.in_run = True
+        while env.now < end:
+            try:
+                yield env.timeout(end - env.now)
+            except simpy.Interrupt:
+                # iterations finished by now: largest j with j·dt + slope·j(j−1)/2 <= elapsed
+                j = self._steps_within(env.now - start, dt, slope, steps)
+                steps = min(steps, j + self.cut_after)
+                end = start + steps * dt + slope * steps * (steps - 1) / 2
+        self.in_run = False
+        return steps
 
     @staticmethod
     def _steps_within(elapsed: float, d0: float, slope: float, cap: int) -> int:
@@ -510,17 +516,7 @@ class DPReplica(Replica):
                 dt_last = cost(batches)
                 for b, k in zip(batches, kv0):
                     b.decode_kv_tokens = k
-                slope = (dt_last - dt) / (steps - 1)
-                end = start + steps * dt + slope * steps * (steps - 1) / 2
-                self.in_run = True
-                while env.now < end:
-                    try:
-                        yield env.timeout(end - env.now)
-                    except simpy.Interrupt:
-                        j = self._steps_within(env.now - start, dt, slope, steps)
-                        steps = min(steps, j + self.cut_after)
-                        end = start + steps * dt + slope * steps * (steps - 1) / 2
-                self.in_run = False
+                steps = yield from self._decode_run(start, dt, (dt_last - dt) / (steps - 1), steps)
                 for s, _ in live:
                     s.skip_decode_iterations(steps - 1)
                 dt = (env.now - start) / steps
