@@ -261,11 +261,7 @@ class Replica:
         cost = self.costs.iteration_s
         while True:
             if not sched.has_work():
-                if self.frontend is not None:
-                    self.frontend.output_rate(0.0)
-                self.wake = env.event()
-                yield self.wake
-                self.wake = None
+                yield from self._idle()
                 continue
             p0 = sched.preemptions
             batch = sched.schedule(env.now)
@@ -296,6 +292,14 @@ class Replica:
             sched.complete(batch, env.now)
             rec.iteration(self.index, env.now, dt, batch.num_decode, batch.prefill_tokens,
                           self.kv.used, len(batch.prefills), steps)
+
+    def _idle(self):
+        """Nothing to run: tell the frontend the output stopped and sleep until an arrival."""
+        if self.frontend is not None:
+            self.frontend.output_rate(0.0)
+        self.wake = self.env.event()
+        yield self.wake
+        self.wake = None
 
     def _decode_run(self, start: float, dt: float, slope: float, steps: int):
         """Wait out a run of `steps` decode iterations starting at `start`, durations dt, dt+slope, ...
@@ -486,11 +490,7 @@ class DPReplica(Replica):
         cost = self.costs.iteration_dp_s
         while True:
             if not any(s.has_work() for s in ranks):
-                if self.frontend is not None:
-                    self.frontend.output_rate(0.0)
-                self.wake = env.event()
-                yield self.wake
-                self.wake = None
+                yield from self._idle()
                 continue
             batches = []
             for s in ranks:
