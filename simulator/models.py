@@ -10,7 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, fields, replace
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import yaml
@@ -186,11 +186,10 @@ class ModelSpec:
     def window_counts(self, layers: range | None = None) -> tuple[tuple[int, int], ...]:
         """((window, number of layers), ...) over `layers` (default all), window 0 = full
         attention first: the layer mix that attention costs and KV sizes are weighted by."""
-        counts: dict[int, int] = {}
-        for i in layers if layers is not None else range(self.num_layers):
-            w = self.layer_window(i)
-            counts[w] = counts.get(w, 0) + 1
-        return tuple(sorted(counts.items()))
+        layers = layers if layers is not None else range(self.num_layers)
+        if not self.sliding_window or not self.layer_types:  # every layer full: the common case
+            return ((0, len(layers)),)
+        return _window_counts(self, layers)
 
     @property
     def q_dim(self) -> int:
@@ -352,6 +351,15 @@ def _attention_layout(cfg: dict, L: int, model_type: str, where: str) -> tuple[i
         first = _int_key(cfg, "max_window_layers", where, default=L, positive=False)
         return w, tuple(SLIDING_ATTENTION if i >= first else FULL_ATTENTION for i in range(L))
     return w, (SLIDING_ATTENTION,) * L
+
+
+@lru_cache(maxsize=1024)
+def _window_counts(model: "ModelSpec", layers: range) -> tuple[tuple[int, int], ...]:
+    counts: dict[int, int] = {}
+    for i in layers:
+        w = model.layer_window(i)
+        counts[w] = counts.get(w, 0) + 1
+    return tuple(sorted(counts.items()))
 
 
 def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) -> ModelSpec:
