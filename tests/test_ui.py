@@ -394,6 +394,26 @@ def test_train_page_tp_and_p2p_overlap(capsys):
     assert json.loads(capsys.readouterr().out)["step_time_s"] == est.step_time_s
 
 
+def test_train_page_software_profile_fills_the_options_and_its_plan_keys(capsys):
+    """Picking a software profile (clusterplan --software) sets the framework inputs to the
+    profile's settings and applies its fixed plan keys: llm-foundry = FSDP (zero=3) with the Triton
+    flash port and no dropout; the page then shows the CLI's numbers."""
+    at = ok(app("train", model="llama2-7b", cluster="dgx-a100", nodes=1, seq=4096, batch=64, plan="mb=1"))
+    at.selectbox(key="train.software").set_value("llm-foundry").run()
+    ok(at)
+    assert at.radio(key="train.attention_kernel").value == "fa-triton"
+    assert at.checkbox(key="train.dropout").value is False and at.checkbox(key="train.tp_overlap").value is False
+    est, stages = direct_estimate("llama2-7b", "dgx-a100", 1, 4096, 64, plan="mb=1,zero=3",
+                                  attention_kernel="fa-triton", dropout=False)
+    check_train(at, est, stages)
+    from ui.cli import main
+    capsys.readouterr()
+    assert main(["simulate", "train", "--model", "llama2-7b", "--cluster", "dgx-a100", "--nodes", "1",
+                 "--seq-len", "4096", "--global-batch", "64", "--plan", "mb=1", "--software", "llm-foundry",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step_time_s"] == pytest.approx(est.step_time_s, rel=1e-12)
+
+
 def test_train_page_bad_plan_is_one_error_line():
     at = app("train", plan="tp=3")
     assert not at.exception

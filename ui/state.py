@@ -275,18 +275,47 @@ def training_setup(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, plan=
                                plan, **options)
 
 
+def software_names() -> list[str]:
+    """The training software profiles (simulator.software), in their catalogue order."""
+    from simulator.software import PROFILES
+    return list(PROFILES)
+
+
+def attention_kernels() -> list[str]:
+    from hwmodels.kernels import ATTENTION_KERNELS
+    return list(ATTENTION_KERNELS)
+
+
+# TrainingJob field -> the Train page's input that shows it
+_PAGE_OPTION = {"attention_kernel": "attention_kernel", "dropout": "dropout", "overlap_grad_reduce": "grad_overlap",
+                "overlap_tp_comm": "tp_overlap", "overlap_p2p_comm": "p2p_overlap"}
+
+
+def software_options(name: str) -> dict:
+    """The Train page's framework inputs as software profile `name` sets them (the profile's
+    TrainingJob fields under the page's input names)."""
+    from simulator.software import get_software
+    job = get_software(name).job
+    out = {page: job[field] for field, page in _PAGE_OPTION.items() if field in job}
+    if "flash_attention" in job:
+        out["attention"] = "flash" if job["flash_attention"] else "unfused"
+    return out
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
 def train_estimate(model_ref: str, model_cfg: str | None, cluster_ref: str, cluster_spec: str | None,
                    nodes: int, seq_len: int, global_batch: int, dtype: str, plan: str,
                    attention: str = "flash", grad_overlap: bool = True, dropout: bool = True,
-                   tp_overlap: bool = False, p2p_overlap: bool = False) -> dict:
+                   tp_overlap: bool = False, p2p_overlap: bool = False, attention_kernel: str = "fa2",
+                   software: str | None = None) -> dict:
     """The analytic estimate of one plan (StepEstimate.to_dict()) plus the memory of every stage."""
     CALLS["train_estimate"] += 1
     from simulator.analytic import estimate
     from simulator.memory import stage_memory
     s = training_setup(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, plan, seq_len=seq_len,
                        global_batch=global_batch, dtype=dtype, attention=attention, grad_overlap=grad_overlap,
-                       dropout=dropout, tp_overlap=tp_overlap, p2p_overlap=p2p_overlap)
+                       dropout=dropout, tp_overlap=tp_overlap, p2p_overlap=p2p_overlap,
+                       attention_kernel=attention_kernel, software=software)
     est = estimate(s.job, s.plan, s.cluster)
     stages = [dict(stage_memory(s.job.model, s.job, s.plan, st)) for st in range(s.plan.pp)]
     return {"estimate": est.to_dict(), "stage_memory": stages, "model": s.job.model.summary(),
@@ -297,13 +326,15 @@ def train_estimate(model_ref: str, model_cfg: str | None, cluster_ref: str, clus
 def des_timeline(model_ref: str, model_cfg: str | None, cluster_ref: str, cluster_spec: str | None,
                  nodes: int, seq_len: int, global_batch: int, dtype: str, plan: str,
                  attention: str = "flash", grad_overlap: bool = True, dropout: bool = True,
-                 tp_overlap: bool = False, p2p_overlap: bool = False) -> dict:
+                 tp_overlap: bool = False, p2p_overlap: bool = False, attention_kernel: str = "fa2",
+                 software: str | None = None) -> dict:
     """The discrete-event simulation of one plan with its timeline (simulator.des.simulate)."""
     CALLS["des_timeline"] += 1
     from simulator.des import simulate
     s = training_setup(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, plan, seq_len=seq_len,
                        global_batch=global_batch, dtype=dtype, attention=attention, grad_overlap=grad_overlap,
-                       dropout=dropout, tp_overlap=tp_overlap, p2p_overlap=p2p_overlap)
+                       dropout=dropout, tp_overlap=tp_overlap, p2p_overlap=p2p_overlap,
+                       attention_kernel=attention_kernel, software=software)
     est, res = simulate(s.job, s.plan, s.cluster, trace=True)
     return {"estimate": est.to_dict(), "timeline": res.timeline, "events": res.events, "units": res.units}
 
@@ -320,14 +351,18 @@ def search_available() -> bool:
 @st.cache_data(max_entries=32, show_spinner=False)
 def plan_search(model_ref: str, model_cfg: str | None, cluster_ref: str, cluster_spec: str | None,
                 nodes: int, seq_len: int, global_batch: int, dtype: str, attention: str, grad_overlap: bool,
-                dropout: bool, fix: str, top: int, tp_overlap: bool = False, p2p_overlap: bool = False) -> dict:
-    """The ranked plans of planner.search.search (its to_dict(): plans, candidates, pruned, ...)."""
+                dropout: bool, fix: str, top: int, tp_overlap: bool = False, p2p_overlap: bool = False,
+                attention_kernel: str = "fa2", software: str | None = None) -> dict:
+    """The ranked plans of planner.search.search (its to_dict(): plans, candidates, pruned, ...);
+    a software profile's plan keys (FSDP's zero=3) are fixed where `fix` leaves them free."""
     CALLS["plan_search"] += 1
-    from planner.search import search
+    from planner.search import parse_fix, search
     s = training_setup(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, seq_len=seq_len,
                        global_batch=global_batch, dtype=dtype, attention=attention, grad_overlap=grad_overlap,
-                       dropout=dropout, tp_overlap=tp_overlap, p2p_overlap=p2p_overlap)
-    return _plain(search(s.job, s.cluster, fix=fix or None, top=top).to_dict())
+                       dropout=dropout, tp_overlap=tp_overlap, p2p_overlap=p2p_overlap,
+                       attention_kernel=attention_kernel, software=software)
+    fixed = jobs.software_fix(parse_fix(fix), software)
+    return _plain(search(s.job, s.cluster, fix=fixed or None, top=top).to_dict())
 
 
 def _plain(doc):

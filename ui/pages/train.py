@@ -24,7 +24,23 @@ c[2].selectbox("Precision", list(DTYPES), key=ps.init("dtype", "bf16", choices=l
 c[3].text_input("Plan", key=ps.init("plan", "tp=2,pp=2,mb=1"),
                 help="key=value,... with keys dp tp pp cp ep mb vpp zero recompute schedule sp offload "
                      "fsdp; dp is derived when omitted (e.g. tp=8,pp=4,vpp=2,mb=1,recompute=selective,sp=on)")
+NO_SOFTWARE = "(none)"
+
+
+def take_software() -> None:  # callback: a profile fills the options below; the user may still change them
+    name = st.session_state[ps.key("software")]
+    if name == NO_SOFTWARE:
+        return
+    for key, value in state.software_options(name).items():
+        st.session_state[ps.key(key)] = value
+
+
 with st.expander("Framework options"):
+    profiles = [NO_SOFTWARE, *state.software_names()]
+    st.selectbox("Software profile", profiles, key=ps.init("software", NO_SOFTWARE, choices=profiles),
+                 on_change=take_software,
+                 help="the settings of a training framework as it ran (clusterplan --software): fills the "
+                      "options below, and its fixed plan keys (FSDP: zero=3) apply where the plan leaves them out")
     o = st.columns(3)
     o[0].radio("Attention kernels", ["flash", "unfused"], horizontal=True,
                key=ps.init("attention", "flash", choices=["flash", "unfused"]))
@@ -35,11 +51,16 @@ with st.expander("Framework options"):
                   help="Transformer Engine userbuffers (clusterplan --tp-overlap)")
     o[1].checkbox("Overlap pipeline send/recv with compute", key=ps.init("p2p_overlap", False, bool),
                   help="off: a send blocks its stage (clusterplan --p2p-overlap)")
+    kernels = state.attention_kernels()
+    o[2].radio("Flash kernel", kernels, horizontal=True, key=ps.init("attention_kernel", kernels[0], choices=kernels),
+               help="FlashAttention-2 class, FA1, or the Triton port (clusterplan --attention-kernel)")
 
 inputs = dict(model_ref=model_ref, model_cfg=model_cfg, cluster_ref=cluster_ref, cluster_spec=cluster_spec,
               nodes=nodes, seq_len=ps.get("seq"), global_batch=ps.get("batch"),
               dtype=ps.get("dtype"), attention=ps.get("attention"), grad_overlap=ps.get("grad_overlap"),
-              tp_overlap=ps.get("tp_overlap"), p2p_overlap=ps.get("p2p_overlap"), dropout=ps.get("dropout"))
+              tp_overlap=ps.get("tp_overlap"), p2p_overlap=ps.get("p2p_overlap"), dropout=ps.get("dropout"),
+              attention_kernel=ps.get("attention_kernel"),
+              software=None if ps.get("software") == NO_SOFTWARE else ps.get("software"))
 SEARCH = state.search_available()
 if SEARCH:
     ps.init("search", False, bool)
