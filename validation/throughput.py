@@ -103,19 +103,14 @@ def run_suite(path: str | None = None, limit: int | None = None, models: tuple =
     for row in rows:
         if models and MODELS.get(row["model"]) not in models:
             continue
-        try:
-            c = case_of(row)
-        except InputError as e:
-            refused.append({"row": f"{row['model']} {row['gpu']} {row['precision']} tp={row['tp']} "
-                                   f"{row['isl']}/{row['osl']}", "reason": str(e)})
-            continue
         if limit is not None and len(cases) >= limit:
             break
         try:
+            c = case_of(row)
             r = replay(c)
         except InputError as e:
-            refused.append({"row": f"{row['model']} {row['gpu']} {row['precision']} tp={c['tp']} "
-                                   f"{c['isl']}/{c['osl']}", "reason": str(e)})
+            refused.append({"row": f"{row['model']} {row['gpu']} {row['precision']} tp={row['tp']} "
+                                   f"{row['isl']}/{row['osl']}", "reason": str(e)})
             continue
         a = aic.get((row["model"], row["precision"], row["gpu"], c["tp"], c["isl"], c["osl"]))
         cases.append({

@@ -99,7 +99,8 @@ def cmd_throughput(args):
 
 def register(groups) -> None:
     val = groups["validate"]
-    pub = val.add_parser("published", help="published training throughput (Megatron-LM 2021 Table 1, NeMo 24.07)")
+    pub = val.add_parser("published", help="published training throughput (Megatron-LM 2021 Tables 1-2, NeMo 24.07, "
+                                          "MLPerf v3.0 GPT-3, Megatron-Bridge H100, llm-foundry FSDP)")
     add_executor_flags(pub)
     pub.add_argument("--json", action="store_true")
     pub.set_defaults(func=cmd_published)
