@@ -196,3 +196,65 @@ def test_layer_collectives_route_tp_all_reduces_to_the_custom_kernel(h100):
     assert ic._comm_s("all_reduce", "tp", 2, 1, mib) == ic.tp_allreduce_s(mib)
     assert ic._comm_s("all_reduce", "tp", 2, 1, mib) != collective_s(h100, "all_reduce", 2, 1, mib)
     assert ic._comm_s("all_to_all", "ep", 2, 1, mib) == collective_s(h100, "all_to_all", 2, 1, mib)
+
+
+def test_attention_dp_size_must_be_positive_and_any_positive_size_builds(h100):
+    m = load_model("qwen3-30b-a3b")
+    with pytest.raises(InputError, match="attention dp=0"):
+        IterationCost(m, h100, 2, ep=2, dp=0)
+    assert IterationCost(m, h100, 2, ep=4, dp=2).dp == 2
+
+
+def _captured_passes(monkeypatch, ic, call):
+    """The LayerPass each MoE layer of a serving cost is built with."""
+    import simulator.serving.costs as costs
+    seen = []
+    real = costs.transformer_layer
+
+    def spy(model, lp, *a, **kw):
+        seen.append(lp)
+        return real(model, lp, *a, **kw)
+    monkeypatch.setattr(costs, "transformer_layer", spy)
+    call(ic)
+    return seen
+
+
+def test_serving_experts_are_whole_under_pure_ep_and_split_tp_over_ep_ways(h100, monkeypatch):
+    """vLLM FusedMoE with expert parallelism inside the TP group: each GPU holds E/ep experts,
+    each split tp/ep ways (whole when ep = tp); with attention DP the MoE spans tp·dp GPUs, so each
+    expert is split tp·dp/ep ways (whole at ep = tp·dp)."""
+    m = load_model("qwen3-30b-a3b")
+    for tp, ep, want in ((2, 2, 1), (4, 2, 2), (8, 8, 1)):
+        ic = IterationCost(m, h100, tp, ep=ep)
+        lps = _captured_passes(monkeypatch, ic, lambda c: c._layer_s(64, True))
+        assert {lp.expert_tp for lp in lps} == {want}, (tp, ep)
+    ic = IterationCost(m, h100, 1, ep=8, dp=8)
+    lps = _captured_passes(monkeypatch, ic, lambda c: c._split_at(64))
+    assert {lp.expert_tp for lp in lps} == {1}
+    ic = IterationCost(m, h100, 2, ep=4, dp=4)  # 8 GPUs, 4-way EP: experts split 2 ways
+    lps = _captured_passes(monkeypatch, ic, lambda c: c._split_at(64))
+    assert {lp.expert_tp for lp in lps} == {2}
+
+
+def test_tp_all_reduce_without_the_custom_kernel_is_nccl_over_adjacent_ranks():
+    """TP is innermost: a TP group of 8 is one DGX node's 8 adjacent GPUs, so the NCCL all-reduce
+    a TP layer runs (above the custom kernel's limit) stays on NVLink; the same group strided over
+    two nodes would cross InfiniBand and take longer."""
+    cl = load_cluster("dgx-h100", nodes=2)
+    ic = IterationCost(load_model("llama3.1-70b"), cl, 8, custom_ar_max_bytes=0)
+    nbytes = 16 * 2 ** 20
+    assert ic.tp_allreduce_s(nbytes) == collective_s(cl, "all_reduce", 8, 1, nbytes)
+    assert ic.tp_allreduce_s(nbytes) < collective_s(cl, "all_reduce", 8, 2, nbytes)
+
+
+def test_expert_parallelism_must_fit_in_the_replica(h100):
+    """EP spreads the experts over the replica's own GPUs (vLLM: the EP group is TP·DP): 2-way EP
+    on a one-GPU replica has nowhere to put the second half."""
+    with pytest.raises(InputError, match="ep=2 must divide the tp·dp = 1 devices"):
+        IterationCost(load_model("qwen3-30b-a3b"), h100, 1, ep=2)
+
+
+def test_no_tokens_cost_nothing_even_with_tp_collectives(h100):
+    """An empty pass runs no GEMM and no TP all-reduce (Llama 3.1 70B on TP 4)."""
+    ic = IterationCost(load_model("llama3.1-70b"), h100, 4)
+    assert ic.dense_s(0) == 0.0 and ic.dense_s(1) > 0.0

@@ -214,3 +214,28 @@ def test_insert_keeps_existing_entries_and_is_off_without_prefix_caching():
     assert kv.insert(("d",), 0) == ()
     off = KVCache(8, 16, prefix_caching=False)
     assert off.insert(("a",), 1) == () and off.match(("a",)) == 0
+
+
+def test_mla_latent_and_rope_key_add_up_for_any_ranks():
+    """MLA caches the compressed latent plus the decoupled RoPE key (DeepSeek-V2 §2.1.3) for
+    every layer: (kv_lora_rank + qk_rope_head_dim) elements, here 100 + 36 = 136 (sizes whose
+    bits overlap, unlike 512 and 64)."""
+    from simulator.models import with_overrides
+    m = with_overrides(load_model("deepseek-v2"), kv_lora_rank=100, qk_rope_head_dim=36)
+    assert kv_bytes_per_token(m, 1, 1, "bf16") == m.num_layers * 136 * 2
+
+
+def test_sliding_window_kv_per_engine_on_the_most_loaded_pipeline_stage():
+    """GPT-OSS 120B: 36 layers alternating sliding (even indices) and full attention, 8 KV heads of
+    64. SGLang's SWA pool gives a windowed layer 0.8 of a full layer's slots per token
+    (swa_full_tokens_ratio); TRT-LLM's default pool one window for every layer; vLLM keeps only
+    the window. Over pp=4 (9 layers a stage) stage 1 holds layers 9..17: 5 full, 4 windowed,
+    the most loaded: 5 + 0.8·4 = 8.2 layer-equivalents; pp=2: 9 full + 9 windowed per stage."""
+    m = load_model("gpt-oss-120b")
+    per_layer = 2 * 8 * 64 * 2  # K and V, 8 KV heads, head_dim 64, bf16
+    assert [m.layer_window(i) > 0 for i in range(4)] == [True, False, True, False]
+    assert kv_bytes_per_token(m, 1, 4, "bf16", "sglang") == pytest.approx(8.2 * per_layer)
+    assert kv_bytes_per_token(m, 1, 2, "bf16", "sglang") == pytest.approx((9 + 0.8 * 9) * per_layer)
+    assert kv_bytes_per_token(m, 1, 4, "bf16", "trtllm") == 9 * per_layer
+    assert kv_bytes_per_token(m, 1, 4, "bf16", "vllm") == 5 * per_layer
+    assert kv_bytes_per_token(m, 1, 1, "bf16") == 36 * per_layer  # no policy: every layer full

@@ -77,3 +77,51 @@ def test_logits_are_part_of_the_peak():
     logits = 4 * 4096 * 96_000 / 2
     d = pk(large)["peak_bytes"] - pk(small)["peak_bytes"] - extra_weights
     assert d >= logits
+
+
+def test_llama2_7b_gated_mlp_activations_korthikanti_generalised():
+    """Llama 2 7B (MHA, SwiGLU f = 11008), s = 4096, b = 1, no TP, flash attention, no dropout:
+    per layer 8sbh (norm inputs, block inputs, QKV and MLP inputs) + Q, K, V and attention output
+    2sb(q + kv) + 2sb·kv + 2sb·h + fp32 log-sum-exp 4sb·a + the gate and up outputs 2·2sb·f and
+    the SiLU·up output 2sb·f (a gated MLP keeps two f-wide tensors before the activation, GELU one)."""
+    m = load_model("llama2-7b")
+    s, h, a, f = 4096, 4096, 32, 11008
+    layer = 8 * s * h + 2 * s * (h + h) + 2 * s * h + 2 * s * h + 4 * s * a + 2 * s * f * 2 + 2 * s * f
+    got = _acts(m, s, "pp=2,mb=1,zero=0", 2, stage=0, dropout=False)  # first stage: no logits
+    inflight = 2  # 1F1B, stage 0 of 2 keeps p = 2 micro-batches
+    assert got == pytest.approx(inflight * 16 * layer, rel=1e-9)
+
+
+def test_expert_tensor_parallelism_splits_each_expert():
+    """Megatron-Core expert mesh: a rank holds E/ep experts, each 1/etp of an expert
+    (Mixtral 8x7B, 8 experts of 3·4096·14336 parameters, ep=4, etp=2: 2 experts × half)."""
+    from simulator.memory import placement, stage_params
+    m = load_model("mixtral-8x7b")
+    pl = placement(m, "1f1b", 1, 1)
+    _, expert = stage_params(m, pl, 1, 4, 2)
+    assert float(expert[0]) == pytest.approx(32 * 2 * 3 * 4096 * 14336 / 2)
+
+
+def test_chunk_ranges_follow_an_uneven_split():
+    """first=3,last=2 over pp=4 of a 13-layer model: chunks hold 3, 4, 4, 2 layers, so chunk 2
+    is layers 7..10 (range(7, 11)) and the last is 11..12."""
+    from simulator.memory import placement
+    from simulator.training import parse_plan as pp_
+    m = with_overrides(load_model("llama2-7b"), num_layers=13)
+    plan = pp_("pp=4,first=3,last=2", 4)
+    pl = placement(m, plan.schedule, 4, 1, plan.split)
+    assert [pl.chunk_range(c) for c in range(4)] == [range(0, 3), range(3, 7), range(7, 11), range(11, 13)]
+
+
+def test_a_dense_layer_among_moe_layers_keeps_the_dense_mlp_activations():
+    """Mixtral 8x7B with its first layer dense (DeepSeek's first_k_dense_replace = 1): that layer
+    keeps the dense gated MLP's 2·2sf + 2sf bytes instead of k = 2 routed copies of
+    2h + 2·2f + 2f, the rest of the layer alike (tp=2 with SP: everything ÷t)."""
+    base = load_model("mixtral-8x7b")
+    s, t, h, f, k = 4096, 2, base.hidden_size, base.moe_ffn_hidden_size, 2
+    assert base.ffn_hidden_size == f
+    a0 = _acts(base, s, "tp=2,ep=8,sp=on", 64)
+    a1 = _acts(with_overrides(base, first_dense_layers=1), s, "tp=2,ep=8,sp=on", 64)
+    dense_mlp = 2 * s * f * 2 + 2 * s * f
+    moe_mlp = s * k * (2 * h + 2 * 2 * f + 2 * f)
+    assert a1 - a0 == pytest.approx((dense_mlp - moe_mlp) / t, rel=1e-9)

@@ -118,8 +118,8 @@ class IterationCost:
             raise InputError(f"pp={pp} exceeds {model.name}'s {model.num_layers} layers")
         if model.is_moe and model.num_experts % ep:
             raise InputError(f"ep={ep} must divide {model.name}'s {model.num_experts} experts")
-        if dp > 1 and (tp * dp) % ep:
-            raise InputError(f"ep={ep} must divide the tp·dp = {tp * dp} devices of an attention-DP replica")
+        if (tp * dp) % ep:  # experts spread over the replica's GPUs (vLLM: EP inside TP·DP)
+            raise InputError(f"ep={ep} must divide the tp·dp = {tp * dp} devices of the replica")
         self.heads = max(1, model.num_heads // tp)
         self.kv_heads = kv_heads_per_rank(model, tp)
         self.head_dim = model.head_dim
