@@ -251,3 +251,199 @@ def test_no_nvls_without_an_nvswitch():
         c = replace(load_cluster("pcie-a100"), device=get_device(dev))
         assert nvls_min_ranks(c) is None, dev
         assert "nvls" not in {ln.algorithm for ln in candidates(c, "all_reduce", 8, 1)}, dev
+
+
+def test_fitted_protocols_keep_nccls_per_byte_order_on_every_calibrated_tier():
+    """NCCL's protocols trade latency for bandwidth (src/device/prims_ll.h: LL sends 8-byte
+    flag+data words, half the link; prims_ll128.h: 120 of every 128 bytes; Simple: the full
+    link): per byte, LL is never cheaper than LL128 and LL128 never cheaper than Simple. The
+    lines fitted to each device's measured NCCL table keep that order at every group size (2 to
+    2^20 ranks), so no small-message fit undercuts Simple on large messages."""
+    from hwmodels.clusters import cluster_names
+    from hwmodels.collectives import ring_factor, tier_calibration
+    checked = 0
+    for name in cluster_names():
+        cal = tier_calibration(load_cluster(name))
+        if cal is None:
+            continue
+        for op, by_size in cal.fits.items():
+            for fits in by_size.values():
+                algo = {f.protocol: f for f in fits if f.algorithm in ("ring", "pairwise")}
+                for n in (2, 1 << 20):
+                    f = ring_factor(op, n)
+                    per_byte = {p: x.u * f + x.v for p, x in algo.items()}
+                    for slow, fast in (("LL", "LL128"), ("LL128", "Simple")):
+                        if slow in per_byte and fast in per_byte:
+                            assert per_byte[slow] >= per_byte[fast] * (1 - 1e-12), (name, op, n, slow)
+                            checked += 1
+    assert checked >= 100  # 9 calibrated systems x 4 collectives x protocol pairs x sizes
+
+
+def test_multi_node_large_all_reduce_on_hopper_uses_nvls_tree():
+    """NCCL 2.18+ on H100 NVSwitch nodes with InfiniBand: a large all-reduce across nodes runs
+    NVLSTree (NVLink SHARP inside the node, a tree across nodes), faster than the plain ring or
+    tree; a small one stays on the latency-bound tree. 16 DGX H100 nodes, 128 ranks."""
+    c = load_cluster("dgx-h100", nodes=16)
+    big = collective_cost(c, "all_reduce", 128, 1, 2 ** 30)
+    assert big.algorithm == "nvls_tree"
+    for algo in ("ring", "tree"):
+        assert collective_cost(c, "all_reduce", 128, 1, 2 ** 30, algorithm=algo).time_s > big.time_s
+    assert collective_cost(c, "all_reduce", 128, 1, 2 ** 20).algorithm == "tree"
+
+
+# ---- the fits reproduce the measured NCCL tables -------------------------------------------------
+def _calibrated_clusters():
+    from hwmodels.clusters import cluster_names
+    from hwmodels.collectives import tier_calibration
+    return [n for n in cluster_names() if tier_calibration(load_cluster(n)) is not None]
+
+
+@pytest.mark.parametrize("name", _calibrated_clusters())
+def test_scale_up_collectives_reproduce_the_measured_nccl_table(name):
+    """Every point of the device's measured NCCL table (aiconfigurator-core's nccl-tests sweep:
+    group size, message size, seconds) for all-reduce, all-gather, reduce-scatter and all-to-all
+    inside one node: the modelled time is within 7% at the median, 20% at the 90th percentile
+    and 80% at worst (kernel-level calibration, docs/modeling.md §2.8)."""
+    import numpy as np
+
+    from hwmodels import profiles
+    from hwmodels.collectives import tier_calibration
+    c = load_cluster(name)
+    c1 = c.with_nodes(1) if c.num_nodes > 1 else c
+    table = profiles.load_nccl_table(tier_calibration(c).system)
+    for op in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all"):
+        err = np.abs([collective_cost(c1, op, int(n), 1, s).time_s / t - 1
+                      for n, s, t in table.points(op) if n <= c1.devices_per_node])
+        assert err.size >= 60, (name, op)
+        assert np.median(err) <= 0.07 and np.percentile(err, 90) <= 0.20 and err.max() <= 0.80, (name, op)
+
+
+def test_a_one_rank_group_or_an_empty_message_costs_nothing():
+    c = load_cluster("dgx-h100", nodes=2)
+    for size, nbytes in ((1, 2 ** 20), (8, 0)):
+        r = collective_cost(c, "all_reduce", size, 1, nbytes)
+        assert (r.time_s, r.latency_s, r.bandwidth_s, r.algbw_bytes_per_s, r.busbw_bytes_per_s) == (0.0,) * 5
+        assert r.algorithm == "none"
+
+
+def test_all_to_all_across_nodes_adds_one_network_step_per_other_node():
+    """NCCL all-to-all is n−1 grouped send/recv (no tuner constant): its latency is the intra-node
+    pairwise latency of the k local peers plus one NET step (hwLat[NET][Ring][proto], scaled so
+    that LL128 equals the tier's latency) per other node. With a 6 µs network the LL step is
+    6 · 2.7 / 4.0 = 4.05 µs: 2 nodes add 4.05 µs, 4 nodes 12.15 µs to the 8-GPU latency."""
+    from dataclasses import replace
+    base = load_cluster("dgx-h100", nodes=4)
+    c = replace(base, tiers=base.tiers[:-1] + (replace(base.tiers[-1], latency_s=6e-6),))
+    one = collective_cost(c, "all_to_all", 8, 1, 1, protocol="LL").latency_s
+    for nodes, extra in ((2, 4.05), (4, 12.15)):
+        lat = collective_cost(c, "all_to_all", 8 * nodes, 1, 1, protocol="LL").latency_s
+        assert lat - one == pytest.approx(extra * US, rel=1e-9)
+
+
+def test_tree_with_one_gpu_per_node_is_base_plus_two_network_steps_per_level():
+    """tuning.cc: tree latency = baseLat + 2·((ppn − 1)·intraLat + log2(nNodes)·interLat); with
+    one GPU per node (16 ranks 8 apart on 16 DGX H100) no intra-node term: baseLat[Tree] +
+    2·4·hwLat[NET][Tree] for each protocol."""
+    c = load_cluster("dgx-h100", nodes=16)
+    for proto in ("LL", "LL128", "Simple"):
+        lat = collective_cost(c, "all_reduce", 16, 8, 4096, algorithm="tree", protocol=proto).latency_s
+        assert lat == pytest.approx((TREE_BASE[proto] + 2 * 4 * NET_TREE[proto]) * US, rel=1e-9)
+
+
+def test_nvls_tree_latency_adds_two_nvlstree_network_steps_per_tree_level():
+    """tuning.cc NVLSTree: NVLS inside the node, the tree across nodes at hwLat[NET][NVLSTree]
+    = 20.9 µs per step, two steps (up and down) per tree level: 16 nodes vs 2 nodes is
+    3 levels more, 2 · 3 · 20.9 = 125.4 µs."""
+    lat = {m: collective_cost(load_cluster("dgx-h100", nodes=m), "all_reduce", 8 * m, 1, 1,
+                              algorithm="nvls_tree").latency_s for m in (2, 16)}
+    assert lat[16] - lat[2] == pytest.approx(125.4 * US, rel=1e-9)
+
+
+@pytest.mark.parametrize("cluster, gain", [("gb200-nvl72", 838.0 / 682.2), ("h100-without-table", 480.0 / 367.2)])
+def test_nvls_without_measured_points_takes_the_measured_gain_over_the_ring(cluster, gain):
+    """Where a device's NCCL table has no NVLS points (GB200's; an H100 node without a table),
+    NVLS all-reduce at 8 GPUs moves bytes faster than the Simple ring by the gain measured on
+    the same NVLink generation: 480.0 vs 367.2 GB/s on 8x H200 (NVLink 4), 838.0 vs 682.2 GB/s
+    on 8x B200 (NVLink 5) (interconnects.csv measured rows)."""
+    from dataclasses import replace
+    if cluster == "h100-without-table":
+        h = load_cluster("dgx-h100")
+        c = replace(h, device=replace(h.device, kernel_profile=""))
+    else:
+        c = load_cluster(cluster)
+    nvls = collective_cost(c, "all_reduce", 8, 1, 2 ** 30, algorithm="nvls")
+    ring = collective_cost(c, "all_reduce", 8, 1, 2 ** 30, algorithm="ring", protocol="Simple")
+    assert ring.bandwidth_s / nvls.bandwidth_s == pytest.approx(gain, rel=1e-9)
+
+
+def test_a_group_spanning_two_scale_up_tiers_runs_at_the_slower_one():
+    """Frontier node (OLCF user guide): the two GCDs of an MI250X package are joined by 200 GB/s
+    of Infinity Fabric, packages by 50 GB/s. A ring over the pair runs on the 200 GB/s links,
+    one over 4 or 8 GCDs crosses the 50 GB/s ones: a quarter of the bus bandwidth (1 GiB)."""
+    fr = load_cluster("frontier")
+    bw = {n: collective_cost(fr, "all_reduce", n, 1, 2 ** 30).busbw_bytes_per_s for n in (2, 4, 8)}
+    assert bw[4] / bw[2] == pytest.approx(50 / 200, rel=0.01)
+    assert bw[8] / bw[2] == pytest.approx(50 / 200, rel=0.01)
+
+
+def test_hierarchical_all_reduce_is_a_reduce_scatter_then_an_all_gather():
+    """Rabenseifner (Thakur, Rabenseifner & Gropp 2005): all-reduce = reduce-scatter followed by
+    all-gather. The forced hierarchical all-reduce (reduce-scatter in the node, all-reduce of S/k
+    across nodes, all-gather in the node) therefore takes exactly the hierarchical reduce-scatter
+    plus the hierarchical all-gather of the same S, latency and bytes alike (2 and 4 DGX H100)."""
+    for nodes in (2, 4):
+        c = load_cluster("dgx-h100", nodes=nodes)
+        for proto in ("LL128", "Simple"):
+            t = {op: collective_cost(c, op, 8 * nodes, 1, 2 ** 28, algorithm="hierarchical", protocol=proto)
+                 for op in ("all_reduce", "reduce_scatter", "all_gather")}
+            for part in ("latency_s", "bandwidth_s"):
+                assert getattr(t["all_reduce"], part) == pytest.approx(
+                    getattr(t["reduce_scatter"], part) + getattr(t["all_gather"], part), rel=1e-9)
+
+
+def test_beyond_the_measured_group_sizes_each_ring_step_adds_nccls_pci_step():
+    """PCIe servers are fitted per measured group size (L40S: 2, 4, 8 GPUs). A 10-GPU L40S
+    server (e.g. Supermicro SYS-421GE-TNRT) lies beyond the table: its ring all-reduce keeps the
+    8-GPU line and adds hwLat[PCI][Ring][Simple] = 5.7 µs per extra ring step:
+    2·(10 − 1) − 2·(8 − 1) = 4 steps, 22.8 µs, for every protocol."""
+    from dataclasses import replace
+    eight = load_cluster("l40s-server", nodes=1)
+    ten = replace(eight, name="l40s-10", devices_per_node=10, tiers=(replace(eight.tiers[0], size=10),) + eight.tiers[1:])
+    for proto in ("LL", "LL128", "Simple"):
+        lat = [collective_cost(c, "all_reduce", n, 1, 8, algorithm="ring", protocol=proto).latency_s
+               for c, n in ((eight, 8), (ten, 10))]
+        assert lat[1] - lat[0] == pytest.approx(22.8 * US, rel=1e-9), proto
+
+
+def test_ring_broadcast_across_nodes_takes_one_network_step_per_hop():
+    """tuning.cc: a ring broadcast has nRanks − 1 steps. With one GPU per node (4 DGX H100
+    nodes, ranks 8 apart) every step is a network step, so its latency is baseLat[Ring] +
+    3·hwLat[NET][Ring] (dgx-h100's IB latency equals NCCL's LL128 NET step, so the constants
+    apply as they are): LL 6.6 + 3·2.7, LL128 14.0 + 3·4.0, Simple 8.4 + 3·14.0 µs."""
+    c = load_cluster("dgx-h100", nodes=4)
+    for proto, us in (("LL", 6.6 + 3 * 2.7), ("LL128", 14.0 + 3 * 4.0), ("Simple", 8.4 + 3 * 14.0)):
+        lat = collective_cost(c, "broadcast", 4, 8, 8, algorithm="ring", protocol=proto).latency_s
+        assert lat == pytest.approx(us * US, rel=1e-9), proto
+
+
+def test_the_tuner_never_picks_the_sequential_hierarchical_algorithm():
+    """NCCL has no sequential hierarchical all-reduce; the simulator offers it only when forced.
+    With one GPU per node or eight, for any size, the tuner's pick is one of NCCL's algorithms."""
+    for stride, n in ((8, 4), (1, 32)):
+        c = load_cluster("dgx-h100", nodes=4)
+        for op in ("all_reduce", "all_gather", "reduce_scatter"):
+            for nbytes in (2 ** 10, 2 ** 20, 2 ** 30):
+                assert collective_cost(c, op, n, stride, nbytes).algorithm != "hierarchical"
+
+
+def test_multi_node_ring_latency_splits_its_steps_between_nvlink_and_the_network():
+    """tuning.cc: ring latency = baseLat + (nsteps − nInterSteps)·intraLat + nInterSteps·interLat.
+    A 16-rank all-reduce ring over 2 DGX H100 nodes has 2·15 = 30 steps, 2·(2 − 1) = 2 of them
+    across the network (LL128 NET step = dgx-h100's 4 µs IB latency), 28 over NVLink. The NVLink
+    step is the fitted one that separates the 8- and 4-GPU rings (14 − 6 = 8 steps)."""
+    one = load_cluster("dgx-h100", nodes=1)
+    lat1 = {n: collective_cost(one, "all_reduce", n, 1, 8, algorithm="ring", protocol="LL128").latency_s for n in (4, 8)}
+    step_in = (lat1[8] - lat1[4]) / 8
+    two = load_cluster("dgx-h100", nodes=2)
+    lat = collective_cost(two, "all_reduce", 16, 1, 8, algorithm="ring", protocol="LL128").latency_s
+    assert lat == pytest.approx(lat1[8] + 14 * step_in + 2 * NET_RING_LL128 * US, rel=1e-9)

@@ -199,3 +199,69 @@ def test_causal_halving_depends_on_the_lengths_values(bare):
     half = 4.0 * s * s * 32 * 128 / 2
     assert bare.flash_attention_s(1, s, other, 32, 8, 128, True) == pytest.approx(
         half / (989e12 * 0.34) + 3e-6, rel=1e-9)
+
+
+def test_cross_chunk_attention_of_a_batch_scales_with_the_batch():
+    """Two sequences (batch 2) of the s/2 x s cross-chunk attention (context parallelism): the
+    FLOPs of two causal s x s passes, so the measured causal kernel's time at batch 2."""
+    km = kernel_model("h100-sxm", "bf16")
+    s = 8192
+    for batch in (2, 3):
+        assert km.flash_attention_s(batch, s // 2, s, 32, 8, 128, False) == pytest.approx(
+            km.flash_attention_s(batch, s, s, 32, 8, 128, True), rel=1e-9)
+
+
+@pytest.mark.parametrize("head_dim, seq, tflops", [(128, 2048, 69.0), (128, 1024, 62.0), (64, 4096, 87.0)])
+def test_flash_attention_1_forward_at_its_measured_a100_rate(head_dim, seq, tflops):
+    """FlashAttention-1 on A100 (Dao 2023 Fig. 4-5, hwmodels/data/flash_attention_impls.csv: causal
+    fwd+bwd 69 TFLOP/s at hd128 / 2k, 62 at hd128 / 1k, 87 at hd64 / 4k): the forward of a causal
+    pass, 2·b·s²·h·d FLOPs (half of 4·b·s²·h·d), takes those FLOPs at that rate, plus the 3 µs
+    launch. Batch 2, 16 heads."""
+    km = kernel_model("a100-sxm-80g", "bf16")
+    flops = 2.0 * 2 * seq * seq * 16 * head_dim
+    assert km.legacy_flash_s("fa1", 2, seq, 16, head_dim) == pytest.approx(flops / (tflops * 1e12) + 3e-6, rel=1e-9)
+
+
+def test_a_profile_measured_in_several_dtypes_defaults_to_its_first(tmp_path):
+    """`KernelModel.from_profile(path)` without a dtype takes the profile's first measured dtype
+    (meta.json `dtypes`, in the order `clusterplan validate profile` measured them)."""
+    import json
+    import shutil
+    from pathlib import Path
+    src = sorted((Path(__file__).resolve().parent.parent / "validation" / "data" / "profiles").glob("*/meta.json"))
+    if not src:
+        pytest.skip("no committed profile under validation/data/profiles")
+    folder = tmp_path / "prof"
+    shutil.copytree(src[0].parent, folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["dtypes"] = ["fp32", "bf16"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    km = KernelModel.from_profile(folder)
+    assert km.dtype == "fp32" and km.gemm_s(512, 512, 512) > 0
+
+
+def test_an_older_flash_kernel_speeds_up_on_a_new_gpu_as_flash_attention_2_does():
+    """FA1 was measured on A100 only (Dao 2023 Fig. 4-5). On H100 it is taken to gain what
+    FlashAttention-2 gains on the same problem: FA1's H100 forward / its A100 forward = FA2's
+    H100 forward / its A100 forward (launch latency aside)."""
+    a100, h100 = kernel_model("a100-sxm-80g", "bf16"), kernel_model("h100-sxm", "bf16")
+    args = (2, 4096, 16, 128)
+    fa1 = [km.legacy_flash_s("fa1", *args) - 3e-6 for km in (a100, h100)]
+    fa2 = [km.flash_attention_s(2, 4096, 4096, 16, 16, 128, True) for km in (a100, h100)]
+    assert fa1[1] / fa1[0] == pytest.approx(fa2[1] / fa2[0], rel=1e-9)
+    assert fa1[1] < fa1[0]
+
+
+def test_a_profiled_machine_runs_gemms_at_its_measured_times():
+    """`clusterplan validate profile` tables are this machine's own measurements: at a measured
+    shape the kernel model gives the measured time itself (no peak scaling, no MAMF factor)."""
+    import csv
+    from pathlib import Path
+    metas = sorted((Path(__file__).resolve().parent.parent / "validation" / "data" / "profiles").glob("*/meta.json"))
+    if not metas:
+        pytest.skip("no committed profile under validation/data/profiles")
+    km = KernelModel.from_profile(metas[0].parent)
+    rows = [r for r in csv.DictReader(open(metas[0].parent / "gemm.csv"))
+            if r["dtype"] == km.dtype and r["bias"] == "0"]
+    big = max(rows, key=lambda r: int(r["m"]) * int(r["n"]) * int(r["k"]))
+    assert km.gemm_s(int(big["m"]), int(big["n"]), int(big["k"])) == pytest.approx(float(big["time_s"]), rel=1e-6)

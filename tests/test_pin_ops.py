@@ -53,6 +53,10 @@ def test_selective_recompute_reruns_only_the_attention_core():
     assert unfused.recompute_s == pytest.approx(attn_s, rel=1e-12)
     flash = layer_cost(GPT, _job(), TrainingPlan(mb=B, recompute="selective"), H100, False)
     assert flash.recompute_flops == 0.0 and flash.recompute_s == 0.0
+    # ... and its forward and backward still run the attention kernel, as without recompute
+    plain = layer_cost(GPT, _job(), TrainingPlan(mb=B), H100, False)
+    assert (flash.fwd_flops, flash.fwd_compute_s, flash.bwd_compute_s) == \
+        (plain.fwd_flops, plain.fwd_compute_s, plain.bwd_compute_s)
     full = layer_cost(GPT, _job(), TrainingPlan(mb=B, recompute="full"), H100, False)
     assert full.recompute_flops == full.fwd_flops and full.recompute_s == full.fwd_compute_s
     none = layer_cost(GPT, _job(), TrainingPlan(mb=B), H100, False)
@@ -275,7 +279,8 @@ def test_memory_bound_ops_take_the_streaming_time_of_their_bytes_and_gemms_move_
     assert sum(1 for o in bwd if o.wgrad) == 4  # qkv, proj, fc1, fc2
 
 
-@pytest.mark.parametrize("name,moe", [("gpt", False), ("mixtral-8x7b", True), ("llama3.1-8b", False)])
+@pytest.mark.parametrize("name,moe", [("gpt", False), ("mixtral-8x7b", True), ("llama3.1-8b", False),
+                                      ("llama4-scout", True)])
 def test_model_flops_are_the_flops_the_layers_ops_execute(name, moe):
     """Model FLOPs (Megatron eq. 3 / PaLM App. B convention: attention counted non-causal) equal
     the FLOPs of the layer's forward ops with the causal attention counted twice: the GEMMs,
@@ -295,3 +300,154 @@ def test_ops_are_immutable():
     op = _ops(TrainingPlan(mb=1))[0]
     with pytest.raises(dataclasses.FrozenInstanceError):
         op.time_s = 0.0
+
+
+def test_context_parallel_ring_of_mla_passes_the_up_projected_heads():
+    """MLA under CP (Megatron-Core's MLA with context parallelism rings the up-projected heads,
+    not the compressed latent): per token and rank, num_heads/tp heads of K (d_h + d_h^R = 128 +
+    64) and V (d_h^v = 128), 16-bit. DeepSeek-V3, tp 1, cp 2, one micro-batch of 2048: each rank
+    holds 1024 tokens, ring of 1024 · 128 · (192 + 128) · 2 bytes, times cp = 2 in total."""
+    ds = load_model("deepseek-v3")
+    plan = TrainingPlan(cp=2, mb=1)
+    ring = _by_name(layer_ops(ds, _job(ds), plan, H100, False, "fwd"))["cp.kv_ring"]
+    assert ring.bytes == 1024 * 128 * (192 + 128) * 2 * 2
+    # tp 2 (with SP, as MoE models need): 64 heads per rank
+    plan = TrainingPlan(tp=2, sp=True, cp=2, mb=1)
+    ring = _by_name(layer_ops(ds, _job(ds), plan, H100, False, "fwd"))["cp.kv_ring"]
+    assert ring.bytes == 1024 * 64 * (192 + 128) * 2 * 2
+
+
+def test_unfused_attention_backward_runs_two_batched_gemms_per_forward_gemm():
+    """Megatron-LM 2021 unfused attention: the backward of QK^T computes dQ and dK, the backward
+    of AV computes dA and dV, each a batched GEMM of the forward's shape, so each takes twice the
+    forward GEMM's time; with CP 2 each rank's queries are half the sequence (s/2 x s scores)."""
+    for cp in (1, 2):
+        plan = TrainingPlan(mb=1, cp=cp)
+        fwd = _by_name(_ops(plan, flash_attention=False))
+        bwd = _by_name(_ops(plan, "bwd", flash_attention=False))
+        for name in ("attn.qk", "attn.av"):
+            assert fwd[name].time_s > 0
+            assert bwd[name].time_s == pytest.approx(2 * fwd[name].time_s, rel=1e-12)
+    one = _by_name(_ops(TrainingPlan(mb=1), flash_attention=False))["attn.qk"]
+    two = _by_name(_ops(TrainingPlan(mb=1, cp=2), flash_attention=False))["attn.qk"]
+    assert two.flops == pytest.approx(one.flops / 2) and two.time_s < one.time_s
+
+
+def test_with_sequence_parallelism_each_tp_rank_routes_its_own_token_shard():
+    """Megatron-Core token dispatcher (megatron/core/transformer/moe/token_dispatcher.py:
+    num_local_tokens = S/TP·B under SP): each TP rank routes its T/tp tokens. Mixtral (8 experts,
+    h 4096): 64 tokens over TP 8 -> the router GEMM is 8 x 4096 x 8 per rank,
+    2·8·8·4096 FLOPs; 8 tokens over TP 8 -> one token per rank."""
+    mx = load_model("mixtral-8x7b")
+    km = kernel_model("h100-sxm", "bf16")
+    for T, local in ((64, 8), (8, 1)):
+        lp = LayerPass(tokens=T, tp=8, sp=True)
+        ops = _by_name(transformer_layer(mx, lp, km, km, lambda *a: 0.0, True, "fwd"))
+        assert ops["router"].flops == 2.0 * local * 8 * 4096
+
+
+def test_sliding_window_pairs_join_the_causal_and_the_windowed_regimes_continuously():
+    """Sliding-window attention (Mistral 7B arXiv 2310.06825 §2; Longformer §3.1): each of the q
+    new tokens after ctx cached ones sees at most w keys. Continuous form: full causal
+    q²/2 + q·ctx when w >= q + ctx; q·w once ctx >= w; between, (w² − ctx²)/2 + (ctx + q − w)·w,
+    which meets both at their boundaries. q = 10, w = 4, ctx = 2: (16 − 4)/2 + 8·4 = 38 (the
+    discrete count is 3 + 9·4 = 39); training (ctx 0), s = 10: 10·4 − 4²/2 = 32."""
+    from simulator.ops import window_pairs
+    assert window_pairs(10, 2, 4) == pytest.approx(38.0)
+    assert window_pairs(10, 0, 4) == pytest.approx(32.0)
+    for q, w in ((10, 4), (100, 37), (4096, 128)):
+        assert window_pairs(q, w, w) == pytest.approx(q * w)  # ctx = w: both forms give q·w
+        a = w // 2
+        assert window_pairs(q, a, q + a) == pytest.approx(q * q / 2 + q * a)  # w = q + ctx: full causal
+        assert window_pairs(q, a, q + a - 1) < q * q / 2 + q * a
+    assert window_pairs(10, 2, 0) == pytest.approx(10 * 10 / 2 + 10 * 2)  # no window
+
+
+def test_layer_costs_and_kernel_choices_are_immutable_and_hashable():
+    """LayerCost is cached and shared (lru_cache): frozen. Kernels and LayerPass are also cache
+    keys: frozen and hashable by value."""
+    import dataclasses
+    lc = layer_cost(GPT, _job(), TrainingPlan(mb=1), H100, False)
+    lp = LayerPass(tokens=8)
+    for obj, field in ((lc, "fwd_flops"), (MEGATRON, "fused_add_norm"), (lp, "tokens")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, 0)
+    for obj in (MEGATRON, lp):
+        assert hash(obj) == hash(dataclasses.replace(obj))
+
+
+def test_balanced_routing_gives_an_expert_at_least_its_one_token():
+    """Training routing (balanced): each expert gets routed/E tokens. Mixtral (8 experts, top-2),
+    4 tokens: 8 (token, expert) pairs, exactly one token per expert, so each expert's gate/up
+    GEMM is 1 x (2·14336) x 4096: 8 of them, 8 · 2·1·28672·4096 FLOPs."""
+    mx = load_model("mixtral-8x7b")
+    km = kernel_model("h100-sxm", "bf16")
+    ops = [o for o in transformer_layer(mx, LayerPass(tokens=4), km, km, lambda *a: 0.0, True, "fwd")
+           if o.name == "expert_fc1"]
+    assert sum(o.flops for o in ops) == 8 * 2.0 * 1 * 2 * 14336 * 4096
+
+
+def test_a_prefill_chunk_after_cached_context_adds_the_full_context_block():
+    """FlashAttention-2 over a chunk of q new tokens after ctx cached ones (Dao 2023 §3.1): the
+    causal q x q block plus the full (unmasked) q x ctx block, each at the kernel's measured time."""
+    from simulator.ops import chunk_attention_s
+    km = kernel_model("h100-sxm", "bf16")
+    llama = load_model("llama3.1-8b")
+    alone = chunk_attention_s(km, llama, 32, 8, 1, 2048, 0)
+    assert alone == pytest.approx(km.flash_attention_s(1, 2048, 2048, 32, 8, 128, True), rel=1e-12)
+    after = chunk_attention_s(km, llama, 32, 8, 1, 2048, 6144)
+    assert after == pytest.approx(alone + km.flash_attention_s(1, 2048, 6144, 32, 8, 128, False), rel=1e-12)
+
+
+def test_sliding_window_layers_cost_their_band_of_kernel_blocks():
+    """A local-attention layer (window w = 128, GPT-OSS) runs only the key blocks inside the band
+    (flash-attention window_size): window_pairs / w² blocks of w², each at the cheaper of two
+    causal w-kernels or the second half of a causal 2w-kernel, t(2w) − t(w). Over 4096 tokens:
+    4096·128 − 128²/2 pairs = 31.5 blocks, timed as one batch of ceil(31.5) = 32 blocks of which
+    31.5/32 is taken; and CP 2 halves each rank's share."""
+    from simulator.ops import chunk_attention_s
+    km = kernel_model("h100-sxm", "bf16")
+    oss = load_model("gpt-oss-20b")
+    h, kv, d = oss.num_heads, oss.num_kv_heads, 64
+    t_w = km.flash_attention_s(32, 128, 128, h, kv, d, True)
+    t_2w = km.flash_attention_s(32, 256, 256, h, kv, d, True)
+    per_block = min(2 * t_w, t_2w - t_w) if t_2w > t_w else 2 * t_w
+    assert chunk_attention_s(km, oss, h, kv, 1, 4096, 0, 128) == pytest.approx(per_block * 31.5 / 32, rel=1e-12)
+    job = TrainingJob(oss, 4096, 64, flash_attention=True, dropout=False)
+    attn = [[o.time_s for o in layer_ops(oss, job, TrainingPlan(mb=1, cp=cp), H100, True, "fwd") if o.name == "attn"][0]
+            for cp in (1, 2)]
+    assert attn[1] == pytest.approx(attn[0] / 2, rel=1e-12)
+
+
+def test_expert_parallel_serving_reads_only_its_share_of_the_active_experts():
+    """Serving with EP 2 (random routing): a 4096-token prefill of Mixtral hits all 8 experts,
+    4 of which live on each rank, so each rank's grouped expert GEMM reads 4 experts' weights
+    (plus the token rows), fewer than the 8 of EP 1."""
+    mx = load_model("mixtral-8x7b")
+    km = kernel_model("h100-sxm", "bf16")
+    w_fc1 = 4096 * 2 * 14336 * 2
+
+    def fc1_bytes(ep):
+        lp = LayerPass(tokens=4096, ep=ep, ep_distinct_tokens=False, kernels=SERVING_ENGINE)
+        return [o for o in transformer_layer(mx, lp, km, km, lambda *a: 0.0, True, "fwd") if o.name == "expert_fc1"][0].bytes
+    assert 4 * w_fc1 <= fc1_bytes(2) < 8 * w_fc1 <= fc1_bytes(1)
+
+
+def test_attention_kernel_named_in_text_is_the_same_kernel():
+    """A job whose attention kernel was read from the command line (a string built at run time)
+    runs FlashAttention-2's measured kernel: mb = 5 sequences of 2048, 32 heads of 128 on H100.
+    (mb = 5 is used by no other test: layer ops are cached by equal jobs.)"""
+    typed = _by_name(_ops(TrainingPlan(mb=5), attention_kernel="".join(["fa", "2"])))["attn"]
+    km = kernel_model("h100-sxm", "bf16")
+    assert typed.time_s == pytest.approx(km.flash_attention_s(5, S, S, 32, 32, 128, True), rel=1e-12)
+
+
+def test_a_non_gated_expert_mlp_has_one_up_projection():
+    """GShard/Switch-style experts (GELU MLP, no gate): fc1 is h -> ffn, half the FLOPs of a
+    gated (SwiGLU, Mixtral) expert's gate+up h -> 2·ffn."""
+    from simulator.models import with_overrides
+    mx = load_model("mixtral-8x7b")
+    plain = with_overrides(mx, gated_mlp=False)
+    fc1 = {m.gated_mlp: sum(o.flops for o in _ops(TrainingPlan(mb=1, ep=1), model=m, moe=True) if o.name == "expert_fc1")
+           for m in (mx, plain)}
+    assert fc1[False] == pytest.approx(fc1[True] / 2, rel=1e-12)

@@ -219,6 +219,9 @@ def test_engine_config_rejects_impossible_settings():
         with pytest.raises(InputError, match=msg):
             engine_config("vllm", h100, 1, **kw)
     assert engine_config("vllm", h100, 1, max_num_seqs=512, max_num_batched_tokens=512, memory_fraction=1.0)
+    # the smallest valid engine: one sequence, one token per step, one-token blocks
+    one = engine_config("vllm", h100, 1, max_num_seqs=1, max_num_batched_tokens=1, block_size=1)
+    assert (one.max_num_seqs, one.max_num_batched_tokens, one.block_size) == (1, 1, 1)
     for name in ("tgi", "xllm", "TRTLLM"):
         with pytest.raises(InputError, match="unknown serving engine"):
             engine_config(name, h100, 1)
@@ -436,3 +439,314 @@ def test_reservation_mode_read_from_text_selects_the_sglang_reservation():
     assert s.reserve and not s.full
     full = "".join(["fu", "ll"])
     assert Scheduler(EngineConfig(kv_reservation=full), KVCache(100, 16), on_finish=lambda r, now: None).full
+
+
+# ---- async / overlap scheduling: requests deferred to the next pass still count ---------------------
+def test_requests_deferred_by_the_overlap_scheduler_count_as_outstanding_and_waiting_tokens():
+    """vLLM async scheduling (vllm/v1/engine/async_llm.py + async_scheduler.py): a request that
+    arrives while a pass is in flight misses the pass already built, but it is queued at the
+    replica: the least-outstanding router (router.py) must count it. max_num_seqs=1: requests 0,
+    1, 2 queued, the first pass admits 0 (1 running + 2 waiting); request 3 arrives during the
+    pass (deferred). Outstanding = 1 + 2 + 1 = 4 requests; prompt tokens still to prefill =
+    20 + 30 (waiting) + 40 (deferred) = 90."""
+    s, kv, finished = _sched(1000, max_num_seqs=1, max_num_batched_tokens=64, extra_step=True)
+    for i, p in enumerate((8, 20, 30)):
+        assert s.add(Request(i, 0.0, p, 10))
+    b = s.schedule(0.0)
+    assert _prefill_ids(b) == [0]
+    assert s.add(Request(3, 0.5, 40, 10))
+    assert [r.id for r in s.waiting] == [1, 2] and len(s.deferred) == 1
+    assert s.outstanding == 4
+    assert s.waiting_tokens() == 90
+
+
+# ---- runs of decode-only iterations: the partial block cycle ----------------------------------------
+def test_decode_run_ends_where_the_free_blocks_run_out_inside_a_block_cycle():
+    """Two decoders (prompts of 4 tokens, outputs of 40), blocks of 4 tokens, 11 blocks. Both
+    prompts fill one block each; the first decode (iteration 0) writes token 5 of each: 2 new
+    blocks, 4 used, 7 free. Both cross into a new block together every 4 iterations (4, 8, 12,
+    16, ...), 2 blocks each time: iterations 4, 8, 12 take 6 blocks, 1 is left, iteration 16
+    needs 2. So iterations 0..15 (16 of them) can be costed as one run, not fewer and not more
+    (the next finish is at iteration 38)."""
+    s, kv, finished = _sched(11, max_num_seqs=8, max_num_batched_tokens=64)
+    assert s.add(Request(0, 0.0, 4, 40)) and s.add(Request(1, 0.0, 4, 40))
+    _step(s, 0.0)
+    b = s.schedule(1.0)
+    assert b.num_decode == 2 and kv.available() == 7
+    assert s.decode_run_length() == 16
+    # and stepping on: after those 16 iterations exactly 1 block is left
+    s.complete(b, 2.0)
+    s.skip_decode_iterations(0)
+    for t in range(15):
+        _step(s, 3.0 + t)
+    assert kv.available() == 1 and s.preemptions == 0
+
+
+# ---- SGLang reservation counted in pages ----------------------------------------------------------
+def test_sglang_reservation_with_pages_of_4_tokens():
+    """SGLang PrefillAdder with page_size 4: the reservation is new_token_ratio x the running
+    requests' remaining output tokens, in pages. 40 pages. Request 0 (prompt 8, output 81) is
+    prefilled (2 pages), then decodes once (token 9 opens page 3): 37 pages free, ratio
+    0.7 - 0.001 = 0.699 after that decode step, 81 - 2 = 79 tokens still owed:
+    int(0.699 * 79) = 55 tokens = 13 whole pages reserved, 24 pages = 96 tokens admissible.
+    A 96-token prompt is admitted, a 97-token prompt (25 pages) is not."""
+    def run(prompt):
+        s, kv, finished = _sched(40, block_size=4, max_num_seqs=16, max_num_batched_tokens=128,
+                                 mixed_batches=False, kv_reservation="ratio")
+        s.add(Request(0, 0.0, 8, 81))
+        _step(s, 0.0)
+        b = _step(s, 1.0)
+        assert b.num_decode == 1 and kv.available() == 37
+        s.add(Request(1, 2.0, prompt, 4))
+        return _prefill_ids(_step(s, 2.0))
+    assert run(96) == [1]
+    assert run(97) == []
+
+
+def test_sglang_reservation_counts_exactly_the_tokens_still_owed():
+    """Page size 1, 100 tokens of KV. Request 0 (prompt 10, output 80) is prefilled and decodes
+    once: 11 tokens used, 89 free, 80 - 2 = 78 tokens still owed at ratio 0.699:
+    int(0.699 * 78) = int(54.52) = 54 reserved, so a 35-token prompt (89 - 54) is admitted and a
+    36-token one is not. (Counting one token too many, 79, would reserve int(55.2) = 55 and
+    refuse the 35-token prompt; one too few, 77, int(53.8) = 53, and admit the 36-token one.)"""
+    def run(prompt):
+        s, kv, finished = _sglang(100)
+        s.add(Request(0, 0.0, 10, 80))
+        _step(s, 0.0)
+        _step(s, 1.0)
+        assert kv.available() == 89
+        s.add(Request(1, 2.0, prompt, 4))
+        return _prefill_ids(_step(s, 2.0))
+    assert run(35) == [1]
+    assert run(36) == []
+
+
+# ---- a prefill that finds no free block preempts the newest running request ----------------------
+def test_a_stuck_prefill_preempts_the_newest_request_instead_of_stalling():
+    """Prefill-first scheduling (SGLang), chunk 8, blocks of 4, 6 blocks. Pass 1: request 0
+    (prompt 20) computes 8 tokens (2 blocks). Request 1 arrives with its KV (8 tokens, from a
+    prefill replica). Pass 2: request 0 computes 8 more (4 blocks), request 1 joins the decoders
+    with 2 blocks: nothing is free. Pass 3: request 0's last 4 tokens need a block: the newest
+    running request (1) is preempted (vLLM v1 / SGLang retract) so the prompt completes in this
+    pass, instead of a pass that skips it."""
+    s, kv, finished = _sched(6, max_num_seqs=8, max_num_batched_tokens=64, chunk=8, mixed_batches=False)
+    assert s.add(Request(0, 0.0, 20, 1))
+    b = _step(s, 0.0)
+    assert [(r.id, c) for r, c, _ in b.prefills] == [(0, 8)]
+    d = Request(1, 0.5, 8, 2)
+    d.target, d.computed, d.generated = 8, 8, 1
+    assert s.add(d)
+    b = _step(s, 1.0)
+    assert [(r.id, c) for r, c, _ in b.prefills] == [(0, 8)] and 1 in s.running
+    assert kv.available() == 0
+    b = _step(s, 2.0)
+    # request 0's last chunk, then request 1 back from the head of the queue, recomputing its
+    # 8 + 1 tokens from the start with the 4 prompt tokens left of the chunk
+    assert [(r.id, c, start) for r, c, start in b.prefills] == [(0, 4, 16), (1, 4, 0)]
+    assert s.preemptions == 1 and d.preemptions == 1 and d.target == 9
+    assert finished == [0]
+
+
+def test_prompt_blocks_handed_to_the_prefix_cache_are_counted_once():
+    """vLLM automatic prefix caching (vllm/v1/core/kv_cache_manager.py): the full blocks of a
+    computed prompt become cached blocks; when the request finishes they stay in the cache as
+    free-but-reusable (evictable), so the pool is whole again, never more than whole.
+    12 blocks of 4 tokens, prompt of 24 tokens = 3 keys x 8 tokens (2 blocks per key): the
+    prefill takes 6 blocks, which all move to the cache (3 keys x 2 blocks); the first decode
+    token opens a 7th block, the request's own. At the finish: 0 used, 12 available (6 free +
+    6 evictable)."""
+    cfg = EngineConfig(block_size=4, prefix_caching=True, max_num_seqs=8, max_num_batched_tokens=64)
+    kv = KVCache(12, 4)
+    finished = []
+    s = Scheduler(cfg, kv, on_finish=lambda r, now: finished.append(r.id))
+    r = Request(0, 0.0, 24, 3, prefix_keys=("a", "b", "c"), prefix_key_tokens=8)
+    assert s.add(r)
+    _step(s, 0.0)
+    assert r.blocks == 0 and kv.used == 6 and kv.available() == 6
+    _step(s, 1.0)  # first decode: token 25 opens a block of the request's own
+    assert kv.used == 7
+    _step(s, 2.0)
+    assert finished == [0]
+    assert kv.used == 0 and kv.available() == 12 and kv.evictable == 6
+
+
+def test_skipping_decode_iterations_allocates_the_blocks_of_the_iterations_skipped():
+    """One decoder, prompt of 4 tokens (1 block of 4), output 20, 10 blocks. The first decode
+    pass (iteration 0) writes token 5 and takes block 2; iterations 1, 2, 3 write tokens 6..8
+    into it. Skipping those 3 iterations (costed with iteration 0 as one run) must leave exactly
+    what stepping them leaves: 2 blocks used; iteration 4 then opens block 3."""
+    s, kv, finished = _sched(10, max_num_seqs=8, max_num_batched_tokens=64)
+    s.add(Request(0, 0.0, 4, 20))
+    _step(s, 0.0)
+    b = s.schedule(1.0)
+    assert kv.used == 2 and s.decode_run_length() >= 4
+    s.skip_decode_iterations(3)
+    s.complete(b, 2.0)
+    assert kv.used == 2
+    _step(s, 3.0)  # iteration 4: token 9 opens block 3
+    assert kv.used == 3
+
+
+def test_a_running_prefill_chunk_shrinks_to_the_free_blocks():
+    """Blocks of 4, 6 blocks, budget 9 tokens. Pass 1: request 0 (prompt 8, output 8) prefills
+    (2 blocks); request 1 (prompt 20) gets the 1 token left (1 block). Pass 2: request 0's first
+    decode opens a block, request 1 computes 8 tokens (2 more blocks): nothing free. Pass 3:
+    request 1 wants 8 more tokens but its 3 blocks hold 12 and 9 are written: the chunk shrinks
+    to 3 tokens and takes no block (the simulator's rule: a prefill's chunk shrinks to the
+    blocks that are free; only decodes, or a pass with nothing else, preempt). When both are
+    done every block is back."""
+    s, kv, finished = _sched(6, max_num_seqs=4, max_num_batched_tokens=9)
+    assert s.add(Request(0, 0.0, 8, 8)) and s.add(Request(1, 0.0, 20, 1))
+    b = _step(s, 0.0)
+    assert [(r.id, c) for r, c, _ in b.prefills] == [(0, 8), (1, 1)]
+    b = _step(s, 1.0)
+    assert b.num_decode == 1 and [(r.id, c) for r, c, _ in b.prefills] == [(1, 8)]
+    assert kv.available() == 0
+    b = _step(s, 2.0)
+    assert b.num_decode == 1 and [(r.id, c, start) for r, c, start in b.prefills] == [(1, 3, 9)]
+    assert kv.available() == 0 and s.preemptions == 0
+    now = 3.0
+    while s.has_work() and now < 100:
+        _step(s, now)
+        now += 1.0
+    assert sorted(finished) == [0, 1] and kv.available() == 6
+
+
+def test_decode_run_uses_the_last_free_block_exactly():
+    """Blocks of 4, 7 blocks. Request 0 (prompt 4) crosses into a new block at decode
+    iterations 0, 4, 8, ...; request 1 (prompt 6) at 2, 6, 10, ... After the prefills (1 + 2
+    blocks) and iteration 0 (request 0's second block) 3 blocks are free: iterations 2, 4, 6 take
+    them, the last one exactly, and iteration 8 finds none. The run is iterations 0..7: 8."""
+    s, kv, finished = _sched(7, max_num_seqs=8, max_num_batched_tokens=64)
+    assert s.add(Request(0, 0.0, 4, 20)) and s.add(Request(1, 0.0, 6, 18))
+    _step(s, 0.0)
+    s.schedule(1.0)
+    assert kv.available() == 3
+    assert s.decode_run_length() == 8
+
+
+def test_a_decode_pass_after_a_finish_attends_to_the_remaining_requests_tokens_only():
+    """Orca/vLLM iteration-level batching: a finished request leaves the batch at once.
+    Requests 0 (prompt 8, output 2) and 1 (prompt 4, output 9) are prefilled together; the first
+    decode pass attends to (8 + 1) + (4 + 1) = 14 tokens and finishes request 0; the next pass
+    decodes request 1 alone over its 4 + 1 tokens in KV and the new one: 6. Request 2 (prompt 8,
+    output 2) joins later: the pass after its prefill attends to request 1's 4 + 3 + 1 = 8 and its
+    own 8 + 1 = 9 tokens, 17, and finishes it; the next pass is request 1's 4 + 4 + 1 = 9."""
+    s, kv, finished = _sched(100, max_num_seqs=8, max_num_batched_tokens=64)
+    assert s.add(Request(0, 0.0, 8, 2)) and s.add(Request(1, 0.0, 4, 9))
+    _step(s, 0.0)
+    b = _step(s, 1.0)
+    assert b.num_decode == 2 and b.decode_kv_tokens == 14 and finished == [0]
+    b = _step(s, 2.0)
+    assert b.num_decode == 1 and b.decode_kv_tokens == 6
+    s.add(Request(2, 3.0, 8, 2))
+    b = _step(s, 3.0)  # request 1's decode (7 tokens) beside request 2's prefill
+    assert b.num_decode == 1 and b.decode_kv_tokens == 7 and _prefill_ids(b) == [2]
+    b = _step(s, 4.0)
+    assert b.num_decode == 2 and b.decode_kv_tokens == 17 and finished == [0, 2]
+    b = _step(s, 5.0)
+    assert b.num_decode == 1 and b.decode_kv_tokens == 9
+
+
+def test_a_request_preempted_at_its_last_decode_does_not_finish_until_recomputed():
+    """Blocks of 4, 6 blocks, budget 8 tokens. Request 0 (prompt 12, output 10) prefills 8
+    tokens; request 1 arrives with its KV (8 tokens, 1 generated, 1 more to go) and joins the
+    decoders while request 0 prefills its last 4. The next decode pass needs a block for each
+    (tokens 9 and 13), 1 is free: vLLM preempts the newest, request 1 - in the very iteration it
+    would have finished in. It must not count as finished then: it is recomputed (8 + 1 tokens,
+    7 in this pass) and finishes only when that prefill samples its second token."""
+    s, kv, finished = _sched(6, max_num_seqs=8, max_num_batched_tokens=8)
+    assert s.add(Request(0, 0.0, 12, 10))
+    _step(s, 0.0)
+    d = Request(1, 0.5, 8, 2)
+    d.target, d.computed, d.generated = 8, 8, 1
+    assert s.add(d)
+    b = _step(s, 1.0)
+    assert [(r.id, c) for r, c, _ in b.prefills] == [(0, 4)] and sorted(s.running) == [0, 1]
+    b = _step(s, 2.0)
+    assert b.num_decode == 1 and d.preemptions == 1 and [(r.id, c) for r, c, _ in b.prefills] == [(1, 7)]
+    assert finished == [] and 1 in s.running
+    now = 3.0
+    while 1 not in finished and now < 50:
+        _step(s, now)
+        now += 1.0
+    assert d.generated == 2 and d.finish_s > 3.0
+
+
+def test_waiting_tokens_count_only_what_is_left_to_prefill():
+    """A request whose KV arrived from a prefill replica has nothing left to prefill: behind a
+    full engine (max_num_seqs=1) it waits with 0 tokens to compute, beside a 20-token prompt."""
+    s, kv, finished = _sched(1000, max_num_seqs=1, max_num_batched_tokens=64)
+    assert s.add(Request(0, 0.0, 8, 10))
+    s.schedule(0.0)
+    a = Request(1, 0.5, 12, 4)
+    a.target, a.computed, a.generated = 12, 12, 1
+    assert s.add(a) and s.add(Request(2, 0.5, 20, 4))
+    assert [r.id for r in s.waiting] == [1, 2] and s.waiting_tokens() == 20
+
+
+def test_skipped_decode_steps_decay_the_new_token_ratio_linearly():
+    """SGLang: new_token_ratio falls by (0.7 − 0.1)/600 = 0.001 per decode step; 100 steps
+    skipped together leave 0.6, as 100 single steps do."""
+    s, kv, finished = _sglang(2000)
+    s.add(Request(0, 0.0, 10, 1000))
+    _step(s, 0.0)
+    s.skip_decode_iterations(100)
+    assert s.ratio == __import__("pytest").approx(0.6, rel=1e-12)
+
+
+def test_no_evict_reservation_excludes_the_cached_prefix():
+    """TensorRT-LLM GUARANTEED_NO_EVICT with KV block reuse: a request reserves the blocks of
+    its prompt and output that it does not read from the cache. Blocks of 4, prompts of 24
+    tokens with 2 cached keys of 8 tokens (4 blocks), outputs of 8: request 0 reserves
+    (24 + 8) / 4 = 8 blocks; request 1, hitting both keys, 8 − 4 = 4."""
+    cfg = EngineConfig(block_size=4, prefix_caching=True, max_num_seqs=8, max_num_batched_tokens=64,
+                       kv_reservation="full", chunked_prefill=False)
+    kv = KVCache(40, 4)
+    s = Scheduler(cfg, kv, on_finish=lambda r, now: None)
+    s.add(Request(0, 0.0, 24, 8, prefix_keys=("a", "b"), prefix_key_tokens=8))
+    _step(s, 0.0)
+    assert kv.available() == 32
+    r1 = Request(1, 1.0, 24, 8, prefix_keys=("a", "b"), prefix_key_tokens=8)
+    s.add(r1)
+    s.schedule(1.0)
+    assert r1.shared_blocks == 4 and r1.blocks == 4 and kv.available() == 28
+
+
+def test_a_long_decode_run_ends_at_the_finish_inside_a_partial_block_cycle():
+    """vLLM blocks of 16. One decoder (prompt 16, output 302), 20 blocks: after its first decode
+    (token 17 opens block 2) 18 blocks are free, one per 16 iterations (16, 32, ..., 288); its
+    last token is at iteration 300, before it would need a block again at 304. The run is the
+    301 iterations 0..300 and stops at the finish."""
+    s, kv, finished = _sched(20, block_size=16, max_num_seqs=8, max_num_batched_tokens=64)
+    assert s.add(Request(0, 0.0, 16, 302))
+    _step(s, 0.0)
+    s.schedule(1.0)
+    assert kv.available() == 18
+    assert s.decode_run_length() == 301
+
+
+def test_sglang_reservation_after_a_late_joiner_leaves_counts_only_the_remaining_request():
+    """Page size 1. Request 0 (prompt 10, output 100) decodes; request 1 (prompt 5, output 3)
+    joins the decoders 3 iterations later and finishes. Then only request 0's remaining output
+    is reserved (ratio × tokens it still owes): a prompt of exactly the free tokens left after
+    that reservation is admitted, one token more is not."""
+    def run(extra):
+        s, kv, finished = _sglang(130)  # small enough that the prompt fits one 64-token pass
+        r0 = Request(0, 0.0, 10, 100)
+        s.add(r0)
+        _step(s, 0.0)
+        for t in range(1, 4):
+            _step(s, float(t))
+        s.add(Request(1, 4.0, 5, 3))
+        now = 4.0
+        while 1 not in finished:
+            _step(s, now)
+            now += 1.0
+        owed = r0.output_len - s.decode_position(r0)
+        free = kv.available() - int(s.ratio * owed)
+        assert 0 < free < 64
+        s.add(Request(2, now, free + extra, 4))
+        return _prefill_ids(_step(s, now))
+    assert run(0) == [2]
+    assert run(1) == []

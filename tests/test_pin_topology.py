@@ -293,3 +293,173 @@ def test_frontier_packages_are_joined_inside_the_node():
     peers = {n for n in g.neighbors(0) if g.nodes[n]["kind"] == "device"}
     assert 1 in peers and peers & {2, 3, 4, 5, 6, 7}
     assert not peers & set(range(8, 16))  # the other node only through the NIC
+
+
+def test_a_group_rides_the_innermost_scale_up_tier_that_spans_it():
+    """A node whose scale-up has three levels (Infinity Fabric pairs, then boards of 4, then the
+    node of 8, like Frontier's GCD pairs and 4-GPU boards with one level more): a group's ring
+    uses the innermost tier whose span covers its members on the node (Cluster.tier_of_span).
+    Members 2 apart (0, 2) span 3 devices: the board tier (index 1), not the node tier (2);
+    adjacent members (0, 1) the pair tier (0); members 4 apart (0, 4) the node tier."""
+    from hwmodels.topology import place_group
+    fr = load_cluster("frontier")
+    pair, board = fr.tiers[0], fr.tiers[1]
+    tiers = (replace(pair, size=2), replace(board, name="board", size=2),
+             replace(board, name="node", size=2, bytes_per_s=board.bytes_per_s / 2), fr.tiers[-1])
+    c = replace(fr, name="three-level", tiers=tiers)
+    assert place_group(c, 2, 1).intra_tier == 0
+    assert place_group(c, 2, 2).intra_tier == 1
+    assert place_group(c, 2, 4).intra_tier == 2
+    assert c.tier_of_span(3) == 1
+
+
+def test_a_two_device_mesh_is_one_link_at_the_full_rate():
+    """Fully connected scale-up (MI300X xGMI: one link per peer, ROCM_MI300): a device's
+    bandwidth is split over its size − 1 peer links: 448 GB/s / 7 = 64 GB/s per link on 8 GPUs;
+    with 2 devices the single peer link carries all 448 GB/s."""
+    mi = load_cluster("mi300x", nodes=1)
+    two = replace(mi, name="mi300x-2", devices_per_node=2, tiers=(replace(mi.tiers[0], size=2),) + mi.tiers[1:])
+    g = build_topology(two).graph
+    assert g.edges[0, 1]["bytes_per_s"] == pytest.approx(448e9)
+    assert build_topology(mi).graph.edges[0, 1]["bytes_per_s"] == pytest.approx(448e9 / 7)
+
+
+def test_tpu_hosts_joined_only_by_the_data_center_network_are_not_a_torus():
+    """TPU Multislice: ICI inside a slice, the data-center network between slices. Here each
+    slice is one 4-chip host (ICI) and 4 hosts are joined by Ethernet: a group of 8 chips over 2
+    hosts crosses the NICs, not a torus, and its all-reduce is bound by the NIC."""
+    from hwmodels.collectives import collective_cost
+    from hwmodels.topology import place_group
+    tpu, eth = load_cluster("tpu-v5p"), load_cluster("pcie-a100")
+    c = replace(tpu, name="tpu-dcn", tiers=(tpu.tiers[0], replace(eth.tiers[-1], size=4)), num_nodes=4,
+                nics_per_node=eth.nics_per_node, nic_bytes_per_s=eth.nic_bytes_per_s)
+    pl = place_group(c, 8, 1)
+    assert (pl.k, pl.nodes, pl.crosses, pl.torus) == (4, 2, ("scale-up", "nic"), {})
+    assert collective_cost(c, "all_reduce", 8, 1, 2 ** 26).bottleneck == "nic-out"
+
+
+def test_nvlink_bridges_join_neighbouring_pairs():
+    """PCIe A100s with NVLink bridges (NVIDIA A100 PCIe datasheet: two GPUs per bridge set): a
+    bridge link between GPUs 0-1, 2-3, 4-5, 6-7 of each node and no other bridge link."""
+    pc = load_cluster("pcie-a100", nodes=1)
+    bridged = replace(pc, name="a100-bridged", tiers=(
+        replace(pc.tiers[0], name="bridge", kind="nvlink-bridge", size=2, bytes_per_s=300e9),
+        replace(pc.tiers[0], size=4)) + pc.tiers[1:])
+    g = build_topology(bridged).graph
+    links = sorted((a, b) for a, b, d in g.edges(data=True) if d["kind"] == "nvlink-bridge")
+    assert links == [(0, 1), (2, 3), (4, 5), (6, 7)]
+    # a bridge tier described over 4 GPUs still bridges neighbouring pairs only
+    quad = replace(bridged, tiers=(replace(bridged.tiers[0], size=4), replace(pc.tiers[0], size=2)) + pc.tiers[1:])
+    g = build_topology(quad).graph
+    assert sorted((min(a, b), max(a, b)) for a, b, d in g.edges(data=True) if d["kind"] == "nvlink-bridge") == \
+        [(0, 1), (2, 3), (4, 5), (6, 7)]
+
+
+def test_frontier_node_links_gcd_pairs_and_packages():
+    """Frontier node (OLCF user guide): the two GCDs of each MI250X package share 200 GB/s of
+    Infinity Fabric; every GCD reaches the GCDs of the other 3 packages over the node tier's
+    50 GB/s, split over its 3 peer packages: 4 package links at 200 GB/s and, between the 8 GCDs,
+    28 − 4 = 24 cross-package links at 50/3 GB/s."""
+    from collections import Counter
+    g = build_topology(load_cluster("frontier", nodes=2)).graph
+    for first in (0, 8):  # every node alike
+        gcds = range(first, first + 8)
+        links = Counter(round(d["bytes_per_s"] / 1e9, 2) for a, b, d in g.edges(data=True)
+                        if a in gcds and b in gcds)
+        assert links == {200.0: 4, round(50 / 3, 2): 24}
+        assert all(g.edges[a, a + 1]["bytes_per_s"] == 200e9 for a in range(first, first + 8, 2))
+
+
+def test_the_tpu_torus_links_carry_the_slice_tiers_ici_rate():
+    """TPU v5p: 6 ICI links per chip, each the chip's ICI bandwidth / 6 (GCP v5p; scaling-book):
+    the torus is wired from the slice tier's rate, whatever the host tier says."""
+    tpu = load_cluster("tpu-v5p")
+    slow_host = replace(tpu, tiers=(replace(tpu.tiers[0], bytes_per_s=1e9),) + tpu.tiers[1:])
+    assert build_topology(tpu).torus_link_cap == tpu.tiers[-1].bytes_per_s / 6
+    assert build_topology(slow_host).torus_link_cap == tpu.tiers[-1].bytes_per_s / 6
+    # the same slice described in three tiers (2-chip halves, 4-chip hosts, the slice)
+    three = replace(tpu, tiers=(replace(tpu.tiers[0], size=2, bytes_per_s=1e9),
+                                replace(tpu.tiers[0], size=2, bytes_per_s=2e9), tpu.tiers[-1]))
+    assert build_topology(three).torus_link_cap == tpu.tiers[-1].bytes_per_s / 6
+
+
+def test_second_tree_mirrors_the_first_for_six_ranks():
+    """ncclGetDtree with an even count mirrors the first tree (rank r -> m − 1 − r). m = 6:
+    ncclGetBtree parents 1->2, 2->4, 3->2, 4->0 (8 out of range), 5->4 (6 out of range); the
+    mirror: 4->3, 3->1, 2->3, 1->5, 0->1."""
+    parent, child = _double_binary_tree(6)
+    edges = set(zip(child.tolist(), parent.tolist()))
+    first = {(1, 2), (2, 4), (3, 2), (4, 0), (5, 4)}
+    mirror = {(4, 3), (3, 1), (2, 3), (1, 5), (0, 1)}
+    assert edges == first | mirror
+
+
+def test_a_group_inside_one_node_uses_no_network():
+    """network_time of a group whose members share a node: no scale-out phase, (0, none, ())."""
+    from hwmodels.topology import network_time
+    c = load_cluster("dgx-h100", nodes=2)
+    for size, pattern in ((8, "ring"), (8, "tree"), (4, "a2a"), (2, "pair")):
+        assert network_time(c, size, 1, pattern) == (0.0, "none", ())
+    assert network_time(c, 16, 1, "ring")[0] > 0
+
+
+def test_a_plain_fat_tree_fills_leaf_ports_node_by_node():
+    """Non-rail fat tree of 64-port switches, half the ports down: 32 NIC ports per leaf. 64
+    L40S servers with 8 NICs each: every 4 consecutive nodes share a leaf (all 8 NICs of a node
+    on one leaf), 64 · 8 / 32 = 16 leaves."""
+    t = build_topology(load_cluster("l40s-server", nodes=64))
+    assert t.leaf_of.shape == (64, 8) and int(t.leaf_of.max()) == 15
+    assert [int(t.leaf_of[n, 0]) for n in (0, 3, 4, 7, 8, 63)] == [0, 0, 1, 1, 2, 15]
+    assert all(len(set(row.tolist())) == 1 for row in t.leaf_of)
+
+
+def test_dragonfly_global_links_join_every_pair_of_groups_over_distinct_switches():
+    """Slingshot dragonfly (KLOCK_FRONTIER): one global link bundle between every pair of groups,
+    each group's global capacity (injection / blocking factor) split over the other groups, and
+    the bundles of a group spread over its switches (group g reaches group h from its switch
+    h mod 32). 4 groups (512 nodes): 6 global bundles at a third of a group's global capacity,
+    on 12 different switches."""
+    c = load_cluster("frontier", nodes=512)
+    topo = build_topology(c)
+    g = topo.graph
+    kind = dict(g.nodes(data="kind"))
+    group = dict(g.nodes(data="group"))
+    glob = [(a, b, d) for a, b, d in g.edges(data=True)
+            if kind[a] == kind[b] == "df-switch" and group[a] != group[b]]
+    assert sorted(tuple(sorted((group[a], group[b]))) for a, b, _ in glob) == [
+        (0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert all(d["bytes_per_s"] == pytest.approx(topo.leaf_up_cap[0] / 3) for _, _, d in glob)
+    assert len({v for a, b, _ in glob for v in (a, b)}) == 12  # no switch carries two bundles
+
+
+def test_an_all_to_all_across_superpod_pods_is_bound_by_the_nic():
+    """DGX B200 SuperPOD, 16 SUs (three tiers, non-blocking, SP_B200_ARCH): two ranks on nodes
+    of different pods exchange through leaf, spine and core, but every level above the NIC has
+    the NIC's bandwidth or more, so the NIC port stays the bottleneck."""
+    from hwmodels.topology import network_time
+    t, where, levels = network_time(load_cluster("dgx-b200", nodes=512), 2, 8 * 128, "a2a")
+    assert where == "nic-out" and levels == ("nic", "leaf", "spine", "core") and t > 0
+
+
+def test_tpu_slices_from_4x4x4_up_are_tori():
+    """GCP v5p: slices of at least 4x4x4 chips have wraparound links in every axis (a 2x2x4
+    slice does not, see above): 128 chips = 4x4x8, a torus."""
+    t = build_topology(load_cluster("tpu-v5p", nodes=32))
+    assert t.torus_dims == (4, 4, 8) and t.torus_wrap
+
+
+def test_a_one_gpu_mesh_node_has_no_peer_links():
+    mi = load_cluster("mi300x", nodes=2)
+    one = replace(mi, name="mi300x-1", devices_per_node=1, num_nodes=2,
+                  tiers=(replace(mi.tiers[0], size=1), replace(mi.tiers[-1], size=2)))
+    g = build_topology(one).graph
+    assert not any(d["kind"] == "infinity-fabric" for _, _, d in g.edges(data=True))
+
+
+def test_the_hop_that_leaves_a_pcie_node_does_not_load_its_pcie_switches():
+    """A ring over two 8-GPU L40S servers: inside each node it crosses the PCIe switches as a
+    one-node ring does; the hop to the other node goes out through the NIC. So the share of the
+    PCIe tier each member gets is the one-node ring's."""
+    from hwmodels.topology import place_group
+    c = load_cluster("l40s-server", nodes=2)
+    assert place_group(c, 16, 1).intra_fraction == pytest.approx(place_group(c, 8, 1).intra_fraction)

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+_SRC = [ROOT]  # where the modules are read from: the scratch copy once it exists (main)
 
 # ---- the one place to update when modules move or tests are renamed --------------------------
 # module (path under the repository root) -> its own fast test files (pin tests first: -x stops
@@ -40,17 +41,21 @@ MODULES: dict[str, list[str]] = {
     "hwmodels/topology.py": ["tests/test_pin_topology.py", "tests/test_pin_collectives.py",
                              "tests/test_collectives.py"],
     "simulator/ops.py": ["tests/test_pin_ops.py", "tests/test_layer.py", "tests/test_pin_analytic.py",
-                         "tests/test_spine.py"],
+                         "tests/test_moe_folding.py", "tests/test_moe_overlap.py", "tests/test_spine.py"],
     "simulator/memory.py": ["tests/test_pin_memory.py", "tests/test_spine.py", "tests/test_published.py"],
     "simulator/analytic.py": ["tests/test_pin_analytic.py", "tests/test_spine.py", "tests/test_published.py"],
     "simulator/des.py": ["tests/test_des.py", "tests/test_spine.py"],
-    "simulator/serving/scheduler.py": ["tests/test_pin_scheduler.py", "tests/test_serving.py"],
+    "simulator/serving/scheduler.py": ["tests/test_pin_scheduler.py", "tests/test_serving_policies.py",
+                                       "tests/test_serving.py"],
     "simulator/serving/engine.py": ["tests/test_pin_engine.py", "tests/test_pin_scheduler.py",
                                     "tests/test_serving.py"],
     "simulator/serving/costs.py": ["tests/test_pin_costs.py", "tests/test_layer.py", "tests/test_serving.py"],
     "simulator/serving/kv_cache.py": ["tests/test_pin_kv_cache.py", "tests/test_pin_scheduler.py",
                                       "tests/test_serving.py"],
-    "planner/ilp.py": ["tests/test_invariants.py::test_time_limited_ilp_with_an_incumbent_is_not_called_optimal",
+    "simulator/serving/policies.py": ["tests/test_pin_policies.py", "tests/test_serving_policies.py"],
+    "simulator/serving/frontend.py": ["tests/test_pin_frontend.py", "tests/test_frontend.py"],
+    "planner/ilp.py": ["tests/test_pin_ilp.py",
+                       "tests/test_invariants.py::test_time_limited_ilp_with_an_incumbent_is_not_called_optimal",
                        "tests/test_invariants.py::test_time_limited_ilp_without_a_solution_is_not_called_infeasible",
                        "tests/test_planner.py"],
 }
@@ -59,50 +64,175 @@ COPY = ["hwmodels", "simulator", "planner", "validation", "ui", "tests", "pyproj
 # The CI sample: a few mutants of each module, fixed by the seed (it follows the code, so it
 # changes only when the modules change).
 CI_SAMPLE, CI_SEED = 4, 20250101
-# Equivalent mutants, excluded from the kill rate: (module, operator, line, reason). A mutant
-# whose behaviour equals the original's is not a missing test. Lines follow the code; re-check
-# them when a module changes.
-EQUIVALENT: list[tuple[str, str, int | tuple[int, int], str]] = [
-    # (module, operator name or a part of it, line or (line, column), reason)
-    ("simulator/serving/scheduler.py", "ReplaceComparisonOperator_LtE_Eq", (249, 38),
+# Equivalent mutants, excluded from the kill rate: (module, operator, where, reason). A mutant
+# whose behaviour equals the original's is not a missing test. Text anchors follow the code; the
+# runner warns about an entry that no longer matches any mutant (`--equivalents` lists them).
+EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
+    # (module, operator name or a part of it, where, reason); where = a line number, or a piece of
+    # the line's text (preferred: it follows the code when lines above move), optionally with the
+    # column: (line or text, column)
+    ("simulator/serving/scheduler.py", "ReplaceComparisonOperator_LtE_Eq", ("if budget <= 0 or pbudget <= 0:", 38),
      "pbudget >= 0 in the running-prefill loop (every chunk there is <= pbudget): <= 0 is == 0"),
-    *[("simulator/serving/scheduler.py", op, (262, col),
+    *[("simulator/serving/scheduler.py", op, ("if chunk <= 0 or (not cfg.chunked_prefill and req.computed + chunk < req.target):", col),
        "with chunked prefill off a prompt is admitted whole and finishes its prefill in that pass, "
        "so no running prefill reaches this clause (it needs chunked_prefill False)")
       for op, col in (("ReplaceBinaryOperator_Add_", 75), ("ReplaceComparisonOperator_Lt_", 83))],
-    *[("simulator/serving/scheduler.py", op, 363,
+    *[("simulator/serving/scheduler.py", op, "if per_cycle == 0:",
        "per_cycle = n_dec >= 1 here (n_dec == 0 returned above): == 0, < 0, <= 0, is 0 all False")
       for op in ("ReplaceComparisonOperator_Eq_Lt", "ReplaceComparisonOperator_Eq_LtE",
                  "ReplaceComparisonOperator_Eq_Is")],
-    ("simulator/serving/scheduler.py", "ReplaceBinaryOperator_Add_", 204,
+    ("simulator/serving/scheduler.py", "ReplaceBinaryOperator_Add_", "req.computed = l0 + done",
      "req.computed after leaving the decode set: preemption resets it to 0 right after, and a "
      "finished request's is never read"),
-    ("simulator/serving/scheduler.py", "ReplaceComparisonOperator_GtE_Eq", 440,
+    ("simulator/serving/scheduler.py", "ReplaceComparisonOperator_GtE_Eq", "if req.generated >= req.output_len or req.prefill_only:",
      "output lengths are >= 1 (workload rejects < 1) and generated grows by one from below: "
      ">= is =="),
     *[("hwmodels/collectives.py", op, line,
        "the `or 10**9` / `or 1e9` fallback: nvls_min_ranks is None exactly when the tier has no "
        "NVLS line, so an NVLS line never meets it")
-      for line in (328, 486, 559) for op in ("ReplaceBinaryOperator_Pow_", "NumberReplacer")],
-    ("hwmodels/collectives.py", "NumberReplacer", 608,
+      for line in ("(nvls_min or 1e9)", "(nvls_min_ranks(cluster) or 10 ** 9)")
+      for op in ("ReplaceBinaryOperator_Pow_", "NumberReplacer")],
+    ("hwmodels/collectives.py", "NumberReplacer", 'hops = sum(d["spacing"] for d in dims) or 1',
      "a 2-rank torus group spans at least one axis: the sum of spacings is >= 1, `or 1` unused"),
-    ("hwmodels/topology.py", "ReplaceComparisonOperator_Eq_LtE", 603, "an array size is never < 0"),
-    ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", 156,
+    ("hwmodels/topology.py", "ReplaceComparisonOperator_Eq_LtE", "if src.size == 0:", "an array size is never < 0"),
+    *[("hwmodels/topology.py", op, ("span = int(on_first.max() - on_first.min()) + 1", 30),
+       "on_first.min() is 0: the first group starts at rank 0, local device 0 of its node (both "
+       "placements move whole nodes), and x - 0 == x ^ 0 == x | 0 == x + 0")
+      for op in ("ReplaceBinaryOperator_Sub_BitXor", "ReplaceBinaryOperator_Sub_BitOr",
+                 "ReplaceBinaryOperator_Sub_Add")],
+    *[("hwmodels/topology.py", op, "if k <= 1:",
+       "_intra with k = 1 (one member per node): its tier and fraction are read only for groups "
+       "with k > 1 (collectives: single-node n >= 2, multi-node `if k > 1`, hierarchical k > 1)")
+      for op in ("ReplaceComparisonOperator_LtE_Lt", "ReplaceComparisonOperator_LtE_Eq")],
+    ("hwmodels/topology.py", "ReplaceUnaryOperator_USub_Invert", "key = (z / x, -x)",
+     "torus_shape's tie-break: ~x = -x - 1 orders the candidates as -x does"),
+    *[("hwmodels/topology.py", op, ("while bit < m and not bit & r:", 14),
+       "_btree_parent(r, m) has 0 < r < m: r's lowest set bit is below m and ends the loop first, "
+       "so `bit < m` never decides it (<=, !=, `is not` agree)")
+      for op in ("ReplaceComparisonOperator_Lt_IsNot", "ReplaceComparisonOperator_Lt_NotEq",
+                 "ReplaceComparisonOperator_Lt_LtE")],
+    *[("hwmodels/collectives.py", op, 'link = pl.torus.get("link_bytes_per_s", tier.bytes_per_s / 6)',
+       "the default of torus link bandwidth: place_group fills pl.torus (with link_bytes_per_s, "
+       "topology._torus_group) for every ici-torus cluster, the only one reaching _torus_lines")
+      for op in ("ReplaceBinaryOperator_Div_", "NumberReplacer")],
+    ("hwmodels/collectives.py", "ReplaceFalseWithTrue",
+     'return Line("hierarchical", proto, BASE_LATENCY["ring"][proto] + net_lat, net_pb, where, auto=False)',
+     "one GPU per node: this hierarchical line equals the ring line (latency and per-byte cost) "
+     "and comes after it, so the tuner's min() keeps the ring either way"),
+    ("hwmodels/collectives.py", "ReplaceComparisonOperator_Gt_GtE", "passive &= x > 1e-15",
+     "_nnls's activity threshold: only a solution entry of exactly 1e-15 tells > from >="),
+    ("hwmodels/collectives.py", "ReplaceComparisonOperator_GtE_Gt", ("eligible = np.array([[a != \"nvls\" or x >=", 47),
+     "the pinned aiconfigurator-core 0.12.0 NCCL tables measure 2, 4, 8 (GB200/GB300: 2, 4) GPUs "
+     "and NVLS starts at 5 or 6: no point sits on the threshold"),
+    ("hwmodels/collectives.py", "ReplaceContinueWithBreak", 488,
+     "_single_node_lines: the NVLS fit is always the last of _Intra.fits (_intra appends "
+     "_nvls_fit after the ring lines), so `break` after it skips nothing"),
+    ("hwmodels/collectives.py", "NumberReplacer", (338, 61),
+     "step_s of a fitted NVLS line: NVLS lines take base_s only (one in-switch step at any group "
+     "size), step_s is never read for them"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", "if rows <= 0:",
      "rows = a batch's sample count, never negative: <= 0 is == 0"),
-    ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", 171,
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", "if n <= 0:",
      "n = a batch's decode count, never negative: <= 0 is == 0"),
-    ("hwmodels/collectives.py", "NumberReplacer", 662,
+    ("hwmodels/collectives.py", "NumberReplacer", "for ln in lines if ln.auto), default=0.0)",
      "collective_s: every group of > 1 rank has an auto line (ring/p2p/torus), so min() never "
      "falls back to its default"),
-    ("hwmodels/topology.py", "NumberReplacer", (495, 21),
+    ("hwmodels/topology.py", "NumberReplacer", ("covered, ti = 1, 0", 21),
      "_intra's initial tier index: k > 1 needs an intra-node tier, so the loop always sets it"),
     *[("simulator/ops.py", "ReplaceComparisonOperator_Eq_Is", line,
-       "phase literals fwd/bwd/recompute are interned by CPython: `is` == `==`")
-      for line in (273, 360, 363, 371)],
-    *[("simulator/ops.py", "ReplaceTrueWithFalse", (line, 30),
-       "slots=False: same fields, frozen and equality, only a __dict__ more")
-      for line in (38, 52, 67, 95)],
-    *[("simulator/serving/scheduler.py", op, 288,
+       "phase literals fwd/bwd/recompute are interned by CPython and the phase is always one of "
+       "them: `is` == `==`")
+      for line in ('if phase == "bwd":', ('if ph == "recompute" and plan.recompute', 14), 'if ph == "bwd":')],
+    *[("hwmodels/kernels.py", op, ("if self._attn is not None and seq_q == seq_kv and causal:", 44),
+       "every causal call has seq_q == seq_kv (ops.chunk_attention_s, legacy_flash_s, "
+       "validation/compare.py); calls with other lengths are non-causal: >= and <= are ==")
+      for op in ("ReplaceComparisonOperator_Eq_GtE", "ReplaceComparisonOperator_Eq_LtE")],
+    *[("hwmodels/topology.py", op, "(nvl72_rack if span >= 72 else nvswitch_node)",
+       "nvl72_rack builds exactly what nvswitch_node builds (one non-blocking NVSwitch domain)")
+      for op in ("ReplaceComparisonOperator_GtE_", "NumberReplacer")],
+    ("hwmodels/collectives.py", "ReplaceComparisonOperator_NotEq_IsNot",
+     'steps = ring_steps(op, n) if op != "broadcast" else n - 1',
+     "ring_steps('broadcast', n) is n - 1 too: both branches agree for a broadcast, and `is not` "
+     "picks the first branch for every other op"),
+    ("hwmodels/collectives.py", "ReplaceComparisonOperator_NotEq_IsNot",
+     ('inter_steps = ring_steps(op, m) if op != "broadcast" else m - 1', 46),
+     "ring_steps('broadcast', m) is m - 1 too: both branches agree for a broadcast, and `is not` "
+     "picks the first branch for every other op"),
+    *[("hwmodels/topology.py", op, ("if pc.any() and topo.levels >= 3:", 36),
+       "pods exist only in 3-level fat trees (pod_of_leaf is all 0 otherwise, so pc is empty) and "
+       "levels <= 3: <= 3 and == 3 agree with >= 3 whenever pc.any()")
+      for op in ("ReplaceComparisonOperator_GtE_LtE", "ReplaceComparisonOperator_GtE_Eq")],
+    ("hwmodels/topology.py", "NumberReplacer", "torus_link_cap: float = 0.0",
+     "Topology.torus_link_cap's default: read only for ici-torus clusters, whose tpu_torus sets it"),
+    ("hwmodels/kernels.py", "NumberReplacer", ("return 1e12 * float(np.interp(", 11),
+     "1e12 ± 1 as the TFLOP/s -> FLOP/s factor: a 1e-12 relative change, below any tolerance "
+     "and any printed digit"),
+    ("hwmodels/kernels.py", "RemoveDecorator", "@cache",
+     "memoisation of a pure table loader or of kernel_model's constructor: speed, not results"),
+    ("simulator/serving/policies.py", "ReplaceComparisonOperator_Eq_Is",
+     ('"MaxUtilization" if cfg.capacity_scheduler == "max_utilization"', 71),
+     "capacity_scheduler is only ever set from the policies' literals (MaxUtilization.apply etc.; "
+     "engine_config maps the option text to a policy): interned, `is` == `==`"),
+    ("simulator/serving/frontend.py", "ReplaceComparisonOperator_Gt_GtE",
+     "start = now if now > self.free_at else self.free_at",
+     "when now == free_at both branches give the same start"),
+    ("simulator/serving/policies.py", "ReplaceBinaryOperator_Div_FloorDiv", "gib = float(device.hbm_bytes or 0) / 2**30",
+     "gib is only compared with whole numbers of GiB (70; 35, 160): x < n and floor(x) < n agree "
+     "for integer n, as do x >= n and floor(x) >= n"),
+    ("simulator/serving/frontend.py", "ReplaceComparisonOperator_Eq_LtE", 'p = "measured" if p == "on" else p',
+     "p is on, measured or published here (off returned above): 'measured' <= 'on' maps measured "
+     "to itself and 'published' > 'on', so <= is =="),
+    ("planner/ilp.py", "ReplaceComparisonOperator_Eq_Is",
+     "if start is not None and len(start) == C and sum(start) == L and min(start) >= 1:",
+     "`is` can only turn a valid start into no start: CBC loses its warm-start hint, the problem "
+     "and its optimum are the same (only a solve cut by the time limit could differ)"),
+    ("simulator/ops.py", "ReplaceComparisonOperator_Eq_Is", "before_gemm == fwd",
+     "before_gemm and fwd are both bools (True/False are singletons): `is` == `==`"),
+    ("simulator/ops.py", "ReplaceComparisonOperator_NotEq_IsNot", 'phase != "bwd"',
+     "phase literals fwd/bwd/recompute are interned by CPython and the phase is always one of "
+     "them: `is not` == `!=`"),
+    ("simulator/ops.py", "ReplaceTrueWithFalse", ("@dataclass(frozen=True, slots=True)", 30),
+     "slots=False: same fields, frozen and equality, only a __dict__ more"),
+    *[("simulator/ops.py", op, where, "the unfused softmax's 2 * 2 + 1 bytes: 4 ^ 1 == 4 | 1 == 4 + 1")
+      for op in ("ReplaceBinaryOperator_Add_BitXor", "ReplaceBinaryOperator_Add_BitOr")
+      for where in (('Op("attn.softmax", "compute", ph, 0.0, (2 * 2 + (2 * 2 + 1) * drop)', 67),
+                    ("km.memory_s((2 * 2 + (2 * 2 + 1) * drop) * scores)", 43))],
+    ("simulator/serving/scheduler.py", "NumberReplacer", "self.kd = 0  # decode iterations so far",
+     "kd's start value: it is read only as kd - dec_k0 (dec_k0 = kd at joining) and as residues "
+     "kd % bs against (dec_k0 - dec_l0) % bs, both unchanged by a shift of every kd"),
+    ("simulator/serving/scheduler.py", "ReplaceBinaryOperator_Mul_", "req.shared_blocks += len(new) * per_key",
+     "shared_blocks after the prefill completes: only a running prefill reads it (`have`), and "
+     "_release zeroes it before the request can prefill again"),
+    ("simulator/serving/scheduler.py", "ReplaceBinaryOperator_FloorDiv_RShift", "full = avail // per_cycle",
+     "decode_run_length's whole-cycle shortcut: avail >> n <= avail // n, and the cycles it "
+     "undercounts are then walked residue by residue to the same run length"),
+    *[("simulator/serving/scheduler.py", op, ("m = min(n - 1, full * bs)", 28),
+       "decode_run_length's whole-cycle shortcut: full >> bs and full // bs only undercount the "
+       "cycles, which the residue walk then covers to the same run length")
+      for op in ("ReplaceBinaryOperator_Mul_RShift", "ReplaceBinaryOperator_Mul_FloorDiv")],
+    ("simulator/serving/scheduler.py", "ReplaceComparisonOperator_Gt_NotEq", "if done > 0:",
+     "done = kd - dec_k0 >= 0 (kd only grows): != 0 is > 0"),
+    *[("simulator/serving/scheduler.py", "NumberReplacer", line,
+       "an EngineConfig default that every engine's policies set in engine_config (the only "
+       "constructor outside tests): max_num_seqs, max_num_batched_tokens, block_size, memory_fraction")
+      for line in ("max_num_seqs: int = 1024", "max_num_batched_tokens: int = 8192",
+                   "block_size: int = 16", "memory_fraction: float = 0.9")],
+    ("simulator/serving/scheduler.py", "ReplaceComparisonOperator_Lt_NotEq", "if not cfg.chunked_prefill and chunk < remaining:",
+     "chunk = min(remaining, ...) <= remaining: != is <"),
+    *[("simulator/serving/scheduler.py", op, ("1 < len(self.waiting) <= LPM_FALLBACK_QUEUE", 48),
+       "1 < len(waiting) vs 1 != len: they differ only for an empty queue, whose sort is a no-op")
+      for op in ("ReplaceComparisonOperator_Lt_IsNot", "ReplaceComparisonOperator_Lt_NotEq")],
+    ("simulator/serving/scheduler.py", "NumberReplacer", "def decode_run_length(self, limit: int = 1 << 30)",
+     "decode_run_length's default limit 2**30: the run already ends at the next finish, and no "
+     "request owes 2**30 tokens (prompt + output must fit the KV pool)"),
+    *[("simulator/serving/scheduler.py", op, line,
+       "a waiting request either has computed 0 < target or arrived with its KV, when engine.py "
+       "sets `req.computed = req.target = req.prompt_len` (one int object): ==, >=, `is` agree")
+      for op, line in (("ReplaceComparisonOperator_GtE_Is", "if req.computed >= req.target:"),
+                       ("ReplaceComparisonOperator_GtE_Eq", "if req.computed >= req.target:"),
+                       ("ReplaceComparisonOperator_Lt_IsNot", "if decode_only and req.computed < req.target:"),
+                       ("ReplaceComparisonOperator_Lt_NotEq", "if decode_only and req.computed < req.target:"))],
+    *[("simulator/serving/scheduler.py", op, "if req.computed == 0 and req.prefix_keys and kv.prefix_caching:",
        "a waiting prompt has computed == 0 (preemption resets it; KV-arrived requests are "
        "admitted above): >= 0 / <= 0 agree with == 0")
       for op in ("ReplaceComparisonOperator_Eq_GtE", "ReplaceComparisonOperator_Eq_LtE")],
@@ -113,11 +243,9 @@ EQUIVALENT: list[tuple[str, str, int | tuple[int, int], str]] = [
 _CACHE_SIZE_OPS = ("NumberReplacer",) + tuple(
     f"ReplaceBinaryOperator_LShift_{o}" for o in ("Add", "Sub", "Mul", "FloorDiv", "Mod", "Pow", "RShift",
                                                   "BitOr", "BitAnd", "BitXor"))
-_CACHE_SIZE_LINES = [("hwmodels/kernels.py", line) for line in (82, 83, 109, 110)] + [
-    ("hwmodels/collectives.py", 306), ("hwmodels/collectives.py", 466), ("hwmodels/collectives.py", 656),
-    ("hwmodels/topology.py", 339), ("hwmodels/topology.py", 417), ("hwmodels/topology.py", 438),
-    ("hwmodels/topology.py", 563), ("simulator/serving/costs.py", 241), ("simulator/ops.py", 337),
-    ("simulator/ops.py", 407)]
+_CACHE_SIZE_LINES = [(mod, "lru_cache(maxsize=") for mod in (
+    "hwmodels/kernels.py", "hwmodels/collectives.py", "hwmodels/topology.py", "simulator/serving/costs.py",
+    "simulator/ops.py")]
 EQUIVALENT += [(mod, op, line, "lru_cache maxsize: changes what is cached, not any result")
                for mod, line in _CACHE_SIZE_LINES for op in _CACHE_SIZE_OPS]
 
@@ -148,7 +276,7 @@ def _annotation_spans(module: str) -> tuple:
     """((start, end), ...) of every annotation in `module` when it has `from __future__ import
     annotations`: they stay strings that nothing evaluates (no get_type_hints in the package), so
     a mutant inside one (e.g. `int | None` -> `int ** None`) cannot change any output."""
-    tree = ast.parse((ROOT / module).read_text())
+    tree = ast.parse((_SRC[0] / module).read_text())
     if not any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
                and any(a.name == "annotations" for a in n.names) for n in tree.body):
         return ()
@@ -167,15 +295,71 @@ def _annotation_spans(module: str) -> tuple:
 
 def _is_equivalent(module: str, item) -> str | None:
     m = item.mutations[0]
-    for mod, op, line, why in EQUIVALENT:
-        at = tuple(m.start_pos) if isinstance(line, tuple) else m.start_pos[0]
-        named = m.operator_name.endswith(op) or (op.endswith("_") and op in m.operator_name)
-        if mod == module and named and at == line:
-            return why
+    for entry in EQUIVALENT:
+        if entry[0] == module and _entry_matches(entry, m):
+            return entry[3]
     pos = tuple(m.start_pos)
     if any(a <= pos < b for a, b in _annotation_spans(module)):
         return "inside an annotation (postponed evaluation: never evaluated)"
     return None
+
+
+@functools.cache
+def _lines_with(module: str, text: str) -> frozenset:
+    """Numbers of the lines of `module` that contain `text` (an EQUIVALENT anchor)."""
+    return frozenset(i for i, ln in enumerate((_SRC[0] / module).read_text().splitlines(), 1) if text in ln)
+
+
+def _entry_matches(entry, m) -> bool:
+    """Whether EQUIVALENT `entry` names mutant `m`. Its place is a line number, a (line, column)
+    pair, a piece of the line's text (every line containing it), or (text, column): text anchors
+    follow the code when edits above move it."""
+    module, op, where, _ = entry
+    if not (m.operator_name.endswith(op) or (op.endswith("_") and op in m.operator_name)):
+        return False
+    line, col = where if isinstance(where, tuple) else (where, None)
+    lines = _lines_with(module, line) if isinstance(line, str) else (line,)
+    return m.start_pos[0] in lines and (col is None or m.start_pos[1] == col)
+
+
+def _stale_entries(module: str, items) -> list:
+    """EQUIVALENT / cache-size entries of `module` that name no mutant cosmic-ray enumerated: the
+    code moved under them (they would silently exclude whatever lands on that line next)."""
+    muts = [it.mutations[0] for it in items]
+    groups: dict = {}  # (line, reason) -> its entries: one line's operators may be listed wholesale
+    for entry in EQUIVALENT:
+        if entry[0] == module:
+            groups.setdefault((entry[2], entry[3]), []).append(entry)
+    return [(f"line {line}", why[:60]) for (line, why), entries in groups.items()
+            if not any(_entry_matches(e, m) for e in entries for m in muts)]
+
+
+def list_equivalents(module: str, work: Path, env: dict) -> int:
+    """Print every mutant of `module` that EQUIVALENT excludes (with its source line) and every
+    stale entry; run nothing. Returns the number of stale entries."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    tag = module.replace("/", "_")
+    cfg, db = work / f"{tag}.toml", work / f"{tag}.sqlite"
+    cfg.write_text(_config(module, ["tests"], 10))
+    db.unlink(missing_ok=True)
+    subprocess.run(_cosmic_ray() + ["init", str(cfg), str(db)], cwd=work, env=env, check=True)
+    with use_db(str(db), WorkDB.Mode.open) as wdb:
+        items = list(wdb.work_items)
+    src = (work / module).read_text().splitlines()
+    notes = 0
+    for it in items:
+        why = _is_equivalent(module, it)
+        if why and why.startswith("inside an annotation"):
+            notes += 1
+        elif why:
+            m = it.mutations[0]
+            print(f"{module}:{m.start_pos[0]}:{m.start_pos[1]} {m.operator_name.split('/')[-1]:<40} "
+                  f"{src[m.start_pos[0] - 1].strip()[:60]}")
+    print(f"{module}: and {notes} mutants inside annotations")
+    stale = _stale_entries(module, items)
+    for entry in stale:
+        print(f"STALE {module}: EQUIVALENT entry {entry} matches no mutant")
+    return len(stale)
 
 
 def run_module(module: str, tests: list[str], work: Path, sample: int, seed: int, timeout: float,
@@ -205,6 +389,9 @@ def run_module(module: str, tests: list[str], work: Path, sample: int, seed: int
     with use_db(str(db), WorkDB.Mode.open) as wdb:
         items = list(wdb.work_items)
         keep = [it for it in items if not _is_equivalent(module, it)]
+        for entry in _stale_entries(module, items):
+            print(f"WARNING {module}: EQUIVALENT entry {entry} matches no mutant: the line moved? "
+                  f"(re-check it: a stale entry can exclude a mutant that is not equivalent)", flush=True)
         equivalent = [(it, _is_equivalent(module, it)) for it in items if _is_equivalent(module, it)]
         chosen = keep if sample <= 0 or sample >= len(keep) else random.Random(seed).sample(keep, sample)
         chosen_ids = {it.job_id for it in chosen}
@@ -244,6 +431,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ci", action="store_true", help=f"the fixed CI sample ({CI_SAMPLE} per module, seed {CI_SEED})")
     ap.add_argument("--workdir", help="scratch directory (default: a new temporary one, removed after)")
     ap.add_argument("--diffs", action="store_true", help="print the diff of every surviving mutant")
+    ap.add_argument("--equivalents", action="store_true",
+                    help="list the mutants EQUIVALENT excludes and its stale entries, run nothing")
     args = ap.parse_args(argv)
     if args.ci:
         args.sample, args.seed = CI_SAMPLE, CI_SEED
@@ -263,11 +452,18 @@ def main(argv=None) -> int:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis"))
         elif src.exists():
             shutil.copy2(src, dst)
+    _SRC[0] = work  # what cosmic-ray enumerates: EQUIVALENT text anchors are looked up there
     env = {**os.environ, "PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
     check = subprocess.run([sys.executable, "-c", "import simulator; print(simulator.__file__)"],
                            cwd=work, env=env, capture_output=True, text=True, check=True).stdout.strip()
     if not check.startswith(str(work)):
         sys.exit(f"the copy is not what Python imports ({check}); refusing to mutate")
+    if args.equivalents:
+        try:
+            return 1 if sum(list_equivalents(m, work, env) for m in modules) else 0
+        finally:
+            if not args.workdir:
+                shutil.rmtree(work, ignore_errors=True)
     results = []
     try:
         for m in modules:
