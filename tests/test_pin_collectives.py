@@ -6,6 +6,7 @@ import pytest
 
 from hwmodels.clusters import load_cluster
 from hwmodels.collectives import collective_cost, collective_s
+from hwmodels.errors import InputError
 
 US = 1e-6
 # tuning.cc baseLat[Tree] and hwLat[NET][Tree] (µs) for LL / LL128 / Simple
@@ -447,3 +448,15 @@ def test_multi_node_ring_latency_splits_its_steps_between_nvlink_and_the_network
     two = load_cluster("dgx-h100", nodes=2)
     lat = collective_cost(two, "all_reduce", 16, 1, 8, algorithm="ring", protocol="LL128").latency_s
     assert lat == pytest.approx(lat1[8] + 14 * step_in + 2 * NET_RING_LL128 * US, rel=1e-9)
+
+
+def test_an_unknown_protocol_with_auto_algorithm_names_the_protocol_not_the_algorithm():
+    """`--algo auto --proto X` where no line runs protocol X: the error is about the protocol (the
+    algorithm 'auto' always exists), also for an 'auto' string built at run time (as a command
+    line gives it: not the interned literal)."""
+    from hwmodels.collectives import collective_cost
+    cl = load_cluster("dgx-h100")
+    auto = "".join(["au", "to"])
+    with pytest.raises(InputError, match="protocol 'XYZ' is not available") as e:
+        collective_cost(cl, "all_reduce", 8, 1, 2 ** 20, algorithm=auto, protocol="XYZ")
+    assert "algorithm 'auto' is not available" not in str(e.value)

@@ -257,3 +257,81 @@ def test_every_closed_loop_client_issues_its_next_request_after_a_response():
     assert rep.completed == 10
     clients = [r.client for r in sim.requests]
     assert clients.count(0) >= 2 and clients.count(1) >= 2 and set(clients) == {0, 1}
+
+
+# ---- decode runs, stalls, attention-DP routing ----------------------------------------------------
+def test_steps_within_walks_back_a_float_overshoot(monkeypatch):
+    """Iterations of 1, 2, 3 s (d0 = 1, slope = 1) finish at 1, 3, 6: within 5.9 s two are done.
+    The closed-form root is only a first guess: if float rounding puts it one or more too high,
+    the walk back must land on the exact count."""
+    import math as _math
+
+    import simulator.serving.engine as eng
+    assert Replica._steps_within(5.9, 1.0, 1.0, 10) == 2
+    assert Replica._steps_within(6.0, 1.0, 1.0, 10) == 3
+    assert Replica._steps_within(3.5, 1.0, 0.0, 10) == 3  # constant 1-s iterations
+    assert Replica._steps_within(100.0, 1.0, 1.0, 4) == 4  # capped at the run's length
+
+    class Overshoot:  # a root three steps too high (odd, so a walk back in twos would miss)
+        @staticmethod
+        def sqrt(x):
+            return _math.sqrt(x) + 3.0
+    monkeypatch.setattr(eng, "math", Overshoot)
+    assert Replica._steps_within(5.9, 1.0, 1.0, 10) == 2
+    assert Replica._steps_within(0.5, 1.0, 1.0, 10) == 0
+
+
+def test_a_stall_records_the_gap_since_the_requests_last_token():
+    from types import SimpleNamespace
+    rec = SimpleNamespace(stall_gaps=[])
+    fake = SimpleNamespace(sim=SimpleNamespace(recorder=rec))
+    Replica._stall(fake, SimpleNamespace(last_token_s=2.0), 5.5)
+    assert rec.stall_gaps == [(5.5, 3.5)]
+
+
+def test_trtllm_adp_router_caps_ranks_at_the_expected_count():
+    """TensorRT-LLM's DefaultADPRouter: a new request may go only to ranks below
+    max(ceil((active + 1) / dp), max active); among them the fewest active prompt tokens. With one
+    request on each of 2 ranks the cap is 2, both qualify, and the lighter one (50 tokens) wins."""
+    from types import SimpleNamespace
+
+    from simulator.serving.engine import DPRankRouter
+    r = DPRankRouter("trtllm", 2)
+    r.tokens = [100, 50]
+    ranks = [SimpleNamespace(outstanding=1), SimpleNamespace(outstanding=1)]
+    assert r.pick(ranks) == 1
+    ranks = [SimpleNamespace(outstanding=1), SimpleNamespace(outstanding=3)]
+    assert r.pick(ranks) == 0  # rank 1 is at the cap (max(ceil(5/2), 3) = 3)
+
+
+def test_dp_replica_kv_load_counts_used_and_queued_blocks():
+    """KV load of an attention-DP replica (what the routers read): used blocks plus the blocks the
+    queued prompts still need, over all ranks' blocks: (10 + 48/16) / 100."""
+    from types import SimpleNamespace
+
+    from simulator.serving.engine import DPReplica
+    waiting = [SimpleNamespace(target=40, computed=8), SimpleNamespace(target=16, computed=0)]
+    fake = SimpleNamespace(kv=SimpleNamespace(used=10, num_blocks=100, block_size=16),
+                           ranks=[SimpleNamespace(waiting=waiting[:1]), SimpleNamespace(waiting=waiting[1:])])
+    assert DPReplica.kv_load(fake) == pytest.approx((10 + 48 / 16) / 100)
+
+
+def test_sglang_attention_dp_ranks_split_the_server_limits():
+    """SGLang with --enable-dp-attention: chunked-prefill size, token budget and running requests
+    are server-wide, so each of the dp ranks gets its share (server_args.py: chunked_prefill_size
+    // dp, max_running_requests // dp); other engines' limits are per rank already; limits the plan
+    pinned stay."""
+    from simulator.serving.engine import dp_engine_config
+    from simulator.serving.scheduler import EngineConfig
+    cfg = EngineConfig(engine="sglang", max_num_seqs=1024, max_num_batched_tokens=16384, chunk=8192)
+    r = dp_engine_config(cfg, 4)
+    assert (r.chunk, r.max_num_batched_tokens, r.max_num_seqs) == (2048, 4096, 256)
+    r = dp_engine_config(cfg, 3)  # 8192 // 3 = 2730, not 8192 | 3
+    assert (r.chunk, r.max_num_batched_tokens, r.max_num_seqs) == (2730, 5461, 341)
+    assert dp_engine_config(cfg, 4, pinned=("max_tokens",)).chunk == 8192
+    assert dp_engine_config(replace_engine(cfg, "vllm"), 4) == replace_engine(cfg, "vllm")
+
+
+def replace_engine(cfg, engine):
+    from dataclasses import replace
+    return replace(cfg, engine=engine)

@@ -42,16 +42,20 @@ MODULES: dict[str, list[str]] = {
                              "tests/test_collectives.py"],
     "simulator/ops.py": ["tests/test_pin_ops.py", "tests/test_layer.py", "tests/test_pin_analytic.py",
                          "tests/test_moe_folding.py", "tests/test_moe_overlap.py", "tests/test_spine.py"],
-    "simulator/memory.py": ["tests/test_pin_memory.py", "tests/test_spine.py", "tests/test_published.py"],
-    "simulator/analytic.py": ["tests/test_pin_analytic.py", "tests/test_spine.py", "tests/test_published.py"],
-    "simulator/des.py": ["tests/test_des.py", "tests/test_spine.py"],
+    "simulator/memory.py": ["tests/test_pin_memory.py", "tests/test_spine.py", "tests/test_moe_folding.py",
+                            "tests/test_uneven_pipeline.py", "tests/test_published.py"],
+    "simulator/analytic.py": ["tests/test_pin_analytic.py", "tests/test_spine.py", "tests/test_fsdp.py",
+                              "tests/test_moe_overlap.py", "tests/test_moe_folding.py", "tests/test_published.py"],
+    "simulator/des.py": ["tests/test_pin_des.py", "tests/test_des.py", "tests/test_spine.py",
+                         "tests/test_uneven_pipeline.py"],
     "simulator/serving/scheduler.py": ["tests/test_pin_scheduler.py", "tests/test_serving_policies.py",
                                        "tests/test_serving.py"],
     "simulator/serving/engine.py": ["tests/test_pin_engine.py", "tests/test_pin_scheduler.py",
-                                    "tests/test_serving.py"],
-    "simulator/serving/costs.py": ["tests/test_pin_costs.py", "tests/test_layer.py", "tests/test_serving.py"],
+                                    "tests/test_attention_dp.py", "tests/test_frontend.py", "tests/test_serving.py"],
+    "simulator/serving/costs.py": ["tests/test_pin_costs.py", "tests/test_layer.py", "tests/test_attention_dp.py",
+                                   "tests/test_offline_fidelity.py", "tests/test_gpt_oss.py", "tests/test_serving.py"],
     "simulator/serving/kv_cache.py": ["tests/test_pin_kv_cache.py", "tests/test_pin_scheduler.py",
-                                      "tests/test_serving.py"],
+                                      "tests/test_offline_fidelity.py", "tests/test_serving.py"],
     "simulator/serving/policies.py": ["tests/test_pin_policies.py", "tests/test_serving_policies.py"],
     "simulator/serving/frontend.py": ["tests/test_pin_frontend.py", "tests/test_frontend.py"],
     "planner/ilp.py": ["tests/test_pin_ilp.py",
@@ -130,6 +134,13 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("hwmodels/collectives.py", "NumberReplacer", (338, 61),
      "step_s of a fitted NVLS line: NVLS lines take base_s only (one in-switch step at any group "
      "size), step_s is never read for them"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_LtE", "if hi == lo:",
+     "_grid(T) gives lo <= hi: hi <= lo holds exactly when hi == lo"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Lt", "if T <= 0:",
+     "T = 0 through the grid: _grid(0) = (0, 0) and a pass of 0 tokens costs 0 (no GEMM rows, "
+     "0-byte collectives): the early return saves work, not a different result"),
+    ("simulator/des.py", "ReplaceComparisonOperator_Lt_NotEq", "not 1 <= factor < math.inf",
+     "factor < inf and factor != inf differ only above inf (no float is); nan already fails 1 <= factor"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", "if rows <= 0:",
      "rows = a batch's sample count, never negative: <= 0 is == 0"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", "if n <= 0:",
@@ -245,7 +256,7 @@ _CACHE_SIZE_OPS = ("NumberReplacer",) + tuple(
                                                   "BitOr", "BitAnd", "BitXor"))
 _CACHE_SIZE_LINES = [(mod, "lru_cache(maxsize=") for mod in (
     "hwmodels/kernels.py", "hwmodels/collectives.py", "hwmodels/topology.py", "simulator/serving/costs.py",
-    "simulator/ops.py")]
+    "simulator/ops.py", "simulator/memory.py")]
 EQUIVALENT += [(mod, op, line, "lru_cache maxsize: changes what is cached, not any result")
                for mod, line in _CACHE_SIZE_LINES for op in _CACHE_SIZE_OPS]
 
