@@ -52,3 +52,22 @@ def test_a_straggler_runs_its_optimizer_step_slower_by_its_factor():
     assert des._opt[(0, 0)] == pytest.approx(2.0 * opt)
     assert des._opt[(1, 0)] == pytest.approx(opt)
     assert res.step_time_s > 0
+
+
+def test_chrome_trace_names_each_unit_by_its_megatron_ranks_and_splits_w_into_buckets():
+    """The Chrome trace (Perfetto) names every simulated unit "stage s / dp d (ranks a-b)" with the
+    ranks Megatron's order gives it (tp=2 on 8 GPUs with pp=2: dp=2; stage 1 / dp 1 holds ranks
+    (1 + 2·1)·2 = 6 and 7), and the last micro-batch's weight gradients (8 micro-batches: W7)
+    complete bucket by bucket, so its gradient reductions can start: first piece "W7", the rest
+    "W7+"; the earlier W run whole."""
+    from simulator.des import chrome_trace, simulate
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    cl = load_cluster("dgx-h100", nodes=1)
+    plan = parse_plan("tp=2,pp=2,mb=1,schedule=zb-h1", cl.num_devices)
+    _, res = simulate(job, plan, cl, full_ranks=True, trace=True)
+    doc = chrome_trace(res, plan)
+    events = doc["traceEvents"] if isinstance(doc, dict) else doc
+    names = {e["args"]["name"] for e in events if e.get("name") == "process_name"}
+    assert "stage 1 / dp 1 (ranks 6-7)" in names and "stage 0 / dp 0 (ranks 0-1)" in names
+    tasks = {e["name"] for e in events if e.get("ph") == "X"}
+    assert {"W0", "W7", "W7+"} <= tasks and "W0+" not in tasks
