@@ -314,8 +314,9 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
     n_moe, n_layers = stack("n_moe"), stack("n_layers")
     frac = np.array([pl.fraction for pl in pls])[pinv][:, None]
     w = work(k, n_layers - n_moe, n_moe, stack("first"), stack("last"))
-    ov = np.array([overlaps_ep(job, names[s]) for s in b.schedule])
-    if model.is_moe and ov.any():
+    # which rows overlap their EP all-to-alls (overlaps_ep), without a Python loop over the rows
+    ov = (np.full(len(b), job.overlap_ep_comm) | (b.schedule == names.index("dualpipe"))) if model.is_moe else None
+    if ov is not None and ov.any():
         w_ov = work(ep_overlapped(k), n_layers - n_moe, n_moe, stack("first"), stack("last"))
         w = {key: np.where(ov[:, None], w_ov[key], w[key]) for key in w}
     tot = frac * (w["fwd_s"] + w["bwd_s"])  # one micro-batch through the stage's chunks

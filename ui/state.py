@@ -582,6 +582,19 @@ def file_uploader(label: str, types: list[str], key: str):
     return st.file_uploader(label, type=types, key=key, **kw)
 
 
+def _take_upload(ps, up, what: str, key: str, parse) -> bool:
+    """Parse an uploaded `what` file into page state `key`; a refused upload replaces the previous
+    one (None), shows its one-line error and keeps the page waiting. True when it was taken."""
+    try:
+        ps.set(key, parse(read_upload(up, f"{what} file"), up.name))
+        return True
+    except InputError as e:
+        ps.set(key, None)
+        st.error(str(e))
+        ps.waiting.append(what)
+        return False
+
+
 def cluster_picker(ps: PageState, default: str = "dgx-h100", default_nodes: int = 2):
     """Preset or uploaded cluster and a node count. Returns (ref, spec or None, nodes)."""
     options = cluster_names() + [CUSTOM]
@@ -597,12 +610,7 @@ def cluster_picker(ps: PageState, default: str = "dgx-h100", default_nodes: int 
         up = file_uploader("Cluster YAML (fields of one preset in hwmodels/data/clusters.yaml)",
                            ["yaml", "yml"], ps.key("cluster_file"))
         if up is not None:
-            try:
-                ps.set("cluster_spec", cluster_spec_from_yaml(read_upload(up, "cluster file"), up.name))
-            except InputError as e:
-                ps.set("cluster_spec", None)  # a refused upload replaces the previous cluster
-                st.error(str(e))
-                ps.waiting.append("cluster")
+            _take_upload(ps, up, "cluster", "cluster_spec", cluster_spec_from_yaml)
         spec = st.session_state.get(ps.key("cluster_spec"))
         if spec is not None:
             st.caption(f"custom cluster {json.loads(spec).get('name', 'custom')!r} "
@@ -834,14 +842,8 @@ def model_picker(ps: PageState, default: str = "llama3-8b") -> tuple[str, str | 
         return ps.get("model"), None
     up = file_uploader("Hugging Face config.json (or YAML with the same keys)", ["json", "yaml", "yml"],
                        ps.key("model_file"))
-    if up is not None:
-        try:
-            ps.set("model_cfg", model_cfg_from_text(read_upload(up, "model file"), up.name))
-        except InputError as e:
-            ps.set("model_cfg", None)  # a refused upload replaces the previous model
-            st.error(str(e))
-            ps.waiting.append("model")
-            return CUSTOM, None
+    if up is not None and not _take_upload(ps, up, "model", "model_cfg", model_cfg_from_text):
+        return CUSTOM, None
     cfg = ps.get("model_cfg")
     if cfg is None:
         st.info("Upload a Hugging Face config.json (or pick a preset).")
