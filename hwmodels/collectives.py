@@ -64,6 +64,14 @@ BUS_EFFICIENCY = {
     "ici-torus": 0.80, "pcie": 0.75, "fat-tree": 0.96, "rail-fat-tree": 0.96,
     "dragonfly": 0.90, "ethernet": 0.90,
 }
+# A ring over more than two GPUs of a PCIe server runs through the CPUs' root complexes and memory,
+# not GPU to GPU: its bus bandwidth falls with the ring size ("on PCI systems the performance is
+# usually determined by the bandwidth your CPU and memory can deliver", NCCL maintainer, NVIDIA/nccl
+# issue #1639: nccl-tests all_reduce on a dual-socket Xeon 8480+ server with 8 PCIe Gen5 x16 GPUs,
+# busbw 35 GB/s on 4 GPUs and 28 GB/s on 8, i.e. 35/64 and 28/64 of the x16 link per direction).
+# Two GPUs keep BUS_EFFICIENCY["pcie"] (GTC24 S62129: PCIe Gen4 24/32). Used where no table
+# calibrates the tier; between and beyond the measured sizes, linear in log2(ranks), edges held.
+PCIE_RING_EFFICIENCY = {2: 0.75, 4: 35 / 64, 8: 28 / 64}
 # NCCL tuning constants (src/graph/tuning.cc @5067397c, interconnects.csv model_param), seconds.
 BASE_LATENCY = {"ring": {"LL": 6.6 * _US, "LL128": 14.0 * _US, "Simple": 8.4 * _US},
                 "tree": {"LL": 6.8 * _US, "LL128": 14.0 * _US, "Simple": 8.4 * _US}}
@@ -442,7 +450,27 @@ def _intra(cluster: Cluster, op: str, n: int, k: int, tier_index: int, fraction:
     lines = _default_fits(cluster, fit_op, tier_index)
     if fit_op == "all_reduce" and nvls_min:
         lines += _nvls_fit(cluster, lines, fit_op)
-    return _Intra(lines, 1.0 / (tier_bw * fraction), False, "")
+    scale = 1.0 / (tier_bw * fraction)
+    if cluster.tiers[tier_index].kind == "pcie" and op != "send_recv":
+        # rings over > 2 PCIe GPUs are CPU-bound (PCIE_RING_EFFICIENCY; a send/recv is one pair)
+        scale *= BUS_EFFICIENCY["pcie"] / pcie_ring_efficiency(k)
+    return _Intra(lines, scale, False, "")
+
+
+def pcie_ring_efficiency(k: int) -> float:
+    """Bus bandwidth ÷ link rate of a k-GPU ring inside a PCIe server (PCIE_RING_EFFICIENCY,
+    linear in log2(k) between measured sizes, the edge value beyond them)."""
+    sizes = sorted(PCIE_RING_EFFICIENCY)
+    if k <= sizes[0]:
+        return PCIE_RING_EFFICIENCY[sizes[0]]
+    if k >= sizes[-1]:
+        return PCIE_RING_EFFICIENCY[sizes[-1]]
+    hi = min(s for s in sizes if s >= k)
+    lo = max(s for s in sizes if s <= k)
+    if hi == lo:
+        return PCIE_RING_EFFICIENCY[lo]
+    w = (math.log2(k) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
+    return (1 - w) * PCIE_RING_EFFICIENCY[lo] + w * PCIE_RING_EFFICIENCY[hi]
 
 
 def _nvls_fit(cluster: Cluster, lines: tuple, op: str) -> tuple:
