@@ -55,6 +55,13 @@ def layer_activation_bytes(model: ModelSpec, job: TrainingJob, plan: TrainingPla
     sb = s * b
     if plan.recompute == "full":
         return 2 * sb * h / (t if plan.sp else 1)
+    if plan.recompute == "selective" and job.selective_policy == "op" and not moe:
+        # torchtitan op-level SAC keeps the block input and what its policy saves: the outputs of
+        # wq, wv, w1 and w2 (odd matmuls), the flash attention output and its fp32 log-sum-exp
+        # (torchtitan parallelize_llama.py _save_list; FlashAttention-2 saves O and L)
+        q, kv = model.q_dim / t, model.kv_dim / t
+        mlp_saved = model.ffn_hidden_size / t  # w1's output (fc1's without a gate)
+        return sb * (ACT_BYTES * (h + q + kv + q + mlp_saved + h) + 4 * model.num_heads / t)
     # Parts that TP leaves replicated without SP: norm inputs (2×2sbh), QKV input, MLP input,
     # the two dropout masks.
     replicated = (4 + 2 + 2 + 2 * drop) * sb * h

@@ -89,10 +89,16 @@ class Kernels:
     # kernels (Megatron-Core MoEAlltoAllTokenDispatcher: permute / sort_chunks_by_idxs /
     # unpermute); vLLM's fused_moe reads the tokens through sorted indices inside its GEMM
     token_permute: bool = False
+    # elementwise work as separate PyTorch eager kernels (torchtitan's Llama without
+    # torch.compile): see `transformer_layer` for the bytes each one moves
+    eager_elementwise: bool = False
 
 
 MEGATRON = Kernels(fused_add_norm=False, rope_kernel=False, kv_cache_write=False,
                    grouped_experts=False, random_routing=False, router_16bit=False, token_permute=True)
+EAGER_PYTORCH = Kernels(fused_add_norm=False, rope_kernel=True, kv_cache_write=False,
+                        grouped_experts=False, random_routing=False, router_16bit=False, token_permute=True,
+                        eager_elementwise=True)
 SERVING_ENGINE = Kernels(fused_add_norm=True, rope_kernel=True, kv_cache_write=True,
                          grouped_experts=True, random_routing=True, router_16bit=True)
 
@@ -116,6 +122,7 @@ class LayerPass:
     overlap_tp_comm: bool = False
     dropout: bool = False
     kv_bytes: float = ACT_BYTES  # bytes of one KV-cache element (serving)
+    fp8_dynamic_casts: bool = False  # FP8 linears cast by separate amax/cast kernels (TrainingJob)
     kernels: Kernels = MEGATRON
 
 
@@ -171,6 +178,17 @@ def rope_elements(model: ModelSpec, tp: int) -> int:
     return model.q_dim // tp + kv_heads_per_rank(model, tp) * model.head_dim
 
 
+# HBM bytes per element of PyTorch eager kernels, forward, bf16 tensors (pytorch/torchtitan
+# torchtitan/models/norms.py RMSNorm: x.float() r2 w4, pow(2) r4 w4, mean r4, x·rsqrt r4 w4,
+# type_as r4 w2, ·weight r2 w2; models/llama/model.py apply_rotary_emb: .float() r2 w4, complex
+# product r4 w4, type_as r4 w2; FeedForward: F.silu r2 w2, then the gate product r4 w2).
+EAGER_RMSNORM_BYTES = 36
+EAGER_ROPE_BYTES = 20
+EAGER_SWIGLU_BYTES = 10
+# amax read (2 B) + cast read (2 B) and FP8 write (1 B) per element of a dynamically scaled tensor
+FP8_CAST_FWD = 5
+
+
 # ---- op builders -------------------------------------------------------------------------------
 def _gemm(km: KernelModel, name: str, m: int, n: int, k: int, phase: str = "fwd") -> list[Op]:
     """A forward GEMM, or its backward pair (input gradient + weight gradient)."""
@@ -213,6 +231,15 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
 
     def gemm(name: str, m: int, n: int, k: int):
         ops.extend(_gemm(km, name, m, n, k, phase))
+        if lp.fp8_dynamic_casts:
+            # torchao Float8Linear, tensor-wise dynamic scaling (pytorch/ao torchao/float8
+            # float8_linear.py, float8_scaling_utils.py): forward reads the bf16 input for its amax,
+            # then reads it again and writes FP8 (5 B/element); backward does the same for the
+            # output gradient and writes the transposed FP8 copies the weight-gradient GEMM takes
+            # (gradient 2 B, input re-cast 3 B) and the transposed FP8 weight (2 B/element)
+            nbytes = (FP8_CAST_FWD * m * k if fwd else
+                      FP8_CAST_FWD * m * n + 2 * m * n + 3 * m * k + 2 * k * n)
+            ops.append(_mem(km, f"{name}.fp8_cast", nbytes, phase))
 
     def tp_collective(name: str, before_gemm: bool):
         """TP exchange around a column/row-parallel GEMM pair (Megatron f/g operators)."""
@@ -231,7 +258,9 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
                          overlap_with=name if overlap else "", chunks=t if overlap else 0))
 
     def norm(i: int):
-        if kern.fused_add_norm:  # the previous residual add and this norm: read x, r; write both
+        if kern.eager_elementwise and model.norm == "rmsnorm":  # five fp32 kernels (EAGER_RMSNORM_BYTES)
+            ops.append(_mem(km, f"norm{i}", ew * EAGER_RMSNORM_BYTES * T_sp * h, phase))
+        elif kern.fused_add_norm:  # the previous residual add and this norm: read x, r; write both
             ops.append(_mem(km, f"add_norm{i}", ew * 4 * T_sp * h * ab, phase))
         else:
             ops.append(_mem(km, f"norm{i}", ew * 2 * T_sp * h * ab, phase))
@@ -245,7 +274,12 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
     tp_collective("qkv", True)
     for name, n, k in attention_gemms(model, t):
         gemm(name, T, n, k)
-    if kern.rope_kernel:  # read and write the rotated elements
+    if kern.eager_elementwise:  # rotary through fp32 complex views (EAGER_ROPE_BYTES per element)
+        ops.append(_mem(km, "rope", ew * T * EAGER_ROPE_BYTES * rope_elements(model, t), phase))
+        q_rank, kv_rank = model.q_dim // t, kv_heads_per_rank(model, t) * model.head_dim
+        if kv_rank < q_rank:  # torchtitan repeat_kv: expand + reshape copies K and V to every head
+            ops.append(_mem(km, "repeat_kv", ew * T * 2 * (kv_rank + q_rank) * ab, phase))
+    elif kern.rope_kernel:  # read and write the rotated elements
         ops.append(_mem(km, "rope", ew * T * 2 * rope_elements(model, t) * ab, phase))
     if kern.kv_cache_write:
         kv = kv_cache_elements(model, kv_heads_per_rank(model, t))
@@ -259,6 +293,8 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
         ops.append(_comm(comm_s, "cp.kv_ring", "all_gather", "cp", lp.cp, t,
                          kv_ring * lp.cp * (1 if fwd else 2), phase, overlap_with="attn"))
     ops += attention
+    if kern.eager_elementwise:  # torchtitan Attention.forward: output.transpose(1, 2).contiguous()
+        ops.append(_mem(km, "attn_out_copy", ew * T * 2 * (model.attn_out_dim // t) * ab, phase))
     gemm("proj", T, h, model.attn_out_dim // t)
     tp_collective("proj", False)
     residual(1)
@@ -273,6 +309,8 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
         tp_collective("fc1", True)
         gemm("fc1", T, ffn * (2 if model.gated_mlp else 1), h)
         act_bytes = (3 if model.gated_mlp else 2) * T * ffn * ab  # SwiGLU reads gate and up
+        if kern.eager_elementwise and model.gated_mlp:  # SiLU, then the gate product (EAGER_SWIGLU_BYTES)
+            act_bytes = EAGER_SWIGLU_BYTES * T * ffn
         ops.append(_mem(km, "act", ew * act_bytes, phase))
         gemm("fc2", T, h, ffn)
         tp_collective("fc2", False)
@@ -422,7 +460,8 @@ def _layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: 
     # expert_decoder_rank_generator, order etp-ep-edp): EP peers are etp ranks apart inside the stage
     lp = LayerPass(tokens=plan.mb * job.seq_len // cp, tp=t, sp=plan.sp, cp=cp, ep=plan.ep,
                    ep_stride=plan.etp, expert_tp=plan.etp, overlap_tp_comm=job.overlap_tp_comm,
-                   dropout=job.dropout)
+                   dropout=job.dropout, kernels=EAGER_PYTORCH if job.eager_elementwise else MEGATRON,
+                   fp8_dynamic_casts=job.fp8_dynamic_casts and job.dtype == "fp8")
     heads, kv_heads = model.num_heads // t, max(1, model.num_kv_heads // t)
     attention = _core_attention(km_attn, model, job, plan, heads, kv_heads, phase)
 
@@ -502,6 +541,15 @@ def layer_cost(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: 
     fwd_flops, attn_flops = _model_flops_fwd(model, job, plan, moe)
     if plan.recompute == "full":  # re-run the whole forward, collectives included
         r_c, r_comm, r_flops = f_c, f_comm, fwd_flops
+    elif plan.recompute == "selective" and job.selective_policy == "op":
+        # torchtitan op-level SAC: the outputs of the odd matmuls (wq, wv, w1, w2 of a Llama block;
+        # wq, wv, fc1 without a gate) and of the flash attention are saved, everything else of the
+        # forward runs again in backward (collectives and MoE experts counted as saved)
+        share = [_op_sac_share(model, o.name, moe) for o in fwd_ops if o.kind == "compute"]
+        comp = [o for o in fwd_ops if o.kind == "compute"]
+        r_c = sum(w * o.time_s for w, o in zip(share, comp))
+        r_flops = sum(w * o.flops for w, o in zip(share, comp))
+        r_comm = {}
     elif plan.recompute == "selective" and not job.flash_attention:
         # Korthikanti et al. 2022 §5: recompute only the core attention (QK^T, softmax, dropout, AV)
         r_c, _, r_comm, _ = _sum_phase(tuple(o for o in fwd_ops if o.name.startswith("attn")))
@@ -509,6 +557,30 @@ def layer_cost(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: 
     else:  # none, or selective with flash attention (its backward recomputes scores already)
         r_c, r_comm, r_flops = 0.0, {}, 0.0
     return LayerCost(f_c, b_c, r_c, b_w, f_comm, b_comm, r_comm, fwd_flops, r_flops)
+
+
+def _op_sac_share(model: ModelSpec, name: str, moe: bool) -> float:
+    """Share of a forward op that torchtitan's op-level selective checkpointing runs again in
+    backward. Its policy counts aten.mm calls per block and saves every odd one (torchtitan
+    parallelize_llama.py `_custom_policy`: `mm_count % 2 == 0` → PREFER_RECOMPUTE) and the flash
+    attention; the block calls wq, wk, wv, wo, then w1, w3, w2 (FeedForward: w2(silu(w1 x) · w3 x)),
+    so wk, wo and w3 (a plain MLP: fc2) run again. Elementwise ops are not saved."""
+    base = name.split(".", 1)[0]
+    if base.startswith("attn") and base != "attn_out_copy":
+        return 0.0
+    if base == "qkv":
+        if model.is_mla:
+            return 0.5
+        return model.kv_dim / (model.q_dim + 2 * model.kv_dim)  # wk of wq, wk, wv
+    if base == "proj":
+        return 1.0  # wo, the 4th matmul
+    if base == "fc1":
+        return 0.5 if model.gated_mlp else 0.0  # w3 of the fused w1|w3 GEMM
+    if base == "fc2":
+        return 0.0 if model.gated_mlp else 1.0
+    if moe and (base.startswith("expert") or base in ("router", "shared_fc1", "shared_fc2")):
+        return 0.0
+    return 1.0
 
 
 def _model_flops_fwd(model: ModelSpec, job: TrainingJob, plan: TrainingPlan,

@@ -30,6 +30,11 @@ TE_ALL_OVERLAPS = {"flash_attention": True, "attention_kernel": "fa2", "dropout"
                    "overlap_grad_reduce": True, "overlap_param_gather": True, "overlap_tp_comm": True,
                    "overlap_p2p_comm": True}
 
+# torchtitan (FSDP2 + SDPA flash attention, no dropout, its op-level selective checkpointing)
+TORCHTITAN = {"flash_attention": True, "attention_kernel": "fa2", "dropout": False,
+              "overlap_grad_reduce": True, "overlap_param_gather": True, "overlap_tp_comm": False,
+              "overlap_p2p_comm": False, "selective_policy": "op", "fp8_dynamic_casts": True}
+
 PROFILES = {p.name: p for p in (
     Software("megatron-lm-2021",
              "Megatron-LM as in Narayanan et al. 2021: unfused attention with dropout, gradient "
@@ -75,12 +80,20 @@ PROFILES = {p.name: p for p in (
               "overlap_p2p_comm": False},
              {"zero": 3, "tp": 1, "pp": 1}),
     Software("torchtitan",
-             "torchtitan: FSDP2 (fully_shard, reshard after forward), SDPA flash attention (FA2 "
-             "class), no dropout",
-             "pytorch/torchtitan torchtitan/parallelisms (fully_shard), docs/performance.md",
-             {"flash_attention": True, "attention_kernel": "fa2", "dropout": False,
-              "overlap_grad_reduce": True, "overlap_param_gather": True, "overlap_tp_comm": False,
-              "overlap_p2p_comm": False},
+             "torchtitan in PyTorch eager: FSDP2 (fully_shard, reshard after forward), SDPA flash "
+             "attention (FA2 class), no dropout, unfused elementwise kernels (RMSNorm in fp32, "
+             "complex rotary, repeat_kv copies), op-level selective checkpointing for "
+             "recompute=selective",
+             "pytorch/torchtitan torchtitan/parallelisms (fully_shard, _apply_ac_to_transformer_block), "
+             "torchtitan/models (norms.py, llama/model.py), docs/performance.md; compile=false in "
+             "its train_configs",
+             {**TORCHTITAN, "eager_elementwise": True},
+             {"zero": 3}),
+    Software("torchtitan-compile",
+             "torchtitan with torch.compile: as `torchtitan`, the elementwise work fused by Inductor",
+             "pytorch/torchtitan --training.compile (per-block torch.compile, "
+             "torchtitan/parallelisms/parallelize_llama.py apply_compile)",
+             {**TORCHTITAN, "eager_elementwise": False},
              {"zero": 3}),
 )}
 

@@ -24,6 +24,7 @@ from simulator import schedules
 from simulator.models import ModelSpec
 
 RECOMPUTE = ("none", "selective", "full")
+SELECTIVE_POLICIES = ("attention", "op")
 DTYPES = ("bf16", "fp16", "fp8", "fp4")
 # Upper bound on seq-len and global batch (2^24 tokens per sequence, 2^24 sequences per step):
 # beyond any training run, and it keeps token and FLOP counts finite floats.
@@ -67,6 +68,24 @@ class TrainingJob:
     # (Megatron-Core --overlap-moe-expert-parallel-comm, which pairs a forward with a backward; the
     # DualPipe schedule always does it, DeepSeek-V3 report arXiv 2412.19437 §3.2.1).
     overlap_ep_comm: bool = False
+    # Elementwise work as PyTorch eager runs torchtitan's Llama modules (no torch.compile): RMSNorm
+    # as five fp32 kernels, rotary through complex views, repeat_kv copies, SiLU and the gate
+    # product as separate kernels (pytorch/torchtitan torchtitan/models/norms.py RMSNorm,
+    # models/llama/model.py apply_rotary_emb, repeat_kv, FeedForward.forward). Off: the fused
+    # kernels of Transformer Engine / Megatron-Core (or torch.compile's Inductor fusion).
+    eager_elementwise: bool = False
+    # What recompute="selective" recomputes: "attention" = the attention core (Korthikanti et al.
+    # 2022 §5, Megatron's --recompute-granularity selective); "op" = torchtitan's op-level
+    # selective checkpointing, which saves the outputs of every other matmul and of the flash
+    # attention and recomputes the rest of the layer's forward in backward (torchtitan
+    # parallelisms/parallelize_llama.py _apply_ac_to_transformer_block, selective_ac_option="op").
+    selective_policy: str = "attention"
+    # FP8 linears with dynamic tensor-wise scaling as separate memory-bound kernels around every
+    # GEMM (torchao Float8Linear, what torchtitan's float8 converter runs): each input and each
+    # output gradient is reduced to its amax, then cast, and the backward's weight-gradient GEMM
+    # takes transposed FP8 copies. Off: Transformer Engine's casts fused into the neighbouring
+    # norm/activation kernels (delayed scaling), not costed.
+    fp8_dynamic_casts: bool = False
 
     def __post_init__(self):
         for k in ("seq_len", "global_batch"):
@@ -77,6 +96,8 @@ class TrainingJob:
                 raise InputError(f"{k.replace('_', '-')}={v} exceeds {MAX_JOB_SIZE:,}, the largest clusterplan accepts")
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise InputError(f"attention kernel {self.attention_kernel!r}; valid: {', '.join(ATTENTION_KERNELS)}")
+        if self.selective_policy not in SELECTIVE_POLICIES:
+            raise InputError(f"selective policy {self.selective_policy!r}; valid: {', '.join(SELECTIVE_POLICIES)}")
         if self.dtype not in DTYPES:
             raise InputError(f"dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
 

@@ -43,7 +43,7 @@ def test_validate_published_cli_json(capsys):
     assert {"cases", "mape_pct", "max_error_pct", "tables"} <= set(d)
     assert {"name", "predicted", "measured", "unit", "error_pct"} <= set(d["cases"][0])
     assert set(d["tables"]) == {"megatron-2021-table1", "megatron-2021-table2", "nemo-24.07", "mlperf-3.0-gpt3",
-                                "megatron-bridge-h100", "llm-foundry-fsdp"}
+                                "megatron-bridge-h100", "llm-foundry-fsdp", "torchtitan"}
     assert all(s["reason"] for s in d["skipped"])
     assert d["cases"] == json.loads(json.dumps(published_report()["cases"]))
 

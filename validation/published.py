@@ -23,6 +23,7 @@ LLMFOUNDRY = DATA / "llmfoundry_mpt_a100_fsdp.csv"
 TABLE2 = DATA / "megatron2021_table2_zero3_vs_ptdp.csv"
 MLPERF = DATA / "mlperf_training_gpt3_175b_v3.0.csv"
 BRIDGE = DATA / "megatron_bridge_dgx_h100.csv"
+TORCHTITAN = DATA / "torchtitan_llama_performance.csv"
 # MPT sizes (layers, d_model, heads): mosaicml/llm-foundry scripts/train/yamls/pretrain/mpt-*.yaml;
 # vocab 50368 (GPT-NeoX tokenizer padded); GELU MLP of 4·d, learned positions in these benchmarks
 # (the NumParams column grows by seq·d with the sequence: tests/test_published.py checks it).
@@ -364,6 +365,59 @@ def megatron_bridge(executor=None) -> tuple[list[dict], list[dict]]:
     return [c for c, _ in out if c], skipped + [s for _, s in out if s]
 
 
+# ---- torchtitan's published Llama runs (FSDP2) --------------------------------------------------
+
+# torchtitan hardware -> our cluster presets; the rest are listed as not replayed
+TORCHTITAN_CLUSTERS = {"A100 80GB": "dgx-a100", "H200 (WhiteFiber)": "dgx-h200"}
+TORCHTITAN_AC = {"none": "none", "selective op": "selective", "full": "full"}
+
+
+def _torchtitan_why_not(r: dict) -> str | None:
+    if r["hardware"] not in TORCHTITAN_CLUSTERS:
+        return (f"{r['hardware']}: an H100 variant (96 GB HBM2e, 500 W power limit) that is not in the "
+                "device catalog; no kernel-level data for it")
+    if r["activation_checkpointing"] not in TORCHTITAN_AC:
+        return (f"activation checkpointing {r['activation_checkpointing']!r} (every 2nd block fully "
+                "recomputed) is not a plan option")
+    return None
+
+
+def _torchtitan_case(r: dict) -> dict:
+    """One torchtitan row: FSDP2 over every GPU (zero=3), the local batch as the micro-batch, its
+    activation checkpointing (selective = torchtitan's op-level policy), eager or torch.compile
+    (`torchtitan` / `torchtitan-compile` profiles), Float8 linears as fp8 GEMMs."""
+    gpus, mb, seq = int(r["gpus"]), int(r["local_batch"]), int(r["seq_len"])
+    software = "torchtitan-compile" if r["compile"] == "true" else "torchtitan"
+    job = apply_software(TrainingJob(model=load_model(r["model"]), seq_len=seq, global_batch=gpus * mb,
+                                     dtype="fp8" if r["float8"] == "true" else "bf16"), software)
+    cluster = load_cluster(TORCHTITAN_CLUSTERS[r["hardware"]], nodes=gpus // 8)
+    est = estimate(job, TrainingPlan(dp=gpus, mb=mb, zero=3, recompute=TORCHTITAN_AC[r["activation_checkpointing"]]),
+                   cluster)
+    measured = float(r["tokens_per_s_per_gpu"])
+    pred = est.tokens_per_s / gpus
+    tags = ("compile " if r["compile"] == "true" else "eager ") + ("fp8 " if r["float8"] == "true" else "")
+    return {"name": f"{r['model']}, {gpus} {r['hardware'].split()[0]}, {tags}AC {r['activation_checkpointing']}",
+            "predicted": round(pred, 1), "measured": measured, "unit": "tokens/s per GPU",
+            "table": "torchtitan", "error_pct": round(100 * (pred - measured) / measured, 2), "fits": est.fits,
+            "plan": est.plan.to_string(), "step_time_s": est.step_time_s, "breakdown_s": est.breakdown_s,
+            "regime": regime_key(job, est.plan, cluster), "devices": cluster.num_devices}
+
+
+def torchtitan_runs(executor=None) -> tuple[list[dict], list[dict]]:
+    """(cases, skipped) of torchtitan's published Llama throughput (validation only)."""
+    with open(TORCHTITAN) as f:
+        rows = list(csv.DictReader(f))
+    skipped, todo = [], []
+    for r in rows:
+        why = _torchtitan_why_not(r)
+        if why:
+            skipped.append({"row": f"torchtitan {r['doc']} {r['model']} {r['gpus']} GPUs "
+                                   f"AC {r['activation_checkpointing']}", "reason": why})
+        else:
+            todo.append(r)
+    return _run(_torchtitan_case, todo, executor), skipped
+
+
 def _version(container: str) -> tuple:
     """'26.04.01' -> (26, 4, 1): container versions in release order."""
     return tuple(int(x) for x in container.split("."))
@@ -382,6 +436,7 @@ def published_report(executor=None) -> dict:
     foundry, table2 = llmfoundry_fsdp(executor), megatron_table2(executor)
     mlperf, mlperf_skipped = mlperf_gpt3(executor)
     bridge, bridge_skipped = megatron_bridge(executor)
+    titan, titan_skipped = torchtitan_runs(executor)
     tables = {
         "megatron-2021-table1": ("Narayanan et al. 2021 (arXiv 2104.04473) Table 1", megatron),
         "megatron-2021-table2": ("Narayanan et al. 2021 (arXiv 2104.04473) Table 2, ZeRO-3 vs PTD-P", table2),
@@ -391,12 +446,13 @@ def published_report(executor=None) -> dict:
                                  bridge),
         "llm-foundry-fsdp": ("llm-foundry MPT benchmarks, A100 40/80GB, PyTorch FSDP "
                              "(scripts/train/benchmarking/README.md)", foundry),
+        "torchtitan": ("torchtitan Llama runs, FSDP2 (docs/performance.md 2024-08, benchmarks/ 2025-06)", titan),
     }
     cases = [c for _, rows in tables.values() for c in rows]
     meta = {k: {"source": src, **_stats(rows)} for k, (src, rows) in tables.items()}
     meta["llm-foundry-fsdp"]["by_size"] = _by_size(foundry)
     return {"suite": "published", "cases": cases, **{k: v for k, v in _stats(cases).items() if k != "cases"},
-            "tables": meta, "skipped": mlperf_skipped + bridge_skipped}
+            "tables": meta, "skipped": mlperf_skipped + bridge_skipped + titan_skipped}
 
 
 def _by_size(cases: list[dict]) -> dict:
