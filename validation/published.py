@@ -23,6 +23,7 @@ LLMFOUNDRY = DATA / "llmfoundry_mpt_a100_fsdp.csv"
 TABLE2 = DATA / "megatron2021_table2_zero3_vs_ptdp.csv"
 MLPERF = DATA / "mlperf_training_gpt3_175b_v3.0.csv"
 BRIDGE = DATA / "megatron_bridge_dgx_h100.csv"
+BRIDGE_BLACKWELL = DATA / "megatron_bridge_blackwell.csv"
 TORCHTITAN = DATA / "torchtitan_llama_performance.csv"
 # MPT sizes (layers, d_model, heads): mosaicml/llm-foundry scripts/train/yamls/pretrain/mpt-*.yaml;
 # vocab 50368 (GPT-NeoX tokenizer padded); GELU MLP of 4·d, learned positions in these benchmarks
@@ -39,13 +40,32 @@ MICRO_BATCHES = (1, 2, 4, 8)
 MEGATRON_GPT = {174.6: (96, 12288, 96), 529.6: (105, 20480, 128)}
 # Megatron-Bridge model headings -> our presets (Nemotron-3 Nano: hybrid Mamba layers, is not modelled)
 BRIDGE_MODELS = {"LLAMA3_70B": "llama3-70b", "LLAMA3.1_405B": "llama3-405b", "Qwen3_30B_a3B": "qwen3-30b-a3b",
-                 "Qwen3_235B_a22B": "qwen3-235b-a22b", "GPT OSS 120B": "gpt-oss-120b"}
+                 "Qwen3_235B_a22B": "qwen3-235b-a22b", "GPT OSS 120B": "gpt-oss-120b", "LLAMA3_8B": "llama3-8b",
+                 "Kimi_K2": "kimi-k2", "DeepSeekV3 (w/o MTP)": "deepseek-v3",
+                 # token-drop runs: capacity factor 1 over force-balanced routing drops nothing
+                 "Qwen3_30B_a3B (tokendrop)": "qwen3-30b-a3b", "Qwen3_235B_a22B (tokendrop)": "qwen3-235b-a22b",
+                 "DeepSeekV3 (tokendrop)": "deepseek-v3", "DeepSeekV3 (dropless)": "deepseek-v3"}
+# Megatron-Bridge systems -> cluster presets (the NVL72 racks: a job's GPUs in NVLink domains of
+# at most 64, the 16 trays a job takes of a rack's 18)
+BRIDGE_CLUSTERS = {"DGX-H100": "dgx-h100", "DGX-B200": "dgx-b200", "DGX-B300": "dgx-b300",
+                   "DGX-GB200": "gb200-nvl72", "DGX-GB300": "gb300-nvl72"}
+NVL_JOB_DOMAIN = 64
+BRIDGE_NUMERIC = ("#-GPUs", "GBS", "MBS", "Sequence Length", "FSDP", "TP", "PP", "CP", "VP", "EP", "GA",
+                  "Tokens / sec / GPU", "Model TFLOP / sec / GPU")
+# printed precisions -> dtypes (MXFP8 and FP8 current scaling are FP8 GEMMs; NVFP4 is FP4)
+BRIDGE_DTYPES = {"FP8": "fp8", "MXFP8": "fp8", "FP8-CS": "fp8", "FP8-MX": "fp8", "FP8-CS (FP8-MX)": "fp8",
+                 "NVFP4": "fp4", "BF16": "bf16"}
 # Recipes that overlap the MoE all-to-all with the other micro-batch's compute
 # (overlap_moe_expert_parallel_comm=True with delay_wgrad_compute: Megatron-Bridge
 # scripts/performance perf_recipes/qwen/h100/qwen3_moe.py for Qwen3-235B; the Qwen3-30B H100
 # recipe runs the HybridEP dispatcher without it)
 BRIDGE_EP_OVERLAP = {"Qwen3_235B_a22B"}
-BRIDGE_NOT_MODELLED = {"Nemotron_3_Nano": "hybrid Mamba-Transformer layers are not modelled"}
+BRIDGE_NOT_MODELLED = {
+    **{m: "hybrid Mamba-Transformer layers are not modelled"
+       for m in ("Nemotron_3_Nano", "Nemotron_3_Super", "Nemotron_3_Ultra", "Nemotron_3_5_Lightning")},
+    "DeepSeekV3": "the recipe's multi-token-prediction layer (MTP) is not modelled",
+    "DeepSeekV3 (w/ MTP)": "the multi-token-prediction layer (MTP) is not modelled",
+    "DeepSeekV4 Flash": "no DeepSeek-V4 preset (its published config is not in the catalog)"}
 
 
 def megatron2021_plans(job: TrainingJob, tp: int, pp: int, dp: int):
@@ -305,27 +325,46 @@ def _bridge_case(r: dict) -> dict:
     gpus, seq = int(r["#-GPUs"]), int(r["Sequence Length"])
     num = {k: int(r[k]) if r[k] not in ("", "n/a") else 1 for k in ("TP", "PP", "CP", "VP", "EP")}
     tp, pp, cp, vp, ep = (num[k] for k in ("TP", "PP", "CP", "VP", "EP"))
+    if r["Precision"] not in BRIDGE_DTYPES:
+        raise InputError(f"precision {r['Precision']!r} not printed or not known")
     job = apply_software(TrainingJob(model=model, seq_len=seq, global_batch=int(r["GBS"]),
-                                     dtype=r["Precision"].lower()), "megatron-bridge",
+                                     dtype=BRIDGE_DTYPES[r["Precision"]]), "megatron-bridge",
                          overlap_ep_comm=r["model"] in BRIDGE_EP_OVERLAP)
-    cluster = load_cluster("dgx-h100", nodes=max(1, gpus // 8))
+    cluster = _bridge_cluster(r["System"], gpus)
+    fsdp = r.get("FSDP", "").split(" ")[0] not in ("", "0")  # Megatron-FSDP: parameters sharded too
     # the recipes of the models whose layers the pipeline does not divide (Llama 3.1 405B, Qwen3
     # 235B) count the embedding and the loss as pipeline slots (Megatron-Bridge recipes:
     # account_for_embedding_in_pipeline_split / account_for_loss_in_pipeline_split = True)
     slots = model.num_layers % (pp * vp) != 0
     est = _first_fit(job, cluster, dp=gpus // (tp * pp * cp), tp=tp, pp=pp, cp=cp, vpp=vp, ep=ep,
-                     mb=int(r["MBS"]), schedule="interleaved" if vp > 1 else "1f1b", sp=tp > 1, zero=1,
-                     pp_embed=slots, pp_loss=slots)
+                     mb=int(r["MBS"]), schedule="interleaved" if vp > 1 else "1f1b", sp=tp > 1,
+                     zero=3 if fsdp else 1, pp_embed=slots, pp_loss=slots)
     measured = float(r["Tokens / sec / GPU"])
     pred = est.tokens_per_s / gpus
     layout = " ".join(f"{k.lower()}={num[k]}" for k in ("TP", "PP", "CP", "VP", "EP") if num[k] > 1)
-    return {"name": f"{r['model']} {r['section'].split()[0]}, {gpus} H100 {r['Precision']} {layout}",
+    system = r["System"].removeprefix("DGX-")
+    return {"name": f"{r['model']} {r['section'].split()[0]}, {gpus} {system} {r['Precision']} {layout}"
+                    + (" fsdp" if fsdp else ""),
             "container": r["container"],
             "predicted": round(pred, 1), "measured": measured, "unit": "tokens/s per GPU",
-            "table": "megatron-bridge-h100", "error_pct": round(100 * (pred - measured) / measured, 2),
+            "table": "megatron-bridge-h100" if system == "H100" else "megatron-bridge-blackwell",
+            "error_pct": round(100 * (pred - measured) / measured, 2),
             "fits": est.fits,
             "plan": est.plan.to_string(), "step_time_s": est.step_time_s, "breakdown_s": est.breakdown_s,
             "regime": regime_key(job, est.plan, cluster), "devices": cluster.num_devices}
+
+
+def _bridge_cluster(system: str, gpus: int):
+    """The cluster a Megatron-Bridge row ran on: its system's preset with the row's GPUs (NVL72
+    racks as NVLink domains of NVL_JOB_DOMAIN GPUs, or fewer when the job is smaller)."""
+    cluster = load_cluster(BRIDGE_CLUSTERS[system])
+    if cluster.devices_per_node <= 8:
+        return cluster.with_nodes(max(1, gpus // cluster.devices_per_node))
+    d = min(gpus, NVL_JOB_DOMAIN)
+    scale = d / cluster.devices_per_node
+    domain = replace(cluster.tiers[0], size=d)
+    return replace(cluster, devices_per_node=d, tiers=(domain,) + cluster.tiers[1:],
+                   nics_per_node=max(1, round(cluster.nics_per_node * scale))).with_nodes(gpus // d)
 
 
 def _bridge_try(r: dict):
@@ -337,28 +376,34 @@ def _bridge_try(r: dict):
         return None, {"row": f"{r['container']} {r['model']} {r['section']}", "reason": str(e)}
 
 
-def megatron_bridge(executor=None) -> tuple[list[dict], list[dict]]:
-    """(cases, skipped): the latest container's row of each distinct run (model, section, GPUs,
-    precision, batch and parallel layout) of the DGX-H100 table; LoRA (frozen base weights) and
-    the models not modelled are skipped with the reason."""
-    with open(BRIDGE) as f:
+def megatron_bridge(executor=None, path=BRIDGE) -> tuple[list[dict], list[dict]]:
+    """(cases, skipped): the latest container's row of each distinct run (system, model, section,
+    GPUs, precision, batch and parallel layout) of a Megatron-Bridge table (`path`: the DGX-H100
+    rows, or the Blackwell systems'); LoRA (frozen base weights) and the models not modelled are
+    skipped with the reason."""
+    with open(path) as f:
         rows = list(csv.DictReader(f))
     latest: dict = {}
     skipped = []
     for r in rows:
-        r = {**r, "model": r["model_or_system_heading"].removeprefix("Model: ").strip(),
-             "container": r["nemo_container"].removesuffix(" NeMo Container")}
-        key = (r["model"], r["section"], r["#-GPUs"], r["Precision"], r["GBS"], r["MBS"], r["Sequence Length"],
-               *(r[k] for k in ("TP", "PP", "CP", "VP", "EP")))
+        heading = r["model_or_system_heading"]
+        model = heading.removeprefix("Model: ").strip() if heading.startswith("Model:") else r["Model"].strip()
+        # a cell "A (B)" prints a second variant of the run (other quantisation granularity or
+        # parallel layout, the archive's notes): the first is the row's own
+        r = {**{k: v.split(" (")[0] if k in BRIDGE_NUMERIC and v else v for k, v in r.items()},
+             "model": model, "container": r["nemo_container"].removesuffix(" NeMo Container")}
+        key = (r["System"], r["model"], r["section"], r["#-GPUs"], r["Precision"], r["GBS"], r["MBS"],
+               r["Sequence Length"], r.get("FSDP") or "0", *(r[k] for k in ("TP", "PP", "CP", "VP", "EP")))
         if key not in latest or _version(r["container"]) > _version(latest[key]["container"]):
             latest[key] = r
     todo = []
     for r in latest.values():
         if r["section"].startswith("LoRA"):
-            skipped.append({"row": f"{r['container']} {r['model']} LoRA", "reason": "LoRA (frozen base "
-                            "weights, adapter-only gradients) is not modelled"})
-        elif r["model"] in BRIDGE_NOT_MODELLED:
-            skipped.append({"row": f"{r['container']} {r['model']}", "reason": BRIDGE_NOT_MODELLED[r["model"]]})
+            skipped.append({"row": f"{r['container']} {r['System']} {r['model']} LoRA", "reason": "LoRA "
+                            "(frozen base weights, adapter-only gradients) is not modelled"})
+        elif r["model"] in BRIDGE_NOT_MODELLED or r["model"] not in BRIDGE_MODELS:
+            skipped.append({"row": f"{r['container']} {r['System']} {r['model']}",
+                            "reason": BRIDGE_NOT_MODELLED.get(r["model"], "no preset for this model")})
         else:
             todo.append(r)
     out = _run(_bridge_try, todo, executor)
@@ -436,6 +481,7 @@ def published_report(executor=None) -> dict:
     foundry, table2 = llmfoundry_fsdp(executor), megatron_table2(executor)
     mlperf, mlperf_skipped = mlperf_gpt3(executor)
     bridge, bridge_skipped = megatron_bridge(executor)
+    blackwell, blackwell_skipped = megatron_bridge(executor, BRIDGE_BLACKWELL)
     titan, titan_skipped = torchtitan_runs(executor)
     tables = {
         "megatron-2021-table1": ("Narayanan et al. 2021 (arXiv 2104.04473) Table 1", megatron),
@@ -446,13 +492,15 @@ def published_report(executor=None) -> dict:
                                  bridge),
         "llm-foundry-fsdp": ("llm-foundry MPT benchmarks, A100 40/80GB, PyTorch FSDP "
                              "(scripts/train/benchmarking/README.md)", foundry),
+        "megatron-bridge-blackwell": ("Megatron-Bridge performance summary, DGX-B200/B300 and GB200/GB300 "
+                                      "NVL72 (latest container per run)", blackwell),
         "torchtitan": ("torchtitan Llama runs, FSDP2 (docs/performance.md 2024-08, benchmarks/ 2025-06)", titan),
     }
     cases = [c for _, rows in tables.values() for c in rows]
     meta = {k: {"source": src, **_stats(rows)} for k, (src, rows) in tables.items()}
     meta["llm-foundry-fsdp"]["by_size"] = _by_size(foundry)
     return {"suite": "published", "cases": cases, **{k: v for k, v in _stats(cases).items() if k != "cases"},
-            "tables": meta, "skipped": mlperf_skipped + bridge_skipped + titan_skipped}
+            "tables": meta, "skipped": mlperf_skipped + bridge_skipped + blackwell_skipped + titan_skipped}
 
 
 def _by_size(cases: list[dict]) -> dict:
@@ -480,9 +528,10 @@ def format_report(report: dict) -> str:
             lines.append("by model size: " + "  ".join(f"{k} {v['mean_error_pct']:+.1f}% (MAPE {v['mape_pct']:.1f}%)"
                                                        for k, v in meta["by_size"].items()))
         lines += ["", ""]
-    lines += ["summary by table", f"{'table':<22} {'cases':>5} {'MAPE':>6} {'max':>6}"]
+    w = max(len(k) for k in report["tables"])
+    lines += ["summary by table", f"{'table':<{w}} {'cases':>5} {'MAPE':>6} {'max':>6}"]
     for key, meta in report["tables"].items():
-        lines.append(f"{key:<22} {meta['cases']:>5} {meta['mape_pct']:5.1f}% {meta['max_error_pct']:5.1f}%")
+        lines.append(f"{key:<{w}} {meta['cases']:>5} {meta['mape_pct']:5.1f}% {meta['max_error_pct']:5.1f}%")
     lines.append(f"all {len(report['cases'])} cases: MAPE {report['mape_pct']:.1f}%   max |error| {report['max_error_pct']:.1f}%")
     if report.get("skipped"):
         lines += ["", f"not replayed ({len(report['skipped'])} rows):"]
