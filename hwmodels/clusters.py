@@ -24,7 +24,7 @@ TIER_KINDS = ("nvswitch", "nvlink-bridge", "pcie", "infinity-fabric", "hccs", "i
 
 _PRESETS_FILE = Path(__file__).parent / "data" / "clusters.yaml"
 _CLUSTER_FIELDS = ("name", "description", "device", "devices_per_node", "nodes", "tiers",
-                   "nics_per_node", "nic_bytes_per_s", "sources")
+                   "nics_per_node", "nic_bytes_per_s", "scale_up_table", "sources")
 _TIER_FIELDS = ("name", "kind", "size", "bytes_per_s", "latency_s", "oversubscription")
 # The most devices a cluster may have. The topology graph (hwmodels.topology) holds every device,
 # so its cost grows with the cluster: ~5 s at 80k devices, minutes at 800k. 2^17 is above the
@@ -54,6 +54,9 @@ class Cluster:
     nic_bytes_per_s: float  # per NIC, per direction
     description: str = ""
     sources: dict = field(default_factory=dict, hash=False)
+    # whether the device's measured NCCL table calibrates the scale-up tier (hwmodels.collectives);
+    # false where the table was measured on a host this server is not (its source says why)
+    scale_up_table: bool = True
 
     @property
     def num_devices(self) -> int:
@@ -118,6 +121,7 @@ def summary(cluster: Cluster) -> dict:
         "tiers": [asdict(t) for t in cluster.tiers],
         "nics_per_node": cluster.nics_per_node,
         "nic_bytes_per_s": cluster.nic_bytes_per_s,
+        "scale_up_table": cluster.scale_up_table,
     }
 
 
@@ -178,6 +182,9 @@ def _parse_cluster(name: str, data: dict, where: str) -> Cluster:
     sources = data.get("sources") or {}
     if not isinstance(sources, dict):
         raise InputError(f"{where}: sources must be a mapping field -> source string")
+    table = data.get("scale_up_table", True)
+    if not isinstance(table, bool):
+        raise InputError(f"{where}: scale_up_table={table!r} must be true or false")
     return Cluster(
         name=name,
         device=device,
@@ -188,6 +195,7 @@ def _parse_cluster(name: str, data: dict, where: str) -> Cluster:
         nic_bytes_per_s=positive_number(nic_bw, f"{where}: nic_bytes_per_s"),
         description=str(data.get("description") or ""),
         sources={str(k): str(v) for k, v in sources.items()},
+        scale_up_table=table,
     )
 
 

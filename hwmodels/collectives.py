@@ -370,7 +370,7 @@ def tier_calibration(cluster: Cluster) -> Calibration | None:
     """The calibration of the cluster's scale-up tier from its device's own NCCL table, if the
     device has one and the tier is the kind of link it was measured on."""
     d = cluster.device
-    if not d.kernel_profile or not d.scale_up_bytes_per_s:
+    if not d.kernel_profile or not d.scale_up_bytes_per_s or not cluster.scale_up_table:
         return None
     kind = _table_kind(d.scale_up)
     if kind is None or cluster.tiers[0].kind != kind:

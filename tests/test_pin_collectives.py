@@ -224,13 +224,20 @@ def test_dp_ring_of_one_gpu_per_node_runs_at_the_nic():
     assert cost.bandwidth_s == pytest.approx(2 ** 30 * 1.5 / (50e9 * 0.96), rel=1e-9)
 
 
+def _l40s_table_host():
+    """An 8-GPU L40S server calibrated by the device's measured NCCL table (the host the table was
+    measured on; the l40s-server preset itself takes the PCIe ring model, clusters.yaml)."""
+    from dataclasses import replace
+    return replace(load_cluster("l40s-server", nodes=1), scale_up_table=True)
+
+
 @pytest.mark.parametrize("n", [3, 6])
 def test_unmeasured_pcie_group_latency_is_interpolated_in_log2_of_the_size(n):
     """L40S (PCIe) tables measure 2, 4 and 8 GPUs; at 3 or 6 the fitted latency is linear in log2(n)
     between the neighbours (docs/modeling.md, per-size calibration)."""
     import math as m
     from hwmodels.collectives import candidates
-    c = load_cluster("l40s-server")
+    c = _l40s_table_host()
     lo, hi = (2, 4) if n == 3 else (4, 8)
     w = (m.log2(n) - m.log2(lo)) / (m.log2(hi) - m.log2(lo))
 
@@ -408,7 +415,7 @@ def test_beyond_the_measured_group_sizes_each_ring_step_adds_nccls_pci_step():
     8-GPU line and adds hwLat[PCI][Ring][Simple] = 5.7 µs per extra ring step:
     2·(10 − 1) − 2·(8 − 1) = 4 steps, 22.8 µs, for every protocol."""
     from dataclasses import replace
-    eight = load_cluster("l40s-server", nodes=1)
+    eight = _l40s_table_host()
     ten = replace(eight, name="l40s-10", devices_per_node=10, tiers=(replace(eight.tiers[0], size=10),) + eight.tiers[1:])
     for proto in ("LL", "LL128", "Simple"):
         lat = [collective_cost(c, "all_reduce", n, 1, 8, algorithm="ring", protocol=proto).latency_s
@@ -460,3 +467,19 @@ def test_an_unknown_protocol_with_auto_algorithm_names_the_protocol_not_the_algo
     with pytest.raises(InputError, match="protocol 'XYZ' is not available") as e:
         collective_cost(cl, "all_reduce", 8, 1, 2 ** 20, algorithm=auto, protocol="XYZ")
     assert "algorithm 'auto' is not available" not in str(e.value)
+
+
+def test_torus_rings_pay_the_slice_tiers_hop_latency():
+    """TPU v5p 4x4x4 slice: a dimension-ordered ring all-reduce crosses 2·(4 − 1) hops on each
+    of the 3 axes (reduce-scatter then all-gather), 18 hops of the ICI slice tier's latency
+    (scaling-book's 1 µs per hop), an all-gather 9, a send/recv to a neighbour 1. The slice tier
+    (the ICI links the ring runs on) sets that latency: a slower host tier changes nothing."""
+    from dataclasses import replace
+    tpu = load_cluster("tpu-v5p")
+    host, slice_ = tpu.tiers
+    slow_slice = replace(tpu, name="v5p-slow-slice", tiers=(host, replace(slice_, latency_s=3 * US)))
+    slow_host = replace(tpu, name="v5p-slow-host", tiers=(replace(host, latency_s=3 * US), slice_))
+    for c, hop in ((tpu, 1 * US), (slow_slice, 3 * US), (slow_host, 1 * US)):
+        assert collective_cost(c, "all_reduce", 64, 1, 1024).latency_s == pytest.approx(18 * hop), c.name
+        assert collective_cost(c, "all_gather", 64, 1, 1024).latency_s == pytest.approx(9 * hop), c.name
+        assert collective_cost(c, "send_recv", 2, 1, 1024).latency_s == pytest.approx(hop), c.name

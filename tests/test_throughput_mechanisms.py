@@ -85,10 +85,36 @@ def test_serving_tp8_allreduce_on_pcie_takes_the_cpu_bound_ring():
 
 
 def test_calibrated_pcie_tables_win_over_the_reference_share(no_cpu_bound_rings):
-    """A PCIe device with its own measured NCCL table (L40S, aiconfigurator-core) keeps the
-    table's per-size fit: the reference-server share does not touch it."""
-    l40s = load_cluster("l40s-server")
+    """A PCIe server calibrated by its device's measured NCCL table (L40S, aiconfigurator-core, on
+    the host it was measured on) keeps the table's per-size fit: the reference-server share does
+    not touch it."""
+    from dataclasses import replace
+    l40s = replace(load_cluster("l40s-server"), scale_up_table=True)
     off = collective_s(l40s, "all_reduce", 8, 1, 16e6)
     C.PCIE_RING_EFFICIENCY = {2: 0.75, 4: 35 / 64, 8: 28 / 64}
     _clear()
     assert collective_s(l40s, "all_reduce", 8, 1, 16e6) == pytest.approx(off, rel=1e-9)
+
+
+def test_l40s_server_takes_the_pcie_ring_model_not_the_slow_hosts_table():
+    """clusters.yaml l40s-server: scale_up_table false. The device's NCCL table was measured on a
+    host whose 8-GPU ring reaches 1.45 GB/s bus bandwidth (1/14 of its own 2-GPU pairs); the preset
+    describes a PCIe Gen4 x16 server, whose 8-GPU ring runs at 28/64 of the link (NVIDIA/nccl#1639)."""
+    from dataclasses import replace
+    server = load_cluster("l40s-server")
+    assert not server.scale_up_table
+    size = 256 * 2**20
+    busbw = lambda c: 2 * 7 / 8 * size / collective_s(c, "all_reduce", 8, 1, size)  # noqa: E731
+    assert busbw(server) == pytest.approx(28 / 64 * 32e9, rel=0.05)
+    table_host = replace(server, scale_up_table=True)
+    assert busbw(table_host) < 2e9  # the table: 1.45 GB/s at 256 MiB (its fit reads 1.7)
+
+
+def test_cluster_file_scale_up_table_must_be_a_boolean(tmp_path):
+    from hwmodels.errors import InputError
+    f = tmp_path / "box.yaml"
+    f.write_text("device: l40s\ndevices_per_node: 8\nscale_up_table: maybe\ntiers:\n"
+                 "  - {name: pcie, kind: pcie, bytes_per_s: 32.0e+9, latency_s: 2.5e-6}\n"
+                 "  - {name: net, kind: fat-tree, bytes_per_s: 50.0e+9, latency_s: 4.0e-6}\n")
+    with pytest.raises(InputError, match="scale_up_table='maybe' must be true or false"):
+        load_cluster(str(f))
