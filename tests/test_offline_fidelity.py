@@ -139,9 +139,11 @@ def test_trt_engine_kv_pool_leaves_room_for_sampling_workspace():
     ws = trtllm_sampling_workspace_bytes(L70, 8, 4096)
     assert on.breakdown["decoder_workspace_bytes"] == pytest.approx(ws)
     assert off.breakdown["decoder_workspace_bytes"] == 0.0
-    assert off.breakdown["kv_bytes"] - on.breakdown["kv_bytes"] == pytest.approx(0.9 * ws, rel=1e-9)
+    # the TRT-engine flow also replicates the input embedding (test_trt_engine_replicates_embedding)
+    extra = ws + (on.breakdown["weights_bytes"] - off.breakdown["weights_bytes"])
+    assert off.breakdown["kv_bytes"] - on.breakdown["kv_bytes"] == pytest.approx(0.9 * extra, rel=1e-9)
     block = 64 * on.bytes_per_token
-    assert abs((off.num_blocks - on.num_blocks) * block - 0.9 * ws) <= block
+    assert abs((off.num_blocks - on.num_blocks) * block - 0.9 * extra) <= block
     # the vllm policy never takes the TensorRT-LLM decoder term
     v = kv_pool(L70, H100.device, 8, 1, 1, "fp8", "fp8", memory_policy="vllm", memory_fraction=0.9,
                 block_size=16, max_tokens=8192, max_seqs=4096, decoder_workspace=True)
@@ -168,3 +170,37 @@ def test_trtllm_bench_014_runs_guaranteed_no_evict():
                        prefix_caching=False, **offline.offline_plan_options(lim))
     sim = ServingSimulation(L70, plan, offline.offline_workload(4, 1000, 4))
     assert sim.replicas[0].cfg.kv_reservation == "full"
+
+
+# ---- TensorRT-engine checkpoints keep the whole input embedding on every TP rank ------------------
+
+def test_weight_bytes_without_parallel_embedding_as_trtllm_convert():
+    """tensorrt_llm/models/llama/convert.py split_embedding returns the full table unless
+    use_parallel_embedding (PretrainedConfig default False): each rank holds vocab x hidden in
+    16-bit, i.e. (1 - 1/tp) of the table more than a vocabulary-parallel split."""
+    from simulator.serving.kv_cache import HIGH_PRECISION_BYTES, weight_bytes_per_gpu
+    emb = L70.embedding_params()
+    assert emb == 128256 * 8192
+    for tp in (1, 2, 8):
+        par = weight_bytes_per_gpu(L70, tp, 1, 1, "fp16")
+        rep = weight_bytes_per_gpu(L70, tp, 1, 1, "fp16", parallel_embedding=False)
+        assert rep - par == pytest.approx(emb * (1 - 1 / tp) * HIGH_PRECISION_BYTES)
+    # 70B at TP2: one more GB (0.98 GiB) of embedding per GPU
+    assert (weight_bytes_per_gpu(L70, 2, 1, 1, "fp16", parallel_embedding=False)
+            - weight_bytes_per_gpu(L70, 2, 1, 1, "fp16")) == pytest.approx(1.0507e9, rel=1e-3)
+
+
+def test_trt_engine_replicates_embedding():
+    """Switch-off check: the trtllm-bench (TRT-engine) pool counts the replicated embedding;
+    the same plan without the TRT-engine flag, and every vLLM pool, split it over TP."""
+    from simulator.serving.kv_cache import kv_pool
+    kw = dict(memory_fraction=0.9, block_size=64, max_tokens=2048, max_seqs=64)
+    on = kv_pool(L70, H100.device, 2, 1, 1, "fp16", "fp16", memory_policy="trtllm",
+                 decoder_workspace=True, **kw)
+    off = kv_pool(L70, H100.device, 2, 1, 1, "fp16", "fp16", memory_policy="trtllm", **kw)
+    assert on.breakdown["weights_bytes"] - off.breakdown["weights_bytes"] == pytest.approx(
+        L70.embedding_params() / 2 * 2)
+    assert on.num_blocks < off.num_blocks
+    v = kv_pool(L70, H100.device, 2, 1, 1, "fp16", "fp16", memory_policy="vllm",
+                decoder_workspace=True, **kw)
+    assert v.breakdown["weights_bytes"] == pytest.approx(off.breakdown["weights_bytes"])

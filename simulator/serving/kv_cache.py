@@ -84,10 +84,13 @@ def kv_bytes_per_token(model: ModelSpec, tp: int, pp: int, kv_dtype: str,
     return worst
 
 
-def weight_bytes_per_gpu(model: ModelSpec, tp: int, pp: int, ep: int, dtype: str) -> float:
+def weight_bytes_per_gpu(model: ModelSpec, tp: int, pp: int, ep: int, dtype: str,
+                         parallel_embedding: bool = True) -> float:
     """Weights on the most loaded GPU: linear layers at `dtype`, split over tp (experts over
     ep·(tp/ep)); embeddings and LM head vocabulary-parallel over tp in 16-bit, on the first
-    and last pipeline stage (Megatron/vLLM VocabParallelEmbedding)."""
+    and last pipeline stage (Megatron/vLLM VocabParallelEmbedding). `parallel_embedding=False`
+    keeps the whole input embedding table on every TP rank, as TensorRT-LLM's checkpoint
+    conversion does by default (the LM head stays column-parallel; see `kv_pool`)."""
     wb = dtype_bytes(dtype)
     per_stage = math.ceil(model.num_layers / pp)
     # the first stage holds the embedding; with pp = 1 it also holds the LM head
@@ -99,7 +102,9 @@ def weight_bytes_per_gpu(model: ModelSpec, tp: int, pp: int, ep: int, dtype: str
             linear += (model.layer_params(i) - experts) / tp + experts / max(tp, ep)
         else:
             linear += model.layer_params(i) / tp
-    vocab = model.embedding_params() / tp
+    # tensorrt_llm/models/llama/convert.py split_embedding: "if not use_parallel_embedding:
+    # return param" (the full table on each rank) — PretrainedConfig default use_parallel_embedding=False
+    vocab = model.embedding_params() / (tp if parallel_embedding else 1)
     if pp == 1:
         vocab += model.head_params() / tp
     return linear * wb + vocab * HIGH_PRECISION_BYTES
@@ -148,16 +153,22 @@ def kv_pool(model: ModelSpec, device: Device, tp: int, pp: int, ep: int, dtype: 
             memory_policy: str, memory_fraction: float, block_size: int, max_tokens: int,
             max_seqs: int, pinned_blocks: int | None = None, where: str = "replica",
             decoder_workspace: bool = False) -> KVPool:
-    """Blocks of `block_size` tokens that one replica's KV cache holds (see module docstring)."""
+    """Blocks of `block_size` tokens that one replica's KV cache holds (see module docstring).
+    `decoder_workspace` marks TensorRT-LLM's TensorRT-engine flow (0.x, `trtllm-bench`): the
+    decoder's sampling workspace is allocated before the pool is sized, and the engine was
+    converted with TensorRT-LLM's default `use_parallel_embedding=False`, so every TP rank holds
+    the whole input embedding (`weight_bytes_per_gpu(parallel_embedding=False)`)."""
     per_token = kv_bytes_per_token(model, tp, pp, kv_dtype, memory_policy)
     hbm = float(device.hbm_bytes or 0)
-    weights = weight_bytes_per_gpu(model, tp, pp, ep, dtype)
+    trt_engine = decoder_workspace and memory_policy == "trtllm"
+    # tensorrt_llm/models/modeling_utils.py PretrainedConfig(use_parallel_embedding=False): the
+    # TRT-engine checkpoint replicates the embedding table on each TP rank
+    weights = weight_bytes_per_gpu(model, tp, pp, ep, dtype, parallel_embedding=not trt_engine)
     acts = activation_peak_bytes(model, tp, max_tokens, max_seqs)
     group = max(tp, pp)
     non_torch = CONTEXT_BYTES + (NCCL_BYTES.get(group, NCCL_BYTES_DEFAULT) if group > 1 else 0)
     # TensorRT-LLM's decoder buffers exist before the KV cache is sized (trtllm policy only)
-    decoder = trtllm_sampling_workspace_bytes(model, tp, max_seqs) if (
-        decoder_workspace and memory_policy == "trtllm") else 0.0
+    decoder = trtllm_sampling_workspace_bytes(model, tp, max_seqs) if trt_engine else 0.0
     non_torch += decoder
     if memory_policy == "vllm":
         budget = hbm * memory_fraction - weights - acts - non_torch
