@@ -483,3 +483,68 @@ def test_torus_rings_pay_the_slice_tiers_hop_latency():
         assert collective_cost(c, "all_reduce", 64, 1, 1024).latency_s == pytest.approx(18 * hop), c.name
         assert collective_cost(c, "all_gather", 64, 1, 1024).latency_s == pytest.approx(9 * hop), c.name
         assert collective_cost(c, "send_recv", 2, 1, 1024).latency_s == pytest.approx(hop), c.name
+
+
+def test_an_op_named_in_text_costs_what_the_literal_op_costs():
+    """`clusterplan collective --op all_reduce` hands the tuner the operation as text read from
+    the command line (a new string object, not the interned literal): every op must cost the same
+    as when the simulator names it, inside a node and across nodes, send/recv included."""
+    from hwmodels.collectives import OPS, candidates
+    shapes = [(load_cluster("dgx-h100", nodes=1), 8, 1), (load_cluster("dgx-h100", nodes=2), 16, 1),
+              (load_cluster("dgx-h100", nodes=2), 2, 8), (load_cluster("dgx-h100", nodes=1), 2, 1),
+              (load_cluster("mi300x", nodes=1), 8, 1), (load_cluster("mi300x", nodes=2), 16, 1)]  # no table
+
+    def costs(name_of):
+        candidates.cache_clear()  # cached by op: keep the text spelling from reusing the literal's
+        out = {}
+        for op in OPS:
+            for c, n, stride in shapes:
+                if op == "send_recv" and n != 2:
+                    continue
+                for nbytes in (4096, 64 * 2**20):  # LL and Simple territory
+                    for proto in ("auto", "LL"):
+                        r = collective_cost(c, name_of(op), n, stride, nbytes, protocol=proto)
+                        out[(op, c.name, c.num_devices, n, stride, nbytes, proto)] = (r.time_s, r.algorithm, r.protocol)
+                    if c.num_devices > 8 and n > 2 and op in ("all_reduce", "all_gather", "reduce_scatter"):
+                        r = collective_cost(c, name_of(op), n, stride, nbytes, algorithm="hierarchical")
+                        out[(op, c.name, n, nbytes, "hierarchical")] = (r.time_s, r.latency_s)
+        return out
+    text = costs(lambda op: "".join(list(op)))  # as argv gives it
+    assert all("".join(list(op)) is not op for op in OPS)
+    assert text == costs(lambda op: op)
+
+
+def test_pcie_ring_efficiency_follows_the_measured_rings_linear_in_log2_ranks():
+    """Rings inside a PCIe server are CPU/memory bound (NVIDIA/nccl issue #1639: nccl-tests
+    all_reduce on 8 PCIe Gen5 x16 GPUs, busbw 35 GB/s on 4 GPUs and 28 GB/s on 8 of the 64 GB/s
+    link; 2 GPUs at PCIe's 24/32, GTC24 S62129). Between the measured sizes the efficiency is
+    linear in log2(ranks), beyond them the edge value holds."""
+    from hwmodels.collectives import pcie_ring_efficiency
+    assert pcie_ring_efficiency(2) == pytest.approx(24 / 32)
+    assert pcie_ring_efficiency(4) == pytest.approx(35 / 64)
+    assert pcie_ring_efficiency(8) == pytest.approx(28 / 64)
+    assert pcie_ring_efficiency(16) == pytest.approx(28 / 64)
+    assert pcie_ring_efficiency(1) == pytest.approx(24 / 32)
+    w3 = math.log2(3) - 1  # 3 GPUs: 0.585 of the way from 2 to 4 in log2
+    assert pcie_ring_efficiency(3) == pytest.approx((1 - w3) * 24 / 32 + w3 * 35 / 64)
+    w6 = math.log2(6) - 2
+    assert pcie_ring_efficiency(6) == pytest.approx((1 - w6) * 35 / 64 + w6 * 28 / 64)
+
+
+def test_a_pcie_ring_between_measured_sizes_interpolates_in_log2_ranks():
+    """The RTX PRO 6000 server's NCCL table measures 2, 4 and 8 GPUs; a 6-GPU ring lies
+    log2(6) − 2 = 0.585 of the way from 4 to 8 in log2(ranks): its latency is the linear blend
+    of the two measured lines and its per-byte cost the geometric one (bus bandwidth falls by a
+    constant factor per doubling of the ring), per algorithm and protocol."""
+    from hwmodels.collectives import _fits_at, tier_calibration
+    cal = tier_calibration(load_cluster("rtx-pro-6000-server"))
+    assert cal is not None and cal.per_size
+    fits = cal.fits["all_reduce"]
+    w = math.log2(6) - 2
+    at6 = {(p.algorithm, p.protocol): p for p in _fits_at(fits, 6, "all_reduce")}
+    at4 = {(p.algorithm, p.protocol): p for p in fits[4]}
+    at8 = {(p.algorithm, p.protocol): p for p in fits[8]}
+    assert at6 and set(at6) == set(at4) & set(at8)
+    for key, p in at6.items():
+        assert p.base_s == pytest.approx((1 - w) * at4[key].base_s + w * at8[key].base_s, rel=1e-12)
+        assert p.u == pytest.approx(at4[key].u ** (1 - w) * at8[key].u ** w, rel=1e-12)

@@ -71,3 +71,261 @@ def test_chrome_trace_names_each_unit_by_its_megatron_ranks_and_splits_w_into_bu
     assert "stage 1 / dp 1 (ranks 6-7)" in names and "stage 0 / dp 0 (ranks 0-1)" in names
     tasks = {e["name"] for e in events if e.get("ph") == "X"}
     assert {"W0", "W7", "W7+"} <= tasks and "W0+" not in tasks
+
+
+@pytest.mark.parametrize("schedule,passes", [("1f1b", 2), ("zb-h1", 3)])
+def test_a_step_of_too_many_tasks_is_refused_before_it_runs(schedule, passes):
+    """The size limit counts F and B passes per micro-batch and simulated unit (and W for the
+    schedules that split the backward, Zero Bubble arXiv 2401.10241 §3.1): pp=2 (two units) with
+    1.2M micro-batches is 2 x 1.2M x 2 = 4.8M tasks (x 3 = 7.2M with ZB-H1), refused at once
+    with the count, before any event runs."""
+    import time
+    from hwmodels.errors import InputError
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 1_200_000 * 4)  # dp=4, mb=1: 1.2M micro-batches
+    plan = parse_plan(f"tp=1,pp=2,mb=1,schedule={schedule}", cl.num_devices)
+    des = TrainingDES(job, plan, cl)
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=f"= {2 * 1_200_000 * passes:,} tasks, more than"):
+        des.run()
+    assert time.perf_counter() - t0 < 5 and des.env.processed == 0
+
+
+def test_random_stragglers_slow_that_fraction_of_the_ranks():
+    """`random:FRACTION:FACTOR` slows a seeded random FRACTION of the ranks (MegaScale, arXiv
+    2402.15627 §5): 25% of 16 ranks is 4 ranks, 10% of 16 rounds to 2; FACTOR 1 (no slowdown) is
+    a valid factor (the spec asks FACTOR >= 1)."""
+    from simulator.des import parse_stragglers
+    slow = parse_stragglers("random:0.25:1.5", 16)
+    assert len(slow) == 4 and set(slow.values()) == {1.5} and all(0 <= r < 16 for r in slow)
+    same = parse_stragglers("random:0.1:1", 16)
+    assert len(same) == 2 and set(same.values()) == {1.0}
+    assert len(parse_stragglers("random:1:2", 16)) == 16
+    from hwmodels.errors import InputError
+    for bad in ("random:-0.25:1.5", "random:0:1.5", "random:1.5:2", "random:0.5:0.9"):
+        with pytest.raises(InputError, match="FRACTION in"):
+            parse_stragglers(bad, 16)
+
+
+@pytest.mark.parametrize("zero", [1, 2])
+def test_zero12_parameter_gather_is_exposed_only_when_not_overlapped(zero):
+    """ZeRO-1/2 (Megatron-Core distributed optimizer): after the optimizer step each rank
+    all-gathers the updated parameter shards. With --overlap-param-gather the gather hides under
+    the next forward; without it, it is exposed DP time: the DES's dp_comm grows by the stage's
+    gather time (as the analytic engine's dp_exposed_s says)."""
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    plan = parse_plan(f"tp=2,pp=2,mb=1,zero={zero}", cl.num_devices)
+    dp = {}
+    for overlap in (True, False):
+        job = TrainingJob(load_model("llama3-8b"), 2048, 32, overlap_param_gather=overlap)
+        _, res = simulate(job, plan, cl)
+        dp[overlap] = res.breakdown_s["dp_comm"]
+    gather = TrainingDES(job, plan, cl).costs.stages[0].dp_gather_s
+    assert gather > 0
+    assert dp[False] - dp[True] == pytest.approx(gather, rel=0.02)
+
+
+def test_zero3_step_has_no_bucketed_gradient_reductions():
+    """ZeRO-3 / FSDP reduce-scatters each layer's gradients as its backward ends (ZeRO §5.3,
+    arXiv 1910.02054), which the DES takes as the analytic exposed tail: its trace shows that
+    tail ("dp exposed") and no DDP bucket reductions ("reduce j.k"), unlike ZeRO-1."""
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    names = {}
+    for zero in (1, 3):
+        _, res = simulate(job, parse_plan(f"tp=2,mb=1,zero={zero}", cl.num_devices), cl, trace=True)
+        names[zero] = {e[2] for e in res.timeline}
+    assert any(n.startswith("reduce ") for n in names[1])
+    assert "dp exposed" in names[3] and not any(n.startswith("reduce") for n in names[3])
+
+
+def test_simulate_records_a_timeline_only_when_asked_and_ends_every_unit():
+    """The timeline (Chrome trace) is opt-in: a plain simulate() keeps none. With full ranks every
+    (DP replica, stage) unit reports its own end time, named "dp/stage" (tp=2, pp=2 on 8 GPUs:
+    dp=2, four units)."""
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    _, res = simulate(job, parse_plan("tp=2,pp=2,mb=1", cl.num_devices), cl, full_ranks=True)
+    assert res.timeline == []
+    assert res.units == 4 and set(res.unit_end_s) == {"0/0", "0/1", "1/0", "1/1"}
+    assert max(res.unit_end_s.values()) == pytest.approx(res.step_time_s)
+
+
+def test_a_stragglers_tp_collectives_are_slowed_by_its_factor():
+    """TP peers run in lock-step (their per-layer collectives synchronise them), so a rank slowed
+    2x slows its whole TP group: the unit's compute and its TP communication both double."""
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    plan = parse_plan("tp=2,mb=1", cl.num_devices)
+    _, even = simulate(job, plan, cl, full_ranks=True)
+    _, slow = simulate(job, plan, cl, slowdown={0: 2.0})
+    assert even.breakdown_s["tp_comm"] > 0
+    assert slow.breakdown_s["tp_comm"] == pytest.approx(2 * even.breakdown_s["tp_comm"], rel=1e-9)
+    assert slow.breakdown_s["compute"] == pytest.approx(2 * even.breakdown_s["compute"], rel=1e-9)
+
+
+def test_ddp_buckets_together_carry_the_whole_gradient_reduction():
+    """DDP splits the gradient all-reduce into buckets that start as the backward produces them
+    (Li et al., PyTorch Distributed, VLDB 2020 §3.2.3): the buckets' reductions add up to the
+    stage's whole DP reduction time (here each bucket reduces alone on the port)."""
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    plan = parse_plan("tp=1,mb=1", cl.num_devices)
+    _, res = simulate(job, plan, cl, trace=True)
+    reduces = [e for e in res.timeline if e[2].startswith("reduce ")]
+    grad = TrainingDES(job, plan, cl).costs.stages[0].dp_grad_s
+    assert len(reduces) > 1 and grad > 0
+    assert sum(e[4] for e in reduces) == pytest.approx(grad, rel=1e-6)
+
+
+def test_events_per_second_is_events_over_wall_time():
+    from simulator.des import DESResult
+    assert DESResult(1.0, {}, {}, 3000, 1.5, 1).events_per_s == pytest.approx(2000.0)
+    assert DESResult(1.0, {}, {}, 3000, 0.0, 1).events_per_s == 0.0
+
+
+def test_the_last_weight_gradient_pass_is_named_by_its_first_bucket():
+    """In the trace, the last micro-batch's W pass appears as its first bucket "W7" followed by
+    the remaining buckets "W7+" (one pass walking the layers)."""
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    _, res = simulate(job, parse_plan("tp=2,pp=2,mb=1,schedule=zb-h1", cl.num_devices), cl, trace=True)
+    for unit in {e[0] for e in res.timeline}:
+        w7 = [e[2] for e in sorted(res.timeline, key=lambda e: e[3]) if e[0] == unit and e[2].startswith("W7")]
+        assert w7[0] == "W7" and len(w7) > 1 and set(w7[1:]) == {"W7+"}
+
+
+def test_pipeline_sends_between_nodes_take_time():
+    """Stage-to-stage activations cross the inter-node network (pp=2 over 2 DGX nodes) and a
+    blocking send holds its stage (Megatron-LM 2021, no --overlap-p2p-communication): the DES's
+    exposed pipeline communication is that of the analytic engine within 5%."""
+    from simulator.analytic import estimate
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=2)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 32)
+    plan = parse_plan("tp=8,pp=2,mb=1", cl.num_devices)
+    _, res = simulate(job, plan, cl)
+    ana = estimate(job, plan, cl).breakdown_s["pp_comm"]
+    assert ana > 0
+    assert res.breakdown_s["pp_comm"] == pytest.approx(ana, rel=0.05)
+
+
+def test_trace_names_chunks_only_for_interleaved_schedules():
+    """Pass names carry the local chunk (".j") only when a stage holds several model chunks
+    (interleaved 1F1B, Narayanan et al. 2021 §2.2): 1F1B's are "F0", "B0" (the last backward's
+    DDP bucket pieces aside)."""
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    names = {}
+    for sched, extra in (("1f1b", ""), ("interleaved", ",vpp=2")):
+        _, res = simulate(job, parse_plan(f"tp=2,pp=2,mb=1,schedule={sched}{extra}", cl.num_devices), cl, trace=True)
+        names[sched] = {e[2] for e in res.timeline}
+    assert {"F0", "B0"} <= names["1f1b"] and not any("." in n for n in names["1f1b"] if n[0] == "F")
+    assert {"F0.0", "F0.1", "B0.0", "B0.1"} <= names["interleaved"]
+
+
+def test_each_stage_waits_only_for_its_own_gradient_reductions():
+    """Each pipeline stage reduces its own gradients with its DP peers (Megatron-LM: one DP group
+    per stage) and steps its optimizer when they are done. With an uneven split (3 vs 29 layers,
+    pp=2, DP across nodes) the heavy last stage exposes a long all-reduce; the light first stage
+    waits only for its own, about the analytic engine's exposed DP time (within 10%)."""
+    from simulator.analytic import dp_exposed_s
+    cl = load_cluster("dgx-h100", nodes=4)
+    job = TrainingJob(load_model("llama3-8b"), 512, 16)
+    plan = parse_plan("tp=8,pp=2,mb=1,layout=Ettt|" + "t" * 29 + "L", cl.num_devices)
+    des = TrainingDES(job, plan, cl)
+    des.run()
+    own = dp_exposed_s(job, plan, des.costs.stages[0])
+    assert des._dp_wait[(0, 1)] > 2 * own  # the heavy stage's reduction is the longer one
+    assert des._dp_wait[(0, 0)] == pytest.approx(own, rel=0.1)
+
+
+def test_an_interleaved_plan_of_more_than_256_model_chunks_runs_every_pass():
+    """The DES runs any valid plan to the end, however many virtual stages it has: pp=2 with
+    vpp=129 (258 model chunks of one layer) computes every forward and backward, the same compute
+    time as the analytic engine (within 1%)."""
+    from simulator.analytic import estimate
+    from simulator.des import simulate
+    from simulator.models import ModelSpec
+    from simulator.training import TrainingPlan
+    tall = ModelSpec(name="tall", num_layers=258, hidden_size=128, num_heads=2, num_kv_heads=2,
+                     ffn_hidden_size=512, vocab_size=128, gated_mlp=False)
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(tall, 256, 8)
+    plan = TrainingPlan(dp=4, tp=1, pp=2, mb=1, vpp=129, schedule="interleaved")
+    _, res = simulate(job, plan, cl)
+    assert res.breakdown_s["compute"] == pytest.approx(estimate(job, plan, cl).breakdown_s["compute"], rel=0.01)
+    # each micro-batch (m = 8 / dp 4 = 2) crosses each of the 257 chunk boundaries once forward
+    # and once backward; the last chunk's output goes to the loss on its own rank, unsent
+    des = TrainingDES(job, plan, cl)
+    sends, transfer = [], des.net.transfer
+    des.net.transfer = lambda d, links: (sends.append(links) if len(links) == 2 else None) or transfer(d, links)
+    des.run()
+    assert len(sends) == 2 * 2 * 257
+
+
+def test_the_last_backward_is_named_by_its_first_bucket():
+    """With DDP bucketing the last micro-batch's backward of a chunk appears as its first bucket
+    "B7.0" followed by the remaining buckets "B7.0+"."""
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    _, res = simulate(job, parse_plan("tp=2,pp=2,mb=1", cl.num_devices), cl, trace=True)
+    for unit in {e[0] for e in res.timeline}:
+        b7 = [e[2] for e in sorted(res.timeline, key=lambda e: e[3]) if e[0] == unit and e[2].startswith("B7")]
+        assert b7[0] == "B7.0" and len(b7) > 1 and set(b7[1:]) == {"B7.0+"}
+
+
+def test_straggler_ranks_outside_the_cluster_are_refused():
+    from hwmodels.errors import InputError
+    from simulator.des import parse_stragglers
+    assert parse_stragglers("0:1.5,15:2", 16) == {0: 1.5, 15: 2.0}
+    for bad in ("-1:2", "16:2"):
+        with pytest.raises(InputError, match="outside 0..15"):
+            parse_stragglers(bad, 16)
+
+
+def test_chrome_trace_numbers_processes_from_one():
+    """Trace viewers reserve pid 0 (the idle/swapper task in Linux traces): every simulated unit
+    gets its own process id, 1, 2, ... in order of appearance."""
+    from simulator.des import chrome_trace, simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    plan = parse_plan("tp=2,pp=2,mb=1", cl.num_devices)
+    _, res = simulate(job, plan, cl, full_ranks=True, trace=True)
+    pids = {e["pid"] for e in chrome_trace(res, plan)["traceEvents"]}
+    assert pids == {1, 2, 3, 4}
+
+
+def test_a_straggler_holds_back_its_dp_peers_at_the_gradient_all_reduce():
+    """The DP gradient all-reduce is a collective: every replica waits for the slowest one
+    (MegaScale, arXiv 2402.15627 §5: one slow GPU slows the whole job). With one rank of DP
+    replica 1 slowed 2x (tp=2, dp=4), the healthy replicas end their step about when the slow
+    one does (it only steps its optimizer slower after), about twice the even step."""
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    plan = parse_plan("tp=2,mb=1", cl.num_devices)
+    _, even = simulate(job, plan, cl, full_ranks=True)
+    _, slow = simulate(job, plan, cl, slowdown={2: 2.0})  # rank 2: DP replica 1 (tp innermost)
+    ends = slow.unit_end_s
+    assert max(ends, key=ends.get) == "1/0"
+    for healthy in ("0/0", "2/0", "3/0"):
+        assert ends[healthy] == pytest.approx(ends["1/0"], rel=0.03)
+        assert ends[healthy] > 1.9 * even.unit_end_s[healthy]
+
+
+def test_a_flow_on_no_shared_link_takes_its_uncontended_time():
+    """concurrent_transfers: a flow alone on its links runs at rate 1, i.e. in the time the
+    collective cost model gives; one with no links at all shares nothing and does the same."""
+    from simulator.des import concurrent_transfers
+    assert concurrent_transfers([(2.0, {}), (3.0, {"a": 1.0})]) == pytest.approx([2.0, 3.0])
+    # two equal flows on one link: each gets half of it (processor sharing)
+    assert concurrent_transfers([(1.0, {"a": 1.0}), (1.0, {"a": 1.0})]) == pytest.approx([2.0, 2.0])

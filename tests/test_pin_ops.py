@@ -451,3 +451,79 @@ def test_a_non_gated_expert_mlp_has_one_up_projection():
     fc1 = {m.gated_mlp: sum(o.flops for o in _ops(TrainingPlan(mb=1, ep=1), model=m, moe=True) if o.name == "expert_fc1")
            for m in (mx, plain)}
     assert fc1[False] == pytest.approx(fc1[True] / 2, rel=1e-12)
+
+
+def test_mla_model_flops_count_the_qk_and_v_head_widths():
+    """Model FLOPs of MLA attention (DeepSeek-V3, arXiv 2412.19437 §2.1.1: 128 heads, d_h = 128,
+    d_h^R = 64, v heads 128 wide) in the Megatron / PaLM convention: QK^T over d_h + d_h^R = 192
+    and AV over 128, non-causal, 2·T·s·heads·(192 + 128) for one 4096-token sequence."""
+    from simulator.ops import _model_flops_fwd
+    ds = load_model("deepseek-v3")
+    _, attn = _model_flops_fwd(ds, TrainingJob(ds, 4096, 8), TrainingPlan(mb=1), True)
+    assert attn == pytest.approx(2 * 4096 * 4096 * 128 * (192 + 128), rel=1e-12)
+
+
+def test_a_forward_gemm_moves_input_weight_and_output_once():
+    """A GEMM (m×k)·(k×n) streams its input, its weight and its output through HBM once: bf16
+    2·(m·k + k·n + m·n) bytes. GPT-5.9B's QKV GEMM at tp=1 (Narayanan Table 1: h = 4096) over
+    2048 tokens: m = 2048, k = 4096, n = 3·4096."""
+    qkv = _by_name(_ops(TrainingPlan(tp=1, mb=1)))["qkv"]
+    m, k, n = S, 4096, 3 * 4096
+    assert qkv.flops == pytest.approx(2 * m * n * k)
+    assert qkv.bytes == pytest.approx(2 * (m * k + k * n + m * n))
+
+
+def test_eager_pytorch_norm_and_repeat_kv_bytes_follow_torchtitan():
+    """torchtitan's Llama without torch.compile runs elementwise work as eager PyTorch kernels.
+    RMSNorm (torchtitan/models/norms.py), bytes read + written per element: x.float() 2+4,
+    pow(2) 4+4, mean 4, x·rsqrt 4+4, type_as 4+2, ·weight 2+2 = 36. repeat_kv
+    (models/llama/model.py) expands K and V to every query head: per token it reads the KV heads
+    (8 x 128 on Llama 3.1 8B) and writes the 32 x 128 query-head copies, for K and V, in bf16."""
+    model = load_model("llama3.1-8b")
+    per_elem = (2 + 4) + (4 + 4) + 4 + (4 + 4) + (4 + 2) + (2 + 2)
+    ops = _by_name(_ops(TrainingPlan(tp=1, mb=1), model=model, eager_elementwise=True))
+    assert ops["norm1"].bytes == pytest.approx(per_elem * S * 4096)
+    assert ops["repeat_kv"].bytes == pytest.approx(S * 2 * (8 * 128 + 32 * 128) * 2)
+    bwd = _by_name(_ops(TrainingPlan(tp=1, mb=1), "bwd", model=model, eager_elementwise=True))
+    assert bwd["norm1"].bytes == pytest.approx(2 * per_elem * S * 4096)  # input and its gradient
+
+
+def test_gpt_oss_alternating_windowed_layers_compute_about_half_the_causal_pairs():
+    """GPT-OSS (OpenAI model card, 2025): layers alternate full attention and a 128-token
+    sliding window. Of a 4096-token causal square (4096²/2 pairs) a windowed layer computes
+    4096·128 − 128²/2 (Mistral 7B §2: each token sees w positions), so half the layers full and
+    half windowed compute (1 + 516096/8388608)/2 of the causal pairs."""
+    from simulator.ops import window_mix
+    mix = window_mix(load_model("gpt-oss-120b"), 4096)
+    assert mix == pytest.approx((1 + (4096 * 128 - 128 ** 2 / 2) / (4096 ** 2 / 2)) / 2, rel=1e-12)
+    assert window_mix(load_model("llama3.1-8b"), 4096) == 1.0
+    assert window_mix(load_model("gpt-oss-120b"), 0) == 1.0  # no pairs: nothing to weigh
+
+
+def test_op_level_sac_recomputes_w3_of_a_gated_mlp_and_nothing_of_a_plain_fc1():
+    """torchtitan op-level selective checkpointing (parallelize_llama.py `_custom_policy`) saves
+    every odd aten.mm: a SwiGLU block calls w1, w3, w2 (w1|w3 fused here), so half of the fused
+    fc1 GEMM (w3) runs again and w2 is saved; a plain MLP's fc1 is the 5th mm (saved) and its
+    fc2 the 6th (recomputed)."""
+    from simulator.ops import _op_sac_share
+    llama, gpt = load_model("llama3.1-8b"), GPT
+    assert llama.gated_mlp and not gpt.gated_mlp
+    assert _op_sac_share(llama, "fc1.dgrad", False) == 0.5 and _op_sac_share(llama, "fc2", False) == 0.0
+    assert _op_sac_share(gpt, "fc1", False) == 0.0 and _op_sac_share(gpt, "fc2", False) == 1.0
+    # elementwise kernels are never saved, in an MoE layer too; its router and experts (mm calls
+    # outside the dense count) are taken as saved
+    mix = load_model("mixtral-8x7b")
+    assert _op_sac_share(mix, "norm2", True) == 1.0 and _op_sac_share(mix, "bias_dropout_add1", True) == 1.0
+    assert _op_sac_share(mix, "expert_fc1", True) == 0.0 and _op_sac_share(mix, "router", True) == 0.0
+
+
+def test_mla_without_query_compression_projects_q_straight_from_the_hidden_state():
+    """DeepSeek-V2-Lite (arXiv 2405.04434 App. B: hidden 2048, 16 heads, no query compression,
+    kv_lora_rank 512, d_h = 128, d_h^R = 64): q = W^Q h, one GEMM of 16·(128 + 64) = 3072 columns
+    over the hidden size, split by heads over TP (tp=2: 1536)."""
+    from dataclasses import replace
+    lite = replace(load_model("deepseek-v2"), name="deepseek-v2-lite", hidden_size=2048, num_heads=16, num_kv_heads=16,
+                   q_lora_rank=0)
+    assert ("qkv.q", 3072, 2048) in attention_gemms(lite, 1)
+    assert ("qkv.q", 1536, 2048) in attention_gemms(lite, 2)
+    assert not any(n.startswith("qkv.q_") for n, _, _ in attention_gemms(lite, 1))

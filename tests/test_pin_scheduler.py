@@ -750,3 +750,34 @@ def test_sglang_reservation_after_a_late_joiner_leaves_counts_only_the_remaining
         return _prefill_ids(_step(s, now))
     assert run(0) == [2]
     assert run(1) == []
+
+
+def test_a_preempted_decoder_keeps_the_time_of_its_last_token():
+    """The stall a preempted request shows on resuming (an inter-token gap, as vLLM's
+    inter-token-latency metric sees it) starts at the last token it really produced. Blocks of 4,
+    6 blocks: request 0 (prompt 8) decodes; request 1 arrives at 0.5 with its KV (11 tokens, its
+    first token sampled at 0.5), 1 block left. Pass 1.0-2.0 decodes both (token 12 fills
+    request 1's third block, request 0 takes the last block); pass 2.0 finds no block for
+    request 1's token 13 and preempts it: its last token came at 2.0, after one iteration.
+    In the stuck-prefill scenario a request preempted before any decode iteration of its own keeps
+    the time its first token arrived (0.5), not the end of an earlier decode pass."""
+    s, kv, finished = _sched(6, max_num_seqs=8, max_num_batched_tokens=64)
+    assert s.add(Request(0, 0.0, 8, 12))
+    _step(s, 0.0)
+    d = Request(1, 0.5, 11, 12)
+    d.target, d.computed, d.generated, d.last_token_s = 11, 11, 1, 0.5
+    assert s.add(d)
+    _step(s, 1.0)
+    assert d.preemptions == 0
+    _step(s, 2.0)
+    assert d.preemptions == 1 and d.generated == 2 and d.last_token_s == 2.0
+
+    s, kv, finished = _sched(6, max_num_seqs=8, max_num_batched_tokens=64, chunk=8, mixed_batches=False)
+    assert s.add(Request(0, 0.0, 20, 1))
+    _step(s, 0.0)
+    d = Request(1, 0.5, 8, 2)
+    d.target, d.computed, d.generated, d.last_token_s = 8, 8, 1, 0.5
+    assert s.add(d)
+    _step(s, 1.0)
+    _step(s, 2.0)
+    assert d.preemptions == 1 and d.generated == 1 and d.last_token_s == 0.5

@@ -463,3 +463,82 @@ def test_the_hop_that_leaves_a_pcie_node_does_not_load_its_pcie_switches():
     from hwmodels.topology import place_group
     c = load_cluster("l40s-server", nodes=2)
     assert place_group(c, 16, 1).intra_fraction == pytest.approx(place_group(c, 8, 1).intra_fraction)
+
+
+def test_h100_superpod_at_4_sus_has_32_leaves_and_16_spines():
+    """DGX H100 SuperPOD reference architecture, compute fabric at 4 SUs (~128 nodes, 8 rails):
+    32 leaf and 16 spine QM9700 switches (SP_H100_NF): a non-blocking leaf sends 32 of its 64
+    ports up, 32 leaves x 32 uplinks / 64 spine ports = 16 spines."""
+    s = build_topology(load_cluster("dgx-h100", nodes=128)).summary()
+    assert (s["leaves"], s["spines"], s["switch_levels"]) == (32, 16, 2)
+
+
+def test_two_leaves_of_a_plain_fat_tree_share_one_spine():
+    """Folded Clos arithmetic at its smallest: two non-blocking 64-port leaves have 2 x 32
+    uplinks, exactly one 64-port spine, cabled 32 times to each leaf (8 L40S servers, 8 NICs)."""
+    t = build_topology(load_cluster("l40s-server", nodes=8))
+    assert (t.summary()["leaves"], t.summary()["spines"]) == (2, 1)
+    g = t.graph
+    up = [d for a, b, d in g.edges(data=True) if {g.nodes[a]["kind"], g.nodes[b]["kind"]} == {"leaf", "spine"}]
+    assert len(up) == 2 and all(d["cables"] == 32 for d in up)
+    assert all(d["bytes_per_s"] == pytest.approx(32 * t.nic_cap) for d in up)
+
+
+def test_torus_shape_is_the_factorisation_with_the_smallest_longest_to_shortest_ratio():
+    """Most cubic 3-D torus of n chips (x <= y <= z, x·y·z = n): the smallest z/x over every
+    factorisation, found here by brute force; 1008 chips: 7x12x12 (12/7), not 8x9x14 (14/8)."""
+    assert torus_shape(1008) == (7, 12, 12)
+    for n in (12, 24, 64, 96, 128, 360, 512, 1000, 3168, 3960, 4096):
+        x, y, z = torus_shape(n)
+        assert x <= y <= z and x * y * z == n
+        best = min(c / a for a in range(1, n + 1) if n % a == 0
+                   for b in range(a, n // a + 1) if (n // a) % b == 0
+                   for c in [n // (a * b)] if c >= b)
+        assert z / x == pytest.approx(best), n
+
+
+def test_a_group_across_leaves_of_one_pod_does_not_cross_the_core():
+    """DGX B200 SuperPOD at 16 SUs: pods of 4 SUs (32 leaves). Nodes 0 and 32 (SUs 0 and 1, same
+    rail) sit on different leaves of the same pod: their traffic turns at a spine, never
+    reaching the core; nodes 0 and 128 (pods 0 and 1) do cross it."""
+    c = load_cluster("dgx-b200", nodes=512)
+    assert network_time(c, 2, 32 * 8, "ring")[2] == ("nic", "leaf", "spine")
+    assert place_group(c, 2, 32 * 8).crosses == ("nic", "leaf", "spine")
+    assert network_time(c, 2, 128 * 8, "ring")[2] == ("nic", "leaf", "spine", "core")
+    # the same for an all-to-all (EP) between them
+    assert network_time(c, 2, 32 * 8, "a2a")[2] == ("nic", "leaf", "spine")
+    assert network_time(c, 2, 128 * 8, "a2a")[2] == ("nic", "leaf", "spine", "core")
+
+
+def test_a_ring_on_a_three_device_mesh_uses_its_share_of_the_peer_links():
+    """Fully connected scale-up (one link per peer, ROCM_MI300): a ring over k members uses k − 1
+    of a device's size − 1 peer links. On a 3-device mesh a 2-member ring gets 1/2 of the
+    device's bandwidth and a 3-member ring all of it; on MI300X's 8, 2 members get 1/7."""
+    from hwmodels.topology import place_group
+    mi = load_cluster("mi300x", nodes=1)
+    three = replace(mi, name="mi300x-3", devices_per_node=3, tiers=(replace(mi.tiers[0], size=3),) + mi.tiers[1:])
+    assert place_group(three, 2, 1).intra_fraction == pytest.approx(1 / 2)
+    assert place_group(three, 3, 1).intra_fraction == pytest.approx(1.0)
+    assert place_group(mi, 2, 1).intra_fraction == pytest.approx(1 / 7)
+
+
+def test_a_scattered_two_node_group_still_crosses_the_network():
+    """Scattered placement hands the job its nodes in an order unrelated to the fabric (here
+    nodes 2 and 0 for the first 16-rank group on 4 DGX H100s): the group still spans two nodes,
+    so its ring crosses the NICs, at the packed group's per-byte cost inside one SU (one leaf per
+    rail, SP_H100_NF)."""
+    c = load_cluster("dgx-h100", nodes=4)
+    packed = network_time(c, 16, 1, "ring")
+    scattered = network_time(c, 16, 1, "ring", "scattered")
+    assert packed[0] > 0 and packed[2] == ("nic",)
+    assert scattered[0] == pytest.approx(packed[0]) and scattered[1:] == packed[1:]
+
+
+def test_nvlink_sharp_starts_with_nvlink_4():
+    """NVLink SHARP (in-switch reductions, NCCL's NVLS algorithm) needs third-generation
+    NVSwitch with NVLink 4 (H100; NVIDIA Hopper architecture whitepaper): a DGX H100 node has it,
+    a DGX A100 (NVLink 3) does not, nor does a node without NVSwitch."""
+    assert build_topology(load_cluster("dgx-h100")).nvls
+    assert build_topology(load_cluster("dgx-b200")).nvls
+    assert not build_topology(load_cluster("dgx-a100")).nvls
+    assert not build_topology(load_cluster("mi300x")).nvls

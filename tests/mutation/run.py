@@ -128,10 +128,10 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("hwmodels/collectives.py", "ReplaceComparisonOperator_GtE_Gt", ("eligible = np.array([[a != \"nvls\" or x >=", 47),
      "the pinned aiconfigurator-core 0.12.0 NCCL tables measure 2, 4, 8 (GB200/GB300: 2, 4) GPUs "
      "and NVLS starts at 5 or 6: no point sits on the threshold"),
-    ("hwmodels/collectives.py", "ReplaceContinueWithBreak", 488,
+    ("hwmodels/collectives.py", "ReplaceContinueWithBreak", 516,
      "_single_node_lines: the NVLS fit is always the last of _Intra.fits (_intra appends "
      "_nvls_fit after the ring lines), so `break` after it skips nothing"),
-    ("hwmodels/collectives.py", "NumberReplacer", (338, 61),
+    ("hwmodels/collectives.py", "NumberReplacer", (346, 61),
      "step_s of a fitted NVLS line: NVLS lines take base_s only (one in-switch step at any group "
      "size), step_s is never read for them"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_LtE", "if hi == lo:",
@@ -139,8 +139,46 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Lt", "if T <= 0:",
      "T = 0 through the grid: _grid(0) = (0, 0) and a pass of 0 tokens costs 0 (no GEMM rows, "
      "0-byte collectives): the early return saves work, not a different result"),
-    ("simulator/des.py", "ReplaceComparisonOperator_Lt_NotEq", "not 1 <= factor < math.inf",
-     "factor < inf and factor != inf differ only above inf (no float is); nan already fails 1 <= factor"),
+    *[("simulator/des.py", "ReplaceComparisonOperator_Lt_NotEq", where,
+       "factor < inf and factor != inf differ only above inf (no float is); nan already fails 1 <= factor")
+      for where in (("or not 1 <= factor < math.inf:", 48), ("        if not 1 <= factor < math.inf:", 27))],
+    *[("simulator/des.py", op, where,
+       "a pass kind is only ever \"F\" or \"B\" (every schedule's order; W passes are run "
+       "apart): kind >= \"F\" is kind == \"F\" and kind <= \"B\" is kind == \"B\"")
+      for op, where in (("ReplaceComparisonOperator_Eq_GtE", 'if kind == "F":'),
+                        ("ReplaceComparisonOperator_Eq_GtE", ('needs_input = (kind == "F" and vs > 0)', 32)),
+                        ("ReplaceComparisonOperator_Eq_LtE", ('needs_input = (kind == "F" and vs > 0)', 60)),
+                        ("ReplaceComparisonOperator_Eq_LtE", 'for kind, j, mb in order if kind == "B"}'),
+                        ("ReplaceComparisonOperator_Eq_LtE", 'room = kind == "B" or'))],
+    ("simulator/des.py", "NumberReplacer", "self.links, self.done, self.version, self.finished = links, done, 0, False",
+     "a flow's first version number: it is only compared with versions captured from the same "
+     "flow after _rerate increments it, so any start value orders them alike"),
+    *[("hwmodels/topology.py", op, ("for x in range(1, round(n ** (1 / 3)) + 2):", col),
+       "torus_shape's search bound: x <= y <= z with x·y·z = n forces x <= cbrt(n) <= round(cbrt(n)) "
+       "(float error < 0.5), and a larger x has no y (range(x, isqrt(n // x) + 1) is empty), so any "
+       "bound from round(cbrt(n)) + 1 up (n ** 1 + 2, + 1, + 3) finds the same candidates")
+      for op, col in (("ReplaceBinaryOperator_Div_Pow", 36), ("NumberReplacer", 44))],
+    ("hwmodels/topology.py", "NumberReplacer", "nic_cap: float = 0.0  # bytes/s per NIC port",
+     "Topology.nic_cap's default: read only by the switched-fabric code (fat_tree, dragonfly, "
+     "_net_time, _a2a_time), reached only after build_topology sets it; ici-torus never reads it"),
+    ("simulator/des.py", "AddNot", "yield from compute(dur, c.bwd_comm_s if not zb else",
+     "both branches pass the same communication times (the backward's dict or a copy of it), "
+     "which compute() only reads"),
+    ("hwmodels/topology.py", "ReplaceComparisonOperator_Lt_NotEq", "nxt = idx + step if c + 1 < L else",
+     "c is a coordinate in 0..L-1, so c + 1 <= L: c + 1 != L is c + 1 < L"),
+    ("hwmodels/topology.py", "ReplaceComparisonOperator_Gt_NotEq", "if leaving.max() > 0:",
+     "leaving >= 0: on_rail counts the group's members on a rail, on_leaf_rail those of them on "
+     "one leaf of it (a subset), so != 0 is > 0"),
+    ("hwmodels/topology.py", "NumberReplacer", "pcie_up_cap: float = 0.0",
+     "Topology.pcie_up_cap's default: nothing in the package reads it; build_topology sets it for "
+     "PCIe nodes, the only ones it describes"),
+    ("hwmodels/topology.py", "ReplaceComparisonOperator_Gt_NotEq", "if out_pod.max() > 0:",
+     "out_pod >= 0: on_rail counts the group's members on a rail, on_pod_rail those of them in "
+     "one pod (a subset), so != 0 is > 0"),
+    ("hwmodels/collectives.py", "ReplaceComparisonOperator_Eq_Is",
+     ('        algo = "pairwise" if op == "all_to_all" else "ring"', 32),
+     "calibrate's op runs over its own tuple of literals (\"all_reduce\", ..., \"all_to_all\"), the "
+     "same interned objects as the literal it is compared with: `is` == `==`"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", "if rows <= 0:",
      "rows = a batch's sample count, never negative: <= 0 is == 0"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", "if n <= 0:",
@@ -160,7 +198,7 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
       for op in ("ReplaceComparisonOperator_Eq_GtE", "ReplaceComparisonOperator_Eq_LtE")],
     *[("hwmodels/topology.py", op, "(nvl72_rack if span >= 72 else nvswitch_node)",
        "nvl72_rack builds exactly what nvswitch_node builds (one non-blocking NVSwitch domain)")
-      for op in ("ReplaceComparisonOperator_GtE_", "NumberReplacer")],
+      for op in ("ReplaceComparisonOperator_GtE_", "NumberReplacer", "AddNot")],
     ("hwmodels/collectives.py", "ReplaceComparisonOperator_NotEq_IsNot",
      'steps = ring_steps(op, n) if op != "broadcast" else n - 1',
      "ring_steps('broadcast', n) is n - 1 too: both branches agree for a broadcast, and `is not` "
