@@ -62,11 +62,12 @@ def layer_activation_bytes(model: ModelSpec, job: TrainingJob, plan: TrainingPla
         q, kv = model.q_dim / t, model.kv_dim / t
         mlp_saved = model.ffn_hidden_size / t  # w1's output (fc1's without a gate)
         return sb * (ACT_BYTES * (h + q + kv + q + mlp_saved + h) + 4 * model.num_heads / t)
+    gi = saved_gemm_input_bytes(job)  # bytes per element of a linear layer's saved input
     # Parts that TP leaves replicated without SP: norm inputs (2×2sbh), QKV input, MLP input,
     # the two dropout masks.
-    replicated = (4 + 2 + 2 + 2 * drop) * sb * h
+    replicated = (4 + gi + gi + 2 * drop) * sb * h
     q, kv, out = model.q_dim, model.kv_dim, model.attn_out_dim
-    split = 2 * sb * (q + kv) + 2 * sb * kv + 2 * sb * out  # Q, K (for QK^T), V, attention output
+    split = 2 * sb * (q + kv) + 2 * sb * kv + gi * sb * out  # Q, K (for QK^T), V, attention output
     if moe:
         k, f = model.experts_per_token, model.moe_ffn_hidden_size
         # routed token copies (top-k of the rank's sequence shard): expert input, up/gate
@@ -74,13 +75,13 @@ def layer_activation_bytes(model: ModelSpec, job: TrainingJob, plan: TrainingPla
         # tokens (etp× the copies, whole h) and their outputs are split over etp (token_dispatcher.py
         # dispatch_postprocess all-gathers over the expert-TP group before the expert GEMMs)
         etp = plan.etp
-        split += sb * k * (2 * h * etp + 2 * f * (2 if model.gated_mlp else 1) + 2 * f)
+        split += sb * k * (gi * h * etp + 2 * f * (2 if model.gated_mlp else 1) + gi * f)
         if model.num_shared_experts:
             fs = f * model.num_shared_experts
-            split += sb * (2 * fs * (2 if model.gated_mlp else 1) + 2 * fs)
+            split += sb * (2 * fs * (2 if model.gated_mlp else 1) + gi * fs)
     else:
         f = model.ffn_hidden_size
-        split += 2 * sb * f * (2 if model.gated_mlp else 1) + 2 * sb * f  # up(/gate) out, act out
+        split += 2 * sb * f * (2 if model.gated_mlp else 1) + gi * sb * f  # up(/gate) out, act out
     attn_scores = 0.0
     if not job.flash_attention and plan.recompute != "selective":
         a = model.num_heads
@@ -90,6 +91,22 @@ def layer_activation_bytes(model: ModelSpec, job: TrainingJob, plan: TrainingPla
     if plan.sp:
         return (replicated + split + attn_scores) / t
     return replicated + (split + attn_scores) / t
+
+
+# Transformer Engine keeps the quantised input of each linear layer for its weight-gradient GEMM
+# (transformer_engine/pytorch/module/linear.py `_Linear.forward`: `saved_inputmat = inputmat`, the
+# quantised input with column-wise usage only; layernorm_linear.py likewise for `ln_out`): 1 byte
+# per element in FP8 recipes, 4.5 bits in NVFP4 (4-bit values and one FP8 scale per 16 elements,
+# NVIDIA's NVFP4 format). torchao's Float8Linear (`fp8_dynamic_casts`) saves the 16-bit input and
+# casts it again in backward.
+QUANTISED_INPUT_BYTES = {"fp8": 1.0, "fp4": 0.5 + 1 / 16}
+
+
+def saved_gemm_input_bytes(job: TrainingJob) -> float:
+    """Bytes per element of the input a linear layer keeps for its weight gradient."""
+    if job.fp8_dynamic_casts:
+        return ACT_BYTES
+    return QUANTISED_INPUT_BYTES.get(job.dtype, ACT_BYTES)
 
 
 def inflight_microbatches(plan: TrainingPlan, job: TrainingJob, stage: int) -> float:

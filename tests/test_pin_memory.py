@@ -140,3 +140,25 @@ def test_zero3_holds_the_gathered_current_and_next_layer():
     z3 = stage_memory(m, job, parse_plan("zero=3,mb=1", 8), 0)["comm_buffers_bytes"]
     z1 = stage_memory(m, job, parse_plan("zero=1,mb=1", 8), 0)["comm_buffers_bytes"]
     assert z3 - z1 == pytest.approx(2 * 2 * layer)
+
+
+def test_te_fp8_keeps_each_linear_input_quantised_for_wgrad():
+    """Transformer Engine saves the FP8 input of every linear layer for its weight gradient
+    (transformer_engine/pytorch/module/linear.py `saved_inputmat = inputmat`): in FP8 recipes the
+    QKV, proj, fc1 and fc2 inputs cost 1 byte per element instead of 2, the rest of Korthikanti's
+    activations stay 16-bit; NVFP4 keeps 4.5 bits; torchao's Float8Linear keeps the 16-bit input."""
+    from dataclasses import replace
+    from simulator.memory import layer_activation_bytes
+    from simulator.models import load_model
+    from simulator.training import TrainingJob, TrainingPlan
+    m = load_model("llama3-8b")
+    plan = TrainingPlan(dp=8, mb=1, recompute="none")
+    job16 = TrainingJob(model=m, seq_len=4096, global_batch=8, dtype="bf16", dropout=False)
+    bf16 = layer_activation_bytes(m, job16, plan, False)
+    linear_inputs = 4096 * (m.hidden_size + m.attn_out_dim + m.hidden_size + m.ffn_hidden_size)
+    fp8 = layer_activation_bytes(m, replace(job16, dtype="fp8"), plan, False)
+    assert bf16 - fp8 == pytest.approx(linear_inputs * (2 - 1))
+    fp4 = layer_activation_bytes(m, replace(job16, dtype="fp4"), plan, False)
+    assert bf16 - fp4 == pytest.approx(linear_inputs * (2 - 0.5625))
+    torchao = layer_activation_bytes(m, replace(job16, dtype="fp8", fp8_dynamic_casts=True), plan, False)
+    assert torchao == pytest.approx(bf16)
