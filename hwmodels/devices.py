@@ -26,7 +26,7 @@ KERNEL_PROFILES = ("a100_sxm", "b200_sxm", "b300_sxm", "b60", "gb200", "gb300", 
 _CATALOG_FILE = Path(__file__).parent / "data" / "devices.yaml"
 _NUMBER_FIELDS = ("hbm_bytes", "hbm_bytes_per_s", "scale_up_bytes_per_s", "power_w", "price_per_hour")
 _FIELDS = ("vendor", "kind", "aliases", "peak_flops", *_NUMBER_FIELDS, "scale_up", "kernel_profile",
-           "efficiency_from", "sources", "unknown")
+           "efficiency_from", "host_bytes_per_s", "sources", "unknown")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class Device:
     aliases: tuple = ()
     sources: dict = field(default_factory=dict, hash=False)  # field -> source string
     unknown: tuple = ()  # fields looked for and not found in any usable source
+    # device <-> host memory link, per device per direction (PCIe, NVLink-C2C); None: not given
+    host_bytes_per_s: float | None = None
 
     def peak(self, dtype: str) -> float:
         """Dense peak FLOP/s for `dtype`; InputError if the device has no such figure."""
@@ -207,6 +209,8 @@ def _parse_device(name: str, entry, where: str) -> Device:
         aliases=tuple(a.lower() for a in _string_list(entry.get("aliases"), f"{at}: aliases")),
         sources={str(k): str(v) for k, v in sources.items()},
         unknown=unknown,
+        host_bytes_per_s=(None if entry.get("host_bytes_per_s") is None
+                          else positive_number(entry["host_bytes_per_s"], f"{at}: host_bytes_per_s")),
         **numbers,
     )
 

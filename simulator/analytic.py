@@ -15,8 +15,9 @@ from hwmodels.clusters import Cluster
 from hwmodels.collectives import collective_s
 from hwmodels.kernels import kernel_model
 from simulator import schedules
-from simulator.memory import (as_row, by_mesh, cached, expert_dp_size, group, layer_terms_job, memo, named_rows,
-                              placement, placements, plan_memory, stage_memory, stage_params, tokens_per_rank)
+from simulator.memory import (as_row, by_mesh, cached, expert_dp_size, group, layer_activation_bytes, layer_terms_job,
+                              memo, named_rows, placement, placements, plan_memory, stage_memory, stage_params,
+                              tokens_per_rank)
 from simulator.ops import check_supported, layer_cost
 from simulator.precision import ACT_BYTES, WEIGHT_BYTES
 from simulator.regimes import validation_of
@@ -107,7 +108,23 @@ def _kernel_terms(job: TrainingJob, cluster: Cluster, tp: int, cp: int, ep: int,
     out["head_wgrad"] = km.gemm_s(V // tp, h, T)
     out["head_bwd"] = km.gemm_s(T, h, V // tp) + out["head_wgrad"] + km.memory_s(3 * 4 * T * V / tp)
     out["embedding"] = km.memory_s(2 * T * h * ACT_BYTES)  # gather forward, scatter-add backward
+    # activation offload (plan act_offload): an offloaded layer's saved activations go to host
+    # memory on a side stream while the next layer computes and come back while the previous one
+    # runs its backward (Transformer Engine cpu_offload.py, double-buffered per layer); what the
+    # copy outlasts of one layer's pass stalls it
+    host = cluster.device.host_bytes_per_s or PCIE_BYTES_PER_S
+    for kind, moe in (("dense", False), ("moe", True)):
+        copy = (layer_activation_bytes(model, job, plan, moe) / host) if model.is_moe or not moe else 0.0
+        out[f"offload_fwd_{kind}"] = max(0.0, copy - out[f"fwd_{kind}"])
+        out[f"offload_bwd_{kind}"] = max(0.0, copy - out[f"bwd_{kind}"])
     return out
+
+
+def offloaded_layers(act_offload, n_layers):
+    """Layers of a stage whose activations go to host memory: the plan's act_offload, all but the
+    stage's last layer at most (Transformer Engine's offload handler keeps the layer whose backward
+    runs first on the device)."""
+    return np.clip(np.minimum(act_offload, n_layers - 1), 0, None)
 
 
 def ep_overlapped(k: dict) -> dict:
@@ -132,14 +149,18 @@ def overlaps_ep(job: TrainingJob, schedule: str) -> bool:
     return job.overlap_ep_comm or schedule == "dualpipe"
 
 
-def work(k: dict, n_dense, n_moe, first, last) -> dict:
+def work(k: dict, n_dense, n_moe, first, last, n_offload=0.0) -> dict:
     """One micro-batch through a chunk or a stage of `n_dense` dense and `n_moe` MoE layers, with the
     embedding where `first` (1.0) and the LM head where `last`: forward and backward compute
-    seconds, weight gradients, exposed comm per group (`fwd_tp`, `bwd_ep`, ...). `k` maps
-    `_kernel_terms`' names to scalars or arrays; everything broadcasts (a chunk, or (n, p) stages)."""
+    seconds, weight gradients, exposed comm per group (`fwd_tp`, `bwd_ep`, ...). `n_offload` of
+    the layers keep their activations in host memory (their copies' stalls count as compute).
+    `k` maps `_kernel_terms`' names to scalars or arrays; everything broadcasts (a chunk, or (n, p)
+    stages)."""
     per = lambda name: n_dense * k[f"{name}_dense"] + n_moe * k[f"{name}_moe"]  # noqa: E731
-    out = {"fwd": per("fwd") + first * k["embedding"] + last * k["head_fwd"],
-           "bwd": per("bwd") + first * k["embedding"] + last * k["head_bwd"],
+    total = np.maximum(n_dense + n_moe, 1)
+    off = lambda name: n_offload * (n_dense * k[f"{name}_dense"] + n_moe * k[f"{name}_moe"]) / total  # noqa: E731
+    out = {"fwd": per("fwd") + first * k["embedding"] + last * k["head_fwd"] + off("offload_fwd"),
+           "bwd": per("bwd") + first * k["embedding"] + last * k["head_bwd"] + off("offload_bwd"),
            "wgrad": per("wgrad") + last * k["head_wgrad"]}
     for g in COMM_GROUPS:
         out[f"fwd_{g}"], out[f"bwd_{g}"] = per(f"fwd_{g}"), per(f"bwd_{g}")
@@ -313,11 +334,12 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
     stack = lambda attr: np.stack([getattr(pl, attr) for pl in pls])[pinv]  # noqa: E731
     n_moe, n_layers = stack("n_moe"), stack("n_layers")
     frac = np.array([pl.fraction for pl in pls])[pinv][:, None]
-    w = work(k, n_layers - n_moe, n_moe, stack("first"), stack("last"))
+    n_off = offloaded_layers(b.act_offload[:, None], n_layers)
+    w = work(k, n_layers - n_moe, n_moe, stack("first"), stack("last"), n_off)
     # which rows overlap their EP all-to-alls (overlaps_ep), without a Python loop over the rows
     ov = (np.full(len(b), job.overlap_ep_comm) | (b.schedule == names.index("dualpipe"))) if model.is_moe else None
     if ov is not None and ov.any():
-        w_ov = work(ep_overlapped(k), n_layers - n_moe, n_moe, stack("first"), stack("last"))
+        w_ov = work(ep_overlapped(k), n_layers - n_moe, n_moe, stack("first"), stack("last"), n_off)
         w = {key: np.where(ov[:, None], w_ov[key], w[key]) for key in w}
     tot = frac * (w["fwd_s"] + w["bwd_s"])  # one micro-batch through the stage's chunks
     m = b.micro_batches(job).astype(np.float64)
@@ -443,10 +465,14 @@ def step_costs(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) -> StepCo
     stages = []
     for st in range(p):
         chunks = []
+        n_stage = sum(pl.chunk_layers[c] for c in pl.chunk_ids[st])
+        n_off = float(offloaded_layers(plan.act_offload, n_stage))
         for c in pl.chunk_ids[st]:
             n_moe = pl.chunk_moe[c]
             n = pl.chunk_layers[c]
-            w = work(k, n - n_moe, n_moe, float(c == 0), float(c == last_chunk))
+            # the stage's offloaded layers spread over its chunks by their layer counts
+            w = work(k, n - n_moe, n_moe, float(c == 0), float(c == last_chunk),
+                     n_off * n / max(n_stage, 1))
             chunks.append(ChunkCost(w["fwd"], w["bwd"], w["wgrad"], {g: w[f"fwd_{g}"] for g in COMM_GROUPS},
                                     {g: w[f"bwd_{g}"] for g in COMM_GROUPS}, n, pl.fraction))
         stages.append(StageCost(chunks, float(d["grad"][st]), float(d["gather"][st]) * passes,

@@ -355,8 +355,14 @@ def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: 
                       for mb, rc, sp in kkeys], kinv)
     ikeys, iinv = group(b.schedule, b.vpp, b.micro_batches(job))
     inflight = np.stack([_inflight_row(names[s], pp, v, m) for s, v, m in ikeys])[iinv]
-    per_mb = (stack("n_layers") - n_moe) * act["dense"] + n_moe * act["moe"]
-    acts = per_mb * inflight
+    n_layers = stack("n_layers")
+    per_mb = (n_layers - n_moe) * act["dense"] + n_moe * act["moe"]
+    # activation offload (plan act_offload): the offloaded layers' activations wait in host memory;
+    # one layer's stay on the device as the copy in flight (Transformer Engine cpu_offload.py
+    # double-buffers per layer)
+    layer = per_mb / np.maximum(n_layers, 1)
+    off = np.clip(np.minimum(b.act_offload[:, None], n_layers - 1), 0, None)
+    acts = (per_mb - off * layer) * inflight + np.where(off > 0, layer, 0.0)
     # full recompute: one layer's whole activations live during its backward
     full = b.recompute[:, None] == RECOMPUTE.index("full")
     acts = acts + np.where(full, np.where(n_moe > 0, act["full_moe"], act["full_dense"]), 0.0)

@@ -29,9 +29,10 @@ DTYPES = ("bf16", "fp16", "fp8", "fp4")
 # Upper bound on seq-len and global batch (2^24 tokens per sequence, 2^24 sequences per step):
 # beyond any training run, and it keeps token and FLOP counts finite floats.
 MAX_JOB_SIZE = 2 ** 24
-_INT_KEYS = ("dp", "tp", "pp", "cp", "ep", "etp", "mb", "vpp", "zero", "first", "last")
+_INT_KEYS = ("dp", "tp", "pp", "cp", "ep", "etp", "mb", "vpp", "zero", "first", "last", "act_offload")
 _BOOL_KEYS = ("sp", "offload", "fsdp", "pp_embed", "pp_loss")
-PLAN_KEYS = ("dp tp pp cp ep etp mb vpp zero recompute schedule sp offload fsdp first last pp_embed pp_loss layout")
+PLAN_KEYS = ("dp tp pp cp ep etp mb vpp zero recompute schedule sp offload fsdp first last pp_embed pp_loss layout "
+             "act_offload")
 _ON = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
 
 
@@ -136,6 +137,10 @@ class TrainingPlan:
     # expert tensor parallelism (--expert-tensor-parallel-size). 1 is what Megatron-Bridge's MoE
     # recipes set; Megatron-Core's own default (megatron/training/arguments.py) is etp = tp.
     etp: int = 1
+    # activations of this many transformer layers per stage kept in host memory between their
+    # forward and backward (Megatron-Core --cpu-offloading --cpu-offloading-num-layers, Transformer
+    # Engine cpu_offload.py: copies on a side stream, each layer's reload ahead of its backward)
+    act_offload: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,6 +158,8 @@ class TrainingPlan:
                   f"sp={'on' if self.sp else 'off'}", f"offload={'on' if self.offload else 'off'}"]
         if self.fsdp:
             parts.append("fsdp=on")
+        if self.act_offload:
+            parts.append(f"act_offload={self.act_offload}")
         return ",".join(parts + split_keys(self.split))
 
     @property
@@ -223,8 +230,9 @@ def parse_plan(text: str, num_devices: int | None = None) -> TrainingPlan:
         else:
             raise InputError(f"unknown plan key {key!r}; valid: {PLAN_KEYS}")
     for k in _INT_KEYS:
-        if k in vals and (vals[k] < (0 if k == "zero" else 1)):
-            raise InputError(f"plan {k}={vals[k]} must be {'0..3' if k == 'zero' else '>= 1'}")
+        if k in vals and (vals[k] < (0 if k in ("zero", "act_offload") else 1)):
+            raise InputError(f"plan {k}={vals[k]} must be "
+                             f"{'0..3' if k == 'zero' else '>= 0' if k == 'act_offload' else '>= 1'}")
     if vals.get("layout"):
         # the layout fixes the virtual stages: its stages are pp·vpp chunks (Megatron-Core
         # pipeline_parallel_layer_layout.py: layout[vpp_rank·pp + pp_rank])
@@ -298,6 +306,13 @@ def validate_plan(plan: TrainingPlan, job: TrainingJob, num_devices: int,
         raise InputError(why)
     if plan.offload and plan.zero == 0:
         raise InputError("plan offload=on needs zero >= 1 (offload moves the partitioned optimizer)")
+    if not 0 <= plan.act_offload < m.num_layers:
+        # Megatron-Core TransformerConfig: cpu_offloading_num_layers in [0, num_layers - 1]
+        raise InputError(f"plan act_offload={plan.act_offload}; valid: 0..{m.num_layers - 1} "
+                         f"(layers whose activations go to host memory)")
+    if plan.act_offload and plan.recompute == "full":
+        raise InputError("plan act_offload needs recompute none or selective (full recompute keeps "
+                         "only each layer's input)")
 
 
 # ---- the rules of validate_plan that whole subtrees of plans share (the planner prunes with them) ----
@@ -584,6 +599,7 @@ class PlanBatch:
     pp_embed: np.ndarray
     pp_loss: np.ndarray
     layout: np.ndarray  # index into `layout_of` (0: none)
+    act_offload: np.ndarray
 
     @classmethod
     def of(cls, plans) -> "PlanBatch":

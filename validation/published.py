@@ -144,14 +144,18 @@ def nemo_2407(executor=None) -> list[dict]:
     return _run(_nemo_case, rows, executor)
 
 
-def _first_fit(job: TrainingJob, cluster, **plan) -> object:
+def _first_fit(job: TrainingJob, cluster, offload_layers: bool = False, **plan) -> object:
     """The estimate of the plan with the least recompute (none, selective, full) that fits in
-    memory: the tables do not print recompute, and their recipes recompute only what they must."""
+    memory: the tables do not print recompute, and their recipes recompute only what they must.
+    With `offload_layers` the recipe offloads activations to host memory before it recomputes:
+    the fewest offloaded layers (in steps of 10) that let no recompute fit come first."""
     est = None
+    offloads = range(0, job.model.num_layers, 10) if offload_layers else (0,)
     for rc in ("none", "selective", "full"):
-        est = estimate(job, TrainingPlan(recompute=rc, **plan), cluster)
-        if est.fits:
-            break
+        for off in (offloads if rc == "none" else (0,)):
+            est = estimate(job, TrainingPlan(recompute=rc, act_offload=off, **plan), cluster)
+            if est.fits:
+                return est
     return est
 
 
@@ -336,7 +340,10 @@ def _bridge_case(r: dict) -> dict:
     # 235B) count the embedding and the loss as pipeline slots (Megatron-Bridge recipes:
     # account_for_embedding_in_pipeline_split / account_for_loss_in_pipeline_split = True)
     slots = model.num_layers % (pp * vp) != 0
-    est = _first_fit(job, cluster, dp=gpus // (tp * pp * cp), tp=tp, pp=pp, cp=cp, vpp=vp, ep=ep,
+    # Megatron-FSDP recipes on Grace-Blackwell offload activations to Grace memory instead of
+    # recomputing (Megatron-Bridge perf_recipes/llama/gb200|gb300/llama3.py: cpu_offloading with
+    # cpu_offloading_num_layers 20-40)
+    est = _first_fit(job, cluster, offload_layers=fsdp, dp=gpus // (tp * pp * cp), tp=tp, pp=pp, cp=cp, vpp=vp, ep=ep,
                      mb=int(r["MBS"]), schedule="interleaved" if vp > 1 else "1f1b", sp=tp > 1,
                      zero=3 if fsdp else 1, pp_embed=slots, pp_loss=slots)
     measured = float(r["Tokens / sec / GPU"])
