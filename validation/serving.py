@@ -22,7 +22,10 @@ nvidia/Llama-3.1-8B-Instruct-FP8, whose hf_quant_config sets kv_cache_quant_algo
 rows replay with an FP8 KV cache; block-scaled FP8 (`fp8_block`) and 16-bit rows keep a 16-bit
 KV cache. Without chunked prefill (TensorRT-LLM) a prompt must fit one iteration's token budget
 next to the running decodes; where isl + concurrency exceeds the default 8192, the replay raises
-the budget to isl + concurrency (the default would starve those prompts).
+the budget to isl + concurrency (the default would starve those prompts). TensorRT-LLM rows of
+the internal (aiperf) population were deployed by AIConfigurator's generator: max_batch_size =
+concurrency, max_num_tokens = concurrency + isl + 1500, chunked prefill off, overlap scheduler on
+(`aic_trtllm_limits`; `deployment="defaults"` replays them with the engine defaults instead).
 
 Rows with attention data parallelism replay on an attention-DP replica (engine.DPReplica). Rows
 that cannot be modelled (architectures the layer description cannot express, weight-only INT4
@@ -246,28 +249,53 @@ def case_workload(case: dict, seed: int = 0, quick: bool = False, client: str | 
     raise InputError(f"client {name!r}; valid: bench-serving, aiperf")
 
 
-def replay(case: dict, seed: int = 0, quick: bool = False, client: str | None = None) -> dict:
+def replay(case: dict, seed: int = 0, quick: bool = False, client: str | None = None,
+           deployment: str = "aic-generator") -> dict:
     """Predicted mean TTFT and TPOT of one row ({"error": message} if the deployment cannot be
     built, e.g. the weights do not fit)."""
+    if deployment not in DEPLOYMENTS:
+        raise InputError(f"deployment {deployment!r}; valid: {', '.join(DEPLOYMENTS)}")
     try:
-        return _replay(case, seed, quick, client)
+        return _replay(case, seed, quick, client, deployment)
     except InputError as e:
         return {"error": str(e)}
 
 
-def _replay(case: dict, seed: int, quick: bool, client: str | None) -> dict:
+# AIConfigurator's deployment generator, which its own harness (the aiperf/genai-perf rows)
+# deployed TensorRT-LLM with: `max_batch_size = bs`, `max_num_tokens = bs + isl + 1500`,
+# chunked prefill off, overlap scheduler on (ai-dynamo/aiconfigurator generator, agg worker
+# config: 'agg_cfg["max_num_tokens"] = agg_cfg["bs"] + ctx.runtime.isl + 1500', "we're assuming
+# no chunked prefill"; templates/trtllm/extra_engine_args.1.0.0rc3.yaml.j2). bs = the benchmark
+# concurrency (the generator's batch size for the swept concurrency).
+AIC_TRTLLM_TOKEN_HEADROOM = 1500  # the generator's "+1500" (a deployment setting, not fitted)
+DEPLOYMENTS = ("aic-generator", "defaults")
+
+
+def aic_trtllm_limits(case: dict) -> tuple[int | None, int | None]:
+    """(max_batch_size, max_num_tokens) of a TensorRT-LLM row deployed by AIConfigurator's
+    generator (the internal rows, measured with its aiperf/genai-perf harness); (None, None) for
+    every other row (the engine defaults apply)."""
+    if case.get("engine") != "trtllm" or case.get("client") != "aiperf" or case.get("mode") != "agg":
+        return None, None
+    c = case["concurrency"]
+    # generator: max_batch_size = bs; max_num_tokens = bs + isl + 1500 (source above)
+    return c, c + case["isl"] + AIC_TRTLLM_TOKEN_HEADROOM
+
+
+def _replay(case: dict, seed: int, quick: bool, client: str | None,
+            deployment: str = "aic-generator") -> dict:
     model = load_model(case["model"])
     cluster = load_cluster(case["cluster"])
     c = case["concurrency"]
-    max_tokens = None
-    if case["engine"] == "trtllm" and case["isl"] + c > 8192:
+    max_batch, max_tokens = aic_trtllm_limits(case) if deployment == "aic-generator" else (None, None)
+    if max_tokens is None and case["engine"] == "trtllm" and case["isl"] + c > 8192:
         # Without chunked prefill a prompt must fit one iteration's token budget next to the
         # running decodes; TensorRT-LLM's default max_num_tokens (8192) would starve prompts
         # this long, so the measured deployment had a larger one: the smallest that serves it.
         max_tokens = case["isl"] + c
     groups = tuple(ReplicaGroup(cluster, p["tp"], p["pp"], p["ep"], p["count"], role, p.get("dp", 1))
                    for role, p in case["pools"].items())
-    plan = ServingPlan(groups, max_tokens=max_tokens, engine=case["engine"], dtype=case["dtype"],
+    plan = ServingPlan(groups, max_batch=max_batch, max_tokens=max_tokens, engine=case["engine"], dtype=case["dtype"],
                        kv_dtype=case.get("kv_dtype"), prefix_caching=False)
     rep = simulate(model, plan, case_workload(case, seed, quick, client))
     if rep.ttft_s["mean"] is None or rep.tpot_s["mean"] is None:

@@ -1,0 +1,57 @@
+"""TTFT mechanisms of the serving validation (issue #19): how the measured deployments were set up.
+
+AIConfigurator's own harness (the internal, aiperf/genai-perf rows of silicon_sample.csv) deployed
+TensorRT-LLM with its generator: max_batch_size = bs, max_num_tokens = bs + isl + 1500, chunked
+prefill off, overlap scheduler on (ai-dynamo/aiconfigurator generator, agg worker config;
+templates/trtllm/extra_engine_args.1.0.0rc3.yaml.j2). Without chunked prefill a prompt enters an
+iteration only whole, so that budget admits few prompts per iteration and a burst's TTFT grows.
+"""
+import pytest
+
+from hwmodels.errors import InputError
+from validation import serving as V
+
+
+def _case(engine="trtllm", client="aiperf", c=64, isl=1024, osl=64, mode="agg"):
+    return {"id": "t", "model": "llama3.1-8b", "family": "Llama-3.1", "model_path": "x",
+            "system": "h100_sxm", "cluster": "dgx-h100", "dtype": "bf16", "engine": engine,
+            "version": "1.0.0rc3", "mode": mode, "pools": {"both": {"tp": 1, "pp": 1, "ep": 1, "count": 1}},
+            "tp": 1, "pp": 1, "ep": 1, "dp": 1, "dense": True, "concurrency": c, "isl": isl,
+            "osl": osl, "quant": "", "kv_dtype": None, "client": client, "measured_on": "",
+            "ttft_s": 1.0, "tpot_s": 1.0}
+
+
+def test_aic_generator_limits_are_the_generators_formula():
+    # source: agg_cfg["max_num_tokens"] = agg_cfg["bs"] + ctx.runtime.isl + 1500; max_batch_size = bs
+    assert V.AIC_TRTLLM_TOKEN_HEADROOM == 1500
+    assert V.aic_trtllm_limits(_case(c=64, isl=1024)) == (64, 64 + 1024 + 1500)
+    assert V.aic_trtllm_limits(_case(c=8, isl=4096)) == (8, 8 + 4096 + 1500)
+
+
+def test_aic_generator_limits_apply_only_to_its_own_trtllm_deployments():
+    # InferenceMAX rows (bench-serving) ran their own launch scripts; vLLM/SGLang keep their defaults
+    assert V.aic_trtllm_limits(_case(client="bench-serving")) == (None, None)
+    assert V.aic_trtllm_limits(_case(engine="vllm")) == (None, None)
+    assert V.aic_trtllm_limits(_case(engine="sglang")) == (None, None)
+    assert V.aic_trtllm_limits(_case(mode="disagg")) == (None, None)
+
+
+def test_generator_budget_raises_burst_ttft_and_switch_off_restores_the_defaults():
+    """A burst of 64 prompts of 1024 tokens: the default budget (8192) takes 8 whole prompts per
+    iteration, the generator's (64 + 1024 + 1500 = 2588) takes 2, so the first wave queues over
+    four times as many iterations and the mean TTFT grows (later waves are spread); switched off (deployment="defaults") the replay is the engine defaults'."""
+    case = _case(c=64, isl=1024, osl=16)
+    on = V.replay(case, quick=True)
+    off = V.replay(case, quick=True, deployment="defaults")
+    assert "error" not in on and "error" not in off
+    assert on["ttft_s"] > 1.3 * off["ttft_s"]
+
+
+def test_switch_off_changes_nothing_outside_the_generator_rows():
+    case = _case(client="bench-serving", c=16, isl=1024, osl=16)
+    assert V.replay(case, quick=True) == V.replay(case, quick=True, deployment="defaults")
+
+
+def test_unknown_deployment_is_refused():
+    with pytest.raises(InputError):
+        V.replay(_case(), quick=True, deployment="fitted")
