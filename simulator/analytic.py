@@ -108,6 +108,25 @@ def _kernel_terms(job: TrainingJob, cluster: Cluster, tp: int, cp: int, ep: int,
     out["head_wgrad"] = km.gemm_s(V // tp, h, T)
     out["head_bwd"] = km.gemm_s(T, h, V // tp) + out["head_wgrad"] + km.memory_s(3 * 4 * T * V / tp)
     out["embedding"] = km.memory_s(2 * T * h * ACT_BYTES)  # gather forward, scatter-add backward
+    # multi-token prediction (DeepSeek-V3, arXiv 2412.19437 §2.2), with the loss on the last stage:
+    # per depth, the 2h→h projection (column-parallel), its two input norms and the head's norm,
+    # the next token's embedding, one block like the model's last, and the shared head again
+    d = model.mtp_layers
+    kind = "moe" if model.is_moe_layer(model.num_layers - 1) else "dense"
+    proj_f, proj_w = km.gemm_s(T, h // tp, 2 * h), km.gemm_s(h // tp, 2 * h, T)
+    norms = km.memory_s(3 * 2 * T * h * ACT_BYTES)
+    mtp_fwd = d * (out[f"fwd_{kind}"] + proj_f + norms + out["embedding"]) if d else 0.0
+    mtp_bwd = d * (out[f"bwd_{kind}"] + proj_f + proj_w + 2 * norms + out["embedding"]) if d else 0.0
+    mtp_wgrad = d * (out[f"wgrad_{kind}"] + proj_w) if d else 0.0
+    for g in COMM_GROUPS:
+        out[f"mtp_fwd_{g}"] = d * out[f"fwd_{g}_{kind}"]
+        out[f"mtp_bwd_{g}"] = d * out[f"bwd_{g}_{kind}"]
+    out["head_fwd"] *= 1 + d
+    out["head_bwd"] *= 1 + d
+    out["head_wgrad"] *= 1 + d
+    out["head_fwd"] += mtp_fwd
+    out["head_bwd"] += mtp_bwd
+    out["head_wgrad"] += mtp_wgrad
     # activation offload (plan act_offload): an offloaded layer's saved activations go to host
     # memory on a side stream while the next layer computes and come back while the previous one
     # runs its backward (Transformer Engine cpu_offload.py, double-buffered per layer); what the
@@ -141,6 +160,8 @@ def ep_overlapped(k: dict) -> dict:
         exposed = np.maximum(0.0, e - c) + OVERLAP_COMPUTE_SLOWDOWN * np.minimum(e, c)
         scale = np.where(e > 0, exposed / np.where(e > 0, e, 1.0), 0.0)
         out[f"fwd_ep_{kind}"], out[f"bwd_ep_{kind}"] = f * scale, b * scale
+        if kind == "moe" and "mtp_fwd_ep" in k:  # MTP blocks are MoE layers too: they overlap alike
+            out["mtp_fwd_ep"], out["mtp_bwd_ep"] = k["mtp_fwd_ep"] * scale, k["mtp_bwd_ep"] * scale
     return out
 
 
@@ -162,8 +183,9 @@ def work(k: dict, n_dense, n_moe, first, last, n_offload=0.0) -> dict:
     out = {"fwd": per("fwd") + first * k["embedding"] + last * k["head_fwd"] + off("offload_fwd"),
            "bwd": per("bwd") + first * k["embedding"] + last * k["head_bwd"] + off("offload_bwd"),
            "wgrad": per("wgrad") + last * k["head_wgrad"]}
-    for g in COMM_GROUPS:
-        out[f"fwd_{g}"], out[f"bwd_{g}"] = per(f"fwd_{g}"), per(f"bwd_{g}")
+    for g in COMM_GROUPS:  # the MTP block's exposed collectives with the loss (last)
+        out[f"fwd_{g}"] = per(f"fwd_{g}") + last * k[f"mtp_fwd_{g}"]
+        out[f"bwd_{g}"] = per(f"bwd_{g}") + last * k[f"mtp_bwd_{g}"]
     out["fwd_s"] = out["fwd"] + sum(out[f"fwd_{g}"] for g in COMM_GROUPS)  # exposed comm included
     out["bwd_s"] = out["bwd"] + sum(out[f"bwd_{g}"] for g in COMM_GROUPS)
     return out
@@ -517,6 +539,13 @@ def estimate(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, validate: b
         layer_flops += 3 * c.fwd_flops
         hw_flops += 3 * c.fwd_flops + c.recompute_flops
     head_flops = 3 * 2.0 * plan.mb * job.seq_len * model.hidden_size * model.vocab_size
+    if model.mtp_layers:  # DeepSeek-V3 §2.2: per depth the head again, the 2h→h projection, one block
+        c = moe_cost if model.is_moe_layer(model.num_layers - 1) else dense_cost
+        proj = 3 * 2.0 * plan.mb * job.seq_len * 2 * model.hidden_size ** 2
+        layer_flops += model.mtp_layers * 3 * c.fwd_flops
+        hw_flops += model.mtp_layers * (3 * c.fwd_flops + c.recompute_flops)
+        head_flops *= 1 + model.mtp_layers
+        head_flops += model.mtp_layers * proj
     model_flops = n_mb_total * (layer_flops + head_flops)
     exec_flops = n_mb_total * (hw_flops + head_flops)
     n = cluster.num_devices

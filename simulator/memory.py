@@ -177,6 +177,12 @@ def stage_params(model: ModelSpec, pl: Placement, tp: int, ep: int, etp: int = 1
     tied = model.vocab_size * model.hidden_size if model.tie_embeddings and len(pl.first) > 1 else 0
     dense = (pl.layer_params + pl.first * model.embedding_params()
              + pl.last * (model.head_params() + tied)) / tp
+    if model.mtp_layers:  # the MTP modules sit with the loss (DeepSeek-V3 §2.2); their experts go over ep
+        per_expert = model.expert_params() if model.is_moe_layer(model.num_layers - 1) else 0
+        mtp_experts = model.mtp_layers * model.num_experts * per_expert
+        dense = dense + pl.last * (model.mtp_params() - mtp_experts) / tp
+        expert = pl.n_moe * ((model.num_experts // ep) * model.expert_params() / etp if model.is_moe else 0)
+        return dense, expert + pl.last * mtp_experts / (ep * etp)
     expert = pl.n_moe * ((model.num_experts // ep) * model.expert_params() / etp if model.is_moe else 0)
     return dense, expert
 
@@ -366,8 +372,14 @@ def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: 
     # full recompute: one layer's whole activations live during its backward
     full = b.recompute[:, None] == RECOMPUTE.index("full")
     acts = acts + np.where(full, np.where(n_moe > 0, act["full_moe"], act["full_dense"]), 0.0)
-    # fp32 logits of one micro-batch for the cross-entropy backward, with the LM head
-    acts = acts + last * (4 * tokens_per_rank(job, b.mb[:, None], cp) * model.vocab_size / tp)
+    # fp32 logits of one micro-batch for the cross-entropy backward, with the LM head (and again
+    # for each MTP depth's head); the MTP blocks' activations with the loss, for every micro-batch
+    # in flight (their 2h projection input included)
+    T = tokens_per_rank(job, b.mb[:, None], cp)
+    acts = acts + last * (1 + model.mtp_layers) * (4 * T * model.vocab_size / tp)
+    if model.mtp_layers:
+        mtp_act = act["moe"] if model.is_moe_layer(model.num_layers - 1) else act["dense"]
+        acts = acts + last * model.mtp_layers * (mtp_act + 2 * T * 2 * model.hidden_size) * inflight
     comm = float(sum(_nccl_bytes(n) for n in (tp, cp, dp, ep, etp, pp if pp > 1 else 1)))
     # ZeRO-3: gathered parameters of the current and the prefetched layer
     comm = comm + np.where(zero == 3, 2 * WEIGHT_BYTES * stack("max_layer") / tp, 0.0)

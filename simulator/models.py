@@ -93,6 +93,11 @@ class ModelSpec:
     # (gpt-oss model card arXiv 2508.10925 §2.1; HF GptOssAttention.sinks). Parameters: num_heads
     # per layer; FLOPs: one exp-and-add per query row and head, negligible beside QK^T and AV.
     attention_sinks: bool = False
+    # multi-token-prediction modules trained beside the model (DeepSeek-V3, arXiv 2412.19437 §2.2;
+    # HF num_nextn_predict_layers; Megatron-Core --mtp-num-layers): each a projection of
+    # [RMSNorm(h); RMSNorm(Emb(t_i+k))] from 2h to h, one transformer block like the model's last,
+    # and the shared output head. Training costs only: `num_params` counts the main model.
+    mtp_layers: int = 0
     published_params: float = 0.0  # the parameter count its authors publish, for checking
     source: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
@@ -260,6 +265,14 @@ class ModelSpec:
     def layer_params(self, i: int) -> int:
         mlp = self.moe_layer_params() if self.is_moe_layer(i) else self.dense_mlp_params()
         return self.attention_params() + mlp + 2 * self.norm_params()
+
+    def mtp_params(self) -> int:
+        """Parameters of the multi-token-prediction modules (DeepSeek-V3 §2.2): per depth the 2h→h
+        projection, its two input norms and the head's norm, and one block like the last layer
+        (the embedding and the output head are shared)."""
+        h = self.hidden_size
+        per = 2 * h * h + 3 * self.norm_params() + self.layer_params(self.num_layers - 1)
+        return self.mtp_layers * per
 
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size + self.learned_pos_embeddings * self.hidden_size
@@ -443,6 +456,7 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
         num_shared_experts=_int_key(cfg, "n_shared_experts", where, default=0, positive=False),
         first_dense_layers=_int_key(cfg, "first_k_dense_replace", where, default=0, positive=False),
         moe_layer_freq=_int_key(cfg, "moe_layer_freq", where, default=1),
+        mtp_layers=_int_key(cfg, "num_nextn_predict_layers", where, default=0, positive=False),
         q_lora_rank=_int_key(cfg, "q_lora_rank", where, default=0, positive=False),
         kv_lora_rank=_int_key(cfg, "kv_lora_rank", where, default=0, positive=False),
         qk_nope_head_dim=_int_key(cfg, "qk_nope_head_dim", where, default=0, positive=False),

@@ -297,6 +297,16 @@ def validate_plan(plan: TrainingPlan, job: TrainingJob, num_devices: int,
         raise InputError(f"plan first={plan.first}, last={plan.last} must be >= 1 when given")
     if plan.split != EVEN:
         chunk_layers(m.num_layers, plan.schedule, plan.pp, plan.vpp, plan.split)  # raises when they do not add up
+    if plan.layout:
+        # MTP layers sit with the loss in the last stage (Megatron-Bridge's DeepSeek-V3 layouts
+        # "...tmL"), where the engine costs them
+        chunks = expand_layout(plan.layout)
+        mtp = "".join(chunks).count("m")
+        if mtp != m.mtp_layers:
+            raise InputError(f"plan layout holds {mtp} MTP layers ('m') but the model trains {m.mtp_layers}")
+        if mtp and chunks[-1].count("m") != mtp:
+            raise InputError("plan layout: MTP layers ('m') are modelled with the loss in the last stage; "
+                             "put every 'm' in the last '|'-separated stage")
     if job.global_batch % (plan.dp * plan.mb):
         raise InputError(f"global batch {job.global_batch} must be a multiple of dp·mb = "
                          f"{plan.dp}·{plan.mb}")
@@ -365,7 +375,7 @@ def layers_split(m: ModelSpec, chunks: int) -> bool:
 # ---- uneven pipeline stages (Megatron-Core's split options) ----
 
 EVEN = (0, 0, False, False, "")  # TrainingPlan.split with no uneven key set
-LAYOUT_SYMBOLS = {"E": "embedding", "t": "transformer layer", "L": "loss"}
+LAYOUT_SYMBOLS = {"E": "embedding", "t": "transformer layer", "m": "multi-token-prediction layer", "L": "loss"}
 _MAX_LAYOUT = 100_000  # expanded layout symbols: far beyond any model's layers, bounds a typo's cost
 
 
@@ -412,11 +422,9 @@ def expand_layout(text: str) -> tuple[str, ...]:
     if len(s) > _MAX_LAYOUT:
         raise InputError(f"plan layout expands to more than {_MAX_LAYOUT:,} symbols")
     for ch in s:
-        if ch == "m":
-            raise InputError("plan layout symbol 'm' (an MTP layer) is not modelled; valid: E t L, '|', x*n, (...)*n")
         if ch not in LAYOUT_SYMBOLS and ch != "|":
             raise InputError(f"plan layout symbol {ch!r} in {text!r}; valid: E (embedding), t (transformer "
-                             f"layer), L (loss), '|' between stages, x*n and (...)*n repeats")
+                             f"layer), m (MTP layer), L (loss), '|' between stages, x*n and (...)*n repeats")
     return tuple(s.split("|"))
 
 

@@ -38,9 +38,10 @@ def test_overlapped_all_to_all_exposes_what_outlasts_the_compute_plus_the_slowdo
     assert ep_overlapped(_terms(fwd_dense=1.0))["fwd_ep_dense"] == 0.0  # no A2A, nothing to expose
 
 
-def _dsv3(schedule: str, overlap: bool = False):
-    job = TrainingJob(load_model("deepseek-v3"), seq_len=4096, global_batch=15360, dtype="fp8",
-                      overlap_ep_comm=overlap)
+def _dsv3(schedule: str, overlap: bool = False, mtp: bool = True):
+    model = load_model("deepseek-v3")
+    job = TrainingJob(model if mtp else replace(model, mtp_layers=0), seq_len=4096, global_batch=15360,
+                      dtype="fp8", overlap_ep_comm=overlap)
     cl = load_cluster("dgx-h100", nodes=256)
     plan = parse_plan(f"pp=16,ep=64,mb=1,schedule={schedule},first=3,last=2", cl.num_devices)
     return job, plan, cl
@@ -54,10 +55,11 @@ def test_dualpipe_overlaps_the_expert_all_to_all_and_1f1b_does_not_unless_asked(
     per-layer exposure."""
     dual = estimate(*_dsv3("dualpipe"))
     plain = estimate(*_dsv3("1f1b"))
-    asked = estimate(*_dsv3("1f1b", overlap=True))
     assert dual.breakdown_s["ep_comm"] < 0.5 * plain.breakdown_s["ep_comm"]
-    assert asked.breakdown_s["ep_comm"] == pytest.approx(dual.breakdown_s["ep_comm"], rel=0.02)
     assert dual.step_time_s < plain.step_time_s
+    # per-layer exposure alike (without the MTP block, which sits on a different stage in the V)
+    dual0, asked0 = estimate(*_dsv3("dualpipe", mtp=False)), estimate(*_dsv3("1f1b", overlap=True, mtp=False))
+    assert asked0.breakdown_s["ep_comm"] == pytest.approx(dual0.breakdown_s["ep_comm"], rel=0.02)
     # DeepSeek-V3's report: 2.664M H800 GPU-hours for 14.8T tokens, 1,543 tokens/s per GPU; on
     # H100 (faster NVLink) the overlapped plan must land in that range, the exposed one far below
     per_gpu = dual.tokens_per_s / 2048

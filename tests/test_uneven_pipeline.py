@@ -52,8 +52,14 @@ def test_deepseek_v3_layout_of_the_megatron_guide():
     assert pl.n_layers.tolist() == [5] + [4] * 13 + [2, 2]
     # the first 3 layers are dense (first_k_dense_replace = 3): all of chunk 0, none of chunk 16
     assert pl.chunk_moe[0] == 0 and pl.chunk_moe[16] == 2 and pl.n_moe[0] == 2
-    with pytest.raises(InputError, match="'m'.*MTP"):
-        parse_plan("pp=16,layout=Et*3|(tt|)*29,m|L")
+    # the guide's own layout puts the MTP layer in a chunk of its own; the engine costs MTP with
+    # the loss (Megatron-Bridge's DeepSeek-V3 layouts, "...tmL"), so it asks for that placement
+    job = TrainingJob(model=ds, seq_len=4096, global_batch=1024, dtype="fp8")
+    guide = parse_plan("pp=16,ep=8,mb=1,layout=Et*3|(tt|)*29,m|L", 256)
+    with pytest.raises(InputError, match="MTP layers \\('m'\\) are modelled with the loss in the last stage"):
+        validate_plan(guide, job, 256)
+    with pytest.raises(InputError, match="holds 0 MTP layers \\('m'\\) but the model trains 1"):
+        validate_plan(parse_plan("pp=16,ep=8,mb=1,layout=Et*3|(tt|)*29,|L", 256), job, 256)
 
 
 def test_first_last_as_megatron_offsets():

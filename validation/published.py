@@ -41,10 +41,18 @@ MEGATRON_GPT = {174.6: (96, 12288, 96), 529.6: (105, 20480, 128)}
 # Megatron-Bridge model headings -> our presets (Nemotron-3 Nano: hybrid Mamba layers, is not modelled)
 BRIDGE_MODELS = {"LLAMA3_70B": "llama3-70b", "LLAMA3.1_405B": "llama3-405b", "Qwen3_30B_a3B": "qwen3-30b-a3b",
                  "Qwen3_235B_a22B": "qwen3-235b-a22b", "GPT OSS 120B": "gpt-oss-120b", "LLAMA3_8B": "llama3-8b",
-                 "Kimi_K2": "kimi-k2", "DeepSeekV3 (w/o MTP)": "deepseek-v3",
+                 "Kimi_K2": "kimi-k2", "DeepSeekV3": "deepseek-v3", "DeepSeekV3 (w/ MTP)": "deepseek-v3",
+                 "DeepSeekV3 (w/o MTP)": "deepseek-v3",
                  # token-drop runs: capacity factor 1 over force-balanced routing drops nothing
                  "Qwen3_30B_a3B (tokendrop)": "qwen3-30b-a3b", "Qwen3_235B_a22B (tokendrop)": "qwen3-235b-a22b",
                  "DeepSeekV3 (tokendrop)": "deepseek-v3", "DeepSeekV3 (dropless)": "deepseek-v3"}
+# Runs of a model with MTP layers that trained without them
+BRIDGE_NO_MTP = {"DeepSeekV3 (w/o MTP)"}
+# The pipeline layouts of the 61-layer DeepSeek-V3 / Kimi-K2 recipes by model chunks (pp·vp), MTP
+# with the loss (Megatron-Bridge recipes/deepseek/h100/deepseek_v3.py
+# `_get_deepseek_v3_pipeline_layout`, recipes/kimi/h100/kimi_k2.py `_get_kimi_k2_pipeline_layout`;
+# the GB300 recipes pass "Et*4|(t*4|)*14tmL" for 16 chunks); "{m}" is one 'm' per MTP layer
+LAYOUTS_61 = {4: "Et*16|t*16|t*16|t*13{m}L", 8: "Et*8|(t*8|)*6t*5{m}L", 16: "Et*4|(t*4|)*14t{m}L"}
 # Megatron-Bridge systems -> cluster presets (the NVL72 racks: a job's GPUs in NVLink domains of
 # at most 64, the 16 trays a job takes of a rack's 18)
 BRIDGE_CLUSTERS = {"DGX-H100": "dgx-h100", "DGX-B200": "dgx-b200", "DGX-B300": "dgx-b300",
@@ -60,11 +68,15 @@ BRIDGE_DTYPES = {"FP8": "fp8", "MXFP8": "fp8", "FP8-CS": "fp8", "FP8-MX": "fp8",
 # scripts/performance perf_recipes/qwen/h100/qwen3_moe.py for Qwen3-235B; the Qwen3-30B H100
 # recipe runs the HybridEP dispatcher without it)
 BRIDGE_EP_OVERLAP = {"Qwen3_235B_a22B"}
+# ... and the DeepSeek-V3 recipes that turn it on, by system, precision and their (PP, VP, EP)
+# (perf_recipes/deepseek at the snapshot: the b200 fp8mx and nvfp4 configs; GB200/GB300 MXFP8 through
+# _enable_deepseek_full_iteration_mxfp8); runs of another layout ran an older recipe
+BRIDGE_EP_OVERLAP_RUNS = {("DeepSeekV3", "DGX-B200", "MXFP8", 8, 2, 32), ("DeepSeekV3", "DGX-B200", "NVFP4", 8, 2, 32),
+                          ("DeepSeekV3", "DGX-GB200", "MXFP8", 4, 4, 64),
+                          ("DeepSeekV3", "DGX-GB300", "MXFP8", 2, 8, 32)}
 BRIDGE_NOT_MODELLED = {
     **{m: "hybrid Mamba-Transformer layers are not modelled"
        for m in ("Nemotron_3_Nano", "Nemotron_3_Super", "Nemotron_3_Ultra", "Nemotron_3_5_Lightning")},
-    "DeepSeekV3": "the recipe's multi-token-prediction layer (MTP) is not modelled",
-    "DeepSeekV3 (w/ MTP)": "the multi-token-prediction layer (MTP) is not modelled",
     "DeepSeekV4 Flash": "no DeepSeek-V4 preset (its published config is not in the catalog)"}
 
 
@@ -326,6 +338,8 @@ def _bridge_case(r: dict) -> dict:
     """One Megatron-Bridge row: its TP/PP/CP/VP/EP, micro-batch and global batch as printed, on the
     `megatron-bridge` software profile; recompute is not printed: the least that fits."""
     model = load_model(BRIDGE_MODELS[r["model"]])
+    if r["model"] in BRIDGE_NO_MTP:
+        model = replace(model, mtp_layers=0)
     gpus, seq = int(r["#-GPUs"]), int(r["Sequence Length"])
     num = {k: int(r[k]) if r[k] not in ("", "n/a") else 1 for k in ("TP", "PP", "CP", "VP", "EP")}
     tp, pp, cp, vp, ep = (num[k] for k in ("TP", "PP", "CP", "VP", "EP"))
@@ -333,19 +347,26 @@ def _bridge_case(r: dict) -> dict:
         raise InputError(f"precision {r['Precision']!r} not printed or not known")
     job = apply_software(TrainingJob(model=model, seq_len=seq, global_batch=int(r["GBS"]),
                                      dtype=BRIDGE_DTYPES[r["Precision"]]), "megatron-bridge",
-                         overlap_ep_comm=r["model"] in BRIDGE_EP_OVERLAP)
+                         overlap_ep_comm=(r["model"] in BRIDGE_EP_OVERLAP
+                                          or (r["model"], r["System"], r["Precision"], pp, vp, ep)
+                                          in BRIDGE_EP_OVERLAP_RUNS))
     cluster = _bridge_cluster(r["System"], gpus)
     fsdp = r.get("FSDP", "").split(" ")[0] not in ("", "0")  # Megatron-FSDP: parameters sharded too
     # the recipes of the models whose layers the pipeline does not divide (Llama 3.1 405B, Qwen3
     # 235B) count the embedding and the loss as pipeline slots (Megatron-Bridge recipes:
     # account_for_embedding_in_pipeline_split / account_for_loss_in_pipeline_split = True)
     slots = model.num_layers % (pp * vp) != 0
+    layout = ""
+    if slots and model.num_layers == 61 and pp * vp in LAYOUTS_61:
+        layout, slots = LAYOUTS_61[pp * vp].format(m="m" * model.mtp_layers), False
+    elif model.mtp_layers and pp > 1:  # MTP with the loss, in the last stage (where the engine costs it)
+        slots = False
     # Megatron-FSDP recipes on Grace-Blackwell offload activations to Grace memory instead of
     # recomputing (Megatron-Bridge perf_recipes/llama/gb200|gb300/llama3.py: cpu_offloading with
     # cpu_offloading_num_layers 20-40)
     est = _first_fit(job, cluster, offload_layers=fsdp, dp=gpus // (tp * pp * cp), tp=tp, pp=pp, cp=cp, vpp=vp, ep=ep,
                      mb=int(r["MBS"]), schedule="interleaved" if vp > 1 else "1f1b", sp=tp > 1,
-                     zero=3 if fsdp else 1, pp_embed=slots, pp_loss=slots)
+                     zero=3 if fsdp else 1, pp_embed=slots, pp_loss=slots, layout=layout)
     measured = float(r["Tokens / sec / GPU"])
     pred = est.tokens_per_s / gpus
     layout = " ".join(f"{k.lower()}={num[k]}" for k in ("TP", "PP", "CP", "VP", "EP") if num[k] > 1)
