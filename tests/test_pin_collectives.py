@@ -492,7 +492,8 @@ def test_an_op_named_in_text_costs_what_the_literal_op_costs():
     from hwmodels.collectives import OPS, candidates
     shapes = [(load_cluster("dgx-h100", nodes=1), 8, 1), (load_cluster("dgx-h100", nodes=2), 16, 1),
               (load_cluster("dgx-h100", nodes=2), 2, 8), (load_cluster("dgx-h100", nodes=1), 2, 1),
-              (load_cluster("mi300x", nodes=1), 8, 1), (load_cluster("mi300x", nodes=2), 16, 1)]  # no table
+              (load_cluster("mi300x", nodes=1), 8, 1), (load_cluster("mi300x", nodes=2), 16, 1),  # no table
+              (load_cluster("tpu-v5p"), 64, 1)]  # ICI torus rings
 
     def costs(name_of):
         candidates.cache_clear()  # cached by op: keep the text spelling from reusing the literal's
@@ -502,10 +503,11 @@ def test_an_op_named_in_text_costs_what_the_literal_op_costs():
                 if op == "send_recv" and n != 2:
                     continue
                 for nbytes in (4096, 64 * 2**20):  # LL and Simple territory
-                    for proto in ("auto", "LL"):
+                    for proto in ("auto", "LL") if c.tiers[-1].kind != "ici-torus" else ("auto",):
                         r = collective_cost(c, name_of(op), n, stride, nbytes, protocol=proto)
                         out[(op, c.name, c.num_devices, n, stride, nbytes, proto)] = (r.time_s, r.algorithm, r.protocol)
-                    if c.num_devices > 8 and n > 2 and op in ("all_reduce", "all_gather", "reduce_scatter"):
+                    if (c.num_devices > 8 and n > 2 and c.tiers[-1].kind != "ici-torus"
+                            and op in ("all_reduce", "all_gather", "reduce_scatter")):
                         r = collective_cost(c, name_of(op), n, stride, nbytes, algorithm="hierarchical")
                         out[(op, c.name, n, nbytes, "hierarchical")] = (r.time_s, r.latency_s)
         return out
@@ -527,24 +529,43 @@ def test_pcie_ring_efficiency_follows_the_measured_rings_linear_in_log2_ranks():
     assert pcie_ring_efficiency(1) == pytest.approx(24 / 32)
     w3 = math.log2(3) - 1  # 3 GPUs: 0.585 of the way from 2 to 4 in log2
     assert pcie_ring_efficiency(3) == pytest.approx((1 - w3) * 24 / 32 + w3 * 35 / 64)
-    w6 = math.log2(6) - 2
-    assert pcie_ring_efficiency(6) == pytest.approx((1 - w6) * 35 / 64 + w6 * 28 / 64)
+    for k in (5, 6):
+        w = math.log2(k) - 2
+        assert pcie_ring_efficiency(k) == pytest.approx((1 - w) * 35 / 64 + w * 28 / 64)
 
 
 def test_a_pcie_ring_between_measured_sizes_interpolates_in_log2_ranks():
     """The RTX PRO 6000 server's NCCL table measures 2, 4 and 8 GPUs; a 6-GPU ring lies
     log2(6) − 2 = 0.585 of the way from 4 to 8 in log2(ranks): its latency is the linear blend
     of the two measured lines and its per-byte cost the geometric one (bus bandwidth falls by a
-    constant factor per doubling of the ring), per algorithm and protocol."""
+    constant factor per doubling of the ring), per algorithm and protocol; likewise 5 GPUs, 0.32
+    of the way."""
     from hwmodels.collectives import _fits_at, tier_calibration
     cal = tier_calibration(load_cluster("rtx-pro-6000-server"))
     assert cal is not None and cal.per_size
     fits = cal.fits["all_reduce"]
-    w = math.log2(6) - 2
-    at6 = {(p.algorithm, p.protocol): p for p in _fits_at(fits, 6, "all_reduce")}
     at4 = {(p.algorithm, p.protocol): p for p in fits[4]}
     at8 = {(p.algorithm, p.protocol): p for p in fits[8]}
-    assert at6 and set(at6) == set(at4) & set(at8)
-    for key, p in at6.items():
-        assert p.base_s == pytest.approx((1 - w) * at4[key].base_s + w * at8[key].base_s, rel=1e-12)
-        assert p.u == pytest.approx(at4[key].u ** (1 - w) * at8[key].u ** w, rel=1e-12)
+    for n in (5, 6):  # 0.32 and 0.585 of the way
+        w = math.log2(n) - 2
+        at_n = {(p.algorithm, p.protocol): p for p in _fits_at(fits, n, "all_reduce")}
+        assert at_n and set(at_n) == set(at4) & set(at8)
+        for key, p in at_n.items():
+            assert p.base_s == pytest.approx((1 - w) * at4[key].base_s + w * at8[key].base_s, rel=1e-12)
+            assert p.u == pytest.approx(at4[key].u ** (1 - w) * at8[key].u ** w, rel=1e-12)
+
+
+@pytest.mark.parametrize("proto,share", [("Simple", 1.0), ("LL", 0.25)])
+def test_hierarchical_all_reduce_bandwidth_is_its_three_phases(proto, share):
+    """Hierarchical all-reduce over 4 DGX H100 nodes (forced): reduce-scatter inside the node,
+    a ring across the 4 nodes on S/8 per rail (all_reduce's 2·(4 − 1)/4 = 1.5 of it through
+    each NIC at 48 of 50 GB/s, GTC24 S62129, times the protocol's share of the bus bandwidth:
+    NCCL tuning.cc models LL at 1/4 of it across nodes), then all-gather inside the node: the
+    per-byte times add."""
+    c = load_cluster("dgx-h100", nodes=4)
+    S = 2 ** 28
+    hier = collective_cost(c, "all_reduce", 32, 1, S, algorithm="hierarchical", protocol=proto)
+    rs = collective_cost(c, "reduce_scatter", 8, 1, S, algorithm="ring", protocol=proto)
+    ag = collective_cost(c, "all_gather", 8, 1, S, algorithm="ring", protocol=proto)
+    net = 1.5 * S / 8 / (50e9 * 0.96 * share)
+    assert hier.bandwidth_s == pytest.approx(rs.bandwidth_s + ag.bandwidth_s + net, rel=1e-9)

@@ -41,11 +41,14 @@ MODULES: dict[str, list[str]] = {
     "hwmodels/topology.py": ["tests/test_pin_topology.py", "tests/test_pin_collectives.py",
                              "tests/test_collectives.py"],
     "simulator/ops.py": ["tests/test_pin_ops.py", "tests/test_layer.py", "tests/test_pin_analytic.py",
-                         "tests/test_moe_folding.py", "tests/test_moe_overlap.py", "tests/test_spine.py"],
+                         "tests/test_moe_folding.py", "tests/test_moe_overlap.py", "tests/test_spine.py",
+                         "tests/test_torchtitan.py", "tests/test_mtp.py"],
     "simulator/memory.py": ["tests/test_pin_memory.py", "tests/test_spine.py", "tests/test_moe_folding.py",
-                            "tests/test_uneven_pipeline.py", "tests/test_published.py"],
+                            "tests/test_uneven_pipeline.py", "tests/test_torchtitan.py", "tests/test_act_offload.py",
+                            "tests/test_mtp.py", "tests/test_published.py"],
     "simulator/analytic.py": ["tests/test_pin_analytic.py", "tests/test_spine.py", "tests/test_fsdp.py",
-                              "tests/test_moe_overlap.py", "tests/test_moe_folding.py", "tests/test_published.py"],
+                              "tests/test_moe_overlap.py", "tests/test_moe_folding.py", "tests/test_torchtitan.py",
+                              "tests/test_act_offload.py", "tests/test_mtp.py", "tests/test_published.py"],
     "simulator/des.py": ["tests/test_pin_des.py", "tests/test_des.py", "tests/test_spine.py",
                          "tests/test_uneven_pipeline.py"],
     "simulator/serving/scheduler.py": ["tests/test_pin_scheduler.py", "tests/test_serving_policies.py",
@@ -176,9 +179,20 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
      "out_pod >= 0: on_rail counts the group's members on a rail, on_pod_rail those of them in "
      "one pod (a subset), so != 0 is > 0"),
     ("hwmodels/collectives.py", "ReplaceComparisonOperator_Eq_Is",
+     'if op == "all_reduce" and nvls_min and not per_size',
+     "calibrate's op runs over its own tuple of literals (\"all_reduce\", ..., \"all_to_all\"), the "
+     "same interned objects as the literal it is compared with: `is` == `==`"),
+    ("hwmodels/collectives.py", "ReplaceComparisonOperator_Eq_Is",
      ('        algo = "pairwise" if op == "all_to_all" else "ring"', 32),
      "calibrate's op runs over its own tuple of literals (\"all_reduce\", ..., \"all_to_all\"), the "
      "same interned objects as the literal it is compared with: `is` == `==`"),
+    ("hwmodels/collectives.py", "ReplaceComparisonOperator_Eq_Is", 'protos = PROTOCOLS if link == "nvlink" else',
+     "link is a value of _LINK_CLASS (literals \"nvlink\", \"pci\", \"net\") or the literal default "
+     "\"net\": interned, `is` == `==`"),
+    ("hwmodels/collectives.py", "ReplaceComparisonOperator_Gt_NotEq", "if p is not None and p[-1] + (p[-2] if len(p) == 4 else 0) > 0:",
+     "fitted parameters come from _nnls (x >= 0: entries leave the passive set at <= 1e-15 and are "
+     "zeroed) or are copied between such fits by _order_protocols: the per-byte sum is >= 0, so "
+     "!= 0 is > 0"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", "if rows <= 0:",
      "rows = a batch's sample count, never negative: <= 0 is == 0"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", "if n <= 0:",
@@ -255,10 +269,6 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("simulator/serving/scheduler.py", "ReplaceBinaryOperator_FloorDiv_RShift", "full = avail // per_cycle",
      "decode_run_length's whole-cycle shortcut: avail >> n <= avail // n, and the cycles it "
      "undercounts are then walked residue by residue to the same run length"),
-    *[("simulator/serving/scheduler.py", op, ("m = min(n - 1, full * bs)", 28),
-       "decode_run_length's whole-cycle shortcut: full >> bs and full // bs only undercount the "
-       "cycles, which the residue walk then covers to the same run length")
-      for op in ("ReplaceBinaryOperator_Mul_RShift", "ReplaceBinaryOperator_Mul_FloorDiv")],
     ("simulator/serving/scheduler.py", "ReplaceComparisonOperator_Gt_NotEq", "if done > 0:",
      "done = kd - dec_k0 >= 0 (kd only grows): != 0 is > 0"),
     *[("simulator/serving/scheduler.py", "NumberReplacer", line,
