@@ -132,6 +132,16 @@ def kv_heads_per_rank(model: ModelSpec, tp: int) -> int:
     return math.ceil(model.num_kv_heads / tp)
 
 
+def attention_width_ratio(model: ModelSpec) -> float:
+    """The attention core's work relative to a kernel of the q·k width for both products: MLA's
+    A·V runs at the value width d_h^v (128 in DeepSeek-V3) while Q·K^T runs at d_h + d_h^R (192),
+    DeepSeek-V2 arXiv 2405.04434 §2.1.3; 1 where the two widths are equal."""
+    d = attention_qk_dim(model)
+    if not model.is_mla or d <= 0 or model.v_head_dim <= 0:
+        return 1.0
+    return (d + model.v_head_dim) / (2 * d)
+
+
 def attention_qk_dim(model: ModelSpec) -> int:
     """Width of one head's q·k product (DeepSeek-V2, arXiv 2405.04434 §2.1.3: d_h + d_h^R for MLA)."""
     return model.qk_nope_head_dim + model.qk_rope_head_dim if model.is_mla else model.head_dim
@@ -434,11 +444,11 @@ def chunk_attention_s(km: KernelModel, model: ModelSpec, heads: int, kv_heads: i
         t_w = km.flash_attention_s(count * n, window, window, heads, kv_heads, d, True)
         t_2w = km.flash_attention_s(count * n, 2 * window, 2 * window, heads, kv_heads, d, True)
         per_block = min(2 * t_w, t_2w - t_w) if t_2w > t_w else 2 * t_w
-        return per_block * blocks / n
+        return per_block * blocks / n * attention_width_ratio(model)
     t = km.flash_attention_s(count, q, q, heads, kv_heads, d, True)
     if ctx:
         t += km.flash_attention_s(count, q, ctx, heads, kv_heads, d, False)
-    return t
+    return t * attention_width_ratio(model)
 
 
 # ---- training ----------------------------------------------------------------------------------
@@ -474,7 +484,8 @@ def _core_attention(km: KernelModel, model: ModelSpec, job: TrainingJob, plan: T
                     heads: int, kv_heads: int, ph: str) -> list[Op]:
     mb, s, cp = plan.mb, job.seq_len, plan.cp
     d = attention_qk_dim(model)
-    causal_flops = 2.0 * mb * s * s * heads * d / cp  # causal QK^T + AV, per rank (half of 4·b·s²·a·d)
+    # causal QK^T + AV, per rank (half of 4·b·s²·a·d; MLA's AV at its value width)
+    causal_flops = 2.0 * mb * s * s * heads * d * attention_width_ratio(model) / cp
     if job.flash_attention:
         if ph == "recompute" and plan.recompute == "selective":
             return []  # flash attention recomputes its scores inside the backward kernel
@@ -496,16 +507,17 @@ def _core_attention(km: KernelModel, model: ModelSpec, job: TrainingJob, plan: T
     b = heads * mb
     scores = b * s * s // cp  # elements of the score matrix per rank
     drop = 1 if job.dropout else 0
+    dv = model.v_head_dim if model.is_mla else d  # A·V at the value width
     if ph == "bwd":  # two GEMMs per forward GEMM; softmax bwd reads y, dy, writes dx; dropout bwd
         return [Op("attn.qk", "compute", ph, 4.0 * scores * d, 0.0, 2 * km.bmm_s(b, s // cp, s, d)),
                 Op("attn.softmax", "compute", ph, 0.0, (3 * 2 + 2 * drop) * scores,
                    km.memory_s((3 * 2 + 2 * drop) * scores)),
-                Op("attn.av", "compute", ph, 4.0 * scores * d, 0.0, 2 * km.bmm_s(b, s // cp, d, s))]
+                Op("attn.av", "compute", ph, 4.0 * scores * dv, 0.0, 2 * km.bmm_s(b, s // cp, dv, s))]
     # Full (non-causal) s×s products: the 2021 kernels compute the masked half too.
     return [Op("attn.qk", "compute", ph, 2.0 * scores * d, 0.0, km.bmm_s(b, s // cp, s, d)),
             Op("attn.softmax", "compute", ph, 0.0, (2 * 2 + (2 * 2 + 1) * drop) * scores,
                km.memory_s((2 * 2 + (2 * 2 + 1) * drop) * scores)),
-            Op("attn.av", "compute", ph, 2.0 * scores * d, 0.0, km.bmm_s(b, s // cp, d, s))]
+            Op("attn.av", "compute", ph, 2.0 * scores * dv, 0.0, km.bmm_s(b, s // cp, dv, s))]
 
 
 def _sum_phase(ops: tuple[Op, ...]) -> tuple[float, float, dict, float]:

@@ -189,16 +189,18 @@ def test_events_per_second_is_events_over_wall_time():
     assert DESResult(1.0, {}, {}, 3000, 0.0, 1).events_per_s == 0.0
 
 
-def test_the_last_weight_gradient_pass_is_named_by_its_first_bucket():
-    """In the trace, the last micro-batch's W pass appears as its first bucket "W7" followed by
-    the remaining buckets "W7+" (one pass walking the layers)."""
+@pytest.mark.parametrize("plan,first", [("tp=2,pp=2,mb=1,schedule=zb-h1", "W7"), ("tp=2,pp=2,mb=1", "B7.0")])
+def test_the_last_pass_is_named_by_its_first_bucket(plan, first):
+    """In the trace, the last micro-batch's W pass (Zero Bubble) or, with DDP bucketing, the last
+    backward of a chunk appears as its first bucket ("W7", "B7.0") followed by the remaining
+    buckets ("W7+", "B7.0+"): one pass walking the layers."""
     from simulator.des import simulate
     cl = load_cluster("dgx-h100", nodes=1)
     job = TrainingJob(load_model("llama3-8b"), 2048, 16)
-    _, res = simulate(job, parse_plan("tp=2,pp=2,mb=1,schedule=zb-h1", cl.num_devices), cl, trace=True)
+    _, res = simulate(job, parse_plan(plan, cl.num_devices), cl, trace=True)
     for unit in {e[0] for e in res.timeline}:
-        w7 = [e[2] for e in sorted(res.timeline, key=lambda e: e[3]) if e[0] == unit and e[2].startswith("W7")]
-        assert w7[0] == "W7" and len(w7) > 1 and set(w7[1:]) == {"W7+"}
+        names = [e[2] for e in sorted(res.timeline, key=lambda e: e[3]) if e[0] == unit and e[2].startswith(first[:2])]
+        assert names[0] == first and len(names) > 1 and set(names[1:]) == {first + "+"}
 
 
 def test_pipeline_sends_between_nodes_take_time():
@@ -269,18 +271,6 @@ def test_an_interleaved_plan_of_more_than_256_model_chunks_runs_every_pass():
     des.net.transfer = lambda d, links: (sends.append(links) if len(links) == 2 else None) or transfer(d, links)
     des.run()
     assert len(sends) == 2 * 2 * 257
-
-
-def test_the_last_backward_is_named_by_its_first_bucket():
-    """With DDP bucketing the last micro-batch's backward of a chunk appears as its first bucket
-    "B7.0" followed by the remaining buckets "B7.0+"."""
-    from simulator.des import simulate
-    cl = load_cluster("dgx-h100", nodes=1)
-    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
-    _, res = simulate(job, parse_plan("tp=2,pp=2,mb=1", cl.num_devices), cl, trace=True)
-    for unit in {e[0] for e in res.timeline}:
-        b7 = [e[2] for e in sorted(res.timeline, key=lambda e: e[3]) if e[0] == unit and e[2].startswith("B7")]
-        assert b7[0] == "B7.0" and len(b7) > 1 and set(b7[1:]) == {"B7.0+"}
 
 
 def test_straggler_ranks_outside_the_cluster_are_refused():

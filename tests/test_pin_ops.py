@@ -527,3 +527,18 @@ def test_mla_without_query_compression_projects_q_straight_from_the_hidden_state
     assert ("qkv.q", 3072, 2048) in attention_gemms(lite, 1)
     assert ("qkv.q", 1536, 2048) in attention_gemms(lite, 2)
     assert not any(n.startswith("qkv.q_") for n, _, _ in attention_gemms(lite, 1))
+
+
+def test_mla_attention_core_runs_av_at_the_value_width():
+    """MLA (DeepSeek-V2 arXiv 2405.04434 §2.1.3): Q·K^T at d_h + d_h^R = 192, A·V at d_h^v = 128
+    for DeepSeek-V3, so the attention core does (192 + 128) / (2·192) of a 192-wide kernel's work,
+    in FLOPs and in time; equal widths (GQA) leave it whole."""
+    from simulator.ops import attention_width_ratio, chunk_attention_s
+    from hwmodels.kernels import kernel_model
+    from simulator.models import load_model
+    ds, llama = load_model("deepseek-v3"), load_model("llama3-8b")
+    assert attention_width_ratio(ds) == pytest.approx((192 + 128) / 384)
+    assert attention_width_ratio(llama) == 1.0
+    km = kernel_model("h100-sxm", "bf16")
+    full = km.flash_attention_s(1, 4096, 4096, 128, 128, 192, True)
+    assert chunk_attention_s(km, ds, 128, 128, 1, 4096, 0) == pytest.approx(full * (192 + 128) / 384)
