@@ -77,3 +77,13 @@ def test_plan_key_round_trips_and_bad_values_are_one_line_errors():
         estimate(JOB, _plan(80), GB200)
     with pytest.raises(InputError, match="needs recompute none or selective"):
         estimate(JOB, _plan(10, "full"), GB200)
+
+
+def test_a_stage_offloads_at_most_all_but_its_last_layer():
+    """Transformer Engine's offload handler keeps the layer whose backward runs first: with 40
+    layers per stage (pp=2), act_offload=60 offloads 39 of them, as act_offload=39 does."""
+    job = apply_software(TrainingJob(model=M70, seq_len=8192, global_batch=64, dtype="fp8"), "megatron-bridge")
+    acts = lambda off: estimate(job, TrainingPlan(dp=32, pp=2, mb=1, zero=1, act_offload=off),  # noqa: E731
+                                GB200).memory["activations_bytes"]
+    assert acts(60) == pytest.approx(acts(39))
+    assert acts(39) < acts(38) < acts(0)

@@ -82,3 +82,21 @@ def test_bridge_deepseek_v3_rows_replay_with_the_recipes_layouts():
                for c in ds if "w/o MTP" not in c["name"])
     assert all("m" not in c["plan"].split("layout=")[1] for c in ds if "w/o MTP" in c["name"])
     assert not any("MTP" in s["reason"] for s in skipped)
+
+
+def test_the_mtp_block_is_like_the_models_last_layer():
+    """DeepSeek-V3 §2.2: the MTP module's transformer block is like the main model's; with MoE
+    only on every other layer (moe_layer_freq 2) and a dense last layer, the block is dense."""
+    m = replace(DS, num_layers=4, first_dense_layers=0, moe_layer_freq=2)  # layers 0, 2 MoE; 3 dense
+    assert m.is_moe_layer(2) and not m.is_moe_layer(3)
+    assert m.mtp_params() == 2 * m.hidden_size ** 2 + 3 * m.norm_params() + m.layer_params(3)
+    job = TrainingJob(model=m, seq_len=1024, global_batch=64, dtype="fp8")
+    k = _kernel_terms(layer_terms_job(job), H100, 1, 1, 1, False, 1, 0)
+    k0 = _kernel_terms(layer_terms_job(replace(job, model=replace(m, mtp_layers=0))), H100, 1, 1, 1, False, 1, 0)
+    block = k["head_fwd"] - 2 * k0["head_fwd"]
+    assert k0["fwd_dense"] < block < k0["fwd_moe"]
+    pl = placement(m, "1f1b", 2, 1)
+    dense, expert = stage_params(m, pl, 1, 1)
+    dense0, expert0 = stage_params(replace(m, mtp_layers=0), pl, 1, 1)
+    assert expert[-1] == expert0[-1]  # a dense MTP block brings no experts
+    assert dense[-1] - dense0[-1] == pytest.approx(m.mtp_params())

@@ -258,3 +258,20 @@ def test_no_tokens_cost_nothing_even_with_tp_collectives(h100):
     """An empty pass runs no GEMM and no TP all-reduce (Llama 3.1 70B on TP 4)."""
     ic = IterationCost(load_model("llama3.1-70b"), h100, 4)
     assert ic.dense_s(0) == 0.0 and ic.dense_s(1) > 0.0
+
+
+def test_two_pipeline_stages_pay_one_activation_send_per_pass():
+    """Serving with pp stages: each pass's activations (T·h, 16-bit) cross pp − 1 stage
+    boundaries once (the pipeline's point-to-point send); pp = 2 pays exactly one send, on the
+    dense path and the attention-DP path alike."""
+    from hwmodels.clusters import load_cluster
+    from hwmodels.collectives import collective_s
+    from simulator.models import load_model
+    from simulator.precision import ACT_BYTES
+    from simulator.serving.costs import IterationCost
+    m, cl = load_model("llama3-8b"), load_cluster("dgx-h100", nodes=1)
+    one, two = IterationCost(m, cl, tp=1, pp=1), IterationCost(m, cl, tp=1, pp=2)
+    send = collective_s(cl, "send_recv", 2, 1, float(512 * m.hidden_size * ACT_BYTES))
+    # the same layers run either way (split over the stages); only the send is added
+    assert two._dense_at(512) - one._dense_at(512) == pytest.approx(send, rel=1e-6)
+    assert two.dense_dp_s(512, 512) - one.dense_dp_s(512, 512) == pytest.approx(send, rel=1e-6)

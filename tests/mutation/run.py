@@ -193,6 +193,10 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
      "fitted parameters come from _nnls (x >= 0: entries leave the passive set at <= 1e-15 and are "
      "zeroed) or are copied between such fits by _order_protocols: the per-byte sum is >= 0, so "
      "!= 0 is > 0"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_Gt_GtE", "if self.pp > 1:  # activations cross each stage boundary once",
+     "the term added is (pp - 1)·send, 0 at pp = 1: >= 1 adds the same nothing"),
+    ("simulator/analytic.py", "ReplaceComparisonOperator_Gt_GtE", "grad_exposed = np.where(grad > 0,",
+     "at grad = 0 the bucket (grad × share) is 0 too: max(0 - last_bwd, 0) = 0, the other branch"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", "if rows <= 0:",
      "rows = a batch's sample count, never negative: <= 0 is == 0"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", "if n <= 0:",
