@@ -204,3 +204,15 @@ def test_trt_engine_replicates_embedding():
     v = kv_pool(L70, H100.device, 2, 1, 1, "fp16", "fp16", memory_policy="vllm",
                 decoder_workspace=True, **kw)
     assert v.breakdown["weights_bytes"] == pytest.approx(off.breakdown["weights_bytes"])
+
+
+def test_nvlink_bridged_pairs_run_the_custom_all_reduce_only_as_a_pair():
+    """A server whose GPUs are NVLink-bridged in pairs (e.g. H100 NVL): a TP group of 2 is one
+    bridged pair, NVLink-connected, so TensorRT-LLM runs its custom all-reduce; a group of 4
+    spans pairs joined over PCIe, so it takes NCCL (allreducePlugin.cpp selectImplementation:
+    "isAuto && !mIsNVLINKSupported -> NCCL")."""
+    from dataclasses import replace
+    bridged = replace(L40S, name="bridged-pairs", tiers=(replace(L40S.tiers[0], kind="nvlink-bridge"),) + L40S.tiers[1:])
+    assert custom_allreduce_eligible(bridged, 2, "trtllm")
+    assert not custom_allreduce_eligible(bridged, 4, "trtllm")
+    assert not custom_allreduce_eligible(bridged, 8, "trtllm")

@@ -335,3 +335,16 @@ def test_sglang_attention_dp_ranks_split_the_server_limits():
 def replace_engine(cfg, engine):
     from dataclasses import replace
     return replace(cfg, engine=engine)
+
+
+def test_kv_between_replicas_of_one_node_stays_on_nvlink_whatever_their_offsets():
+    """Two prefill replicas (tp=2 at GPUs 0-1 and 2-3) and a decode replica (tp=4 at GPUs 4-7) of
+    one 8-GPU DGX H100: every prompt's KV moves over NVLink (stride 1), from either prefill
+    replica; a node is devices_per_node consecutive GPUs."""
+    w = _wl(num_requests=8, prompt_len=LengthDist.parse("1024"), output_len=LengthDist.parse("4"),
+            rate=RateSchedule.parse("50"), seed=5)
+    sim = ServingSimulation(L8B, parse_serving_plan("prefill_tp=2,prefill_replicas=2,decode_tp=4", H100), w)
+    sim.run()
+    assert sorted(r.offset for r in sim.replicas) == [0, 2, 4]
+    nvlink = collective_s(H100, "send_recv", 2, 1, float(1024 * 128 * 1024 / 2))
+    assert all(r.transfer_s == pytest.approx(nvlink, rel=1e-12) for r in sim.requests)
