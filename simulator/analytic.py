@@ -16,8 +16,8 @@ from hwmodels.collectives import collective_s
 from hwmodels.kernels import kernel_model
 from simulator import schedules
 from simulator.memory import (as_row, by_mesh, cached, expert_dp_size, group, layer_activation_bytes, layer_terms_job,
-                              memo, named_rows, placement, placements, plan_memory, stage_memory, stage_params,
-                              tokens_per_rank)
+                              memo, named_rows, offloaded_layers, placement, placements, plan_memory, stage_memory,
+                              stage_params, tokens_per_rank)
 from simulator.ops import check_supported, layer_cost
 from simulator.precision import ACT_BYTES, WEIGHT_BYTES
 from simulator.regimes import validation_of
@@ -112,7 +112,7 @@ def _kernel_terms(job: TrainingJob, cluster: Cluster, tp: int, cp: int, ep: int,
     # per depth, the 2h→h projection (column-parallel), its two input norms and the head's norm,
     # the next token's embedding, one block like the model's last, and the shared head again
     d = model.mtp_layers
-    kind = "moe" if model.is_moe_layer(model.num_layers - 1) else "dense"
+    kind = "moe" if model.mtp_is_moe else "dense"
     proj_f, proj_w = km.gemm_s(T, h // tp, 2 * h), km.gemm_s(h // tp, 2 * h, T)
     norms = km.memory_s(3 * 2 * T * h * ACT_BYTES)
     mtp_fwd = d * (out[f"fwd_{kind}"] + proj_f + norms + out["embedding"]) if d else 0.0
@@ -137,13 +137,6 @@ def _kernel_terms(job: TrainingJob, cluster: Cluster, tp: int, cp: int, ep: int,
         out[f"offload_fwd_{kind}"] = max(0.0, copy - out[f"fwd_{kind}"])
         out[f"offload_bwd_{kind}"] = max(0.0, copy - out[f"bwd_{kind}"])
     return out
-
-
-def offloaded_layers(act_offload, n_layers):
-    """Layers of a stage whose activations go to host memory: the plan's act_offload, all but the
-    stage's last layer at most (Transformer Engine's offload handler keeps the layer whose backward
-    runs first on the device)."""
-    return np.clip(np.minimum(act_offload, n_layers - 1), 0, None)
 
 
 def ep_overlapped(k: dict) -> dict:
@@ -540,7 +533,7 @@ def estimate(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, validate: b
         hw_flops += 3 * c.fwd_flops + c.recompute_flops
     head_flops = 3 * 2.0 * plan.mb * job.seq_len * model.hidden_size * model.vocab_size
     if model.mtp_layers:  # DeepSeek-V3 §2.2: per depth the head again, the 2h→h projection, one block
-        c = moe_cost if model.is_moe_layer(model.num_layers - 1) else dense_cost
+        c = moe_cost if model.mtp_is_moe else dense_cost
         proj = 3 * 2.0 * plan.mb * job.seq_len * 2 * model.hidden_size ** 2
         layer_flops += model.mtp_layers * 3 * c.fwd_flops
         hw_flops += model.mtp_layers * (3 * c.fwd_flops + c.recompute_flops)

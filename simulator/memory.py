@@ -109,6 +109,13 @@ def saved_gemm_input_bytes(job: TrainingJob) -> float:
     return QUANTISED_INPUT_BYTES.get(job.dtype, ACT_BYTES)
 
 
+def offloaded_layers(act_offload, n_layers):
+    """Layers of a stage whose activations go to host memory (plan act_offload): all but the
+    stage's last layer at most (Transformer Engine's offload handler keeps the layer whose backward
+    runs first on the device)."""
+    return np.clip(np.minimum(act_offload, n_layers - 1), 0, None)
+
+
 def inflight_microbatches(plan: TrainingPlan, job: TrainingJob, stage: int) -> float:
     """Micro-batches whose activations a stage holds at its peak (the schedule's own count)."""
     return schedules.get(plan.schedule).inflight(plan.pp, plan.vpp, micro_batches(plan, job), stage)
@@ -178,7 +185,7 @@ def stage_params(model: ModelSpec, pl: Placement, tp: int, ep: int, etp: int = 1
     dense = (pl.layer_params + pl.first * model.embedding_params()
              + pl.last * (model.head_params() + tied)) / tp
     if model.mtp_layers:  # the MTP modules sit with the loss (DeepSeek-V3 §2.2); their experts go over ep
-        per_expert = model.expert_params() if model.is_moe_layer(model.num_layers - 1) else 0
+        per_expert = model.expert_params() if model.mtp_is_moe else 0
         mtp_experts = model.mtp_layers * model.num_experts * per_expert
         dense = dense + pl.last * (model.mtp_params() - mtp_experts) / tp
         expert = pl.n_moe * ((model.num_experts // ep) * model.expert_params() / etp if model.is_moe else 0)
@@ -367,7 +374,7 @@ def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: 
     # one layer's stay on the device as the copy in flight (Transformer Engine cpu_offload.py
     # double-buffers per layer)
     layer = per_mb / np.maximum(n_layers, 1)
-    off = np.clip(np.minimum(b.act_offload[:, None], n_layers - 1), 0, None)
+    off = offloaded_layers(b.act_offload[:, None], n_layers)
     acts = (per_mb - off * layer) * inflight + np.where(off > 0, layer, 0.0)
     # full recompute: one layer's whole activations live during its backward
     full = b.recompute[:, None] == RECOMPUTE.index("full")
@@ -378,7 +385,7 @@ def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: 
     T = tokens_per_rank(job, b.mb[:, None], cp)
     acts = acts + last * (1 + model.mtp_layers) * (4 * T * model.vocab_size / tp)
     if model.mtp_layers:
-        mtp_act = act["moe"] if model.is_moe_layer(model.num_layers - 1) else act["dense"]
+        mtp_act = act["moe"] if model.mtp_is_moe else act["dense"]
         acts = acts + last * model.mtp_layers * (mtp_act + 2 * T * 2 * model.hidden_size) * inflight
     comm = float(sum(_nccl_bytes(n) for n in (tp, cp, dp, ep, etp, pp if pp > 1 else 1)))
     # ZeRO-3: gathered parameters of the current and the prefetched layer

@@ -266,6 +266,12 @@ class ModelSpec:
         mlp = self.moe_layer_params() if self.is_moe_layer(i) else self.dense_mlp_params()
         return self.attention_params() + mlp + 2 * self.norm_params()
 
+    @property
+    def mtp_is_moe(self) -> bool:
+        """Whether an MTP module's block is an MoE block: it is built like the model's last layer
+        (DeepSeek-V3 §2.2)."""
+        return self.is_moe_layer(self.num_layers - 1)
+
     def mtp_params(self) -> int:
         """Parameters of the multi-token-prediction modules (DeepSeek-V3 §2.2): per depth the 2h→h
         projection, its two input norms and the head's norm, and one block like the last layer
