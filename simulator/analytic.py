@@ -192,32 +192,58 @@ def p2p_s(job: TrainingJob, cluster: Cluster, mb: int, tp: int, cp: int, dp: int
 
 
 def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: int, cp: int, ep: int,
-              dp: int, v: int, zero: int, offload: bool, cache: dict, split: tuple = EVEN, etp: int = 1) -> dict:
+              dp: int, v: int, zero: int, offload: bool, cache: dict, split: tuple = EVEN, etp: int = 1,
+              zero3_unit: str = "layer", rank_copies: bool = False) -> dict:
     """Per stage (arrays (p,)): gradient reduction (all-reduce, or reduce-scatter with ZeRO ≥ 1),
     one pass of parameter all-gathers, gradient bytes, optimizer step seconds (the stage's
     layers as `placement` puts them, with the plan's pipeline split). Dense parameters reduce over
     the dp×cp ranks of a TP rank (stride tp); expert parameters over the expert data-parallel
     group edp = tp·cp·dp/(ep·etp), etp·ep ranks apart (Megatron-Core expert order etp-ep-edp,
-    megatron/core/parallel_state.py; MoE parallel folding, arXiv 2504.14960)."""
+    megatron/core/parallel_state.py; MoE parallel folding, arXiv 2504.14960).
+
+    ZeRO-3 gathers and reduce-scatters each unit of the model on its own, so each collective pays
+    its latency at that unit's message size: `zero3_unit` "layer" (an FSDP unit per transformer
+    block, the embedding and the head their own units: PyTorch FSDP auto-wrap, torchtitan,
+    llm-foundry) or "param" (one collective per weight matrix: DeepSpeed ZeRO-3 before v0.6
+    fetched each sub-module's parameters, deepspeed/runtime/zero/stage3.py fetch_sub_module).
+    `rank_copies`: the collective API copies each rank's slice in a kernel of its own (PyTorch ≤1.9
+    list all_gather/reduce_scatter flatten and unflatten in ProcessGroupNCCL; DeepSpeed PR #1188
+    and #1453 replaced them with the *_base collectives to remove these copies), n copies per call."""
     km = kernel_model(cluster.device.name, dtype)
-    dense, expert = stage_params(model, placement(model, schedule, pp, v, split), tp, ep, etp)
+    pl = placement(model, schedule, pp, v, split)
+    dense, expert = stage_params(model, pl, tp, ep, etp)
     dp_cp, expert_dp = dp * cp, expert_dp_size(tp, cp, dp, ep, etp)
     gb = 2  # bf16 gradient reduction (ZeRO §3: 2Ψ gradients)
+    shares = _zero3_shares(model, zero3_unit)
 
-    def coll(params: float, n: int, stride: int) -> tuple[float, float]:
-        """(gradient reduction, one parameter gather) seconds for `params` over n ranks `stride`
-        apart."""
+    def c(op, n, stride, nbytes):  # cached: ZeRO stages and schedules with one placement share them
+        def make():
+            t = collective_s(cluster, op, n, stride, nbytes)
+            return t + n * km.memory_s(2 * nbytes / n) if rank_copies else t  # read + write each slice
+        return cached(cache, (op, n, stride, nbytes, rank_copies), make)
+
+    def coll(units: list, n: int, stride: int) -> tuple[float, float]:
+        """(gradient reduction, one parameter gather) seconds for the (count, parameters) units
+        over n ranks `stride` apart: whole for ZeRO 0-2, unit by unit for ZeRO-3."""
+        params = sum(k * x for k, x in units)
         if n <= 1 or params <= 0:
             return 0.0, 0.0
-        def c(op, nbytes):  # cached: ZeRO stages and schedules with one placement share them
-            return cached(cache, (op, n, stride, nbytes), lambda: collective_s(cluster, op, n, stride, nbytes))
         if zero == 0:
-            return c("all_reduce", params * gb), 0.0
-        return c("reduce_scatter", params * gb), c("all_gather", params * WEIGHT_BYTES)
+            return c("all_reduce", n, stride, params * gb), 0.0
+        if zero < 3:
+            return c("reduce_scatter", n, stride, params * gb), c("all_gather", n, stride, params * WEIGHT_BYTES)
+        units = [(k, x * f) for k, x in units if k > 0 and x > 0 for f in shares]
+        return (sum(k * c("reduce_scatter", n, stride, x * gb) for k, x in units),
+                sum(k * c("all_gather", n, stride, x * WEIGHT_BYTES) for k, x in units))
     grad, gather, opt = np.zeros(pp), np.zeros(pp), np.zeros(pp)
     for s in range(pp):
-        g1, a1 = coll(float(dense[s]), dp_cp, tp)
-        g2, a2 = coll(float(expert[s]), expert_dp, etp * ep)
+        n_layers, layers = float(pl.n_layers[s]), float(pl.layer_params[s] / tp)
+        # the embedding, head and MTP block: one unit at each end of the model the stage holds
+        rest, ends = float(dense[s]) - layers, float(pl.first[s] + pl.last[s])
+        dense_units = [(n_layers, layers / max(n_layers, 1.0)), (ends, rest / max(ends, 1.0))]
+        g1, a1 = coll(dense_units if zero == 3 else [(1.0, float(dense[s]))], dp_cp, tp)
+        n_moe = float(pl.n_moe[s]) or 1.0
+        g2, a2 = coll([(n_moe, float(expert[s]) / n_moe)], expert_dp, etp * ep)
         grad[s], gather[s] = g1 + g2, a1 + a2
         local = float(dense[s] / (dp_cp if zero >= 1 else 1) + expert[s] / (expert_dp if zero >= 1 else 1))
         if offload:  # grads to host, params back over PCIe, CPU Adam on host DRAM (ZeRO-Offload)
@@ -226,6 +252,18 @@ def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: i
         else:
             opt[s] = km.memory_s(local * ADAM_BYTES_PER_PARAM)
     return {"grad": grad, "gather": gather, "grad_bytes": (dense + expert) * gb, "optimizer": opt}
+
+
+def _zero3_shares(model, unit: str) -> tuple:
+    """Shares of a layer's parameters in each ZeRO-3 collective: one for the whole layer, or one
+    per weight matrix (QKV, attention output, MLP input, MLP output; a gated MLP's input holds two
+    of its three matrices, HF/Megatron fused gate-up)."""
+    if unit == "layer":
+        return (1.0,)
+    attn, mlp = model.attention_params(), model.dense_mlp_params()
+    total, out = attn + mlp, model.attn_out_dim * model.hidden_size
+    up = mlp * (model.mlp_matrices - 1) / model.mlp_matrices
+    return ((attn - out) / total, out / total, up / total, (mlp - up) / total)
 
 
 def gather_passes(zero, recompute):
@@ -390,7 +428,8 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
     # keyed by placement: schedules that place layers alike share their DP terms
     ds = [cached(cache, ("dp", pls[k].chunk_ids, pls[k].chunk_layers, tp, pp, cp, ep, dp, z, off, etp),
                  lambda: _dp_terms(model, cluster, job.dtype, names[pkeys[k][0]], tp, pp, cp, ep, dp, pkeys[k][1], z,
-                                   bool(off), cache, b.split(int(np.argmax(pinv == k))), etp))
+                                   bool(off), cache, b.split(int(np.argmax(pinv == k))), etp,
+                                   job.zero3_unit, job.collective_rank_copies))
           for k, z, off in dkeys]
     d = {name: np.stack([x[name] for x in ds])[dinv] for name in ds[0]}
     cols = b.take((slice(None), None))  # (n, 1) columns broadcast against (n, p) stages
@@ -475,7 +514,8 @@ def step_costs(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) -> StepCo
     pl = placement(model, plan.schedule, p, v, plan.split)
     last_chunk = len(pl.chunk_moe) - 1
     d = _dp_terms(model, cluster, job.dtype, plan.schedule, plan.tp, p, plan.cp, plan.ep, plan.dp, v,
-                  plan.zero, plan.offload, memo("step", layer_terms_job(job), cluster), plan.split, plan.etp)
+                  plan.zero, plan.offload, memo("step", layer_terms_job(job), cluster), plan.split, plan.etp,
+                  job.zero3_unit, job.collective_rank_copies)
     passes = float(gather_passes(plan.zero, RECOMPUTE.index(plan.recompute)))
     stages = []
     for st in range(p):

@@ -70,6 +70,21 @@ PROFILES = {p.name: p for p in (
              "NVIDIA-NeMo/Megatron-Bridge scripts/performance (set_basic_perf_overrides, "
              "CommOverlapConfig) and docs/performance-summary.md",
              TE_ALL_OVERLAPS),
+    Software("deepspeed-0.3",
+             "Megatron-LM's GPT with DeepSpeed 0.3 ZeRO-3 (spring 2021, what Narayanan et al. 2021 "
+             "Table 2 compared against): unfused attention with dropout; each sub-module's weights "
+             "gathered in a call of their own after torch.cuda.synchronize(), so no gather or "
+             "gradient reduce-scatter overlaps compute; PyTorch list collectives that copy every "
+             "rank's slice in a kernel of its own",
+             "microsoft/DeepSpeed v0.3.x deepspeed/runtime/zero/partition_parameters.py "
+             "(_allgather_param: torch.cuda.synchronize() then torch.distributed.all_gather into a list) "
+             "and stage3.py fetch_sub_module; PR #1188 (Oct 2021): 'the async version is not async at "
+             "all, because each all_gather calls torch.cuda.synchronize()', and its implicit memcpy; "
+             "PR #1453 (*_base collectives)",
+             {"flash_attention": False, "dropout": True, "overlap_grad_reduce": False,
+              "overlap_param_gather": False, "overlap_tp_comm": False, "overlap_p2p_comm": False,
+              "zero3_unit": "param", "collective_rank_copies": True},
+             {"zero": 3, "tp": 1, "pp": 1}),
     Software("llm-foundry",
              "MosaicML llm-foundry / Composer benchmarks of 2023: PyTorch FSDP FULL_SHARD "
              "(limit_all_gathers), the Triton FlashAttention port (attn_impl=triton), no dropout",

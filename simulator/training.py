@@ -25,6 +25,7 @@ from simulator.models import ModelSpec
 
 RECOMPUTE = ("none", "selective", "full")
 SELECTIVE_POLICIES = ("attention", "op")
+ZERO3_UNITS = ("layer", "param")  # TrainingJob.zero3_unit
 DTYPES = ("bf16", "fp16", "fp8", "fp4")
 # Upper bound on seq-len and global batch (2^24 tokens per sequence, 2^24 sequences per step):
 # beyond any training run, and it keeps token and FLOP counts finite floats.
@@ -87,6 +88,13 @@ class TrainingJob:
     # takes transposed FP8 copies. Off: Transformer Engine's casts fused into the neighbouring
     # norm/activation kernels (delayed scaling), not costed.
     fp8_dynamic_casts: bool = False
+    # The unit ZeRO-3 gathers and reduce-scatters at once: "layer" (FSDP auto-wrap per transformer
+    # block) or "param" (each weight matrix, DeepSpeed ZeRO-3 before v0.6: stage3.py
+    # fetch_sub_module gathers one sub-module's parameters per call).
+    zero3_unit: str = "layer"
+    # Collectives through PyTorch ≤1.9's list APIs, which copy every rank's slice in a kernel of its
+    # own (ProcessGroupNCCL flatten/unflatten; DeepSpeed PR #1188, #1453 removed them with *_base).
+    collective_rank_copies: bool = False
 
     def __post_init__(self):
         for k in ("seq_len", "global_batch"):
@@ -99,6 +107,8 @@ class TrainingJob:
             raise InputError(f"attention kernel {self.attention_kernel!r}; valid: {', '.join(ATTENTION_KERNELS)}")
         if self.selective_policy not in SELECTIVE_POLICIES:
             raise InputError(f"selective policy {self.selective_policy!r}; valid: {', '.join(SELECTIVE_POLICIES)}")
+        if self.zero3_unit not in ZERO3_UNITS:
+            raise InputError(f"zero3 unit {self.zero3_unit!r}; valid: {', '.join(ZERO3_UNITS)}")
         if self.dtype not in DTYPES:
             raise InputError(f"dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
 

@@ -109,9 +109,12 @@ def test_a_prediction_names_its_regime_or_says_no_run_validates_it():
     v = estimate(job, TrainingPlan(dp=16, tp=8, pp=8, mb=1), cl).validation
     assert v["validated"] and v["regime"] == "megatron/a100-sxm-80g/16-bit" and v["cases"] >= 9
     # ZeRO-3 over 1024 A100s: inside the published ZeRO-3 runs (Table 2 reaches 2,240 GPUs), and
-    # the label carries that regime's poor error (DeepSpeed 2021 ZeRO-3 is far slower than modelled)
+    # the label carries that regime's error as validate published measured it (DeepSpeed 2021's
+    # ZeRO-3 rows keep it above the Megatron regime's)
     v = estimate(job, TrainingPlan(dp=256, tp=2, cp=2, mb=3, zero=3, sp=True), cl).validation
-    assert v["validated"] and v["mape_pct"] > 15 and "2,240 devices" in v["note"]
+    from simulator.regimes import REGIMES_FILE
+    measured = json.loads(REGIMES_FILE.read_text())["regimes"][v["regime"]]["mape_pct"]
+    assert v["validated"] and v["mape_pct"] == measured > 10 and "2,240 devices" in v["note"]
     # ... over 4,096 A100s: beyond every published ZeRO-3 run
     big = TrainingJob(load_model("gpt3-175b"), 2048, 4096, dtype="fp16")
     v = estimate(big, TrainingPlan(dp=1024, tp=2, cp=2, mb=1, zero=3, sp=True),
