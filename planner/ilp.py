@@ -24,7 +24,8 @@ from hwmodels.clusters import Cluster
 from hwmodels.errors import InputError
 from simulator.analytic import layer_time_s, step_costs
 from simulator.memory import (FRAGMENTATION, WEIGHT_BYTES, expert_dp_size, inflight_microbatches,
-                              layer_activation_bytes, model_states, stage_layers, stage_memory)
+                              layer_activation_bytes, lora_layer_params, model_states, stage_layers,
+                              stage_memory)
 from simulator.training import TrainingJob, TrainingPlan, micro_batches
 
 DEFAULT_TIME_LIMIT_S = 2.0
@@ -389,7 +390,8 @@ def partition_problem(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) ->
     for i, f in enumerate(moe):
         dense = (m.layer_params(i) - (experts if f else 0)) / t
         expert = (m.num_experts // plan.ep) * m.expert_params() / plan.etp if f else 0.0  # as stage_params
-        states.append(float(sum(model_states(dense, expert, z, plan.offload, dp_cp, expert_dp))))
+        adapter = lora_layer_params(m, job, f) / t if job.lora_rank else None
+        states.append(float(sum(model_states(dense, expert, z, plan.offload, dp_cp, expert_dp, adapter))))
         acts.append(act[f])
     inflight = [inflight_microbatches(plan, job, s) for s in range(p)]
     # stage_layers/step_costs/stage_memory take L // (p·v) layers per chunk (no validation), so

@@ -16,9 +16,9 @@ from hwmodels.collectives import collective_s
 from hwmodels.kernels import kernel_model
 from simulator import schedules
 from simulator.memory import (as_row, by_mesh, cached, expert_dp_size, group, layer_activation_bytes, layer_terms_job,
-                              memo, named_rows, offloaded_layers, placement, placements, plan_memory, stage_memory,
+                              lora_layer_params, memo, named_rows, offloaded_layers, placement, placements, plan_memory, stage_memory,
                               stage_params, tokens_per_rank)
-from simulator.ops import check_supported, layer_cost
+from simulator.ops import _model_flops_fwd, check_supported, layer_cost
 from simulator.precision import ACT_BYTES, WEIGHT_BYTES
 from simulator.regimes import validation_of
 from simulator.training import (EVEN, RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, layer_plan, micro_batches,
@@ -105,7 +105,8 @@ def _kernel_terms(job: TrainingJob, cluster: Cluster, tp: int, cp: int, ep: int,
                                       if cost else 0.0)
     T, V, h = tokens_per_rank(job, mb, cp), model.vocab_size, model.hidden_size
     out["head_fwd"] = km.gemm_s(T, V // tp, h) + km.memory_s(3 * 4 * T * V / tp)  # logits GEMM; fp32 softmax cross-entropy
-    out["head_wgrad"] = km.gemm_s(V // tp, h, T)
+    frozen = job.lora_rank > 0  # LoRA: the LM head and the MTP projection take no weight gradient
+    out["head_wgrad"] = 0.0 if frozen else km.gemm_s(V // tp, h, T)
     out["head_bwd"] = km.gemm_s(T, h, V // tp) + out["head_wgrad"] + km.memory_s(3 * 4 * T * V / tp)
     out["embedding"] = km.memory_s(2 * T * h * ACT_BYTES)  # gather forward, scatter-add backward
     # multi-token prediction (DeepSeek-V3, arXiv 2412.19437 §2.2), with the loss on the last stage:
@@ -113,7 +114,7 @@ def _kernel_terms(job: TrainingJob, cluster: Cluster, tp: int, cp: int, ep: int,
     # the next token's embedding, one block like the model's last, and the shared head again
     d = model.mtp_layers
     kind = "moe" if model.mtp_is_moe else "dense"
-    proj_f, proj_w = km.gemm_s(T, h // tp, 2 * h), km.gemm_s(h // tp, 2 * h, T)
+    proj_f, proj_w = km.gemm_s(T, h // tp, 2 * h), 0.0 if frozen else km.gemm_s(h // tp, 2 * h, T)
     norms = km.memory_s(3 * 2 * T * h * ACT_BYTES)
     mtp_fwd = d * (out[f"fwd_{kind}"] + proj_f + norms + out["embedding"]) if d else 0.0
     mtp_bwd = d * (out[f"bwd_{kind}"] + proj_f + proj_w + 2 * norms + out["embedding"]) if d else 0.0
@@ -193,7 +194,7 @@ def p2p_s(job: TrainingJob, cluster: Cluster, mb: int, tp: int, cp: int, dp: int
 
 def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: int, cp: int, ep: int,
               dp: int, v: int, zero: int, offload: bool, cache: dict, split: tuple = EVEN, etp: int = 1,
-              zero3_unit: str = "layer", rank_copies: bool = False) -> dict:
+              zero3_unit: str = "layer", rank_copies: bool = False, lora: tuple = (0.0, 0.0)) -> dict:
     """Per stage (arrays (p,)): gradient reduction (all-reduce, or reduce-scatter with ZeRO ≥ 1),
     one pass of parameter all-gathers, gradient bytes, optimizer step seconds (the stage's
     layers as `placement` puts them, with the plan's pipeline split). Dense parameters reduce over
@@ -208,7 +209,9 @@ def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: i
     fetched each sub-module's parameters, deepspeed/runtime/zero/stage3.py fetch_sub_module).
     `rank_copies`: the collective API copies each rank's slice in a kernel of its own (PyTorch ≤1.9
     list all_gather/reduce_scatter flatten and unflatten in ProcessGroupNCCL; DeepSpeed PR #1188
-    and #1453 replaced them with the *_base collectives to remove these copies), n copies per call."""
+    and #1453 replaced them with the *_base collectives to remove these copies), n copies per call.
+    `lora`: trainable adapter parameters of a (dense, MoE) layer under LoRA (Hu et al. 2021): only
+    they are reduced, updated and (ZeRO 1-2) gathered; ZeRO-3 still gathers the frozen weights."""
     km = kernel_model(cluster.device.name, dtype)
     pl = placement(model, schedule, pp, v, split)
     dense, expert = stage_params(model, pl, tp, ep, etp)
@@ -236,6 +239,7 @@ def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: i
         return (sum(k * c("reduce_scatter", n, stride, x * gb) for k, x in units),
                 sum(k * c("all_gather", n, stride, x * WEIGHT_BYTES) for k, x in units))
     grad, gather, opt = np.zeros(pp), np.zeros(pp), np.zeros(pp)
+    grad_bytes = (dense + expert) * gb
     for s in range(pp):
         n_layers, layers = float(pl.n_layers[s]), float(pl.layer_params[s] / tp)
         # the embedding, head and MTP block: one unit at each end of the model the stage holds
@@ -246,12 +250,25 @@ def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: i
         g2, a2 = coll([(n_moe, float(expert[s]) / n_moe)], expert_dp, etp * ep)
         grad[s], gather[s] = g1 + g2, a1 + a2
         local = float(dense[s] / (dp_cp if zero >= 1 else 1) + expert[s] / (expert_dp if zero >= 1 else 1))
+        if any(lora):  # LoRA: the adapters are the only trainable parameters
+            adapter = float((n_layers - pl.n_moe[s]) * lora[0] + pl.n_moe[s] * lora[1]) / tp
+            grad[s], a_gather = coll([(1.0, adapter)], dp_cp, tp)
+            gather[s] = (a1 + a2 if zero == 3 else 0.0) + a_gather
+            grad_bytes[s] = adapter * gb
+            local = adapter / (dp_cp if zero >= 1 else 1)
         if offload:  # grads to host, params back over PCIe, CPU Adam on host DRAM (ZeRO-Offload)
             opt[s] = (local * (gb + WEIGHT_BYTES) / PCIE_BYTES_PER_S
                       + local * ADAM_BYTES_PER_PARAM / (HOST_DRAM_BYTES_PER_S / cluster.devices_per_node))
         else:
             opt[s] = km.memory_s(local * ADAM_BYTES_PER_PARAM)
-    return {"grad": grad, "gather": gather, "grad_bytes": (dense + expert) * gb, "optimizer": opt}
+    return {"grad": grad, "gather": gather, "grad_bytes": grad_bytes, "optimizer": opt}
+
+
+def _lora_layers(job: TrainingJob) -> tuple:
+    """Trainable LoRA parameters of a (dense, MoE) layer; (0, 0) without LoRA."""
+    if not job.lora_rank:
+        return (0.0, 0.0)
+    return (lora_layer_params(job.model, job, False), lora_layer_params(job.model, job, True))
 
 
 def _zero3_shares(model, unit: str) -> tuple:
@@ -429,7 +446,7 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
     ds = [cached(cache, ("dp", pls[k].chunk_ids, pls[k].chunk_layers, tp, pp, cp, ep, dp, z, off, etp),
                  lambda: _dp_terms(model, cluster, job.dtype, names[pkeys[k][0]], tp, pp, cp, ep, dp, pkeys[k][1], z,
                                    bool(off), cache, b.split(int(np.argmax(pinv == k))), etp,
-                                   job.zero3_unit, job.collective_rank_copies))
+                                   job.zero3_unit, job.collective_rank_copies, _lora_layers(job)))
           for k, z, off in dkeys]
     d = {name: np.stack([x[name] for x in ds])[dinv] for name in ds[0]}
     cols = b.take((slice(None), None))  # (n, 1) columns broadcast against (n, p) stages
@@ -515,7 +532,7 @@ def step_costs(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) -> StepCo
     last_chunk = len(pl.chunk_moe) - 1
     d = _dp_terms(model, cluster, job.dtype, plan.schedule, plan.tp, p, plan.cp, plan.ep, plan.dp, v,
                   plan.zero, plan.offload, memo("step", layer_terms_job(job), cluster), plan.split, plan.etp,
-                  job.zero3_unit, job.collective_rank_copies)
+                  job.zero3_unit, job.collective_rank_copies, _lora_layers(job))
     passes = float(gather_passes(plan.zero, RECOMPUTE.index(plan.recompute)))
     stages = []
     for st in range(p):
@@ -567,11 +584,14 @@ def estimate(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, validate: b
     dense_cost = layer_cost(model, job, plan, cluster, False)
     moe_cost = layer_cost(model, job, plan, cluster, True) if model.is_moe else None
     layer_flops = hw_flops = 0.0
+    # LoRA: frozen weights take no weight-gradient GEMM, a third of each linear's 6·params FLOPs
+    frozen = {moe: (lambda f, a: f - a)(*_model_flops_fwd(model, job, plan, moe)) if job.lora_rank else 0.0
+              for moe in {model.is_moe_layer(i) for i in range(model.num_layers)}}
     for i in range(model.num_layers):
         c = moe_cost if model.is_moe_layer(i) else dense_cost
-        layer_flops += 3 * c.fwd_flops
-        hw_flops += 3 * c.fwd_flops + c.recompute_flops
-    head_flops = 3 * 2.0 * plan.mb * job.seq_len * model.hidden_size * model.vocab_size
+        layer_flops += 3 * c.fwd_flops - frozen[model.is_moe_layer(i)]
+        hw_flops += 3 * c.fwd_flops + c.recompute_flops - frozen[model.is_moe_layer(i)]
+    head_flops = (2 if job.lora_rank else 3) * 2.0 * plan.mb * job.seq_len * model.hidden_size * model.vocab_size
     if model.mtp_layers:  # DeepSeek-V3 §2.2: per depth the head again, the 2h→h projection, one block
         c = moe_cost if model.mtp_is_moe else dense_cost
         proj = 3 * 2.0 * plan.mb * job.seq_len * 2 * model.hidden_size ** 2

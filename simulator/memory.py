@@ -13,8 +13,9 @@ import numpy as np
 
 from simulator import schedules
 from simulator.models import ModelSpec
+from simulator.ops import attention_gemms
 from simulator.precision import ACT_BYTES, GRAD_BYTES, OPTIMIZER_BYTES, WEIGHT_BYTES  # noqa: F401
-from simulator.training import (EVEN, RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, chunk_layers, layer_plan,
+from simulator.training import (EVEN, LORA_TARGETS, RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, chunk_layers, layer_plan,
                                 micro_batches)
 
 # NCCL buffers per communicator, observed on H100 (aiconfigurator-core 0.12.0 systems/h100_sxm.yaml
@@ -63,11 +64,20 @@ def layer_activation_bytes(model: ModelSpec, job: TrainingJob, plan: TrainingPla
         mlp_saved = model.ffn_hidden_size / t  # w1's output (fc1's without a gate)
         return sb * (ACT_BYTES * (h + q + kv + q + mlp_saved + h) + 4 * model.num_heads / t)
     gi = saved_gemm_input_bytes(job)  # bytes per element of a linear layer's saved input
+    # LoRA: a frozen linear keeps no input (Transformer Engine linear.py: backward_needs_input =
+    # is_grad_enabled and weight.requires_grad); a targeted one's adapter keeps it in 16 bits for
+    # A's weight gradient, and its rank-r output for B's
+    g = {name: gi for name in LORA_TARGETS}
+    if job.lora_rank:
+        g = {name: ACT_BYTES if name in job.lora_targets else 0.0 for name in LORA_TARGETS}
+    lora_out = ACT_BYTES * job.lora_rank * sum(1 for name in job.lora_targets if not (moe and name in ("fc1", "fc2")))
     # Parts that TP leaves replicated without SP: norm inputs (2×2sbh), QKV input, MLP input,
     # the two dropout masks.
-    replicated = (4 + gi + gi + 2 * drop) * sb * h
+    replicated = (4 + g["qkv"] + (0.0 if moe and job.lora_rank else g["fc1"]) + 2 * drop) * sb * h + lora_out * sb
     q, kv, out = model.q_dim, model.kv_dim, model.attn_out_dim
-    split = 2 * sb * (q + kv) + 2 * sb * kv + gi * sb * out  # Q, K (for QK^T), V, attention output
+    split = 2 * sb * (q + kv) + 2 * sb * kv + g["proj"] * sb * out  # Q, K (for QK^T), V, attention output
+    if moe and job.lora_rank:
+        gi = 0.0  # the frozen router and experts keep no inputs for weight gradients
     if moe:
         k, f = model.experts_per_token, model.moe_ffn_hidden_size
         # routed token copies (top-k of the rank's sequence shard): expert input, up/gate
@@ -81,7 +91,7 @@ def layer_activation_bytes(model: ModelSpec, job: TrainingJob, plan: TrainingPla
             split += sb * (2 * fs * (2 if model.gated_mlp else 1) + gi * fs)
     else:
         f = model.ffn_hidden_size
-        split += 2 * sb * f * (2 if model.gated_mlp else 1) + gi * sb * f  # up(/gate) out, act out
+        split += 2 * sb * f * (2 if model.gated_mlp else 1) + g["fc2"] * sb * f  # up(/gate) out, act out
     attn_scores = 0.0
     if not job.flash_attention and plan.recompute != "selective":
         a = model.num_heads
@@ -201,16 +211,39 @@ def expert_dp_size(tp: int, cp: int, dp: int, ep: int, etp: int = 1) -> int:
     return max(1, tp * cp * dp // (ep * etp))
 
 
-def model_states(dense, expert, zero, offload, dp_cp, expert_dp) -> tuple:
+def model_states(dense, expert, zero, offload, dp_cp, expert_dp, adapter=None) -> tuple:
     """(weights, gradients, optimizer) bytes of `dense` + `expert` parameters: ZeRO stage k ≥ 1
     shards optimizer states, ≥ 2 gradients, 3 weights over the data-parallel group (Rajbhandari
-    et al. 2019 §5); offload moves the optimizer states to the host."""
+    et al. 2019 §5); offload moves the optimizer states to the host. With `adapter` (LoRA: the
+    trainable adapter parameters per rank) the base parameters are frozen weights alone, and only
+    the adapters carry gradients and optimizer states (Hu et al. 2021 §4.2)."""
     zero = np.asarray(zero)
 
     def shard(k):  # parameters resident per rank when stage >= k shards them
         return dense / np.where(zero >= k, dp_cp, 1) + expert / np.where(zero >= k, expert_dp, 1)
-    return (WEIGHT_BYTES * shard(3), GRAD_BYTES * shard(2),
-            np.where(offload, 0.0, OPTIMIZER_BYTES * shard(1)))
+    if adapter is None:
+        return (WEIGHT_BYTES * shard(3), GRAD_BYTES * shard(2),
+                np.where(offload, 0.0, OPTIMIZER_BYTES * shard(1)))
+
+    def ashard(k):
+        return adapter / np.where(zero >= k, dp_cp, 1)
+    return (WEIGHT_BYTES * (shard(3) + ashard(3)), GRAD_BYTES * ashard(2),
+            np.where(offload, 0.0, OPTIMIZER_BYTES * ashard(1)))
+
+
+def lora_layer_params(model: ModelSpec, job: TrainingJob, moe: bool) -> float:
+    """Trainable LoRA parameters of one layer (whole, before TP): r·(k + n) per targeted linear
+    of k inputs and n outputs (Hu et al. 2021 §4.1: A is r×k, B is n×r); an MoE layer's experts
+    carry none (their adapters are not modelled), 0 without LoRA."""
+    r = job.lora_rank
+    if not r:
+        return 0.0
+    h, f = model.hidden_size, model.ffn_hidden_size
+    shapes = {"qkv": [(k, n) for _, n, k in attention_gemms(model, 1)],
+              "proj": [(model.attn_out_dim, h)],
+              "fc1": [] if moe else [(h, f * (2 if model.gated_mlp else 1))],
+              "fc2": [] if moe else [(f, h)]}
+    return float(sum(r * (k + n) for t in job.lora_targets for k, n in shapes[t]))
 
 
 @lru_cache(maxsize=4096)
@@ -359,7 +392,11 @@ def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: 
     stack = lambda attr: np.stack([getattr(pl, attr) for pl in pls])[pinv]  # noqa: E731
     n_moe, last = stack("n_moe"), stack("last")
     zero = b.zero[:, None]
-    weights, grads, optim = model_states(dense, expert, zero, b.offload[:, None], dp_cp, expert_dp)
+    adapter = None
+    if job.lora_rank:  # LoRA adapters of the stage's layers, split over TP like their base linears
+        n_l, n_m = stack("n_layers"), stack("n_moe")
+        adapter = ((n_l - n_m) * lora_layer_params(model, job, False) + n_m * lora_layer_params(model, job, True)) / tp
+    weights, grads, optim = model_states(dense, expert, zero, b.offload[:, None], dp_cp, expert_dp, adapter)
 
     kkeys, kinv = group(b.mb, b.recompute, b.sp)
     cache = memo("activations", lj)

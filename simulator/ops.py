@@ -124,6 +124,8 @@ class LayerPass:
     kv_bytes: float = ACT_BYTES  # bytes of one KV-cache element (serving)
     fp8_dynamic_casts: bool = False  # FP8 linears cast by separate amax/cast kernels (TrainingJob)
     kernels: Kernels = MEGATRON
+    lora_rank: int = 0  # LoRA: base weights frozen, rank-r adapters on lora_targets (TrainingJob)
+    lora_targets: tuple = ()
 
 
 # ---- shapes ------------------------------------------------------------------------------------
@@ -240,7 +242,16 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
     ops: list[Op] = []
 
     def gemm(name: str, m: int, n: int, k: int):
-        ops.extend(_gemm(km, name, m, n, k, phase))
+        base = _gemm(km, name, m, n, k, phase)
+        if lp.lora_rank:
+            # LoRA (Hu et al. 2021 §4.1): the frozen weight takes no gradient, so its backward is the
+            # input-gradient GEMM alone; a targeted linear adds its adapter x·A (k→r) then ·B (r→n),
+            # 16-bit, each with its own input and weight gradients (Megatron-Bridge peft/lora.py)
+            base = [o for o in base if not o.wgrad]
+            if name.split(".", 1)[0] in lp.lora_targets:
+                r = lp.lora_rank
+                base += _gemm(km16, f"{name}.lora_a", m, r, k, phase) + _gemm(km16, f"{name}.lora_b", m, n, r, phase)
+        ops.extend(base)
         if lp.fp8_dynamic_casts:
             # torchao Float8Linear, tensor-wise dynamic scaling (pytorch/ao torchao/float8
             # float8_linear.py, float8_scaling_utils.py): forward reads the bf16 input for its amax,
@@ -311,7 +322,9 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
     # ---- MLP / MoE block ----
     norm(2)
     if moe:
-        ops += _moe_block(km, km16 if kern.router_16bit else km, model, lp, comm_s, phase)
+        moe_ops = _moe_block(km, km16 if kern.router_16bit else km, model, lp, comm_s, phase)
+        # LoRA freezes the router and the experts too (adapters on expert linears are not modelled)
+        ops += [o for o in moe_ops if not (lp.lora_rank and o.wgrad)]
         if t > 1 and not lp.sp:  # experts split by TP over all T tokens: one all-reduce after
             ops.append(_comm(comm_s, "tp.moe", "all_reduce", "tp", t, 1, T * h * ab, phase))
     else:
@@ -471,7 +484,8 @@ def _layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: 
     lp = LayerPass(tokens=plan.mb * job.seq_len // cp, tp=t, sp=plan.sp, cp=cp, ep=plan.ep,
                    ep_stride=plan.etp, expert_tp=plan.etp, overlap_tp_comm=job.overlap_tp_comm,
                    dropout=job.dropout, kernels=EAGER_PYTORCH if job.eager_elementwise else MEGATRON,
-                   fp8_dynamic_casts=job.fp8_dynamic_casts and job.dtype == "fp8")
+                   fp8_dynamic_casts=job.fp8_dynamic_casts and job.dtype == "fp8",
+                   lora_rank=job.lora_rank, lora_targets=job.lora_targets)
     heads, kv_heads = model.num_heads // t, max(1, model.num_kv_heads // t)
     attention = _core_attention(km_attn, model, job, plan, heads, kv_heads, phase)
 

@@ -26,6 +26,7 @@ from simulator.models import ModelSpec
 RECOMPUTE = ("none", "selective", "full")
 SELECTIVE_POLICIES = ("attention", "op")
 ZERO3_UNITS = ("layer", "param")  # TrainingJob.zero3_unit
+LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")  # TrainingJob.lora_targets
 DTYPES = ("bf16", "fp16", "fp8", "fp4")
 # Upper bound on seq-len and global batch (2^24 tokens per sequence, 2^24 sequences per step):
 # beyond any training run, and it keeps token and FLOP counts finite floats.
@@ -95,6 +96,12 @@ class TrainingJob:
     # Collectives through PyTorch ≤1.9's list APIs, which copy every rank's slice in a kernel of its
     # own (ProcessGroupNCCL flatten/unflatten; DeepSpeed PR #1188, #1453 removed them with *_base).
     collective_rank_copies: bool = False
+    # LoRA fine-tuning (Hu et al. 2021, arXiv 2106.09685 §4.1): every base weight frozen, a rank-r
+    # adapter B·A beside each targeted linear. 0: every weight trains. Targets in Megatron-Bridge's
+    # names (peft/lora.py LoRA.target_modules, default all four, dim 32): "qkv" (the attention
+    # input projections), "proj", "fc1", "fc2".
+    lora_rank: int = 0
+    lora_targets: tuple = LORA_TARGETS
 
     def __post_init__(self):
         for k in ("seq_len", "global_batch"):
@@ -107,6 +114,14 @@ class TrainingJob:
             raise InputError(f"attention kernel {self.attention_kernel!r}; valid: {', '.join(ATTENTION_KERNELS)}")
         if self.selective_policy not in SELECTIVE_POLICIES:
             raise InputError(f"selective policy {self.selective_policy!r}; valid: {', '.join(SELECTIVE_POLICIES)}")
+        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 0:
+            raise InputError(f"lora rank {self.lora_rank!r} must be an integer >= 0 (0: no LoRA)")
+        if not isinstance(self.lora_targets, tuple):
+            object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if bad or (self.lora_rank and not self.lora_targets):
+            raise InputError(f"lora targets {','.join(map(str, self.lora_targets)) or '(none)'}; "
+                             f"valid: one or more of {', '.join(LORA_TARGETS)}")
         if self.zero3_unit not in ZERO3_UNITS:
             raise InputError(f"zero3 unit {self.zero3_unit!r}; valid: {', '.join(ZERO3_UNITS)}")
         if self.dtype not in DTYPES:

@@ -414,6 +414,29 @@ def test_train_page_software_profile_fills_the_options_and_its_plan_keys(capsys)
     assert json.loads(capsys.readouterr().out)["step_time_s"] == pytest.approx(est.step_time_s, rel=1e-12)
 
 
+def test_train_page_lora_options_are_the_clis(capsys):
+    """LoRA (clusterplan --lora-rank 32 --lora-targets qkv): the page and the CLI build the same job,
+    and an unknown target is one error line."""
+    plan = "tp=2,pp=4,vpp=20,mb=1,sp=on,schedule=interleaved"
+    at = ok(app("train", model="llama3-70b", cluster="dgx-h100", nodes=1, seq=4096, batch=32, plan=plan))
+    at.number_input(key="train.lora_rank").set_value(32)
+    at.text_input(key="train.lora_targets").set_value("qkv").run()
+    ok(at)
+    est, stages = direct_estimate("llama3-70b", "dgx-h100", 1, 4096, 32, plan=plan, lora_rank=32,
+                                  lora_targets=("qkv",))
+    check_train(at, est, stages)
+    full, _ = direct_estimate("llama3-70b", "dgx-h100", 1, 4096, 32, plan=plan)
+    assert est.step_time_s < 0.85 * full.step_time_s
+    from ui.cli import main
+    capsys.readouterr()
+    assert main(["simulate", "train", "--model", "llama3-70b", "--cluster", "dgx-h100", "--nodes", "1",
+                 "--seq-len", "4096", "--global-batch", "32", "--plan", plan, "--lora-rank", "32",
+                 "--lora-targets", "qkv", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step_time_s"] == pytest.approx(est.step_time_s, rel=1e-12)
+    at.text_input(key="train.lora_targets").set_value("qkv,mlp").run()
+    assert not at.exception and len(at.error) == 1 and "lora targets qkv,mlp" in at.error[0].value
+
+
 def test_train_page_bad_plan_is_one_error_line():
     at = app("train", plan="tp=3")
     assert not at.exception

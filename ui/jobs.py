@@ -23,7 +23,7 @@ ATTENTION = ("flash", "unfused")
 # (`software`, simulator.software) or else OPTION_DEFAULTS applies.
 JOB_OPTIONS = {"seq_len": None, "global_batch": None, "dtype": "bf16", "attention": None,
                "attention_kernel": None, "dropout": None, "grad_overlap": None, "tp_overlap": None,
-               "p2p_overlap": None, "software": None}
+               "p2p_overlap": None, "software": None, "lora_rank": None, "lora_targets": None}
 # What an option not given and not set by a software profile is (Megatron-LM's defaults).
 OPTION_DEFAULTS = {"attention": "flash", "attention_kernel": "fa2", "dropout": True, "grad_overlap": True,
                    "tp_overlap": False, "p2p_overlap": False}
@@ -49,10 +49,12 @@ def training_job(model: ModelSpec | str, seq_len: int, global_batch: int, dtype:
                  attention: str | None = None, attention_kernel: str | None = None,
                  dropout: bool | None = None, grad_overlap: bool | None = None,
                  tp_overlap: bool | None = None, p2p_overlap: bool | None = None,
-                 software: str | None = None) -> TrainingJob:
+                 software: str | None = None, lora_rank: int | None = None,
+                 lora_targets: str | tuple | None = None) -> TrainingJob:
     """A TrainingJob of `model` (a ModelSpec, or a preset name / config.json / YAML path). Options
     left None take the software profile's setting when `software` names one, else OPTION_DEFAULTS;
-    an option given always wins over the profile."""
+    an option given always wins over the profile. `lora_rank` > 0 fine-tunes with LoRA adapters on
+    `lora_targets` (comma-separated or a tuple; default all of qkv, proj, fc1, fc2)."""
     if attention is not None and attention not in ATTENTION:
         raise InputError(f"attention={attention!r}; valid: {', '.join(ATTENTION)}")
     if isinstance(model, str):
@@ -65,6 +67,13 @@ def training_job(model: ModelSpec | str, seq_len: int, global_batch: int, dtype:
     base = {_JOB_FIELD[k]: OPTION_DEFAULTS[k] for k in given}
     job = TrainingJob(model=model, seq_len=seq_len, global_batch=global_batch, dtype=dtype,
                       flash_attention=OPTION_DEFAULTS["attention"] == "flash", **base)
+    if lora_targets is not None and not lora_rank:
+        raise InputError(f"lora targets {lora_targets!r} need a LoRA rank > 0 (--lora-rank)")
+    if lora_rank:
+        explicit["lora_rank"] = lora_rank
+        if lora_targets is not None:
+            explicit["lora_targets"] = tuple(t.strip() for t in lora_targets.split(",")) \
+                if isinstance(lora_targets, str) else tuple(lora_targets)
     if software is not None:
         from simulator.software import apply_software
         return apply_software(job, software, **explicit)

@@ -307,7 +307,7 @@ def train_estimate(model_ref: str, model_cfg: str | None, cluster_ref: str, clus
                    nodes: int, seq_len: int, global_batch: int, dtype: str, plan: str,
                    attention: str = "flash", grad_overlap: bool = True, dropout: bool = True,
                    tp_overlap: bool = False, p2p_overlap: bool = False, attention_kernel: str = "fa2",
-                   software: str | None = None) -> dict:
+                   software: str | None = None, lora_rank: int = 0, lora_targets: str = "") -> dict:
     """The analytic estimate of one plan (StepEstimate.to_dict()) plus the memory of every stage."""
     CALLS["train_estimate"] += 1
     from simulator.analytic import estimate
@@ -315,7 +315,7 @@ def train_estimate(model_ref: str, model_cfg: str | None, cluster_ref: str, clus
     s = training_setup(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, plan, seq_len=seq_len,
                        global_batch=global_batch, dtype=dtype, attention=attention, grad_overlap=grad_overlap,
                        dropout=dropout, tp_overlap=tp_overlap, p2p_overlap=p2p_overlap,
-                       attention_kernel=attention_kernel, software=software)
+                       attention_kernel=attention_kernel, software=software, **_lora(lora_rank, lora_targets))
     est = estimate(s.job, s.plan, s.cluster)
     stages = [dict(stage_memory(s.job.model, s.job, s.plan, st)) for st in range(s.plan.pp)]
     return {"estimate": est.to_dict(), "stage_memory": stages, "model": s.job.model.summary(),
@@ -327,14 +327,14 @@ def des_timeline(model_ref: str, model_cfg: str | None, cluster_ref: str, cluste
                  nodes: int, seq_len: int, global_batch: int, dtype: str, plan: str,
                  attention: str = "flash", grad_overlap: bool = True, dropout: bool = True,
                  tp_overlap: bool = False, p2p_overlap: bool = False, attention_kernel: str = "fa2",
-                 software: str | None = None) -> dict:
+                 software: str | None = None, lora_rank: int = 0, lora_targets: str = "") -> dict:
     """The discrete-event simulation of one plan with its timeline (simulator.des.simulate)."""
     CALLS["des_timeline"] += 1
     from simulator.des import simulate
     s = training_setup(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, plan, seq_len=seq_len,
                        global_batch=global_batch, dtype=dtype, attention=attention, grad_overlap=grad_overlap,
                        dropout=dropout, tp_overlap=tp_overlap, p2p_overlap=p2p_overlap,
-                       attention_kernel=attention_kernel, software=software)
+                       attention_kernel=attention_kernel, software=software, **_lora(lora_rank, lora_targets))
     est, res = simulate(s.job, s.plan, s.cluster, trace=True)
     return {"estimate": est.to_dict(), "timeline": res.timeline, "events": res.events, "units": res.units}
 
@@ -352,7 +352,8 @@ def search_available() -> bool:
 def plan_search(model_ref: str, model_cfg: str | None, cluster_ref: str, cluster_spec: str | None,
                 nodes: int, seq_len: int, global_batch: int, dtype: str, attention: str, grad_overlap: bool,
                 dropout: bool, fix: str, top: int, tp_overlap: bool = False, p2p_overlap: bool = False,
-                attention_kernel: str = "fa2", software: str | None = None) -> dict:
+                attention_kernel: str = "fa2", software: str | None = None, lora_rank: int = 0,
+                lora_targets: str = "") -> dict:
     """The ranked plans of planner.search.search (its to_dict(): plans, candidates, pruned, ...);
     a software profile's plan keys (FSDP's zero=3) are fixed where `fix` leaves them free."""
     CALLS["plan_search"] += 1
@@ -360,9 +361,15 @@ def plan_search(model_ref: str, model_cfg: str | None, cluster_ref: str, cluster
     s = training_setup(model_ref, model_cfg, cluster_ref, cluster_spec, nodes, seq_len=seq_len,
                        global_batch=global_batch, dtype=dtype, attention=attention, grad_overlap=grad_overlap,
                        dropout=dropout, tp_overlap=tp_overlap, p2p_overlap=p2p_overlap,
-                       attention_kernel=attention_kernel, software=software)
+                       attention_kernel=attention_kernel, software=software, **_lora(lora_rank, lora_targets))
     fixed = jobs.software_fix(parse_fix(fix), software)
     return _plain(search(s.job, s.cluster, fix=fixed or None, top=top).to_dict())
+
+
+def _lora(rank: int, targets: str) -> dict:
+    """The Train page's LoRA inputs as training_job options (rank 0: full training; an empty
+    targets field: every target)."""
+    return {"lora_rank": rank or None, "lora_targets": (targets or None) if rank else None}
 
 
 def _plain(doc):

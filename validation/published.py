@@ -335,6 +335,13 @@ def mlperf_gpt3(executor=None) -> tuple[list[dict], list[dict]]:
 
 # ---- Megatron-Bridge performance summary, DGX-H100 ------------------------------------------------
 
+# The LoRA rows' adapters: Megatron-Bridge peft/lora.py LoRA (dim 32 by default, which
+# llama3_70b_peft_config keeps) on linear_qkv only (perf_recipes/llama/*/llama3.py
+# llama3_70b_peft_*_config: cfg.peft.target_modules = ["linear_qkv"])
+BRIDGE_LORA_RANK = 32
+BRIDGE_LORA_TARGETS = ("qkv",)
+
+
 def _bridge_case(r: dict) -> dict:
     """One Megatron-Bridge row: its TP/PP/CP/VP/EP, micro-batch and global batch as printed, on the
     `megatron-bridge` software profile; recompute is not printed: the least that fits."""
@@ -351,6 +358,8 @@ def _bridge_case(r: dict) -> dict:
                          overlap_ep_comm=(r["model"] in BRIDGE_EP_OVERLAP
                                           or (r["model"], r["System"], r["Precision"], pp, vp, ep)
                                           in BRIDGE_EP_OVERLAP_RUNS))
+    if r["section"].startswith("LoRA"):
+        job = replace(job, lora_rank=BRIDGE_LORA_RANK, lora_targets=BRIDGE_LORA_TARGETS)
     cluster = _bridge_cluster(r["System"], gpus)
     fsdp = r.get("FSDP", "").split(" ")[0] not in ("", "0")  # Megatron-FSDP: parameters sharded too
     # the recipes of the models whose layers the pipeline does not divide (Llama 3.1 405B, Qwen3
@@ -408,8 +417,7 @@ def _bridge_try(r: dict):
 def megatron_bridge(executor=None, path=BRIDGE) -> tuple[list[dict], list[dict]]:
     """(cases, skipped): the latest container's row of each distinct run (system, model, section,
     GPUs, precision, batch and parallel layout) of a Megatron-Bridge table (`path`: the DGX-H100
-    rows, or the Blackwell systems'); LoRA (frozen base weights) and the models not modelled are
-    skipped with the reason."""
+    rows, or the Blackwell systems'); the models not modelled are skipped with the reason."""
     with open(path) as f:
         rows = list(csv.DictReader(f))
     latest: dict = {}
@@ -427,10 +435,7 @@ def megatron_bridge(executor=None, path=BRIDGE) -> tuple[list[dict], list[dict]]
             latest[key] = r
     todo = []
     for r in latest.values():
-        if r["section"].startswith("LoRA"):
-            skipped.append({"row": f"{r['container']} {r['System']} {r['model']} LoRA", "reason": "LoRA "
-                            "(frozen base weights, adapter-only gradients) is not modelled"})
-        elif r["model"] in BRIDGE_NOT_MODELLED or r["model"] not in BRIDGE_MODELS:
+        if r["model"] in BRIDGE_NOT_MODELLED or r["model"] not in BRIDGE_MODELS:
             skipped.append({"row": f"{r['container']} {r['System']} {r['model']}",
                             "reason": BRIDGE_NOT_MODELLED.get(r["model"], "no preset for this model")})
         else:

@@ -53,6 +53,11 @@ def add_job_flags(p) -> None:
                         f"default {on[d['p2p_overlap']]})")
     p.add_argument("--dropout", type=flags.on_off("--dropout"), default=None,
                    help=f"dropout layers present (on|off; default {on[d['dropout']]})")
+    p.add_argument("--lora-rank", type=flags.integer("--lora-rank", lo=0), default=None,
+                   help="fine-tune with LoRA adapters of this rank, base weights frozen (default 0: "
+                        "every weight trains)")
+    p.add_argument("--lora-targets", default=None,
+                   help="linears the adapters sit on, comma-separated from qkv,proj,fc1,fc2 (default all)")
 
 
 def register(groups) -> None:

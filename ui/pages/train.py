@@ -55,12 +55,19 @@ with st.expander("Framework options"):
     o[2].radio("Flash kernel", kernels, horizontal=True, key=ps.init("attention_kernel", kernels[0], choices=kernels),
                help="FlashAttention-2 class, FA1, or the Triton port (clusterplan --attention-kernel)")
 
+    o = st.columns(3)
+    o[0].number_input("LoRA rank (0: every weight trains)", min_value=0, step=8, key=ps.init("lora_rank", 0, int, lo=0),
+                      help="fine-tune with rank-r adapters, base weights frozen (clusterplan --lora-rank)")
+    o[1].text_input("LoRA targets", key=ps.init("lora_targets", "qkv,proj,fc1,fc2"),
+                    help="linears the adapters sit on: qkv, proj, fc1, fc2 (clusterplan --lora-targets)")
+
 inputs = dict(model_ref=model_ref, model_cfg=model_cfg, cluster_ref=cluster_ref, cluster_spec=cluster_spec,
               nodes=nodes, seq_len=ps.get("seq"), global_batch=ps.get("batch"),
               dtype=ps.get("dtype"), attention=ps.get("attention"), grad_overlap=ps.get("grad_overlap"),
               tp_overlap=ps.get("tp_overlap"), p2p_overlap=ps.get("p2p_overlap"), dropout=ps.get("dropout"),
               attention_kernel=ps.get("attention_kernel"),
-              software=None if ps.get("software") == NO_SOFTWARE else ps.get("software"))
+              software=None if ps.get("software") == NO_SOFTWARE else ps.get("software"),
+              lora_rank=ps.get("lora_rank"), lora_targets=ps.get("lora_targets"))
 SEARCH = state.search_available()
 if SEARCH:
     ps.init("search", False, bool)
