@@ -182,6 +182,9 @@ class ModelSpec:
         if len(p) != self.num_layers:
             raise InputError(f"{where}: hybrid_override_pattern has {len(p)} symbols; "
                              f"num_hidden_layers={self.num_layers} needs one per layer")
+        if self.mtp_layers:  # Megatron-Core builds them from mtp_hybrid_override_pattern, not the last layer
+            raise InputError(f"{where}: multi-token-prediction blocks of hybrid models are not modelled "
+                             f"(num_nextn_predict_layers={self.mtp_layers}; valid: 0)")
         if MOE in p and not self.num_experts:
             raise InputError(f"{where}: hybrid_override_pattern has MoE layers ('E') but n_routed_experts=0")
         if MAMBA in p:
@@ -605,6 +608,9 @@ def _hybrid_keys(cfg: dict, pattern, where: str) -> dict:
     if not isinstance(pattern, str) or not pattern:
         raise InputError(f"{where}: hybrid_override_pattern={repr(pattern)[:40]} must be a string with one "
                          f"layer symbol per layer ({', '.join(HYBRID_SYMBOLS)})")
+    if cfg.get("moe_latent_size"):  # Nemotron-3 Super's LatentMoE (Megatron-Bridge nemotron_h_bridge.py)
+        raise InputError(f"{where}: moe_latent_size={repr(cfg['moe_latent_size'])[:20]}: LatentMoE experts (tokens "
+                         f"projected to a latent width before the experts) are not modelled")
     out = {"hybrid_pattern": pattern}
     if MAMBA in pattern:
         for field_, key, default in (("mamba_num_heads", "mamba_num_heads", None),

@@ -196,6 +196,8 @@ def rope_elements(model: ModelSpec, tp: int) -> int:
 EAGER_RMSNORM_BYTES = 36
 EAGER_ROPE_BYTES = 20
 EAGER_SWIGLU_BYTES = 10
+# the GEMM shape whose measured rate stands for the SSD scan's tensor-core tiles (`_ssd_op`)
+SSD_GEMM_SHAPE = 8192
 # amax read (2 B) + cast read (2 B) and FP8 write (1 B) per element of a dynamically scaled tensor
 FP8_CAST_FWD = 5
 
@@ -401,27 +403,27 @@ def _mamba_block(model: ModelSpec, lp: LayerPass, km16: KernelModel, comm_s: Com
 
 
 def _ssd_op(km16: KernelModel, s: MambaShape, tokens: int, phase: str) -> Op:
-    """The SSD scan (Dao & Gu 2024 §6) as one op, at the roofline of its kernels: its four chunk
-    products as batched GEMMs on the device's measured GEMM efficiency at those shapes (Q, N, P of
-    128, 128, 64: small-k products well below peak), or its HBM traffic (`ssd_bytes`, fp32 chunk
-    states and decays), whichever takes longer. On H100/B200 at Nemotron's shapes the traffic
-    bounds it (arithmetic intensity ≈ 40 FLOP/B, against a ridge point of ≈ 300 FLOP/B).
+    """The SSD scan (Dao & Gu 2024 §6) as one op, at the roofline of its Triton kernels
+    (mamba_ssm ssd_bmm / ssd_chunk_state / ssd_state_passing / ssd_chunk_scan): its chunk products
+    run as Q×Q×{N,P} tensor-core tiles on data already on chip, so its compute side is its FLOPs
+    at the device's measured rate on a large GEMM (`SSD_GEMM_SHAPE`); its memory side the HBM
+    traffic of `ssd_bytes` (fp32 chunk states and decays). The longer one is the time. At
+    Nemotron's shapes (Q = N = 128, P = 64) the arithmetic intensity is ≈ 40 FLOP/B against a
+    ridge point of ≈ 300 FLOP/B on H100 and Blackwell: memory-bound. No kernel-level timing of
+    these kernels is in the tables, so this is a bound, not a measurement.
     Backward (mamba_ssm ssd_combined.py _mamba_chunk_scan_combined_bwd) recomputes C·Bᵀ and the
     chunk states, then runs two gradient products per forward product: 2× the forward's FLOPs
     plus the recomputed ones, and the forward's traffic three times (recompute, then the
     gradient of every tensor read and written)."""
-    Q, N, P = s.chunk, s.state, s.head_dim
-    chunks = max(1, math.ceil(tokens / Q))
     w = ssd_flops(s, tokens)
-    t_cb = km16.bmm_s(chunks * s.groups, Q, Q, N)
-    t_states = km16.bmm_s(chunks * s.heads, N, P, Q)
-    t_fwd = t_cb + km16.bmm_s(chunks * s.heads, Q, P, Q) + t_states + km16.bmm_s(chunks * s.heads, Q, P, N)
+    n = SSD_GEMM_SHAPE
+    rate = 2.0 * n ** 3 / km16.gemm_s(n, n, n)  # FLOP/s of the device's measured large GEMM
     nbytes = ssd_bytes(s, tokens, ACT_BYTES)
     if phase == "bwd":
-        flops, t_c, nbytes = 2 * w.total + w.cb + w.states + w.passing, 2 * t_fwd + t_cb + t_states, 3 * nbytes
+        flops, nbytes = 2 * w.total + w.cb + w.states + w.passing, 3 * nbytes
     else:
-        flops, t_c = w.total, t_fwd
-    return Op("ssd", "compute", phase, flops, nbytes, max(t_c, km16.memory_s(nbytes)))
+        flops = w.total
+    return Op("ssd", "compute", phase, flops, nbytes, max(flops / rate, km16.memory_s(nbytes)))
 
 
 def _moe_block(km: KernelModel, km_router: KernelModel, model: ModelSpec, lp: LayerPass,
