@@ -650,7 +650,7 @@ def layer_cost(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: 
     if model.is_hybrid and not kind:
         if moe:
             return layer_cost(model, job, plan, cluster, True, MOE)
-        counts = model.kind_counts() or ((MAMBA if MAMBA in model.hybrid_pattern else MOE, 1),)
+        counts = model.kind_counts() or ((MOE, 1),)  # all-MoE: no dense layer reads it
         return _mean_cost([(layer_cost(model, job, plan, cluster, k == MOE, k), n) for k, n in counts])
     fwd_ops = _layer_ops(model, job, plan, cluster, moe, "fwd", kind)
     f_c, _, f_comm, _ = _sum_phase(fwd_ops)
