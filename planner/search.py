@@ -342,8 +342,9 @@ class _Enumerator:
             try:
                 check_supported(self.model, layer_plan(tp, 1, 1, sp, 1, "none"))
                 self._support[tp, sp] = ""
-            except InputError:
-                self._support[tp, sp] = "MoE with tp > 1 needs sp"
+            except InputError as e:
+                self._support[tp, sp] = ("MoE with tp > 1 needs sp" if "MoE" in str(e)
+                                         else "tp does not divide the Mamba-2 heads and groups")
         return self._support[tp, sp]
 
     def _mesh(self, tp, pp, cp, ep, dp, s_mb, s_sched) -> dict | None:

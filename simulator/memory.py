@@ -12,7 +12,8 @@ from functools import lru_cache
 import numpy as np
 
 from simulator import schedules
-from simulator.models import ModelSpec
+from simulator.mamba import mamba_activation_bytes
+from simulator.models import ATTENTION, MAMBA, MOE, ModelSpec
 from simulator.ops import attention_gemms
 from simulator.precision import ACT_BYTES, GRAD_BYTES, OPTIMIZER_BYTES, WEIGHT_BYTES  # noqa: F401
 from simulator.training import (EVEN, LORA_TARGETS, RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, chunk_layers, layer_plan,
@@ -56,6 +57,8 @@ def layer_activation_bytes(model: ModelSpec, job: TrainingJob, plan: TrainingPla
     sb = s * b
     if plan.recompute == "full":
         return 2 * sb * h / (t if plan.sp else 1)
+    if model.is_hybrid:
+        return hybrid_activation_bytes(model, job, plan, moe)
     if plan.recompute == "selective" and job.selective_policy == "op" and not moe:
         # torchtitan op-level SAC keeps the block input and what its policy saves: the outputs of
         # wq, wv, w1 and w2 (odd matmuls), the flash attention output and its fp32 log-sum-exp
@@ -98,6 +101,48 @@ def layer_activation_bytes(model: ModelSpec, job: TrainingJob, plan: TrainingPla
         attn_scores = (2 + 2 * drop + drop) * a * s * s * b  # softmax out, dropout out, mask
     elif job.flash_attention:
         split += 4 * sb * model.num_heads  # fp32 log-sum-exp per row (FlashAttention-2)
+    if plan.sp:
+        return (replicated + split + attn_scores) / t
+    return replicated + (split + attn_scores) / t
+
+
+def hybrid_activation_bytes(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, moe: bool,
+                            kind: str = "") -> float:
+    """What one layer of a hybrid model keeps for backward (per micro-batch, one rank): its MoE
+    layers ('E') as themselves, its other layers as their layer-weighted mean (as
+    `simulator.ops.layer_cost` costs them). Each layer is one block of `layer_activation_bytes`'
+    transformer layer — its norm input (2sbh), the block's GEMM input and dropout mask, left whole
+    by TP without SP — plus the block's own tensors: attention's Q, K, V, output and softmax
+    statistics, the MLP's or MoE's as in the transformer block, a Mamba-2 mixer's as
+    `simulator.mamba.mamba_activation_bytes` lists them."""
+    if not kind:
+        if moe:
+            return hybrid_activation_bytes(model, job, plan, True, MOE)
+        counts = model.kind_counts() or ((MOE, 1),)
+        return sum(n * hybrid_activation_bytes(model, job, plan, k == MOE, k) for k, n in counts) / \
+            sum(n for _, n in counts)
+    t, s, b, h = plan.tp, job.seq_len // plan.cp, plan.mb, model.hidden_size
+    sb, drop, gi = s * b, 1 if job.dropout else 0, saved_gemm_input_bytes(job)
+    replicated = (2 + gi + drop) * sb * h  # norm input, the block's GEMM input, dropout mask
+    attn_scores = 0.0
+    if kind == MAMBA:
+        split = mamba_activation_bytes(model, sb, 1, gi, ACT_BYTES)  # whole layer; ÷t below
+    elif kind == ATTENTION:
+        q, kv = model.q_dim, model.kv_dim
+        split = 2 * sb * (q + kv) + 2 * sb * kv + gi * sb * model.attn_out_dim
+        if not job.flash_attention and plan.recompute != "selective":
+            attn_scores = (2 + 2 * drop + drop) * model.num_heads * s * s * b
+        elif job.flash_attention:
+            split += 4 * sb * model.num_heads
+    elif kind == MOE:
+        k, f, gated = model.experts_per_token, model.moe_ffn_hidden_size, 2 if model.gated_mlp else 1
+        split = sb * k * (gi * h * plan.etp + 2 * f * gated + gi * f)
+        if model.num_shared_experts:
+            fs = f * model.num_shared_experts
+            split += sb * (2 * fs * gated + gi * fs)
+    else:
+        f = model.ffn_hidden_size
+        split = 2 * sb * f * (2 if model.gated_mlp else 1) + gi * sb * f
     if plan.sp:
         return (replicated + split + attn_scores) / t
     return replicated + (split + attn_scores) / t

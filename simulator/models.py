@@ -34,11 +34,13 @@ _HF_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_head
 
 # Architectures whose layers are not attention + MLP blocks (state-space and recurrent mixers):
 # their configs are refused by name rather than with a missing-key message.
+# Nemotron-H is read (`hybrid_override_pattern`): its layers are each one Mamba-2 mixer, attention,
+# MLP or MoE block, which `hybrid_pattern` describes.
 _UNSUPPORTED_TYPES = {"mamba", "mamba2", "falcon_mamba", "rwkv", "rwkv5", "rwkv6", "rwkv7", "jamba",
-                      "nemotron_h", "zamba", "zamba2", "bamba", "granitemoehybrid", "xlstm", "recurrent_gemma"}
+                      "zamba", "zamba2", "bamba", "granitemoehybrid", "xlstm", "recurrent_gemma"}
 SUPPORTED_TYPES = ("llama", "llama4", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
                    "deepseek_v2", "deepseek_v3", "kimi_k2", "minimax_m2", "gpt_oss", "gpt2", "gpt3",
-                   "megatron-gpt")
+                   "megatron-gpt", "nemotron_h")
 
 # GPT-OSS's clamped SwiGLU is named `swigluoai` in vLLM (vllm/model_executor/layers/activation.py
 # SwigluOAIAndMul); HF's config.json says "silu". Both are gated (gate and up projections).
@@ -47,7 +49,12 @@ _GATED_ACTS = {"silu", "swiglu", "geglu", "swish", "swigluoai"}
 # every key attends to all earlier tokens, or only to the last `sliding_window` of them.
 FULL_ATTENTION, SLIDING_ATTENTION = "full_attention", "sliding_attention"
 ATTENTION_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION)
-_PLAIN_ACTS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu"}
+# relu2: squared ReLU (Nemotron-H `mlp_hidden_act`; Megatron-Core activations.squared_relu), 2 matrices
+_PLAIN_ACTS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu", "relu2"}
+# Megatron-Core hybrid layer symbols (megatron/core/models/hybrid/hybrid_layer_allocation.py Symbols):
+# each layer of a hybrid model is ONE of these blocks, with its own pre-norm and residual
+MAMBA, ATTENTION, MLP, MOE = "M", "*", "-", "E"
+HYBRID_SYMBOLS = {MAMBA: "Mamba-2 mixer", ATTENTION: "self-attention", MLP: "dense MLP", MOE: "MoE"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,20 @@ class ModelSpec:
     # [RMSNorm(h); RMSNorm(Emb(t_i+k))] from 2h to h, one transformer block like the model's last,
     # and the shared output head. Training costs only: `num_params` counts the main model.
     mtp_layers: int = 0
+    # Hybrid Mamba-2 + attention (+MoE) models (Nemotron-H, Nemotron-3): Megatron-Core's
+    # `hybrid_layer_pattern` (HF `hybrid_override_pattern`), one symbol per layer, each layer ONE
+    # block: M Mamba-2 mixer, * self-attention, - dense MLP, E MoE ("" = every layer attention + MLP).
+    # The Mamba-2 mixer (Dao & Gu 2024, arXiv 2405.21060 §7; Megatron-Core ssm/mamba_mixer.py):
+    # mamba_num_heads heads of mamba_head_dim channels (d_inner = heads · head_dim), state size
+    # mamba_state_dim (d_state), B and C shared by mamba_num_groups groups of heads, a depthwise
+    # causal conv of mamba_conv_kernel taps, the SSD scan in chunks of mamba_chunk_size tokens.
+    hybrid_pattern: str = ""
+    mamba_num_heads: int = 0
+    mamba_head_dim: int = 0
+    mamba_state_dim: int = 0
+    mamba_num_groups: int = 0
+    mamba_conv_kernel: int = 4  # Megatron-Core MambaMixer d_conv=4, HF conv_kernel
+    mamba_chunk_size: int = 128  # Megatron-Core MambaMixer chunk_size=128, HF chunk_size
     published_params: float = 0.0  # the parameter count its authors publish, for checking
     source: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
@@ -145,6 +166,38 @@ class ModelSpec:
         if self.norm not in ("layernorm", "rmsnorm"):
             raise InputError(f"model {self.name!r}: norm={self.norm!r}; valid: layernorm, rmsnorm")
         self._check_windows()
+        if self.hybrid_pattern:
+            self._check_hybrid()
+
+    def _check_hybrid(self) -> None:
+        p, where = self.hybrid_pattern, f"model {self.name!r}"
+        valid = ", ".join(f"{k!r} {v}" for k, v in HYBRID_SYMBOLS.items())
+        if not isinstance(p, str):
+            raise InputError(f"{where}: hybrid_override_pattern={repr(p)[:40]} must be a string of layer "
+                             f"symbols ({valid})")
+        bad = next((i for i, c in enumerate(p) if c not in HYBRID_SYMBOLS), None)
+        if bad is not None:
+            raise InputError(f"{where}: hybrid_override_pattern[{bad}]={p[bad]!r} is not a layer symbol; "
+                             f"valid: {valid}")
+        if len(p) != self.num_layers:
+            raise InputError(f"{where}: hybrid_override_pattern has {len(p)} symbols; "
+                             f"num_hidden_layers={self.num_layers} needs one per layer")
+        if self.mtp_layers:  # Megatron-Core builds them from mtp_hybrid_override_pattern, not the last layer
+            raise InputError(f"{where}: multi-token-prediction blocks of hybrid models are not modelled "
+                             f"(num_nextn_predict_layers={self.mtp_layers}; valid: 0)")
+        if MOE in p and not self.num_experts:
+            raise InputError(f"{where}: hybrid_override_pattern has MoE layers ('E') but n_routed_experts=0")
+        if MAMBA in p:
+            for f, hf in (("mamba_num_heads", "mamba_num_heads"), ("mamba_head_dim", "mamba_head_dim"),
+                          ("mamba_state_dim", "ssm_state_size"), ("mamba_num_groups", "n_groups"),
+                          ("mamba_conv_kernel", "conv_kernel"), ("mamba_chunk_size", "chunk_size")):
+                v = getattr(self, f)
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= MAX_DIM:
+                    raise InputError(f"{where}: {hf}={v!r} must be an integer in 1..{MAX_DIM:,} for Mamba "
+                                     f"layers ('M')")
+            if self.mamba_num_heads % self.mamba_num_groups:  # Megatron-Core MambaMixer asserts it
+                raise InputError(f"{where}: n_groups={self.mamba_num_groups} must divide "
+                                 f"mamba_num_heads={self.mamba_num_heads}")
 
     def _check_windows(self) -> None:
         w = self.sliding_window
@@ -172,8 +225,30 @@ class ModelSpec:
     def is_mla(self) -> bool:
         return self.kv_lora_rank > 0
 
+    @property
+    def is_hybrid(self) -> bool:
+        """Layers of one block each (Mamba-2, attention, MLP, MoE) as `hybrid_pattern` lists them."""
+        return bool(self.hybrid_pattern)
+
+    def layer_kind(self, i: int) -> str:
+        """Layer i's hybrid symbol (M, *, -, E); "" for an attention + MLP block."""
+        return self.hybrid_pattern[i] if self.hybrid_pattern else ""
+
+    def kind_counts(self) -> tuple[tuple[str, int], ...]:
+        """((symbol, layers), ...) of a hybrid model's non-MoE layers, in HYBRID_SYMBOLS order."""
+        return tuple((k, self.hybrid_pattern.count(k)) for k in HYBRID_SYMBOLS
+                     if k != MOE and k in self.hybrid_pattern)
+
+    @property
+    def mamba_d_inner(self) -> int:
+        """Width of the Mamba-2 mixer's x (and z): heads · head dim (Megatron-Core MambaMixer d_inner)."""
+        return self.mamba_num_heads * self.mamba_head_dim
+
     def is_moe_layer(self, i: int) -> bool:
-        """Whether layer i (0-based) has routed experts (DeepSeek/Mixtral conventions)."""
+        """Whether layer i (0-based) has routed experts (DeepSeek/Mixtral conventions; a hybrid
+        model's 'E' layers)."""
+        if self.hybrid_pattern:
+            return self.hybrid_pattern[i] == MOE
         if not self.is_moe or i < self.first_dense_layers:
             return False
         return (i - self.first_dense_layers) % self.moe_layer_freq == 0
@@ -262,7 +337,24 @@ class ModelSpec:
     def norm_params(self) -> int:
         return self.hidden_size * (2 if self.norm == "layernorm" else 1)
 
+    def mamba_params(self) -> int:
+        """One Mamba-2 mixer (Megatron-Core ssm/mamba_mixer.py MambaMixer): in_proj h → [z, x, B, C,
+        dt] (2·d_inner + 2·groups·d_state + heads), the depthwise conv1d over x, B, C (d_conv taps and
+        a bias per channel), dt_bias, A_log and D per head, the gated RMSNorm's weight (d_inner) and
+        out_proj d_inner → h (no linear biases in Nemotron-H: use_bias false)."""
+        h, di = self.hidden_size, self.mamba_d_inner
+        gn, heads = self.mamba_num_groups * self.mamba_state_dim, self.mamba_num_heads
+        conv = (di + 2 * gn) * (self.mamba_conv_kernel + 1)
+        return h * (2 * di + 2 * gn + heads) + conv + 3 * heads + di + di * h
+
+    def hybrid_block_params(self, kind: str) -> int:
+        """The block of one hybrid layer of `kind` (its pre-norm not included)."""
+        return {MAMBA: self.mamba_params, ATTENTION: self.attention_params, MLP: self.dense_mlp_params,
+                MOE: self.moe_layer_params}[kind]()
+
     def layer_params(self, i: int) -> int:
+        if self.hybrid_pattern:  # one block and its pre-norm (Megatron-Core MambaLayer / TransformerLayer)
+            return self.hybrid_block_params(self.hybrid_pattern[i]) + self.norm_params()
         mlp = self.moe_layer_params() if self.is_moe_layer(i) else self.dense_mlp_params()
         return self.attention_params() + mlp + 2 * self.norm_params()
 
@@ -419,7 +511,8 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
     a = _int_key(cfg, "num_attention_heads", where, names=names)
     kv = _int_key(cfg, "num_key_value_heads", where, default=a)
     vocab = _int_key(cfg, "vocab_size", where)
-    act = str(cfg.get("hidden_act", "silu")).lower()
+    # Nemotron-H names the MLP's activation `mlp_hidden_act` (HF NemotronHConfig)
+    act = str(cfg.get("hidden_act", cfg.get("mlp_hidden_act", "silu"))).lower()
     if act not in _GATED_ACTS | _PLAIN_ACTS:
         raise InputError(f"{where}: {names.get('hidden_act', 'hidden_act')}={act!r} is not known; valid: "
                          f"{', '.join(sorted(_GATED_ACTS | _PLAIN_ACTS))}")
@@ -444,7 +537,8 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
         attention_sinks=bool(cfg.get("attention_sinks", gpt_oss)),
         name=name, num_layers=L, hidden_size=h, num_heads=a, num_kv_heads=kv, ffn_hidden_size=ffn,
         vocab_size=vocab, gated_mlp=gated,
-        head_dim=_int_key(cfg, "head_dim", where, default=0, positive=False),
+        head_dim=_int_key(cfg, "head_dim", where, default=0, positive=False)
+        or _int_key(cfg, "attention_head_dim", where, default=0, positive=False),  # HF NemotronHConfig
         tie_embeddings=bool(cfg.get("tie_word_embeddings", gpt_style)),
         learned_pos_embeddings=_int_key(cfg, "learned_pos_embeddings", where,
                                         default=cfg.get("max_position_embeddings", 0) if gpt_style else 0,
@@ -473,6 +567,13 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
         published_params=_count_key(cfg, "published_params", where),
         source=str(cfg.get("source", "")),
     )
+    pattern = cfg.get("hybrid_override_pattern", cfg.get("hybrid_layer_pattern"))
+    if pattern is not None or model_type == "nemotron_h":
+        kwargs.update(_hybrid_keys(cfg, pattern, where))
+        # Nemotron-H sizes its shared expert (HF NemotronHConfig moe_shared_expert_intermediate_size)
+        shared = _int_key(cfg, "moe_shared_expert_intermediate_size", where, default=0, positive=False)
+        if n_experts and shared:
+            kwargs["num_shared_experts"] = max(1, round(shared / (kwargs["moe_ffn_hidden_size"] or ffn)))
     # Llama 4 (HF Llama4TextConfig): experts and the one shared expert have `intermediate_size`,
     # dense layers `intermediate_size_mlp`; every `interleave_moe_layer_step`-th layer is MoE,
     # counting from layer step−1 (HF Llama4TextModel moe_layers). Its QK norm has no weights.
@@ -498,6 +599,27 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
         for key, used in names.items():  # the key as the config spelled it
             msg = re.sub(rf"\b{key}=", f"{used}=", msg)
         raise InputError(f"{where}: {msg}") from None
+
+
+def _hybrid_keys(cfg: dict, pattern, where: str) -> dict:
+    """The hybrid layer pattern and Mamba-2 sizes of a Nemotron-H config (HF NemotronHConfig keys:
+    hybrid_override_pattern, mamba_num_heads, mamba_head_dim, ssm_state_size, n_groups,
+    conv_kernel, chunk_size)."""
+    if not isinstance(pattern, str) or not pattern:
+        raise InputError(f"{where}: hybrid_override_pattern={repr(pattern)[:40]} must be a string with one "
+                         f"layer symbol per layer ({', '.join(HYBRID_SYMBOLS)})")
+    if cfg.get("moe_latent_size"):  # Nemotron-3 Super's LatentMoE (Megatron-Bridge nemotron_h_bridge.py)
+        raise InputError(f"{where}: moe_latent_size={repr(cfg['moe_latent_size'])[:20]}: LatentMoE experts (tokens "
+                         f"projected to a latent width before the experts) are not modelled")
+    out = {"hybrid_pattern": pattern}
+    if MAMBA in pattern:
+        for field_, key, default in (("mamba_num_heads", "mamba_num_heads", None),
+                                     ("mamba_head_dim", "mamba_head_dim", None),
+                                     ("mamba_state_dim", "ssm_state_size", None),
+                                     ("mamba_num_groups", "n_groups", 1), ("mamba_conv_kernel", "conv_kernel", 4),
+                                     ("mamba_chunk_size", "chunk_size", 128)):
+            out[field_] = _int_key(cfg, key, where, default=default)
+    return out
 
 
 @cache

@@ -28,7 +28,8 @@ from hwmodels.clusters import Cluster
 from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
 from hwmodels.kernels import KernelModel, dtype_bytes, kernel_model
-from simulator.models import ModelSpec
+from simulator.mamba import MambaShape, mamba_shape, ssd_bytes, ssd_flops
+from simulator.models import ATTENTION, HYBRID_SYMBOLS, MAMBA, MLP, MOE, ModelSpec
 from simulator.precision import ACT_BYTES
 from simulator.training import TrainingJob, TrainingPlan
 
@@ -197,6 +198,8 @@ def rope_elements(model: ModelSpec, tp: int) -> int:
 EAGER_RMSNORM_BYTES = 36
 EAGER_ROPE_BYTES = 20
 EAGER_SWIGLU_BYTES = 10
+# the GEMM shape whose measured rate stands for the SSD scan's tensor-core tiles (`_ssd_op`)
+SSD_GEMM_SHAPE = 8192
 # amax read (2 B) + cast read (2 B) and FP8 write (1 B) per element of a dynamically scaled tensor
 FP8_CAST_FWD = 5
 
@@ -228,11 +231,16 @@ def _comm(comm_s: CommCost, name: str, op: str, group: str, size: int, stride: i
 
 
 def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: KernelModel,
-                      comm_s: CommCost, moe: bool, phase: str, attention: tuple = ()) -> list[Op]:
+                      comm_s: CommCost, moe: bool, phase: str, attention: tuple = (), kind: str = "") -> list[Op]:
     """Ops of one layer on one rank, in execution order, for `phase` in fwd | bwd | recompute.
     GEMMs run on `km`, 16-bit work on `km16`; `attention` holds the attention core's ops, which
     depend on how the tokens group into sequences (training: `_core_attention`; serving adds
-    its prefill chunks and decodes per batch instead)."""
+    its prefill chunks and decodes per batch instead). A hybrid model's layer is one block,
+    `kind` its symbol (M Mamba-2, * attention, - MLP, E MoE: Megatron-Core hybrid_layer_allocation.py),
+    with its pre-norm and residual add."""
+    if model.is_hybrid and kind not in HYBRID_SYMBOLS:
+        raise InputError(f"model {model.name!r}: hybrid Mamba-2 layers are modelled for training only "
+                         f"(no serving costs for them)")
     t, T, h, ab = lp.tp, lp.tokens, model.hidden_size, ACT_BYTES
     T_sp = T // t if lp.sp else T  # tokens in the norm/dropout regions
     fwd = phase != "bwd"
@@ -290,7 +298,33 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
         if not kern.fused_add_norm:
             ops.append(_mem(km, f"bias_dropout_add{i}", ew * (3 * ab + drop) * T_sp * h, phase))
 
+    if kind == MAMBA:
+        norm(1)
+        _mamba_block(model, lp, km16, comm_s, phase, ops, gemm, tp_collective)
+        residual(1)
+        if phase == "bwd":
+            ops.reverse()
+        return ops
     # ---- attention block ----
+    if kind in ("", ATTENTION):
+        _attention_block(model, lp, km, comm_s, phase, ops, gemm, tp_collective, norm, residual, attention)
+    if kind == ATTENTION:
+        if phase == "bwd":
+            ops.reverse()
+        return ops
+    moe = moe or kind == MOE
+    _mlp_block(model, lp, km, km16, comm_s, moe, phase, ops, gemm, tp_collective, norm, residual)
+    if phase == "bwd":
+        ops.reverse()
+    return ops
+
+
+def _attention_block(model, lp, km, comm_s, phase, ops, gemm, tp_collective, norm, residual, attention):
+    """The attention block of `transformer_layer`: norm, QKV, the core, the output projection."""
+    t, T, ab, kern = lp.tp, lp.tokens, ACT_BYTES, lp.kernels
+    fwd = phase != "bwd"
+    ew = 1.0 if fwd else 2.0
+    h = model.hidden_size
     norm(1)
     tp_collective("qkv", True)
     for name, n, k in attention_gemms(model, t):
@@ -319,6 +353,14 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
     gemm("proj", T, h, model.attn_out_dim // t)
     tp_collective("proj", False)
     residual(1)
+
+
+def _mlp_block(model, lp, km, km16, comm_s, moe, phase, ops, gemm, tp_collective, norm, residual):
+    """The MLP / MoE block of `transformer_layer`."""
+    t, T, h, kern = lp.tp, lp.tokens, model.hidden_size, lp.kernels
+    fwd = phase != "bwd"
+    ew = 1.0 if fwd else 2.0
+    ab = ACT_BYTES
     # ---- MLP / MoE block ----
     norm(2)
     if moe:
@@ -338,9 +380,63 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
         gemm("fc2", T, h, ffn)
         tp_collective("fc2", False)
     residual(2)
+
+
+def _mamba_block(model: ModelSpec, lp: LayerPass, km16: KernelModel, comm_s: CommCost, phase: str,
+                 ops: list, gemm, tp_collective) -> None:
+    """A Mamba-2 mixer on one rank (Megatron-Core ssm/mamba_mixer.py `_ssm_training`; shapes and
+    bytes in simulator/mamba.py): in_proj (column-parallel, the TP exchange before it like QKV's),
+    the depthwise causal conv1d and the SSD scan with its D skip and z gate fused (mamba_ssm
+    mamba_split_conv1d_scan_combined, Triton kernels run in 16-bit whatever the GEMMs' dtype), the
+    gated RMSNorm, out_proj (row-parallel, the exchange after it like the attention projection's).
+    With context parallelism the conv and the scan run on every token of the sequence for
+    heads/cp, between two all-to-alls (ssm/mamba_context_parallel.py pre_conv_ssm, post_conv_ssm)."""
+    t, T, h, ab, cp = lp.tp, lp.tokens, model.hidden_size, ACT_BYTES, lp.cp
+    fwd = phase != "bwd"
+    local = mamba_shape(model, t)
+    tp_collective("in_proj", True)
+    gemm("in_proj", T, local.in_proj_width, h)
+    if cp > 1:
+        ops.append(_comm(comm_s, "cp.mamba_in", "all_to_all", "cp", cp, t, T * local.in_proj_width * ab, phase))
+    s = mamba_shape(model, t, cp)
+    tokens = T * cp  # the scan runs over the whole sequence of its heads
+    # causal_conv1d with SiLU: read and write x, B, C (memory-bound: 2·d_conv FLOPs per element
+    # against 4 bytes). Backward recomputes it (checkpoint_lvl 1: xBC_conv is not saved) and reads
+    # its input and the gradient, writes the input gradient (mamba_ssm ssd_combined.py backward).
+    conv_elems = tokens * s.conv_channels
+    ops.append(Op("mamba_conv", "compute", phase, 2.0 * s.conv * conv_elems * (1 if fwd else 3),
+                  (2 if fwd else 5) * conv_elems * ab, km16.memory_s((2 if fwd else 5) * conv_elems * ab)))
+    ops.append(_ssd_op(km16, s, tokens, phase))
+    if cp > 1:
+        ops.append(_comm(comm_s, "cp.mamba_out", "all_to_all", "cp", cp, t, T * local.d_inner * ab, phase))
+    # the gated RMSNorm over the scan output (ExtendedRMSNorm: read y, write the normalised y)
+    ops.append(_mem(km16, "mamba_norm", (1.0 if fwd else 2.0) * 2 * T * local.d_inner * ab, phase))
+    gemm("out_proj", T, h, local.d_inner)
+    tp_collective("out_proj", False)
+
+
+def _ssd_op(km16: KernelModel, s: MambaShape, tokens: int, phase: str) -> Op:
+    """The SSD scan (Dao & Gu 2024 §6) as one op, at the roofline of its Triton kernels
+    (mamba_ssm ssd_bmm / ssd_chunk_state / ssd_state_passing / ssd_chunk_scan): its chunk products
+    run as Q×Q×{N,P} tensor-core tiles on data already on chip, so its compute side is its FLOPs
+    at the device's measured rate on a large GEMM (`SSD_GEMM_SHAPE`); its memory side the HBM
+    traffic of `ssd_bytes` (fp32 chunk states and decays). The longer one is the time. At
+    Nemotron's shapes (Q = N = 128, P = 64) the arithmetic intensity is ≈ 40 FLOP/B against a
+    ridge point of ≈ 300 FLOP/B on H100 and Blackwell: memory-bound. No kernel-level timing of
+    these kernels is in the tables, so this is a bound, not a measurement.
+    Backward (mamba_ssm ssd_combined.py _mamba_chunk_scan_combined_bwd) recomputes C·Bᵀ and the
+    chunk states, then runs two gradient products per forward product: 2× the forward's FLOPs
+    plus the recomputed ones, and the forward's traffic three times (recompute, then the
+    gradient of every tensor read and written)."""
+    w = ssd_flops(s, tokens)
+    n = SSD_GEMM_SHAPE
+    rate = 2.0 * n ** 3 / km16.gemm_s(n, n, n)  # FLOP/s of the device's measured large GEMM
+    nbytes = ssd_bytes(s, tokens, ACT_BYTES)
     if phase == "bwd":
-        ops.reverse()
-    return ops
+        flops, nbytes = 2 * w.total + w.cb + w.states + w.passing, 3 * nbytes
+    else:
+        flops = w.total
+    return Op("ssd", "compute", phase, flops, nbytes, max(flops / rate, km16.memory_s(nbytes)))
 
 
 def _moe_block(km: KernelModel, km_router: KernelModel, model: ModelSpec, lp: LayerPass,
@@ -466,15 +562,15 @@ def chunk_attention_s(km: KernelModel, model: ModelSpec, heads: int, kv_heads: i
 
 # ---- training ----------------------------------------------------------------------------------
 def layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: Cluster,
-              moe: bool, phase: str) -> list[Op]:
+              moe: bool, phase: str, kind: str = "") -> list[Op]:
     """Ops of one layer for one micro-batch on one rank, in execution order, for `phase` in
-    fwd | bwd | recompute."""
-    return list(_layer_ops(model, job, plan, cluster, moe, phase))
+    fwd | bwd | recompute; `kind` a hybrid model's layer symbol (`transformer_layer`)."""
+    return list(_layer_ops(model, job, plan, cluster, moe, phase, kind))
 
 
 @lru_cache(maxsize=4096)
 def _layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: Cluster,
-               moe: bool, phase: str) -> tuple[Op, ...]:
+               moe: bool, phase: str, kind: str = "") -> tuple[Op, ...]:
     km = kernel_model(cluster.device.name, job.dtype)
     # FP8 recipes run attention in bf16 (Transformer Engine: FP8 dot-product attention is opt-in)
     km_attn = kernel_model(cluster.device.name, "bf16") if job.dtype in ("fp8", "fp4") else km
@@ -487,11 +583,11 @@ def _layer_ops(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: 
                    fp8_dynamic_casts=job.fp8_dynamic_casts and job.dtype == "fp8",
                    lora_rank=job.lora_rank, lora_targets=job.lora_targets)
     heads, kv_heads = model.num_heads // t, max(1, model.num_kv_heads // t)
-    attention = _core_attention(km_attn, model, job, plan, heads, kv_heads, phase)
+    attention = _core_attention(km_attn, model, job, plan, heads, kv_heads, phase) if kind in ("", ATTENTION) else []
 
     def comm_s(op: str, group: str, size: int, stride: int, nbytes: float) -> float:
         return collective_s(cluster, op, size, stride, nbytes)
-    return tuple(transformer_layer(model, lp, km, km_attn, comm_s, moe, phase, tuple(attention)))
+    return tuple(transformer_layer(model, lp, km, km_attn, comm_s, moe, phase, tuple(attention), kind))
 
 
 def _core_attention(km: KernelModel, model: ModelSpec, job: TrainingJob, plan: TrainingPlan,
@@ -560,11 +656,20 @@ def _sum_phase(ops: tuple[Op, ...]) -> tuple[float, float, dict, float]:
 
 @lru_cache(maxsize=4096)
 def layer_cost(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: Cluster,
-               moe: bool) -> LayerCost:
-    fwd_ops = _layer_ops(model, job, plan, cluster, moe, "fwd")
+               moe: bool, kind: str = "") -> LayerCost:
+    """One layer's cost. A hybrid model's MoE layers ('E') cost as themselves; its other layers
+    (M, *, -) as their layer-weighted mean, the per-layer cost the engines multiply by a stage's
+    non-MoE layer count (exact for a whole model or a stage with the model's mix; a stage
+    whose mix differs is off by the difference)."""
+    if model.is_hybrid and not kind:
+        if moe:
+            return layer_cost(model, job, plan, cluster, True, MOE)
+        counts = model.kind_counts() or ((MOE, 1),)  # all-MoE: no dense layer reads it
+        return _mean_cost([(layer_cost(model, job, plan, cluster, k == MOE, k), n) for k, n in counts])
+    fwd_ops = _layer_ops(model, job, plan, cluster, moe, "fwd", kind)
     f_c, _, f_comm, _ = _sum_phase(fwd_ops)
-    b_c, b_w, b_comm, _ = _sum_phase(_layer_ops(model, job, plan, cluster, moe, "bwd"))
-    fwd_flops, attn_flops = _model_flops_fwd(model, job, plan, moe)
+    b_c, b_w, b_comm, _ = _sum_phase(_layer_ops(model, job, plan, cluster, moe, "bwd", kind))
+    fwd_flops, attn_flops = _model_flops_fwd(model, job, plan, moe, kind)
     if plan.recompute == "full":  # re-run the whole forward, collectives included
         r_c, r_comm, r_flops = f_c, f_comm, fwd_flops
     elif plan.recompute == "selective" and job.selective_policy == "op":
@@ -583,6 +688,22 @@ def layer_cost(model: ModelSpec, job: TrainingJob, plan: TrainingPlan, cluster: 
     else:  # none, or selective with flash attention (its backward recomputes scores already)
         r_c, r_comm, r_flops = 0.0, {}, 0.0
     return LayerCost(f_c, b_c, r_c, b_w, f_comm, b_comm, r_comm, fwd_flops, r_flops)
+
+
+def _mean_cost(weighted: list) -> LayerCost:
+    """The layer-weighted mean of [(LayerCost, layers), ...]."""
+    n = sum(w for _, w in weighted)
+
+    def mean(get):
+        return sum(w * get(c) for c, w in weighted) / n
+
+    def mean_dict(get):
+        keys = {k for c, _ in weighted for k in get(c)}
+        return {k: sum(w * get(c).get(k, 0.0) for c, w in weighted) / n for k in sorted(keys)}
+    return LayerCost(mean(lambda c: c.fwd_compute_s), mean(lambda c: c.bwd_compute_s),
+                     mean(lambda c: c.recompute_s), mean(lambda c: c.wgrad_s), mean_dict(lambda c: c.fwd_comm_s),
+                     mean_dict(lambda c: c.bwd_comm_s), mean_dict(lambda c: c.recompute_comm_s),
+                     mean(lambda c: c.fwd_flops), mean(lambda c: c.recompute_flops))
 
 
 def _op_sac_share(model: ModelSpec, name: str, moe: bool) -> float:
@@ -610,12 +731,17 @@ def _op_sac_share(model: ModelSpec, name: str, moe: bool) -> float:
 
 
 def _model_flops_fwd(model: ModelSpec, job: TrainingJob, plan: TrainingPlan,
-                     moe: bool) -> tuple[float, float]:
+                     moe: bool, kind: str = "") -> tuple[float, float]:
     """(forward model FLOPs, of which core attention) of one layer for one micro-batch, whole
     layer (all TP/CP ranks), with non-causal attention as Megatron (2104.04473 eq. 3) and PaLM
-    (2204.02311 App. B) count it."""
+    (2204.02311 App. B) count it. A hybrid layer counts its one block: a Mamba-2 mixer its two
+    projections, the conv (2·d_conv per channel) and the SSD scan (`simulator.mamba.ssd_flops`)."""
     T = plan.mb * job.seq_len
     h = model.hidden_size
+    if kind == MAMBA:
+        s = mamba_shape(model)
+        conv = 2.0 * T * s.conv * s.conv_channels
+        return float(2 * T * h * (s.in_proj_width + s.d_inner) + conv + ssd_flops(s, T).total), 0.0
     attn_proj = 2 * T * h * (model.q_dim + 2 * model.kv_dim) + 2 * T * model.attn_out_dim * h
     if model.is_mla:
         attn_proj = 2 * T * model.attention_params()
@@ -629,6 +755,10 @@ def _model_flops_fwd(model: ModelSpec, job: TrainingJob, plan: TrainingPlan,
             mlp += 2 * T * model.dense_mlp_params(model.moe_ffn_hidden_size * model.num_shared_experts)
     else:
         mlp = 2 * T * model.mlp_matrices * h * model.ffn_hidden_size
+    if kind == ATTENTION:
+        return float(attn_proj + attn), float(attn)
+    if kind in (MLP, MOE):  # a hybrid MLP or MoE layer: its block alone
+        return float(mlp), 0.0
     return float(attn_proj + attn + mlp), float(attn)
 
 
@@ -636,3 +766,11 @@ def check_supported(model: ModelSpec, plan: TrainingPlan) -> None:
     if model.is_moe and plan.tp > 1 and not plan.sp:
         raise InputError("plan with MoE and tp > 1 needs sp=on (Megatron-Core requires sequence "
                          "parallelism for MoE with tensor parallelism)")
+    if model.is_hybrid and MAMBA in model.hybrid_pattern:
+        # Megatron-Core MambaMixer asserts nheads % tp == 0 and ngroups % tp == 0, and
+        # MambaContextParallel splits the TP-local heads and groups over cp
+        split = plan.tp * plan.cp
+        if model.mamba_num_heads % split or model.mamba_num_groups % split:
+            raise InputError(f"plan tp={plan.tp} cp={plan.cp}: Mamba-2 layers split their "
+                             f"{model.mamba_num_heads} heads and {model.mamba_num_groups} groups over tp·cp = "
+                             f"{split} ranks, which must divide both")

@@ -122,6 +122,9 @@ class TrainingJob:
         if bad or (self.lora_rank and not self.lora_targets):
             raise InputError(f"lora targets {','.join(map(str, self.lora_targets)) or '(none)'}; "
                              f"valid: one or more of {', '.join(LORA_TARGETS)}")
+        if self.lora_rank and self.model.is_hybrid:
+            raise InputError(f"model {self.model.name!r}: LoRA on hybrid Mamba-2 models is not modelled; "
+                             f"valid: lora rank 0 (every weight trains)")
         if self.zero3_unit not in ZERO3_UNITS:
             raise InputError(f"zero3 unit {self.zero3_unit!r}; valid: {', '.join(ZERO3_UNITS)}")
         if self.dtype not in DTYPES:

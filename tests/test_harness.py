@@ -184,6 +184,10 @@ def test_unsupported_models_are_refused():
     moe = dataclasses.replace(default_model(), num_experts=8, experts_per_token=2)
     with pytest.raises(InputError, match="MoE"):
         harness.check_model(moe)
+    hybrid = dataclasses.replace(default_model(), hybrid_pattern="*-" * default_model().num_layers,
+                                 num_layers=2 * default_model().num_layers)
+    with pytest.raises(InputError, match="hybrid Mamba-2"):
+        harness.check_model(hybrid)
 
 
 # ---- the committed measurements (no torch needed) ---------------------------------------------

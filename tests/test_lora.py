@@ -93,6 +93,8 @@ def test_bad_lora_settings_are_refused_in_one_line(capsys):
         TrainingJob(M70, 4096, 8, lora_rank=-1)
     with pytest.raises(InputError, match=r"lora targets qkv,mlp; valid: one or more of qkv, proj, fc1, fc2"):
         TrainingJob(M70, 4096, 8, lora_rank=8, lora_targets=("qkv", "mlp"))
+    with pytest.raises(InputError, match=r"LoRA on hybrid Mamba-2 models is not modelled"):
+        TrainingJob(load_model("nemotron-3-nano-30b-a3b"), 4096, 8, lora_rank=8)
     base = ["simulate", "train", "--model", "llama3-70b", "--cluster", "dgx-h100", "--nodes", "1",
             "--seq-len", "4096", "--global-batch", "32"]
     for extra, msg in ((["--lora-rank", "8", "--lora-targets", "qkv,mlp"], "valid: one or more of qkv"),

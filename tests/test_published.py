@@ -167,8 +167,8 @@ def test_mlperf_gpt3_replays_the_h100_systems_and_lists_the_rest():
 
 def test_megatron_bridge_dense_rows_and_skip_reasons():
     """Llama-3 70B pretraining and SFT on DGX-H100 (FP8, TP4 PP8/4 VP5) within 5%, its LoRA run
-    (rank 32 on linear_qkv, as the recipe sets) within 12%; Nemotron-3 Nano is listed as not
-    modelled with the reason, not dropped; GPT-OSS is modelled."""
+    (rank 32 on linear_qkv, as the recipe sets) within 12%; GPT-OSS and the hybrid Nemotron-3 Nano
+    are modelled."""
     cases, skipped = published.megatron_bridge()
     llama70 = [c for c in cases if c["name"].startswith("LLAMA3_70B") and "LoRA" not in c["name"]]
     assert len(llama70) == 2 and all(abs(c["error_pct"]) <= 5.0 for c in llama70)
@@ -177,9 +177,9 @@ def test_megatron_bridge_dense_rows_and_skip_reasons():
     _consistent(cases)
     reasons = " ".join(s["row"] + " " + s["reason"] for s in skipped)
     assert "LoRA" not in reasons
-    for what in ("Nemotron",):
-        assert what in reasons
-    assert "GPT OSS" not in reasons  # modelled since its sliding-window layers are (test_gpt_oss.py)
+    assert "GPT OSS" not in reasons and "Nemotron" not in reasons
+    nano = [c for c in cases if c["name"].startswith("Nemotron_3_Nano")]
+    assert len(nano) == 1 and "ep=8" in nano[0]["plan"] and "tp=1" in nano[0]["plan"]
     assert any(c["name"].startswith("GPT OSS 120B") for c in cases)
 
 
@@ -192,7 +192,7 @@ def test_megatron_bridge_blackwell_rows_clusters_and_reasons():
     assert published._bridge_cluster("DGX-GB300", 8).devices_per_node == 8
     assert published._bridge_cluster("DGX-B200", 64).num_nodes == 8
     cases, skipped = published.megatron_bridge(path=published.BRIDGE_BLACKWELL)
-    assert len(cases) == 75  # the LoRA rows included
+    assert len(cases) == 79  # 71 + the four LoRA runs + the four Nemotron-3 Nano runs (tests/test_mamba.py)
     _consistent(cases)
     lora = [c for c in cases if "LoRA" in c["name"]]
     assert len(lora) == 4 and all(abs(c["error_pct"]) <= 12.0 for c in lora)
@@ -206,8 +206,10 @@ def test_megatron_bridge_blackwell_rows_clusters_and_reasons():
              and "recompute=full" not in c["plan"]]
     assert len(dense) >= 15 and sum(abs(c["error_pct"]) <= 15 for c in dense) >= 0.7 * len(dense)
     reasons = " ".join(s["row"] + " " + s["reason"] for s in skipped)
-    for what in ("Mamba", "DeepSeek-V4"):
+    for what in ("Nemotron_3_Super", "Nemotron_3_Ultra", "Nemotron_3_5_Lightning", "DeepSeek-V4"):
         assert what in reasons
-    assert "LoRA" not in reasons
+    assert "Nemotron_3_Nano" not in reasons and "LoRA" not in reasons
+    nano = [c for c in cases if c["name"].startswith("Nemotron_3_Nano")]
+    assert len(nano) == 4 and all("ep=8" in c["plan"] and "recompute=none" in c["plan"] for c in nano)
     mape = sum(abs(c["error_pct"]) for c in cases) / len(cases)
     assert mape <= 30.0  # today's 29.3% (MoE rows across container versions); see docs/modeling.md

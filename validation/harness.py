@@ -116,7 +116,7 @@ def model_from_dict(d: dict) -> ModelSpec:
 def check_model(spec: ModelSpec) -> None:
     """The harness builds dense decoders with standard attention (validation/gpt.py)."""
     for field, why in (("num_experts", "MoE"), ("kv_lora_rank", "MLA"), ("qk_norm", "QK-norm"),
-                       ("qkv_bias", "Q/K/V-only biases")):
+                       ("qkv_bias", "Q/K/V-only biases"), ("hybrid_pattern", "hybrid Mamba-2 layers")):
         if getattr(spec, field):
             raise InputError(f"model {spec.name!r}: {why} ({field}={getattr(spec, field)!r}) is not "
                              f"supported by the validation harness; use a dense model")

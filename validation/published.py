@@ -38,8 +38,10 @@ NEMO_MODELS = {"GPT3-175B": "gpt3-175b", "LLAMA2-7B": "llama2-7b", "LLAMA2-13B":
 MICRO_BATCHES = (1, 2, 4, 8)
 # Table 2's models (layers, hidden, heads): GPT-3 175B (Brown et al. 2020, Table 2.1) and Table 1's 529.6B row
 MEGATRON_GPT = {174.6: (96, 12288, 96), 529.6: (105, 20480, 128)}
-# Megatron-Bridge model headings -> our presets (Nemotron-3 Nano: hybrid Mamba layers, is not modelled)
-BRIDGE_MODELS = {"LLAMA3_70B": "llama3-70b", "LLAMA3.1_405B": "llama3-405b", "Qwen3_30B_a3B": "qwen3-30b-a3b",
+# Megatron-Bridge model headings -> our presets (Nemotron-3 Nano: hybrid Mamba-2 + attention + MoE
+# layers, its config in the recipe: recipes/nemotronh/h100/nemotron_3_nano.py)
+BRIDGE_MODELS = {"Nemotron_3_Nano": "nemotron-3-nano-30b-a3b",
+                 "LLAMA3_70B": "llama3-70b", "LLAMA3.1_405B": "llama3-405b", "Qwen3_30B_a3B": "qwen3-30b-a3b",
                  "Qwen3_235B_a22B": "qwen3-235b-a22b", "GPT OSS 120B": "gpt-oss-120b", "LLAMA3_8B": "llama3-8b",
                  "Kimi_K2": "kimi-k2", "DeepSeekV3": "deepseek-v3", "DeepSeekV3 (w/ MTP)": "deepseek-v3",
                  "DeepSeekV3 (w/o MTP)": "deepseek-v3",
@@ -75,8 +77,18 @@ BRIDGE_EP_OVERLAP_RUNS = {("DeepSeekV3", "DGX-B200", "MXFP8", 8, 2, 32), ("DeepS
                           ("DeepSeekV3", "DGX-GB200", "MXFP8", 4, 4, 64),
                           ("DeepSeekV3", "DGX-GB300", "MXFP8", 2, 8, 32)}
 BRIDGE_NOT_MODELLED = {
-    **{m: "hybrid Mamba-Transformer layers are not modelled"
-       for m in ("Nemotron_3_Nano", "Nemotron_3_Super", "Nemotron_3_Ultra", "Nemotron_3_5_Lightning")},
+    # Megatron-Bridge recipes/nemotronh/h100/nemotron_3_super.py and nemotron_3_ultra.py build the
+    # model from its Hugging Face config at run time (AutoBridge.from_hf_pretrained), which the
+    # snapshot does not hold; Super's experts are LatentMoE (moe_latent_size, nemotron_h_bridge.py)
+    "Nemotron_3_Super": "hybrid Mamba-2 model whose config the recipe reads from Hugging Face at run time "
+                        "(not in the Megatron-Bridge snapshot), with LatentMoE experts (moe_latent_size), "
+                        "which are not modelled",
+    "Nemotron_3_Ultra": "hybrid Mamba-2 model whose config the recipe reads from Hugging Face at run time "
+                        "(not in the Megatron-Bridge snapshot): no preset",
+    # perf_recipes/nemotronh/gb200/nemotronh.py: the Nano architecture plus 2 repeated MTP layers,
+    # whose hybrid block pattern the Blackwell recipes leave unset (the H100 recipe sets "*E")
+    "Nemotron_3_5_Lightning": "hybrid Mamba-2 model with multi-token-prediction blocks whose hybrid pattern "
+                              "the Blackwell recipes leave unset; MTP blocks of hybrid models are not modelled",
     "DeepSeekV4 Flash": "no DeepSeek-V4 preset (its published config is not in the catalog)"}
 
 
