@@ -81,7 +81,7 @@ def test_bridge_deepseek_v3_rows_replay_with_the_recipes_layouts():
     assert all("layout=Et*4|(t*4|)*14tmL" in c["plan"] or "layout=Et*8|(t*8|)*6t*5mL" in c["plan"]
                for c in ds if "w/o MTP" not in c["name"])
     assert all("m" not in c["plan"].split("layout=")[1] for c in ds if "w/o MTP" in c["name"])
-    assert not any("MTP" in s["reason"] for s in skipped)
+    assert not any("MTP" in s["reason"] for s in skipped if "DeepSeek" in s["row"])
 
 
 def test_the_mtp_block_is_like_the_models_last_layer():
