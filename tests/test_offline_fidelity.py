@@ -271,3 +271,36 @@ def test_trtllm_bench_fp8_replica_runs_fp8_context_fmha_and_switched_off_is_slow
     off_sim = ServingSimulation(L8, off_plan, wl)
     assert not off_sim.replicas[0].costs.fp8_context_fmha
     assert off_sim.run().to_dict()["duration_s"] > on * 1.02
+
+
+# ---- the LM head's logits gather over the TP group ----------------------------------------------
+
+PCIE_A100 = load_cluster("pcie-a100")
+
+
+def test_logits_gather_bytes_as_column_parallel_lm_head():
+    """TensorRT-LLM's lm_head = ColumnLinear(..., gather_output=True), vLLM/SGLang's logits
+    processor gather: each sampled row's full vocabulary (padded to a multiple of tp) in 16 bit,
+    an all-gather over the TP group; none at tp=1."""
+    ic = IterationCost(L70, PCIE_A100, 8, dtype="fp16", kv_dtype="fp16", engine="trtllm")
+    vocab_padded = -(-L70.vocab_size // 8) * 8
+    want = collective_s(PCIE_A100, "all_gather", 8, 1, 600 * vocab_padded * 2.0)
+    assert ic.logits_gather_s(600) == pytest.approx(want, rel=1e-9)
+    assert ic.logits_gather_s(0) == 0.0
+    one = IterationCost(L70, load_cluster("dgx-h200"), 1, dtype="fp8", kv_dtype="fp8", engine="trtllm")
+    assert one.logits_gather_s(600) == 0.0
+
+
+def test_lm_head_includes_the_logits_gather_and_switched_off_is_faster(monkeypatch):
+    """lm_head_s = the vocabulary-parallel GEMM + the gather; on a PCIe server at tp=8 the gather
+    of 600 rows (154 MB) is several milliseconds, more than the GEMM itself; switched off (the
+    gather returning 0) the LM head is that much faster."""
+    ic = IterationCost(L70, PCIE_A100, 8, dtype="fp16", kv_dtype="fp16", engine="trtllm")
+    gemm = ic.km16.gemm_s(600, L70.vocab_size // 8, L70.hidden_size)
+    gather = ic.logits_gather_s(600)
+    assert gather > gemm and gather > 1e-3
+    assert ic.lm_head_s(600) == pytest.approx(gemm + gather, rel=1e-3)
+    off = IterationCost(L70, PCIE_A100, 8, dtype="fp16", kv_dtype="fp16", engine="trtllm")
+    monkeypatch.setattr(off, "logits_gather_s", lambda rows: 0.0)
+    assert off.lm_head_s(600) == pytest.approx(gemm, rel=1e-3)
+    assert ic.lm_head_s(600) - off.lm_head_s(600) == pytest.approx(gather, rel=1e-2)

@@ -269,7 +269,8 @@ class IterationCost:
         return a + (b - a) * (T - lo) / (hi - lo)
 
     def lm_head_s(self, rows: int) -> float:
-        """LM head (vocabulary-parallel over tp, 16-bit) for the rows that sample a token."""
+        """LM head (vocabulary-parallel over tp, 16-bit) for the rows that sample a token, plus
+        the gather of each rank's vocabulary slice of their logits (`logits_gather_s`)."""
         if rows <= 0:
             return 0.0
         lo, hi = _grid(rows)
@@ -277,9 +278,23 @@ class IterationCost:
         m = self.model
         for x in (lo, hi):
             if x not in c:
-                c[x] = self.km16.gemm_s(x, m.vocab_size // self.tp, m.hidden_size)
+                c[x] = self.km16.gemm_s(x, m.vocab_size // self.tp, m.hidden_size) + self.logits_gather_s(x)
         a, b = c[lo], c[hi]
         return a if hi == lo else a + (b - a) * (rows - lo) / (hi - lo)
+
+    def logits_gather_s(self, rows: int) -> float:
+        """The column-parallel LM head leaves each TP rank the logits of its vocabulary slice; the
+        engines gather the full vocabulary in the model's 16-bit dtype before sampling, rows x
+        vocab padded to a multiple of tp x 2 bytes (TensorRT-LLM models/llama/model.py: lm_head =
+        ColumnLinear(..., gather_output=True); vLLM layers/logits_processor.py _gather_logits;
+        SGLang layers/logits_processor.py tensor_model_parallel_all_gather), costed as an
+        all-gather over the TP group (a gather to rank 0, vLLM's on CUDA, brings rank 0 the same
+        bytes over its link)."""
+        if self.tp < 2 or rows <= 0:
+            return 0.0
+        vocab_padded = -(-self.model.vocab_size // self.tp) * self.tp
+        return collective_s(self.cluster, "all_gather", self.tp, 1,
+                            float(rows * vocab_padded * ACT_BYTES))
 
     # ---- attention -----------------------------------------------------------------------------
     def decode_attention_s(self, n: int, kv_tokens: int) -> float:
