@@ -250,8 +250,10 @@ def test_fp8_context_fmha_prefill_takes_the_measured_fp8_attention_table():
 
 
 def test_fp8_context_fmha_needs_fp8_compute_and_kv():
-    with pytest.raises(costs.InputError, match="FP8 context FMHA needs FP8 compute"):
-        IterationCost(L8, H100, 1, dtype="fp16", kv_dtype="fp16", engine="trtllm", fp8_context_fmha=True)
+    """The FP8 FMHA reads an FP8 KV cache: FP8 GEMMs with a 16-bit cache cannot use it."""
+    for dtype, kv in (("fp16", "fp16"), ("fp8", "bf16")):
+        with pytest.raises(costs.InputError, match=f"got dtype={dtype}, kv_dtype={kv}"):
+            IterationCost(L8, H100, 1, dtype=dtype, kv_dtype=kv, engine="trtllm", fp8_context_fmha=True)
 
 
 def test_trtllm_bench_fp8_replica_runs_fp8_context_fmha_and_switched_off_is_slower():

@@ -289,9 +289,7 @@ class IterationCost:
         ColumnLinear(..., gather_output=True); vLLM layers/logits_processor.py _gather_logits;
         SGLang layers/logits_processor.py tensor_model_parallel_all_gather), costed as an
         all-gather over the TP group (a gather to rank 0, vLLM's on CUDA, brings rank 0 the same
-        bytes over its link)."""
-        if self.tp < 2 or rows <= 0:
-            return 0.0
+        bytes over its link). No rows, or a single rank, gather nothing (`collective_s` is 0)."""
         vocab_padded = -(-self.model.vocab_size // self.tp) * self.tp
         return collective_s(self.cluster, "all_gather", self.tp, 1,
                             float(rows * vocab_padded * ACT_BYTES))
