@@ -216,3 +216,93 @@ def test_nvlink_bridged_pairs_run_the_custom_all_reduce_only_as_a_pair():
     assert custom_allreduce_eligible(bridged, 2, "trtllm")
     assert not custom_allreduce_eligible(bridged, 4, "trtllm")
     assert not custom_allreduce_eligible(bridged, 8, "trtllm")
+
+
+# ---- FP8 context FMHA of trtllm-bench's FP8 engines ---------------------------------------------
+
+L8 = load_model("llama3.1-8b")
+
+
+def test_trtllm_bench_fp8_build_enables_fp8_context_fmha_as_build_py():
+    """tensorrt_llm/bench/build/build.py (0.14): `use_fp8_context_fmha = True if quant_algo ==
+    QuantAlgo.FP8 else False` (FP8 also forces the FP8 KV cache); FP16 builds keep 16-bit FMHA."""
+    assert costs.trt_engine_fp8_context_fmha("fp8", "fp8")
+    assert not costs.trt_engine_fp8_context_fmha("fp16", "fp16")
+    assert not costs.trt_engine_fp8_context_fmha("bf16", "bf16")
+    assert not costs.trt_engine_fp8_context_fmha("fp8", "bf16")  # no FP8 KV cache: no FP8 FMHA
+
+
+def test_fp8_context_fmha_prefill_takes_the_measured_fp8_attention_table():
+    """With FP8 context FMHA a 5000-token prompt's attention is the FP8 context-attention table's
+    time (aiconfigurator-core h100_sxm attention fp8/fp8 rows), 1.2-1.5x faster than the 16-bit
+    FMHA it replaces; the GEMMs and decode attention do not change."""
+    on = costs.iteration_cost(L8, H100, 1, 1, 1, "fp8", "fp8", "trtllm", None, fp8_context_fmha=True)
+    off = costs.iteration_cost(L8, H100, 1, 1, 1, "fp8", "fp8", "trtllm", None)
+    assert on is not off and on.fp8_context_fmha and not off.fp8_context_fmha
+    km8 = on.km
+    d = L8.head_dim
+    want = L8.num_layers * km8.flash_attention_s(1, 4096, 4096, L8.num_heads, L8.num_kv_heads, d, True)
+    assert on.prefill_attention_s(1, 4096, 0) == pytest.approx(want, rel=1e-6)
+    ratio = off.prefill_attention_s(1, 4096, 0) / on.prefill_attention_s(1, 4096, 0)
+    assert 1.2 < ratio < 1.5
+    assert on.dense_s(2048) == pytest.approx(off.dense_s(2048), rel=1e-12)
+    assert on.decode_attention_s(64, 64 * 1000) == pytest.approx(off.decode_attention_s(64, 64 * 1000))
+
+
+def test_fp8_context_fmha_needs_fp8_compute_and_kv():
+    """The FP8 FMHA reads an FP8 KV cache: FP8 GEMMs with a 16-bit cache cannot use it."""
+    for dtype, kv in (("fp16", "fp16"), ("fp8", "bf16")):
+        with pytest.raises(costs.InputError, match=f"got dtype={dtype}, kv_dtype={kv}"):
+            IterationCost(L8, H100, 1, dtype=dtype, kv_dtype=kv, engine="trtllm", fp8_context_fmha=True)
+
+
+def test_trtllm_bench_fp8_replica_runs_fp8_context_fmha_and_switched_off_is_slower():
+    """The trtllm-bench FP8 plan reaches the cost model with FP8 context FMHA on; the same plan
+    without the TRT-engine flag (switch-off) prefills in 16-bit, and a prompt-heavy offline run
+    (5000/500, 8B, H100) then finishes later."""
+    lim = offline.offline_limits("trtllm-bench", L8, H100.device, 1, 1, 5000, 500, "fp8", "fp8")
+    opts = offline.offline_plan_options(lim)
+    wl = offline.offline_workload(64, 5000, 16)
+    plan = ServingPlan((ReplicaGroup(H100, 1, 1, 1, 1),), dtype="fp8", kv_dtype="fp8",
+                       prefix_caching=False, **opts)
+    sim = ServingSimulation(L8, plan, wl)
+    assert sim.replicas[0].costs.fp8_context_fmha
+    on = sim.run().to_dict()["duration_s"]
+    off_plan = ServingPlan((ReplicaGroup(H100, 1, 1, 1, 1),), dtype="fp8", kv_dtype="fp8",
+                           prefix_caching=False, **{**opts, "trt_engine": False})
+    off_sim = ServingSimulation(L8, off_plan, wl)
+    assert not off_sim.replicas[0].costs.fp8_context_fmha
+    assert off_sim.run().to_dict()["duration_s"] > on * 1.02
+
+
+# ---- the LM head's logits gather over the TP group ----------------------------------------------
+
+PCIE_A100 = load_cluster("pcie-a100")
+
+
+def test_logits_gather_bytes_as_column_parallel_lm_head():
+    """TensorRT-LLM's lm_head = ColumnLinear(..., gather_output=True), vLLM/SGLang's logits
+    processor gather: each sampled row's full vocabulary (padded to a multiple of tp) in 16 bit,
+    an all-gather over the TP group; none at tp=1."""
+    ic = IterationCost(L70, PCIE_A100, 8, dtype="fp16", kv_dtype="fp16", engine="trtllm")
+    vocab_padded = -(-L70.vocab_size // 8) * 8
+    want = collective_s(PCIE_A100, "all_gather", 8, 1, 600 * vocab_padded * 2.0)
+    assert ic.logits_gather_s(600) == pytest.approx(want, rel=1e-9)
+    assert ic.logits_gather_s(0) == 0.0
+    one = IterationCost(L70, load_cluster("dgx-h200"), 1, dtype="fp8", kv_dtype="fp8", engine="trtllm")
+    assert one.logits_gather_s(600) == 0.0
+
+
+def test_lm_head_includes_the_logits_gather_and_switched_off_is_faster(monkeypatch):
+    """lm_head_s = the vocabulary-parallel GEMM + the gather; on a PCIe server at tp=8 the gather
+    of 600 rows (154 MB) is several milliseconds, more than the GEMM itself; switched off (the
+    gather returning 0) the LM head is that much faster."""
+    ic = IterationCost(L70, PCIE_A100, 8, dtype="fp16", kv_dtype="fp16", engine="trtllm")
+    gemm = ic.km16.gemm_s(600, L70.vocab_size // 8, L70.hidden_size)
+    gather = ic.logits_gather_s(600)
+    assert gather > gemm and gather > 1e-3
+    assert ic.lm_head_s(600) == pytest.approx(gemm + gather, rel=1e-3)
+    off = IterationCost(L70, PCIE_A100, 8, dtype="fp16", kv_dtype="fp16", engine="trtllm")
+    monkeypatch.setattr(off, "logits_gather_s", lambda rows: 0.0)
+    assert off.lm_head_s(600) == pytest.approx(gemm, rel=1e-3)
+    assert ic.lm_head_s(600) - off.lm_head_s(600) == pytest.approx(gather, rel=1e-2)

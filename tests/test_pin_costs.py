@@ -51,14 +51,21 @@ def test_between_grid_points_the_dense_cost_is_interpolated_linearly(llama8):
 
 
 def test_lm_head_is_a_16_bit_vocabulary_parallel_gemm_over_the_sampled_rows(h100):
-    """Llama 3.1 8B: 128256 x 4096 head, split over TP, 16-bit even when the GEMMs run in fp8."""
+    """Llama 3.1 8B: 128256 x 4096 head, split over TP, 16-bit even when the GEMMs run in fp8,
+    then the 16-bit logits of the sampled rows gathered over the TP group."""
     ic = IterationCost(load_model("llama3.1-8b"), h100, 2, dtype="fp8")
     km16 = kernel_model("h100-sxm", "bf16")
-    assert ic.lm_head_s(32) == km16.gemm_s(32, 128256 // 2, 4096)
+
+    def gather(rows):
+        return collective_s(h100, "all_gather", 2, 1, rows * 128256 * 2.0)
+
+    assert ic.lm_head_s(32) == pytest.approx(km16.gemm_s(32, 128256 // 2, 4096) + gather(32), rel=1e-12)
     assert ic.lm_head_s(0) == 0.0
-    assert ic.lm_head_s(1) == km16.gemm_s(1, 128256 // 2, 4096) > 0  # one sampled row still costs
+    one = km16.gemm_s(1, 128256 // 2, 4096) + gather(1)  # one sampled row still costs
+    assert ic.lm_head_s(1) == pytest.approx(one, rel=1e-12) and one > 0
     assert _grid(51) == (50, 52)  # between two grid points: halfway
-    a, b = km16.gemm_s(50, 64128, 4096), km16.gemm_s(52, 64128, 4096)
+    a = km16.gemm_s(50, 64128, 4096) + gather(50)
+    b = km16.gemm_s(52, 64128, 4096) + gather(52)
     assert ic.lm_head_s(51) == pytest.approx((a + b) / 2, rel=1e-12)
     assert ic.kv_dtype == "bf16"  # fp8 GEMMs keep a 16-bit KV cache unless told otherwise
 

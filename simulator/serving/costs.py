@@ -24,6 +24,11 @@ that sample a token. Every duration comes from the shared cost layer:
   NVLink connectivity beyond two GPUs; TensorRT-LLM's TensorRT-engine flow (0.x, the
   `trtllm-bench` of `offline.py`) also falls back to NCCL above its IPC workspace
   (`trt_engine_allreduce_workspace_bytes`).
+- FP8 context FMHA: an FP8 TensorRT engine built by `trtllm-bench build` runs its prefill
+  attention as the FP8 context FMHA kernel (tensorrt_llm/bench/build/build.py, 0.14:
+  `use_fp8_context_fmha = True if quant_algo == QuantAlgo.FP8`, with the FP8 KV cache it forces),
+  costed from the measured FP8 context-attention table (`fp8_context_fmha`); every other engine
+  runs prefill attention in 16-bit.
 Pipeline stages run one after another for a batch (no overlap of consecutive batches across
 stages: a pessimistic bound for pp > 1).
 
@@ -79,6 +84,13 @@ def trt_engine_allreduce_workspace_bytes(tp: int) -> float:
     return 16e6 if tp <= 2 else 8e6
 
 
+def trt_engine_fp8_context_fmha(dtype: str, kv_dtype: str | None) -> bool:
+    """Whether `trtllm-bench build` (0.14) builds the engine with FP8 context FMHA: for FP8
+    quantisation, which also forces an FP8 KV cache (tensorrt_llm/bench/build/build.py:
+    `use_fp8_context_fmha = True if quant_algo == QuantAlgo.FP8 else False`)."""
+    return dtype == "fp8" and kv_dtype == "fp8"
+
+
 def _grid(x: int) -> tuple[int, int]:
     """Neighbouring points of a geometric grid with 16 points per octave (exact below 32)."""
     if x <= 32:
@@ -94,7 +106,8 @@ class IterationCost:
 
     def __init__(self, model: ModelSpec, cluster: Cluster, tp: int = 1, pp: int = 1, ep: int = 1,
                  dtype: str = "bf16", kv_dtype: str | None = None, engine: str = "vllm",
-                 custom_ar_max_bytes: float | None = None, dp: int = 1):
+                 custom_ar_max_bytes: float | None = None, dp: int = 1,
+                 fp8_context_fmha: bool = False):
         self.model, self.cluster = model, cluster
         # attention data parallelism: dp ranks of tp devices each run attention on their own
         # requests; the MoE runs over all tp·dp devices (experts over ep, each split tp·dp/ep ways)
@@ -110,6 +123,13 @@ class IterationCost:
         dev.peak(dtype)  # the device must support the compute dtype
         self.km: KernelModel = kernel_model(dev.name, dtype)
         self.km16: KernelModel = kernel_model(dev.name, "bf16")
+        # prefill attention kernel: 16-bit FMHA, or TensorRT-LLM's FP8 context FMHA where the engine
+        # was built with it (Q, K, V and the KV cache in FP8; tensorrt_llm/bench/build/build.py 0.14)
+        if fp8_context_fmha and (dtype != "fp8" or self.kv_dtype != "fp8"):
+            raise InputError(f"FP8 context FMHA needs FP8 compute and an FP8 KV cache "
+                             f"(got dtype={dtype}, kv_dtype={self.kv_dtype})")
+        self.fp8_context_fmha = fp8_context_fmha
+        self.km_prefill: KernelModel = self.km if fp8_context_fmha else self.km16
         self.layers = model.num_layers
         self.notes: list[str] = list(self.km.notes)
         if model.num_heads % tp and not model.is_mla:
@@ -249,7 +269,8 @@ class IterationCost:
         return a + (b - a) * (T - lo) / (hi - lo)
 
     def lm_head_s(self, rows: int) -> float:
-        """LM head (vocabulary-parallel over tp, 16-bit) for the rows that sample a token."""
+        """LM head (vocabulary-parallel over tp, 16-bit) for the rows that sample a token, plus
+        the gather of each rank's vocabulary slice of their logits (`logits_gather_s`)."""
         if rows <= 0:
             return 0.0
         lo, hi = _grid(rows)
@@ -257,9 +278,21 @@ class IterationCost:
         m = self.model
         for x in (lo, hi):
             if x not in c:
-                c[x] = self.km16.gemm_s(x, m.vocab_size // self.tp, m.hidden_size)
+                c[x] = self.km16.gemm_s(x, m.vocab_size // self.tp, m.hidden_size) + self.logits_gather_s(x)
         a, b = c[lo], c[hi]
         return a if hi == lo else a + (b - a) * (rows - lo) / (hi - lo)
+
+    def logits_gather_s(self, rows: int) -> float:
+        """The column-parallel LM head leaves each TP rank the logits of its vocabulary slice; the
+        engines gather the full vocabulary in the model's 16-bit dtype before sampling, rows x
+        vocab padded to a multiple of tp x 2 bytes (TensorRT-LLM models/llama/model.py: lm_head =
+        ColumnLinear(..., gather_output=True); vLLM layers/logits_processor.py _gather_logits;
+        SGLang layers/logits_processor.py tensor_model_parallel_all_gather), costed as an
+        all-gather over the TP group (a gather to rank 0, vLLM's on CUDA, brings rank 0 the same
+        bytes over its link). No rows, or a single rank, gather nothing (`collective_s` is 0)."""
+        vocab_padded = -(-self.model.vocab_size // self.tp) * self.tp
+        return collective_s(self.cluster, "all_gather", self.tp, 1,
+                            float(rows * vocab_padded * ACT_BYTES))
 
     # ---- attention -----------------------------------------------------------------------------
     def decode_attention_s(self, n: int, kv_tokens: int) -> float:
@@ -309,7 +342,7 @@ class IterationCost:
         parts = self._pre.get(key)
         if parts is None:
             parts = self._pre[key] = tuple(
-                (w, layers * chunk_attention_s(self.km16, self.model, self.heads, self.kv_heads,
+                (w, layers * chunk_attention_s(self.km_prefill, self.model, self.heads, self.kv_heads,
                                                count, qlo, clo, w))
                 for w, layers in _window_counts(self.model))
         # scale from the grid point by the FLOPs: q²/2 causal + q·ctx, within the window
@@ -377,6 +410,7 @@ def _window_counts(model: ModelSpec) -> tuple[tuple[int, int], ...]:
 def iteration_cost(model: ModelSpec, cluster: Cluster, tp: int = 1, pp: int = 1, ep: int = 1,
                    dtype: str = "bf16", kv_dtype: str | None = None,
                    engine: str = "vllm", custom_ar_max_bytes: float | None = None,
-                   dp: int = 1) -> IterationCost:
+                   dp: int = 1, fp8_context_fmha: bool = False) -> IterationCost:
     """A shared `IterationCost` per replica shape, so its caches survive across simulations."""
-    return IterationCost(model, cluster, tp, pp, ep, dtype, kv_dtype, engine, custom_ar_max_bytes, dp)
+    return IterationCost(model, cluster, tp, pp, ep, dtype, kv_dtype, engine, custom_ar_max_bytes, dp,
+                         fp8_context_fmha)

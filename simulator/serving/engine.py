@@ -26,7 +26,8 @@ from hwmodels.clusters import Cluster
 from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
 from simulator.models import ModelSpec
-from simulator.serving.costs import iteration_cost, trt_engine_allreduce_workspace_bytes
+from simulator.serving.costs import (iteration_cost, trt_engine_allreduce_workspace_bytes,
+                                    trt_engine_fp8_context_fmha)
 from simulator.serving.frontend import Frontend, frontend_costs
 from simulator.serving.kv_cache import KVCache, kv_bytes_per_token, kv_pool
 from simulator.serving.metrics import MetricsRecorder, ServingReport, build_report
@@ -192,12 +193,15 @@ class Replica:
         self.role = group.role
         model, plan = sim.model, sim.plan
         ar_max = trt_engine_allreduce_workspace_bytes(group.tp) if plan.trt_engine else None
+        # trtllm-bench's FP8 engines are built with FP8 context FMHA (costs.py docstring)
+        fp8_fmha = plan.trt_engine and trt_engine_fp8_context_fmha(plan.dtype, plan.kv_dtype)
         if group.dp > 1:  # attention DP: experts spread over all tp·dp devices
             self.costs = iteration_cost(model, cluster, group.tp, group.pp, group.ep, plan.dtype,
-                                        plan.kv_dtype, cfg.engine, ar_max, dp=group.dp)
+                                        plan.kv_dtype, cfg.engine, ar_max, dp=group.dp,
+                                        fp8_context_fmha=fp8_fmha)
         else:
             self.costs = iteration_cost(model, cluster, group.tp, group.pp, group.ep, plan.dtype,
-                                        plan.kv_dtype, cfg.engine, ar_max)
+                                        plan.kv_dtype, cfg.engine, ar_max, fp8_context_fmha=fp8_fmha)
         # the KV pool of one attention-DP rank (of the replica without DP): its own memory after
         # its attention weights (over tp) and its share of the experts (over tp·dp)
         self.pool = kv_pool(model, cluster.device, group.tp, group.pp,
