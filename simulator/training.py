@@ -364,6 +364,21 @@ def validate_plan(plan: TrainingPlan, job: TrainingJob, num_devices: int,
                              f"with recompute_layers=1")
 
 
+def every_nth_layers(n_layers: int, freq: int) -> int:
+    """Transformer blocks that torchtitan's layer-level selective checkpointing
+    (activation_checkpoint.mode = "selective", selective_ac_option = str(freq)) wraps in full
+    checkpointing among the `n_layers` blocks a rank builds: a counter over the blocks, from 1,
+    wraps block k when k % freq == 0, every block when freq is 0 (pytorch/torchtitan
+    torchtitan/parallelisms/parallelize_llama.py `_apply_ac_to_transformer_block` at 3faaa1a0d;
+    torchtitan/distributed/activation_checkpoint.py `_apply_layer_sac` until 114151ad4). The plan
+    takes the count as recompute_layers (same memory and time; the wrapped blocks sit every freq-th
+    rather than first, which only matters where dense and MoE layers mix)."""
+    if freq < 0 or n_layers < 0:
+        raise InputError(f"selective AC frequency {freq} over {n_layers} blocks; valid: a frequency >= 0 "
+                         f"(0: every block)")
+    return n_layers if freq == 0 else sum(1 for k in range(1, n_layers + 1) if k % freq == 0)
+
+
 def check_recompute_keys(recompute: str, layers, method: str) -> None:
     """The recompute keys Megatron-Core accepts together (transformer_config.py __post_init__:
     recompute_num_layers only with --recompute-granularity full; uniform groups of >= 1 layer)."""
