@@ -181,7 +181,8 @@ def work(k: dict, n_dense, n_moe, first, last, n_offload=0.0, keep_dense=0.0, ke
     again. `k` maps `_kernel_terms`' names to scalars or arrays; everything broadcasts (a chunk, or
     (n, p) stages)."""
     per = lambda name: n_dense * k[f"{name}_dense"] + n_moe * k[f"{name}_moe"]  # noqa: E731
-    kept = lambda name: keep_dense * k[f"{name}_dense"] + keep_moe * k[f"{name}_moe"]  # noqa: E731
+    partial = np.any(keep_dense) or np.any(keep_moe) or np.any(mtp_keep)
+    kept = lambda name: (keep_dense * k[f"{name}_dense"] + keep_moe * k[f"{name}_moe"]) if partial else 0.0  # noqa: E731
     total = np.maximum(n_dense + n_moe, 1)
     off = lambda name: n_offload * (n_dense * k[f"{name}_dense"] + n_moe * k[f"{name}_moe"]) / total  # noqa: E731
     out = {"fwd": per("fwd") + first * k["embedding"] + last * k["head_fwd"] + off("offload_fwd"),
@@ -365,12 +366,15 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
     frac = np.array([pl.fraction for pl in pls])[pinv][:, None]
     n_off = offloaded_layers(b.act_offload[:, None], n_layers)
     # layers that full recompute leaves alone (plan recompute_layers): their recompute is taken out
-    rcx = recompute_rows(pls, pinv, b)
     full = (b.recompute == RECOMPUTE.index("full"))[:, None]
-    keep_moe = np.where(full, n_moe - rcx["rc_moe"], 0.0)
-    keep_dense = np.where(full, n_layers - n_moe - rcx["rc"] + rcx["rc_moe"], 0.0)
-    mtp_keep = (full & ~mtp_recomputed(b.recompute, b.recompute_layers, b.recompute_method)[:, None]).astype(float)
-    rest = (n_off, keep_dense, keep_moe, mtp_keep)
+    rest, rc_share = (n_off,), 1.0
+    if (full & (b.recompute_layers >= 0)[:, None]).any():
+        rcx = recompute_rows(pls, pinv, b)
+        keep_moe = np.where(full, n_moe - rcx["rc_moe"], 0.0)
+        keep_dense = np.where(full, n_layers - n_moe - rcx["rc"] + rcx["rc_moe"], 0.0)
+        mtp_keep = (full & ~mtp_recomputed(b.recompute, b.recompute_layers, b.recompute_method)[:, None]).astype(float)
+        rest = (n_off, keep_dense, keep_moe, mtp_keep)
+        rc_share = np.where(full, rcx["rc"] / np.maximum(n_layers, 1), 1.0)
     w = work(k, n_layers - n_moe, n_moe, stack("first"), stack("last"), *rest)
     # which rows overlap their EP all-to-alls (overlaps_ep), without a Python loop over the rows
     ov = (np.full(len(b), job.overlap_ep_comm) | (b.schedule == names.index("dualpipe"))) if model.is_moe else None
@@ -415,7 +419,6 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
           for k, z, off in dkeys]
     d = {name: np.stack([x[name] for x in ds])[dinv] for name in ds[0]}
     cols = b.take((slice(None), None))  # (n, 1) columns broadcast against (n, p) stages
-    rc_share = np.where(full, rcx["rc"] / np.maximum(n_layers, 1), 1.0)
     stages = StageArrays(d["grad"], d["gather"] * gather_passes(cols.zero, cols.recompute, rc_share), d["grad_bytes"],
                          n_layers, w["bwd_s"], w["fwd_s"], rc_share)
     tails = dp_exposed_s(job, cols, stages) + d["optimizer"]

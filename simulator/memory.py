@@ -136,11 +136,27 @@ def chunk_recompute(n_chunk: int, n: int, method: int) -> tuple[int, int, int]:
     return r, r, min(1, r)
 
 
+_RECOMPUTED: dict = {}  # (id(placement), n, method) -> (placement, counts): placements are cached objects
+
+
 def recomputed_layers(pl: Placement, n: int, method: int) -> np.ndarray:
     """Per stage of placement `pl` (shape (4, p)): layers recomputed (`rc`), of which MoE
     (`rc_moe`), checkpointed layer inputs (`ckpt`) and the most layers rebuilt at once in one
     backward (`group`), under full recompute (`chunk_recompute` chunk by chunk; block recomputes
     the first layers of each chunk)."""
+    key = (id(pl), n, method)
+    hit = _RECOMPUTED.get(key)
+    if hit is not None and hit[0] is pl:
+        return hit[1]
+    if len(_RECOMPUTED) > 65536:
+        _RECOMPUTED.clear()
+    out = _recomputed_layers(pl, n, method)
+    out.setflags(write=False)
+    _RECOMPUTED[key] = (pl, out)
+    return out
+
+
+def _recomputed_layers(pl: Placement, n: int, method: int) -> np.ndarray:
     if n < 0:  # the whole stage, one layer at a time
         return np.stack([pl.n_layers, pl.n_moe, pl.n_layers, np.minimum(1.0, pl.n_layers)])
     out = np.zeros((4, len(pl.chunk_ids)))
@@ -165,10 +181,14 @@ def chunk_recomputed(pl: Placement, c: int, n: int, method: int) -> tuple[int, i
 def recompute_rows(pls: list, pinv: np.ndarray, b: PlanBatch) -> dict:
     """`recomputed_layers` of every plan of a batch, by name (RECOMPUTE_PARTS: arrays (n, p));
     zero for plans without full recompute."""
-    keys, inv = group(pinv, b.recompute_layers + 1, b.recompute_method)
-    table = np.stack([recomputed_layers(pls[k], n - 1, meth) for k, n, meth in keys])[inv]
-    full = (b.recompute == FULL)[:, None]
-    return {name: np.where(full, table[:, j], 0.0) for j, name in enumerate(RECOMPUTE_PARTS)}
+    full = (b.recompute == FULL)[:, None, None]
+    if (b.recompute_layers < 0).all():  # every layer (the common case): no grouping needed
+        table = np.stack([recomputed_layers(pl, -1, 0) for pl in pls])[pinv]
+    else:
+        keys, inv = group(pinv, b.recompute_layers + 1, b.recompute_method)
+        table = np.stack([recomputed_layers(pls[k], n - 1, meth) for k, n, meth in keys])[inv]
+    table = table * full
+    return {name: table[:, j] for j, name in enumerate(RECOMPUTE_PARTS)}
 
 
 def mtp_recomputed(recompute, recompute_layers, recompute_method):
@@ -407,6 +427,9 @@ class MemoryParts:
     comm_buffers_bytes: np.ndarray
     reserve_bytes: np.ndarray
     peak_bytes: np.ndarray
+    # full recompute, block method: peak bytes each layer per model chunk left un-recomputed adds
+    # (its activations beyond its input, for every micro-batch in flight, with the fragmentation share)
+    block_layer_bytes: np.ndarray | None = None
 
     @property
     def peak_stage(self) -> np.ndarray:
@@ -424,7 +447,8 @@ class MemoryParts:
 def memory_parts(job: TrainingJob, batch: PlanBatch) -> MemoryParts:
     """Memory of every stage of every plan in `batch` (weights, gradients, optimizer states,
     activations, communication buffers, reserve; their sum is the peak)."""
-    return MemoryParts(**by_mesh(batch, lambda b, mesh: _mesh_memory(job, b, *mesh), MEMORY_PARTS))
+    return MemoryParts(**by_mesh(batch, lambda b, mesh: _mesh_memory(job, b, *mesh),
+                                 MEMORY_PARTS + ("block_layer_bytes",)))
 
 
 def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: int, dp: int,
@@ -452,12 +476,15 @@ def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: 
     # full recompute (plan recompute_layers, recompute_method): the recomputed layers keep their
     # checkpointed inputs, the other layers all their activations
     full = b.recompute[:, None] == FULL
-    rcx = recompute_rows(pls, pinv, b)
-    if full.any():
+    if (full & (b.recompute_layers >= 0)[:, None]).any():
+        rcx = recompute_rows(pls, pinv, b)
         keep_moe = n_moe - rcx["rc_moe"]
         keep_dense = n_layers - n_moe - (rcx["rc"] - rcx["rc_moe"])
         per_mb = np.where(full, rcx["ckpt"] * act["dense"] + keep_dense * act["full_dense"]
                           + keep_moe * act["full_moe"], per_mb)
+        rebuilt, rebuilt_moe = rcx["group"], rcx["rc_moe"] > 0
+    else:  # every full-recompute layer keeps its input, one layer at a time rebuilt
+        rebuilt, rebuilt_moe = full & (n_layers > 0), n_moe > 0
     # activation offload (plan act_offload): the offloaded layers' activations wait in host memory;
     # one layer's stay on the device as the copy in flight (Transformer Engine cpu_offload.py
     # double-buffers per layer)
@@ -466,7 +493,7 @@ def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: 
     acts = (per_mb - off * layer) * inflight + np.where(off > 0, layer, 0.0)
     # full recompute: the layers rebuilt at once (one, or a uniform group) hold their whole
     # activations during their backward
-    acts = acts + rcx["group"] * np.where(rcx["rc_moe"] > 0, act["full_moe"], act["full_dense"])
+    acts = acts + rebuilt * np.where(rebuilt_moe, act["full_moe"], act["full_dense"])
     # fp32 logits of one micro-batch for the cross-entropy backward, with the LM head (and again
     # for each MTP depth's head); the MTP blocks' activations with the loss, for every micro-batch
     # in flight (their 2h projection input included)
@@ -482,9 +509,12 @@ def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: 
     comm = comm + np.where(zero == 3, 2 * WEIGHT_BYTES * stack("max_layer") / tp, 0.0)
     reserve = CONTEXT_BYTES + FRAGMENTATION * acts
     total = weights + grads + optim + acts + comm + reserve
+    whole = np.where(n_moe > 0, act["full_moe"], act["full_dense"])
+    chunks = np.array([pl.chunks_per_stage for pl in pls], dtype=np.float64)[pinv][:, None]
+    block = np.where(full & (n_layers > 0), chunks * inflight * (whole - act["dense"]) * (1 + FRAGMENTATION), 0.0)
     return {"weights_bytes": weights, "gradients_bytes": grads, "optimizer_bytes": optim,
             "activations_bytes": acts, "comm_buffers_bytes": comm, "reserve_bytes": reserve,
-            "peak_bytes": total}
+            "peak_bytes": total, "block_layer_bytes": block}
 
 
 @lru_cache(maxsize=4096)

@@ -225,3 +225,30 @@ def test_cli_runs_the_keys_and_refuses_bad_ones(capsys):
     assert "recompute_layers=17; valid: 0..16" in err and err.count("\n") == 1
     assert main(argv + ["tp=2,recompute=selective,recompute_layers=1"]) == 2
     assert "needs recompute=full" in capsys.readouterr().err
+
+
+# ---- the planner: the fewest recomputed layers that fit ----
+
+def test_planner_recomputes_the_fewest_layers_that_fit():
+    """Llama 3 70B, tp=8 on 64 H100 without pipeline: no recompute does not fit, full recompute
+    does; the search keeps the least N per chunk that fits (N − 1 does not), faster than full."""
+    from planner.search import COLUMNS, _Enumerator, _normalise_fix, plan_of, search
+    job = TrainingJob(model=load_model("llama3-70b"), seq_len=8192, global_batch=128)
+    cl = load_cluster("dgx-h100", nodes=8)
+    fix = "tp=8,pp=1,cp=1,mb=2,zero=2,sp=on"
+    res = search(job, cl, top=1, fix=fix, partition=0)
+    best = parse_plan(res.plans[0]["plan_short"], 64)
+    n = best.recompute_layers
+    assert best.recompute == "full" and n is not None and 1 <= n < 80
+    assert estimate(job, best, cl).fits and not estimate(job, replace(best, recompute_layers=n - 1), cl).fits
+    assert not estimate(job, replace(best, recompute="none", recompute_layers=None), cl).fits
+    full = estimate(job, replace(best, recompute_layers=None), cl)
+    assert res.plans[0]["step_time_s"] < 0.9 * full.step_time_s
+    # every refined row of the table is what the engine says of that plan
+    t = _Enumerator(job, cl, _normalise_fix(fix), with_offload=False).run()
+    rows = [i for i in range(len(t["step_s"])) if t["recompute_layers"][i] >= 0]
+    assert rows
+    for i in rows[:5]:
+        e = estimate(job, plan_of({k: t[k][i] for k in COLUMNS}), cl)
+        assert e.fits and e.step_time_s == pytest.approx(float(t["step_s"][i]), rel=1e-9)
+        assert e.memory["peak_bytes"] == pytest.approx(float(t["peak_bytes"][i]), rel=1e-9)
