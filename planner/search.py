@@ -861,8 +861,11 @@ def _limits(plan: TrainingPlan, job: TrainingJob, cluster: Cluster) -> str:
     from simulator.training import validate_plan, with_plan
     blocked = []
     lighter = {"full": "selective", "selective": "none"}.get(plan.recompute, "none")
-    for alt, what in ((with_plan(plan, mb=plan.mb * 2), f"mb={plan.mb * 2}"),
-                      (with_plan(plan, recompute=lighter), f"recompute={lighter}")):
+    less = (with_plan(plan, recompute=lighter), f"recompute={lighter}")
+    if plan.recompute_layers:  # a partial recompute: one layer per chunk fewer
+        less = (with_plan(plan, recompute_layers=plan.recompute_layers - 1),
+                f"recompute_layers={plan.recompute_layers - 1}")
+    for alt, what in ((with_plan(plan, mb=plan.mb * 2), f"mb={plan.mb * 2}"), less):
         if alt == plan:
             continue
         try:

@@ -244,6 +244,7 @@ def test_planner_recomputes_the_fewest_layers_that_fit():
     assert not estimate(job, replace(best, recompute="none", recompute_layers=None), cl).fits
     full = estimate(job, replace(best, recompute_layers=None), cl)
     assert res.plans[0]["step_time_s"] < 0.9 * full.step_time_s
+    assert f"recompute_layers={n - 1} would not fit" in res.plans[0]["why"]
     # every refined row of the table is what the engine says of that plan
     t = _Enumerator(job, cl, _normalise_fix(fix), with_offload=False).run()
     rows = [i for i in range(len(t["step_s"])) if t["recompute_layers"][i] >= 0]
