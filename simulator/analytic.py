@@ -16,10 +16,10 @@ from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
 from hwmodels.kernels import kernel_model
 from simulator import schedules
-from simulator.memory import (as_row, by_mesh, cached, expert_dp_size, group, layer_activation_bytes,
-                              layer_terms_job, memo, mtp_recomputed, named_rows, offloaded_layers, placement, placements,
-                              plan_memory, recompute_rows, chunk_recomputed, recomputed_layer_ids, recomputed_layers, stage_memory,
-                              stage_params, tokens_per_rank)
+from simulator.memory import (as_row, by_mesh, cached, chunk_recomputed, expert_dp_size, group, layer_activation_bytes,
+                              layer_terms_job, memo, mtp_recomputed, named_rows, offloaded_layers, placement,
+                              placements, plan_memory, recompute_rows, recomputed_layer_ids, recomputed_layers,
+                              stage_memory, stage_params, tokens_per_rank)
 from simulator.ops import check_supported, layer_cost
 from simulator.precision import ACT_BYTES, WEIGHT_BYTES
 from simulator.regimes import validation_of
@@ -182,7 +182,8 @@ def work(k: dict, n_dense, n_moe, first, last, n_offload=0.0, keep_dense=0.0, ke
     (n, p) stages)."""
     per = lambda name: n_dense * k[f"{name}_dense"] + n_moe * k[f"{name}_moe"]  # noqa: E731
     partial = np.any(keep_dense) or np.any(keep_moe) or np.any(mtp_keep)
-    kept = lambda name: (keep_dense * k[f"{name}_dense"] + keep_moe * k[f"{name}_moe"]) if partial else 0.0  # noqa: E731
+    kept = lambda name: (  # noqa: E731
+        keep_dense * k[f"{name}_dense"] + keep_moe * k[f"{name}_moe"] if partial else 0.0)
     total = np.maximum(n_dense + n_moe, 1)
     off = lambda name: n_offload * (n_dense * k[f"{name}_dense"] + n_moe * k[f"{name}_moe"]) / total  # noqa: E731
     out = {"fwd": per("fwd") + first * k["embedding"] + last * k["head_fwd"] + off("offload_fwd"),
