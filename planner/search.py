@@ -432,11 +432,11 @@ class _Enumerator:
         batch with its recompute_layers column, the peak and the peak stage."""
         peak, stage = mem.max_peak_bytes, mem.peak_stage
         full, none = RECOMPUTE.index("full"), RECOMPUTE.index("none")
-        if full not in self.rc_dom:
+        if full not in self.rc_dom or "recompute" in self.fix:  # a fixed recompute is taken as written
             return batch, peak, stage
         cand = fits & (batch.recompute == full)
-        if none in self.rc_dom:  # a-rows hold the rc_dom values in order, each n_zo plans
-            cand &= ~fits[np.arange(len(batch)) + (self.rc_dom.index(none) - self.rc_dom.index(full)) * n_zo]
+        # a-rows hold the rc_dom values in order, each n_zo plans
+        cand &= ~fits[np.arange(len(batch)) + (self.rc_dom.index(none) - self.rc_dom.index(full)) * n_zo]
         idx = np.nonzero(cand)[0]
         if not len(idx):
             return batch, peak, stage

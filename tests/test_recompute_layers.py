@@ -245,6 +245,9 @@ def test_planner_recomputes_the_fewest_layers_that_fit():
     full = estimate(job, replace(best, recompute_layers=None), cl)
     assert res.plans[0]["step_time_s"] < 0.9 * full.step_time_s
     assert f"recompute_layers={n - 1} would not fit" in res.plans[0]["why"]
+    # a recompute the user fixes is taken as written: every layer
+    fixed = search(job, cl, top=1, fix=fix + ",recompute=full", partition=0).plans[0]
+    assert parse_plan(fixed["plan_short"], 64).recompute_layers is None
     # every refined row of the table is what the engine says of that plan
     t = _Enumerator(job, cl, _normalise_fix(fix), with_offload=False).run()
     rows = [i for i in range(len(t["step_s"])) if t["recompute_layers"][i] >= 0]
