@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -40,7 +40,7 @@ from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
 from simulator import schedules
 from simulator.analytic import estimate, step_terms
-from simulator.memory import memory_parts, placement, stage_memory, stage_params
+from simulator.memory import memory_parts, placement, placements, stage_memory, stage_params
 from simulator.ops import check_supported
 from simulator.training import (EVEN, RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, cp_splits_seq,
                                 ep_splits_experts, layer_plan, layers_split, parse_plan, split_keys, tp_splits_model,
@@ -120,7 +120,7 @@ def _fix_text(fix: dict) -> str:
 
 # Columns of the table of scored candidates (one row per plan that fits).
 COLUMNS = ("nodes", "dp", "tp", "pp", "cp", "ep", "mb", "vpp", "sched", "recompute", "sp", "zero",
-           "fsdp", "offload", "first", "last", "pp_embed", "pp_loss")
+           "fsdp", "offload", "first", "last", "pp_embed", "pp_loss", "recompute_layers")
 SPLIT_COLUMNS = ("first", "last", "pp_embed", "pp_loss")  # the uneven pipeline split (layout is not searched)
 
 
@@ -130,7 +130,9 @@ def plan_of(row: dict) -> TrainingPlan:
                         fsdp=bool(row["fsdp"]), mb=int(row["mb"]), vpp=int(row["vpp"]),
                         recompute=RECOMPUTE[int(row["recompute"])], schedule=schedules.names()[int(row["sched"])],
                         offload=bool(row["offload"]), first=int(row.get("first", 0)), last=int(row.get("last", 0)),
-                        pp_embed=bool(row.get("pp_embed", False)), pp_loss=bool(row.get("pp_loss", False)))
+                        pp_embed=bool(row.get("pp_embed", False)), pp_loss=bool(row.get("pp_loss", False)),
+                        recompute_layers=None if int(row.get("recompute_layers", -1)) < 0
+                        else int(row["recompute_layers"]))
 
 
 @dataclass
@@ -392,6 +394,7 @@ class _Enumerator:
         mem = memory_parts(job, batch)
         peak = mem.max_peak_bytes
         fits = peak <= self.hbm
+        batch, peak, peak_stage = self._fewest_recomputed(batch, mem, fits, n_zo)
         n_fit = int(fits.sum())
         c.memory += len(fits) - n_fit
         c.scored += n_fit
@@ -416,7 +419,62 @@ class _Enumerator:
                 "sched": col(fit.schedule), "recompute": col(fit.recompute), "sp": col(fit.sp),
                 "zero": col(fit.zero), "fsdp": col(fit.fsdp), "offload": col(fit.offload),
                 **{k: col(getattr(fit, k)) for k in SPLIT_COLUMNS},
-                "step_s": step, "peak_bytes": peak[ok], "peak_stage": mem.peak_stage[ok]}
+                "recompute_layers": col(fit.recompute_layers),
+                "step_s": step, "peak_bytes": peak[ok], "peak_stage": peak_stage[ok]}
+
+    def _fewest_recomputed(self, batch: PlanBatch, mem, fits: np.ndarray, n_zo: int) -> tuple:
+        """Full-recompute candidates that fit while the same plan without recompute does not, with
+        the fewest layers per model chunk recomputed that still fit (plan recompute_layers, block:
+        Megatron-Core --recompute-method block), which is the fastest of them. From N = 1 to a whole
+        chunk, every layer per chunk left alone adds `MemoryParts.block_layer_bytes` to its stage's
+        peak: N is the least that keeps every stage within HBM. That line is exact where a stage's
+        chunks are equal and its layers alike (and no MTP, which block leaves un-recomputed);
+        elsewhere the memory model checks N, and a miss keeps every layer recomputed. Returns the
+        batch with its recompute_layers column, the peak and the peak stage."""
+        peak, stage = mem.max_peak_bytes, mem.peak_stage
+        full, none = RECOMPUTE.index("full"), RECOMPUTE.index("none")
+        if full not in self.rc_dom or "recompute" in self.fix:  # a fixed recompute is taken as written
+            return batch, peak, stage
+        cand = fits & (batch.recompute == full)
+        # a-rows hold the rc_dom values in order, each n_zo plans
+        cand &= ~fits[np.arange(len(batch)) + (self.rc_dom.index(none) - self.rc_dom.index(full)) * n_zo]
+        idx = np.nonzero(cand)[0]
+        if not len(idx):
+            return batch, peak, stage
+        sub = batch.take(idx)
+        _, pinv, pls = placements(self.model, sub, int(sub.pp[0]))
+        info = np.array([_chunk_shape(pl) for pl in pls])[pinv]
+        n_max, exact = info[:, 0], (info[:, 1] > 0) & (self.model.mtp_layers == 0)
+        per, p_full = mem.block_layer_bytes[idx], mem.peak_bytes[idx]
+        need = n_max[:, None] - (self.hbm - p_full) / np.where(per > 0, per, np.nan)
+        n = np.maximum(1.0, np.ceil(np.nan_to_num(need, nan=-np.inf).max(axis=1)))
+        line = p_full + (n_max - n)[:, None] * per  # each stage's peak at N, on the line
+        keep = (n < n_max) & (line.max(axis=1) <= self.hbm * (1 - 1e-9))
+        new_peak, new_stage = line.max(axis=1), line.argmax(axis=1)
+        check = np.nonzero(keep & ~exact)[0]
+        if len(check):  # off the line: the memory model decides
+            m = memory_parts(self.job, replace(sub.take(check), recompute_layers=n[check].astype(np.int64)))
+            new_peak[check], new_stage[check] = m.max_peak_bytes, m.peak_stage
+            keep[check] = m.max_peak_bytes <= self.hbm
+        at = idx[keep]
+        if not len(at):
+            return batch, peak, stage
+        layers = np.array(batch.recompute_layers)
+        layers[at] = n[keep]
+        peak, stage = peak.copy(), stage.copy()
+        peak[at], stage[at] = new_peak[keep], new_stage[keep]
+        return replace(batch, recompute_layers=layers), peak, stage
+
+
+@lru_cache(maxsize=4096)
+def _chunk_shape_of(chunk_layers: tuple, moe_mix: bool) -> tuple[float, float]:
+    return float(max(chunk_layers)), float(min(chunk_layers) == max(chunk_layers) and not moe_mix)
+
+
+def _chunk_shape(pl) -> tuple[float, float]:
+    """(layers of the largest model chunk, 1.0 where every chunk has as many and every stage's
+    layers are alike (all dense or all MoE)) of a placement."""
+    return _chunk_shape_of(pl.chunk_layers, bool(((pl.n_moe > 0) & (pl.n_moe < pl.n_layers)).any()))
 
 
 def schedule_domain(num_layers: int, schedule: str, pp: int, vpp_fix=None) -> list[tuple[int, tuple]]:
@@ -738,7 +796,9 @@ def _rank(result: SearchResult, top: int, group: str, partition: int, time_limit
             d["time_to_train_s"] = result.objective.tokens / est.tokens_per_s
             d["cost_usd"] = (price * est.num_devices * d["time_to_train_s"] / 3600
                              if price is not None else None)
-        if len(solves) < partition and plan.pp > 1 and plan.pp * plan.vpp <= job.model.num_layers:
+        # (a partial recompute costs a layer by its place in its chunk: not a per-layer partition)
+        if (len(solves) < partition and plan.pp > 1 and plan.pp * plan.vpp <= job.model.num_layers
+                and plan.recompute_layers is None):
             part = ilp.partition_for_plan(job, plan, cl, time_limit_s=time_limit_s, gap=gap)
             d["partition"] = part.to_dict()
             solves.append(part)
@@ -802,8 +862,11 @@ def _limits(plan: TrainingPlan, job: TrainingJob, cluster: Cluster) -> str:
     from simulator.training import validate_plan, with_plan
     blocked = []
     lighter = {"full": "selective", "selective": "none"}.get(plan.recompute, "none")
-    for alt, what in ((with_plan(plan, mb=plan.mb * 2), f"mb={plan.mb * 2}"),
-                      (with_plan(plan, recompute=lighter), f"recompute={lighter}")):
+    less = (with_plan(plan, recompute=lighter), f"recompute={lighter}")
+    if plan.recompute_layers:  # a partial recompute: one layer per chunk fewer
+        less = (with_plan(plan, recompute_layers=plan.recompute_layers - 1),
+                f"recompute_layers={plan.recompute_layers - 1}")
+    for alt, what in ((with_plan(plan, mb=plan.mb * 2), f"mb={plan.mb * 2}"), less):
         if alt == plan:
             continue
         try:
@@ -863,7 +926,10 @@ def short_plan(plan: TrainingPlan) -> str:
     parts += [f"ep={plan.ep}"] if plan.ep > 1 else []
     parts += [f"mb={plan.mb}"] + ([f"vpp={plan.vpp}"] if plan.vpp > 1 else [])
     parts += ["fsdp=on"] if plan.fsdp else [f"zero={plan.zero}"]
-    parts += [f"recompute={plan.recompute}", f"schedule={plan.schedule}"]
+    parts += [f"recompute={plan.recompute}"]
+    parts += [f"recompute_layers={plan.recompute_layers}"] if plan.recompute_layers is not None else []
+    parts += [f"recompute_method={plan.recompute_method}"] if plan.recompute_method != "block" else []
+    parts += [f"schedule={plan.schedule}"]
     parts += ["sp=on"] if plan.sp else []
     parts += ["offload=on"] if plan.offload else []
     return ",".join(parts + split_keys(plan.split))

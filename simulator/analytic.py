@@ -13,16 +13,18 @@ import numpy as np
 
 from hwmodels.clusters import Cluster
 from hwmodels.collectives import collective_s
+from hwmodels.errors import InputError
 from hwmodels.kernels import kernel_model
 from simulator import schedules
-from simulator.memory import (as_row, by_mesh, cached, expert_dp_size, group, layer_activation_bytes, layer_terms_job,
-                              lora_layer_params, memo, named_rows, offloaded_layers, placement, placements, plan_memory, stage_memory,
-                              stage_params, tokens_per_rank)
+from simulator.memory import (as_row, by_mesh, cached, chunk_recomputed, expert_dp_size, group, layer_activation_bytes,
+                              layer_terms_job, lora_layer_params, memo, mtp_recomputed, named_rows, offloaded_layers,
+                              placement, placements, plan_memory, recompute_rows, recomputed_layer_ids,
+                              recomputed_layers, stage_memory, stage_params, tokens_per_rank)
 from simulator.ops import _model_flops_fwd, check_supported, layer_cost
 from simulator.precision import ACT_BYTES, WEIGHT_BYTES
 from simulator.regimes import validation_of
-from simulator.training import (EVEN, RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, layer_plan, micro_batches,
-                                validate_plan)
+from simulator.training import (EVEN, RECOMPUTE, RECOMPUTE_METHODS, PlanBatch, TrainingJob, TrainingPlan, layer_plan,
+                                micro_batches, validate_plan)
 
 # Bytes a fused Adam step moves per parameter: read grad (2), master/m/v (12); write
 # master/m/v (12) and the bf16 copy (2) — memory-bound (Megatron-LM FusedAdam / apex).
@@ -98,11 +100,13 @@ def _kernel_terms(job: TrainingJob, cluster: Cluster, tp: int, cp: int, ep: int,
         cost = layer_cost(model, job, plan, cluster, moe) if model.is_moe or not moe else None
         out[f"fwd_{kind}"] = cost.fwd_compute_s if cost else 0.0
         out[f"bwd_{kind}"] = cost.bwd_compute_s + cost.recompute_s if cost else 0.0
+        out[f"rc_{kind}"] = cost.recompute_s if cost else 0.0  # the recompute inside bwd_*
         out[f"wgrad_{kind}"] = cost.wgrad_s if cost else 0.0
         for g in COMM_GROUPS:
             out[f"fwd_{g}_{kind}"] = cost.fwd_comm_s.get(g, 0.0) if cost else 0.0
             out[f"bwd_{g}_{kind}"] = (cost.bwd_comm_s.get(g, 0.0) + cost.recompute_comm_s.get(g, 0.0)
                                       if cost else 0.0)
+            out[f"rc_{g}_{kind}"] = cost.recompute_comm_s.get(g, 0.0) if cost else 0.0
     T, V, h = tokens_per_rank(job, mb, cp), model.vocab_size, model.hidden_size
     out["head_fwd"] = km.gemm_s(T, V // tp, h) + km.memory_s(3 * 4 * T * V / tp)  # logits GEMM; fp32 softmax cross-entropy
     frozen = job.lora_rank > 0  # LoRA: the LM head and the MTP projection take no weight gradient
@@ -122,6 +126,8 @@ def _kernel_terms(job: TrainingJob, cluster: Cluster, tp: int, cp: int, ep: int,
     for g in COMM_GROUPS:
         out[f"mtp_fwd_{g}"] = d * out[f"fwd_{g}_{kind}"]
         out[f"mtp_bwd_{g}"] = d * out[f"bwd_{g}_{kind}"]
+        out[f"mtp_rc_{g}"] = d * out[f"rc_{g}_{kind}"]
+    out["mtp_rc"] = d * out[f"rc_{kind}"]  # the MTP blocks' recompute inside head_bwd
     out["head_fwd"] *= 1 + d
     out["head_bwd"] *= 1 + d
     out["head_wgrad"] *= 1 + d
@@ -154,8 +160,10 @@ def ep_overlapped(k: dict) -> dict:
         exposed = np.maximum(0.0, e - c) + OVERLAP_COMPUTE_SLOWDOWN * np.minimum(e, c)
         scale = np.where(e > 0, exposed / np.where(e > 0, e, 1.0), 0.0)
         out[f"fwd_ep_{kind}"], out[f"bwd_ep_{kind}"] = f * scale, b * scale
+        out[f"rc_ep_{kind}"] = k[f"rc_ep_{kind}"] * scale
         if kind == "moe" and "mtp_fwd_ep" in k:  # MTP blocks are MoE layers too: they overlap alike
             out["mtp_fwd_ep"], out["mtp_bwd_ep"] = k["mtp_fwd_ep"] * scale, k["mtp_bwd_ep"] * scale
+            out["mtp_rc_ep"] = k["mtp_rc_ep"] * scale
     return out
 
 
@@ -164,22 +172,28 @@ def overlaps_ep(job: TrainingJob, schedule: str) -> bool:
     return job.overlap_ep_comm or schedule == "dualpipe"
 
 
-def work(k: dict, n_dense, n_moe, first, last, n_offload=0.0) -> dict:
+def work(k: dict, n_dense, n_moe, first, last, n_offload=0.0, keep_dense=0.0, keep_moe=0.0, mtp_keep=0.0) -> dict:
     """One micro-batch through a chunk or a stage of `n_dense` dense and `n_moe` MoE layers, with the
     embedding where `first` (1.0) and the LM head where `last`: forward and backward compute
     seconds, weight gradients, exposed comm per group (`fwd_tp`, `bwd_ep`, ...). `n_offload` of
     the layers keep their activations in host memory (their copies' stalls count as compute).
-    `k` maps `_kernel_terms`' names to scalars or arrays; everything broadcasts (a chunk, or (n, p)
-    stages)."""
+    Under full recompute, `keep_dense` and `keep_moe` of the layers (and the MTP blocks where
+    `mtp_keep`) are not recomputed (plan recompute_layers): their backward runs without its forward
+    again. `k` maps `_kernel_terms`' names to scalars or arrays; everything broadcasts (a chunk, or
+    (n, p) stages)."""
     per = lambda name: n_dense * k[f"{name}_dense"] + n_moe * k[f"{name}_moe"]  # noqa: E731
+    partial = np.any(keep_dense) or np.any(keep_moe) or np.any(mtp_keep)
+    kept = lambda name: (  # noqa: E731
+        keep_dense * k[f"{name}_dense"] + keep_moe * k[f"{name}_moe"] if partial else 0.0)
     total = np.maximum(n_dense + n_moe, 1)
     off = lambda name: n_offload * (n_dense * k[f"{name}_dense"] + n_moe * k[f"{name}_moe"]) / total  # noqa: E731
     out = {"fwd": per("fwd") + first * k["embedding"] + last * k["head_fwd"] + off("offload_fwd"),
-           "bwd": per("bwd") + first * k["embedding"] + last * k["head_bwd"] + off("offload_bwd"),
+           "bwd": (per("bwd") - kept("rc") + first * k["embedding"] + last * (k["head_bwd"] - mtp_keep * k["mtp_rc"])
+                   + off("offload_bwd")),
            "wgrad": per("wgrad") + last * k["head_wgrad"]}
     for g in COMM_GROUPS:  # the MTP block's exposed collectives with the loss (last)
         out[f"fwd_{g}"] = per(f"fwd_{g}") + last * k[f"mtp_fwd_{g}"]
-        out[f"bwd_{g}"] = per(f"bwd_{g}") + last * k[f"mtp_bwd_{g}"]
+        out[f"bwd_{g}"] = per(f"bwd_{g}") - kept(f"rc_{g}") + last * (k[f"mtp_bwd_{g}"] - mtp_keep * k[f"mtp_rc_{g}"])
     out["fwd_s"] = out["fwd"] + sum(out[f"fwd_{g}"] for g in COMM_GROUPS)  # exposed comm included
     out["bwd_s"] = out["bwd"] + sum(out[f"bwd_{g}"] for g in COMM_GROUPS)
     return out
@@ -283,10 +297,11 @@ def _zero3_shares(model, unit: str) -> tuple:
     return ((attn - out) / total, out / total, up / total, (mlp - up) / total)
 
 
-def gather_passes(zero, recompute):
+def gather_passes(zero, recompute, rc_share=1.0):
     """Parameter all-gather passes per micro-batch: ZeRO-3 gathers in forward and again in backward
-    (and in the recompute), ZeRO §7.2.1; stages 1-2 gather once per step."""
-    return np.where(zero == 3, np.where(recompute == RECOMPUTE.index("full"), 3, 2), 1)
+    (and in the recompute, for the `rc_share` of the layers recomputed), ZeRO §7.2.1; stages 1-2
+    gather once per step."""
+    return np.where(zero == 3, 2 + np.where(recompute == RECOMPUTE.index("full"), rc_share, 0.0), 1)
 
 
 def zero3_exposed_s(job: TrainingJob, plan, stage, m):
@@ -301,7 +316,7 @@ def zero3_exposed_s(job: TrainingJob, plan, stage, m):
     its compute stalls by the difference. The first gather of the step and the last
     reduce-scatter cannot hide. Off (`overlap_param_gather` false) every collective is exposed;
     without `overlap_grad_reduce` the reduce-scatters wait for the end of the backward."""
-    passes = gather_passes(plan.zero, _rc_index(plan.recompute))
+    passes = gather_passes(plan.zero, _rc_index(plan.recompute), stage.rc_share)
     layers = np.maximum(1, stage.num_layers)
     g = stage.dp_gather_s / passes / layers  # one layer, one gather pass
     r = stage.dp_grad_s / layers  # one layer's reduce-scatter, every micro-batch
@@ -333,6 +348,7 @@ class StageArrays:
     num_layers: np.ndarray
     last_bwd_s: np.ndarray  # one micro-batch's backward through the stage's chunks
     mb_fwd_s: np.ndarray  # one micro-batch's forward through the stage's chunks
+    rc_share: np.ndarray | float = 1.0  # share of the stage's layers that full recompute runs again
 
 
 def dp_exposed_s(job: TrainingJob, plan, stage):
@@ -405,11 +421,21 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
     n_moe, n_layers = stack("n_moe"), stack("n_layers")
     frac = np.array([pl.fraction for pl in pls])[pinv][:, None]
     n_off = offloaded_layers(b.act_offload[:, None], n_layers)
-    w = work(k, n_layers - n_moe, n_moe, stack("first"), stack("last"), n_off)
+    # layers that full recompute leaves alone (plan recompute_layers): their recompute is taken out
+    full = (b.recompute == RECOMPUTE.index("full"))[:, None]
+    rest, rc_share = (n_off,), 1.0
+    if (full & (b.recompute_layers >= 0)[:, None]).any():
+        rcx = recompute_rows(pls, pinv, b)
+        keep_moe = np.where(full, n_moe - rcx["rc_moe"], 0.0)
+        keep_dense = np.where(full, n_layers - n_moe - rcx["rc"] + rcx["rc_moe"], 0.0)
+        mtp_keep = (full & ~mtp_recomputed(b.recompute, b.recompute_layers, b.recompute_method)[:, None]).astype(float)
+        rest = (n_off, keep_dense, keep_moe, mtp_keep)
+        rc_share = np.where(full, rcx["rc"] / np.maximum(n_layers, 1), 1.0)
+    w = work(k, n_layers - n_moe, n_moe, stack("first"), stack("last"), *rest)
     # which rows overlap their EP all-to-alls (overlaps_ep), without a Python loop over the rows
     ov = (np.full(len(b), job.overlap_ep_comm) | (b.schedule == names.index("dualpipe"))) if model.is_moe else None
     if ov is not None and ov.any():
-        w_ov = work(ep_overlapped(k), n_layers - n_moe, n_moe, stack("first"), stack("last"), n_off)
+        w_ov = work(ep_overlapped(k), n_layers - n_moe, n_moe, stack("first"), stack("last"), *rest)
         w = {key: np.where(ov[:, None], w_ov[key], w[key]) for key in w}
     tot = frac * (w["fwd_s"] + w["bwd_s"])  # one micro-batch through the stage's chunks
     m = b.micro_batches(job).astype(np.float64)
@@ -450,8 +476,8 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
           for k, z, off in dkeys]
     d = {name: np.stack([x[name] for x in ds])[dinv] for name in ds[0]}
     cols = b.take((slice(None), None))  # (n, 1) columns broadcast against (n, p) stages
-    stages = StageArrays(d["grad"], d["gather"] * gather_passes(cols.zero, cols.recompute), d["grad_bytes"],
-                         n_layers, w["bwd_s"], w["fwd_s"])
+    stages = StageArrays(d["grad"], d["gather"] * gather_passes(cols.zero, cols.recompute, rc_share), d["grad_bytes"],
+                         n_layers, w["bwd_s"], w["fwd_s"], rc_share)
     tails = dp_exposed_s(job, cols, stages) + d["optimizer"]
     ti = tails.argmax(axis=1)[:, None]
     out["optimizer"] = np.take_along_axis(d["optimizer"], ti, axis=1)[:, 0]
@@ -489,6 +515,7 @@ class StageCost:
     dp_gather_s: float  # ZeRO parameter all-gathers per step (ZeRO-3: per micro-batch pass)
     optimizer_s: float
     grad_bytes: float
+    rc_share: float = 1.0  # share of the stage's layers that full recompute runs again
 
     @property
     def total_s(self) -> float:
@@ -533,22 +560,30 @@ def step_costs(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) -> StepCo
     d = _dp_terms(model, cluster, job.dtype, plan.schedule, plan.tp, p, plan.cp, plan.ep, plan.dp, v,
                   plan.zero, plan.offload, memo("step", layer_terms_job(job), cluster), plan.split, plan.etp,
                   job.zero3_unit, job.collective_rank_copies, _lora_layers(job))
-    passes = float(gather_passes(plan.zero, RECOMPUTE.index(plan.recompute)))
+    full = plan.recompute == "full"
+    n_rc = -1 if plan.recompute_layers is None else plan.recompute_layers
+    method = RECOMPUTE_METHODS.index(plan.recompute_method)
+    rc_stage = recomputed_layers(pl, n_rc, method)[0]
+    mtp_keep = float(full and not mtp_recomputed(plan.recompute, n_rc, method))
     stages = []
     for st in range(p):
         chunks = []
         n_stage = sum(pl.chunk_layers[c] for c in pl.chunk_ids[st])
         n_off = float(offloaded_layers(plan.act_offload, n_stage))
+        rc_share = float(rc_stage[st]) / max(n_stage, 1) if full else 1.0
         for c in pl.chunk_ids[st]:
             n_moe = pl.chunk_moe[c]
             n = pl.chunk_layers[c]
-            # the stage's offloaded layers spread over its chunks by their layer counts
-            w = work(k, n - n_moe, n_moe, float(c == 0), float(c == last_chunk),
-                     n_off * n / max(n_stage, 1))
+            rc = chunk_recomputed(pl, c, n_rc, method)[:2] if full else (n, n_moe)
+            # the stage's offloaded layers spread over its chunks by their layer counts; under full
+            # recompute the chunk's layers past its recomputed ones keep their activations
+            w = work(k, n - n_moe, n_moe, float(c == 0), float(c == last_chunk), n_off * n / max(n_stage, 1),
+                     float(n - n_moe - (rc[0] - rc[1])), float(n_moe - rc[1]), mtp_keep)
             chunks.append(ChunkCost(w["fwd"], w["bwd"], w["wgrad"], {g: w[f"fwd_{g}"] for g in COMM_GROUPS},
                                     {g: w[f"bwd_{g}"] for g in COMM_GROUPS}, n, pl.fraction))
+        passes = float(gather_passes(plan.zero, RECOMPUTE.index(plan.recompute), rc_share))
         stages.append(StageCost(chunks, float(d["grad"][st]), float(d["gather"][st]) * passes,
-                                float(d["optimizer"][st]), float(d["grad_bytes"][st])))
+                                float(d["optimizer"][st]), float(d["grad_bytes"][st]), rc_share))
     p2p = 0.0
     if p > 1:
         p2p = p2p_s(job, cluster, plan.mb, plan.tp, plan.cp, plan.dp)
@@ -558,6 +593,9 @@ def step_costs(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) -> StepCo
 def layer_time_s(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, moe: bool) -> float:
     """One layer's forward + backward (+ recompute) with exposed TP/CP/EP comm, one micro-batch
     (`work` of one layer: the unit a stage's time is made of)."""
+    if plan.recompute_layers is not None:
+        raise InputError(f"plan recompute_layers={plan.recompute_layers}: a layer's cost depends on its place "
+                         f"in its chunk; per-layer costs (the partition ILP) take recompute=full without it")
     k = _kernel_terms(layer_terms_job(job), cluster, plan.tp, plan.cp, plan.ep, plan.sp, plan.mb,
                       RECOMPUTE.index(plan.recompute), plan.etp)
     if overlaps_ep(job, plan.schedule):
@@ -587,16 +625,21 @@ def estimate(job: TrainingJob, plan: TrainingPlan, cluster: Cluster, validate: b
     # LoRA: frozen weights take no weight-gradient GEMM, a third of each linear's 6·params FLOPs
     frozen = {moe: (lambda f, a: f - a)(*_model_flops_fwd(model, job, plan, moe)) if job.lora_rank else 0.0
               for moe in {model.is_moe_layer(i) for i in range(model.num_layers)}}
+    # which layers run their forward again (all of them unless full recompute is partial)
+    rc = recomputed_layer_ids(model, plan) if plan.recompute == "full" else [True] * model.num_layers
     for i in range(model.num_layers):
         c = moe_cost if model.is_moe_layer(i) else dense_cost
         layer_flops += 3 * c.fwd_flops - frozen[model.is_moe_layer(i)]
-        hw_flops += 3 * c.fwd_flops + c.recompute_flops - frozen[model.is_moe_layer(i)]
+        hw_flops += 3 * c.fwd_flops + (c.recompute_flops if rc[i] else 0.0) - frozen[model.is_moe_layer(i)]
     head_flops = (2 if job.lora_rank else 3) * 2.0 * plan.mb * job.seq_len * model.hidden_size * model.vocab_size
     if model.mtp_layers:  # DeepSeek-V3 §2.2: per depth the head again, the 2h→h projection, one block
         c = moe_cost if model.mtp_is_moe else dense_cost
         proj = 3 * 2.0 * plan.mb * job.seq_len * 2 * model.hidden_size ** 2
+        mtp_rc = plan.recompute != "full" or bool(mtp_recomputed(plan.recompute, -1 if plan.recompute_layers is None
+                                                                  else plan.recompute_layers,
+                                                                  RECOMPUTE_METHODS.index(plan.recompute_method)))
         layer_flops += model.mtp_layers * 3 * c.fwd_flops
-        hw_flops += model.mtp_layers * (3 * c.fwd_flops + c.recompute_flops)
+        hw_flops += model.mtp_layers * (3 * c.fwd_flops + (c.recompute_flops if mtp_rc else 0.0))
         head_flops *= 1 + model.mtp_layers
         head_flops += model.mtp_layers * proj
     model_flops = n_mb_total * (layer_flops + head_flops)

@@ -16,8 +16,8 @@ from simulator.mamba import mamba_activation_bytes
 from simulator.models import ATTENTION, MAMBA, MOE, ModelSpec
 from simulator.ops import attention_gemms
 from simulator.precision import ACT_BYTES, GRAD_BYTES, OPTIMIZER_BYTES, WEIGHT_BYTES  # noqa: F401
-from simulator.training import (EVEN, LORA_TARGETS, RECOMPUTE, PlanBatch, TrainingJob, TrainingPlan, chunk_layers, layer_plan,
-                                micro_batches)
+from simulator.training import (EVEN, LORA_TARGETS, RECOMPUTE, RECOMPUTE_METHODS, PlanBatch, TrainingJob, TrainingPlan,
+                                chunk_layers, layer_plan, micro_batches)
 
 # NCCL buffers per communicator, observed on H100 (aiconfigurator-core 0.12.0 systems/h100_sxm.yaml
 # misc.nccl_mem: 342 MB for 2 GPUs, 392 MB for 4 and 8 GPUs).
@@ -171,6 +171,104 @@ def offloaded_layers(act_offload, n_layers):
     return np.clip(np.minimum(act_offload, n_layers - 1), 0, None)
 
 
+FULL = RECOMPUTE.index("full")
+UNIFORM = RECOMPUTE_METHODS.index("uniform")
+RECOMPUTE_PARTS = ("rc", "rc_moe", "ckpt", "group")
+
+
+def chunk_recompute(n_chunk: int, n: int, method: int) -> tuple[int, int, int]:
+    """(layers recomputed, layer inputs kept as checkpoints, most layers rebuilt at once) of a model
+    chunk of `n_chunk` layers under full recompute with `recompute_layers` n (-1: unset) and
+    `recompute_method` (an index into RECOMPUTE_METHODS). Megatron-Core megatron/core/recompute.py
+    `checkpointed_forward`, run once per TransformerBlock (a model chunk): uniform checkpoints
+    the input of each group of n layers, [0, n), [n, 2n), ..., and recomputes the whole group in
+    its backward; block checkpoints layers 0..n-1 one by one and runs the rest without checkpoint."""
+    if n < 0:  # every layer checkpointed on its own (uniform with n = 1)
+        return n_chunk, n_chunk, min(1, n_chunk)
+    if method == UNIFORM:
+        return n_chunk, -(-n_chunk // n), min(n, n_chunk)
+    r = min(n, n_chunk)
+    return r, r, min(1, r)
+
+
+_RECOMPUTED: dict = {}  # (id(placement), n, method) -> (placement, counts): placements are cached objects
+
+
+def recomputed_layers(pl: Placement, n: int, method: int) -> np.ndarray:
+    """Per stage of placement `pl` (shape (4, p)): layers recomputed (`rc`), of which MoE
+    (`rc_moe`), checkpointed layer inputs (`ckpt`) and the most layers rebuilt at once in one
+    backward (`group`), under full recompute (`chunk_recompute` chunk by chunk; block recomputes
+    the first layers of each chunk)."""
+    key = (id(pl), n, method)
+    hit = _RECOMPUTED.get(key)
+    if hit is not None and hit[0] is pl:
+        return hit[1]
+    if len(_RECOMPUTED) > 65536:
+        _RECOMPUTED.clear()
+    out = _recomputed_layers(pl, n, method)
+    out.setflags(write=False)
+    _RECOMPUTED[key] = (pl, out)
+    return out
+
+
+def _recomputed_layers(pl: Placement, n: int, method: int) -> np.ndarray:
+    if n < 0:  # the whole stage, one layer at a time
+        return np.stack([pl.n_layers, pl.n_moe, pl.n_layers, np.minimum(1.0, pl.n_layers)])
+    out = np.zeros((4, len(pl.chunk_ids)))
+    for st, ids in enumerate(pl.chunk_ids):
+        for c in ids:
+            rc, rc_moe, ckpt, grp = chunk_recomputed(pl, c, n, method)
+            out[0, st] += rc
+            out[1, st] += rc_moe
+            out[2, st] += ckpt
+            out[3, st] = max(out[3, st], grp)
+    return out
+
+
+def chunk_recomputed(pl: Placement, c: int, n: int, method: int) -> tuple[int, int, int, int]:
+    """(layers recomputed, of which MoE, checkpointed inputs, most layers rebuilt at once) of model
+    chunk c of `pl` (`chunk_recompute`: the recomputed layers are the chunk's first)."""
+    layers = pl.chunk_range(c)
+    rc, ckpt, grp = chunk_recompute(len(layers), n, method)
+    return rc, sum(pl.layer_moe[i] for i in layers[:rc]), ckpt, grp
+
+
+def recompute_rows(pls: list, pinv: np.ndarray, b: PlanBatch) -> dict:
+    """`recomputed_layers` of every plan of a batch, by name (RECOMPUTE_PARTS: arrays (n, p));
+    zero for plans without full recompute."""
+    full = (b.recompute == FULL)[:, None, None]
+    if (b.recompute_layers < 0).all():  # every layer (the common case): no grouping needed
+        table = np.stack([recomputed_layers(pl, -1, 0) for pl in pls])[pinv]
+    else:
+        keys, inv = group(pinv, b.recompute_layers + 1, b.recompute_method)
+        table = np.stack([recomputed_layers(pls[k], n - 1, meth) for k, n, meth in keys])[inv]
+    table = table * full
+    return {name: table[:, j] for j, name in enumerate(RECOMPUTE_PARTS)}
+
+
+def mtp_recomputed(recompute, recompute_layers, recompute_method):
+    """Whether the MTP blocks run their forward again: with full recompute, except with the block
+    method (megatron/core/transformer/multi_token_prediction.py: "recompute_method == 'block' is
+    not supported for MTP yet. Skipping recompute")."""
+    return (np.asarray(recompute) == FULL) & ((np.asarray(recompute_layers) < 0)
+                                               | (np.asarray(recompute_method) == UNIFORM))
+
+
+def recomputed_layer_ids(model: ModelSpec, plan: TrainingPlan) -> list[bool]:
+    """Whether each transformer layer (model order) runs its forward again in backward."""
+    if plan.recompute != "full":
+        return [False] * model.num_layers
+    pl = placement(model, plan.schedule, plan.pp, plan.vpp, plan.split)
+    n = -1 if plan.recompute_layers is None else plan.recompute_layers
+    out = [False] * model.num_layers
+    for c in range(len(pl.chunk_layers)):
+        layers = pl.chunk_range(c)
+        rc, _, _ = chunk_recompute(len(layers), n, RECOMPUTE_METHODS.index(plan.recompute_method))
+        for i in layers[:rc]:
+            out[i] = True
+    return out
+
+
 def inflight_microbatches(plan: TrainingPlan, job: TrainingJob, stage: int) -> float:
     """Micro-batches whose activations a stage holds at its peak (the schedule's own count)."""
     return schedules.get(plan.schedule).inflight(plan.pp, plan.vpp, micro_batches(plan, job), stage)
@@ -199,6 +297,7 @@ class Placement:
     last: np.ndarray  # 1.0 where it holds the last model chunk (LM head, loss)
     fraction: float  # share of the step's micro-batches passing through each local chunk
     chunks_per_stage: int
+    layer_moe: tuple = ()  # whether each placed layer (model order) is a MoE layer
 
     def chunk_range(self, c: int) -> range:
         """Layer indices of model chunk c (chunks hold contiguous layers, in model order)."""
@@ -228,7 +327,7 @@ def placement(model: ModelSpec, schedule: str, p: int, v: int, split: tuple = EV
         np.array([float(max((model.layer_params(i) for i in ls), default=0)) for ls in layers]),
         np.array([float(sched.holds_chunk(st, 0, p, v)) for st in range(p)]),
         np.array([float(sched.holds_chunk(st, n_chunks - 1, p, v)) for st in range(p)]),
-        sched.pass_fraction(p, v), sched.chunks_per_stage(v))
+        sched.pass_fraction(p, v), sched.chunks_per_stage(v), tuple(moe))
 
 
 def stage_params(model: ModelSpec, pl: Placement, tp: int, ep: int, etp: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -406,6 +505,9 @@ class MemoryParts:
     comm_buffers_bytes: np.ndarray
     reserve_bytes: np.ndarray
     peak_bytes: np.ndarray
+    # full recompute, block method: peak bytes each layer per model chunk left un-recomputed adds
+    # (its activations beyond its input, for every micro-batch in flight, with the fragmentation share)
+    block_layer_bytes: np.ndarray | None = None
 
     @property
     def peak_stage(self) -> np.ndarray:
@@ -423,7 +525,8 @@ class MemoryParts:
 def memory_parts(job: TrainingJob, batch: PlanBatch) -> MemoryParts:
     """Memory of every stage of every plan in `batch` (weights, gradients, optimizer states,
     activations, communication buffers, reserve; their sum is the peak)."""
-    return MemoryParts(**by_mesh(batch, lambda b, mesh: _mesh_memory(job, b, *mesh), MEMORY_PARTS))
+    return MemoryParts(**by_mesh(batch, lambda b, mesh: _mesh_memory(job, b, *mesh),
+                                 MEMORY_PARTS + ("block_layer_bytes",)))
 
 
 def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: int, dp: int,
@@ -452,15 +555,27 @@ def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: 
     inflight = np.stack([_inflight_row(names[s], pp, v, m) for s, v, m in ikeys])[iinv]
     n_layers = stack("n_layers")
     per_mb = (n_layers - n_moe) * act["dense"] + n_moe * act["moe"]
+    # full recompute (plan recompute_layers, recompute_method): the recomputed layers keep their
+    # checkpointed inputs, the other layers all their activations
+    full = b.recompute[:, None] == FULL
+    if (full & (b.recompute_layers >= 0)[:, None]).any():
+        rcx = recompute_rows(pls, pinv, b)
+        keep_moe = n_moe - rcx["rc_moe"]
+        keep_dense = n_layers - n_moe - (rcx["rc"] - rcx["rc_moe"])
+        per_mb = np.where(full, rcx["ckpt"] * act["dense"] + keep_dense * act["full_dense"]
+                          + keep_moe * act["full_moe"], per_mb)
+        rebuilt, rebuilt_moe = rcx["group"], rcx["rc_moe"] > 0
+    else:  # every full-recompute layer keeps its input, one layer at a time rebuilt
+        rebuilt, rebuilt_moe = full & (n_layers > 0), n_moe > 0
     # activation offload (plan act_offload): the offloaded layers' activations wait in host memory;
     # one layer's stay on the device as the copy in flight (Transformer Engine cpu_offload.py
     # double-buffers per layer)
     layer = per_mb / np.maximum(n_layers, 1)
     off = offloaded_layers(b.act_offload[:, None], n_layers)
     acts = (per_mb - off * layer) * inflight + np.where(off > 0, layer, 0.0)
-    # full recompute: one layer's whole activations live during its backward
-    full = b.recompute[:, None] == RECOMPUTE.index("full")
-    acts = acts + np.where(full, np.where(n_moe > 0, act["full_moe"], act["full_dense"]), 0.0)
+    # full recompute: the layers rebuilt at once (one, or a uniform group) hold their whole
+    # activations during their backward
+    acts = acts + rebuilt * np.where(rebuilt_moe, act["full_moe"], act["full_dense"])
     # fp32 logits of one micro-batch for the cross-entropy backward, with the LM head (and again
     # for each MTP depth's head); the MTP blocks' activations with the loss, for every micro-batch
     # in flight (their 2h projection input included)
@@ -468,15 +583,20 @@ def _mesh_memory(job: TrainingJob, b: PlanBatch, tp: int, pp: int, cp: int, ep: 
     acts = acts + last * (1 + model.mtp_layers) * (4 * T * model.vocab_size / tp)
     if model.mtp_layers:
         mtp_act = act["moe"] if model.mtp_is_moe else act["dense"]
+        kept = full & ~mtp_recomputed(b.recompute, b.recompute_layers, b.recompute_method)[:, None]
+        mtp_act = np.where(kept, act["full_moe"] if model.mtp_is_moe else act["full_dense"], mtp_act)
         acts = acts + last * model.mtp_layers * (mtp_act + 2 * T * 2 * model.hidden_size) * inflight
     comm = float(sum(_nccl_bytes(n) for n in (tp, cp, dp, ep, etp, pp if pp > 1 else 1)))
     # ZeRO-3: gathered parameters of the current and the prefetched layer
     comm = comm + np.where(zero == 3, 2 * WEIGHT_BYTES * stack("max_layer") / tp, 0.0)
     reserve = CONTEXT_BYTES + FRAGMENTATION * acts
     total = weights + grads + optim + acts + comm + reserve
+    whole = np.where(n_moe > 0, act["full_moe"], act["full_dense"])
+    chunks = np.array([pl.chunks_per_stage for pl in pls], dtype=np.float64)[pinv][:, None]
+    block = np.where(full & (n_layers > 0), chunks * inflight * (whole - act["dense"]) * (1 + FRAGMENTATION), 0.0)
     return {"weights_bytes": weights, "gradients_bytes": grads, "optimizer_bytes": optim,
             "activations_bytes": acts, "comm_buffers_bytes": comm, "reserve_bytes": reserve,
-            "peak_bytes": total}
+            "peak_bytes": total, "block_layer_bytes": block}
 
 
 @lru_cache(maxsize=4096)

@@ -24,6 +24,9 @@ from simulator import schedules
 from simulator.models import ModelSpec
 
 RECOMPUTE = ("none", "selective", "full")
+# Which layers full recompute checkpoints when `recompute_layers` is set (Megatron-Core
+# --recompute-method, megatron/core/transformer/transformer_config.py `recompute_method`)
+RECOMPUTE_METHODS = ("block", "uniform")
 SELECTIVE_POLICIES = ("attention", "op")
 ZERO3_UNITS = ("layer", "param")  # TrainingJob.zero3_unit
 LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")  # TrainingJob.lora_targets
@@ -31,10 +34,11 @@ DTYPES = ("bf16", "fp16", "fp8", "fp4")
 # Upper bound on seq-len and global batch (2^24 tokens per sequence, 2^24 sequences per step):
 # beyond any training run, and it keeps token and FLOP counts finite floats.
 MAX_JOB_SIZE = 2 ** 24
-_INT_KEYS = ("dp", "tp", "pp", "cp", "ep", "etp", "mb", "vpp", "zero", "first", "last", "act_offload")
+_INT_KEYS = ("dp", "tp", "pp", "cp", "ep", "etp", "mb", "vpp", "zero", "first", "last", "act_offload",
+             "recompute_layers")
 _BOOL_KEYS = ("sp", "offload", "fsdp", "pp_embed", "pp_loss")
 PLAN_KEYS = ("dp tp pp cp ep etp mb vpp zero recompute schedule sp offload fsdp first last pp_embed pp_loss layout "
-             "act_offload")
+             "act_offload recompute_layers recompute_method")
 _ON = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
 
 
@@ -169,6 +173,14 @@ class TrainingPlan:
     # forward and backward (Megatron-Core --cpu-offloading --cpu-offloading-num-layers, Transformer
     # Engine cpu_offload.py: copies on a side stream, each layer's reload ahead of its backward)
     act_offload: int = 0
+    # full recompute of part of the layers (Megatron-Core --recompute-granularity full
+    # --recompute-method M --recompute-num-layers N; megatron/core/recompute.py checkpointed_forward),
+    # counted per model chunk (one TransformerBlock: a virtual pipeline stage). block: the chunk's
+    # first N layers run their forward again in backward and keep only their input, the others keep
+    # all their activations; uniform: groups of N layers, each keeping only its input, all
+    # recomputed. None: every layer recomputed, each keeping its input (uniform with N = 1).
+    recompute_layers: int | None = None
+    recompute_method: str = "block"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,6 +200,8 @@ class TrainingPlan:
             parts.append("fsdp=on")
         if self.act_offload:
             parts.append(f"act_offload={self.act_offload}")
+        if self.recompute_layers is not None:
+            parts += [f"recompute_layers={self.recompute_layers}", f"recompute_method={self.recompute_method}"]
         return ",".join(parts + split_keys(self.split))
 
     @property
@@ -250,6 +264,10 @@ def parse_plan(text: str, num_devices: int | None = None) -> TrainingPlan:
             if val not in RECOMPUTE:
                 raise InputError(f"plan recompute={val!r}; valid: {', '.join(RECOMPUTE)}")
             vals[key] = val
+        elif key == "recompute_method":
+            if val not in RECOMPUTE_METHODS:
+                raise InputError(f"plan recompute_method={val!r}; valid: {', '.join(RECOMPUTE_METHODS)}")
+            vals[key] = val
         elif key == "schedule":
             val = schedules.ALIASES.get(val, val)
             if val not in schedules.SCHEDULES:
@@ -258,9 +276,15 @@ def parse_plan(text: str, num_devices: int | None = None) -> TrainingPlan:
         else:
             raise InputError(f"unknown plan key {key!r}; valid: {PLAN_KEYS}")
     for k in _INT_KEYS:
-        if k in vals and (vals[k] < (0 if k in ("zero", "act_offload") else 1)):
+        zero_ok = k in ("zero", "act_offload", "recompute_layers")
+        if k in vals and (vals[k] < (0 if zero_ok else 1)):
             raise InputError(f"plan {k}={vals[k]} must be "
-                             f"{'0..3' if k == 'zero' else '>= 0' if k == 'act_offload' else '>= 1'}")
+                             f"{'0..3' if k == 'zero' else '>= 0' if zero_ok else '>= 1'}")
+    if "recompute_method" in vals and "recompute_layers" not in vals:
+        raise InputError(f"plan recompute_method={vals['recompute_method']} needs recompute_layers=N "
+                         f"(layers per model chunk it applies to)")
+    check_recompute_keys(vals.get("recompute", "none"), vals.get("recompute_layers"),
+                         vals.get("recompute_method", "block"))
     if vals.get("layout"):
         # the layout fixes the virtual stages: its stages are pp·vpp chunks (Megatron-Core
         # pipeline_parallel_layer_layout.py: layout[vpp_rank·pp + pp_rank])
@@ -351,6 +375,51 @@ def validate_plan(plan: TrainingPlan, job: TrainingJob, num_devices: int,
     if plan.act_offload and plan.recompute == "full":
         raise InputError("plan act_offload needs recompute none or selective (full recompute keeps "
                          "only each layer's input)")
+    check_recompute_keys(plan.recompute, plan.recompute_layers, plan.recompute_method)
+    if plan.recompute_layers is not None:
+        most = max(chunk_layers(m.num_layers, plan.schedule, plan.pp, plan.vpp, plan.split))
+        if plan.recompute_layers > most:
+            # Megatron-Core transformer_config.py: recompute_num_layers between 1 and the layers of a
+            # pipeline rank's block
+            raise InputError(f"plan recompute_layers={plan.recompute_layers}; valid: "
+                             f"{1 if plan.recompute_method == 'uniform' else 0}..{most} (layers per model chunk, "
+                             f"pp·vpp = {plan.pp}·{plan.vpp} chunks)")
+        if plan.recompute_method == "uniform" and m.mtp_layers and plan.recompute_layers != 1:
+            # megatron/core/transformer/multi_token_prediction.py: "recompute_num_layers must be 1 for
+            # MTP recompute" with the uniform method
+            raise InputError(f"plan recompute_layers={plan.recompute_layers} with recompute_method=uniform: "
+                             f"{m.name} trains MTP layers, which Megatron-Core recomputes uniformly only "
+                             f"with recompute_layers=1")
+
+
+def every_nth_layers(n_layers: int, freq: int) -> int:
+    """Transformer blocks that torchtitan's layer-level selective checkpointing
+    (activation_checkpoint.mode = "selective", selective_ac_option = str(freq)) wraps in full
+    checkpointing among the `n_layers` blocks a rank builds: a counter over the blocks, from 1,
+    wraps block k when k % freq == 0, every block when freq is 0 (pytorch/torchtitan
+    torchtitan/parallelisms/parallelize_llama.py `_apply_ac_to_transformer_block` at 3faaa1a0d;
+    torchtitan/distributed/activation_checkpoint.py `_apply_layer_sac` until 114151ad4). The plan
+    takes the count as recompute_layers (same memory and time; the wrapped blocks sit every freq-th
+    rather than first, which only matters where dense and MoE layers mix)."""
+    if freq < 0 or n_layers < 0:
+        raise InputError(f"selective AC frequency {freq} over {n_layers} blocks; valid: a frequency >= 0 "
+                         f"(0: every block)")
+    return n_layers if freq == 0 else sum(1 for k in range(1, n_layers + 1) if k % freq == 0)
+
+
+def check_recompute_keys(recompute: str, layers, method: str) -> None:
+    """The recompute keys Megatron-Core accepts together (transformer_config.py __post_init__:
+    recompute_num_layers only with --recompute-granularity full; uniform groups of >= 1 layer)."""
+    if method not in RECOMPUTE_METHODS:
+        raise InputError(f"plan recompute_method={method!r}; valid: {', '.join(RECOMPUTE_METHODS)}")
+    if layers is None:
+        return
+    if recompute != "full":
+        raise InputError(f"plan recompute_layers={layers} needs recompute=full (got recompute={recompute}); "
+                         f"valid: recompute=full,recompute_layers=N")
+    if layers < 0 or (method == "uniform" and layers < 1):
+        raise InputError(f"plan recompute_layers={layers} must be "
+                         f"{'>= 1 with recompute_method=uniform' if method == 'uniform' else '>= 0'}")
 
 
 # ---- the rules of validate_plan that whole subtrees of plans share (the planner prunes with them) ----
@@ -614,7 +683,8 @@ def layout_of(code: int) -> str:
 class PlanBatch:
     """n training plans as parallel numpy arrays: what the analytic engine evaluates at once (a
     single plan is a batch of one). `recompute` and `schedule` hold indices into RECOMPUTE and
-    `simulator.schedules.names()`."""
+    `simulator.schedules.names()`, `recompute_method` into RECOMPUTE_METHODS; `recompute_layers`
+    is -1 where the plan leaves it unset (every layer)."""
 
     dp: np.ndarray
     tp: np.ndarray
@@ -636,6 +706,8 @@ class PlanBatch:
     pp_loss: np.ndarray
     layout: np.ndarray  # index into `layout_of` (0: none)
     act_offload: np.ndarray
+    recompute_layers: np.ndarray  # -1: unset
+    recompute_method: np.ndarray
 
     @classmethod
     def of(cls, plans) -> "PlanBatch":
@@ -644,6 +716,8 @@ class PlanBatch:
         cols["recompute"] = [RECOMPUTE.index(r) for r in cols["recompute"]]
         cols["schedule"] = [names.index(s) for s in cols["schedule"]]
         cols["layout"] = [layout_code(x) for x in cols["layout"]]
+        cols["recompute_layers"] = [-1 if n is None else n for n in cols["recompute_layers"]]
+        cols["recompute_method"] = [RECOMPUTE_METHODS.index(x) for x in cols["recompute_method"]]
         return cls.columns(**cols)
 
     def split(self, i: int) -> tuple:
@@ -667,6 +741,10 @@ class PlanBatch:
                 v = schedules.names().index(default.schedule)
             elif f.name == "layout":
                 v = 0
+            elif f.name == "recompute_layers":
+                v = -1
+            elif f.name == "recompute_method":
+                v = RECOMPUTE_METHODS.index(default.recompute_method)
             else:
                 v = getattr(default, f.name)
             kind = bool if f.name in _BOOL_KEYS else np.int64
@@ -684,6 +762,8 @@ class PlanBatch:
         d["recompute"] = RECOMPUTE[d["recompute"]]
         d["schedule"] = schedules.names()[d["schedule"]]
         d["layout"] = layout_of(d["layout"])
+        d["recompute_layers"] = None if d["recompute_layers"] < 0 else d["recompute_layers"]
+        d["recompute_method"] = RECOMPUTE_METHODS[d["recompute_method"]]
         return TrainingPlan(**d)
 
     def micro_batches(self, job: TrainingJob) -> np.ndarray:

@@ -212,7 +212,8 @@ def test_model_cfg_keeps_what_from_hf_config_reads():
 
 def test_short_plan_string_round_trips():
     for text in ("dp=8,tp=2,pp=2,mb=1", "dp=2,tp=8,pp=4,vpp=2,mb=1,recompute=selective,sp=on",
-                 "dp=4,tp=1,pp=1,cp=8,mb=4,fsdp=on", "dp=16,tp=2,pp=1,ep=4,mb=2,zero=2,offload=on"):
+                 "dp=4,tp=1,pp=1,cp=8,mb=4,fsdp=on", "dp=16,tp=2,pp=1,ep=4,mb=2,zero=2,offload=on",
+                 "dp=8,tp=2,pp=2,mb=1,recompute=full,recompute_layers=3,recompute_method=uniform"):
         plan = parse_plan(text)
         assert parse_plan(state.short_plan_string(plan.to_dict())) == plan
 

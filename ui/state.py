@@ -390,6 +390,8 @@ def short_plan_string(plan: dict) -> str:
     parts += [f"{k}={plan[k]}" for k in ("cp", "ep", "vpp") if plan.get(k, 1) != 1]
     parts += [f"mb={plan['mb']}", "fsdp=on" if plan.get("fsdp") else f"zero={plan['zero']}",
               f"recompute={plan['recompute']}", f"schedule={plan['schedule']}"]
+    if plan.get("recompute_layers") is not None:  # full recompute of part of the layers
+        parts += [f"recompute_layers={plan['recompute_layers']}", f"recompute_method={plan['recompute_method']}"]
     parts += [f"{k}=on" for k in ("sp", "offload") if plan.get(k)]
     parts += [f"{k}={plan[k]}" for k in ("first", "last") if plan.get(k)]  # uneven pipeline stages
     parts += [f"{k}=on" for k in ("pp_embed", "pp_loss") if plan.get(k)]

@@ -214,13 +214,15 @@ def surface(name: str, strategy, ci_examples: int, doc: str = ""):
 
 # ---- 1. training plan strings ----------------------------------------------------------------------
 
-_PLAN_KEYS = ["dp", "tp", "pp", "cp", "ep", "mb", "vpp", "zero", "recompute", "schedule", "sp", "offload", "fsdp"]
+_PLAN_KEYS = ["dp", "tp", "pp", "cp", "ep", "mb", "vpp", "zero", "recompute", "schedule", "sp", "offload", "fsdp",
+              "recompute_layers", "recompute_method"]
 _PLAN_VALUES = {
     "dp": ["1", "2", "4", "8", "16"], "tp": ["1", "2", "4", "8", "3"], "pp": ["1", "2", "4", "3"],
     "cp": ["1", "2", "4"], "ep": ["1", "2", "4"], "mb": ["1", "2", "4", "3"], "vpp": ["1", "2", "4"],
     "zero": ["0", "1", "2", "3", "4"], "recompute": ["none", "selective", "full", "FULL"],
     "schedule": ["1f1b", "interleaved", "gpipe", "zb-h1", "zb-h2", "zb", "interleaved-1f1b"],
     "sp": ["on", "off", "yes", "0"], "offload": ["on", "off"], "fsdp": ["on", "off"],
+    "recompute_layers": ["0", "1", "2", "-1", "100"], "recompute_method": ["block", "uniform", "every"],
 }
 
 

@@ -23,7 +23,8 @@ c[1].number_input("Global batch (sequences)", min_value=1, max_value=10_000_000,
 c[2].selectbox("Precision", list(DTYPES), key=ps.init("dtype", "bf16", choices=list(DTYPES)))
 c[3].text_input("Plan", key=ps.init("plan", "tp=2,pp=2,mb=1"),
                 help="key=value,... with keys dp tp pp cp ep mb vpp zero recompute schedule sp offload "
-                     "fsdp; dp is derived when omitted (e.g. tp=8,pp=4,vpp=2,mb=1,recompute=selective,sp=on)")
+                     "fsdp (and with recompute=full: recompute_layers, recompute_method); dp is derived when "
+                     "omitted (e.g. tp=8,pp=4,vpp=2,mb=1,recompute=selective,sp=on)")
 NO_SOFTWARE = "(none)"
 
 
