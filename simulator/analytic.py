@@ -297,6 +297,17 @@ def _zero3_shares(model, unit: str) -> tuple:
     return ((attn - out) / total, out / total, up / total, (mlp - up) / total)
 
 
+def recompute_regathers(job: TrainingJob) -> float:
+    """1 where a recomputed layer's forward gathers its ZeRO-3 parameters again, 0 where it reuses
+    the backward's gather. PyTorch FSDP and FSDP2 wrap each checkpointed block whole: the backward
+    pre-hook unshards the unit, then autograd re-runs the checkpointed forward on those parameters
+    (torch/distributed/fsdp _runtime_utils._pre_backward_hook; FSDP2 FSDPParamGroup.pre_backward,
+    torchtitan applies AC to each block before fully_shard). DeepSpeed ZeRO-3 fetches per
+    sub-module in forward hooks and releases after each, so the recompute fetches again and the
+    backward once more (stage3.py fetch_sub_module / release_sub_module)."""
+    return 1.0 if job.zero3_unit == "param" else 0.0
+
+
 def gather_passes(zero, recompute, rc_share=1.0):
     """Parameter all-gather passes per micro-batch: ZeRO-3 gathers in forward and again in backward
     (and in the recompute, for the `rc_share` of the layers recomputed), ZeRO §7.2.1; stages 1-2
@@ -348,7 +359,7 @@ class StageArrays:
     num_layers: np.ndarray
     last_bwd_s: np.ndarray  # one micro-batch's backward through the stage's chunks
     mb_fwd_s: np.ndarray  # one micro-batch's forward through the stage's chunks
-    rc_share: np.ndarray | float = 1.0  # share of the stage's layers that full recompute runs again
+    rc_share: np.ndarray | float = 1.0  # share of the stage's layers whose recompute gathers again
 
 
 def dp_exposed_s(job: TrainingJob, plan, stage):
@@ -431,6 +442,7 @@ def _mesh_step(job: TrainingJob, cluster: Cluster, b: PlanBatch, tp: int, pp: in
         mtp_keep = (full & ~mtp_recomputed(b.recompute, b.recompute_layers, b.recompute_method)[:, None]).astype(float)
         rest = (n_off, keep_dense, keep_moe, mtp_keep)
         rc_share = np.where(full, rcx["rc"] / np.maximum(n_layers, 1), 1.0)
+    rc_share = rc_share * recompute_regathers(job)
     w = work(k, n_layers - n_moe, n_moe, stack("first"), stack("last"), *rest)
     # which rows overlap their EP all-to-alls (overlaps_ep), without a Python loop over the rows
     ov = (np.full(len(b), job.overlap_ep_comm) | (b.schedule == names.index("dualpipe"))) if model.is_moe else None
@@ -515,7 +527,7 @@ class StageCost:
     dp_gather_s: float  # ZeRO parameter all-gathers per step (ZeRO-3: per micro-batch pass)
     optimizer_s: float
     grad_bytes: float
-    rc_share: float = 1.0  # share of the stage's layers that full recompute runs again
+    rc_share: float = 1.0  # share of the stage's layers whose recompute gathers again
 
     @property
     def total_s(self) -> float:
@@ -570,7 +582,7 @@ def step_costs(job: TrainingJob, plan: TrainingPlan, cluster: Cluster) -> StepCo
         chunks = []
         n_stage = sum(pl.chunk_layers[c] for c in pl.chunk_ids[st])
         n_off = float(offloaded_layers(plan.act_offload, n_stage))
-        rc_share = float(rc_stage[st]) / max(n_stage, 1) if full else 1.0
+        rc_share = (float(rc_stage[st]) / max(n_stage, 1) if full else 1.0) * recompute_regathers(job)
         for c in pl.chunk_ids[st]:
             n_moe = pl.chunk_moe[c]
             n = pl.chunk_layers[c]

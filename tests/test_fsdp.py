@@ -14,7 +14,8 @@ PLAN = SimpleNamespace(zero=3, recompute="none")  # two gather passes per micro-
 
 
 def _stage(gather, grad, fwd, bwd, layers=10):
-    return SimpleNamespace(dp_gather_s=gather, dp_grad_s=grad, mb_fwd_s=fwd, last_bwd_s=bwd, num_layers=layers)
+    return SimpleNamespace(dp_gather_s=gather, dp_grad_s=grad, mb_fwd_s=fwd, last_bwd_s=bwd, num_layers=layers,
+                           rc_share=1.0)
 
 
 def _job(**kw):

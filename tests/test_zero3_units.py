@@ -109,3 +109,19 @@ def test_deepspeed_03_falls_with_data_parallel_size_at_a_fixed_global_batch():
 def test_unknown_zero3_unit_is_refused_in_one_line():
     with pytest.raises(InputError, match=r"zero3 unit 'block'; valid: layer, param"):
         TrainingJob(GPT_175B, 2048, 8, zero3_unit="block")
+
+
+def test_fsdp_recompute_reuses_the_backward_gather_deepspeed_fetches_again():
+    """PyTorch FSDP/FSDP2 wrap each checkpointed block whole: the backward pre-hook unshards the
+    unit and the recompute runs on those parameters (two gathers per micro-batch with full
+    recompute as without); DeepSpeed ZeRO-3 fetches per sub-module in forward hooks, so the
+    recompute gathers a third time."""
+    from simulator.analytic import step_costs
+    cluster = load_cluster("dgx-a100", nodes=2)
+    fsdp = apply_software(TrainingJob(load_model("llama2-7b"), 4096, 64), "llm-foundry")
+    ds = replace(fsdp, zero3_unit="param")
+
+    def gathers(job, rc):
+        return step_costs(job, TrainingPlan(dp=16, mb=1, zero=3, recompute=rc), cluster).stages[0].dp_gather_s
+    assert gathers(fsdp, "full") == pytest.approx(gathers(fsdp, "none"), rel=1e-12)
+    assert gathers(ds, "full") == pytest.approx(1.5 * gathers(ds, "none"), rel=1e-12)
