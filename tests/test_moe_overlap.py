@@ -20,8 +20,8 @@ H100 = load_cluster("dgx-h100", nodes=2)
 
 
 def _terms(**kw):
-    base = {f"{p}_{g}_{kind}": 0.0 for p in ("fwd", "bwd") for g in ("tp", "cp", "ep") for kind in ("dense", "moe")}
-    base.update({f"{p}_{kind}": 0.0 for p in ("fwd", "bwd", "wgrad") for kind in ("dense", "moe")})
+    base = {f"{p}_{g}_{kind}": 0.0 for p in ("fwd", "bwd", "rc") for g in ("tp", "cp", "ep") for kind in ("dense", "moe")}
+    base.update({f"{p}_{kind}": 0.0 for p in ("fwd", "bwd", "rc", "wgrad") for kind in ("dense", "moe")})
     base.update(kw)
     return base
 
