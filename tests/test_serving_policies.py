@@ -10,6 +10,9 @@ Sources:
   blocks for it and every started request to completion are free, stops at the first that does
   not fit, never evicts; MaxUtilizationScheduler allocates for the next step only and pauses the
   last started request when a block is missing.
+- The engine loops decide the next pass right after processing the last one's outputs (vLLM
+  vllm/v1/engine/core.py run_busy_loop; TRT-LLM py_executor.py _executor_loop(_overlap); SGLang
+  event_loop): a closed-loop client's answer to a pass's output misses the pass already decided.
 - SGLang schedule_policy.py: `lpm` sorts the waiting queue by longest cached prefix, FCFS above
   128 waiting requests.
 """
@@ -103,6 +106,58 @@ def test_a_decode_run_cut_by_an_arrival_runs_one_more_pass_with_overlap():
         dec.decode_kv_tokens = kv
         passes.append(costs.iteration_s(dec))
     assert min(passes) * 0.999 <= ttft["on"] - ttft["off"] <= max(passes) * 1.001
+
+
+def _answering_sched(extra):
+    """A scheduler whose finished requests are answered at once by a closed-loop client (the
+    client's next request is added from inside `complete`, as ServingSimulation.finished does)."""
+    s, kv, finished = _sched(100, max_num_seqs=8, max_num_batched_tokens=64, extra_step=extra)
+    answers = []
+
+    def on_finish(req, now):
+        finished.append(req.id)
+        if req.id == 0:
+            nxt = Request(10, now, 8, 4)
+            answers.append(nxt)
+            s.add(nxt)
+    s.on_finish = on_finish
+    return s, answers
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_a_closed_loop_answer_misses_the_pass_the_engine_loop_already_decided(extra):
+    """Requests 0 (2 output tokens) and 1 (6) start together; request 0 ends with pass 2 and its
+    client answers with request 10 at once. The engine loop decides pass 3 as soon as it has the
+    outputs of pass 2 (vllm/v1/engine/core.py run_busy_loop; TRT-LLM py_executor.py
+    _executor_loop; SGLang event_loop), before the answer's round trip ends: request 10 is
+    prefilled in pass 4, and in pass 5 with an extra step (pass 3 already ran on the GPU when pass
+    2's outputs came out). Removing the rule puts it in pass 3 (4 with an extra step)."""
+    s, answers = _answering_sched(extra)
+    s.add(Request(0, 0.0, 8, 2))
+    s.add(Request(1, 0.0, 8, 6))
+    seen = {}
+    t = 0.0
+    for n in range(1, 7):
+        b = s.schedule(t)
+        for rid in _ids(b):
+            seen.setdefault(rid, n)
+        t += 1.0
+        s.complete(b, t)
+    assert answers and answers[0].id == 10
+    assert seen[10] == (5 if extra else 4)
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_a_closed_loop_answer_to_an_idle_engine_runs_at_once(extra):
+    """The answered request was the only one: the engine loop blocks on its input queue and takes
+    the answer in the very next pass, with or without an extra step."""
+    s, answers = _answering_sched(extra)
+    s.add(Request(0, 0.0, 8, 2))
+    b = s.schedule(0.0)
+    s.complete(b, 1.0)
+    b = s.schedule(1.0)
+    s.complete(b, 2.0)  # request 0 ends; request 10 answers
+    assert answers and _ids(s.schedule(2.0)) == [10]
 
 
 def test_engine_defaults_for_the_extra_step():

@@ -17,7 +17,10 @@ other engines need (`EngineConfig`):
   pauses decodes meanwhile (SGLang's default scheduler without --enable-mixed-chunk);
   `kv_reservation="ratio"` admits a prompt only if the blocks left cover a share of the running
   requests' remaining output (SGLang PrefillAdder: new_token_ratio from 0.7, decaying by
-  (0.7 − 0.1)/600 per decode step to 0.1, back to 0.7 after a retraction).
+  (0.7 − 0.1)/600 per decode step to 0.1, back to 0.7 after a retraction);
+- the engine loop decides its next pass before a closed-loop client's answer to the last pass's
+  output can arrive: a request added inside `complete` joins one pass later than one queued
+  before it (two with an extra step), unless the engine has nothing else to run (`add`).
 
 Decoding requests are not touched one by one: every decode iteration advances all of them by a
 token, so a request's position is (its KV length when it joined) + (decode iterations since);
@@ -172,6 +175,10 @@ class Scheduler:
         self.deferred: list = []
         self.passes = 0  # passes scheduled so far (a run of decode passes counts each)
         self.in_flight = False  # a pass has been scheduled and not completed yet
+        # inside `complete`: a request added now is a client's answer to an output of the pass
+        # that just ended (closed loop), which reaches the engine only after its next pass has
+        # been decided (see `add`)
+        self.completing = False
         self.lpm = cfg.schedule_policy == "lpm"
 
     # ---- state ---------------------------------------------------------------------------------
@@ -182,7 +189,19 @@ class Scheduler:
         if _cdiv(req.prompt_len + req.output_len, self.bs) > self.kv.num_blocks:
             self.rejected.append(req)
             return False
-        if self.extra and self.in_flight:
+        if self.completing:
+            # An answer to this pass's output (a closed-loop client's next request) comes back
+            # after a round trip (stream the token, client, HTTP, tokenise), while the engine loop
+            # decides its next pass as soon as it has processed the outputs: vLLM
+            # vllm/v1/engine/core.py run_busy_loop (_process_input_queue takes only what is
+            # queued, then _process_engine_step schedules); TRT-LLM py_executor.py
+            # _executor_loop(_overlap) (_fetch_new_requests right after _handle_responses /
+            # _process_previous_batch); SGLang scheduler.py event_loop(_overlap)
+            # (recv_requests, then get_next_batch_to_run). So it misses that pass: the next one
+            # without an extra step, the one after it with one (pass n+1 was already in
+            # flight when pass n's outputs came out). An idle engine takes it at once.
+            self.deferred.append((self.passes + (1 if self.extra else 0), req))
+        elif self.extra and self.in_flight:
             # the next pass was scheduled when the one in flight started (vLLM
             # async_scheduler.py; TRT-LLM _executor_loop_overlap): this request misses it
             self.deferred.append((self.passes, req))
@@ -446,6 +465,13 @@ class Scheduler:
 
     def complete(self, batch: Batch, now: float) -> None:
         """Apply the results of `batch`, which ended at `now`."""
+        self.completing = True
+        try:
+            self._complete(batch, now)
+        finally:
+            self.completing = False
+
+    def _complete(self, batch: Batch, now: float) -> None:
         if batch.num_decode:
             kd = self.kd
             heap = self.finish_heap
