@@ -160,6 +160,37 @@ def test_a_closed_loop_answer_to_an_idle_engine_runs_at_once(extra):
     assert answers and _ids(s.schedule(2.0)) == [10]
 
 
+@pytest.mark.parametrize("extra", [False, True])
+def test_answers_to_an_idle_engine_start_with_the_first_alone(extra):
+    """Requests 0, 1 and 2 end with the same pass and their clients answer with 10, 11, 12. The
+    engine would idle: its loop blocks on the input queue and starts a pass with the first answer
+    (vllm/v1/engine/core.py _process_input_queue); the client sends the others one after another
+    (aiperf issue #1424), so they arrive while that pass runs and join the pass after it (two
+    after with an extra step). Releasing all three at once would prefill them together."""
+    s, kv, finished = _sched(100, max_num_seqs=8, max_num_batched_tokens=64, extra_step=extra)
+    nxt = iter(range(10, 13))
+
+    def on_finish(req, now):
+        finished.append(req.id)
+        if req.id < 10:
+            s.add(Request(next(nxt), now, 8, 4))
+    s.on_finish = on_finish
+    for i in range(3):
+        s.add(Request(i, 0.0, 8, 1))
+    b = s.schedule(0.0)
+    assert _ids(b) == [0, 1, 2]
+    s.complete(b, 1.0)  # all three end (one output token); 10, 11, 12 answer
+    seen, t = {}, 1.0
+    for n in range(2, 6):
+        b = s.schedule(t)
+        for rid in _ids(b):
+            seen.setdefault(rid, n)
+        t += 1.0
+        s.complete(b, t)
+    assert seen[10] == 2
+    assert seen[11] == seen[12] == (4 if extra else 3)
+
+
 def test_engine_defaults_for_the_extra_step():
     """vLLM 0.10-0.12: async scheduling opt-in; SGLang and TRT-LLM 1.0: overlap scheduler on."""
     assert not engine_config("vllm", H100, 1).extra_step

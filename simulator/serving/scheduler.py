@@ -221,15 +221,26 @@ class Scheduler:
                 + sum(r.target - r.computed for _, r in self.deferred))
 
     def _release_deferred(self) -> None:
-        """Queue the deferred requests that were added before the pass now being built started;
-        all of them when nothing else could run (an idle engine schedules at once)."""
-        idle = not self.running and not self.waiting
-        keep = []
+        """Queue the deferred requests that were added before the pass now being built started.
+        When none is due and nothing else could run, the engine would idle: it takes the first
+        deferred request at once, and the others reach it while that pass runs."""
+        keep, due = [], False
         for stamp, req in self.deferred:
-            if idle or stamp < self.passes:
+            if stamp < self.passes:
                 self.waiting.append(req)
+                due = True
             else:
                 keep.append((stamp, req))
+        if keep and not due and not self.running and not self.waiting:
+            # An idle engine loop blocks on its input queue and starts a pass with what has
+            # arrived (vllm/v1/engine/core.py _process_input_queue: input_queue.get(), then
+            # what is already queued); the client answers one request after another (aiperf's
+            # serial credit issue, ai-dynamo/aiperf issue #1424; one API-server thread takes
+            # them in, vLLM issue #25301), so the first starts alone and the others arrive
+            # while its pass runs: they join the pass after it (two after with an extra step).
+            self.waiting.append(keep[0][1])
+            later = self.passes + (1 if self.extra else 0)
+            keep = [(later, req) for _, req in keep[1:]]
         self.deferred = keep
 
     # ---- decoders ------------------------------------------------------------------------------
