@@ -291,6 +291,44 @@ def test_trtllm_chunked_prefill_switch_and_max_batch_size():
     assert [(r.id, c) for r, c, _ in on.schedule(1.0).prefills] == [(0, 36)]
 
 
+# ---- TRT-LLM batch waiting --------------------------------------------------------------------------
+def _batch_wait_case(iters, ratio, prompt=8, decodes=True):
+    """Request 0 decodes (if `decodes`); request 1 (a `prompt`-token prompt) arrives. Returns the
+    pass (1-based, after request 0's prefill) in which request 1 is prefilled."""
+    s, kv, finished = _trtllm_sched(200, "guaranteed_no_evict", tokens=64,
+                                    batch_wait_timeout_iters=iters, batch_wait_max_tokens_ratio=ratio)
+    t = 0.0
+    if decodes:
+        s.add(Request(0, 0.0, 8, 40))
+        b = s.schedule(t)
+        t += 1.0
+        s.complete(b, t)
+    s.add(Request(1, t, prompt, 4))
+    for n in range(1, 12):
+        b = s.schedule(t)
+        if 1 in _ids(b):
+            return n, b
+        t += 1.0
+        s.complete(b, t)
+    return None, None
+
+
+def test_trtllm_batch_wait_holds_prompts_until_the_timeout():
+    """py_executor.py _waiting_requests: with a decode running, request 1's 8 tokens + 1 decode
+    stay below 0.9 x 64, so it is held back 3 passes (batch_wait_timeout_iters 3) and prefilled
+    in the 4th; switched off (0 passes) it runs in the first."""
+    n, b = _batch_wait_case(3, 0.9)
+    assert n == 4 and b.num_decode == 1
+    assert _batch_wait_case(0, 0.9)[0] == 1
+
+
+def test_trtllm_batch_wait_releases_at_the_token_threshold_and_never_waits_without_decodes():
+    """A 60-token prompt + 1 decode reaches 0.9 x 64 = 57.6 tokens: no wait. With no generation
+    request running there is no wait either ("if no generation requests, no need to wait")."""
+    assert _batch_wait_case(20, 0.9, prompt=60)[0] == 1
+    assert _batch_wait_case(20, 0.9, decodes=False)[0] == 1
+
+
 # ---- SGLang schedule policy ------------------------------------------------------------------------
 def _lpm_case(policy, n_waiting_extra=0):
     s, kv, finished = _sched(400, block_size=1, prefix_caching=True, max_num_seqs=2,
@@ -348,6 +386,10 @@ def test_each_engine_is_its_policies_with_sources():
     ("trtllm", {"capacity_scheduler": "static_batch"}, "capacity_scheduler='static_batch'"),
     ("vllm", {"async_scheduling": "maybe"}, "async_scheduling='maybe'; valid: on, off"),
     ("sglang", {"schedule_policy": "dfs-weight"}, "schedule_policy='dfs-weight'"),
+    ("trtllm", {"batch_wait_timeout_iters": -2}, "batch_wait_timeout_iters=-2; valid: an integer >= 0"),
+    ("trtllm", {"batch_wait_max_tokens_ratio": "1.5"}, "batch_wait_max_tokens_ratio='1.5'; valid"),
+    ("vllm", {"batch_wait_timeout_iters": 5}, "does not apply to vllm"),
+    ("trtllm", {"batch_wait_timeout_iters": 5, "chunked_prefill": True}, "needs chunked prefill off"),
 ])
 def test_bad_engine_options_are_one_line_errors(engine, kw, fragment):
     with pytest.raises(InputError, match=fragment) as e:

@@ -66,6 +66,10 @@ class EngineConfig:
     extra_step: bool = False
     capacity_scheduler: str = ""  # TRT-LLM name of the KV policy ("" elsewhere)
     schedule_policy: str = "fcfs"  # waiting-queue order: fcfs, or lpm (SGLang longest prefix match)
+    # TRT-LLM batch waiting (policies.BatchWait): new prompts are held back up to this many passes
+    # (0 = off) while the pass's tokens stay below batch_wait_ratio x max_num_batched_tokens
+    batch_wait_iters: int = 0
+    batch_wait_ratio: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +117,9 @@ def engine_config(engine: str, device: Device, tp: int, **overrides) -> EngineCo
         raise InputError(f"chunk={cfg.chunk} must be >= 0 (0 = chunked prefill off)")
     if not 0 < cfg.memory_fraction <= 1:
         raise InputError(f"GPU memory fraction {cfg.memory_fraction} must be in (0, 1]")
+    if cfg.batch_wait_iters > 0 and cfg.chunked_prefill:
+        # py_executor.py counts whole prompts (get_tokens): modelled for whole-prompt admission only
+        raise InputError("batch waiting (batch_wait_timeout_iters > 0) needs chunked prefill off")
     return cfg
 
 
@@ -180,6 +187,7 @@ class Scheduler:
         # been decided (see `add`)
         self.completing = False
         self.lpm = cfg.schedule_policy == "lpm"
+        self.bw_count = 0  # passes the waiting prompts have been held back (batch waiting)
 
     # ---- state ---------------------------------------------------------------------------------
     def add(self, req: Request) -> bool:
@@ -394,6 +402,8 @@ class Scheduler:
             batch.prefill_tokens += chunk
             budget -= chunk
             pbudget -= chunk
+        if cfg.batch_wait_iters > 0 and batch.num_decode and batch.prefills:
+            self._batch_wait(batch)
         if not batch and self.n_dec:  # prefill-first found nothing it could run
             self._schedule_decodes(batch, now)
         batch.samples = batch.num_decode + sum(
@@ -402,6 +412,31 @@ class Scheduler:
             self.passes += 1
             self.in_flight = True
         return batch
+
+    def _batch_wait(self, batch: Batch) -> None:
+        """TRT-LLM batch waiting (py_executor.py _waiting_requests): with decodes running, the
+        prompts picked for this pass run only once batch_wait_iters passes have held them back or
+        the pass's tokens (whole prompts + one per decode) reach batch_wait_ratio x the token
+        budget; otherwise they go back to the head of the queue and the pass decodes only."""
+        cfg = self.cfg
+        tokens = sum(req.target for req, _, _ in batch.prefills) + batch.num_decode
+        if self.bw_count >= cfg.batch_wait_iters or tokens >= cfg.batch_wait_ratio * cfg.max_num_batched_tokens:
+            self.bw_count = 0
+            return
+        self.bw_count += 1
+        for req, chunk, start in reversed(batch.prefills):
+            self.running.pop(req.id, None)
+            if req in self.prefilling:
+                self.prefilling.remove(req)
+            self._release(req)
+            # undo the admission's prefix-cache accounting (it runs again when admitted)
+            self.kv.lookups -= req.prompt_len
+            self.kv.hits -= req.cached
+            req.computed = 0
+            req.cached = 0
+            self.waiting.appendleft(req)
+        batch.prefills = []
+        batch.prefill_tokens = 0
 
     def _reserved_blocks(self) -> int:
         """Blocks kept for the running requests' future tokens (SGLang new_token_ratio)."""
