@@ -10,6 +10,9 @@ Sources:
   blocks for it and every started request to completion are free, stops at the first that does
   not fit, never evicts; MaxUtilizationScheduler allocates for the next step only and pauses the
   last started request when a block is missing.
+- The engine loops decide the next pass right after processing the last one's outputs (vLLM
+  vllm/v1/engine/core.py run_busy_loop; TRT-LLM py_executor.py _executor_loop(_overlap); SGLang
+  event_loop): a closed-loop client's answer to a pass's output misses the pass already decided.
 - SGLang schedule_policy.py: `lpm` sorts the waiting queue by longest cached prefix, FCFS above
   128 waiting requests.
 """
@@ -103,6 +106,89 @@ def test_a_decode_run_cut_by_an_arrival_runs_one_more_pass_with_overlap():
         dec.decode_kv_tokens = kv
         passes.append(costs.iteration_s(dec))
     assert min(passes) * 0.999 <= ttft["on"] - ttft["off"] <= max(passes) * 1.001
+
+
+def _answering_sched(extra):
+    """A scheduler whose finished requests are answered at once by a closed-loop client (the
+    client's next request is added from inside `complete`, as ServingSimulation.finished does)."""
+    s, kv, finished = _sched(100, max_num_seqs=8, max_num_batched_tokens=64, extra_step=extra)
+    answers = []
+
+    def on_finish(req, now):
+        finished.append(req.id)
+        if req.id == 0:
+            nxt = Request(10, now, 8, 4)
+            answers.append(nxt)
+            s.add(nxt)
+    s.on_finish = on_finish
+    return s, answers
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_a_closed_loop_answer_misses_the_pass_the_engine_loop_already_decided(extra):
+    """Requests 0 (2 output tokens) and 1 (6) start together; request 0 ends with pass 2 and its
+    client answers with request 10 at once. The engine loop decides pass 3 as soon as it has the
+    outputs of pass 2 (vllm/v1/engine/core.py run_busy_loop; TRT-LLM py_executor.py
+    _executor_loop; SGLang event_loop), before the answer's round trip ends: request 10 is
+    prefilled in pass 4, and in pass 5 with an extra step (pass 3 already ran on the GPU when pass
+    2's outputs came out). Removing the rule puts it in pass 3 (4 with an extra step)."""
+    s, answers = _answering_sched(extra)
+    s.add(Request(0, 0.0, 8, 2))
+    s.add(Request(1, 0.0, 8, 6))
+    seen = {}
+    t = 0.0
+    for n in range(1, 7):
+        b = s.schedule(t)
+        for rid in _ids(b):
+            seen.setdefault(rid, n)
+        t += 1.0
+        s.complete(b, t)
+    assert answers and answers[0].id == 10
+    assert seen[10] == (5 if extra else 4)
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_a_closed_loop_answer_to_an_idle_engine_runs_at_once(extra):
+    """The answered request was the only one: the engine loop blocks on its input queue and takes
+    the answer in the very next pass, with or without an extra step."""
+    s, answers = _answering_sched(extra)
+    s.add(Request(0, 0.0, 8, 2))
+    b = s.schedule(0.0)
+    s.complete(b, 1.0)
+    b = s.schedule(1.0)
+    s.complete(b, 2.0)  # request 0 ends; request 10 answers
+    assert answers and _ids(s.schedule(2.0)) == [10]
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_answers_to_an_idle_engine_start_with_the_first_alone(extra):
+    """Requests 0, 1 and 2 end with the same pass and their clients answer with 10, 11, 12. The
+    engine would idle: its loop blocks on the input queue and starts a pass with the first answer
+    (vllm/v1/engine/core.py _process_input_queue); the client sends the others one after another
+    (aiperf issue #1424), so they arrive while that pass runs and join the pass after it (two
+    after with an extra step). Releasing all three at once would prefill them together."""
+    s, kv, finished = _sched(100, max_num_seqs=8, max_num_batched_tokens=64, extra_step=extra)
+    nxt = iter(range(10, 13))
+
+    def on_finish(req, now):
+        finished.append(req.id)
+        if req.id < 10:
+            s.add(Request(next(nxt), now, 8, 4))
+    s.on_finish = on_finish
+    for i in range(3):
+        s.add(Request(i, 0.0, 8, 1))
+    b = s.schedule(0.0)
+    assert _ids(b) == [0, 1, 2]
+    s.complete(b, 1.0)  # all three end (one output token); 10, 11, 12 answer
+    seen, t = {}, 1.0
+    for n in range(2, 6):
+        b = s.schedule(t)
+        for rid in _ids(b):
+            seen.setdefault(rid, n)
+        t += 1.0
+        s.complete(b, t)
+    assert seen[10] == 2
+    assert seen[11] == seen[12] == (4 if extra else 3)
 
 
 def test_engine_defaults_for_the_extra_step():
@@ -205,6 +291,44 @@ def test_trtllm_chunked_prefill_switch_and_max_batch_size():
     assert [(r.id, c) for r, c, _ in on.schedule(1.0).prefills] == [(0, 36)]
 
 
+# ---- TRT-LLM batch waiting --------------------------------------------------------------------------
+def _batch_wait_case(iters, ratio, prompt=8, decodes=True):
+    """Request 0 decodes (if `decodes`); request 1 (a `prompt`-token prompt) arrives. Returns the
+    pass (1-based, after request 0's prefill) in which request 1 is prefilled."""
+    s, kv, finished = _trtllm_sched(200, "guaranteed_no_evict", tokens=64,
+                                    batch_wait_timeout_iters=iters, batch_wait_max_tokens_ratio=ratio)
+    t = 0.0
+    if decodes:
+        s.add(Request(0, 0.0, 8, 40))
+        b = s.schedule(t)
+        t += 1.0
+        s.complete(b, t)
+    s.add(Request(1, t, prompt, 4))
+    for n in range(1, 12):
+        b = s.schedule(t)
+        if 1 in _ids(b):
+            return n, b
+        t += 1.0
+        s.complete(b, t)
+    return None, None
+
+
+def test_trtllm_batch_wait_holds_prompts_until_the_timeout():
+    """py_executor.py _waiting_requests: with a decode running, request 1's 8 tokens + 1 decode
+    stay below 0.9 x 64, so it is held back 3 passes (batch_wait_timeout_iters 3) and prefilled
+    in the 4th; switched off (0 passes) it runs in the first."""
+    n, b = _batch_wait_case(3, 0.9)
+    assert n == 4 and b.num_decode == 1
+    assert _batch_wait_case(0, 0.9)[0] == 1
+
+
+def test_trtllm_batch_wait_releases_at_the_token_threshold_and_never_waits_without_decodes():
+    """A 60-token prompt + 1 decode reaches 0.9 x 64 = 57.6 tokens: no wait. With no generation
+    request running there is no wait either ("if no generation requests, no need to wait")."""
+    assert _batch_wait_case(20, 0.9, prompt=60)[0] == 1
+    assert _batch_wait_case(20, 0.9, decodes=False)[0] == 1
+
+
 # ---- SGLang schedule policy ------------------------------------------------------------------------
 def _lpm_case(policy, n_waiting_extra=0):
     s, kv, finished = _sched(400, block_size=1, prefix_caching=True, max_num_seqs=2,
@@ -262,6 +386,10 @@ def test_each_engine_is_its_policies_with_sources():
     ("trtllm", {"capacity_scheduler": "static_batch"}, "capacity_scheduler='static_batch'"),
     ("vllm", {"async_scheduling": "maybe"}, "async_scheduling='maybe'; valid: on, off"),
     ("sglang", {"schedule_policy": "dfs-weight"}, "schedule_policy='dfs-weight'"),
+    ("trtllm", {"batch_wait_timeout_iters": -2}, "batch_wait_timeout_iters=-2; valid: an integer >= 0"),
+    ("trtllm", {"batch_wait_max_tokens_ratio": "1.5"}, "batch_wait_max_tokens_ratio='1.5'; valid"),
+    ("vllm", {"batch_wait_timeout_iters": 5}, "does not apply to vllm"),
+    ("trtllm", {"batch_wait_timeout_iters": 5, "chunked_prefill": True}, "needs chunked prefill off"),
 ])
 def test_bad_engine_options_are_one_line_errors(engine, kw, fragment):
     with pytest.raises(InputError, match=fragment) as e:

@@ -55,3 +55,31 @@ def test_switch_off_changes_nothing_outside_the_generator_rows():
 def test_unknown_deployment_is_refused():
     with pytest.raises(InputError):
         V.replay(_case(), quick=True, deployment="fitted")
+
+
+def test_inferencemax_scripts_settings_apply_to_their_own_rows_only():
+    # InferenceMAX benchmarks/*.sh: vLLM --async-scheduling; 70b_fp8_h200_trt_slurm.sh:
+    # --max_num_tokens 16384, batch waiting (20 passes, 0.9) only for 1k/1k with TP < 8
+    assert V.inferencemax_settings(_case(engine="vllm", client="bench-serving")) == (
+        (("async_scheduling", "on"),), None)
+    trt = dict(_case(engine="trtllm", client="bench-serving", isl=1024, osl=1024),
+               family="Llama-3.1", system="h200_sxm", tp=4)
+    assert V.inferencemax_settings(trt) == (
+        (("batch_wait_timeout_iters", 20), ("batch_wait_max_tokens_ratio", 0.9)), 16384)
+    assert V.inferencemax_settings(dict(trt, tp=8)) == ((), 16384)
+    assert V.inferencemax_settings(dict(trt, osl=8192)) == ((), 16384)
+    assert V.inferencemax_settings(dict(trt, system="h100_sxm")) == ((), None)
+    assert V.inferencemax_settings(_case(engine="vllm", client="aiperf")) == ((), None)
+    assert V.inferencemax_settings(_case(engine="sglang", client="bench-serving")) == ((), None)
+
+
+def test_recorded_deployment_differs_from_the_generator_only_switch_on_inferencemax_rows():
+    """vLLM async scheduling (stated by the InferenceMAX scripts) adds a pass to an arrival's wait;
+    the "aic-generator" deployment (the InferenceMAX settings switched off) leaves it out."""
+    case = _case(engine="vllm", client="bench-serving", c=16, isl=1024, osl=32)
+    rec = V.replay(case, quick=True)
+    off = V.replay(case, quick=True, deployment="aic-generator")
+    assert "error" not in rec and "error" not in off
+    assert rec["ttft_s"] > off["ttft_s"] * 1.02
+    aiperf = _case(c=16, isl=1024, osl=32)
+    assert V.replay(aiperf, quick=True) == V.replay(aiperf, quick=True, deployment="aic-generator")

@@ -25,7 +25,10 @@ next to the running decodes; where isl + concurrency exceeds the default 8192, t
 the budget to isl + concurrency (the default would starve those prompts). TensorRT-LLM rows of
 the internal (aiperf) population were deployed by AIConfigurator's generator: max_batch_size =
 concurrency, max_num_tokens = concurrency + isl + 1500, chunked prefill off, overlap scheduler on
-(`aic_trtllm_limits`; `deployment="defaults"` replays them with the engine defaults instead).
+(`aic_trtllm_limits`). InferenceMAX rows replay with what their launch scripts state: vLLM with
+async scheduling, TensorRT-LLM Llama-3.1-70B on H200 with max_num_tokens 16384 and, for 1k/1k
+below TP 8, batch waiting (`inferencemax_settings`). `deployment="aic-generator"` keeps only the
+generator's limits, `deployment="defaults"` replays every row with the engine defaults.
 
 Rows with attention data parallelism replay on an attention-DP replica (engine.DPReplica). Rows
 that cannot be modelled (architectures the layer description cannot express, weight-only INT4
@@ -250,7 +253,7 @@ def case_workload(case: dict, seed: int = 0, quick: bool = False, client: str | 
 
 
 def replay(case: dict, seed: int = 0, quick: bool = False, client: str | None = None,
-           deployment: str = "aic-generator") -> dict:
+           deployment: str = "recorded") -> dict:
     """Predicted mean TTFT and TPOT of one row ({"error": message} if the deployment cannot be
     built, e.g. the weights do not fit)."""
     if deployment not in DEPLOYMENTS:
@@ -268,7 +271,39 @@ def replay(case: dict, seed: int = 0, quick: bool = False, client: str | None = 
 # no chunked prefill"; templates/trtllm/extra_engine_args.1.0.0rc3.yaml.j2). bs = the benchmark
 # concurrency (the generator's batch size for the swept concurrency).
 AIC_TRTLLM_TOKEN_HEADROOM = 1500  # the generator's "+1500" (a deployment setting, not fitted)
-DEPLOYMENTS = ("aic-generator", "defaults")
+# "recorded": every deployment setting a row's harness states (AIConfigurator's generator and the
+# InferenceMAX launch scripts); "aic-generator": the generator's TensorRT-LLM limits only;
+# "defaults": the engines' defaults everywhere.
+DEPLOYMENTS = ("recorded", "aic-generator", "defaults")
+# InferenceMAX launch scripts (the bench-serving population, NVIDIA GPUs): every vLLM server runs
+# with `--async-scheduling` (InferenceMAX benchmarks/70b_fp8_h100_docker.sh, 70b_fp8_h200_slurm.sh,
+# gptoss_fp4_h200_slurm.sh, 70b_fp8_b200_docker.sh: "async-scheduling: true", also
+# --no-enable-prefix-caching and --max-num-batched-tokens 8192, the defaults here); TensorRT-LLM
+# Llama-3.1-70B on H200 runs trtllm-serve --max_num_tokens 16384, and for ISL = OSL = 1024 with
+# TP < 8 its llama-config.yml adds batch_wait_max_tokens_ratio 0.9 and batch_wait_timeout_iters 20
+# (benchmarks/70b_fp8_h200_trt_slurm.sh; its stream_interval 10 is not modelled).
+INFERENCEMAX_TRTLLM_MAX_TOKENS = {("Llama-3.1", "h200_sxm"): 16384}
+# (isl, osl, tp below which it applies), batch_wait_timeout_iters, batch_wait_max_tokens_ratio
+INFERENCEMAX_TRTLLM_BATCH_WAIT = {("Llama-3.1", "h200_sxm"): ((1024, 1024, 8), 20, 0.9)}
+
+
+def inferencemax_settings(case: dict) -> tuple[tuple, int | None]:
+    """(engine options, max_num_tokens) that the InferenceMAX launch script of a bench-serving row
+    states (source above); ((), None) for every other row."""
+    if case.get("client") != "bench-serving" or case.get("mode") != "agg":
+        return (), None
+    if case.get("engine") == "vllm":
+        return (("async_scheduling", "on"),), None
+    if case.get("engine") == "trtllm":
+        key = (case.get("family"), case.get("system"))
+        options: tuple = ()
+        wait = INFERENCEMAX_TRTLLM_BATCH_WAIT.get(key)
+        if wait is not None:
+            (isl, osl, tp_below), iters, ratio = wait
+            if case["isl"] == isl and case["osl"] == osl and case["tp"] < tp_below:
+                options = (("batch_wait_timeout_iters", iters), ("batch_wait_max_tokens_ratio", ratio))
+        return options, INFERENCEMAX_TRTLLM_MAX_TOKENS.get(key)
+    return (), None
 
 
 def aic_trtllm_limits(case: dict) -> tuple[int | None, int | None]:
@@ -283,11 +318,15 @@ def aic_trtllm_limits(case: dict) -> tuple[int | None, int | None]:
 
 
 def _replay(case: dict, seed: int, quick: bool, client: str | None,
-            deployment: str = "aic-generator") -> dict:
+            deployment: str = "recorded") -> dict:
     model = load_model(case["model"])
     cluster = load_cluster(case["cluster"])
     c = case["concurrency"]
-    max_batch, max_tokens = aic_trtllm_limits(case) if deployment == "aic-generator" else (None, None)
+    max_batch, max_tokens = aic_trtllm_limits(case) if deployment != "defaults" else (None, None)
+    options: tuple = ()
+    if deployment == "recorded":
+        options, script_tokens = inferencemax_settings(case)
+        max_tokens = max_tokens if script_tokens is None else script_tokens
     if max_tokens is None and case["engine"] == "trtllm" and case["isl"] + c > 8192:
         # Without chunked prefill a prompt must fit one iteration's token budget next to the
         # running decodes; TensorRT-LLM's default max_num_tokens (8192) would starve prompts
@@ -296,7 +335,7 @@ def _replay(case: dict, seed: int, quick: bool, client: str | None,
     groups = tuple(ReplicaGroup(cluster, p["tp"], p["pp"], p["ep"], p["count"], role, p.get("dp", 1))
                    for role, p in case["pools"].items())
     plan = ServingPlan(groups, max_batch=max_batch, max_tokens=max_tokens, engine=case["engine"], dtype=case["dtype"],
-                       kv_dtype=case.get("kv_dtype"), prefix_caching=False)
+                       kv_dtype=case.get("kv_dtype"), prefix_caching=False, engine_options=options)
     rep = simulate(model, plan, case_workload(case, seed, quick, client))
     if rep.ttft_s["mean"] is None or rep.tpot_s["mean"] is None:
         return {"error": "no request finished (the KV pool cannot hold one request)"}

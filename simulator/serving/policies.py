@@ -17,6 +17,7 @@ Policies and what they switch:
     GuaranteedNoEvict    kv_reservation=full      prompt + output reserved, never preempts
     NewTokenRatio        kv_reservation=ratio     SGLang: room kept for running outputs
     AsyncScheduling      extra_step               vLLM: next batch built while one runs
+    BatchWait            batch_wait_iters/_ratio  TRT-LLM: hold new prompts until enough tokens
     OverlapScheduler     extra_step               TRT-LLM / SGLang: CPU step overlapped with GPU
     PrefixCache          prefix_caching           vLLM APC, SGLang radix cache, TRT-LLM block reuse
     QueueOrder           schedule_policy          FCFS, or SGLang's longest prefix match
@@ -136,6 +137,23 @@ class AsyncScheduling(Policy):
 
 
 @dataclass(frozen=True)
+class BatchWait(Policy):
+    timeout_iters: int | None = None  # batch_wait_timeout_iters (0 = off, the default)
+    max_tokens_ratio: float | None = None  # batch_wait_max_tokens_ratio
+    source = ("TensorRT-LLM PyTorch backend py_executor.py _schedule/_waiting_requests: with "
+              "running generation requests, the context requests picked for a pass are held back "
+              "until batch_wait_timeout_iters passes have waited or the pass's tokens (prompts + "
+              "decodes) reach batch_wait_max_tokens_ratio x max_num_tokens")
+
+    def apply(self, cfg):
+        if self.timeout_iters is not None:
+            cfg = replace(cfg, batch_wait_iters=self.timeout_iters)
+        if self.max_tokens_ratio is not None:
+            cfg = replace(cfg, batch_wait_ratio=self.max_tokens_ratio)
+        return cfg
+
+
+@dataclass(frozen=True)
 class OverlapScheduler(Policy):
     enabled: bool
     source = ("TensorRT-LLM PyTorch backend py_executor.py _executor_loop_overlap (overlap "
@@ -250,7 +268,9 @@ class TRTLLM(EnginePolicy):
     name = "trtllm"
     source = "TensorRT-LLM 1.0 trtllm-serve, PyTorch backend (llmapi/llm_args.py defaults)"
     options = {"capacity_scheduler": ("guaranteed_no_evict", "max_utilization"),
-               "overlap_scheduler": ("on", "off")}
+               "overlap_scheduler": ("on", "off"),
+               "batch_wait_timeout_iters": ("an integer >= 0",),
+               "batch_wait_max_tokens_ratio": ("a number in [0, 1]",)}
 
     def defaults(self, device, tp):
         # llm_args.py: max_batch_size 2048, max_num_tokens 8192, enable_chunked_prefill False,
@@ -270,12 +290,29 @@ class TRTLLM(EnginePolicy):
             raise InputError(f"capacity_scheduler={value!r}; valid: {', '.join(self.options[key])}")
         if key == "overlap_scheduler":
             return OverlapScheduler(_onoff(key, value))
+        if key == "batch_wait_timeout_iters":
+            try:
+                iters = int(str(value))
+            except ValueError:
+                iters = -1
+            if iters < 0:
+                raise InputError(f"batch_wait_timeout_iters={value!r}; valid: an integer >= 0")
+            return BatchWait(timeout_iters=iters)
+        if key == "batch_wait_max_tokens_ratio":
+            try:
+                ratio = float(str(value))
+            except ValueError:
+                ratio = -1.0
+            if not 0.0 <= ratio <= 1.0:
+                raise InputError(f"batch_wait_max_tokens_ratio={value!r}; valid: a number in [0, 1]")
+            return BatchWait(max_tokens_ratio=ratio)
         raise InputError(f"option {key!r} does not apply to trtllm; valid: {', '.join(self.options)}")
 
 
 ENGINE_POLICIES: dict[str, EnginePolicy] = {e.name: e for e in (VLLMV1(), SGLang(), TRTLLM())}
 # options engine_config accepts besides the EngineConfig fields
-ENGINE_OPTIONS = ("async_scheduling", "overlap_scheduler", "capacity_scheduler", "schedule_policy")
+ENGINE_OPTIONS = ("async_scheduling", "overlap_scheduler", "capacity_scheduler", "schedule_policy",
+                  "batch_wait_timeout_iters", "batch_wait_max_tokens_ratio")
 
 
 def describe(cfg) -> list[str]:
@@ -289,6 +326,8 @@ def describe(cfg) -> list[str]:
         cfg.kv_reservation, "MaxUtilization" if cfg.capacity_scheduler == "max_utilization" else "PreemptNewest"))
     if cfg.extra_step:
         out.append("AsyncScheduling" if cfg.engine == "vllm" else "OverlapScheduler")
+    if cfg.batch_wait_iters > 0:
+        out.append(f"BatchWait({cfg.batch_wait_iters} passes, {cfg.batch_wait_ratio:g} x max tokens)")
     out.append(f"PrefixCache({'on' if cfg.prefix_caching else 'off'})")
     out.append(f"QueueOrder({cfg.schedule_policy})")
     return out

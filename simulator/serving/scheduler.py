@@ -17,7 +17,10 @@ other engines need (`EngineConfig`):
   pauses decodes meanwhile (SGLang's default scheduler without --enable-mixed-chunk);
   `kv_reservation="ratio"` admits a prompt only if the blocks left cover a share of the running
   requests' remaining output (SGLang PrefillAdder: new_token_ratio from 0.7, decaying by
-  (0.7 − 0.1)/600 per decode step to 0.1, back to 0.7 after a retraction).
+  (0.7 − 0.1)/600 per decode step to 0.1, back to 0.7 after a retraction);
+- the engine loop decides its next pass before a closed-loop client's answer to the last pass's
+  output can arrive: a request added inside `complete` joins one pass later than one queued
+  before it (two with an extra step), unless the engine has nothing else to run (`add`).
 
 Decoding requests are not touched one by one: every decode iteration advances all of them by a
 token, so a request's position is (its KV length when it joined) + (decode iterations since);
@@ -63,6 +66,10 @@ class EngineConfig:
     extra_step: bool = False
     capacity_scheduler: str = ""  # TRT-LLM name of the KV policy ("" elsewhere)
     schedule_policy: str = "fcfs"  # waiting-queue order: fcfs, or lpm (SGLang longest prefix match)
+    # TRT-LLM batch waiting (policies.BatchWait): new prompts are held back up to this many passes
+    # (0 = off) while the pass's tokens stay below batch_wait_ratio x max_num_batched_tokens
+    batch_wait_iters: int = 0
+    batch_wait_ratio: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +117,9 @@ def engine_config(engine: str, device: Device, tp: int, **overrides) -> EngineCo
         raise InputError(f"chunk={cfg.chunk} must be >= 0 (0 = chunked prefill off)")
     if not 0 < cfg.memory_fraction <= 1:
         raise InputError(f"GPU memory fraction {cfg.memory_fraction} must be in (0, 1]")
+    if cfg.batch_wait_iters > 0 and cfg.chunked_prefill:
+        # py_executor.py counts whole prompts (get_tokens): modelled for whole-prompt admission only
+        raise InputError("batch waiting (batch_wait_timeout_iters > 0) needs chunked prefill off")
     return cfg
 
 
@@ -172,7 +182,12 @@ class Scheduler:
         self.deferred: list = []
         self.passes = 0  # passes scheduled so far (a run of decode passes counts each)
         self.in_flight = False  # a pass has been scheduled and not completed yet
+        # inside `complete`: a request added now is a client's answer to an output of the pass
+        # that just ended (closed loop), which reaches the engine only after its next pass has
+        # been decided (see `add`)
+        self.completing = False
         self.lpm = cfg.schedule_policy == "lpm"
+        self.bw_count = 0  # passes the waiting prompts have been held back (batch waiting)
 
     # ---- state ---------------------------------------------------------------------------------
     def add(self, req: Request) -> bool:
@@ -182,7 +197,19 @@ class Scheduler:
         if _cdiv(req.prompt_len + req.output_len, self.bs) > self.kv.num_blocks:
             self.rejected.append(req)
             return False
-        if self.extra and self.in_flight:
+        if self.completing:
+            # An answer to this pass's output (a closed-loop client's next request) comes back
+            # after a round trip (stream the token, client, HTTP, tokenise), while the engine loop
+            # decides its next pass as soon as it has processed the outputs: vLLM
+            # vllm/v1/engine/core.py run_busy_loop (_process_input_queue takes only what is
+            # queued, then _process_engine_step schedules); TRT-LLM py_executor.py
+            # _executor_loop(_overlap) (_fetch_new_requests right after _handle_responses /
+            # _process_previous_batch); SGLang scheduler.py event_loop(_overlap)
+            # (recv_requests, then get_next_batch_to_run). So it misses that pass: the next one
+            # without an extra step, the one after it with one (pass n+1 was already in
+            # flight when pass n's outputs came out). An idle engine takes it at once.
+            self.deferred.append((self.passes + (1 if self.extra else 0), req))
+        elif self.extra and self.in_flight:
             # the next pass was scheduled when the one in flight started (vLLM
             # async_scheduler.py; TRT-LLM _executor_loop_overlap): this request misses it
             self.deferred.append((self.passes, req))
@@ -202,15 +229,26 @@ class Scheduler:
                 + sum(r.target - r.computed for _, r in self.deferred))
 
     def _release_deferred(self) -> None:
-        """Queue the deferred requests that were added before the pass now being built started;
-        all of them when nothing else could run (an idle engine schedules at once)."""
-        idle = not self.running and not self.waiting
-        keep = []
+        """Queue the deferred requests that were added before the pass now being built started.
+        When none is due and nothing else could run, the engine would idle: it takes the first
+        deferred request at once, and the others reach it while that pass runs."""
+        keep, due = [], False
         for stamp, req in self.deferred:
-            if idle or stamp < self.passes:
+            if stamp < self.passes:
                 self.waiting.append(req)
+                due = True
             else:
                 keep.append((stamp, req))
+        if keep and not due and not self.running and not self.waiting:
+            # An idle engine loop blocks on its input queue and starts a pass with what has
+            # arrived (vllm/v1/engine/core.py _process_input_queue: input_queue.get(), then
+            # what is already queued); the client answers one request after another (aiperf's
+            # serial credit issue, ai-dynamo/aiperf issue #1424; one API-server thread takes
+            # them in, vLLM issue #25301), so the first starts alone and the others arrive
+            # while its pass runs: they join the pass after it (two after with an extra step).
+            self.waiting.append(keep[0][1])
+            later = self.passes + (1 if self.extra else 0)
+            keep = [(later, req) for _, req in keep[1:]]
         self.deferred = keep
 
     # ---- decoders ------------------------------------------------------------------------------
@@ -364,6 +402,8 @@ class Scheduler:
             batch.prefill_tokens += chunk
             budget -= chunk
             pbudget -= chunk
+        if cfg.batch_wait_iters > 0 and batch.num_decode and batch.prefills:
+            self._batch_wait(batch)
         if not batch and self.n_dec:  # prefill-first found nothing it could run
             self._schedule_decodes(batch, now)
         batch.samples = batch.num_decode + sum(
@@ -372,6 +412,31 @@ class Scheduler:
             self.passes += 1
             self.in_flight = True
         return batch
+
+    def _batch_wait(self, batch: Batch) -> None:
+        """TRT-LLM batch waiting (py_executor.py _waiting_requests): with decodes running, the
+        prompts picked for this pass run only once batch_wait_iters passes have held them back or
+        the pass's tokens (whole prompts + one per decode) reach batch_wait_ratio x the token
+        budget; otherwise they go back to the head of the queue and the pass decodes only."""
+        cfg = self.cfg
+        tokens = sum(req.target for req, _, _ in batch.prefills) + batch.num_decode
+        if self.bw_count >= cfg.batch_wait_iters or tokens >= cfg.batch_wait_ratio * cfg.max_num_batched_tokens:
+            self.bw_count = 0
+            return
+        self.bw_count += 1
+        for req, chunk, start in reversed(batch.prefills):
+            self.running.pop(req.id, None)
+            if req in self.prefilling:
+                self.prefilling.remove(req)
+            self._release(req)
+            # undo the admission's prefix-cache accounting (it runs again when admitted)
+            self.kv.lookups -= req.prompt_len
+            self.kv.hits -= req.cached
+            req.computed = 0
+            req.cached = 0
+            self.waiting.appendleft(req)
+        batch.prefills = []
+        batch.prefill_tokens = 0
 
     def _reserved_blocks(self) -> int:
         """Blocks kept for the running requests' future tokens (SGLang new_token_ratio)."""
@@ -446,6 +511,13 @@ class Scheduler:
 
     def complete(self, batch: Batch, now: float) -> None:
         """Apply the results of `batch`, which ended at `now`."""
+        self.completing = True
+        try:
+            self._complete(batch, now)
+        finally:
+            self.completing = False
+
+    def _complete(self, batch: Batch, now: float) -> None:
         if batch.num_decode:
             kd = self.kd
             heap = self.finish_heap
