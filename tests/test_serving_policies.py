@@ -359,6 +359,49 @@ def test_sglang_lpm_falls_back_to_fcfs_above_128_waiting():
     assert _ids(b) == [1, 2]
 
 
+# ---- SGLang --max-prefill-tokens and --enable-mixed-chunk ------------------------------------------
+def _prefill_cap_case(cap, prompts, decoding=False, mixed=False):
+    s, kv, _ = _sched(1000, max_num_seqs=16, max_num_batched_tokens=1000, max_prefill_tokens=cap,
+                      mixed_batches=mixed)
+    if decoding:
+        s.add(Request(99, 0.0, 8, 50))
+        s.complete(s.schedule(0.0), 0.5)  # request 99 now decodes
+    for i, n in enumerate(prompts):
+        s.add(Request(i, 1.0, n, 4))
+    return s.schedule(1.0)
+
+
+def test_sglang_max_prefill_tokens_admits_a_later_prompt_only_below_what_is_left():
+    """sglang schedule_policy.py PrefillAdder.add_one_req: a prompt with real_input_tokens >=
+    rem_input_tokens is refused unless the batch is empty. Cap 100, prompts of 40: 100 -> 60 ->
+    20, the third (40 >= 20) waits; a prompt of exactly what is left (60 >= 60) waits too; the
+    first prompt is always taken, even above the cap. Switched off (0) the budget takes all."""
+    assert _ids(_prefill_cap_case(100, [40, 40, 40])) == [0, 1]
+    assert _ids(_prefill_cap_case(100, [40, 60])) == [0]
+    assert _ids(_prefill_cap_case(100, [150, 10])) == [0]
+    assert _ids(_prefill_cap_case(0, [40, 40, 40])) == [0, 1, 2]
+
+
+def test_sglang_mixed_chunk_runs_prompts_with_decodes_and_charges_them_to_the_cap():
+    """--enable-mixed-chunk: the running decodes join the prefill pass (mix_with_running) and
+    PrefillAdder takes the running batch size off rem_input_tokens: cap 81 with one decode leaves
+    80, so after a 40-token prompt the next (40 >= 40) waits. Without mixing (SGLang's default)
+    the pass is prefill-only and the decode pauses; the cap is then not reduced (81 -> 41 > 40)."""
+    mixed = _prefill_cap_case(81, [40, 40], decoding=True, mixed=True)
+    assert mixed.num_decode == 1 and _ids(mixed) == [0]
+    alone = _prefill_cap_case(81, [40, 40], decoding=True, mixed=False)
+    assert alone.num_decode == 0 and _ids(alone) == [0, 1]
+
+
+def test_sglang_generator_options_reach_the_config():
+    cfg = engine_config("sglang", H100, 1, max_prefill_tokens=2524, enable_mixed_chunk="on")
+    assert cfg.max_prefill_tokens == 2524 and cfg.mixed_batches
+    d = describe(cfg)
+    assert "MaxPrefillTokens(2524)" in d and "PrefillFirst" not in d
+    default = engine_config("sglang", H100, 1)
+    assert default.max_prefill_tokens == 0 and not default.mixed_batches
+
+
 # ---- the seam ----------------------------------------------------------------------------------------
 def test_each_engine_is_its_policies_with_sources():
     for name, eng in ENGINE_POLICIES.items():
@@ -390,6 +433,11 @@ def test_each_engine_is_its_policies_with_sources():
     ("trtllm", {"batch_wait_max_tokens_ratio": "1.5"}, "batch_wait_max_tokens_ratio='1.5'; valid"),
     ("vllm", {"batch_wait_timeout_iters": 5}, "does not apply to vllm"),
     ("trtllm", {"batch_wait_timeout_iters": 5, "chunked_prefill": True}, "needs chunked prefill off"),
+    ("sglang", {"max_prefill_tokens": 0}, "max_prefill_tokens=0; valid: an integer >= 1"),
+    ("sglang", {"max_prefill_tokens": "lots"}, "max_prefill_tokens='lots'; valid"),
+    ("sglang", {"enable_mixed_chunk": "maybe"}, "enable_mixed_chunk='maybe'; valid: on, off"),
+    ("trtllm", {"max_prefill_tokens": 4096}, "does not apply to trtllm"),
+    ("vllm", {"enable_mixed_chunk": "on"}, "does not apply to vllm"),
 ])
 def test_bad_engine_options_are_one_line_errors(engine, kw, fragment):
     with pytest.raises(InputError, match=fragment) as e:
@@ -409,6 +457,13 @@ def test_cli_engine_policy_flags(capsys):
     doc = json.loads(out)
     assert doc["plan"]["engine_options"] == {"capacity_scheduler": "max_utilization",
                                              "overlap_scheduler": "off", "chunked_prefill": True}
+    code = main(base + ["--engine", "sglang", "--enable-mixed-chunk", "on", "--max-prefill-tokens", "96"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["plan"]["engine_options"] == {"enable_mixed_chunk": "on", "max_prefill_tokens": 96}
+    code = main(base + ["--engine", "sglang", "--max-prefill-tokens", "0"])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "max-prefill-tokens=0" in err
     code = main(base + ["--engine", "vllm", "--capacity-scheduler", "max_utilization"])
     out, err = capsys.readouterr()
     assert code == 2 and err.count("\n") == 1 and "does not apply to vllm" in err

@@ -5,6 +5,8 @@ TensorRT-LLM with its generator: max_batch_size = bs, max_num_tokens = bs + isl 
 prefill off, overlap scheduler on (ai-dynamo/aiconfigurator generator, agg worker config;
 templates/trtllm/extra_engine_args.1.0.0rc3.yaml.j2). Without chunked prefill a prompt enters an
 iteration only whole, so that budget admits few prompts per iteration and a burst's TTFT grows.
+The generator's vLLM and SGLang rules (benchmark rules of 2026-02-11, PR #333) are a deployment of
+their own ("recorded+generator", "aic-generator"), applied to all three engines alike.
 """
 import pytest
 
@@ -83,3 +85,81 @@ def test_recorded_deployment_differs_from_the_generator_only_switch_on_inference
     assert rec["ttft_s"] > off["ttft_s"] * 1.02
     aiperf = _case(c=16, isl=1024, osl=32)
     assert V.replay(aiperf, quick=True) == V.replay(aiperf, quick=True, deployment="aic-generator")
+
+
+# ---- the generator's rules for every engine (ai-dynamo/aiconfigurator 2063ee024, PR #333,
+# 2026-02-11, generator/rule_plugin/benchmark/{vllm,sglang,trtllm}.rule) ---------------------------
+def _s(max_batch=None, max_tokens=None, options=(), memory_fraction=None):
+    return {"max_batch": max_batch, "max_tokens": max_tokens, "options": options,
+            "memory_fraction": memory_fraction}
+
+
+def test_generator_settings_are_its_rules_for_each_engine():
+    # vllm.rule: agg max_num_tokens = max_batch_size + isl + 1500 (--max-num-batched-tokens),
+    # max_batch_size = bs (--max-num-seqs); sglang.rule: max_prefill_tokens = isl + 1500,
+    # enable_mixed_chunk = true, max_batch_size = bs (--max-running-requests); trtllm as before,
+    # with its template's free_gpu_memory_fraction 0.80
+    assert V.aic_generator_settings(_case(engine="vllm", c=32, isl=1024)) == _s(32, 32 + 1024 + 1500)
+    assert V.aic_generator_settings(_case(engine="sglang", c=32, isl=1024)) == _s(
+        32, None, (("max_prefill_tokens", 1024 + 1500), ("enable_mixed_chunk", "on")))
+    assert V.AIC_TRTLLM_FREE_GPU_MEMORY_FRACTION == 0.80
+    assert V.aic_generator_settings(_case(engine="trtllm", c=32, isl=1024)) == _s(
+        32, 32 + 1024 + 1500, (), 0.80)
+    for engine in ("vllm", "sglang", "trtllm"):  # its own harness's agg rows only
+        assert V.aic_generator_settings(_case(engine=engine, client="bench-serving")) == _s()
+        assert V.aic_generator_settings(_case(engine=engine, mode="disagg")) == _s()
+
+
+def test_deployments_apply_the_generator_uniformly_or_not_at_all_per_engine():
+    """recorded: the generator's TRT-LLM rules only (the vLLM/SGLang ones reached the command line
+    only in some windows and the rows are undated); recorded+generator and aic-generator: all
+    three engines; defaults: none. InferenceMAX settings ride on recorded and recorded+generator."""
+    for engine in ("vllm", "sglang"):
+        row = _case(engine=engine)
+        assert V.deployment_settings(row, "recorded") == _s()
+        assert V.deployment_settings(row, "recorded+generator") == V.aic_generator_settings(row)
+        assert V.deployment_settings(row, "aic-generator") == V.aic_generator_settings(row)
+        assert V.deployment_settings(row, "defaults") == _s()
+    trt = _case(engine="trtllm")
+    for d in ("recorded", "recorded+generator", "aic-generator"):
+        assert V.deployment_settings(trt, d) == _s(*V.aic_trtllm_limits(trt), (), 0.80)
+    assert V.deployment_settings(trt, "defaults") == _s()
+    imax = _case(engine="vllm", client="bench-serving")
+    assert V.deployment_settings(imax, "recorded+generator") == _s(options=(("async_scheduling", "on"),))
+    assert V.deployment_settings(imax, "aic-generator") == _s()
+    with pytest.raises(InputError, match="deployment 'fitted'; valid"):
+        V.deployment_settings(trt, "fitted")
+
+
+def test_generator_memory_fraction_shrinks_the_trtllm_kv_pool(monkeypatch):
+    """free_gpu_memory_fraction 0.80 (the generator's template) instead of TRT-LLM's 0.9: the KV
+    pool is that fraction of the memory left after weights and activations (same limits), so it
+    shrinks by 0.8 / 0.9; switched back to 0.9 the pool is the engine default's."""
+    case = _case(c=8, isl=256, osl=8)
+    rec = V.replay(case, quick=True)
+    monkeypatch.setattr(V, "AIC_TRTLLM_FREE_GPU_MEMORY_FRACTION", 0.9)
+    off = V.replay(case, quick=True)
+    assert rec["kv_blocks"] == pytest.approx(off["kv_blocks"] * 0.8 / 0.9, rel=0.002)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_generator_rules_shorten_a_bursts_ttft_and_recorded_leaves_them_out(engine):
+    """A burst of 32 prompts of 1024 tokens on Qwen3-32B TP2: vLLM's budget 32 + 1024 + 1500 takes
+    2 prompts a pass instead of 8 but runs them with the decodes; SGLang's mixed chunk stops
+    pausing the decodes. "recorded" keeps the engine defaults on these rows."""
+    case = dict(_case(engine=engine, c=32, isl=1024, osl=64), model="qwen3-32b", family="Qwen3",
+                tp=2, pools={"both": {"tp": 2, "pp": 1, "ep": 1, "count": 1}})
+    rec = V.replay(case, quick=True)
+    gen = V.replay(case, quick=True, deployment="recorded+generator")
+    assert "error" not in rec and "error" not in gen
+    assert rec == V.replay(case, quick=True, deployment="defaults")
+    assert gen["ttft_s"] < 0.8 * rec["ttft_s"]
+
+
+def test_validate_serving_deployment_flag_refuses_an_unknown_name(capsys):
+    from ui.cli import main
+    code = main(["validate", "serving", "--deployment", "fitted", "--limit", "1"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.strip().count("\n") == 0 and "fitted" in err
+    with pytest.raises(InputError, match="deployment 'fitted'"):
+        V.run_suite(limit=1, deployment="fitted")

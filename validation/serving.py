@@ -24,11 +24,14 @@ KV cache. Without chunked prefill (TensorRT-LLM) a prompt must fit one iteration
 next to the running decodes; where isl + concurrency exceeds the default 8192, the replay raises
 the budget to isl + concurrency (the default would starve those prompts). TensorRT-LLM rows of
 the internal (aiperf) population were deployed by AIConfigurator's generator: max_batch_size =
-concurrency, max_num_tokens = concurrency + isl + 1500, chunked prefill off, overlap scheduler on
-(`aic_trtllm_limits`). InferenceMAX rows replay with what their launch scripts state: vLLM with
-async scheduling, TensorRT-LLM Llama-3.1-70B on H200 with max_num_tokens 16384 and, for 1k/1k
-below TP 8, batch waiting (`inferencemax_settings`). `deployment="aic-generator"` keeps only the
-generator's limits, `deployment="defaults"` replays every row with the engine defaults.
+concurrency, max_num_tokens = concurrency + isl + 1500, chunked prefill off, overlap scheduler on,
+free_gpu_memory_fraction 0.80 (`aic_trtllm_limits`, `aic_generator_settings`). InferenceMAX rows
+replay with what their launch scripts state: vLLM with async scheduling, TensorRT-LLM
+Llama-3.1-70B on H200 with max_num_tokens 16384 and, for 1k/1k below TP 8, batch waiting
+(`inferencemax_settings`). The generator's vLLM and SGLang rules are dated only to windows and
+the rows are undated, so `deployment="recorded"` (the default) leaves them out;
+`"recorded+generator"` adds them (all three engines), `"aic-generator"` keeps only the
+generator's rules (all three engines), `"defaults"` replays every row with the engine defaults.
 
 Rows with attention data parallelism replay on an attention-DP replica (engine.DPReplica). Rows
 that cannot be modelled (architectures the layer description cannot express, weight-only INT4
@@ -271,10 +274,30 @@ def replay(case: dict, seed: int = 0, quick: bool = False, client: str | None = 
 # no chunked prefill"; templates/trtllm/extra_engine_args.1.0.0rc3.yaml.j2). bs = the benchmark
 # concurrency (the generator's batch size for the swept concurrency).
 AIC_TRTLLM_TOKEN_HEADROOM = 1500  # the generator's "+1500" (a deployment setting, not fitted)
-# "recorded": every deployment setting a row's harness states (AIConfigurator's generator and the
-# InferenceMAX launch scripts); "aic-generator": the generator's TensorRT-LLM limits only;
-# "defaults": the engines' defaults everywhere.
-DEPLOYMENTS = ("recorded", "aic-generator", "defaults")
+# kv_cache_config.free_gpu_memory_fraction: the generator's TRT-LLM 1.0.0rc3 template default at
+# every date (aiconfigurator efcae124c 2025-08-11 cli/templates/trtllm/dynamo/
+# extra_engine_args.1.0.0rc3.yaml.j2 "default(0.80)", through 2063ee024 2026-02-11
+# generator/config/backend_templates/trtllm/extra_engine_args.1.0.0rc3.yaml.j2); the engine's own is 0.9
+AIC_TRTLLM_FREE_GPU_MEMORY_FRACTION = 0.80
+# The same generator's rules for all three engines (benchmark mode, ai-dynamo/aiconfigurator
+# 2063ee024, PR #333, 2026-02-11, generator/rule_plugin/benchmark/{vllm,sglang,trtllm}.rule and
+# config/backend_config_mapping.yaml; docs/modeling.md §4 "AIConfigurator's generator"):
+#   vLLM    agg max_num_tokens = max_batch_size + isl + 1500 -> --max-num-batched-tokens;
+#           max_batch_size = bs -> --max-num-seqs (templates vllm/cli_args.0.12.0.j2)
+#   SGLang  agg_prefill_decode max_prefill_tokens = isl + 1500 -> --max-prefill-tokens;
+#           agg enable_mixed_chunk = true -> --enable-mixed-chunk; max_batch_size = bs ->
+#           --max-running-requests (templates sglang/cli_args.0.5.*.j2)
+#   TRT-LLM agg max_num_tokens = max_batch_size + isl + 1500, overlap on (aic_trtllm_limits)
+# Unlike the TensorRT-LLM rule (in the generator since before vLLM/SGLang support, 2025-12-04),
+# the vLLM/SGLang settings reached the command line only in some windows (vLLM 0.12.0: from
+# 2026-01-08, PR #238, dropped by the 0.12.0 template of 2026-01-23, back 2026-02-11, PR #333;
+# SGLang 0.5.1.post1: from 2026-01-19, PR #257) and the aiperf rows are undated, so "recorded"
+# leaves them out and "recorded+generator" adds them.
+# "recorded": every deployment setting a row's harness states (AIConfigurator's TensorRT-LLM
+# generator and the InferenceMAX launch scripts); "recorded+generator": that, plus the
+# generator's vLLM and SGLang rules on the aiperf rows; "aic-generator": the generator's rules for
+# all three engines only (no InferenceMAX settings); "defaults": the engines' defaults everywhere.
+DEPLOYMENTS = ("recorded", "recorded+generator", "aic-generator", "defaults")
 # InferenceMAX launch scripts (the bench-serving population, NVIDIA GPUs): every vLLM server runs
 # with `--async-scheduling` (InferenceMAX benchmarks/70b_fp8_h100_docker.sh, 70b_fp8_h200_slurm.sh,
 # gptoss_fp4_h200_slurm.sh, 70b_fp8_b200_docker.sh: "async-scheduling: true", also
@@ -317,16 +340,53 @@ def aic_trtllm_limits(case: dict) -> tuple[int | None, int | None]:
     return c, c + case["isl"] + AIC_TRTLLM_TOKEN_HEADROOM
 
 
+def aic_generator_settings(case: dict) -> dict:
+    """The settings AIConfigurator's generator gives a row of its own harness (aiperf, agg), any
+    engine (rules above): max_batch, max_tokens (vLLM max_num_batched_tokens / TRT-LLM
+    max_num_tokens; SGLang's chunked_prefill_size is not set by the generator and keeps its
+    default), engine options, memory_fraction; all None/() for every other row."""
+    out = {"max_batch": None, "max_tokens": None, "options": (), "memory_fraction": None}
+    if case.get("client") != "aiperf" or case.get("mode") != "agg":
+        return out
+    c, isl = case["concurrency"], case["isl"]
+    if case.get("engine") == "trtllm":
+        max_batch, max_tokens = aic_trtllm_limits(case)
+        return {**out, "max_batch": max_batch, "max_tokens": max_tokens,
+                "memory_fraction": AIC_TRTLLM_FREE_GPU_MEMORY_FRACTION}
+    if case.get("engine") == "vllm":
+        # benchmark/vllm.rule: agg max_num_tokens = (max_batch_size or 0) + (SlaConfig.isl or 0) + 1500
+        return {**out, "max_batch": c, "max_tokens": c + isl + AIC_TRTLLM_TOKEN_HEADROOM}
+    if case.get("engine") == "sglang":
+        # benchmark/sglang.rule: max_prefill_tokens = SlaConfig.isl + 1500; enable_mixed_chunk = true
+        return {**out, "max_batch": c, "options": (("max_prefill_tokens", isl + AIC_TRTLLM_TOKEN_HEADROOM),
+                                                    ("enable_mixed_chunk", "on"))}
+    return out
+
+
+def deployment_settings(case: dict, deployment: str = "recorded") -> dict:
+    """The settings a deployment (DEPLOYMENTS) replays a row with: max_batch, max_tokens, engine
+    options, memory_fraction (None/(): the engine default)."""
+    if deployment not in DEPLOYMENTS:
+        raise InputError(f"deployment {deployment!r}; valid: {', '.join(DEPLOYMENTS)}")
+    gen = aic_generator_settings(case)
+    if deployment == "defaults":
+        return {k: () if k == "options" else None for k in gen}
+    if deployment == "recorded" and case.get("engine") != "trtllm":
+        gen = {k: () if k == "options" else None for k in gen}  # the generator's TRT-LLM rules only
+    if deployment in ("recorded", "recorded+generator"):
+        script_options, script_tokens = inferencemax_settings(case)
+        gen = {**gen, "options": gen["options"] + script_options,
+               "max_tokens": gen["max_tokens"] if script_tokens is None else script_tokens}
+    return gen
+
+
 def _replay(case: dict, seed: int, quick: bool, client: str | None,
             deployment: str = "recorded") -> dict:
     model = load_model(case["model"])
     cluster = load_cluster(case["cluster"])
     c = case["concurrency"]
-    max_batch, max_tokens = aic_trtllm_limits(case) if deployment != "defaults" else (None, None)
-    options: tuple = ()
-    if deployment == "recorded":
-        options, script_tokens = inferencemax_settings(case)
-        max_tokens = max_tokens if script_tokens is None else script_tokens
+    settings = deployment_settings(case, deployment)
+    max_batch, max_tokens, options = settings["max_batch"], settings["max_tokens"], settings["options"]
     if max_tokens is None and case["engine"] == "trtllm" and case["isl"] + c > 8192:
         # Without chunked prefill a prompt must fit one iteration's token budget next to the
         # running decodes; TensorRT-LLM's default max_num_tokens (8192) would starve prompts
@@ -335,7 +395,8 @@ def _replay(case: dict, seed: int, quick: bool, client: str | None,
     groups = tuple(ReplicaGroup(cluster, p["tp"], p["pp"], p["ep"], p["count"], role, p.get("dp", 1))
                    for role, p in case["pools"].items())
     plan = ServingPlan(groups, max_batch=max_batch, max_tokens=max_tokens, engine=case["engine"], dtype=case["dtype"],
-                       kv_dtype=case.get("kv_dtype"), prefix_caching=False, engine_options=options)
+                       kv_dtype=case.get("kv_dtype"), prefix_caching=False, engine_options=options,
+                       gpu_memory_utilization=settings["memory_fraction"])
     rep = simulate(model, plan, case_workload(case, seed, quick, client))
     if rep.ttft_s["mean"] is None or rep.tpot_s["mean"] is None:
         return {"error": "no request finished (the KV pool cannot hold one request)"}
@@ -344,9 +405,10 @@ def _replay(case: dict, seed: int, quick: bool, client: str | None,
 
 
 def _replay_task(a: tuple) -> dict:
-    """replay(case, 0, quick, client) for a = (case, quick, client): one executor task."""
-    case, quick, client = a
-    return replay(case, 0, quick, client)
+    """replay(case, 0, quick, client, deployment) for a = (case, quick, client[, deployment]):
+    one executor task."""
+    case, quick, client, *rest = a
+    return replay(case, 0, quick, client, *rest)
 
 
 def _err(pred: float, meas: float) -> float:
@@ -401,11 +463,13 @@ def _summarise(rows: list, key) -> dict:
 
 def run_suite(path: str | None = None, limit: int | None = None, quick: bool = False,
               jobs: int | None = None, scope: str = "all", client: str = "auto",
-              executor=None, max_row_tokens: int = MAX_ROW_TOKENS) -> dict:
+              executor=None, max_row_tokens: int = MAX_ROW_TOKENS,
+              deployment: str = "recorded") -> dict:
     """Replay every row in scope; the document `validate serving --json` prints.
 
     client "auto": each row's own benchmark client (from its data source); "bench-serving" or
-    "aiperf": every row with that client (a sensitivity check).
+    "aiperf": every row with that client (a sensitivity check). deployment: the settings each row
+    replays with (DEPLOYMENTS; "recorded" = what the rows' harnesses state).
 
     The rows replay on `executor` (simulator.executor) when given, else on `jobs` local worker
     processes (default: the CPU count); the document is the same either way."""
@@ -413,6 +477,8 @@ def run_suite(path: str | None = None, limit: int | None = None, quick: bool = F
         raise InputError(f"scope {scope!r}; valid: dense, all")
     if client not in ("auto", "bench-serving", "aiperf"):
         raise InputError(f"client {client!r}; valid: auto, bench-serving, aiperf")
+    if deployment not in DEPLOYMENTS:
+        raise InputError(f"deployment {deployment!r}; valid: {', '.join(DEPLOYMENTS)}")
     forced = None if client == "auto" else client
     t0 = time.perf_counter()
     rows = read_rows(path)
@@ -434,12 +500,12 @@ def run_suite(path: str | None = None, limit: int | None = None, quick: bool = F
     work = [cases[i] for i in order]
     workers = min(jobs or os.cpu_count() or 1, max(1, len(cases) // 8))
     if executor is not None:  # rows are independent; results come back in row order
-        preds = executor.map(_replay_task, [(case, quick, forced) for case in work])
+        preds = executor.map(_replay_task, [(case, quick, forced, deployment) for case in work])
     elif workers > 1:
         with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-            preds = list(pool.map(_replay_task, [(case, quick, forced) for case in work], chunksize=4))
+            preds = list(pool.map(_replay_task, [(case, quick, forced, deployment) for case in work], chunksize=4))
     else:
-        preds = [replay(case, 0, quick, forced) for case in work]
+        preds = [replay(case, 0, quick, forced, deployment) for case in work]
     by_index = dict(zip(order, preds))
     aic = aic_estimates()
     results = []
@@ -483,6 +549,7 @@ def run_suite(path: str | None = None, limit: int | None = None, quick: bool = F
         "dense_h100_h200_by_engine": _summarise(dense, lambda r: r["engine"]),
         "rows_total": len(rows), "rows_modelled": len(results), "rows_skipped": len(skipped),
         "scope": scope,
+        "deployment": deployment,
         "skip_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "by_engine": _summarise(results, lambda r: r["engine"]),
         "by_system": _summarise(results, lambda r: r["system"]),
@@ -528,6 +595,8 @@ def format_report(doc: dict, rows: bool = False) -> str:
                          f"{_pct(g['ours_on_aic_rows_tpot_pct']):>9} {_pct(g['aic_median_abs_tpot_error_pct']):>9}")
         lines.append("")
 
+    if doc.get("deployment", "recorded") != "recorded":
+        lines.append(f"deployment: {doc['deployment']} (docs/modeling.md §4)")
     lines.append("median |error| of the mean TTFT / TPOT; AIC: AIConfigurator 0.12's own estimates of the "
                  "same rows, where it has them (ours beside it on those rows)")
     lines.append("")

@@ -12,6 +12,8 @@ Policies and what they switch:
     MaxRunning           max_num_seqs             requests running at once
     ChunkedPrefill       chunked_prefill, chunk   prompts split over passes (Sarathi-Serve)
     PrefillFirst         mixed_batches=False      prefill-only passes pause decodes
+    MixedChunk           mixed_batches=True       SGLang --enable-mixed-chunk: prompts join decodes
+    MaxPrefillTokens     max_prefill_tokens       SGLang: prompt tokens one prefill batch may take
     PreemptNewest        kv_reservation=incremental   blocks as written, newest preempted
     MaxUtilization       kv_reservation=incremental   TRT-LLM: last started request paused
     GuaranteedNoEvict    kv_reservation=full      prompt + output reserved, never preempts
@@ -85,6 +87,29 @@ class PrefillFirst(Policy):
 
     def apply(self, cfg):
         return replace(cfg, mixed_batches=False)
+
+
+@dataclass(frozen=True)
+class MixedChunk(Policy):
+    enabled: bool
+    source = ("sglang/srt/managers/scheduler.py get_new_batch_prefill: with --enable-mixed-chunk a "
+              "prefill batch is mixed with the running decodes (mix_with_running); PrefillAdder "
+              "takes the running batch size off the chunk and input budgets")
+
+    def apply(self, cfg):
+        return replace(cfg, mixed_batches=self.enabled)
+
+
+@dataclass(frozen=True)
+class MaxPrefillTokens(Policy):
+    tokens: int
+    source = ("sglang/srt/server_args.py --max-prefill-tokens; managers/schedule_policy.py "
+              "PrefillAdder: rem_input_tokens starts at max_prefill_tokens (less the running "
+              "batch size when mixed) and add_one_req refuses a prompt with real_input_tokens >= "
+              "rem_input_tokens unless it is the batch's first")
+
+    def apply(self, cfg):
+        return replace(cfg, max_prefill_tokens=self.tokens)
 
 
 @dataclass(frozen=True)
@@ -243,7 +268,8 @@ class VLLMV1(EnginePolicy):
 class SGLang(EnginePolicy):
     name = "sglang"
     source = "SGLang 0.4-0.5 ServerArgs (python/sglang/srt/server_args.py)"
-    options = {"overlap_scheduler": ("on", "off"), "schedule_policy": ("fcfs", "lpm")}
+    options = {"overlap_scheduler": ("on", "off"), "schedule_policy": ("fcfs", "lpm"),
+               "enable_mixed_chunk": ("on", "off"), "max_prefill_tokens": ("an integer >= 1",)}
 
     def defaults(self, device, tp):
         gib = float(device.hbm_bytes or 0) / 2**30
@@ -257,6 +283,16 @@ class SGLang(EnginePolicy):
     def option(self, key, value):
         if key == "overlap_scheduler":
             return OverlapScheduler(_onoff(key, value))
+        if key == "enable_mixed_chunk":
+            return MixedChunk(_onoff(key, value))
+        if key == "max_prefill_tokens":
+            try:
+                tokens = int(str(value))
+            except ValueError:
+                tokens = 0
+            if tokens < 1:
+                raise InputError(f"max_prefill_tokens={value!r}; valid: an integer >= 1")
+            return MaxPrefillTokens(tokens)
         if key == "schedule_policy":
             if value not in self.options[key]:
                 raise InputError(f"schedule_policy={value!r}; valid: {', '.join(self.options[key])}")
@@ -312,7 +348,8 @@ class TRTLLM(EnginePolicy):
 ENGINE_POLICIES: dict[str, EnginePolicy] = {e.name: e for e in (VLLMV1(), SGLang(), TRTLLM())}
 # options engine_config accepts besides the EngineConfig fields
 ENGINE_OPTIONS = ("async_scheduling", "overlap_scheduler", "capacity_scheduler", "schedule_policy",
-                  "batch_wait_timeout_iters", "batch_wait_max_tokens_ratio")
+                  "batch_wait_timeout_iters", "batch_wait_max_tokens_ratio", "enable_mixed_chunk",
+                  "max_prefill_tokens")
 
 
 def describe(cfg) -> list[str]:
@@ -322,6 +359,8 @@ def describe(cfg) -> list[str]:
            f"{', chunk ' + str(cfg.chunk) if cfg.chunk else ''})"]
     if not cfg.mixed_batches:
         out.append("PrefillFirst")
+    if cfg.max_prefill_tokens:
+        out.append(f"MaxPrefillTokens({cfg.max_prefill_tokens})")
     out.append({"full": "GuaranteedNoEvict", "ratio": "NewTokenRatio"}.get(
         cfg.kv_reservation, "MaxUtilization" if cfg.capacity_scheduler == "max_utilization" else "PreemptNewest"))
     if cfg.extra_step:

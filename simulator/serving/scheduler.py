@@ -15,6 +15,8 @@ other engines need (`EngineConfig`):
   (TensorRT-LLM GUARANTEED_NO_EVICT);
 - `mixed_batches=False` runs prefill-only iterations whenever a prefill can be scheduled and
   pauses decodes meanwhile (SGLang's default scheduler without --enable-mixed-chunk);
+- `max_prefill_tokens` (SGLang --max-prefill-tokens): after the first prompt of a pass, a prompt
+  joins only while its tokens are below the prompt tokens left of that cap;
   `kv_reservation="ratio"` admits a prompt only if the blocks left cover a share of the running
   requests' remaining output (SGLang PrefillAdder: new_token_ratio from 0.7, decaying by
   (0.7 − 0.1)/600 per decode step to 0.1, back to 0.7 after a retraction);
@@ -70,6 +72,9 @@ class EngineConfig:
     # (0 = off) while the pass's tokens stay below batch_wait_ratio x max_num_batched_tokens
     batch_wait_iters: int = 0
     batch_wait_ratio: float = 0.0
+    # SGLang --max-prefill-tokens (policies.MaxPrefillTokens): prompt tokens one prefill batch may
+    # take; a prompt after the first joins only if its tokens are below what is left (0 = no cap)
+    max_prefill_tokens: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,7 +84,8 @@ def engine_config(engine: str, device: Device, tp: int, **overrides) -> EngineCo
     """An engine's documented defaults on `device` (its policies in simulator/serving/policies.py),
     then `overrides` (None values ignored): EngineConfig fields, or the engine options
     `async_scheduling` (vllm), `overlap_scheduler` (sglang, trtllm), `capacity_scheduler`
-    (trtllm: guaranteed_no_evict | max_utilization), `schedule_policy` (sglang: fcfs | lpm).
+    (trtllm: guaranteed_no_evict | max_utilization), `schedule_policy` (sglang: fcfs | lpm),
+    `enable_mixed_chunk` and `max_prefill_tokens` (sglang).
 
     vllm   0.10-0.12 EngineArgs: on GPUs with >= 70 GiB (not A100) the OpenAI server uses
            max_num_batched_tokens 8192 and max_num_seqs 1024, else 2048 and 256; chunked prefill
@@ -115,6 +121,8 @@ def engine_config(engine: str, device: Device, tp: int, **overrides) -> EngineCo
         raise InputError(f"schedule_policy={cfg.schedule_policy!r}; valid: fcfs, lpm")
     if cfg.chunk < 0:
         raise InputError(f"chunk={cfg.chunk} must be >= 0 (0 = chunked prefill off)")
+    if cfg.max_prefill_tokens < 0:
+        raise InputError(f"max_prefill_tokens={cfg.max_prefill_tokens} must be >= 0 (0 = no cap)")
     if not 0 < cfg.memory_fraction <= 1:
         raise InputError(f"GPU memory fraction {cfg.memory_fraction} must be in (0, 1]")
     if cfg.batch_wait_iters > 0 and cfg.chunked_prefill:
@@ -322,6 +330,9 @@ class Scheduler:
         if self.n_dec and not prefill_first:
             self._schedule_decodes(batch, now)
             budget -= batch.num_decode
+        # SGLang PrefillAdder rem_input_tokens: max_prefill_tokens, less the running decodes when
+        # they share the pass (mixed chunk); every prefill chunk of the pass spends it
+        ptok = cfg.max_prefill_tokens - batch.num_decode if cfg.max_prefill_tokens else None
         # running prefills, oldest first; a chunk shrinks to the blocks that are free (requests
         # are preempted only to make room for decodes, or when nothing else could run)
         for req in list(self.prefilling):
@@ -347,6 +358,8 @@ class Scheduler:
             batch.prefill_tokens += chunk
             budget -= chunk
             pbudget -= chunk
+            if ptok is not None:
+                ptok -= chunk
         # waiting queue, FCFS
         waiting = self.waiting
         decode_only = not cfg.mixed_batches and batch.num_decode > 0
@@ -372,6 +385,11 @@ class Scheduler:
             start = max(req.computed, cached)
             remaining = req.target - start
             if pbudget <= 0:
+                break
+            if ptok is not None and batch.prefills and remaining >= ptok:
+                # sglang schedule_policy.py PrefillAdder.add_one_req: "if real_input_tokens >=
+                # self.rem_input_tokens and len(self.can_run_list) != 0: return OTHER" (the
+                # first prompt of a batch is always taken)
                 break
             chunk = min(remaining, budget, pbudget)
             if not cfg.chunked_prefill and chunk < remaining:
@@ -402,6 +420,8 @@ class Scheduler:
             batch.prefill_tokens += chunk
             budget -= chunk
             pbudget -= chunk
+            if ptok is not None:
+                ptok -= chunk
         if cfg.batch_wait_iters > 0 and batch.num_decode and batch.prefills:
             self._batch_wait(batch)
         if not batch and self.n_dec:  # prefill-first found nothing it could run

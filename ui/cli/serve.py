@@ -76,6 +76,10 @@ def register(groups) -> None:
                      help="TRT-LLM capacity scheduler policy (default guaranteed_no_evict)")
     sim.add_argument("--schedule-policy", choices=["fcfs", "lpm"], help="SGLang waiting-queue order (default fcfs)")
     sim.add_argument("--chunked-prefill", choices=["on", "off"], help="chunked prefill (TRT-LLM default off)")
+    sim.add_argument("--enable-mixed-chunk", choices=["on", "off"],
+                     help="SGLang --enable-mixed-chunk: prompts share passes with decodes (default off)")
+    sim.add_argument("--max-prefill-tokens", type=flags.integer("--max-prefill-tokens"),
+                     help="SGLang --max-prefill-tokens: prompt tokens one prefill pass may take (default: no cap)")
     sim.add_argument("--frontend", default="off", choices=["off", "on", "measured", "published"],
                      help="API-server stage: HTTP, tokenisation, detokenisation (on = measured)")
     sim.add_argument("--gpu-memory-utilization", type=flags.fraction("--gpu-memory-utilization"),
@@ -180,7 +184,8 @@ def _client_workload(args, client: str, slo: dict):
 def _engine_options(args) -> tuple:
     """The engine-policy flags given, as ServingPlan.engine_options pairs."""
     opts = [(k, getattr(args, k)) for k in ("async_scheduling", "overlap_scheduler",
-                                            "capacity_scheduler", "schedule_policy")
+                                            "capacity_scheduler", "schedule_policy",
+                                            "enable_mixed_chunk", "max_prefill_tokens")
             if getattr(args, k, None) is not None]
     if getattr(args, "chunked_prefill", None) is not None:
         opts.append(("chunked_prefill", args.chunked_prefill == "on"))

@@ -84,7 +84,8 @@ def cmd_serving(args):
     ex = executor_from_args(args) if args.executor == "ray" or args.ray_address else None
     try:
         doc = run_suite(quick=args.quick, limit=args.limit, scope=args.scope, client=args.client,
-                        jobs=args.jobs, executor=ex, max_row_tokens=args.max_row_tokens)
+                        jobs=args.jobs, executor=ex, max_row_tokens=args.max_row_tokens,
+                        deployment=args.deployment)
     finally:
         if ex is not None:
             ex.close()
@@ -155,6 +156,13 @@ def register(groups) -> None:
     sv.add_argument("--client", default="auto", choices=["auto", "bench-serving", "aiperf"],
                     help="benchmark client: auto = each row's own, from its data source (default); "
                          "a name replays every row with that client (sensitivity check)")
+    sv.add_argument("--deployment", default="recorded",
+                    choices=["recorded", "recorded+generator", "aic-generator", "defaults"],
+                    help="settings each row replays with: recorded = what its harness states "
+                         "(AIConfigurator's TRT-LLM generator, InferenceMAX scripts; default); "
+                         "recorded+generator = that plus the generator's vLLM/SGLang rules; "
+                         "aic-generator = the generator's rules, all engines, only; defaults = "
+                         "engine defaults (docs/modeling.md §4)")
     sv.add_argument("--rows", action="store_true", help="print the per-row table too")
     sv.add_argument("--max-row-tokens", type=flags.integer("--max-row-tokens"), default=1_048_576,
                     help="skip rows outside the dense H100/H200 set whose measured phase generates "
