@@ -348,3 +348,65 @@ def test_kv_between_replicas_of_one_node_stays_on_nvlink_whatever_their_offsets(
     assert sorted(r.offset for r in sim.replicas) == [0, 2, 4]
     nvlink = collective_s(H100, "send_recv", 2, 1, float(1024 * 128 * 1024 / 2))
     assert all(r.transfer_s == pytest.approx(nvlink, rel=1e-12) for r in sim.requests)
+
+
+def test_an_attention_dp_decode_run_costs_its_first_and_last_pass_and_feeds_the_frontend():
+    """Attention DP (2 ranks, Qwen3-30B-A3B on H200, one request: prompt 1000, 50 output tokens):
+    the 49 decode passes run as one event whose length is the trapezoid of the synchronised pass
+    (IterationCost.iteration_dp_s, the idle rank joining with a dummy batch) at the first decode's
+    KV (1001 tokens) and at the last's (1049): the durations grow linearly with the cached tokens
+    between them. The API server's streaming load follows the replica's latest pass (frontend.py:
+    output tokens/s × per-token detokenise + stream time, Kleinrock processor sharing); its peak
+    is the decode run's 49 tokens over the run's length (faster than the 1-token prefill pass)."""
+    from simulator.serving.engine import DPReplica, ServingPlan
+    from simulator.serving.scheduler import Batch
+    h200 = load_cluster("dgx-h200")
+    plan = ServingPlan((ReplicaGroup(h200, 1, 1, 2, 1, "both", 2),), engine="sglang", dtype="fp8",
+                       prefix_caching=False, frontend="measured")
+    w = _wl(prompt_len=LengthDist.parse("1000"), output_len=LengthDist.parse("50"), seed=1)
+    sim = ServingSimulation(load_model("qwen3-30b-a3b"), plan, w)
+    sim.run()
+    (req,) = sim.requests
+    rep = sim.replicas[0]
+    assert isinstance(rep, DPReplica) and rep.iterations == 50
+
+    def dec(kv):
+        b = Batch()
+        b.num_decode, b.decode_kv_tokens, b.samples = 1, kv, 1
+        return rep.costs.iteration_dp_s([b, Batch()])  # SGLang round robin: rank 0 has it
+    first, last = dec(1001), dec(1049)
+    assert last > first
+    run = req.finish_s - req.first_token_s
+    assert run == pytest.approx(49 * (first + last) / 2, rel=1e-9)
+    fe = rep.frontend
+    per_token = fe.costs.output_s_per_token
+    assert fe.max_load == pytest.approx(49 / run * per_token, rel=1e-9)
+    assert fe.max_load > (req.first_token_s - req.arrival_s) ** -1 * per_token
+    assert fe.load == 0.0  # idle after the last pass
+
+
+def test_vllm_dp_router_counts_deferred_requests_as_waiting():
+    """vLLM's DPLBAsyncMPClient scores each engine core by waiting·4 + running
+    (vllm/v1/engine/core_client.py get_core_engine_for_request). A request added while a pass is
+    in flight (async scheduling, vllm/v1/core/sched/async_scheduler.py) is queued in the engine
+    core, not running, so it weighs as a waiting one: 4·(1 + 1) + 0 = 8 against 0 + 5 = 5."""
+    from types import SimpleNamespace
+
+    from simulator.serving.engine import DPRankRouter
+    r = DPRankRouter("vllm", 2)
+    ranks = [SimpleNamespace(waiting=[1], deferred=[(0, 2)], running=[]),
+             SimpleNamespace(waiting=[], deferred=[], running=[3, 4, 5, 6, 7])]
+    assert r.pick(ranks) == 1
+    ranks[1].running.extend([8, 9, 10, 11])  # 9 > 8: now the first rank is the lighter
+    assert r.pick(ranks) == 0
+
+
+def test_kv_load_counts_what_a_partly_prefilled_prompt_still_needs():
+    """The KV-aware router's load of a replica: blocks in use plus the blocks the queued prompts
+    still need, their tokens not yet computed (a chunked prompt preempted or partly prefilled has
+    computed > 0): (10 + (1000 - 200 + 600) / 16) / 100."""
+    from types import SimpleNamespace
+    waiting = [SimpleNamespace(target=1000, computed=200), SimpleNamespace(target=600, computed=0)]
+    fake = SimpleNamespace(scheduler=SimpleNamespace(waiting=waiting),
+                           kv=SimpleNamespace(used=10, num_blocks=100, block_size=16))
+    assert Replica.kv_load(fake) == pytest.approx((10 + 1400 / 16) / 100, rel=1e-12)

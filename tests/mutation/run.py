@@ -299,6 +299,14 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
        "a waiting prompt has computed == 0 (preemption resets it; KV-arrived requests are "
        "admitted above): >= 0 / <= 0 agree with == 0")
       for op in ("ReplaceComparisonOperator_Eq_GtE", "ReplaceComparisonOperator_Eq_LtE")],
+    ("simulator/serving/engine.py", "ReplaceComparisonOperator_Eq_LtE",
+     'if k == "chunk" and v.lower() in ("off", "none", "false"):',
+     "k is one of PLAN_KEYS here (checked just above) and none sorts below \"chunk\" (tp, pp, ep, "
+     "replicas, max_*, prefill_*, decode_*): k <= \"chunk\" only for k == \"chunk\""),
+    ("simulator/serving/engine.py", "ReplaceComparisonOperator_Lt_LtE",
+     "if not same_node and cluster.num_nodes < 2:",
+     "at num_nodes == 2 the mutant's with_nodes(2) returns an equal Cluster (its last tier's size is "
+     "num_nodes: clusters._parse_tiers and with_nodes both set it), so the transfer costs the same"),
 ]
 # Cache sizes: every mutant of an `lru_cache(maxsize=...)` argument that still yields an int (or
 # a negative one, which lru_cache treats as 0) changes how much is cached, never a result. `/`
