@@ -275,3 +275,16 @@ def test_two_pipeline_stages_pay_one_activation_send_per_pass():
     # the same layers run either way (split over the stages); only the send is added
     assert two._dense_at(512) - one._dense_at(512) == pytest.approx(send, rel=1e-6)
     assert two.dense_dp_s(512, 512) - one.dense_dp_s(512, 512) == pytest.approx(send, rel=1e-6)
+
+
+@pytest.mark.parametrize("tp", [1, 8])
+def test_one_attention_dp_rank_with_whole_experts_costs_what_the_plain_replica_costs(tp):
+    """The attention-DP cost splits every layer into the routed experts' ops and the rest and
+    takes the experts at the tokens they receive (ceil(t_sum / (tp·dp)) per device, ops.py
+    _moe_block's distinct-token count). With one rank (dp = 1) holding all t_sum = T tokens and
+    whole experts on each device (tp = 1, or pure EP with tp = ep = 8), that is the plain
+    replica's pass (`dense_s`): DeepSeek-V3's 3 dense and 58 MoE layers, on and between grid
+    points; any expert or non-expert op lost or counted twice in the split shows here."""
+    c = IterationCost(load_model("deepseek-v3"), load_cluster("dgx-h200"), tp, ep=tp, dtype="fp8")
+    for T in (16, 1000, 4096):
+        assert c.dense_dp_s(T, T) == pytest.approx(c.dense_s(T), rel=1e-12)

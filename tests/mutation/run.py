@@ -307,6 +307,17 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
      "if not same_node and cluster.num_nodes < 2:",
      "at num_nodes == 2 the mutant's with_nodes(2) returns an equal Cluster (its last tier's size is "
      "num_nodes: clusters._parse_tiers and with_nodes both set it), so the transfer costs the same"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_Gt_NotEq", "if self.dp > 1:  # one rank's batch, the others padded to it",
+     "dp >= 1 (IterationCost.__init__ raises InputError for dp < 1): != 1 is > 1"),
+    ("simulator/serving/costs.py", "NumberReplacer", "KV read at {self.km.mem_bytes_per_s / 1e12:.2f} TB/s",
+     "1e12 ± 1 in a note printed with 2 decimals: a 1e-12 relative change, which alters the text of "
+     "none of the 73 catalogue device/dtype kernel models (checked: all print the same digits)"),
+    ("simulator/serving/costs.py", "NumberReplacer", "rows = max((b.samples for b in batches), default=0)",
+     "the default is read only for an empty list, and then lm_head_s(rows) returns 0.0 for any "
+     "rows <= 0 (0 or -1 alike); DPReplica always passes one batch per rank anyway"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_Is", 'if group == "tp" and op == "all_reduce":',
+     "group and op are always literals of simulator/ops.py's _comm calls (\"tp\", \"cp\", \"ep\"; "
+     "\"all_reduce\", \"all_gather\", ...): CPython interns identifier-like string constants, so `is` == `==`"),
 ]
 # Cache sizes: every mutant of an `lru_cache(maxsize=...)` argument that still yields an int (or
 # a negative one, which lru_cache treats as 0) changes how much is cached, never a result. `/`
