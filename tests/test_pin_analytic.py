@@ -175,3 +175,19 @@ def test_without_zero_every_rank_steps_its_whole_dense_and_expert_parameters():
     local = float(dense[0]) + float(expert[0])
     assert d["optimizer"][0] == pytest.approx(kernel_model("h100-sxm", "bf16").memory_s(local * ADAM_BYTES_PER_PARAM),
                                               rel=1e-9)
+
+
+def test_the_ilps_layer_time_is_the_unit_a_middle_stage_is_made_of():
+    """planner/ilp.py partitions layers by t_i = one layer's forward + backward with its exposed
+    comm (`layer_time_s`): a pipeline stage with neither the embedding nor the head (Llama 3 8B,
+    pp = 4: stages 1 and 2 hold 8 layers) costs 8 t_i per micro-batch, as the step engine says."""
+    from simulator.analytic import layer_time_s, step_costs
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 64)
+    plan = parse_plan("pp=4,dp=2,mb=1", cl.num_devices)
+    sc = step_costs(job, plan, cl)
+    t = layer_time_s(job, plan, cl, moe=False)
+    assert t > 0
+    for st in sc.stages[1:3]:
+        assert st.num_layers == 8
+        assert st.total_s == pytest.approx(8 * t, rel=1e-9)
