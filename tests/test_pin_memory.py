@@ -162,3 +162,61 @@ def test_te_fp8_keeps_each_linear_input_quantised_for_wgrad():
     assert bf16 - fp4 == pytest.approx(linear_inputs * (2 - 0.5625))
     torchao = layer_activation_bytes(m, replace(job16, dtype="fp8", fp8_dynamic_casts=True), plan, False)
     assert torchao == pytest.approx(bf16)
+
+
+def test_mtp_activations_sit_on_the_last_stage_only():
+    """DeepSeek-V3 §2.2 with the loss on the last pipeline stage (Megatron-Core --mtp-num-layers):
+    per MTP depth the last stage keeps one more set of fp32 logits (4·T·V bytes) and, for each
+    micro-batch in flight (1 on 1F1B's last stage), one block's activations plus the projection's
+    2h-wide bf16 input (2·T·2h bytes); the first stage keeps exactly what it keeps without MTP.
+    A small DeepSeek-V3-shaped config (4 layers, 2 MTP depths) on pp = 2, 2 micro-batches."""
+    from dataclasses import replace
+
+    from simulator.memory import layer_activation_bytes
+    from simulator.models import from_hf_config
+    cfg = {"model_type": "deepseek_v3", "num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4,
+           "intermediate_size": 512, "vocab_size": 1000, "num_nextn_predict_layers": 2}
+    m = from_hf_config(cfg)
+    m0 = replace(m, mtp_layers=0)
+    assert m.mtp_layers == 2 and not m.mtp_is_moe
+    T = 512
+    job, job0 = TrainingJob(m, T, 4), TrainingJob(m0, T, 4)
+    plan = parse_plan("pp=2,dp=1,mb=1", 2)
+    first = [stage_memory(x, j, plan, 0)["activations_bytes"] for x, j in ((m, job), (m0, job0))]
+    assert first[0] == first[1]
+    last = stage_memory(m, job, plan, 1)["activations_bytes"] - stage_memory(m0, job0, plan, 1)["activations_bytes"]
+    block = layer_activation_bytes(m, job, plan, False)
+    assert last == pytest.approx(2 * (4 * T * 1000 + block + 2 * T * 2 * 256), rel=1e-12)
+
+
+def test_nccl_buffers_per_communicator_as_measured_on_h100():
+    """aiconfigurator-core 0.12.0 systems/h100_sxm.yaml misc.nccl_mem: 342 MiB for a 2-GPU
+    communicator, 392 MiB for 4 or 8; a group of one rank has no communicator."""
+    model = load_model("llama3-8b")
+    job = TrainingJob(model, 2048, 64)
+
+    def comm(text, n):
+        return stage_memory(model, job, parse_plan(text, n), 0)["comm_buffers_bytes"]
+    assert comm("tp=1,dp=1", 1) == 0
+    assert comm("tp=2,dp=1", 2) == 342 * 2 ** 20
+    assert comm("tp=1,dp=2", 2) == 342 * 2 ** 20
+    assert comm("tp=2,dp=4", 8) == 342 * 2 ** 20 + 392 * 2 ** 20
+
+
+def test_a_batch_of_plans_of_different_meshes_equals_each_plan_alone():
+    """The planner scores arrays of candidate plans (planner/search.py): one memory evaluation per
+    mesh shape, scattered back; each plan's stages equal its own evaluation and the stages beyond
+    its pp stay 0 (so a maximum over stages is the plan's own)."""
+    from simulator.memory import MEMORY_PARTS, memory_parts
+    from simulator.training import PlanBatch
+    model = load_model("llama3-8b")
+    job = TrainingJob(model, 2048, 64)
+    plans = [parse_plan(t, 8) for t in ("tp=8", "pp=2,tp=4", "pp=4,tp=2", "tp=2,dp=4,zero=1")]
+    many = memory_parts(job, PlanBatch.of(plans))
+    for i, plan in enumerate(plans):
+        one = memory_parts(job, PlanBatch.of([plan]))
+        for k in MEMORY_PARTS:
+            row = getattr(many, k)[i]
+            assert list(row[:plan.pp]) == list(getattr(one, k)[0]), (k, i)
+            assert all(x == 0 for x in row[plan.pp:]), (k, i)
+        assert many.peak_bytes[i, 0] > 0
