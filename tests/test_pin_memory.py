@@ -220,3 +220,32 @@ def test_a_batch_of_plans_of_different_meshes_equals_each_plan_alone():
             assert list(row[:plan.pp]) == list(getattr(one, k)[0]), (k, i)
             assert all(x == 0 for x in row[plan.pp:]), (k, i)
         assert many.peak_bytes[i, 0] > 0
+
+
+@pytest.mark.parametrize("dtype,gi", [("bf16", 2), ("fp8", 1)])
+def test_a_shared_expert_keeps_a_gated_mlps_activations_for_every_token(dtype, gi):
+    """DeepSeek-V3's shared expert (DeepSeekMoE, arXiv 2401.06066 §3.2) runs on every token like a
+    gated MLP of width 2048: per token its gate and up outputs (2·2·f bytes, bf16) and the
+    activation output that feeds fc2, kept in the linear layer's saved-input format (Transformer
+    Engine: 1 byte in FP8, 2 in bf16): (4 + gi)·f per token, tp = 1."""
+    from simulator.memory import layer_activation_bytes
+    ds = load_model("deepseek-v3")
+    no_shared = with_overrides(ds, num_shared_experts=0)
+    plan = parse_plan("ep=8", 8)
+    s = 4096
+    with_s = layer_activation_bytes(ds, TrainingJob(ds, s, 256, dtype=dtype), plan, True)
+    without = layer_activation_bytes(no_shared, TrainingJob(no_shared, s, 256, dtype=dtype), plan, True)
+    assert with_s - without == pytest.approx(s * (4 + gi) * 2048, rel=1e-12)
+
+
+def test_expert_tp_splits_the_mtp_models_experts_too():
+    """Expert tensor parallelism splits every expert over etp ranks, the main model's and the MTP
+    block's (DeepSeek-V3, 58 MoE layers + 1 MTP MoE block, ep = 8): etp = 2 halves a rank's
+    expert parameters."""
+    from simulator.memory import placement, stage_params
+    ds = load_model("deepseek-v3")
+    pl = placement(ds, "1f1b", 1, 1)
+    _, e1 = stage_params(ds, pl, 2, 8, 1)
+    _, e2 = stage_params(ds, pl, 2, 8, 2)
+    assert float(e1[0]) == pytest.approx((58 + 1) * 256 / 8 * ds.expert_params(), rel=1e-12)
+    assert float(e2[0]) == pytest.approx(float(e1[0]) / 2, rel=1e-12)
