@@ -323,6 +323,13 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
      "down is not equivalent): at p = 1 every schedule's bubble_s has the factor p - 1 = 0 "
      "(1f1b, interleaved, zb-h1/h2, zb-v), and dualpipe, whose factor is p // 2 - 1, is refused "
      "below pp = 2 (schedules.DualPipe: an even pp >= 2), so the bubble stays 0"),
+    *[("hwmodels/collectives.py", op,
+       "u = math.exp((1 - w) * math.log(a.u) + w * math.log(b.u)) if a.u > 0 and b.u > 0 else max(a.u, b.u)",
+       "_fits_at reads only per-size (PCIe) calibrations, whose lines calibrate() keeps only when "
+       "x[1] > 0 (`np.sum(x[1:]) <= 0` skips the rest), so u = x[1]·ref > 0: `> 0`, `>= 0`, `!= 0` "
+       "and `is not 0` are all True")
+      for op in ("ReplaceComparisonOperator_Gt_NotEq", "ReplaceComparisonOperator_Gt_GtE",
+                 "ReplaceComparisonOperator_Gt_IsNot")],
 ]
 # Cache sizes: every mutant of an `lru_cache(maxsize=...)` argument that still yields an int (or
 # a negative one, which lru_cache treats as 0) changes how much is cached, never a result. `/`
