@@ -330,6 +330,12 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
        "and `is not 0` are all True")
       for op in ("ReplaceComparisonOperator_Gt_NotEq", "ReplaceComparisonOperator_Gt_GtE",
                  "ReplaceComparisonOperator_Gt_IsNot")],
+    ("hwmodels/collectives.py", "NumberReplacer", "eff = BUS_EFFICIENCY.get(tier.kind, 0.8)",
+     "BUS_EFFICIENCY has an entry for every one of clusters.TIER_KINDS, and _parse_tiers refuses "
+     "any other kind: the default is never read"),
+    ("hwmodels/collectives.py", "ReplaceComparisonOperator_Gt_NotEq",
+     "intra = _intra(cluster, op, n, k, pl.intra_tier, pl.intra_fraction) if k > 1 else None",
+     "k = the group's members per node it spans, >= 1 for any group: != 1 is > 1"),
 ]
 # Cache sizes: every mutant of an `lru_cache(maxsize=...)` argument that still yields an int (or
 # a negative one, which lru_cache treats as 0) changes how much is cached, never a result. `/`
