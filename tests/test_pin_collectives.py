@@ -621,3 +621,20 @@ def test_a_devices_nccl_table_describes_groups_of_its_first_tier_only():
         assert collective_s(two, "all_reduce", 8, 1, nbytes) == pytest.approx(
             collective_s(bare, "all_reduce", 8, 1, nbytes), rel=1e-12)
     assert collective_s(two, "all_reduce", 4, 1, 1e6) < 0.9 * collective_s(bare, "all_reduce", 4, 1, 1e6)
+
+
+@pytest.mark.parametrize("name", ["dgx-h100", "rtx-pro-6000-server", "mi300x"])
+def test_a_send_recv_inside_a_node_has_one_ring_steps_latency(name):
+    """A point-to-point transfer inside one node is one hop of the protocol: the latency of a
+    2-rank all-gather (ring_steps = 1, one step of the same fitted or default line; NCCL runs
+    send/recv on the p2p path with each protocol's ring constants, tuning.cc), calibrated tiers
+    (H100 NVSwitch, RTX PRO 6000 PCIe) and default ones (MI300X Infinity Fabric) alike."""
+    from hwmodels.collectives import candidates, ring_steps
+    c = load_cluster(name)
+    assert ring_steps("all_gather", 2) == 1
+    p2p = {ln.protocol: ln for ln in candidates(c, "send_recv", 2, 1)}
+    ag = {ln.protocol: ln for ln in candidates(c, "all_gather", 2, 1) if ln.algorithm == "ring"}
+    assert p2p and set(p2p) == set(ag)
+    for proto, ln in p2p.items():
+        assert ln.algorithm == "p2p"
+        assert ln.latency_s == pytest.approx(ag[proto].latency_s, rel=1e-12)

@@ -313,8 +313,8 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
      "1e12 ± 1 in a note printed with 2 decimals: a 1e-12 relative change, which alters the text of "
      "none of the 73 catalogue device/dtype kernel models (checked: all print the same digits)"),
     ("simulator/serving/costs.py", "NumberReplacer", "rows = max((b.samples for b in batches), default=0)",
-     "the default is read only for an empty list, and then lm_head_s(rows) returns 0.0 for any "
-     "rows <= 0 (0 or -1 alike); DPReplica always passes one batch per rank anyway"),
+     "the default is read only for an empty list, which no caller passes (DPReplica.run hands "
+     "iteration_dp_s one batch per rank, dp >= 2; nothing else calls it): default 1 or -1 alike"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_Is", 'if group == "tp" and op == "all_reduce":',
      "group and op are always literals of simulator/ops.py's _comm calls (\"tp\", \"cp\", \"ep\"; "
      "\"all_reduce\", \"all_gather\", ...): CPython interns identifier-like string constants, so `is` == `==`"),
@@ -336,6 +336,30 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("hwmodels/collectives.py", "ReplaceComparisonOperator_Gt_NotEq",
      "intra = _intra(cluster, op, n, k, pl.intra_tier, pl.intra_fraction) if k > 1 else None",
      "k = the group's members per node it spans, >= 1 for any group: != 1 is > 1"),
+    *[("hwmodels/collectives.py", "NumberReplacer", (line, col),
+       "HW_LATENCY's NVLink and PCI tree latencies (NCCL's table, transcribed whole): only "
+       "HW_LATENCY[link][\"ring\"] is read for NVLink/PCI (_default_fits, _fits_at); trees are "
+       "costed from HW_LATENCY[\"net\"] (_net_step) and the intra-node chain from the ring fit")
+      for line, cols in (('"nvlink": {"ring": {"LL": 0.6, "LL128": 1.9, "Simple": 3.4}, "tree":', (80, 94, 110)),
+                         ('"pci": {"ring": {"LL": 1.0, "LL128": 2.5, "Simple": 5.7}, "tree":', (77, 91, 106)))
+      for col in cols],
+    ("hwmodels/collectives.py", "ReplaceBinaryOperator_Div_Pow",
+     "w = (math.log2(n) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))",
+     "_fits_at interpolates only per-size (PCIe) calibrations; the one PCIe table shipped "
+     "(rtx_pro_6000_server) measures 2, 4 and 8 GPUs, so neighbours are one octave apart, the "
+     "denominator is 1 and x / 1 == x ** 1"),
+    # NCCL-fit internals whose mutants give bit-identical calibrations: calibrate() runs only on
+    # the NCCL tables of the pinned aiconfigurator-core 0.12.0 (profiles.load_nccl_table); each
+    # was checked by fitting all 8 catalogue calibrations with the mutant (repr of every ProtoFit
+    # equal). They are equivalent for that data, not for any table: re-check on a data upgrade.
+    ("hwmodels/collectives.py", "ReplaceBinaryOperator_Mul_Mod", "free = ~passive & (grad > 1e-12 * max(1.0,",
+     "NNLS free-variable tolerance 1e-12·max(1, |Atb|) vs 1e-12: same fits on every shipped table"),
+    ("hwmodels/collectives.py", "ReplaceBinaryOperator_Mul_BitOr", "for _ in range(3 * m):",
+     "NNLS outer-iteration cap 3m vs 3|m (3 or 7 for m = 2 or 4 columns): every shipped table's fits "
+     "converge within the smaller cap, bit-identical"),
+    ("hwmodels/collectives.py", "NumberReplacer", "algo = cands[0][0]",
+     "_order_protocols with cands[-1] (the NVLS candidate for all-reduce on NVLS tiers, else the same "
+     "algorithm): the shipped tables' all-reduce fits already keep the protocol order, bit-identical"),
 ]
 # Cache sizes: every mutant of an `lru_cache(maxsize=...)` argument that still yields an int (or
 # a negative one, which lru_cache treats as 0) changes how much is cached, never a result. `/`
