@@ -638,3 +638,29 @@ def test_a_send_recv_inside_a_node_has_one_ring_steps_latency(name):
     for proto, ln in p2p.items():
         assert ln.algorithm == "p2p"
         assert ln.latency_s == pytest.approx(ag[proto].latency_s, rel=1e-12)
+
+
+@pytest.mark.parametrize("op", ["reduce_scatter", "all_to_all"])
+def test_other_single_node_collectives_use_the_ll_third_share_too(op):
+    """tuning.cc: LL runs at 1/3 of busBw for every single-node collective other than all-reduce
+    (1/4 for all-reduce): reduce-scatter and all-to-all over 8 MI300X (no table: RCCL's default
+    lines, Infinity Fabric at 70% of 448 GB/s) move (n - 1)/n of the buffer per rank."""
+    from hwmodels.collectives import candidates
+    c = load_cluster("mi300x")
+    algo = "pairwise" if op == "all_to_all" else "ring"
+    ll = {(ln.algorithm, ln.protocol): ln for ln in candidates(c, op, 8, 1)}[(algo, "LL")]
+    assert ll.s_per_byte == pytest.approx(0.875 / (448e9 * 0.70 / 3), rel=1e-9)
+    ar = {(ln.algorithm, ln.protocol): ln for ln in candidates(c, "all_reduce", 8, 1)}[("ring", "LL")]
+    assert ar.s_per_byte == pytest.approx(2 * 0.875 / (448e9 * 0.70 / 4), rel=1e-9)
+
+
+@pytest.mark.parametrize("n,eff", [(2, 24 / 32), (4, 35 / 64), (8, 28 / 64)])
+def test_an_uncalibrated_pcie_servers_ring_runs_at_the_measured_ring_efficiency(n, eff):
+    """A PCIe A100 server has no measured NCCL table: a large all-reduce over n of its GPUs
+    reaches the bus bandwidth of the measured PCIe rings, link rate × 24/32 (2 GPUs, GTC24
+    S62129), 35/64 (4) and 28/64 (8, NVIDIA/nccl issue #1639), not the link's 0.75."""
+    c = load_cluster("pcie-a100")
+    link = c.tiers[0].bytes_per_s
+    cost = collective_cost(c, "all_reduce", n, 1, 2.0 ** 34)
+    assert (cost.algorithm, cost.protocol) == ("ring", "Simple")
+    assert cost.busbw_bytes_per_s == pytest.approx(link * eff, rel=2e-3)

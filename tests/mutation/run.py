@@ -357,6 +357,12 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("hwmodels/collectives.py", "ReplaceBinaryOperator_Mul_BitOr", "for _ in range(3 * m):",
      "NNLS outer-iteration cap 3m vs 3|m (3 or 7 for m = 2 or 4 columns): every shipped table's fits "
      "converge within the smaller cap, bit-identical"),
+    ("hwmodels/collectives.py", "ReplaceBinaryOperator_Mul_Mod", "x = x + alpha * (z - x)",
+     "NNLS interpolation step toward the feasible point: every shipped table's fits are reached "
+     "without this backtracking step mattering, bit-identical"),
+    ("hwmodels/collectives.py", "NumberReplacer", ("cols = slice(2, 4) if with_steps else slice(1, 2)", 28),
+     "the end of the copied per-byte columns: slice(2, 5) of a 4-parameter fit is slice(2, 4); "
+     "slice(2, 3) (u without v) gives bit-identical fits on every shipped table"),
     ("hwmodels/collectives.py", "NumberReplacer", "algo = cands[0][0]",
      "_order_protocols with cands[-1] (the NVLS candidate for all-reduce on NVLS tiers, else the same "
      "algorithm): the shipped tables' all-reduce fits already keep the protocol order, bit-identical"),
