@@ -382,6 +382,8 @@ def test_nvls_without_measured_points_takes_the_measured_gain_over_the_ring(clus
     nvls = collective_cost(c, "all_reduce", 8, 1, 2 ** 30, algorithm="nvls")
     ring = collective_cost(c, "all_reduce", 8, 1, 2 ** 30, algorithm="ring", protocol="Simple")
     assert ring.bandwidth_s / nvls.bandwidth_s == pytest.approx(gain, rel=1e-9)
+    if cluster == "h100-without-table":  # tuning.cc: baseLat[Ring][Simple] 8.4 + hwLat[NVLINK][NVLS] 25 µs
+        assert nvls.latency_s == pytest.approx((8.4 + 25.0) * US, rel=1e-9)
 
 
 def test_a_group_spanning_two_scale_up_tiers_runs_at_the_slower_one():
@@ -421,6 +423,12 @@ def test_beyond_the_measured_group_sizes_each_ring_step_adds_nccls_pci_step():
         lat = [collective_cost(c, "all_reduce", n, 1, 8, algorithm="ring", protocol=proto).latency_s
                for c, n in ((eight, 8), (ten, 10))]
         assert lat[1] - lat[0] == pytest.approx(22.8 * US, rel=1e-9), proto
+    # 16 GPUs: 2·15 − 2·7 = 16 extra steps, 91.2 µs
+    sixteen = replace(eight, name="l40s-16", devices_per_node=16,
+                      tiers=(replace(eight.tiers[0], size=16),) + eight.tiers[1:])
+    lat16 = collective_cost(sixteen, "all_reduce", 16, 1, 8, algorithm="ring", protocol="Simple").latency_s
+    lat8 = collective_cost(eight, "all_reduce", 8, 1, 8, algorithm="ring", protocol="Simple").latency_s
+    assert lat16 - lat8 == pytest.approx(91.2 * US, rel=1e-9)
 
 
 def test_ring_broadcast_across_nodes_takes_one_network_step_per_hop():
@@ -664,3 +672,17 @@ def test_an_uncalibrated_pcie_servers_ring_runs_at_the_measured_ring_efficiency(
     cost = collective_cost(c, "all_reduce", n, 1, 2.0 ** 34)
     assert (cost.algorithm, cost.protocol) == ("ring", "Simple")
     assert cost.busbw_bytes_per_s == pytest.approx(link * eff, rel=2e-3)
+
+
+@pytest.mark.parametrize("name,link", [("dgx-h100", 450e9), ("rtx-pro-6000-server", None), ("mi300x", 448e9 / 7)])
+def test_a_send_recv_inside_a_node_streams_at_nccls_p2p_share_of_the_link(name, link):
+    """NCCL send/recv between two GPUs of a node reaches 0.765 of the link (vidur's profiled
+    send_recv: 64 MiB in 294 µs on DGX A100, 193 µs on DGX H100), times the protocol's share
+    (LL 1/3 single-node, LL128 0.92, Simple 1; tuning.cc). The link is the pair's: all 450 GB/s of
+    an H100's NVSwitch ports, one of the seven 64 GB/s Infinity Fabric links of an MI300X."""
+    from hwmodels.collectives import candidates
+    c = load_cluster(name)
+    link = link or c.tiers[0].bytes_per_s
+    bw = {ln.protocol: 1 / ln.s_per_byte for ln in candidates(c, "send_recv", 2, 1)}
+    share = {"LL": 1 / 3, "LL128": 0.92, "Simple": 1.0}
+    assert bw and all(bw[p] == pytest.approx(0.765 * share[p] * link, rel=1e-9) for p in bw)
