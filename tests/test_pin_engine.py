@@ -410,3 +410,81 @@ def test_kv_load_counts_what_a_partly_prefilled_prompt_still_needs():
     fake = SimpleNamespace(scheduler=SimpleNamespace(waiting=waiting),
                            kv=SimpleNamespace(used=10, num_blocks=100, block_size=16))
     assert Replica.kv_load(fake) == pytest.approx((10 + 1400 / 16) / 100, rel=1e-12)
+
+
+@pytest.mark.parametrize("dp", [1, 2])
+def test_every_preemption_is_on_the_timeline_at_the_pass_that_made_it(dp):
+    """vLLM preempts running requests (recompute) when the KV pool runs out (vllm/v1/core/sched/
+    scheduler.py); the report's preemptions-over-time counts each one at the moment of the pass
+    that preempted it: one timeline entry per preemption, plain replica or attention-DP ranks."""
+    from simulator.serving.engine import ServingPlan
+    if dp == 1:
+        model, cl = L8B, H100
+    else:
+        model, cl = load_model("qwen3-30b-a3b"), load_cluster("dgx-h200")
+    plan = ServingPlan((ReplicaGroup(cl, 1, 1, dp, 1, "both", dp),), engine="vllm", prefix_caching=False,
+                       kv_blocks=64)
+    w = _wl(num_requests=12, prompt_len=LengthDist.parse("300"), output_len=LengthDist.parse("200"),
+            rate=RateSchedule.parse("200"), seed=3)
+    sim = ServingSimulation(model, plan, w)
+    rep = sim.run()
+    n = sum(r.scheduler.preemptions for r in sim.replicas)
+    assert n >= 2 and rep.completed == 12
+    assert len(sim.recorder.preempt_times) == n
+    assert sorted(sim.recorder.preempt_times) == sim.recorder.preempt_times  # in simulated time
+
+
+def test_a_plan_names_dp_only_for_attention_dp_replicas():
+    from simulator.serving.engine import ServingPlan
+    h200 = load_cluster("dgx-h200")
+    plan = ServingPlan((ReplicaGroup(h200, 1, 1, 1, 1), ReplicaGroup(h200, 1, 1, 2, 1, "both", 2)))
+    one, two = plan.to_dict()["replicas"]
+    assert "dp" not in one and two["dp"] == 2
+
+
+def test_a_plain_replicas_frontend_load_follows_its_decode_run():
+    """As for attention DP: the API server's streaming load is the latest pass's output tokens/s ×
+    the per-token detokenise + stream time (frontend.py); one request (prompt 1000, 50 tokens on
+    Llama 3.1 8B, H100): the peak is the 49-token decode run over its length."""
+    plan = parse_serving_plan("tp=1", H100, frontend="measured")
+    w = _wl(prompt_len=LengthDist.parse("1000"), output_len=LengthDist.parse("50"), seed=1)
+    sim = ServingSimulation(L8B, plan, w)
+    sim.run()
+    (req,) = sim.requests
+    fe = sim.replicas[0].frontend
+    assert sim.replicas[0].iterations == 50
+    assert fe.max_load == pytest.approx(49 / (req.finish_s - req.first_token_s) * fe.costs.output_s_per_token,
+                                        rel=1e-9)
+
+
+def test_goodput_search_starts_at_the_workloads_first_rate():
+    """max_goodput_rate (DistServe §2.3) probes the workload's own (first) rate first, then doubles."""
+    from simulator.serving.engine import max_goodput_rate
+    w = _wl(num_requests=6, prompt_len=LengthDist.parse("128"), output_len=LengthDist.parse("4"),
+            rate=RateSchedule.parse("3:10,50"), seed=2)
+    out = max_goodput_rate(L8B, parse_serving_plan("tp=1", H100), w, target=0.0, iterations=0)
+    rates = [r for r, _ in out["probes"]]
+    assert rates[:3] == [3.0, 6.0, 12.0]
+
+
+@pytest.mark.parametrize("dp", [1, 2])
+def test_every_output_token_after_the_first_is_one_recorded_decode_slot(dp):
+    """Iteration-level scheduling (Orca, OSDI'22): each pass gives every running decoder one token,
+    and a run of decode passes simulated as one event gives each `steps` tokens. With requests
+    arriving during runs (cutting them) and no preemption, the decode slots the recorder counts
+    (decoders × steps over all passes) are exactly the tokens after each request's first."""
+    from simulator.serving.engine import ServingPlan
+    if dp == 1:
+        model, cl = L8B, H100
+    else:
+        model, cl = load_model("qwen3-30b-a3b"), load_cluster("dgx-h200")
+    plan = ServingPlan((ReplicaGroup(cl, 1, 1, dp, 1, "both", dp),), engine="sglang", prefix_caching=False)
+    w = _wl(num_requests=10, prompt_len=LengthDist.parse("uniform:100:400"),
+            output_len=LengthDist.parse("uniform:20:120"), rate=RateSchedule.parse("40"), seed=7)
+    sim = ServingSimulation(model, plan, w)
+    rep = sim.run()
+    assert rep.completed == 10 and sum(r.scheduler.preemptions for r in sim.replicas) == 0
+    rec = sim.recorder
+    slots = sum(d * s for d, s in zip(rec.it_dec[0], rec.it_steps[0]))
+    assert max(rec.it_steps[0]) > 1  # runs of several decode passes happened
+    assert slots == sum(r.output_len - 1 for r in sim.requests)
