@@ -288,3 +288,26 @@ def test_one_attention_dp_rank_with_whole_experts_costs_what_the_plain_replica_c
     c = IterationCost(load_model("deepseek-v3"), load_cluster("dgx-h200"), tp, ep=tp, dtype="fp8")
     for T in (16, 1000, 4096):
         assert c.dense_dp_s(T, T) == pytest.approx(c.dense_s(T), rel=1e-12)
+
+
+def test_four_pipeline_stages_pay_three_activation_sends_per_pass(h100):
+    """A pass crosses each of the pp − 1 stage boundaries once (Llama 3 70B, TP 2 × PP 4, 1024
+    tokens of 8192 bf16 values, send/recv between GPUs tp = 2 apart)."""
+    m = load_model("llama3-70b")
+    pp1, pp4 = IterationCost(m, h100, 2, 1), IterationCost(m, h100, 2, 4)
+    send = collective_s(h100, "send_recv", 2, 2, float(1024 * 8192 * 2))
+    assert pp4.dense_s(1024) == pytest.approx(pp1.dense_s(1024) + 3 * send, rel=1e-12)
+
+
+def test_one_busy_attention_dp_rank_pays_for_the_padded_ranks():
+    """An attention-DP replica (Qwen3-30B-A3B, 2 ranks of 1 H200, experts over both) with one
+    rank decoding 16 requests and the other idle: decode-only passes are padded to the busiest
+    rank (CUDA graphs; sglang DpPaddingMode.MAX_LEN), so the experts see 2 × 16 tokens. A lone
+    rank's linear layers (`dense_s`, as the replica's idle-prefill estimate uses them) cost the
+    same padded pass: the decode pass is dense_s + LM head + the rank's decode attention."""
+    ic = IterationCost(load_model("qwen3-30b-a3b"), load_cluster("dgx-h200"), 1, ep=2, dtype="fp8", dp=2)
+    dec = _batch(decodes=16, kv=16 * 1000)
+    full = ic.iteration_dp_s([dec, Batch()])
+    assert full == pytest.approx(ic.dense_s(16) + ic.lm_head_s(16) + ic.decode_attention_s(16, 16000), rel=1e-12)
+    assert ic.dense_s(16) == pytest.approx(ic.dense_dp_s(16, 32), rel=1e-12)
+    assert ic.dense_s(16) > ic.dense_dp_s(16, 16)

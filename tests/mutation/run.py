@@ -370,6 +370,15 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("hwmodels/collectives.py", "NumberReplacer", "algo = cands[0][0]",
      "_order_protocols with cands[-1] (the NVLS candidate for all-reduce on NVLS tiers, else the same "
      "algorithm): the shipped tables' all-reduce fits already keep the protocol order, bit-identical"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_LtE",
+     "return nvlink or kind in FULLY_CONNECTED_NON_NVLINK or tp == 2",
+     "custom_allreduce_eligible returns False for tp < 2 at its top: here tp >= 2, so <= 2 is == 2"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_GtE", ('if group == "tp" and op == "all_reduce":', 17),
+     "group is one of simulator/ops.py's literals \"tp\", \"cp\", \"ep\": only \"tp\" sorts >= \"tp\""),
+    ("simulator/serving/costs.py", "NumberReplacer",
+     ("self._decode_scale = (src.hbm_bytes_per_s or 1) / (dev.hbm_bytes_per_s or 1)", 86),
+     "the `or 1` after dev.hbm_bytes_per_s: kernel_model(dev) runs first in __init__ and raises "
+     "InputError for a device without HBM bandwidth, so it is always truthy here"),
 ]
 # Cache sizes: every mutant of an `lru_cache(maxsize=...)` argument that still yields an int (or
 # a negative one, which lru_cache treats as 0) changes how much is cached, never a result. `/`
