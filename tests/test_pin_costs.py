@@ -311,3 +311,15 @@ def test_one_busy_attention_dp_rank_pays_for_the_padded_ranks():
     assert full == pytest.approx(ic.dense_s(16) + ic.lm_head_s(16) + ic.decode_attention_s(16, 16000), rel=1e-12)
     assert ic.dense_s(16) == pytest.approx(ic.dense_dp_s(16, 32), rel=1e-12)
     assert ic.dense_s(16) > ic.dense_dp_s(16, 16)
+
+
+def test_an_attention_dp_replicas_stages_pay_one_activation_send_per_boundary():
+    """Attention DP with 2 pipeline stages (Qwen3-30B-A3B on H200, 2 ranks of tp 1): the busiest
+    rank's activations (t_max tokens × 2048 bf16 values) cross the one stage boundary once per
+    pass, a send/recv between two GPUs, whatever the experts receive."""
+    m, h200 = load_model("qwen3-30b-a3b"), load_cluster("dgx-h200")
+    pp1 = IterationCost(m, h200, 1, 1, ep=2, dtype="fp8", dp=2)
+    pp2 = IterationCost(m, h200, 1, 2, ep=2, dtype="fp8", dp=2)
+    send = collective_s(h200, "send_recv", 2, 1, float(700 * 2048 * 2))
+    assert send > 0
+    assert pp2.dense_dp_s(700, 1000) == pytest.approx(pp1.dense_dp_s(700, 1000) + send, rel=1e-12)

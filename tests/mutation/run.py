@@ -379,6 +379,8 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
      ("self._decode_scale = (src.hbm_bytes_per_s or 1) / (dev.hbm_bytes_per_s or 1)", 86),
      "the `or 1` after dev.hbm_bytes_per_s: kernel_model(dev) runs first in __init__ and raises "
      "InputError for a device without HBM bandwidth, so it is always truthy here"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_LtE", "return a if hi == lo else a + (b - a) *",
+     "_grid(x) gives lo <= hi (lm_head_s, _split_interp): hi <= lo holds exactly when hi == lo"),
 ]
 # Cache sizes: every mutant of an `lru_cache(maxsize=...)` argument that still yields an int (or
 # a negative one, which lru_cache treats as 0) changes how much is cached, never a result. `/`
