@@ -201,6 +201,9 @@ def test_nccl_buffers_per_communicator_as_measured_on_h100():
     assert comm("tp=2,dp=1", 2) == 342 * 2 ** 20
     assert comm("tp=1,dp=2", 2) == 342 * 2 ** 20
     assert comm("tp=2,dp=4", 8) == 342 * 2 ** 20 + 392 * 2 ** 20
+    # the pipeline's send/recv communicator between stages too
+    assert comm("pp=2,dp=1", 2) == 342 * 2 ** 20
+    assert comm("tp=2,pp=4,dp=1", 8) == 342 * 2 ** 20 + 392 * 2 ** 20
 
 
 def test_a_batch_of_plans_of_different_meshes_equals_each_plan_alone():
@@ -236,6 +239,13 @@ def test_a_shared_expert_keeps_a_gated_mlps_activations_for_every_token(dtype, g
     with_s = layer_activation_bytes(ds, TrainingJob(ds, s, 256, dtype=dtype), plan, True)
     without = layer_activation_bytes(no_shared, TrainingJob(no_shared, s, 256, dtype=dtype), plan, True)
     assert with_s - without == pytest.approx(s * (4 + gi) * 2048, rel=1e-12)
+    # DeepSeek-V2: 2 shared experts of 1536 act as one gated MLP of 2 × 1536 (DeepSeekMoE §3.2)
+    v2 = load_model("deepseek-v2")
+    v2_0 = with_overrides(v2, num_shared_experts=0)
+    assert v2.num_shared_experts == 2 and v2.moe_ffn_hidden_size == 1536
+    d = (layer_activation_bytes(v2, TrainingJob(v2, s, 256, dtype=dtype), plan, True)
+         - layer_activation_bytes(v2_0, TrainingJob(v2_0, s, 256, dtype=dtype), plan, True))
+    assert d == pytest.approx(s * (4 + gi) * 2 * 1536, rel=1e-12)
 
 
 def test_expert_tp_splits_the_mtp_models_experts_too():
