@@ -109,3 +109,85 @@ def test_overlapped_ddp_exposes_at_least_its_last_bucket_even_for_a_small_model(
     assert full < 1.0  # the regime the pin is about
     last = full * DDP_BUCKET_BYTES / grads
     assert est.breakdown_s["dp_comm"] >= last * 0.99
+
+
+def test_the_lm_head_runs_on_the_last_stage_and_the_embedding_on_the_first():
+    """Megatron-LM's pipeline puts the embedding on the first stage (pre_process) and the output
+    layer with the loss on the last (post_process). Llama 3 8B on 2 stages of 16 identical layers:
+    the last stage's forward is longer than the first's by the LM head (logits GEMM s·b × V × h
+    and the fp32 softmax cross-entropy, 3 passes of 4-byte logits) less the embedding gather
+    (2·s·b·h bf16 bytes). A stage's total is one micro-batch's forward plus backward (what the
+    ILP partitioner reads, planner/ilp.py)."""
+    from hwmodels.kernels import kernel_model
+    from simulator.analytic import step_costs
+    cl = load_cluster("dgx-h100", nodes=1)
+    model = load_model("llama3-8b")
+    job = TrainingJob(model, 2048, 64)
+    sc = step_costs(job, parse_plan("pp=2,dp=4,mb=1", cl.num_devices), cl)
+    first, last = sc.stages
+    assert [c.num_layers for c in first.chunks + last.chunks] == [16, 16]
+    km = kernel_model("h100-sxm", "bf16")
+    T, V, h = 2048, model.vocab_size, model.hidden_size
+    head = km.gemm_s(T, V, h) + km.memory_s(3 * 4 * T * V)
+    emb = km.memory_s(2 * T * h * 2)
+    assert last.mb_fwd_s - first.mb_fwd_s == pytest.approx(head - emb, rel=1e-9)
+    for st in sc.stages:
+        assert st.total_s == pytest.approx(st.mb_fwd_s + st.last_bwd_s, rel=1e-12)
+        assert st.last_bwd_s > st.mb_fwd_s > 0
+
+
+def test_mtp_depth_adds_its_block_projection_norms_embedding_and_the_head_again():
+    """DeepSeek-V3 §2.2, one MTP depth with the loss on the last stage: RMSNorm of the previous
+    depth's hidden state and of the next token's embedding (plus the head's norm: 3 passes over
+    s·h bf16 values), the shared embedding gathered again, the 2h → h projection M_k (forward
+    GEMM T × h × 2h; backward its input gradient and weight gradient), one MoE block like the
+    model's last, and the shared output head a second time."""
+    from dataclasses import replace
+
+    from hwmodels.kernels import kernel_model
+    from simulator.analytic import _kernel_terms
+    from simulator.memory import layer_terms_job
+    ds = load_model("deepseek-v3")
+    cl = load_cluster("dgx-h100", nodes=32)
+    job = TrainingJob(model=ds, seq_len=4096, global_batch=256, dtype="fp8")
+    k = _kernel_terms(layer_terms_job(job), cl, 1, 1, 8, False, 1, 0)
+    k0 = _kernel_terms(layer_terms_job(replace(job, model=replace(ds, mtp_layers=0))), cl, 1, 1, 8, False, 1, 0)
+    km = kernel_model("h100-sxm", "fp8")
+    T, h = 4096, ds.hidden_size
+    proj_f, proj_w = km.gemm_s(T, h, 2 * h), km.gemm_s(h, 2 * h, T)
+    norms, emb = km.memory_s(3 * 2 * T * h * 2), km.memory_s(2 * T * h * 2)
+    assert k["head_fwd"] - 2 * k0["head_fwd"] == pytest.approx(k0["fwd_moe"] + proj_f + norms + emb, rel=1e-9)
+    assert k["head_bwd"] - 2 * k0["head_bwd"] == pytest.approx(
+        k0["bwd_moe"] + proj_f + proj_w + 2 * norms + emb, rel=1e-9)
+    assert k["head_wgrad"] - 2 * k0["head_wgrad"] == pytest.approx(k0["wgrad_moe"] + proj_w, rel=1e-9)
+
+
+def test_without_zero_every_rank_steps_its_whole_dense_and_expert_parameters():
+    """Plain data parallelism (ZeRO stage 0, Rajbhandari et al. 2020 §3's baseline): every rank
+    keeps and updates the full optimizer state of what it holds, its dense parameters and its 1/ep
+    of the experts (Mixtral 8x7B, ep = 8 over 16 ranks), 28 bytes per parameter through HBM."""
+    from hwmodels.kernels import kernel_model
+    from simulator.analytic import ADAM_BYTES_PER_PARAM, _dp_terms
+    from simulator.memory import placement, stage_params
+    model, cl = load_model("mixtral-8x7b"), load_cluster("dgx-h100", nodes=2)
+    d = _dp_terms(model, cl, "bf16", "1f1b", 1, 1, 1, 8, 16, 1, 0, False, {})
+    dense, expert = stage_params(model, placement(model, "1f1b", 1, 1), 1, 8)
+    local = float(dense[0]) + float(expert[0])
+    assert d["optimizer"][0] == pytest.approx(kernel_model("h100-sxm", "bf16").memory_s(local * ADAM_BYTES_PER_PARAM),
+                                              rel=1e-9)
+
+
+def test_the_ilps_layer_time_is_the_unit_a_middle_stage_is_made_of():
+    """planner/ilp.py partitions layers by t_i = one layer's forward + backward with its exposed
+    comm (`layer_time_s`): a pipeline stage with neither the embedding nor the head (Llama 3 8B,
+    pp = 4: stages 1 and 2 hold 8 layers) costs 8 t_i per micro-batch, as the step engine says."""
+    from simulator.analytic import layer_time_s, step_costs
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 64)
+    plan = parse_plan("pp=4,dp=2,mb=1", cl.num_devices)
+    sc = step_costs(job, plan, cl)
+    t = layer_time_s(job, plan, cl, moe=False)
+    assert t > 0
+    for st in sc.stages[1:3]:
+        assert st.num_layers == 8
+        assert st.total_s == pytest.approx(8 * t, rel=1e-9)

@@ -282,3 +282,51 @@ def test_two_pipeline_stages_pay_one_activation_send_per_pass():
     # the same layers run either way (split over the stages); only the send is added
     assert two._dense_at(512) - one._dense_at(512) == pytest.approx(send, rel=1e-6)
     assert two.dense_dp_s(512, 512) - one.dense_dp_s(512, 512) == pytest.approx(send, rel=1e-6)
+
+
+@pytest.mark.parametrize("tp", [1, 8])
+def test_one_attention_dp_rank_with_whole_experts_costs_what_the_plain_replica_costs(tp):
+    """The attention-DP cost splits every layer into the routed experts' ops and the rest and
+    takes the experts at the tokens they receive (ceil(t_sum / (tp·dp)) per device, ops.py
+    _moe_block's distinct-token count). With one rank (dp = 1) holding all t_sum = T tokens and
+    whole experts on each device (tp = 1, or pure EP with tp = ep = 8), that is the plain
+    replica's pass (`dense_s`): DeepSeek-V3's 3 dense and 58 MoE layers, on and between grid
+    points; any expert or non-expert op lost or counted twice in the split shows here."""
+    c = IterationCost(load_model("deepseek-v3"), load_cluster("dgx-h200"), tp, ep=tp, dtype="fp8")
+    for T in (16, 1000, 4096):
+        assert c.dense_dp_s(T, T) == pytest.approx(c.dense_s(T), rel=1e-12)
+
+
+def test_four_pipeline_stages_pay_three_activation_sends_per_pass(h100):
+    """A pass crosses each of the pp − 1 stage boundaries once (Llama 3 70B, TP 2 × PP 4, 1024
+    tokens of 8192 bf16 values, send/recv between GPUs tp = 2 apart)."""
+    m = load_model("llama3-70b")
+    pp1, pp4 = IterationCost(m, h100, 2, 1), IterationCost(m, h100, 2, 4)
+    send = collective_s(h100, "send_recv", 2, 2, float(1024 * 8192 * 2))
+    assert pp4.dense_s(1024) == pytest.approx(pp1.dense_s(1024) + 3 * send, rel=1e-12)
+
+
+def test_one_busy_attention_dp_rank_pays_for_the_padded_ranks():
+    """An attention-DP replica (Qwen3-30B-A3B, 2 ranks of 1 H200, experts over both) with one
+    rank decoding 16 requests and the other idle: decode-only passes are padded to the busiest
+    rank (CUDA graphs; sglang DpPaddingMode.MAX_LEN), so the experts see 2 × 16 tokens. A lone
+    rank's linear layers (`dense_s`, as the replica's idle-prefill estimate uses them) cost the
+    same padded pass: the decode pass is dense_s + LM head + the rank's decode attention."""
+    ic = IterationCost(load_model("qwen3-30b-a3b"), load_cluster("dgx-h200"), 1, ep=2, dtype="fp8", dp=2)
+    dec = _batch(decodes=16, kv=16 * 1000)
+    full = ic.iteration_dp_s([dec, Batch()])
+    assert full == pytest.approx(ic.dense_s(16) + ic.lm_head_s(16) + ic.decode_attention_s(16, 16000), rel=1e-12)
+    assert ic.dense_s(16) == pytest.approx(ic.dense_dp_s(16, 32), rel=1e-12)
+    assert ic.dense_s(16) > ic.dense_dp_s(16, 16)
+
+
+def test_an_attention_dp_replicas_stages_pay_one_activation_send_per_boundary():
+    """Attention DP with 2 pipeline stages (Qwen3-30B-A3B on H200, 2 ranks of tp 1): the busiest
+    rank's activations (t_max tokens × 2048 bf16 values) cross the one stage boundary once per
+    pass, a send/recv between two GPUs, whatever the experts receive."""
+    m, h200 = load_model("qwen3-30b-a3b"), load_cluster("dgx-h200")
+    pp1 = IterationCost(m, h200, 1, 1, ep=2, dtype="fp8", dp=2)
+    pp2 = IterationCost(m, h200, 1, 2, ep=2, dtype="fp8", dp=2)
+    send = collective_s(h200, "send_recv", 2, 1, float(700 * 2048 * 2))
+    assert send > 0
+    assert pp2.dense_dp_s(700, 1000) == pytest.approx(pp1.dense_dp_s(700, 1000) + send, rel=1e-12)

@@ -348,3 +348,143 @@ def test_kv_between_replicas_of_one_node_stays_on_nvlink_whatever_their_offsets(
     assert sorted(r.offset for r in sim.replicas) == [0, 2, 4]
     nvlink = collective_s(H100, "send_recv", 2, 1, float(1024 * 128 * 1024 / 2))
     assert all(r.transfer_s == pytest.approx(nvlink, rel=1e-12) for r in sim.requests)
+
+
+def test_an_attention_dp_decode_run_costs_its_first_and_last_pass_and_feeds_the_frontend():
+    """Attention DP (2 ranks, Qwen3-30B-A3B on H200, one request: prompt 1000, 50 output tokens):
+    the 49 decode passes run as one event whose length is the trapezoid of the synchronised pass
+    (IterationCost.iteration_dp_s, the idle rank joining with a dummy batch) at the first decode's
+    KV (1001 tokens) and at the last's (1049): the durations grow linearly with the cached tokens
+    between them. The API server's streaming load follows the replica's latest pass (frontend.py:
+    output tokens/s × per-token detokenise + stream time, Kleinrock processor sharing); its peak
+    is the decode run's 49 tokens over the run's length (faster than the 1-token prefill pass)."""
+    from simulator.serving.engine import DPReplica, ServingPlan
+    from simulator.serving.scheduler import Batch
+    h200 = load_cluster("dgx-h200")
+    plan = ServingPlan((ReplicaGroup(h200, 1, 1, 2, 1, "both", 2),), engine="sglang", dtype="fp8",
+                       prefix_caching=False, frontend="measured")
+    w = _wl(prompt_len=LengthDist.parse("1000"), output_len=LengthDist.parse("50"), seed=1)
+    sim = ServingSimulation(load_model("qwen3-30b-a3b"), plan, w)
+    sim.run()
+    (req,) = sim.requests
+    rep = sim.replicas[0]
+    assert isinstance(rep, DPReplica) and rep.iterations == 50
+
+    def dec(kv):
+        b = Batch()
+        b.num_decode, b.decode_kv_tokens, b.samples = 1, kv, 1
+        return rep.costs.iteration_dp_s([b, Batch()])  # SGLang round robin: rank 0 has it
+    first, last = dec(1001), dec(1049)
+    assert last > first
+    run = req.finish_s - req.first_token_s
+    assert run == pytest.approx(49 * (first + last) / 2, rel=1e-9)
+    fe = rep.frontend
+    per_token = fe.costs.output_s_per_token
+    assert fe.max_load == pytest.approx(49 / run * per_token, rel=1e-9)
+    assert fe.max_load > (req.first_token_s - req.arrival_s) ** -1 * per_token
+    assert fe.load == 0.0  # idle after the last pass
+
+
+def test_vllm_dp_router_counts_deferred_requests_as_waiting():
+    """vLLM's DPLBAsyncMPClient scores each engine core by waiting·4 + running
+    (vllm/v1/engine/core_client.py get_core_engine_for_request). A request added while a pass is
+    in flight (async scheduling, vllm/v1/core/sched/async_scheduler.py) is queued in the engine
+    core, not running, so it weighs as a waiting one: 4·(1 + 1) + 0 = 8 against 0 + 5 = 5."""
+    from types import SimpleNamespace
+
+    from simulator.serving.engine import DPRankRouter
+    r = DPRankRouter("vllm", 2)
+    ranks = [SimpleNamespace(waiting=[1], deferred=[(0, 2)], running=[]),
+             SimpleNamespace(waiting=[], deferred=[], running=[3, 4, 5, 6, 7])]
+    assert r.pick(ranks) == 1
+    ranks[1].running.extend([8, 9, 10, 11])  # 9 > 8: now the first rank is the lighter
+    assert r.pick(ranks) == 0
+
+
+def test_kv_load_counts_what_a_partly_prefilled_prompt_still_needs():
+    """The KV-aware router's load of a replica: blocks in use plus the blocks the queued prompts
+    still need, their tokens not yet computed (a chunked prompt preempted or partly prefilled has
+    computed > 0): (10 + (1000 - 200 + 600) / 16) / 100."""
+    from types import SimpleNamespace
+    waiting = [SimpleNamespace(target=1000, computed=200), SimpleNamespace(target=600, computed=0)]
+    fake = SimpleNamespace(scheduler=SimpleNamespace(waiting=waiting),
+                           kv=SimpleNamespace(used=10, num_blocks=100, block_size=16))
+    assert Replica.kv_load(fake) == pytest.approx((10 + 1400 / 16) / 100, rel=1e-12)
+
+
+@pytest.mark.parametrize("dp", [1, 2])
+def test_every_preemption_is_on_the_timeline_at_the_pass_that_made_it(dp):
+    """vLLM preempts running requests (recompute) when the KV pool runs out (vllm/v1/core/sched/
+    scheduler.py); the report's preemptions-over-time counts each one at the moment of the pass
+    that preempted it: one timeline entry per preemption, plain replica or attention-DP ranks."""
+    from simulator.serving.engine import ServingPlan
+    if dp == 1:
+        model, cl = L8B, H100
+    else:
+        model, cl = load_model("qwen3-30b-a3b"), load_cluster("dgx-h200")
+    plan = ServingPlan((ReplicaGroup(cl, 1, 1, dp, 1, "both", dp),), engine="vllm", prefix_caching=False,
+                       kv_blocks=64)
+    w = _wl(num_requests=12, prompt_len=LengthDist.parse("300"), output_len=LengthDist.parse("200"),
+            rate=RateSchedule.parse("200"), seed=3)
+    sim = ServingSimulation(model, plan, w)
+    rep = sim.run()
+    n = sum(r.scheduler.preemptions for r in sim.replicas)
+    assert n >= 2 and rep.completed == 12
+    assert len(sim.recorder.preempt_times) == n
+    assert sorted(sim.recorder.preempt_times) == sim.recorder.preempt_times  # in simulated time
+
+
+def test_a_plan_names_dp_only_for_attention_dp_replicas():
+    from simulator.serving.engine import ServingPlan
+    h200 = load_cluster("dgx-h200")
+    plan = ServingPlan((ReplicaGroup(h200, 1, 1, 1, 1), ReplicaGroup(h200, 1, 1, 2, 1, "both", 2)))
+    one, two = plan.to_dict()["replicas"]
+    assert "dp" not in one and two["dp"] == 2
+
+
+def test_a_plain_replicas_frontend_load_follows_its_decode_run():
+    """As for attention DP: the API server's streaming load is the latest pass's output tokens/s ×
+    the per-token detokenise + stream time (frontend.py); one request (prompt 1000, 50 tokens on
+    Llama 3.1 8B, H100): the peak is the 49-token decode run over its length."""
+    plan = parse_serving_plan("tp=1", H100, frontend="measured")
+    w = _wl(prompt_len=LengthDist.parse("1000"), output_len=LengthDist.parse("50"), seed=1)
+    sim = ServingSimulation(L8B, plan, w)
+    sim.run()
+    (req,) = sim.requests
+    fe = sim.replicas[0].frontend
+    assert sim.replicas[0].iterations == 50
+    assert fe.max_load == pytest.approx(49 / (req.finish_s - req.first_token_s) * fe.costs.output_s_per_token,
+                                        rel=1e-9)
+
+
+def test_goodput_search_starts_at_the_workloads_first_rate():
+    """max_goodput_rate (DistServe §2.3) probes the workload's own (first) rate first, then doubles."""
+    from simulator.serving.engine import max_goodput_rate
+    w = _wl(num_requests=6, prompt_len=LengthDist.parse("128"), output_len=LengthDist.parse("4"),
+            rate=RateSchedule.parse("3:10,50"), seed=2)
+    out = max_goodput_rate(L8B, parse_serving_plan("tp=1", H100), w, target=0.0, iterations=0)
+    rates = [r for r, _ in out["probes"]]
+    assert rates[:3] == [3.0, 6.0, 12.0]
+
+
+@pytest.mark.parametrize("dp", [1, 2])
+def test_every_output_token_after_the_first_is_one_recorded_decode_slot(dp):
+    """Iteration-level scheduling (Orca, OSDI'22): each pass gives every running decoder one token,
+    and a run of decode passes simulated as one event gives each `steps` tokens. With requests
+    arriving during runs (cutting them) and no preemption, the decode slots the recorder counts
+    (decoders × steps over all passes) are exactly the tokens after each request's first."""
+    from simulator.serving.engine import ServingPlan
+    if dp == 1:
+        model, cl = L8B, H100
+    else:
+        model, cl = load_model("qwen3-30b-a3b"), load_cluster("dgx-h200")
+    plan = ServingPlan((ReplicaGroup(cl, 1, 1, dp, 1, "both", dp),), engine="sglang", prefix_caching=False)
+    w = _wl(num_requests=10, prompt_len=LengthDist.parse("uniform:100:400"),
+            output_len=LengthDist.parse("uniform:20:120"), rate=RateSchedule.parse("40"), seed=7)
+    sim = ServingSimulation(model, plan, w)
+    rep = sim.run()
+    assert rep.completed == 10 and sum(r.scheduler.preemptions for r in sim.replicas) == 0
+    rec = sim.recorder
+    slots = sum(d * s for d, s in zip(rec.it_dec[0], rec.it_steps[0]))
+    assert max(rec.it_steps[0]) > 1  # runs of several decode passes happened
+    assert slots == sum(r.output_len - 1 for r in sim.requests)

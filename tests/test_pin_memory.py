@@ -162,3 +162,100 @@ def test_te_fp8_keeps_each_linear_input_quantised_for_wgrad():
     assert bf16 - fp4 == pytest.approx(linear_inputs * (2 - 0.5625))
     torchao = layer_activation_bytes(m, replace(job16, dtype="fp8", fp8_dynamic_casts=True), plan, False)
     assert torchao == pytest.approx(bf16)
+
+
+def test_mtp_activations_sit_on_the_last_stage_only():
+    """DeepSeek-V3 §2.2 with the loss on the last pipeline stage (Megatron-Core --mtp-num-layers):
+    per MTP depth the last stage keeps one more set of fp32 logits (4·T·V bytes) and, for each
+    micro-batch in flight (1 on 1F1B's last stage), one block's activations plus the projection's
+    2h-wide bf16 input (2·T·2h bytes); the first stage keeps exactly what it keeps without MTP.
+    A small DeepSeek-V3-shaped config (4 layers, 2 MTP depths) on pp = 2, 2 micro-batches."""
+    from dataclasses import replace
+
+    from simulator.memory import layer_activation_bytes
+    from simulator.models import from_hf_config
+    cfg = {"model_type": "deepseek_v3", "num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4,
+           "intermediate_size": 512, "vocab_size": 1000, "num_nextn_predict_layers": 2}
+    m = from_hf_config(cfg)
+    m0 = replace(m, mtp_layers=0)
+    assert m.mtp_layers == 2 and not m.mtp_is_moe
+    T = 512
+    job, job0 = TrainingJob(m, T, 4), TrainingJob(m0, T, 4)
+    plan = parse_plan("pp=2,dp=1,mb=1", 2)
+    first = [stage_memory(x, j, plan, 0)["activations_bytes"] for x, j in ((m, job), (m0, job0))]
+    assert first[0] == first[1]
+    last = stage_memory(m, job, plan, 1)["activations_bytes"] - stage_memory(m0, job0, plan, 1)["activations_bytes"]
+    block = layer_activation_bytes(m, job, plan, False)
+    assert last == pytest.approx(2 * (4 * T * 1000 + block + 2 * T * 2 * 256), rel=1e-12)
+
+
+def test_nccl_buffers_per_communicator_as_measured_on_h100():
+    """aiconfigurator-core 0.12.0 systems/h100_sxm.yaml misc.nccl_mem: 342 MiB for a 2-GPU
+    communicator, 392 MiB for 4 or 8; a group of one rank has no communicator."""
+    model = load_model("llama3-8b")
+    job = TrainingJob(model, 2048, 64)
+
+    def comm(text, n):
+        return stage_memory(model, job, parse_plan(text, n), 0)["comm_buffers_bytes"]
+    assert comm("tp=1,dp=1", 1) == 0
+    assert comm("tp=2,dp=1", 2) == 342 * 2 ** 20
+    assert comm("tp=1,dp=2", 2) == 342 * 2 ** 20
+    assert comm("tp=2,dp=4", 8) == 342 * 2 ** 20 + 392 * 2 ** 20
+    # the pipeline's send/recv communicator between stages too
+    assert comm("pp=2,dp=1", 2) == 342 * 2 ** 20
+    assert comm("tp=2,pp=4,dp=1", 8) == 342 * 2 ** 20 + 392 * 2 ** 20
+
+
+def test_a_batch_of_plans_of_different_meshes_equals_each_plan_alone():
+    """The planner scores arrays of candidate plans (planner/search.py): one memory evaluation per
+    mesh shape, scattered back; each plan's stages equal its own evaluation and the stages beyond
+    its pp stay 0 (so a maximum over stages is the plan's own)."""
+    from simulator.memory import MEMORY_PARTS, memory_parts
+    from simulator.training import PlanBatch
+    model = load_model("llama3-8b")
+    job = TrainingJob(model, 2048, 64)
+    plans = [parse_plan(t, 8) for t in ("tp=8", "pp=2,tp=4", "pp=4,tp=2", "tp=2,dp=4,zero=1")]
+    many = memory_parts(job, PlanBatch.of(plans))
+    for i, plan in enumerate(plans):
+        one = memory_parts(job, PlanBatch.of([plan]))
+        for k in MEMORY_PARTS:
+            row = getattr(many, k)[i]
+            assert list(row[:plan.pp]) == list(getattr(one, k)[0]), (k, i)
+            assert all(x == 0 for x in row[plan.pp:]), (k, i)
+        assert many.peak_bytes[i, 0] > 0
+
+
+@pytest.mark.parametrize("dtype,gi", [("bf16", 2), ("fp8", 1)])
+def test_a_shared_expert_keeps_a_gated_mlps_activations_for_every_token(dtype, gi):
+    """DeepSeek-V3's shared expert (DeepSeekMoE, arXiv 2401.06066 §3.2) runs on every token like a
+    gated MLP of width 2048: per token its gate and up outputs (2·2·f bytes, bf16) and the
+    activation output that feeds fc2, kept in the linear layer's saved-input format (Transformer
+    Engine: 1 byte in FP8, 2 in bf16): (4 + gi)·f per token, tp = 1."""
+    from simulator.memory import layer_activation_bytes
+    ds = load_model("deepseek-v3")
+    no_shared = with_overrides(ds, num_shared_experts=0)
+    plan = parse_plan("ep=8", 8)
+    s = 4096
+    with_s = layer_activation_bytes(ds, TrainingJob(ds, s, 256, dtype=dtype), plan, True)
+    without = layer_activation_bytes(no_shared, TrainingJob(no_shared, s, 256, dtype=dtype), plan, True)
+    assert with_s - without == pytest.approx(s * (4 + gi) * 2048, rel=1e-12)
+    # DeepSeek-V2: 2 shared experts of 1536 act as one gated MLP of 2 × 1536 (DeepSeekMoE §3.2)
+    v2 = load_model("deepseek-v2")
+    v2_0 = with_overrides(v2, num_shared_experts=0)
+    assert v2.num_shared_experts == 2 and v2.moe_ffn_hidden_size == 1536
+    d = (layer_activation_bytes(v2, TrainingJob(v2, s, 256, dtype=dtype), plan, True)
+         - layer_activation_bytes(v2_0, TrainingJob(v2_0, s, 256, dtype=dtype), plan, True))
+    assert d == pytest.approx(s * (4 + gi) * 2 * 1536, rel=1e-12)
+
+
+def test_expert_tp_splits_the_mtp_models_experts_too():
+    """Expert tensor parallelism splits every expert over etp ranks, the main model's and the MTP
+    block's (DeepSeek-V3, 58 MoE layers + 1 MTP MoE block, ep = 8): etp = 2 halves a rank's
+    expert parameters."""
+    from simulator.memory import placement, stage_params
+    ds = load_model("deepseek-v3")
+    pl = placement(ds, "1f1b", 1, 1)
+    _, e1 = stage_params(ds, pl, 2, 8, 1)
+    _, e2 = stage_params(ds, pl, 2, 8, 2)
+    assert float(e1[0]) == pytest.approx((58 + 1) * 256 / 8 * ds.expert_params(), rel=1e-12)
+    assert float(e2[0]) == pytest.approx(float(e1[0]) / 2, rel=1e-12)

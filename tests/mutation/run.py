@@ -299,6 +299,88 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
        "a waiting prompt has computed == 0 (preemption resets it; KV-arrived requests are "
        "admitted above): >= 0 / <= 0 agree with == 0")
       for op in ("ReplaceComparisonOperator_Eq_GtE", "ReplaceComparisonOperator_Eq_LtE")],
+    ("simulator/serving/engine.py", "ReplaceComparisonOperator_Eq_LtE",
+     'if k == "chunk" and v.lower() in ("off", "none", "false"):',
+     "k is one of PLAN_KEYS here (checked just above) and none sorts below \"chunk\" (tp, pp, ep, "
+     "replicas, max_*, prefill_*, decode_*): k <= \"chunk\" only for k == \"chunk\""),
+    ("simulator/serving/engine.py", "ReplaceComparisonOperator_Lt_LtE",
+     "if not same_node and cluster.num_nodes < 2:",
+     "at num_nodes == 2 the mutant's with_nodes(2) returns an equal Cluster (its last tier's size is "
+     "num_nodes: clusters._parse_tiers and with_nodes both set it), so the transfer costs the same"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_Gt_NotEq", "if self.dp > 1:  # one rank's batch, the others padded to it",
+     "dp >= 1 (IterationCost.__init__ raises InputError for dp < 1): != 1 is > 1"),
+    ("simulator/serving/costs.py", "NumberReplacer", "KV read at {self.km.mem_bytes_per_s / 1e12:.2f} TB/s",
+     "1e12 ± 1 in a note printed with 2 decimals: a 1e-12 relative change, which alters the text of "
+     "none of the 73 catalogue device/dtype kernel models (checked: all print the same digits)"),
+    ("simulator/serving/costs.py", "NumberReplacer", "rows = max((b.samples for b in batches), default=0)",
+     "the default is read only for an empty list, which no caller passes (DPReplica.run hands "
+     "iteration_dp_s one batch per rank, dp >= 2; nothing else calls it): default 1 or -1 alike"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_Is", 'if group == "tp" and op == "all_reduce":',
+     "group and op are always literals of simulator/ops.py's _comm calls (\"tp\", \"cp\", \"ep\"; "
+     "\"all_reduce\", \"all_gather\", ...): CPython interns identifier-like string constants, so `is` == `==`"),
+    ("simulator/analytic.py", "ReplaceComparisonOperator_Gt_GtE", 370,
+     "the bubble's `if p > 1` (the line before `for s in np.unique(b.schedule)`; the p2p one further "
+     "down is not equivalent): at p = 1 every schedule's bubble_s has the factor p - 1 = 0 "
+     "(1f1b, interleaved, zb-h1/h2, zb-v), and dualpipe, whose factor is p // 2 - 1, is refused "
+     "below pp = 2 (schedules.DualPipe: an even pp >= 2), so the bubble stays 0"),
+    *[("hwmodels/collectives.py", op,
+       "u = math.exp((1 - w) * math.log(a.u) + w * math.log(b.u)) if a.u > 0 and b.u > 0 else max(a.u, b.u)",
+       "_fits_at reads only per-size (PCIe) calibrations, whose lines calibrate() keeps only when "
+       "x[1] > 0 (`np.sum(x[1:]) <= 0` skips the rest), so u = x[1]·ref > 0: `> 0`, `>= 0`, `!= 0` "
+       "and `is not 0` are all True")
+      for op in ("ReplaceComparisonOperator_Gt_NotEq", "ReplaceComparisonOperator_Gt_GtE",
+                 "ReplaceComparisonOperator_Gt_IsNot")],
+    ("hwmodels/collectives.py", "NumberReplacer", "eff = BUS_EFFICIENCY.get(tier.kind, 0.8)",
+     "BUS_EFFICIENCY has an entry for every one of clusters.TIER_KINDS, and _parse_tiers refuses "
+     "any other kind: the default is never read"),
+    ("hwmodels/collectives.py", "ReplaceComparisonOperator_Gt_NotEq",
+     "intra = _intra(cluster, op, n, k, pl.intra_tier, pl.intra_fraction) if k > 1 else None",
+     "k = the group's members per node it spans, >= 1 for any group: != 1 is > 1"),
+    *[("hwmodels/collectives.py", "NumberReplacer", (line, col),
+       "HW_LATENCY's NVLink and PCI tree latencies (NCCL's table, transcribed whole): only "
+       "HW_LATENCY[link][\"ring\"] is read for NVLink/PCI (_default_fits, _fits_at); trees are "
+       "costed from HW_LATENCY[\"net\"] (_net_step) and the intra-node chain from the ring fit")
+      for line, cols in (('"nvlink": {"ring": {"LL": 0.6, "LL128": 1.9, "Simple": 3.4}, "tree":', (80, 94, 110)),
+                         ('"pci": {"ring": {"LL": 1.0, "LL128": 2.5, "Simple": 5.7}, "tree":', (77, 91, 106)))
+      for col in cols],
+    ("hwmodels/collectives.py", "ReplaceBinaryOperator_Div_Pow",
+     "w = (math.log2(n) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))",
+     "_fits_at interpolates only per-size (PCIe) calibrations; the one PCIe table shipped "
+     "(rtx_pro_6000_server) measures 2, 4 and 8 GPUs, so neighbours are one octave apart, the "
+     "denominator is 1 and x / 1 == x ** 1"),
+    # NCCL-fit internals whose mutants give bit-identical calibrations: calibrate() runs only on
+    # the NCCL tables of the pinned aiconfigurator-core 0.12.0 (profiles.load_nccl_table); each
+    # was checked by fitting all 8 catalogue calibrations with the mutant (repr of every ProtoFit
+    # equal). They are equivalent for that data, not for any table: re-check on a data upgrade.
+    ("hwmodels/collectives.py", "ReplaceBinaryOperator_Mul_Mod", "free = ~passive & (grad > 1e-12 * max(1.0,",
+     "NNLS free-variable tolerance 1e-12·max(1, |Atb|) vs 1e-12: same fits on every shipped table"),
+    ("hwmodels/collectives.py", "ReplaceBinaryOperator_Mul_BitOr", "for _ in range(3 * m):",
+     "NNLS outer-iteration cap 3m vs 3|m (3 or 7 for m = 2 or 4 columns): every shipped table's fits "
+     "converge within the smaller cap, bit-identical"),
+    ("hwmodels/collectives.py", "ReplaceBinaryOperator_Mul_Mod", "x = x + alpha * (z - x)",
+     "NNLS interpolation step toward the feasible point: every shipped table's fits are reached "
+     "without this backtracking step mattering, bit-identical"),
+    ("hwmodels/collectives.py", "NumberReplacer", ("cols = slice(2, 4) if with_steps else slice(1, 2)", 28),
+     "the end of the copied per-byte columns: slice(2, 5) of a 4-parameter fit is slice(2, 4); "
+     "slice(2, 3) (u without v) gives bit-identical fits on every shipped table"),
+    ("hwmodels/collectives.py", "ExceptionReplacer", "except np.linalg.LinAlgError:",
+     "the lstsq fallback of _nnls: np.linalg.solve never raises on the normal equations of any "
+     "shipped table (the mutant, which would let a LinAlgError escape, fits all 8 catalogue "
+     "calibrations, and every pin over them passes)"),
+    ("hwmodels/collectives.py", "NumberReplacer", "algo = cands[0][0]",
+     "_order_protocols with cands[-1] (the NVLS candidate for all-reduce on NVLS tiers, else the same "
+     "algorithm): the shipped tables' all-reduce fits already keep the protocol order, bit-identical"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_LtE",
+     "return nvlink or kind in FULLY_CONNECTED_NON_NVLINK or tp == 2",
+     "custom_allreduce_eligible returns False for tp < 2 at its top: here tp >= 2, so <= 2 is == 2"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_GtE", ('if group == "tp" and op == "all_reduce":', 17),
+     "group is one of simulator/ops.py's literals \"tp\", \"cp\", \"ep\": only \"tp\" sorts >= \"tp\""),
+    ("simulator/serving/costs.py", "NumberReplacer",
+     ("self._decode_scale = (src.hbm_bytes_per_s or 1) / (dev.hbm_bytes_per_s or 1)", 86),
+     "the `or 1` after dev.hbm_bytes_per_s: kernel_model(dev) runs first in __init__ and raises "
+     "InputError for a device without HBM bandwidth, so it is always truthy here"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_LtE", "return a if hi == lo else a + (b - a) *",
+     "_grid(x) gives lo <= hi (lm_head_s, _split_interp): hi <= lo holds exactly when hi == lo"),
 ]
 # Cache sizes: every mutant of an `lru_cache(maxsize=...)` argument that still yields an int (or
 # a negative one, which lru_cache treats as 0) changes how much is cached, never a result. `/`
