@@ -318,7 +318,7 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_Is", 'if group == "tp" and op == "all_reduce":',
      "group and op are always literals of simulator/ops.py's _comm calls (\"tp\", \"cp\", \"ep\"; "
      "\"all_reduce\", \"all_gather\", ...): CPython interns identifier-like string constants, so `is` == `==`"),
-    ("simulator/analytic.py", "ReplaceComparisonOperator_Gt_GtE", 370,
+    ("simulator/analytic.py", "ReplaceComparisonOperator_Gt_GtE", 463,
      "the bubble's `if p > 1` (the line before `for s in np.unique(b.schedule)`; the p2p one further "
      "down is not equivalent): at p = 1 every schedule's bubble_s has the factor p - 1 = 0 "
      "(1f1b, interleaved, zb-h1/h2, zb-v), and dualpipe, whose factor is p // 2 - 1, is refused "
