@@ -191,3 +191,19 @@ def test_the_ilps_layer_time_is_the_unit_a_middle_stage_is_made_of():
     for st in sc.stages[1:3]:
         assert st.num_layers == 8
         assert st.total_s == pytest.approx(8 * t, rel=1e-9)
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_hardware_flops_exceed_model_flops_only_by_the_recomputation(recompute):
+    """Korthikanti et al. 2022 §5: MFU counts the model's FLOPs (forward + backward = 3 forward
+    passes per layer, plus the head), HFU every FLOP executed, recomputation included. Without
+    recomputation they are the same; full recomputation adds one forward of every layer
+    (Llama 3 8B, 4k tokens, 8 H100s): HFU/MFU = (4·layers + head) / (3·layers + head), in (1, 4/3)."""
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 4096, 64)
+    est = estimate(job, parse_plan(f"tp=2,dp=4,recompute={recompute}", cl.num_devices), cl)
+    assert est.mfu > 0.1
+    if recompute == "none":
+        assert est.hfu == pytest.approx(est.mfu, rel=1e-12)
+    else:
+        assert 1.2 < est.hfu / est.mfu < 4 / 3

@@ -330,3 +330,14 @@ def test_an_attention_dp_replicas_stages_pay_one_activation_send_per_boundary():
     send = collective_s(h200, "send_recv", 2, 1, float(700 * 2048 * 2))
     assert send > 0
     assert pp2.dense_dp_s(700, 1000) == pytest.approx(pp1.dense_dp_s(700, 1000) + send, rel=1e-12)
+
+
+def test_a_one_token_attention_dp_pass_still_reads_every_weight():
+    """Decode at a batch of one is weight-read bound (every linear layer streams its weights
+    whatever the rows): an attention-DP pass with one decoding request (Qwen3-30B-A3B, 2 ranks)
+    costs more than half what one with two does (the two reach more of the 128 experts, top-8
+    each), not nothing."""
+    ic = IterationCost(load_model("qwen3-30b-a3b"), load_cluster("dgx-h200"), 1, ep=2, dtype="fp8", dp=2)
+    assert ic.dense_dp_s(2, 4) > ic.dense_dp_s(1, 2) > 0.5 * ic.dense_dp_s(2, 4)
+    one = ic.iteration_dp_s([_batch(decodes=1, kv=1000), Batch()])
+    assert one == pytest.approx(ic.dense_dp_s(1, 2) + ic.lm_head_s(1) + ic.decode_attention_s(1, 1000), rel=1e-12)
