@@ -488,3 +488,19 @@ def test_every_output_token_after_the_first_is_one_recorded_decode_slot(dp):
     slots = sum(d * s for d, s in zip(rec.it_dec[0], rec.it_steps[0]))
     assert max(rec.it_steps[0]) > 1  # runs of several decode passes happened
     assert slots == sum(r.output_len - 1 for r in sim.requests)
+
+
+def test_steps_within_counts_an_iteration_ending_at_the_elapsed_time():
+    """A run's completed iterations (durations d0, d0 + slope, ...) include one ending exactly at
+    `elapsed`: the closed-form root may land one short of it in floating point and is settled
+    upward too (found by mutation testing: 241 returned where 242 iterations fit)."""
+    from simulator.serving.engine import Replica
+    d0, slope = 0.014302060167127723, 7.092958742237735e-05
+    n = Replica._steps_within(5.529476259268854, d0, slope, 400)
+    ends = lambda j: j * d0 + slope * j * (j - 1) / 2  # noqa: E731
+    assert ends(n) <= 5.529476259268854 + 1e-12 < ends(n + 1)
+    import random
+    rng = random.Random(7)
+    for _ in range(2000):
+        d0, slope, j = rng.uniform(1e-3, 0.05), rng.uniform(0, 1e-3), rng.randint(1, 500)
+        assert Replica._steps_within(ends(j), d0, slope, 1000) == j

@@ -332,8 +332,14 @@ class Replica:
             a, b = slope / 2, d0 - slope / 2
             j = int((-b + math.sqrt(b * b + 4 * a * elapsed)) / (2 * a))
         j = max(0, min(j, cap))
-        while j > 0 and j * d0 + slope * j * (j - 1) / 2 > elapsed + 1e-12:
+
+        def ends(n: int) -> float:  # when the n-th iteration ends
+            return n * d0 + slope * n * (n - 1) / 2
+        # the float root can land one off either way of an iteration's end: settle it both ways
+        while j > 0 and ends(j) > elapsed + 1e-12:
             j -= 1
+        while j < cap and ends(j + 1) <= elapsed + 1e-12:
+            j += 1
         return j
 
     # ---- scheduler callbacks ---------------------------------------------------------------------
