@@ -259,3 +259,16 @@ def test_expert_tp_splits_the_mtp_models_experts_too():
     _, e2 = stage_params(ds, pl, 2, 8, 2)
     assert float(e1[0]) == pytest.approx((58 + 1) * 256 / 8 * ds.expert_params(), rel=1e-12)
     assert float(e2[0]) == pytest.approx(float(e1[0]) / 2, rel=1e-12)
+
+
+def test_tied_embeddings_give_the_last_stage_its_own_copy():
+    """GPT-3 ties the LM head to the input embedding (Megatron shares them across stages: with
+    pp > 1 the last stage keeps its own copy of the vocab×h matrix, kept in sync by an all-reduce
+    of its gradient, megatron/core/models/common/language_module.py)."""
+    from simulator.memory import placement, stage_params
+    m = load_model("gpt3-175b")
+    assert m.tie_embeddings
+    dense, _ = stage_params(m, placement(m, "1f1b", 2, 1), 8, 1)
+    layers = m.layer_params(0) * (m.num_layers // 2) / 8
+    assert dense[1] - layers == pytest.approx((m.head_params() + m.vocab_size * m.hidden_size) / 8, rel=1e-9)
+    assert dense[0] - layers == pytest.approx(m.embedding_params() / 8, rel=1e-9)

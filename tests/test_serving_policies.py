@@ -467,3 +467,11 @@ def test_cli_engine_policy_flags(capsys):
     code = main(base + ["--engine", "vllm", "--capacity-scheduler", "max_utilization"])
     out, err = capsys.readouterr()
     assert code == 2 and err.count("\n") == 1 and "does not apply to vllm" in err
+
+
+@pytest.mark.parametrize("ratio", ["0", "1", "1.0", "0.9"])
+def test_batch_wait_ratio_takes_the_whole_closed_range(ratio):
+    """TensorRT-LLM's batch_wait_max_tokens_ratio is a fraction of max_num_tokens in [0, 1]: both
+    ends are valid settings (0 waits for nothing, 1 waits for a full budget)."""
+    cfg = engine_config("trtllm", H100, 1, batch_wait_timeout_iters=5, batch_wait_max_tokens_ratio=ratio)
+    assert cfg is not None
