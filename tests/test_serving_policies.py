@@ -46,6 +46,18 @@ def _ids(batch):
     return [req.id for req, _, _ in batch.prefills]
 
 
+def _first_passes(s, t: float, passes) -> dict:
+    """Run one-second passes numbered `passes` from time `t`: each request's first pass."""
+    seen = {}
+    for n in passes:
+        b = s.schedule(t)
+        for rid in _ids(b):
+            seen.setdefault(rid, n)
+        t += 1.0
+        s.complete(b, t)
+    return seen
+
+
 # ---- extra step: vLLM async scheduling / TRT-LLM and SGLang overlap scheduler ---------------------
 @pytest.mark.parametrize("extra", [True, False])
 def test_a_request_arriving_during_a_pass_waits_one_more_pass_with_async_scheduling(extra):
@@ -135,14 +147,7 @@ def test_a_closed_loop_answer_misses_the_pass_the_engine_loop_already_decided(ex
     s, answers = _answering_sched(extra)
     s.add(Request(0, 0.0, 8, 2))
     s.add(Request(1, 0.0, 8, 6))
-    seen = {}
-    t = 0.0
-    for n in range(1, 7):
-        b = s.schedule(t)
-        for rid in _ids(b):
-            seen.setdefault(rid, n)
-        t += 1.0
-        s.complete(b, t)
+    seen = _first_passes(s, 0.0, range(1, 7))
     assert answers and answers[0].id == 10
     assert seen[10] == (5 if extra else 4)
 
@@ -180,13 +185,7 @@ def test_answers_to_an_idle_engine_start_with_the_first_alone(extra):
     b = s.schedule(0.0)
     assert _ids(b) == [0, 1, 2]
     s.complete(b, 1.0)  # all three end (one output token); 10, 11, 12 answer
-    seen, t = {}, 1.0
-    for n in range(2, 6):
-        b = s.schedule(t)
-        for rid in _ids(b):
-            seen.setdefault(rid, n)
-        t += 1.0
-        s.complete(b, t)
+    seen = _first_passes(s, 1.0, range(2, 6))
     assert seen[10] == 2
     assert seen[11] == seen[12] == (4 if extra else 3)
 
