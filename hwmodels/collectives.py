@@ -655,7 +655,8 @@ def collective_cost(cluster: Cluster, op: str, size: int, stride: int, nbytes: f
     pl = place_group(cluster, size, stride, placement)
     lines = candidates(cluster, op, size, stride, placement)
     cal = tier_calibration(cluster)
-    calibrated = cal.source if cal and pl.k > 1 else ""
+    # the device's NCCL table prices only groups inside its first tier (_intra): the label says so
+    calibrated = cal.source if cal and pl.k > 1 and pl.intra_tier == 0 else ""
     if not lines or nbytes == 0:
         return CollectiveCost(op, size, stride, nbytes, 0.0, "none", "", 0.0, 0.0, 0.0, 0.0, "", pl.k,
                               pl.nodes, pl.groups, pl.crosses, calibrated)

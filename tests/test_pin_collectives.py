@@ -629,6 +629,10 @@ def test_a_devices_nccl_table_describes_groups_of_its_first_tier_only():
         assert collective_s(two, "all_reduce", 8, 1, nbytes) == pytest.approx(
             collective_s(bare, "all_reduce", 8, 1, nbytes), rel=1e-12)
     assert collective_s(two, "all_reduce", 4, 1, 1e6) < 0.9 * collective_s(bare, "all_reduce", 4, 1, 1e6)
+    # and the cost's label names the table only where the table priced it
+    from hwmodels.collectives import collective_cost
+    assert collective_cost(two, "all_reduce", 4, 1, 1e6).calibrated
+    assert collective_cost(two, "all_reduce", 8, 1, 1e6).calibrated == ""
 
 
 @pytest.mark.parametrize("name", ["dgx-h100", "rtx-pro-6000-server", "mi300x"])
