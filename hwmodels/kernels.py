@@ -222,19 +222,24 @@ class KernelModel:
 
 
 @cache
-def _sustained() -> dict:
+def _sustained_file() -> dict:
     with open(Path(__file__).parent / "data" / "gemm_sustained.yaml") as f:
-        return safe_yaml(f)["sustained_gemm_flops"]
+        return safe_yaml(f)
+
+
+def _sustained() -> dict:
+    return _sustained_file()["sustained_gemm_flops"]
 
 
 def _sustained_factor(device: str, dtype: str, table_best: float, src_peak: float,
                       source: str | None = None) -> float:
     """MAMF best ÷ the table's best achieved rate on this device (≤ 1), as efficiencies (÷ peak).
     Where MAMF measured another dtype of this device, its ratio to that dtype's peak carries
-    over; a device without MAMF rows that borrows its kernel efficiency from `source` borrows
-    the source's sustained efficiency with it (clock behaviour comes with the silicon: A100 40GB
-    and 80GB are one GA100 at the same clocks and 400 W)."""
-    for name in (device, source):
+    over; a device without MAMF rows takes those of its GPU in another system (the yaml's
+    `same_gpu`: GB300 carries B300's Blackwell Ultra GPU), and one that borrows its kernel
+    efficiency from `source` borrows the source's sustained efficiency with it (clock behaviour
+    comes with the silicon: A100 40GB and 80GB are one GA100 at the same clocks and 400 W)."""
+    for name in (device, _sustained_file().get("same_gpu", {}).get(device), source):
         mamf = _sustained().get(name, {}) if name else {}
         if mamf:  # clock behaviour is a property of the device, not of the dtype
             d = dtype if dtype in mamf else next(iter(mamf))

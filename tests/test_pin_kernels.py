@@ -26,7 +26,8 @@ def _best_grid_rate(km: KernelModel) -> float:
 # ---- sustained clocks: MAMF (stas00/ml-engineering table, hwmodels/data/gemm_sustained.yaml) ---
 @pytest.mark.parametrize("device,dtype,mamf", [("a100-sxm-80g", "bf16", 271.2e12),
                                                ("h100-sxm", "bf16", 794.5e12),
-                                               ("h100-sxm", "fp8", 1402.6e12)])
+                                               ("h100-sxm", "fp8", 1402.6e12),
+                                               ("b300", "bf16", 1769.0e12)])
 def test_best_measured_gemm_runs_at_the_mamf_sustained_rate(device, dtype, mamf):
     """The burst-timed tables are scaled so that their best shape runs at the published
     'Maximum Achievable Matmul FLOPS' of the device, not at the 93-97% of peak a burst reaches."""
@@ -42,10 +43,19 @@ def test_mamf_of_another_dtype_carries_over_as_a_fraction_of_peak():
 
 
 def test_device_without_a_mamf_figure_keeps_its_measured_tables():
-    """No MAMF row for B300: its tables are used as measured (factor 1, no note)."""
-    km = kernel_model("b300", "bf16")
+    """No MAMF row for L40S nor for its GPU elsewhere: its tables are used as measured (factor 1,
+    no note)."""
+    km = kernel_model("l40s", "bf16")
     assert km.sustained_factor == 1.0
     assert not any("sustained" in n for n in km.notes)
+
+
+def test_a_gpu_without_mamf_rows_borrows_those_of_its_silicon_in_another_system():
+    """GB300 NVL72 carries the B300 (Blackwell Ultra) GPU: its tables are scaled to B300's
+    sustained efficiency, MAMF 1769 of 2250 TFLOP/s bf16 (78.6%), at GB300's own 2500 TFLOP/s."""
+    km = kernel_model("gb300", "bf16")
+    assert km.sustained_factor < 0.9
+    assert _best_grid_rate(km) == pytest.approx(1769.0e12 / 2250e12 * 2500e12, rel=1e-3)
 
 
 def test_scaled_tables_say_so_in_the_notes():

@@ -381,6 +381,12 @@ def _bridge_case(r: dict) -> dict:
     layout = ""
     if slots and model.num_layers == 61 and pp * vp in LAYOUTS_61:
         layout, slots = LAYOUTS_61[pp * vp].format(m="m" * model.mtp_layers), False
+    elif slots and model.num_layers == 61:
+        # the recipes' layout maps (recipes/deepseek/deepseek_v3.py, every version) hold none for
+        # this pp × vp, the doc prints none, and 61 layers do not split evenly without one
+        raise InputError(f"the source leaves out the pipeline layout: no DeepSeek-V3 recipe layout for "
+                         f"pp={pp} × vp={vp} ({model.num_layers} layers in {pp * vp} chunks), and the "
+                         f"performance summary does not print the one the run used")
     elif model.mtp_layers and pp > 1:  # MTP with the loss, in the last stage (where the engine costs it)
         slots = False
     # Megatron-FSDP recipes on Grace-Blackwell offload activations to Grace memory instead of
