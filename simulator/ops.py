@@ -472,7 +472,14 @@ def _moe_block(km: KernelModel, km_router: KernelModel, model: ModelSpec, lp: La
     permute_bytes = (tokens + tokens * k) * h * ACT_BYTES
     if lp.kernels.token_permute:
         ops.append(_mem(km, "moe_permute", permute_bytes, phase))
-    ops.append(_comm(comm_s, "ep.dispatch", "all_to_all", "ep", ep, lp.ep_stride, a2a_bytes, phase))
+    # EP peers holding the same tokens (EP inside the attention-TP group of a serving replica) need
+    # no exchange: each rank runs its local experts on the tokens routed to them and the TP
+    # all-reduce after the block sums the partial outputs (vLLM FusedMoE: all2all kernels only with
+    # data parallelism, MoEPrepareAndFinalizeNoEP otherwise; TensorRT-LLM CutlassFusedMoE: alltoall
+    # only with attention DP; SGLang EPMoE without DP attention)
+    exchange = lp.ep_distinct_tokens
+    if exchange:
+        ops.append(_comm(comm_s, "ep.dispatch", "all_to_all", "ep", ep, lp.ep_stride, a2a_bytes, phase))
     received = routed / ep * h * ACT_BYTES  # the (token, expert) rows this rank's experts get
     if lp.kernels.token_permute and E // ep > 1:
         # token_dispatcher.py dispatch_postprocess: sort_chunks_by_idxs regroups the rows the
@@ -496,7 +503,8 @@ def _moe_block(km: KernelModel, km_router: KernelModel, model: ModelSpec, lp: La
                          a2a_bytes * etp, phase))
     if lp.kernels.token_permute and E // ep > 1:  # combine_preprocess: back to source-rank order
         ops.append(_mem(km, "moe_unsort_chunks", 2 * received, phase))
-    ops.append(_comm(comm_s, "ep.combine", "all_to_all", "ep", ep, lp.ep_stride, a2a_bytes, phase))
+    if exchange:
+        ops.append(_comm(comm_s, "ep.combine", "all_to_all", "ep", ep, lp.ep_stride, a2a_bytes, phase))
     if lp.kernels.token_permute:
         # moe_utils.unpermute: the k expert outputs of each token weighted by its routing
         # probabilities and summed into its row (read T·k·h, write T·h)

@@ -291,10 +291,19 @@ def test_one_attention_dp_rank_with_whole_experts_costs_what_the_plain_replica_c
     _moe_block's distinct-token count). With one rank (dp = 1) holding all t_sum = T tokens and
     whole experts on each device (tp = 1, or pure EP with tp = ep = 8), that is the plain
     replica's pass (`dense_s`): DeepSeek-V3's 3 dense and 58 MoE layers, on and between grid
-    points; any expert or non-expert op lost or counted twice in the split shows here."""
-    c = IterationCost(load_model("deepseek-v3"), load_cluster("dgx-h200"), tp, ep=tp, dtype="fp8")
-    for T in (16, 1000, 4096):
-        assert c.dense_dp_s(T, T) == pytest.approx(c.dense_s(T), rel=1e-12)
+    points; any expert or non-expert op lost or counted twice in the split shows here. The one
+    difference is the EP exchange: the attention-DP path's ranks hold distinct tokens and swap them
+    in two all-to-alls per MoE layer, while the plain replica's EP ranks (inside its TP group) hold
+    every token and need none (vLLM FusedMoE without DP, TensorRT-LLM CutlassFusedMoE without
+    attention DP); on grid points it is exactly those two all-to-alls."""
+    from hwmodels.collectives import collective_s
+    from simulator.precision import ACT_BYTES
+    m, cl = load_model("deepseek-v3"), load_cluster("dgx-h200")
+    c = IterationCost(m, cl, tp, ep=tp, dtype="fp8")
+    for T in ((16, 1000, 4096) if tp == 1 else (16, 4096)):
+        a2a = 0.0 if tp == 1 else collective_s(cl, "all_to_all", tp, 1,
+                                               float(T * m.experts_per_token * m.hidden_size * ACT_BYTES))
+        assert c.dense_dp_s(T, T) - c.dense_s(T) == pytest.approx(2 * m.num_moe_layers * a2a, rel=1e-9, abs=1e-12)
 
 
 def test_four_pipeline_stages_pay_three_activation_sends_per_pass(h100):

@@ -433,6 +433,24 @@ def test_expert_parallel_serving_reads_only_its_share_of_the_active_experts():
     assert 4 * w_fc1 <= fc1_bytes(2) < 8 * w_fc1 <= fc1_bytes(1)
 
 
+def test_expert_parallel_ranks_holding_the_same_tokens_exchange_none():
+    """EP inside a serving replica's TP group: every rank holds the whole batch after attention,
+    runs its local experts on the tokens routed to them, and the TP all-reduce after the block sums
+    the partial outputs (vLLM FusedMoE uses all2all kernels only with data parallelism; TensorRT-LLM
+    CutlassFusedMoE only with attention DP). Ranks holding distinct tokens (training's DP ranks, an
+    attention-DP replica) swap them in two all-to-alls of T·k·h."""
+    mx = load_model("mixtral-8x7b")
+    km = kernel_model("h100-sxm", "bf16")
+
+    def names(distinct):
+        lp = LayerPass(tokens=1024, tp=2, ep=2, expert_tp=1, ep_distinct_tokens=distinct,
+                       kernels=SERVING_ENGINE)
+        return _by_name(transformer_layer(mx, lp, km, km, lambda *a: 1e-3, True, "fwd"))
+    same, distinct = names(False), names(True)
+    assert "ep.dispatch" not in same and "ep.combine" not in same and "tp.moe" in same
+    assert distinct["ep.dispatch"].bytes == 1024 * 2 * 4096 * 2 and "ep.combine" in distinct
+
+
 def test_attention_kernel_named_in_text_is_the_same_kernel():
     """A job whose attention kernel was read from the command line (a string built at run time)
     runs FlashAttention-2's measured kernel: mb = 5 sequences of 2048, 32 heads of 128 on H100.

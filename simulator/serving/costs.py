@@ -14,7 +14,8 @@ that sample a token. Every duration comes from the shared cost layer:
 - decode attention: the measured generation-attention table (`load_decode_attention_table`) at
   the batch's mean KV length, else the KV read at the achievable HBM bandwidth;
 - MoE: router, the routed experts as one grouped GEMM over the experts the batch's tokens hit,
-  shared experts, EP all-to-alls;
+  shared experts, EP all-to-alls between attention-DP ranks only (EP inside the TP group holds
+  every token: the TP all-reduce combines the experts' outputs);
 - communication: `collective_s` (TP all-reduce, EP all-to-all, PP send/recv); TP all-reduces
   small enough for the engine's custom all-reduce kernel (vLLM/SGLang custom_all_reduce,
   TensorRT-LLM one-/two-shot AllReduce, all inside CUDA graphs) take its measured time when
