@@ -272,3 +272,232 @@ def test_tied_embeddings_give_the_last_stage_its_own_copy():
     layers = m.layer_params(0) * (m.num_layers // 2) / 8
     assert dense[1] - layers == pytest.approx((m.head_params() + m.vocab_size * m.hidden_size) / 8, rel=1e-9)
     assert dense[0] - layers == pytest.approx(m.embedding_params() / 8, rel=1e-9)
+
+
+def _llama2_7b_layer(s):
+    """Korthikanti et al. 2022 §4 generalised (as in the Llama 2 7B pin above): one layer's
+    activations at b = 1, no TP, flash attention, no dropout."""
+    h, a, f = 4096, 32, 11008
+    return 8 * s * h + 2 * s * (h + h) + 2 * s * h + 2 * s * h + 4 * s * a + 2 * s * f * 2 + 2 * s * f
+
+
+@pytest.mark.parametrize("extra,kept_inputs,rebuilt",
+                         [("", 16, 1), (",recompute_layers=4,recompute_method=uniform", 4, 4)])
+def test_full_recompute_keeps_layer_inputs_and_rebuilds_one_group(extra, kept_inputs, rebuilt):
+    """Full recomputation (Korthikanti et al. 2022 §5: 2sbh per layer, the layer input) on
+    Llama 2 7B, pp = 2, stage 0 (16 layers, 1F1B: 2 micro-batches in flight, no logits). Megatron-Core
+    megatron/core/transformer/transformer_block.py `_checkpointed_forward`: with no
+    recompute-num-layers every layer is its own checkpoint and its backward rebuilds that one layer
+    (its whole activations live once); `uniform` with N = 4 checkpoints the input of each group of 4
+    layers (16/4 = 4 inputs per micro-batch) and rebuilds a whole group of 4 layers at once."""
+    m = load_model("llama2-7b")
+    s, h = 4096, 4096
+    got = _acts(m, s, "pp=2,mb=1,zero=0,recompute=full" + extra, 2, stage=0, dropout=False)
+    inflight = 2
+    expected = inflight * kept_inputs * 2 * s * h + rebuilt * _llama2_7b_layer(s)
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_block_recompute_each_layer_left_alone_adds_block_layer_bytes():
+    """Megatron-Core --recompute-method block (transformer_block.py `_checkpointed_forward`): the
+    first N layers of each model chunk keep only their input (2sbh, Korthikanti et al. 2022 §5),
+    the others keep their whole activations (Korthikanti §4), for every micro-batch in flight; one
+    layer is rebuilt at a time. Llama 2 7B, pp = 2, stage 0 (one chunk of 16 layers, 2 micro-batches
+    in flight): each layer left un-recomputed adds 2·(layer − 2sbh) of activations, plus the
+    allocator reserve's share of it (`FRAGMENTATION`), which is what planner/search.py
+    `_fewest_recomputed` reads from `MemoryParts.block_layer_bytes`."""
+    from simulator.memory import FRAGMENTATION, plan_memory
+    m = load_model("llama2-7b")
+    s, h, inflight = 4096, 4096, 2
+    job = TrainingJob(m, s, 256, dropout=False)
+    layer = _llama2_7b_layer(s)
+    per_layer = inflight * (layer - 2 * s * h) * (1 + FRAGMENTATION)
+    peaks = {}
+    for n in (16, 10):
+        mem = plan_memory(m, job, parse_plan(f"pp=2,mb=1,zero=0,recompute=full,recompute_layers={n}", 2))
+        assert float(mem.block_layer_bytes[0, 0]) == pytest.approx(per_layer, rel=1e-9)
+        acts = float(mem.activations_bytes[0, 0])
+        assert acts == pytest.approx(inflight * (n * 2 * s * h + (16 - n) * layer) + layer, rel=1e-9)
+        peaks[n] = float(mem.peak_bytes[0, 0])
+    assert peaks[10] - peaks[16] == pytest.approx(6 * per_layer, rel=1e-9)
+
+
+def test_zero1_shards_optimizer_states_over_data_and_context_parallel_ranks():
+    """Megatron-Core's distributed optimizer (ZeRO-1, Rajbhandari et al. 2019 §5) shards the fp32
+    master weights and Adam moments (12 bytes per parameter) over the data-parallel group with
+    context parallelism folded in (megatron/core/parallel_state.py
+    get_data_parallel_group(with_context_parallel=True)): Llama 2 7B (6,738,415,616 parameters,
+    Touvron et al. 2023) on cp = 2, dp = 4 keeps 12·P/8 per rank; weights and gradients (2 + 2 bytes)
+    stay whole."""
+    m = load_model("llama2-7b")
+    P = 6_738_415_616
+    mem = stage_memory(m, TrainingJob(m, 4096, 64), parse_plan("cp=2,dp=4,zero=1", 8), 0)
+    assert mem["optimizer_bytes"] == pytest.approx(12 * P / 8, rel=1e-9)
+    assert mem["weights_bytes"] == pytest.approx(2 * P, rel=1e-9)
+    assert mem["gradients_bytes"] == pytest.approx(2 * P, rel=1e-9)
+
+
+@pytest.mark.parametrize("zero,dp", [(1, 1), (2, 4)])
+def test_lora_gradients_are_the_adapters_only(zero, dp):
+    """LoRA (Hu et al. 2021, arXiv 2106.09685 §4.1): the base weights are frozen, each targeted
+    linear of k inputs and n outputs gets A (r×k) and B (n×r), and only those r·(k + n) parameters
+    carry 16-bit gradients and optimizer states. Megatron-Bridge's targets (peft/lora.py:
+    linear_qkv, linear_proj, linear_fc1, linear_fc2) on Llama 2 7B, r = 16: the fused QKV h→3h,
+    proj h→h, the gated fc1 h→2f and fc2 f→h on 32 layers; ZeRO-1 shards the optimizer states and
+    ZeRO-2 the gradients over dp (Rajbhandari et al. 2019 §5)."""
+    m = load_model("llama2-7b")
+    h, f, r = 4096, 11008, 16
+    per_layer = r * (h + 3 * h) + r * (h + h) + r * (h + 2 * f) + r * (f + h)
+    job = TrainingJob(m, 4096, 64, lora_rank=r)
+    mem = stage_memory(m, job, parse_plan(f"dp={dp},zero={zero}", dp), 0)
+    assert mem["gradients_bytes"] == pytest.approx(2 * 32 * per_layer / dp, rel=1e-9)
+    # the adapters' fp32 master weights and Adam moments (12 bytes), sharded over dp from ZeRO-1
+    assert mem["optimizer_bytes"] == pytest.approx(12 * 32 * per_layer / dp, rel=1e-9)
+    # below ZeRO-3 every rank holds the whole 16-bit weights: the base model and the adapters
+    assert mem["weights_bytes"] == pytest.approx(2 * (6_738_415_616 + 32 * per_layer), rel=1e-9)
+
+
+def test_hybrid_moe_layer_activations_with_expert_tp():
+    """Nemotron 3 Nano (hybrid Mamba-2/attention/MoE; h = 2688, 6 routed experts of f = 1856 with a
+    squared-ReLU MLP, 2 shared experts) — one MoE layer, s = 4096, b = 2, bf16, no dropout, tp = 2
+    with SP (everything ÷t, Korthikanti et al. 2022 §4.2.2): the norm input and the block input
+    (2 + 2)·sbh; per routed copy (top-k = 6) the experts' input, all-gathered over the expert-TP
+    group before the expert GEMMs so etp × 2h (Megatron-Core token_dispatcher.py
+    dispatch_postprocess), fc1's output 2f and the activation output 2f; the shared experts
+    (DeepSeekMoE, arXiv 2401.06066 §3.2) as one MLP of 2·1856: 2f_s + 2f_s per token."""
+    from simulator.memory import layer_activation_bytes
+    from simulator.training import TrainingPlan
+    m = load_model("nemotron-3-nano-30b-a3b")
+    s, b, t, h, k, f = 4096, 2, 2, 2688, 6, 1856
+    fs = 2 * f
+    assert (m.hidden_size, m.experts_per_token, m.moe_ffn_hidden_size, m.num_shared_experts) == (h, k, f, 2)
+    job = TrainingJob(m, s, 256, dropout=False)
+    for etp in (1, 2):
+        plan = TrainingPlan(tp=t, sp=True, ep=8, etp=etp, mb=b, recompute="none")
+        expected = s * b * (4 * h + k * (2 * h * etp + 2 * f + 2 * f) + 2 * fs + 2 * fs) / t
+        assert layer_activation_bytes(m, job, plan, True) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_loss_only_stage_rebuilds_no_layer_under_full_recompute():
+    """Megatron-Core's pipeline layout (docs/user-guide/features/pipeline_parallel_layout.md,
+    e.g. DeepSeek-V3's "...|L"): "Et*32|L" on pp = 2 puts all 32 Llama 2 7B layers on stage 0 and
+    only the output layer and loss on stage 1. Under full recompute stage 1 has no layer to rebuild
+    in its backward: it keeps the fp32 logits of one micro-batch, 4·s·b·V bytes, and nothing else;
+    stage 0 keeps each layer's input 2sbh (Korthikanti et al. 2022 §5) for its 2 micro-batches in
+    flight plus the one layer rebuilt at a time (Korthikanti §4)."""
+    m = load_model("llama2-7b")
+    s, h, V = 4096, 4096, 32_000
+    plan = "pp=2,mb=1,zero=0,recompute=full,layout=Et*32|L"
+    assert _acts(m, s, plan, 2, stage=1, dropout=False) == pytest.approx(4 * s * V, rel=1e-12)
+    assert _acts(m, s, plan, 2, stage=0, dropout=False) == pytest.approx(2 * 32 * 2 * s * h + _llama2_7b_layer(s),
+                                                                         rel=1e-9)
+
+
+@pytest.mark.parametrize("extra,recomputed", [("", True), (",recompute_layers=1,recompute_method=block", False)])
+def test_mtp_blocks_keep_their_input_only_when_full_recompute_reruns_them(extra, recomputed):
+    """Megatron-Core megatron/core/transformer/multi_token_prediction.py: with full recompute the
+    MTP blocks run their forward again in backward and keep only their input, 2·T·h (Korthikanti et
+    al. 2022 §5), besides the 2h-wide projection input 2·T·2h and the depth's fp32 logits 4·T·V;
+    with recompute_method block it logs "recompute_method == 'block' is not supported for MTP yet.
+    Skipping recompute", so each depth keeps a whole block's activations (Korthikanti §4, as with
+    recompute none). Small DeepSeek-V3-shaped config (2 MTP depths, dense), pp = 2, last stage
+    (1 micro-batch in flight)."""
+    from dataclasses import replace
+
+    from simulator.memory import layer_activation_bytes
+    from simulator.models import from_hf_config
+    from simulator.training import TrainingPlan
+    cfg = {"model_type": "deepseek_v3", "num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4,
+           "intermediate_size": 512, "vocab_size": 1000, "num_nextn_predict_layers": 2}
+    m = from_hf_config(cfg)
+    m0 = replace(m, mtp_layers=0)
+    T, h, V = 512, 256, 1000
+    job, job0 = TrainingJob(m, T, 4), TrainingJob(m0, T, 4)
+    plan = parse_plan("pp=2,dp=1,mb=1,recompute=full" + extra, 2)
+    d = stage_memory(m, job, plan, 1)["activations_bytes"] - stage_memory(m0, job0, plan, 1)["activations_bytes"]
+    block = 2 * T * h if recomputed else layer_activation_bytes(m, job, TrainingPlan(recompute="none"), False)
+    assert d == pytest.approx(2 * (4 * T * V + block + 2 * T * 2 * h), rel=1e-12)
+
+
+@pytest.mark.parametrize("flash", [True, False])
+def test_hybrid_attention_layer_activations_with_tp_without_sp(flash):
+    """Nemotron-H 8B's attention layers ('*': GQA, 32 query heads and 8 KV heads of 128, h = 4096) are
+    blocks of their own (Megatron-Core hybrid model): the norm input 2sbh and the QKV GEMM's bf16
+    input 2sbh, left whole by TP without SP (Korthikanti et al. 2022 §4.2.1), and ÷t: Q, K (for
+    QK^T), V and the attention output 2sb(q + kv) + 2sb·kv + 2sb·h, then either FlashAttention-2's
+    fp32 log-sum-exp 4sb·a or, without flash attention and no dropout, the softmax output 2as²b
+    (Korthikanti §4.1). s = 2048, b = 2, tp = 2, no SP."""
+    from simulator.memory import hybrid_activation_bytes
+    from simulator.models import ATTENTION
+    from simulator.training import TrainingPlan
+    m = load_model("nemotron-h-8b")
+    s, b, t, h, a, q, kv = 2048, 2, 2, 4096, 32, 4096, 1024
+    assert (m.hidden_size, m.num_heads, m.q_dim, m.kv_dim) == (h, a, q, kv)
+    job = TrainingJob(m, s, 256, dropout=False, flash_attention=flash)
+    plan = TrainingPlan(tp=t, mb=b, recompute="none")
+    sb = s * b
+    core = 4 * sb * a if flash else 2 * a * s * s * b
+    expected = 4 * sb * h + (2 * sb * (q + kv) + 2 * sb * kv + 2 * sb * h + core) / t
+    assert hybrid_activation_bytes(m, job, plan, False, ATTENTION) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("targets", [("qkv", "proj", "fc1", "fc2"), ("qkv", "proj")])
+def test_lora_activations_keep_adapter_inputs_and_outputs_only_for_targets(targets):
+    """LoRA (Hu et al. 2021, arXiv 2106.09685 §4.1) on Llama 2 7B, r = 16, s = 4096, b = 1, no TP:
+    a frozen linear keeps no input for a weight gradient (Transformer Engine linear.py:
+    backward_needs_input = is_grad_enabled and weight.requires_grad), a targeted one keeps its
+    16-bit input for A's gradient and A's rank-r output (2r bytes per token) for B's. With all four
+    targets the layer keeps what full training keeps (Korthikanti et al. 2022 §4) plus 4·2r·sb;
+    with only qkv and proj it also drops fc1's input 2sbh and fc2's input 2sbf."""
+    from simulator.memory import layer_activation_bytes
+    from simulator.training import TrainingPlan
+    m = load_model("llama2-7b")
+    s, h, f, r = 4096, 4096, 11008, 16
+    plan = TrainingPlan(mb=1, recompute="none")
+    full = _llama2_7b_layer(s)
+    base = layer_activation_bytes(m, TrainingJob(m, s, 8, dropout=False), plan, False)
+    assert base == pytest.approx(full, rel=1e-12)
+    lora_job = TrainingJob(m, s, 8, dropout=False, lora_rank=r, lora_targets=targets)
+    lora = layer_activation_bytes(m, lora_job, plan, False)
+    frozen = 0 if len(targets) == 4 else 2 * s * h + 2 * s * f
+    assert lora == pytest.approx(full - frozen + len(targets) * 2 * r * s, rel=1e-12)
+
+
+@pytest.mark.parametrize("zero", [1, 2, 3])
+def test_zero_shards_expert_states_over_the_expert_data_parallel_group(zero):
+    """ZeRO stage k (Rajbhandari et al. 2019 §5) shards optimizer states from k = 1, gradients from
+    k = 2 and weights at k = 3; expert parameters are sharded over the expert data-parallel group,
+    tp·cp·dp/(ep·etp) ranks (MoE parallel folding, Liu et al. 2025 arXiv 2504.14960 §3;
+    megatron/core/parallel_state.py expert_data_parallel_size). Mixtral 8x7B (46,702,792,704
+    parameters, 32 layers × 8 experts × 3·4096·14336 = 45,097,156,608 of them experts) on dp = 8,
+    ep = 4: a rank holds 2 of the 8 experts, their states sharded over 8/4 = 2 ranks, and the
+    non-expert parameters sharded over all 8."""
+    m = load_model("mixtral-8x7b")
+    expert = 32 * 8 * 3 * 4096 * 14336
+    dense = 46_702_792_704 - expert
+    assert expert == 45_097_156_608
+    mem = stage_memory(m, TrainingJob(m, 4096, 64), parse_plan(f"dp=8,ep=4,zero={zero}", 8), 0)
+
+    def resident(k):
+        return dense / (8 if zero >= k else 1) + expert / 4 / (2 if zero >= k else 1)
+    assert mem["optimizer_bytes"] == pytest.approx(12 * resident(1), rel=1e-9)
+    assert mem["gradients_bytes"] == pytest.approx(2 * resident(2), rel=1e-9)
+    assert mem["weights_bytes"] == pytest.approx(2 * resident(3), rel=1e-9)
+
+
+def test_hybrid_mlp_layer_activations_with_tp_without_sp():
+    """Nemotron-H 8B's MLP layers ('-': squared-ReLU MLP, f = 21504, not gated) are blocks of their
+    own (Megatron-Core hybrid model): the norm input 2sbh and fc1's bf16 input 2sbh, left whole by
+    TP without SP (Korthikanti et al. 2022 §4.2.1), and ÷t fc1's output 2sbf and the activation
+    output (fc2's input) 2sbf (Korthikanti §4.1). s = 2048, b = 2, tp = 2, no SP, no dropout."""
+    from simulator.memory import hybrid_activation_bytes
+    from simulator.models import MLP
+    from simulator.training import TrainingPlan
+    m = load_model("nemotron-h-8b")
+    s, b, t, h, f = 2048, 2, 2, 4096, 21504
+    assert (m.hidden_size, m.ffn_hidden_size, m.gated_mlp) == (h, f, False)
+    job = TrainingJob(m, s, 256, dropout=False)
+    plan = TrainingPlan(tp=t, mb=b, recompute="none")
+    sb = s * b
+    expected = 4 * sb * h + (2 * sb * f + 2 * sb * f) / t
+    assert hybrid_activation_bytes(m, job, plan, False, MLP) == pytest.approx(expected, rel=1e-9)

@@ -381,6 +381,19 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
      "InputError for a device without HBM bandwidth, so it is always truthy here"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_LtE", "return a if hi == lo else a + (b - a) *",
      "_grid(x) gives lo <= hi (lm_head_s, _split_interp): hi <= lo holds exactly when hi == lo"),
+    ("simulator/memory.py", "ReplaceComparisonOperator_Eq_LtE", 'if plan.recompute == "full":',
+     "plan.recompute is one of RECOMPUTE (parse_plan and validate_plan refuse others, PlanBatch.of "
+     "indexes RECOMPUTE, layer_plan gets RECOMPUTE[rc]): 'none' and 'selective' sort after 'full', "
+     "so <= 'full' holds exactly for 'full'"),
+    ("simulator/memory.py", "NumberReplacer", ("recomputed_layers(pl, -1, 0) for pl in pls", 52),
+     "recomputed_layers with n = -1: _recomputed_layers returns at `if n < 0` before reading the "
+     "method, so 0 -> 1 or -1 only keys another _RECOMPUTED entry holding the same array"),
+    ("simulator/memory.py", "ReplaceComparisonOperator_Eq_", ("hybrid_activation_bytes(model, job, plan, k == MOE, k) for k, n in counts", 67),
+     "hybrid_activation_bytes with a kind k (a hybrid_pattern symbol, never empty) reads `moe` only in "
+     "its `if not kind` branch, so any value of k == MOE gives the same bytes"),
+    ("simulator/memory.py", "ReplaceComparisonOperator_Eq_GtE", "if kind == MAMBA:",
+     "kind is a hybrid_pattern symbol (M * - E, models.py refuses others) or MOE: of these only 'M' "
+     "is >= 'M' ('*', '-', 'E' sort before it)"),
 ]
 # Cache sizes: every mutant of an `lru_cache(maxsize=...)` argument that still yields an int (or
 # a negative one, which lru_cache treats as 0) changes how much is cached, never a result. `/`
