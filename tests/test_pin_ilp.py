@@ -64,6 +64,30 @@ def test_mixed_layers_use_the_boundary_formulation_with_the_same_optimum():
     assert res.stage_time_s == pytest.approx([4.0, 4.0])
 
 
+
+@pytest.mark.parametrize("t, start", [
+    ([1.0] * 3, [1, 1]),  # identical layers (layer-count ILP): 2 of the 3 layers
+    ([1.0] * 4, [1, 5]),  # 6 layers, one chunk beyond the 4 − 2 + 1 a chunk can hold
+    ([1.0] * 3, [0, 3]),  # an empty chunk
+    ([1.0] * 3, [1, 1, 1]),  # three chunks for two
+    ([1.0, 1.0, 1.0, 2.0], [1, 1]),  # dense and MoE layers mixed (boundary ILP): 2 of the 4 layers
+    ([1.0, 1.0, 1.0, 2.0], [1, 4]),
+    ([1.0, 1.0, 1.0, 2.0], [0, 4]),
+])
+def test_a_start_that_is_not_a_partition_of_the_layers_is_ignored(t, start):
+    """`start` seeds CBC with a known solution (partition_boundary_ilp's docstring), so only a
+    partition of the L layers into C non-empty chunks is one: any other (a stale start from
+    another model or plan) is ignored, and the solve is exactly the one without a start. Given
+    to CBC it would be rejected at best, steer CBC to another of equally good partitions (the
+    same problem would answer differently), or make pulp refuse a value outside a chunk's bounds.
+    Expected: the answer of the same solve without a start, and the brute-force optimum."""
+    res = ilp.partition_ilp(_pb(t, [2, 1], [0.0, 0.0]), time_limit_s=30, gap=0.0, start=list(start))
+    alone = ilp.partition_ilp(_pb(t, [2, 1], [0.0, 0.0]), time_limit_s=30, gap=0.0)
+    assert (res.layers_per_chunk, res.stage_time_s, res.objective) == \
+        (alone.layers_per_chunk, alone.stage_time_s, alone.objective)
+    best, _ = ilp.partition_brute_force(_pb(t, [2, 1], [0.0, 0.0]))
+    assert res.solver.optimal and res.objective == pytest.approx(best)
+
 def test_solver_summary_is_optimal_only_when_every_solve_is():
     def run(optimal, feasible, t):
         return ilp.SolverRun("Optimal" if optimal else "Not Solved", "", optimal, feasible,
@@ -178,3 +202,32 @@ def test_full_recompute_read_from_text_keeps_the_ilps_memory_equal_to_the_engine
     pb, start = ilp.partition_problem(job, plan, c)
     peak = estimate(job, plan, c).memory["peak_bytes"]
     assert max(pb.stage_bytes(ilp._edges(start), s) for s in range(4)) == pytest.approx(peak, rel=1e-9)
+
+
+def test_zero3_gather_buffer_is_reserved_for_the_models_largest_layer_on_every_stage():
+    """ZeRO-3 (Rajbhandari et al. 2020) gathers a layer's parameters before using it, the next
+    one prefetched: simulator.memory.stage_memory keeps 2 layers of bf16 weights (TP-sharded) at
+    the stage's own largest layer. The ILP may move any layer to any stage, so it reserves that
+    buffer for the model's largest layer everywhere (partition_problem's docstring): at the
+    uniform partition a stage of dense layers only, in a model whose MoE layers are larger, pays
+    2·2 bytes·(largest − dense layer parameters)/tp beyond the engine's peak, and a stage holding
+    an MoE layer pays nothing more. Qwen3-30B-A3B with its first 12 of 48 layers dense
+    (DeepSeek's first_k_dense_replace), pp = 4: stage 0 holds exactly the dense layers."""
+    import dataclasses
+
+    from hwmodels.clusters import load_cluster
+    from simulator.memory import WEIGHT_BYTES, stage_memory
+    from simulator.models import load_model
+    from simulator.training import TrainingJob, parse_plan
+    m = dataclasses.replace(load_model("qwen3-30b-a3b"), first_dense_layers=12)
+    job = TrainingJob(m, seq_len=4096, global_batch=64)
+    c = load_cluster("dgx-h100", nodes=4)
+    plan = parse_plan("tp=2,pp=4,ep=4,zero=3,mb=1,sp=on,schedule=1f1b", c.num_devices)
+    pb, start = ilp.partition_problem(job, plan, c)
+    edges = ilp._edges(start)
+    largest = max(m.layer_params(i) for i in range(m.num_layers))
+    assert start == [12] * 4 and not any(m.is_moe_layer(i) for i in range(12)) and m.layer_params(0) < largest
+    for s in range(4):
+        own = max(m.layer_params(i) for i in range(edges[s], edges[s + 1]))
+        extra = 2 * WEIGHT_BYTES * (largest - own) / plan.tp
+        assert pb.stage_bytes(edges, s) - stage_memory(m, job, plan, s)["peak_bytes"] == pytest.approx(extra, abs=1.0)

@@ -253,6 +253,30 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
      "if start is not None and len(start) == C and sum(start) == L and min(start) >= 1:",
      "`is` can only turn a valid start into no start: CBC loses its warm-start hint, the problem "
      "and its optimum are the same (only a solve cut by the time limit could differ)"),
+    *[("planner/ilp.py", op, ("span = {c: range(c + 1, L - C + c + 2) for c in range(C - 1)}", 60),
+       "C ** 1, C + 1, C * 1, C // 1, C | 1, C ^ 1, C << 1 are all >= C - 1: span only gains keys "
+       ">= C - 1 (the last chunk, whose end is L), which nothing reads (y, at(), pick and ends take "
+       "c < C - 1): the same program")
+      for op in ("ReplaceBinaryOperator_Sub_Pow", "ReplaceBinaryOperator_Sub_Add", "ReplaceBinaryOperator_Sub_Mul",
+                 "ReplaceBinaryOperator_Sub_FloorDiv", "ReplaceBinaryOperator_Sub_BitOr",
+                 "ReplaceBinaryOperator_Sub_BitXor", "ReplaceBinaryOperator_Sub_LShift")],
+    *[("planner/ilp.py", op, ("for c in range(1, C - 1):", 24),
+       "range(1, C) adds only order[C-1]: L - B_{C-2} >= 1, implied by pick[C-2] (B_{C-2} is in "
+       "span[C-2], at most L - 1): the same feasible set and objective, so the same optimum (CBC "
+       "may pick another of equal optima, which no caller can tell apart)")
+      for op in ("ReplaceBinaryOperator_Sub_FloorDiv", "ReplaceBinaryOperator_Sub_Mul", "ReplaceBinaryOperator_Sub_Pow")],
+    *[("planner/ilp.py", op, ("prob += r[o] <= (available[opt.group] // opt.devices) * u[o]", 46),
+       "the big-M of used[o]: any M >= D/d (D/d, D*d, D**d, D+d, D<<d, D|d for D >= 0, d >= 1) "
+       "gives the same integer solutions: u = 0 forces r = 0, and with u = 1 devices[g] already "
+       "bounds d*r <= D, so r <= floor(D/d) <= M: the same feasible set and objective (CBC may pick "
+       "another of equal optima)")
+      for op in ("ReplaceBinaryOperator_FloorDiv_Div", "ReplaceBinaryOperator_FloorDiv_Mul",
+                 "ReplaceBinaryOperator_FloorDiv_Pow", "ReplaceBinaryOperator_FloorDiv_Add",
+                 "ReplaceBinaryOperator_FloorDiv_LShift", "ReplaceBinaryOperator_FloorDiv_BitOr")],
+    ("planner/ilp.py", "ReplaceComparisonOperator_Eq_LtE", 'plan.recompute == "full"',
+     "partition_problem reaches these lines only with recompute in RECOMPUTE = none, selective, full "
+     "(layer_time_s and step_costs take RECOMPUTE.index(plan.recompute) first, ValueError otherwise), "
+     "and 'none' and 'selective' sort after 'full': <= is =="),
     ("simulator/ops.py", "ReplaceComparisonOperator_Eq_Is", "before_gemm == fwd",
      "before_gemm and fwd are both bools (True/False are singletons): `is` == `==`"),
     ("simulator/ops.py", "ReplaceComparisonOperator_NotEq_IsNot", 'phase != "bwd"',
