@@ -504,3 +504,112 @@ def test_steps_within_counts_an_iteration_ending_at_the_elapsed_time():
     for _ in range(2000):
         d0, slope, j = rng.uniform(1e-3, 0.05), rng.uniform(0, 1e-3), rng.randint(1, 500)
         assert Replica._steps_within(ends(j), d0, slope, 1000) == j
+
+
+def test_sglang_dp_ranks_take_requests_round_robin_in_rank_order():
+    """SGLang's DataParallelController.round_robin_scheduler (python/sglang/srt/managers/
+    data_parallel_controller.py) sends a request to worker round_robin_counter, then sets
+    round_robin_counter = (round_robin_counter + 1) % len(workers): with dp = 4 the ranks go
+    0, 1, 2, 3, 0, 1, whatever their loads."""
+    from simulator.serving.engine import DPRankRouter
+    r = DPRankRouter("sglang", 4)
+    assert [r.pick([None] * 4) for _ in range(6)] == [0, 1, 2, 3, 0, 1]
+
+
+def test_a_decode_replica_named_in_a_fleet_document_has_no_api_server_stage():
+    """Disaggregated serving (DistServe, OSDI'24 §4): a decode instance receives the prompt's KV and
+    first token from a prefill instance, never the HTTP request or its text, so only the prefill
+    replica has the API-server stage (frontend.py) that takes requests in. The roles here come
+    from a `plan serve` fleet document read as JSON (ui/jobs.py fleet_serving_plan), strings made
+    at run time rather than literals."""
+    import dataclasses
+    import json
+
+    from ui.jobs import fleet_serving_plan
+    doc = json.loads('{"replicas": [{"device": "h100-sxm", "tp": 1, "count": 1, "role": "prefill"},'
+                     ' {"device": "h100-sxm", "tp": 1, "count": 1, "role": "decode"}]}')
+    plan = dataclasses.replace(fleet_serving_plan(doc), frontend="measured")
+    assert [g.role for g in plan.groups] == ["prefill", "decode"] and plan.disaggregated
+    w = _wl(num_requests=2, prompt_len=LengthDist.parse("256"), output_len=LengthDist.parse("4"),
+            rate=RateSchedule.parse("10"), seed=3)
+    sim = ServingSimulation(L8B, plan, w)
+    assert sim.run().completed == 2
+    pre, dec = sim.replicas
+    assert (pre.role, dec.role) == ("prefill", "decode")
+    assert pre.describe()["frontend"]["requests"] == 2
+    assert dec.frontend is None and dec.describe()["frontend"] is None
+
+
+def test_the_frontend_note_quotes_the_peak_streaming_load_in_percent():
+    """The run's note gives the API server's peak streaming load as a percentage of its thread
+    (frontend.py: output tokens/s × per-token detokenise + stream time). 32 requests (prompt 64,
+    128 tokens) at once on Llama 3.1 8B, one H100: the peak is at least the mean output load over
+    the replica's busy time, c·Σ output tokens / busy_s (a maximum is >= an average), which is
+    several percent here; and the note's figure is the replica's reported max_output_load."""
+    import re
+    plan = parse_serving_plan("tp=1", H100, frontend="measured")
+    w = _wl(num_requests=32, prompt_len=LengthDist.parse("64"), output_len=LengthDist.parse("128"),
+            rate=RateSchedule.parse("1000"), seed=2)
+    sim = ServingSimulation(L8B, plan, w)
+    rep = sim.run()
+    assert rep.completed == 32
+    (note,) = [n for n in sim.notes if n.startswith("frontend (measured)")]
+    pct = int(re.search(r"output streaming up to (\d+)% of the API-server thread", note).group(1))
+    r = sim.replicas[0]
+    c = 5.90e-7 + 8.10e-6  # simulator/data/frontend.yaml measured: detokenise + one event per token
+    mean_load = c * 32 * 128 / r.busy_s
+    assert mean_load > 0.02
+    assert pct >= int(mean_load * 100)
+    assert pct == round(r.describe()["frontend"]["max_output_load"] * 100)
+
+
+def test_goodput_bisection_keeps_passing_rates_below_and_failing_rates_above(monkeypatch):
+    """DistServe's goodput search (Zhong et al. OSDI'24 §2.3): the rate is doubled from the
+    workload's until SLO attainment falls below the target, then bisected between the last rate
+    that met it and the first that did not. With attainment 1.0 up to 5.3 req/s and 0.5 above
+    (target 0.9), from 1 req/s: 1, 2, 4 pass and 8 fails; bisection probes 6 (fails), 5 (passes),
+    5.5 (fails), so the goodput is 5 req/s, the highest passing probe."""
+    from types import SimpleNamespace
+
+    import simulator.serving.engine as eng
+
+    def fake(model, plan, wl, **kw):
+        (rate, _), = wl.rate.segments
+        return SimpleNamespace(slo_attainment=1.0 if rate <= 5.3 else 0.5)
+    monkeypatch.setattr(eng, "simulate", fake)
+    out = eng.max_goodput_rate(L8B, parse_serving_plan("tp=1", H100), _wl(rate=RateSchedule.parse("1")),
+                               target=0.9, iterations=3)
+    assert out["probes"] == [(1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (8.0, 0.5), (6.0, 0.5), (5.0, 1.0), (5.5, 0.5)]
+    assert out["rate_req_per_s"] == 5.0 and out["bounded"] and out["target"] == 0.9
+
+
+def test_a_plan_and_its_replica_groups_are_immutable_hashable_values():
+    """ServingPlan and ReplicaGroup are frozen dataclasses (engine.py): every replica of a group
+    holds the same ReplicaGroup object, so a group cannot be changed under a running simulation
+    (setting a field raises), and a plan is a value: equal plans hash alike and can key a dict
+    of results, groups included."""
+    import dataclasses
+    plan = parse_serving_plan("prefill_tp=2,decode_tp=4", H100)
+    g = plan.groups[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.tp = 8
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.engine = "sglang"
+    again = parse_serving_plan("prefill_tp=2,decode_tp=4", H100)
+    assert again == plan and {plan: 1}[again] == 1 and hash(again.groups[1]) == hash(plan.groups[1])
+
+
+def test_kv_transfers_into_one_decode_replica_go_one_at_a_time():
+    """A decode replica takes one prompt's KV at a time (engine.py Replica.inbox, a one-slot
+    resource: each transfer runs at the full send/recv speed of collective_s, as DistServe's
+    transfer of one request's KV). Two prefill replicas (tp=1, GPUs 0 and 1) finish identical
+    prompts (1024 tokens, both arriving at t = 0) in the same instant; the decode replica (GPU 2,
+    NVLink) receives the first KV after one transfer time t and the second after 2·t."""
+    w = ServingWorkload(trace=[(0.0, 1024, 4, (), 0), (0.0, 1024, 4, (), 0)])
+    sim = ServingSimulation(L8B, parse_serving_plan("prefill_tp=1,prefill_replicas=2,decode_tp=1", H100), w)
+    assert sim.run().completed == 2
+    t = collective_s(H100, "send_recv", 2, 1, float(1024 * 128 * 1024))
+    pre = sim.replicas[0]
+    done = pre.idle_prefill_s(1024)  # both prefills run alone on idle replicas from t = 0
+    assert sorted(r.first_token_s for r in sim.requests) == pytest.approx([done + t, done + 2 * t], rel=1e-12)
+    assert all(r.transfer_s == pytest.approx(t, rel=1e-12) for r in sim.requests)

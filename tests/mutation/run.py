@@ -381,6 +381,23 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
      "InputError for a device without HBM bandwidth, so it is always truthy here"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_LtE", "return a if hi == lo else a + (b - a) *",
      "_grid(x) gives lo <= hi (lm_head_s, _split_interp): hi <= lo holds exactly when hi == lo"),
+    ("simulator/serving/engine.py", "ReplaceComparisonOperator_Gt_GtE", "            if g.dp > 1:",
+     "> 1 and >= 1 differ only at dp == 1, where dp_engine_config returns its cfg unchanged "
+     "(`if cfg.engine != \"sglang\" or dp <= 1: return cfg`)"),
+    ("simulator/serving/policies.py", "ReplaceComparisonOperator_Eq_Is", 'if key == "',
+     "every engine's option(key, value): its one caller, engine_config, passes key from `for key in "
+     "ENGINE_OPTIONS` (policies.py's tuple of identifier-like literals, interned by CPython like the "
+     "literal it is compared with): `is` == `==`"),
+    ("simulator/serving/engine.py", "ReplaceComparisonOperator_GtE_Is", "if req.generated >= req.output_len:  # one-token",
+     "transfer_kv gets a prefill-only request at its first token: generated is 1 (0 += 1, CPython's "
+     "cached small int), output_len a Python int >= 1 (workload int()/max(1, ..); NumPy lengths "
+     "already fail in costs._grid): 1 >= o iff o == 1 iff o is the cached 1"),
+    ("simulator/serving/policies.py", "NumberReplacer", ("gib = float(device.hbm_bytes or 0) / 2**30", 40),
+     "the `or 0` for a device without an HBM size: gib is then 0 or ±2**-30 (`or 1`, `or -1`), "
+     "compared only with 70 (vLLM) or 35 and 160 (SGLang): below each threshold either way"),
+    ("simulator/serving/policies.py", "ReplaceComparisonOperator_Gt_NotEq", "if cfg.batch_wait_iters > 0:",
+     "batch_wait_iters >= 0 in every config: engine_config (the only constructor outside tests) "
+     "refuses < 0 from the field and from the option; engine.py's replace() never sets it: != 0 is > 0"),
 ]
 # Cache sizes: every mutant of an `lru_cache(maxsize=...)` argument that still yields an int (or
 # a negative one, which lru_cache treats as 0) changes how much is cached, never a result. `/`
