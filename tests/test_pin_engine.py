@@ -613,3 +613,90 @@ def test_kv_transfers_into_one_decode_replica_go_one_at_a_time():
     done = pre.idle_prefill_s(1024)  # both prefills run alone on idle replicas from t = 0
     assert sorted(r.first_token_s for r in sim.requests) == pytest.approx([done + t, done + 2 * t], rel=1e-12)
     assert all(r.transfer_s == pytest.approx(t, rel=1e-12) for r in sim.requests)
+
+
+# ---- decode runs of a batch, sub-second runs, attention-DP pools, trace lengths -------------------
+def test_a_decode_run_of_a_batch_lasts_the_trapezoid_of_its_first_and_last_pass():
+    """docs/modeling.md §4.3 (runs of decode passes): 8 closed-loop clients send a 1000-token
+    prompt each at t = 0; vLLM (budget 8192) prefills all 8 in one pass, which samples each
+    request's first token, then the 2000 remaining tokens are 2000 decode-only passes of 8 rows
+    with nothing else changing: one event. Pass i reads 8·1001 + 8·i KV tokens, so the run lasts
+    2000·(d(8·1001) + d(8·1001 + 8·1999))/2 (durations linear between the first and last pass)."""
+    from simulator.serving.scheduler import Batch
+    w = ServingWorkload(num_requests=8, concurrency=8, prompt_len=LengthDist.parse("1000"),
+                        output_len=LengthDist.parse("2001"))
+    sim = ServingSimulation(L8B, parse_serving_plan("tp=1", H100), w)
+    sim.run()
+    rep = sim.replicas[0]
+    assert sim.recorder.it_steps[0] == [1, 2000] and sim.recorder.it_dec[0] == [0, 8]
+
+    def d(kv):
+        b = Batch()
+        b.num_decode, b.decode_kv_tokens, b.samples = 8, kv, 8
+        return rep.costs.iteration_s(b)
+    first, last = d(8 * 1001), d(8 * 1001 + 8 * 1999)
+    assert last > 1.05 * first  # the KV read grows enough to tell the endpoints apart
+    for r in sim.requests:
+        assert r.finish_s - r.first_token_s == pytest.approx(2000 * (first + last) / 2, rel=1e-9)
+
+
+def test_steps_within_a_sub_second_run_with_a_negligible_slope():
+    """docs/modeling.md §4.3: the j-th pass of a run ends j·d0 + s·j(j−1)/2 after its start. With
+    d0 = 2⁻¹⁰ s and s = 1e-15 s (the near-constant branch, whose first guess elapsed // d0 ignores
+    s), the 512th pass ends 512·2⁻¹⁰ + 1e-15·512·511/2 = 0.5 + 1.3e-10 s: by 0.5 s only 511
+    passes are done. Counted here by summing the durations exactly (fractions)."""
+    from fractions import Fraction
+    d0, s = 2.0 ** -10, 1e-15
+
+    def done(elapsed):  # passes completed by `elapsed`, summing durations one by one
+        t, n = Fraction(0), 0
+        while t + Fraction(d0) + Fraction(s) * n <= Fraction(elapsed):
+            t += Fraction(d0) + Fraction(s) * n
+            n += 1
+        return n
+    for elapsed in (0.5, 0.25, 0.5 + 2e-10, 0.1234):
+        assert Replica._steps_within(elapsed, d0, s, 10**6) == done(elapsed)
+    assert done(0.5) == 511 and done(0.5 + 2e-10) == 512
+
+
+def test_an_attention_dp_ranks_pool_holds_its_share_of_the_experts_whatever_ep():
+    """docs/modeling.md §4.5.1: an attention-DP rank's KV pool is sized from its own memory, with
+    the experts over all tp·N devices (kv_pool(..., ep=tp·N)), whether they are split by EP or by
+    TP. Qwen3-30B-A3B (config.json: 48 MoE layers of 128 experts of 3·2048·768 weights), bf16,
+    tp = 1, N = 4, ep = 1: each GPU holds a quarter of the experts, 3/4 of their bytes less than
+    a whole model on one GPU, and the same pool as with ep = 4."""
+    from simulator.serving.engine import ServingPlan
+    from simulator.serving.kv_cache import weight_bytes_per_gpu
+    h200 = load_cluster("dgx-h200")
+    qwen = load_model("qwen3-30b-a3b")
+    w = _wl(prompt_len=LengthDist.parse("128"), output_len=LengthDist.parse("4"))
+
+    def rank(ep):
+        plan = ServingPlan((ReplicaGroup(h200, 1, 1, ep, 1, "both", 4),), prefix_caching=False)
+        return ServingSimulation(qwen, plan, w).replicas[0]
+    r1, r4 = rank(1), rank(4)
+    experts = 48 * 128 * 3 * 2048 * 768 * 2  # bytes of every routed expert in bf16
+    whole = weight_bytes_per_gpu(qwen, 1, 1, 1, "bf16")
+    assert r1.pool.breakdown["weights_bytes"] == pytest.approx(whole - 0.75 * experts, rel=1e-12)
+    assert r1.pool.num_blocks == r4.pool.num_blocks
+    assert r1.kv.num_blocks == 4 * r1.pool.num_blocks
+
+
+def test_trace_lengths_given_as_numpy_integers_run_as_python_ints():
+    """A trace built in Python (ui/state.py, a notebook reading a DataFrame) may hold NumPy
+    integers: the workload takes them as Python ints (the cost grid uses int.bit_length), so the
+    run equals the one from plain ints (it raised AttributeError before). A fractional length is
+    an InputError naming the field."""
+    import numpy as np
+    rows = [(0.05 * i, 300 + 37 * i, 20 + i, (), 0) for i in range(6)]
+    npy = [(np.float64(t), np.int64(p), np.int64(o), k, np.int64(kt)) for t, p, o, k, kt in rows]
+    plan = parse_serving_plan("tp=1", H100)
+    a = ServingSimulation(L8B, plan, ServingWorkload(num_requests=0, trace=rows))
+    b = ServingSimulation(L8B, plan, ServingWorkload(num_requests=0, trace=npy))
+    ra, rb = a.run(), b.run()
+    assert [type(r.prompt_len) for r in b.requests] == [int] * 6
+    assert [(r.prompt_len, r.output_len) for r in b.requests] == [(300 + 37 * i, 20 + i) for i in range(6)]
+    assert [r.finish_s for r in b.requests] == [r.finish_s for r in a.requests]
+    assert rb.ttft_s == ra.ttft_s and rb.completed == 6
+    with pytest.raises(InputError, match="output length 2.5"):
+        ServingWorkload(num_requests=0, trace=[(0.0, 100, 2.5, (), 0)])

@@ -390,8 +390,13 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
      "literal it is compared with): `is` == `==`"),
     ("simulator/serving/engine.py", "ReplaceComparisonOperator_GtE_Is", "if req.generated >= req.output_len:  # one-token",
      "transfer_kv gets a prefill-only request at its first token: generated is 1 (0 += 1, CPython's "
-     "cached small int), output_len a Python int >= 1 (workload int()/max(1, ..); NumPy lengths "
-     "already fail in costs._grid): 1 >= o iff o == 1 iff o is the cached 1"),
+     "cached small int), output_len a Python int >= 1 (RequestSource int(), trace rows through "
+     "workload._length's int(); both >= 1): 1 >= o iff o == 1 iff o is the cached 1"),
+    ("simulator/serving/engine.py", "NumberReplacer", "mean = sum(f.delay_sum_s for f in fronts) / n if n else 0.0",
+     "n >= 1 whenever fronts is non-empty: plan.frontend gives every both/prefill replica a Frontend, "
+     "so every arrival (not decode-only) passes Frontend.intake (intakes += 1), and one arrives at "
+     "least (ServingWorkload refuses num_requests < 1; open loop issues them all, closed loop "
+     "min(concurrency, num_requests) >= 1 at start; env.run() drains every event): 0.0 never read"),
     ("simulator/serving/policies.py", "NumberReplacer", ("gib = float(device.hbm_bytes or 0) / 2**30", 40),
      "the `or 0` for a device without an HBM size: gib is then 0 or ±2**-30 (`or 1`, `or -1`), "
      "compared only with 70 (vLLM) or 35 and 160 (SGLang): below each threshold either way"),
