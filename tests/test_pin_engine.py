@@ -504,3 +504,199 @@ def test_steps_within_counts_an_iteration_ending_at_the_elapsed_time():
     for _ in range(2000):
         d0, slope, j = rng.uniform(1e-3, 0.05), rng.uniform(0, 1e-3), rng.randint(1, 500)
         assert Replica._steps_within(ends(j), d0, slope, 1000) == j
+
+
+def test_sglang_dp_ranks_take_requests_round_robin_in_rank_order():
+    """SGLang's DataParallelController.round_robin_scheduler (python/sglang/srt/managers/
+    data_parallel_controller.py) sends a request to worker round_robin_counter, then sets
+    round_robin_counter = (round_robin_counter + 1) % len(workers): with dp = 4 the ranks go
+    0, 1, 2, 3, 0, 1, whatever their loads."""
+    from simulator.serving.engine import DPRankRouter
+    r = DPRankRouter("sglang", 4)
+    assert [r.pick([None] * 4) for _ in range(6)] == [0, 1, 2, 3, 0, 1]
+
+
+def test_a_decode_replica_named_in_a_fleet_document_has_no_api_server_stage():
+    """Disaggregated serving (DistServe, OSDI'24 §4): a decode instance receives the prompt's KV and
+    first token from a prefill instance, never the HTTP request or its text, so only the prefill
+    replica has the API-server stage (frontend.py) that takes requests in. The roles here come
+    from a `plan serve` fleet document read as JSON (ui/jobs.py fleet_serving_plan), strings made
+    at run time rather than literals."""
+    import dataclasses
+    import json
+
+    from ui.jobs import fleet_serving_plan
+    doc = json.loads('{"replicas": [{"device": "h100-sxm", "tp": 1, "count": 1, "role": "prefill"},'
+                     ' {"device": "h100-sxm", "tp": 1, "count": 1, "role": "decode"}]}')
+    plan = dataclasses.replace(fleet_serving_plan(doc), frontend="measured")
+    assert [g.role for g in plan.groups] == ["prefill", "decode"] and plan.disaggregated
+    w = _wl(num_requests=2, prompt_len=LengthDist.parse("256"), output_len=LengthDist.parse("4"),
+            rate=RateSchedule.parse("10"), seed=3)
+    sim = ServingSimulation(L8B, plan, w)
+    assert sim.run().completed == 2
+    pre, dec = sim.replicas
+    assert (pre.role, dec.role) == ("prefill", "decode")
+    assert pre.describe()["frontend"]["requests"] == 2
+    assert dec.frontend is None and dec.describe()["frontend"] is None
+
+
+def test_the_frontend_note_quotes_the_peak_streaming_load_in_percent():
+    """The run's note gives the API server's peak streaming load as a percentage of its thread
+    (frontend.py: output tokens/s × per-token detokenise + stream time). 32 requests (prompt 64,
+    128 tokens) at once on Llama 3.1 8B, one H100: the peak is at least the mean output load over
+    the replica's busy time, c·Σ output tokens / busy_s (a maximum is >= an average), which is
+    several percent here; and the note's figure is the replica's reported max_output_load."""
+    import re
+    plan = parse_serving_plan("tp=1", H100, frontend="measured")
+    w = _wl(num_requests=32, prompt_len=LengthDist.parse("64"), output_len=LengthDist.parse("128"),
+            rate=RateSchedule.parse("1000"), seed=2)
+    sim = ServingSimulation(L8B, plan, w)
+    rep = sim.run()
+    assert rep.completed == 32
+    (note,) = [n for n in sim.notes if n.startswith("frontend (measured)")]
+    pct = int(re.search(r"output streaming up to (\d+)% of the API-server thread", note).group(1))
+    r = sim.replicas[0]
+    c = 5.90e-7 + 8.10e-6  # simulator/data/frontend.yaml measured: detokenise + one event per token
+    mean_load = c * 32 * 128 / r.busy_s
+    assert mean_load > 0.02
+    assert pct >= int(mean_load * 100)
+    assert pct == round(r.describe()["frontend"]["max_output_load"] * 100)
+
+
+def test_goodput_bisection_keeps_passing_rates_below_and_failing_rates_above(monkeypatch):
+    """DistServe's goodput search (Zhong et al. OSDI'24 §2.3): the rate is doubled from the
+    workload's until SLO attainment falls below the target, then bisected between the last rate
+    that met it and the first that did not. With attainment 1.0 up to 5.3 req/s and 0.5 above
+    (target 0.9), from 1 req/s: 1, 2, 4 pass and 8 fails; bisection probes 6 (fails), 5 (passes),
+    5.5 (fails), so the goodput is 5 req/s, the highest passing probe."""
+    from types import SimpleNamespace
+
+    import simulator.serving.engine as eng
+
+    def fake(model, plan, wl, **kw):
+        (rate, _), = wl.rate.segments
+        return SimpleNamespace(slo_attainment=1.0 if rate <= 5.3 else 0.5)
+    monkeypatch.setattr(eng, "simulate", fake)
+    out = eng.max_goodput_rate(L8B, parse_serving_plan("tp=1", H100), _wl(rate=RateSchedule.parse("1")),
+                               target=0.9, iterations=3)
+    assert out["probes"] == [(1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (8.0, 0.5), (6.0, 0.5), (5.0, 1.0), (5.5, 0.5)]
+    assert out["rate_req_per_s"] == 5.0 and out["bounded"] and out["target"] == 0.9
+
+
+def test_a_plan_and_its_replica_groups_are_immutable_hashable_values():
+    """ServingPlan and ReplicaGroup are frozen dataclasses (engine.py): every replica of a group
+    holds the same ReplicaGroup object, so a group cannot be changed under a running simulation
+    (setting a field raises), and a plan is a value: equal plans hash alike and can key a dict
+    of results, groups included."""
+    import dataclasses
+    plan = parse_serving_plan("prefill_tp=2,decode_tp=4", H100)
+    g = plan.groups[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.tp = 8
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.engine = "sglang"
+    again = parse_serving_plan("prefill_tp=2,decode_tp=4", H100)
+    assert again == plan and {plan: 1}[again] == 1 and hash(again.groups[1]) == hash(plan.groups[1])
+
+
+def test_kv_transfers_into_one_decode_replica_go_one_at_a_time():
+    """A decode replica takes one prompt's KV at a time (engine.py Replica.inbox, a one-slot
+    resource: each transfer runs at the full send/recv speed of collective_s, as DistServe's
+    transfer of one request's KV). Two prefill replicas (tp=1, GPUs 0 and 1) finish identical
+    prompts (1024 tokens, both arriving at t = 0) in the same instant; the decode replica (GPU 2,
+    NVLink) receives the first KV after one transfer time t and the second after 2·t."""
+    w = ServingWorkload(trace=[(0.0, 1024, 4, (), 0), (0.0, 1024, 4, (), 0)])
+    sim = ServingSimulation(L8B, parse_serving_plan("prefill_tp=1,prefill_replicas=2,decode_tp=1", H100), w)
+    assert sim.run().completed == 2
+    t = collective_s(H100, "send_recv", 2, 1, float(1024 * 128 * 1024))
+    pre = sim.replicas[0]
+    done = pre.idle_prefill_s(1024)  # both prefills run alone on idle replicas from t = 0
+    assert sorted(r.first_token_s for r in sim.requests) == pytest.approx([done + t, done + 2 * t], rel=1e-12)
+    assert all(r.transfer_s == pytest.approx(t, rel=1e-12) for r in sim.requests)
+
+
+# ---- decode runs of a batch, sub-second runs, attention-DP pools, trace lengths -------------------
+def test_a_decode_run_of_a_batch_lasts_the_trapezoid_of_its_first_and_last_pass():
+    """docs/modeling.md §4.3 (runs of decode passes): 8 closed-loop clients send a 1000-token
+    prompt each at t = 0; vLLM (budget 8192) prefills all 8 in one pass, which samples each
+    request's first token, then the 2000 remaining tokens are 2000 decode-only passes of 8 rows
+    with nothing else changing: one event. Pass i reads 8·1001 + 8·i KV tokens, so the run lasts
+    2000·(d(8·1001) + d(8·1001 + 8·1999))/2 (durations linear between the first and last pass)."""
+    from simulator.serving.scheduler import Batch
+    w = ServingWorkload(num_requests=8, concurrency=8, prompt_len=LengthDist.parse("1000"),
+                        output_len=LengthDist.parse("2001"))
+    sim = ServingSimulation(L8B, parse_serving_plan("tp=1", H100), w)
+    sim.run()
+    rep = sim.replicas[0]
+    assert sim.recorder.it_steps[0] == [1, 2000] and sim.recorder.it_dec[0] == [0, 8]
+
+    def d(kv):
+        b = Batch()
+        b.num_decode, b.decode_kv_tokens, b.samples = 8, kv, 8
+        return rep.costs.iteration_s(b)
+    first, last = d(8 * 1001), d(8 * 1001 + 8 * 1999)
+    assert last > 1.05 * first  # the KV read grows enough to tell the endpoints apart
+    for r in sim.requests:
+        assert r.finish_s - r.first_token_s == pytest.approx(2000 * (first + last) / 2, rel=1e-9)
+
+
+def test_steps_within_a_sub_second_run_with_a_negligible_slope():
+    """docs/modeling.md §4.3: the j-th pass of a run ends j·d0 + s·j(j−1)/2 after its start. With
+    d0 = 2⁻¹⁰ s and s = 1e-15 s (the near-constant branch, whose first guess elapsed // d0 ignores
+    s), the 512th pass ends 512·2⁻¹⁰ + 1e-15·512·511/2 = 0.5 + 1.3e-10 s: by 0.5 s only 511
+    passes are done. Counted here by summing the durations exactly (fractions)."""
+    from fractions import Fraction
+    d0, s = 2.0 ** -10, 1e-15
+
+    def done(elapsed):  # passes completed by `elapsed`, summing durations one by one
+        t, n = Fraction(0), 0
+        while t + Fraction(d0) + Fraction(s) * n <= Fraction(elapsed):
+            t += Fraction(d0) + Fraction(s) * n
+            n += 1
+        return n
+    for elapsed in (0.5, 0.25, 0.5 + 2e-10, 0.1234):
+        assert Replica._steps_within(elapsed, d0, s, 10**6) == done(elapsed)
+    assert done(0.5) == 511 and done(0.5 + 2e-10) == 512
+
+
+def test_an_attention_dp_ranks_pool_holds_its_share_of_the_experts_whatever_ep():
+    """docs/modeling.md §4.5.1: an attention-DP rank's KV pool is sized from its own memory, with
+    the experts over all tp·N devices (kv_pool(..., ep=tp·N)), whether they are split by EP or by
+    TP. Qwen3-30B-A3B (config.json: 48 MoE layers of 128 experts of 3·2048·768 weights), bf16,
+    tp = 1, N = 4, ep = 1: each GPU holds a quarter of the experts, 3/4 of their bytes less than
+    a whole model on one GPU, and the same pool as with ep = 4."""
+    from simulator.serving.engine import ServingPlan
+    from simulator.serving.kv_cache import weight_bytes_per_gpu
+    h200 = load_cluster("dgx-h200")
+    qwen = load_model("qwen3-30b-a3b")
+    w = _wl(prompt_len=LengthDist.parse("128"), output_len=LengthDist.parse("4"))
+
+    def rank(ep):
+        plan = ServingPlan((ReplicaGroup(h200, 1, 1, ep, 1, "both", 4),), prefix_caching=False)
+        return ServingSimulation(qwen, plan, w).replicas[0]
+    r1, r4 = rank(1), rank(4)
+    experts = 48 * 128 * 3 * 2048 * 768 * 2  # bytes of every routed expert in bf16
+    whole = weight_bytes_per_gpu(qwen, 1, 1, 1, "bf16")
+    assert r1.pool.breakdown["weights_bytes"] == pytest.approx(whole - 0.75 * experts, rel=1e-12)
+    assert r1.pool.num_blocks == r4.pool.num_blocks
+    assert r1.kv.num_blocks == 4 * r1.pool.num_blocks
+
+
+def test_trace_lengths_given_as_numpy_integers_run_as_python_ints():
+    """A trace built in Python (ui/state.py, a notebook reading a DataFrame) may hold NumPy
+    integers: the workload takes them as Python ints (the cost grid uses int.bit_length), so the
+    run equals the one from plain ints (it raised AttributeError before). A fractional length is
+    an InputError naming the field."""
+    import numpy as np
+    rows = [(0.05 * i, 300 + 37 * i, 20 + i, (), 0) for i in range(6)]
+    npy = [(np.float64(t), np.int64(p), np.int64(o), k, np.int64(kt)) for t, p, o, k, kt in rows]
+    plan = parse_serving_plan("tp=1", H100)
+    a = ServingSimulation(L8B, plan, ServingWorkload(num_requests=0, trace=rows))
+    b = ServingSimulation(L8B, plan, ServingWorkload(num_requests=0, trace=npy))
+    ra, rb = a.run(), b.run()
+    assert [type(r.prompt_len) for r in b.requests] == [int] * 6
+    assert [(r.prompt_len, r.output_len) for r in b.requests] == [(300 + 37 * i, 20 + i) for i in range(6)]
+    assert [r.finish_s for r in b.requests] == [r.finish_s for r in a.requests]
+    assert rb.ttft_s == ra.ttft_s and rb.completed == 6
+    with pytest.raises(InputError, match="output length 2.5"):
+        ServingWorkload(num_requests=0, trace=[(0.0, 100, 2.5, (), 0)])

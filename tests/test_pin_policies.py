@@ -144,3 +144,88 @@ def test_an_engine_rejects_options_it_does_not_have():
     for engine, key in (("vllm", "abc"), ("vllm", "a"), ("sglang", "abc"), ("trtllm", "abc")):
         with pytest.raises(InputError, match=f"option {key!r} does not apply to {engine}"):
             ENGINE_POLICIES[engine].option(key, "on")
+
+
+@pytest.mark.parametrize("text", ["guaranteed", "GUARANTEED", "evict", "", "fcfs"])
+def test_trtllm_capacity_scheduler_takes_only_the_exact_policy_names(text):
+    """TensorRT-LLM's CapacitySchedulerPolicy (llmapi/llm_args.py) has the members
+    GUARANTEED_NO_EVICT, MAX_UTILIZATION and STATIC_BATCH: a truncated or other name is no policy,
+    so it is an error, never silently taken for the default GUARANTEED_NO_EVICT (these spellings
+    all sort before "guaranteed_no_evict")."""
+    with pytest.raises(InputError, match="valid: guaranteed_no_evict, max_utilization"):
+        engine_config("trtllm", H100, 1, capacity_scheduler=text)
+
+
+def test_describe_names_trtllm_batch_waiting_with_its_timeout_and_ratio():
+    """TensorRT-LLM's batch waiting (py_executor.py _waiting_requests: context requests held for
+    batch_wait_timeout_iters passes or until batch_wait_max_tokens_ratio x max_num_tokens) as
+    configured in its llama-config.yml (20 passes, 0.9): the report names it after the overlap
+    scheduler; with the timeout 0 (the default, off) it is not in force and not named."""
+    on = describe(engine_config("trtllm", H100, 1, batch_wait_timeout_iters=20, batch_wait_max_tokens_ratio=0.9))
+    assert on == ["TokenBudget(8192)", "MaxRunning(2048)", "ChunkedPrefill(off)", "GuaranteedNoEvict",
+                  "OverlapScheduler", "BatchWait(20 passes, 0.9 x max tokens)", "PrefixCache(on)",
+                  "QueueOrder(fcfs)"]
+    one = describe(engine_config("trtllm", H100, 1, batch_wait_timeout_iters=1))
+    assert one[5] == "BatchWait(1 passes, 0 x max tokens)"
+    off = describe(engine_config("trtllm", H100, 1, batch_wait_timeout_iters=0, batch_wait_max_tokens_ratio=0.5))
+    assert not any(p.startswith("BatchWait") for p in off) and len(off) == 7
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    ({"batch_wait_iters": -1}, "batch_wait_iters=-1 must be >= 0"),
+    ({"batch_wait_ratio": 1.5}, "batch_wait_ratio=1.5 must be in [0, 1]"),
+    ({"batch_wait_ratio": -0.25}, "batch_wait_ratio=-0.25 must be in [0, 1]")])
+def test_batch_wait_fields_take_only_what_the_trtllm_options_take(kw, fragment):
+    """TensorRT-LLM llm_args.py takes batch_wait_timeout_iters >= 0 and batch_wait_max_tokens_ratio
+    in [0, 1]; the EngineConfig fields they set (given directly, as a ServingPlan's engine_options
+    may) are held to the same ranges instead of a negative timeout silently meaning "off" (found by
+    mutation testing: describe's `batch_wait_iters > 0` and a `!= 0` disagreed only on such values)."""
+    with pytest.raises(InputError, match=fragment.replace("[", r"\[")):
+        engine_config("trtllm", H100, 1, **kw)
+    assert engine_config("trtllm", H100, 1, batch_wait_iters=0, batch_wait_ratio=1.0).batch_wait_ratio == 1.0
+
+
+@pytest.mark.parametrize("text", ["soon", "2.5", "", "-1"])
+def test_trtllm_batch_wait_timeout_must_be_a_whole_number_of_passes(text):
+    """TensorRT-LLM's batch_wait_timeout_iters (llmapi/llm_args.py) is an int >= 0: text that is
+    no integer (or a negative one) is an error, not a timeout of 0 or 1 passes."""
+    with pytest.raises(InputError, match=f"batch_wait_timeout_iters={text!r}; valid: an integer >= 0"):
+        engine_config("trtllm", H100, 1, batch_wait_timeout_iters=text)
+
+
+@pytest.mark.parametrize("text", ["half", "", "0.9x"])
+def test_trtllm_batch_wait_ratio_must_be_a_number(text):
+    """TensorRT-LLM's batch_wait_max_tokens_ratio (llmapi/llm_args.py) is a float in [0, 1]: text
+    that is no number is the same one-line error as one out of range."""
+    with pytest.raises(InputError, match=f"batch_wait_max_tokens_ratio={text!r}; valid: a number in"):
+        engine_config("trtllm", H100, 1, batch_wait_max_tokens_ratio=text)
+
+
+@pytest.mark.parametrize("extra, order", [(126, [2, 1]), (127, [1, 2])])
+def test_sglang_lpm_sorts_a_queue_of_exactly_128(extra, order):
+    """SGLang schedule_policy.py SchedulePolicy._determine_active_policy: LPM turns to FCFS only
+    when len(waiting_queue) > 128. Request 0 leaves a 16-token cached prefix ("a", "b"); request 1
+    (no cached prefix) then request 2 (that prefix) wait with `extra` others: with 128 waiting
+    LPM still takes request 2 first, with 129 the queue is served in arrival order."""
+    from simulator.serving.kv_cache import KVCache
+    from simulator.serving.scheduler import Scheduler
+    from simulator.serving.workload import Request
+    cfg = EngineConfig(block_size=1, prefix_caching=True, max_num_seqs=2, max_num_batched_tokens=256,
+                       schedule_policy="lpm")
+    kv = KVCache(400, 1, prefix_caching=True)
+    s = Scheduler(cfg, kv, on_finish=lambda r, now: None)
+    s.add(Request(0, 0.0, 32, 1, prefix_keys=("a", "b"), prefix_key_tokens=16))
+    s.complete(s.schedule(0.0), 1.0)
+    s.add(Request(1, 1.0, 40, 4))
+    s.add(Request(2, 1.0, 40, 4, prefix_keys=("a", "b"), prefix_key_tokens=16))
+    for i in range(extra):
+        s.add(Request(10 + i, 1.0, 40, 4))
+    assert len(s.waiting) == 2 + extra
+    assert [req.id for req, _, _ in s.schedule(1.0).prefills] == order
+
+
+@pytest.mark.parametrize("value, tokens", [(1, 1), ("1", 1), ("4096", 4096)])
+def test_sglang_max_prefill_tokens_takes_any_integer_from_one(value, tokens):
+    """SGLang server_args.py --max-prefill-tokens is an int; PrefillAdder always takes a batch's
+    first prompt whatever the cap, so the smallest useful cap, 1, is valid (0 and below are not)."""
+    assert engine_config("sglang", H100, 1, max_prefill_tokens=value).max_prefill_tokens == tokens

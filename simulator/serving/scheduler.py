@@ -125,6 +125,12 @@ def engine_config(engine: str, device: Device, tp: int, **overrides) -> EngineCo
         raise InputError(f"max_prefill_tokens={cfg.max_prefill_tokens} must be >= 0 (0 = no cap)")
     if not 0 < cfg.memory_fraction <= 1:
         raise InputError(f"GPU memory fraction {cfg.memory_fraction} must be in (0, 1]")
+    # the EngineConfig fields take what the options batch_wait_timeout_iters and
+    # batch_wait_max_tokens_ratio take (TensorRT-LLM llm_args.py refuses the rest)
+    if cfg.batch_wait_iters < 0:
+        raise InputError(f"batch_wait_iters={cfg.batch_wait_iters} must be >= 0 (0 = no batch waiting)")
+    if not 0.0 <= cfg.batch_wait_ratio <= 1.0:
+        raise InputError(f"batch_wait_ratio={cfg.batch_wait_ratio} must be in [0, 1]")
     if cfg.batch_wait_iters > 0 and cfg.chunked_prefill:
         # py_executor.py counts whole prompts (get_tokens): modelled for whole-prompt admission only
         raise InputError("batch waiting (batch_wait_timeout_iters > 0) needs chunked prefill off")

@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import operator
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -256,6 +257,17 @@ def arrival_times(n: int, rate: RateSchedule, rng: np.random.Generator, cv: floa
     return rate.warp(u)
 
 
+def _length(value, what: str, least: int = 1) -> int:
+    """A trace row's token count as a Python int (NumPy integers and whole floats accepted)."""
+    try:
+        n = operator.index(value)
+    except TypeError:
+        n = int(value) if isinstance(value, (float, np.floating)) and float(value).is_integer() else None
+    if n is None or n < least:
+        raise InputError(f"trace row: {what} {value!r} must be an integer >= {least}")
+    return int(n)
+
+
 # ---- the workload --------------------------------------------------------------------------
 
 @dataclass
@@ -291,6 +303,10 @@ class ServingWorkload:
             raise InputError("give exactly one of an arrival rate (--rate), a concurrency "
                              "(--concurrency) or a trace (--trace)")
         if self.trace is not None:
+            # rows built in Python (ui/state.py, a notebook) may hold NumPy scalars: lengths become
+            # Python ints here, the one boundary every trace crosses (costs._grid uses int.bit_length)
+            self.trace = [(float(t), _length(p, "prompt length"), _length(o, "output length"), tuple(keys),
+                           _length(k, "prefix key tokens", 0)) for t, p, o, keys, k in self.trace]
             self.num_requests = len(self.trace) if not self.num_requests else min(self.num_requests, len(self.trace))
         if self.num_requests < 1:
             raise InputError(f"requests={self.num_requests} must be >= 1")

@@ -418,6 +418,28 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("simulator/memory.py", "ReplaceComparisonOperator_Eq_GtE", "if kind == MAMBA:",
      "kind is a hybrid_pattern symbol (M * - E, models.py refuses others) or MOE: of these only 'M' "
      "is >= 'M' ('*', '-', 'E' sort before it)"),
+    ("simulator/serving/engine.py", "ReplaceComparisonOperator_Gt_GtE", "            if g.dp > 1:",
+     "> 1 and >= 1 differ only at dp == 1, where dp_engine_config returns its cfg unchanged "
+     "(`if cfg.engine != \"sglang\" or dp <= 1: return cfg`)"),
+    ("simulator/serving/policies.py", "ReplaceComparisonOperator_Eq_Is", 'if key == "',
+     "every engine's option(key, value): its one caller, engine_config, passes key from `for key in "
+     "ENGINE_OPTIONS` (policies.py's tuple of identifier-like literals, interned by CPython like the "
+     "literal it is compared with): `is` == `==`"),
+    ("simulator/serving/engine.py", "ReplaceComparisonOperator_GtE_Is", "if req.generated >= req.output_len:  # one-token",
+     "transfer_kv gets a prefill-only request at its first token: generated is 1 (0 += 1, CPython's "
+     "cached small int), output_len a Python int >= 1 (RequestSource int(), trace rows through "
+     "workload._length's int(); both >= 1): 1 >= o iff o == 1 iff o is the cached 1"),
+    ("simulator/serving/engine.py", "NumberReplacer", "mean = sum(f.delay_sum_s for f in fronts) / n if n else 0.0",
+     "n >= 1 whenever fronts is non-empty: plan.frontend gives every both/prefill replica a Frontend, "
+     "so every arrival (not decode-only) passes Frontend.intake (intakes += 1), and one arrives at "
+     "least (ServingWorkload refuses num_requests < 1; open loop issues them all, closed loop "
+     "min(concurrency, num_requests) >= 1 at start; env.run() drains every event): 0.0 never read"),
+    ("simulator/serving/policies.py", "NumberReplacer", ("gib = float(device.hbm_bytes or 0) / 2**30", 40),
+     "the `or 0` for a device without an HBM size: gib is then 0 or ±2**-30 (`or 1`, `or -1`), "
+     "compared only with 70 (vLLM) or 35 and 160 (SGLang): below each threshold either way"),
+    ("simulator/serving/policies.py", "ReplaceComparisonOperator_Gt_NotEq", "if cfg.batch_wait_iters > 0:",
+     "batch_wait_iters >= 0 in every config: engine_config (the only constructor outside tests) "
+     "refuses < 0 from the field and from the option; engine.py's replace() never sets it: != 0 is > 0"),
 ]
 # Cache sizes: every mutant of an `lru_cache(maxsize=...)` argument that still yields an int (or
 # a negative one, which lru_cache treats as 0) changes how much is cached, never a result. `/`
