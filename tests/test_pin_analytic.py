@@ -207,3 +207,90 @@ def test_hardware_flops_exceed_model_flops_only_by_the_recomputation(recompute):
         assert est.hfu == pytest.approx(est.mfu, rel=1e-12)
     else:
         assert 1.2 < est.hfu / est.mfu < 4 / 3
+
+
+def test_zero_1_gathers_the_dense_shard_over_dp_and_the_expert_shard_over_expert_dp():
+    """ZeRO-1 (Rajbhandari et al. 2020 §5.1, P_os): each rank updates its partition, then an
+    all-gather of the bf16 parameters rebuilds them, once per step. With MoE the dense parameters
+    gather over the dp·cp ranks and the expert parameters over the expert data-parallel group
+    (Megatron-Core distributed optimizer, expert_data_parallel group: tp·cp·dp/(ep·etp) ranks, ep·etp
+    apart). Mixtral 8x7B (h = 4096, 8 KV heads of 128, FFN 14336, 8 experts, 32 layers, vocab
+    32000), ep = 8 over 16 ranks: every rank holds all dense parameters and 1 expert per layer;
+    the two gathers add (16 ranks, and 2 ranks 8 apart)."""
+    from simulator.analytic import _dp_terms
+    model, cl = load_model("mixtral-8x7b"), load_cluster("dgx-h100", nodes=2)
+    h, L, V = 4096, 32, 32000
+    dense = L * (h * (4096 + 2 * 8 * 128 + 4096) + h * 8 + 2 * h) + V * h + (V * h + h)  # attn, router, norms
+    expert = L * 3 * h * 14336
+    d = _dp_terms(model, cl, "bf16", "1f1b", 1, 1, 1, 8, 16, 1, 1, False, {})
+    want = collective_s(cl, "all_gather", 16, 1, dense * 2) + collective_s(cl, "all_gather", 2, 8, expert * 2)
+    assert collective_s(cl, "all_gather", 2, 8, expert * 2) > 0
+    assert d["gather"][0] == pytest.approx(want, rel=1e-9)
+
+
+def test_zero_3_gathers_each_layer_and_the_embedding_or_head_as_units_of_their_own():
+    """ZeRO-3 (Rajbhandari et al. 2020 §5.3, P_os+g+p) as PyTorch FSDP auto-wraps a model: one
+    unit per transformer block, the embedding and the output layer units of their own, each
+    all-gathered (parameters, bf16) and reduce-scattered (gradients, bf16) on its own. Llama 3 8B
+    (h = 4096, 8 KV heads of 128, FFN 14336, vocab 128256, untied) on pp = 2, dp = 8: the first
+    stage is 16 blocks and the embedding, the last 16 blocks and the head (final RMSNorm + output)."""
+    from simulator.analytic import _dp_terms
+    model, cl = load_model("llama3-8b"), load_cluster("dgx-h100", nodes=2)
+    h, V = 4096, 128256
+    block = h * (4096 + 2 * 1024 + 4096) + 3 * h * 14336 + 2 * h
+    d = _dp_terms(model, cl, "bf16", "1f1b", 1, 2, 1, 1, 8, 1, 3, False, {})
+    for st, end in ((0, V * h), (1, V * h + h)):
+        for key, op in (("gather", "all_gather"), ("grad", "reduce_scatter")):
+            want = 16 * collective_s(cl, op, 8, 1, block * 2) + collective_s(cl, op, 8, 1, end * 2)
+            assert d[key][st] == pytest.approx(want, rel=1e-9), (key, st)
+
+
+def test_overlapped_ep_all_to_alls_expose_what_outlasts_compute_and_a_dense_layer_has_none():
+    """EP all-to-alls overlapped with another micro-batch's compute (DeepSeek-V3 DualPipe, arXiv
+    2412.19437 §3.2.1; Megatron-Core --overlap-moe-expert-parallel-comm): of a layer's A2A time
+    e = fwd + bwd beside its compute c, max(0, e − c) stays exposed plus the slowdown of the
+    overlapped compute, κ·min(e, c) with κ = 0.189 (Agrawal et al. 2025, arXiv 2507.03114 §5);
+    each of forward, backward and recompute keeps its share of e, and an MoE MTP block's A2As
+    (DeepSeek-V3 §2.2) scale as its MoE layers'. A dense layer moves no A2A
+    (e = 0): nothing to scale, and no 0/0 is evaluated (NumPy warns "invalid value encountered in
+    divide" for 0/0, which every MoE plan with overlap would print)."""
+    import warnings
+
+    from simulator.analytic import ep_overlapped
+    ms = 1e-3  # a layer's seconds per micro-batch
+    k = {"fwd_dense": 2 * ms, "bwd_dense": 4 * ms, "fwd_ep_dense": 0.0, "bwd_ep_dense": 0.0, "rc_ep_dense": 0.0,
+         "fwd_moe": 1 * ms, "bwd_moe": 2 * ms, "fwd_ep_moe": 1.5 * ms, "bwd_ep_moe": 2.5 * ms, "rc_ep_moe": 0.5 * ms,
+         "mtp_fwd_ep": 1.5 * ms, "mtp_bwd_ep": 2.5 * ms, "mtp_rc_ep": 0.5 * ms}  # one MoE MTP depth
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ep_overlapped(k)
+    e, c = 4 * ms, 3 * ms  # A2A 1.5 + 2.5 beside compute 1 + 2
+    scale = ((e - c) + 0.189 * c) / e
+    assert (out["fwd_ep_moe"], out["bwd_ep_moe"], out["rc_ep_moe"]) == pytest.approx(
+        (1.5 * ms * scale, 2.5 * ms * scale, 0.5 * ms * scale), rel=1e-12)
+    assert (out["mtp_fwd_ep"], out["mtp_bwd_ep"], out["mtp_rc_ep"]) == pytest.approx(  # MTP blocks are MoE layers
+        (1.5 * ms * scale, 2.5 * ms * scale, 0.5 * ms * scale), rel=1e-12)
+    assert (out["fwd_ep_dense"], out["bwd_ep_dense"], out["rc_ep_dense"]) == (0.0, 0.0, 0.0)
+    assert out["fwd_moe"] == k["fwd_moe"] and out["bwd_dense"] == k["bwd_dense"]  # compute is not rescaled here
+
+
+def test_model_flops_of_an_mtp_depth_are_its_block_the_head_again_and_the_2h_to_h_projection():
+    """Multi-token prediction (DeepSeek-V3, arXiv 2412.19437 §2.2): each depth runs one more
+    Transformer block, the shared output head again and its projection M_k (2h → h), forward and
+    backward: 3 × the forward FLOPs of each (Narayanan et al. 2021 eq. 3 convention: backward =
+    2 forwards). Mixtral 8x7B given one MoE MTP depth (h = 4096, 32 heads of 128, 8 KV heads,
+    8 experts of FFN 14336, top-2, vocab 32000), 64 sequences of 4096 tokens: the MFU's model
+    FLOPs grow by 64 × 3 × (block + 2·T·h·V + 2·T·2h·h)."""
+    from dataclasses import replace
+    cl = load_cluster("dgx-h100", nodes=1)
+    base = load_model("mixtral-8x7b")
+    T, h, V, GB = 4096, 4096, 32000, 64
+    block = (2 * T * h * (4096 + 2 * 1024) + 2 * T * 4096 * h  # QKV and output projections
+             + 2 * T * T * 32 * (128 + 128)  # QK^T and AV, non-causal
+             + 2 * T * 2 * 3 * h * 14336 + 2 * T * h * 8)  # two SwiGLU experts per token, router
+    want = GB * 3 * (block + 2 * T * h * V + 2 * T * 2 * h * h)
+
+    def model_flops(model):
+        est = estimate(TrainingJob(model, T, GB), parse_plan("dp=8,ep=8,mb=1", cl.num_devices), cl)
+        return est.mfu * est.step_time_s * cl.num_devices * cl.device.peak("bf16")
+    assert model_flops(replace(base, mtp_layers=1)) - model_flops(base) == pytest.approx(want, rel=1e-9)

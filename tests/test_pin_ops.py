@@ -84,7 +84,7 @@ def test_unfused_attention_is_megatron_2021s_full_square():
     assert ops["attn.qk"].flops == ops["attn.av"].flops == pytest.approx(2.0 * scores * 128)
     assert ops["attn.softmax"].bytes == (2 * 2 + (2 * 2 + 1)) * scores
     bwd = _by_name(_ops(plan, "bwd", flash_attention=False, dropout=True))
-    assert bwd["attn.qk"].flops == pytest.approx(4.0 * scores * 128)
+    assert bwd["attn.qk"].flops == bwd["attn.av"].flops == pytest.approx(4.0 * scores * 128)  # dQ, dK; dA, dV
     assert bwd["attn.softmax"].bytes == (3 * 2 + 2) * scores
     no_drop = _by_name(_ops(plan, flash_attention=False))
     assert no_drop["attn.softmax"].bytes == 2 * 2 * scores
@@ -560,3 +560,145 @@ def test_mla_attention_core_runs_av_at_the_value_width():
     km = kernel_model("h100-sxm", "bf16")
     full = km.flash_attention_s(1, 4096, 4096, 128, 128, 192, True)
     assert chunk_attention_s(km, ds, 128, 128, 1, 4096, 0) == pytest.approx(full * (192 + 128) / 384)
+
+
+def test_mla_dense_layer_model_flops_count_every_projection_of_the_latent_attention():
+    """Model FLOPs of a DeepSeek-V3 dense layer (arXiv 2412.19437 §2.1.1, §4.2: h = 7168, 128
+    heads, d_c^Q = 1536, d_c = 512, d_h = 128, d_h^R = 64, d_h^v = 128, SwiGLU FFN 18432) for one
+    4096-token sequence: 2 FLOPs per token per attention parameter (Kaplan et al. 2020 §2.1, C_fwd
+    ≈ 2N), the parameters those of DeepSeek-V2 §2.1.2 eq. 9-14 (W^DQ, the q latent's RMSNorm,
+    W^UQ|W^QR, W^DKV|W^KR, the kv latent's RMSNorm, W^UK|W^UV, W^O), plus the non-causal core
+    2·T·s·heads·(d_h + d_h^R + d_h^v) and the three FFN matrices (Narayanan et al. 2021 eq. 3)."""
+    from simulator.ops import _model_flops_fwd
+    ds = load_model("deepseek-v3")
+    T, h, H = 4096, 7168, 128
+    params = (h * 1536 + 1536 + 1536 * H * (128 + 64)
+              + h * (512 + 64) + 512 + 512 * H * (128 + 128)
+              + H * 128 * h)
+    core = 2 * T * T * H * (128 + 64 + 128)
+    mlp = 2 * T * 3 * h * 18432
+    total, attn = _model_flops_fwd(ds, TrainingJob(ds, T, 8), TrainingPlan(mb=1), False)
+    assert attn == pytest.approx(core, rel=1e-12)
+    assert total == pytest.approx(2 * T * params + core + mlp, rel=1e-12)
+
+
+NANO = "nemotron-3-nano-30b-a3b"
+
+
+def test_mamba_layer_model_flops_are_its_projections_conv_and_chunked_scan():
+    """Model FLOPs of one Mamba-2 layer of Nemotron-3 Nano (h = 2688, H = 64 heads of P = 64,
+    G = 8 groups, N = 128, d_conv = 4, chunk Q = 128) for one 4096-token sequence: in_proj
+    h → 2·H·P + 2·G·N + H and out_proj H·P → h at 2 FLOPs per weight per token, the depthwise
+    conv 2·d_conv per channel of x, B, C (Megatron-Core ssm/mamba_mixer.py), and the chunked SSD
+    scan of Dao & Gu 2024 §6: C·Bᵀ 2·T·Q·N per group, the diagonal blocks 2·T·Q·P per head, the
+    chunk states and their outputs 2·T·N·P each per head, the state passing 2·(T/Q)·N·P per head."""
+    from simulator.ops import _model_flops_fwd
+    m = load_model(NANO)
+    T, h, H, P, G, N, K, Q = 4096, 2688, 64, 64, 8, 128, 4, 128
+    proj = 2 * T * h * ((2 * H * P + 2 * G * N + H) + H * P)
+    conv = 2 * K * T * (H * P + 2 * G * N)
+    ssd = 2 * T * Q * N * G + 2 * T * Q * P * H + 2 * (2 * T * N * P * H) + 2 * (T / Q) * N * P * H
+    total, attn = _model_flops_fwd(m, TrainingJob(m, T, 8), TrainingPlan(mb=1), False, "M")
+    assert attn == 0.0
+    assert total == pytest.approx(proj + conv + ssd, rel=1e-12)
+
+
+def test_context_parallel_mamba_swaps_sequence_and_head_shards_around_conv_and_scan():
+    """Mamba-2 with context parallelism (Megatron-Core ssm/mamba_context_parallel.py pre_conv_ssm,
+    post_conv_ssm): an all-to-all over the cp ranks turns the rank's in_proj output [z, x, B, C, dt]
+    of its s/cp tokens into all tokens of its heads before the conv, and another turns the scan's
+    output y (H·P channels) back after it; 16-bit. Nemotron-3 Nano (H·P = 4096, 2·G·N = 2048,
+    H = 64) at cp=2, s = 4096: 2048 tokens per rank."""
+    m = load_model(NANO)
+    T = 4096 // 2
+    job = TrainingJob(m, 4096, 8)
+    for phase in ("fwd", "bwd"):
+        ops = _by_name(layer_ops(m, job, TrainingPlan(cp=2, dp=4, mb=1), H100, False, phase, "M"))
+        assert (ops["cp.mamba_in"].group, ops["cp.mamba_out"].group) == ("cp", "cp")
+        assert ops["cp.mamba_in"].bytes == T * (2 * 4096 + 2048 + 64) * 2
+        assert ops["cp.mamba_out"].bytes == T * 4096 * 2
+
+
+def test_an_all_moe_hybrid_layer_pattern_costs_its_dense_query_as_a_moe_layer():
+    """A hybrid layer pattern (Megatron-Core ssm/hybrid_layer_allocation.py symbols M, *, -, E)
+    made only of MoE layers 'E' has no dense layer; the dense-layer cost every engine asks for
+    (analytic._kernel_terms reads both kinds) is then the MoE layer's, not an error."""
+    from dataclasses import replace
+    m = replace(load_model(NANO), name="all-moe", hybrid_pattern="E" * 8, num_layers=8)
+    assert m.is_hybrid and m.kind_counts() == ()
+    job, plan = TrainingJob(m, 4096, 8), TrainingPlan(dp=8, mb=1)
+    assert layer_cost(m, job, plan, H100, False) == layer_cost(m, job, plan, H100, True)
+
+
+def test_mamba_conv_and_ssd_backward_recompute_then_differentiate():
+    """Mamba-2 backward (mamba_ssm ssd_combined.py _mamba_chunk_scan_combined_bwd, checkpoint_lvl 1):
+    causal_conv1d is recomputed (2·d_conv FLOPs per element again) and its backward does two
+    products per forward one; it reads x and the incoming gradient and writes the input gradient
+    (5 passes of 16-bit elements, forward 2: read, write). The SSD backward recomputes C·Bᵀ and the
+    chunk states and runs two gradient products per forward product (Dao & Gu 2024 §6 counts:
+    C·Bᵀ 2·T·Q·N·G, diagonal 2·T·Q·P·H, states and outputs 2·T·N·P·H each, passing
+    2·(T/Q)·N·P·H), and moves the forward's bytes three times. Nemotron-3 Nano, 4096 tokens."""
+    m = load_model(NANO)
+    T, H, P, G, N, K, Q = 4096, 64, 64, 8, 128, 4, 128
+    job, plan = TrainingJob(m, T, 8), TrainingPlan(dp=8, mb=1)
+    fwd = _by_name(layer_ops(m, job, plan, H100, False, "fwd", "M"))
+    bwd = _by_name(layer_ops(m, job, plan, H100, False, "bwd", "M"))
+    elems = T * (H * P + 2 * G * N)  # x, B, C
+    assert fwd["mamba_conv"].flops == pytest.approx(2 * K * elems, rel=1e-12)
+    assert bwd["mamba_conv"].flops == pytest.approx(3 * 2 * K * elems, rel=1e-12)
+    assert fwd["mamba_conv"].bytes == pytest.approx(2 * elems * 2, rel=1e-12)
+    assert bwd["mamba_conv"].bytes == pytest.approx(5 * elems * 2, rel=1e-12)
+    cb, diag = 2 * T * Q * N * G, 2 * T * Q * P * H
+    states = out = 2 * T * N * P * H
+    passing = 2 * (T / Q) * N * P * H
+    assert fwd["ssd"].flops == pytest.approx(cb + diag + states + passing + out, rel=1e-12)
+    assert bwd["ssd"].flops == pytest.approx(2 * (cb + diag + states + passing + out) + cb + states + passing,
+                                             rel=1e-12)
+    assert bwd["ssd"].bytes == pytest.approx(3 * fwd["ssd"].bytes, rel=1e-12)
+
+
+def test_a_hybrid_models_non_moe_layer_cost_is_the_layer_weighted_mean_of_its_kinds():
+    """A hybrid model's Mamba, attention and MLP layers ('M', '*', '-' of its pattern, Megatron-Core
+    hybrid_layer_allocation.py) cost per non-MoE layer the mean of each kind's cost weighted by how
+    many layers of the pattern have it: Nemotron-H 8B at tp = 2, compute and exposed TP seconds."""
+    m = load_model("nemotron-h-8b")
+    job, plan = TrainingJob(m, 4096, 8), TrainingPlan(tp=2, dp=4, mb=1)
+    counts = {k: m.hybrid_pattern.count(k) for k in "M*-"}
+    assert sum(counts.values()) == m.num_layers and all(counts.values())
+    kinds = {k: layer_cost(m, job, plan, H100, False, k) for k in counts}
+    mean = layer_cost(m, job, plan, H100, False)
+    L = m.num_layers
+    assert mean.fwd_compute_s == pytest.approx(sum(n * kinds[k].fwd_compute_s for k, n in counts.items()) / L, rel=1e-12)
+    for get in (lambda c: c.fwd_comm_s, lambda c: c.bwd_comm_s):
+        want = sum(n * get(kinds[k]).get("tp", 0.0) for k, n in counts.items()) / L
+        assert want > 0 and get(mean)["tp"] == pytest.approx(want, rel=1e-12)
+
+
+def test_op_level_sac_reruns_its_share_of_the_forward_compute_only():
+    """torchtitan op-level SAC (parallelize_llama.py `_custom_policy`: every odd aten.mm saved,
+    flash attention saved, elementwise ops re-run, collectives saved): with tp = 2 (Shoeybi §3
+    all-reduces among the ops) the recompute is wk of the fused QKV (kv/(q + 2kv) of it), wo, w3
+    of the fused w1|w3 (half) and every norm/activation/residual kernel, and no collective.
+    Llama 3.1 8B (q 4096, kv 1024 wide)."""
+    model = load_model("llama3.1-8b")
+    plan = TrainingPlan(tp=2, mb=1, recompute="selective")
+    job = _job(model, selective_policy="op")
+    share = {"qkv": 1024 / (4096 + 2 * 1024), "proj": 1.0, "fc1": 0.5, "fc2": 0.0, "attn": 0.0}
+    fwd = layer_ops(model, job, plan, H100, False, "fwd")
+    assert any(o.kind == "comm" for o in fwd)
+    comp = [o for o in fwd if o.kind == "compute"]
+    lc = layer_cost(model, job, plan, H100, False)
+    want_s = sum(share.get(o.name.split(".")[0], 1.0) * o.time_s for o in comp)
+    want_f = sum(share.get(o.name.split(".")[0], 1.0) * o.flops for o in comp)
+    assert lc.recompute_s == pytest.approx(want_s, rel=1e-12)
+    assert lc.recompute_flops == pytest.approx(want_f, rel=1e-12)
+    assert lc.recompute_comm_s == {}
+
+
+@pytest.mark.parametrize("flash", [True, False])
+def test_no_op_moves_negative_bytes_or_flops(flash):
+    """Every op of a layer (forward, backward, recompute) counts HBM bytes and FLOPs, which are
+    counts: never negative (the flash kernel's own traffic is not counted, 0)."""
+    for phase in ("fwd", "bwd", "recompute"):
+        for o in _ops(TrainingPlan(tp=2, mb=1, sp=True, recompute="full"), phase, flash_attention=flash):
+            assert o.bytes >= 0 and o.flops >= 0 and o.time_s >= 0, (phase, o.name)

@@ -440,6 +440,35 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("simulator/serving/policies.py", "ReplaceComparisonOperator_Gt_NotEq", "if cfg.batch_wait_iters > 0:",
      "batch_wait_iters >= 0 in every config: engine_config (the only constructor outside tests) "
      "refuses < 0 from the field and from the option; engine.py's replace() never sets it: != 0 is > 0"),
+    ("simulator/ops.py", "ReplaceBinaryOperator_FloorDiv_Div", 'ops.append(_mem(km, "attn_out_copy"',
+     "attn_out_dim = num_heads·d_v and tp divides num_heads (validate_plan, which estimate and so "
+     "simulate run; the planner prunes with tp_splits_model): attn_out_dim / t is the exact integer "
+     "attn_out_dim // t as a float, and the float product is bit-identical"),
+    ("simulator/analytic.py", "ReplaceComparisonOperator_Eq_GtE", 'full = (b.recompute == RECOMPUTE.index("full"))',
+     "PlanBatch.recompute holds indices into RECOMPUTE = (none, selective, full) and full is the "
+     "largest, 2: >= 2 is == 2"),
+    *[("simulator/analytic.py", op, ("units = [(k, x * f) for k, x in units if k > 0 and x > 0 for f in shares]", 51),
+       "the unit counts k are never negative (pl.n_layers, first + last, `n_moe or 1.0`, LoRA's 1.0), "
+       "and a k = 0 unit adds k·c(...) = 0 to both sums: keeping it (>= 0) or not (!= 0 is > 0) "
+       "gives the same seconds")
+      for op in ("ReplaceComparisonOperator_Gt_NotEq", "ReplaceComparisonOperator_Gt_GtE")],
+    ("simulator/analytic.py", "ReplaceComparisonOperator_Gt_NotEq", "grad_exposed = np.where(grad > 0,",
+     "grad is a sum of collective seconds (_dp_terms: collective_s, plus copy times with rank_copies), "
+     "never negative: != 0 is > 0"),
+    ("simulator/analytic.py", "ReplaceComparisonOperator_Eq_GtE", ('(b.schedule == names.index("dualpipe"))', 61),
+     "PlanBatch.schedule holds indices into schedules.names() and dualpipe is its last entry: "
+     ">= is =="),
+    ("simulator/analytic.py", "ReplaceComparisonOperator_Eq_GtE", "sel = b.schedule == s",
+     "the loop runs over np.unique(b.schedule), ascending: rows of a later schedule written with "
+     "s's closed form (pure NumPy, v >= 1: no error, no warning) are overwritten when their own s "
+     "comes, and a row of s is never selected again, so every row keeps its own schedule's bubble"),
+    ("simulator/analytic.py", "ReplaceComparisonOperator_Gt_NotEq", "if p > 1:",
+     "p = pp >= 1 (parse_plan refuses pp < 1; validate_plan needs dp·tp·pp·cp = devices): "
+     "!= 1 is > 1"),
+    ("simulator/analytic.py", "ReplaceUnaryOperator_USub_Invert",
+     ('mtp_rc = plan.recompute != "full" or bool(mtp_recomputed(plan.recompute, -1 if plan.recompute_layers is None', 81),
+     "mtp_recomputed reads recompute_layers only as `< 0` (memory.mtp_recomputed): ~1 = -2 and -1 "
+     "are both < 0"),
 ]
 # Cache sizes: every mutant of an `lru_cache(maxsize=...)` argument that still yields an int (or
 # a negative one, which lru_cache treats as 0) changes how much is cached, never a result. `/`
