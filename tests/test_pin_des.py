@@ -334,3 +334,174 @@ def test_v_shaped_schedules_agree_with_the_analytic_engine(schedule):
     plan = parse_plan(f"tp=2,pp=4,mb=1,schedule={schedule}", cl.num_devices)
     des, _ = simulate(job, plan, cl)
     assert des.step_time_s == pytest.approx(estimate(job, plan, cl).step_time_s, rel=0.05)
+
+
+def test_ddp_bucketing_of_the_last_backward_keeps_its_tp_communication():
+    """Megatron tensor parallelism all-reduces each layer's activations in forward and their
+    gradients in backward (Shoeybi et al., arXiv 1909.08053 §3); DDP bucketing (Li et al., VLDB
+    2020 §3.2.3) only cuts the last backward into pieces that release gradient buckets, so the
+    step's TP communication is still m micro-batches x (forward + backward TP time) of the chunk,
+    summed here from the per-pass costs (tp=2, pp=1, 4 micro-batches, many buckets)."""
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    des = TrainingDES(job, parse_plan("tp=2,mb=1", cl.num_devices), cl)
+    st, m = des.costs.stages[0], des.costs.micro_batches
+    assert des._n_buckets(st) > 1 and m == 4
+    res = des.run()
+    tp = sum(m * (c.fwd_comm_s["tp"] + c.bwd_comm_s["tp"]) for c in st.chunks)
+    busy = sum(m * (c.fwd_s + c.bwd_s - sum(c.fwd_comm_s.values()) - sum(c.bwd_comm_s.values()))
+               for c in st.chunks)
+    assert tp > 0
+    assert res.breakdown_s["tp_comm"] == pytest.approx(tp, rel=1e-9)
+    assert res.breakdown_s["compute"] == pytest.approx(busy, rel=1e-9)
+    for g in ("cp", "ep"):  # no context or expert parallelism: none of their communication
+        assert res.breakdown_s[f"{g}_comm"] == sum(m * (c.fwd_comm_s[g] + c.bwd_comm_s[g]) for c in st.chunks)
+
+
+def test_des_utilisation_scales_with_its_own_step_time():
+    """MFU and HFU are FLOPs per second over the peak (PaLM, Chowdhery et al. 2022 App. B), and a
+    step's FLOPs do not depend on the engine that times it: the DES's MFU x step time, HFU x step
+    time and TFLOP/s x step time equal the analytic engine's, and its tokens/s is the step's tokens
+    over its own step time (a plan where the two step times differ: DP buckets exposed)."""
+    from simulator.analytic import estimate
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    plan = parse_plan("tp=2,mb=1", cl.num_devices)
+    ana = estimate(job, plan, cl)
+    des, res = simulate(job, plan, cl)
+    t, t0 = des.step_time_s, ana.step_time_s
+    assert t == res.step_time_s and t != pytest.approx(t0, rel=1e-6)
+    assert des.mfu * t == pytest.approx(ana.mfu * t0, rel=1e-9)
+    assert des.hfu * t == pytest.approx(ana.hfu * t0, rel=1e-9)
+    assert des.tflops_per_device * t == pytest.approx(ana.tflops_per_device * t0, rel=1e-9)
+    assert des.tokens_per_s == pytest.approx(16 * 2048 / t, rel=1e-12)
+
+
+def test_a_simulation_of_exactly_the_event_limit_runs_and_one_more_is_refused():
+    """The DES refuses a run past 3,000,000 events (des.py's size limit, "3M events is 20-60 s"),
+    saying so: a run that reaches exactly 3,000,000 events is within it and completes with that
+    count, one event more is refused with "stopped after 3,000,000 events". The small step's own
+    event count k is measured first; the counter then starts at 3,000,000 - k (or one past)."""
+    from hwmodels.errors import InputError
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    plan = parse_plan("tp=2,mb=1", cl.num_devices)
+    first = TrainingDES(job, plan, cl)
+    k = first.run().events
+    fits = TrainingDES(job, plan, cl, costs=first.costs)
+    fits.env.processed = 3_000_000 - k
+    assert fits.run().events == 3_000_000
+    over = TrainingDES(job, plan, cl, costs=first.costs)
+    over.env.processed = 3_000_000 - k + 1
+    with pytest.raises(InputError, match="stopped after 3,000,000 events"):
+        over.run()
+
+
+def test_random_stragglers_by_default_are_those_of_the_cli_default_seed():
+    """`random:FRACTION:FACTOR` is seeded (MegaScale-style stragglers, arXiv 2402.15627 §5, drawn
+    reproducibly): called without a seed, parse_stragglers picks the same ranks as the CLI does
+    with its default --seed (0), i.e. Python's random.Random(0).sample of the ranks."""
+    import random
+    from simulator.des import parse_stragglers
+    from ui.cli import build_parser
+    args = build_parser().parse_args(["simulate", "train", "--model", "llama3-8b", "--cluster", "dgx-h100",
+                                      "--seq-len", "2048", "--global-batch", "16"])
+    expect = {r: 1.5 for r in random.Random(args.seed).sample(range(16), 4)}
+    assert parse_stragglers("random:0.25:1.5", 16) == expect
+    assert parse_stragglers("random:0.25:1.5", 16, args.seed) == expect
+
+
+def test_with_two_ddp_buckets_the_first_reduces_from_the_middle_of_the_last_backward():
+    """DDP launches a bucket's all-reduce as soon as the backward has produced its gradients (Li et
+    al., PyTorch Distributed, VLDB 2020 §3.2.3; Megatron-Core's overlap of the gradient reduction
+    with backward): a 2-layer model of 52 MiB of gradients fills two 25 MiB buckets, so bucket 0's
+    reduction starts halfway through the last micro-batch's backward (its start + bwd/2), while the
+    second half still computes, and bucket 1's when that backward ends (start + bwd)."""
+    from simulator.des import simulate
+    from simulator.models import ModelSpec
+    small = ModelSpec(name="small", num_layers=2, hidden_size=1024, num_heads=8, num_kv_heads=8,
+                      ffn_hidden_size=4096, vocab_size=1024, gated_mlp=False)
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(small, 1024, 16)
+    plan = parse_plan("tp=1,mb=1", cl.num_devices)  # dp=8: 2 micro-batches, the last is B1
+    des = TrainingDES(job, plan, cl)
+    assert des._n_buckets(des.costs.stages[0]) == 2
+    bwd = des.costs.stages[0].chunks[0].bwd_s
+    _, res = simulate(job, plan, cl, trace=True)
+    start = {e[2]: e[3] for e in res.timeline}
+    assert bwd > 0
+    assert start["reduce 0.0"] == pytest.approx(start["B1.0"] + bwd / 2, rel=1e-9)
+    assert start["reduce 0.1"] == pytest.approx(start["B1.0"] + bwd, rel=1e-9)
+
+
+def test_zb_h2_holds_at_most_2p_minus_1_passes_however_deep_the_pipeline():
+    """ZB-H2 (Qi et al., arXiv 2401.10241 §3.1) lets a stage hold up to 2p − 1 micro-batches whose
+    weight gradients are pending (its peak memory (2p − 1)·M_B); a deferred W runs as soon as the
+    next forward would exceed that. Stage 0 of a 136-stage pipeline (cap 271, 272 micro-batches,
+    its input gradients given at once so no wait fills a W): counting forwards up and W passes
+    down along its trace, it peaks at exactly 2·136 − 1 = 271 and ends at 0."""
+    from simulator.models import ModelSpec
+    from simulator.training import TrainingPlan
+    tall = ModelSpec(name="tall", num_layers=136, hidden_size=128, num_heads=2, num_kv_heads=2,
+                     ffn_hidden_size=512, vocab_size=128, gated_mlp=False)
+    cl = load_cluster("dgx-h100", nodes=17)
+    des = TrainingDES(TrainingJob(tall, 256, 272), TrainingPlan(dp=1, tp=1, pp=136, mb=1, schedule="zb-h2"),
+                      cl, trace=True)
+    assert des.costs.micro_batches == 272
+    for mb in range(272):  # stage 1's input gradients, already arrived
+        a = des._arrival(("B", 0, 0, mb))
+        a[1] = 0.0
+        a[0].succeed()
+    des.env.process(des._unit(0, 0))
+    des.env.run()
+    held, peak, ws = 0, 0, 0
+    for e in sorted((e for e in des.timeline if e[1] == "compute"), key=lambda e: e[3]):
+        if e[2][0] == "F":
+            held += 1
+        elif e[2][0] == "W" and not e[2].endswith("+"):
+            held, ws = held - 1, ws + 1
+        peak = max(peak, held)
+    assert ws == 272 and held == 0
+    assert peak == 2 * 136 - 1
+
+
+@pytest.mark.parametrize("zero,overlap", [(1, False), (3, True)])
+def test_without_ddp_buckets_the_last_weight_gradient_pass_runs_whole(zero, overlap):
+    """The last W pass (Zero Bubble, arXiv 2401.10241 §3.1) is cut into DDP buckets only when
+    buckets are reduced during the backward (Li et al., VLDB 2020 §3.2.3). Without
+    --overlap-grad-reduce the gradients are all-reduced once after the whole backward (Megatron-LM
+    2021: one "grad reduce"), and ZeRO-3 reduce-scatters layer by layer in its exposed tail (ZeRO
+    §5.3): in both the trace's last W is one pass, "W7", with no "W7+" pieces."""
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16, overlap_grad_reduce=overlap)
+    _, res = simulate(job, parse_plan(f"tp=2,pp=2,mb=1,schedule=zb-h1,zero={zero}", cl.num_devices), cl,
+                      trace=True)
+    names = [e[2] for e in res.timeline]
+    assert names.count("W7") == 2 and "W7+" not in names  # one per stage
+    assert not any(n.startswith("reduce ") for n in names)
+    assert ("grad reduce" in names) == (zero == 1)
+
+
+def test_the_reported_event_count_is_the_events_simpy_processed():
+    """A DES result reports the events it ran (its notes' "N events", events_per_s): simpy's
+    Environment.step processes one event per call, and the call that finds the queue empty
+    (EmptySchedule) ends the run without one. Counted independently by wrapping simpy's own
+    step, the reported count equals the calls that processed an event."""
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    des = TrainingDES(job, parse_plan("tp=2,pp=2,mb=1", cl.num_devices), cl)
+    calls = {"event": 0}
+    base = simpy.Environment.step
+
+    def counted(env):
+        base(env)  # raises EmptySchedule when no event is left
+        calls["event"] += 1
+    simpy.Environment.step = counted
+    try:
+        res = des.run()
+    finally:
+        simpy.Environment.step = base
+    assert calls["event"] > 100
+    assert res.events == calls["event"]

@@ -164,6 +164,27 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("hwmodels/topology.py", "NumberReplacer", "nic_cap: float = 0.0  # bytes/s per NIC port",
      "Topology.nic_cap's default: read only by the switched-fabric code (fat_tree, dragonfly, "
      "_net_time, _a2a_time), reached only after build_topology sets it; ici-torus never reads it"),
+    ("simulator/des.py", "NumberReplacer", ("started = a[1] if a[1] is not None else t0", 32),
+     "the test a[1] -> a[0]: the line runs after `yield a[0]`, and only send() triggers a[0], having "
+     "set a[1] = env.now first, so a[1] is not None there and a[0] (an event) is never None: both "
+     "pick a[1] (the other variant, a[2], raises IndexError: killed, excluded with it)"),
+    ("simulator/des.py", "NumberReplacer", ("in_flight = max(0.0, env.now - max(t0, started))", 28),
+     "the clamp 0.0 -> -1.0: t0 and started (a[1], set when the send began, before a[0] "
+     "triggered) are earlier readings of env.now, which never decreases, so env.now - max(t0, "
+     "started) >= 0 and max(0.0, x) == max(-1.0, x) (the other variant, 1.0, adds 1 s per wait: "
+     "killed, excluded with it)"),
+    ("simulator/des.py", "ReplaceComparisonOperator_Lt_NotEq", "            if vs < last_chunk:",
+     "chunk_ids(s, p, v) are model-chunk indices below model_chunks(p, v) (round-robin s + j·p < "
+     "p·v; ZB-V s, 2p − 1 − s < 2p; DualPipe s, p − 1 − s < p), so vs <= last_chunk: != is <"),
+    ("simulator/des.py", "ReplaceComparisonOperator_Eq_GtE", "last = mb == last_mb[j] and with_w",
+     "with_w is True only for the schedules without a W split (1f1b, gpipe, interleaved), whose B "
+     "passes of a local chunk come in increasing micro-batch order, so last_mb[j] is the largest "
+     "and mb >= last_mb[j] only at it; with_w False makes `last` False either way"),
+    ("simulator/des.py", "ReplaceComparisonOperator_Lt_NotEq", "room = kind == \"B\" or f_done - w_done < cap",
+     "f_done - w_done <= cap always: it starts at 0 <= cap, an F runs only when it is < cap (then "
+     "+1), and a W only lowers it: != cap is < cap"),
+    ("simulator/des.py", "NumberReplacer", "_EPS = 1e-12",
+     "des._EPS is read nowhere (no use in des.py, no import of it elsewhere): any value behaves alike"),
     ("simulator/des.py", "AddNot", "yield from compute(dur, c.bwd_comm_s if not zb else",
      "both branches pass the same communication times (the backward's dict or a copy of it), "
      "which compute() only reads"),
