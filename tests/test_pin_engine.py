@@ -700,3 +700,125 @@ def test_trace_lengths_given_as_numpy_integers_run_as_python_ints():
     assert rb.ttft_s == ra.ttft_s and rb.completed == 6
     with pytest.raises(InputError, match="output length 2.5"):
         ServingWorkload(num_requests=0, trace=[(0.0, 100, 2.5, (), 0)])
+
+
+# ---- cut decode runs, attention-DP timelines and sizing, node-crossing KV, tiny SGLang chunks ----
+def test_a_decode_run_cut_by_an_arrival_ends_with_the_iteration_in_flight():
+    """docs/modeling.md §4.3 with Orca-style iteration-level scheduling (vLLM v1 core.py: a new
+    request joins at the next step): a run of passes lasting 1, 1.5, 2, 2.5, ... s (d0 = 1,
+    slope 0.5) started at t = 0 and interrupted at t = 3 (two passes done, the third in flight)
+    ends when the third pass does, 1 + 1.5 + 2 = 4.5 s, having run 3 passes; with cut_after = 2
+    (one pass more already queued, the engines' async/overlap step) it ends after 4: 7 s."""
+    import simpy
+    from types import SimpleNamespace
+    for cut_after, n_exp in ((1, 3), (2, 4)):
+        env = simpy.Environment()
+        fake = SimpleNamespace(env=env, in_run=False, cut_after=cut_after,
+                               _steps_within=Replica._steps_within)
+        out = {}
+
+        def body(fake=fake, out=out):
+            out["steps"] = yield from Replica._decode_run(fake, 0.0, 1.0, 0.5, 10)
+            out["end"] = fake.env.now
+        p = env.process(body())
+
+        def cut(env=env, p=p):
+            yield env.timeout(3.0)
+            p.interrupt()
+        env.process(cut())
+        env.run()
+        expected_end = sum(1.0 + 0.5 * k for k in range(n_exp))
+        assert out["steps"] == n_exp
+        assert out["end"] == pytest.approx(expected_end, rel=1e-12)
+        assert not fake.in_run
+
+
+def test_an_attention_dp_decode_run_records_its_mean_pass_duration():
+    """docs/modeling.md §4.3: the iteration timeline records a run of n decode passes as one entry
+    of mean duration (run length)/n. Attention DP (SGLang round robin, 2 ranks, Qwen3-30B-A3B on
+    H200, one request of prompt 1000 and 50 output tokens): the 49-pass run's passes grow
+    linearly from the synchronised pass at 1001 KV tokens to the one at 1049, so its mean is
+    (first + last)/2."""
+    from simulator.serving.engine import ServingPlan
+    from simulator.serving.scheduler import Batch
+    h200 = load_cluster("dgx-h200")
+    plan = ServingPlan((ReplicaGroup(h200, 1, 1, 2, 1, "both", 2),), engine="sglang", dtype="fp8",
+                       prefix_caching=False)
+    w = _wl(prompt_len=LengthDist.parse("1000"), output_len=LengthDist.parse("50"), seed=1)
+    sim = ServingSimulation(load_model("qwen3-30b-a3b"), plan, w)
+    sim.run()
+    rep = sim.replicas[0]
+
+    def dec(kv):
+        b = Batch()
+        b.num_decode, b.decode_kv_tokens, b.samples = 1, kv, 1
+        return rep.costs.iteration_dp_s([b, Batch()])
+    assert sim.recorder.it_steps[0][-1] == 49
+    assert sim.recorder.it_dur[0][-1] == pytest.approx((dec(1001) + dec(1049)) / 2, rel=1e-9)
+
+
+@pytest.mark.parametrize("tp,dp,frac", [(2, 2, 0.85), (2, 4, 0.81), (1, 2, 0.87)])
+def test_sglang_attention_dp_sizes_mem_fraction_by_all_tp_times_dp_gpus(tp, dp, frac):
+    """SGLang with --enable-dp-attention runs --tp tp·dp over all the replica's GPUs and picks
+    mem_fraction_static by that tp_size (python/sglang/srt/server_args.py: 0.88/0.87/0.85/0.81/
+    0.79 for tp_size < 2/4/8/16/more): tp 2 × dp 2 is tp_size 4 (0.85), 2 × 4 is 8 (0.81),
+    1 × 2 is 2 (0.87)."""
+    from simulator.serving.engine import ServingPlan
+    h200 = load_cluster("dgx-h200")
+    plan = ServingPlan((ReplicaGroup(h200, tp, 1, tp * dp, 1, "both", dp),), engine="sglang",
+                       prefix_caching=False)
+    w = _wl(prompt_len=LengthDist.parse("128"), output_len=LengthDist.parse("4"))
+    rep = ServingSimulation(load_model("qwen3-30b-a3b"), plan, w).replicas[0]
+    assert rep.cfg.memory_fraction == frac
+
+
+def test_kv_from_a_lower_node_to_a_higher_node_of_one_cluster_crosses_the_nics():
+    """DistServe OSDI'24 §4 / Splitwise ISCA'24: prefill and decode instances on different nodes
+    move the KV over the inter-node network. Prefill tp=8 fills node 0 of a DGX H100 cluster,
+    decode tp=8 node 1: each request's 1024-token KV (128 KiB per token, 8 shards over 8 links)
+    is a node-to-node send/recv (stride 8 GPUs), slower than NVLink."""
+    w = _wl(num_requests=2, prompt_len=LengthDist.parse("1024"), output_len=LengthDist.parse("4"),
+            rate=RateSchedule.parse("1"), seed=6)
+    sim = ServingSimulation(L8B, parse_serving_plan("prefill_tp=8,decode_tp=8", H100), w)
+    sim.run()
+    pre = [r for r in sim.replicas if r.role == "prefill"][0]
+    dec = [r for r in sim.replicas if r.role == "decode"][0]
+    assert (pre.offset, dec.offset) == (0, 8) and pre.cluster.name == dec.cluster.name
+    nbytes = float(1024 * 128 * 1024 / 8)
+    over_nic = collective_s(H100.with_nodes(2), "send_recv", 2, 8, nbytes)
+    assert over_nic > 2 * collective_s(H100, "send_recv", 2, 1, nbytes)
+    assert all(r.transfer_s == pytest.approx(over_nic, rel=1e-12) for r in sim.requests)
+
+
+def test_sglang_attention_dp_chunk_is_floored_at_one_token():
+    """SGLang divides chunked_prefill_size by dp_size (server_args.py _handle_data_parallelism);
+    the simulator keeps at least one token per chunk (0 would mean chunking off): chunk 3 over
+    dp 2 is 3 // 2 = 1, and chunk 1 over dp 4 stays 1."""
+    from simulator.serving.engine import dp_engine_config
+    from simulator.serving.scheduler import EngineConfig
+    cfg = EngineConfig(engine="sglang", max_num_seqs=64, max_num_batched_tokens=4096, chunk=3)
+    assert dp_engine_config(cfg, 2).chunk == 3 // 2
+    cfg = EngineConfig(engine="sglang", max_num_seqs=64, max_num_batched_tokens=4096, chunk=1)
+    assert dp_engine_config(cfg, 4).chunk == 1
+
+
+def test_kv_between_groups_of_a_resized_cluster_stays_on_nvlink_within_a_node():
+    """DistServe OSDI'24 §4.3 (placement: prefill and decode instances of one node exchange KV
+    over NVLink, across nodes over the network). Prefill tp=4 at GPUs 0-3, decode tp=4 at 4-7
+    (node 0) and 8-11 (node 1): the plan outgrows one DGX H100, so the cluster is sized to two
+    nodes. KV into the decode replica on node 0 moves over NVLink (stride 1), into the one on
+    node 1 over the NICs (stride 8); 1024 tokens × 128 KiB over 4 shard links. (Before the fix
+    each group's resize made its own Cluster object and every transfer took the NICs.)"""
+    w = _wl(num_requests=4, prompt_len=LengthDist.parse("1024"), output_len=LengthDist.parse("4"),
+            rate=RateSchedule.parse("1"), seed=6)
+    sim = ServingSimulation(L8B, parse_serving_plan("prefill_tp=4,decode_tp=4,decode_replicas=2", H100), w)
+    sim.run()
+    assert [(r.role, r.offset, r.cluster.num_nodes) for r in sim.replicas] == [
+        ("prefill", 0, 2), ("decode", 4, 2), ("decode", 8, 2)]
+    nbytes = float(1024 * 128 * 1024 / 4)
+    nvlink = collective_s(H100, "send_recv", 2, 1, nbytes)
+    nic = collective_s(H100.with_nodes(2), "send_recv", 2, 8, nbytes)
+    assert nic > 2 * nvlink
+    assert {r.replica for r in sim.requests} == {1, 2}  # both decode replicas take requests
+    for r in sim.requests:
+        assert r.transfer_s == pytest.approx(nvlink if r.replica == 1 else nic, rel=1e-12)

@@ -658,7 +658,9 @@ class ServingSimulation:
     def _transfer(self, src: Replica, dst: Replica, req: Request):
         lanes = min(src.group.tp, dst.group.tp)  # TP shards move in parallel, one link each
         nbytes = req.prompt_len * self.kv_token_bytes / lanes
-        same_node = (src.cluster is dst.cluster and src.offset // src.cluster.devices_per_node
+        # one cluster is one name (place() lays replicas out by name; each group's resize makes
+        # its own Cluster object): the same node is the same name and node index
+        same_node = (src.cluster.name == dst.cluster.name and src.offset // src.cluster.devices_per_node
                      == dst.offset // dst.cluster.devices_per_node)
         cluster = src.cluster
         if not same_node and cluster.num_nodes < 2:  # to another cluster's node: over the NICs
