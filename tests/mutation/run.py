@@ -455,6 +455,11 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
      "so every arrival (not decode-only) passes Frontend.intake (intakes += 1), and one arrives at "
      "least (ServingWorkload refuses num_requests < 1; open loop issues them all, closed loop "
      "min(concurrency, num_requests) >= 1 at start; env.run() drains every event): 0.0 never read"),
+    ("simulator/serving/engine.py", "ReplaceComparisonOperator_Gt_GtE", ("while j > 0 and ends(j) > elapsed + 1e-12:", 32),
+     "_steps_within's one caller (_decode_run) passes elapsed = env.now - start >= 0, cap <= the run's "
+     "steps and d0 = dt >= 0, d0 + slope·(steps-1) = dt_last >= 0 (pass costs), so ends() is "
+     "non-decreasing on [0, cap] and {j: ends(j) <= E} is a prefix holding 0 (ends(0) = 0 < E): "
+     "either first loop stops in it, and the second loop climbs from any member to its largest"),
     ("simulator/serving/policies.py", "NumberReplacer", ("gib = float(device.hbm_bytes or 0) / 2**30", 40),
      "the `or 0` for a device without an HBM size: gib is then 0 or ±2**-30 (`or 1`, `or -1`), "
      "compared only with 70 (vLLM) or 35 and 160 (SGLang): below each threshold either way"),
