@@ -231,3 +231,77 @@ def test_zero3_gather_buffer_is_reserved_for_the_models_largest_layer_on_every_s
         own = max(m.layer_params(i) for i in range(edges[s], edges[s + 1]))
         extra = 2 * WEIGHT_BYTES * (largest - own) / plan.tp
         assert pb.stage_bytes(edges, s) - stage_memory(m, job, plan, s)["peak_bytes"] == pytest.approx(extra, abs=1.0)
+
+
+def test_brute_force_reports_each_chunks_own_layer_count():
+    """`partition_brute_force` answers (objective, layers per chunk): chunk c holds layers
+    edges[c] .. edges[c+1] − 1. Layers of 1, 2, 1, 2, 1, 1 s on 2 stages: prefix sums 1, 3, 4, 6,
+    7, 8, so the only cut giving 4 + 4 s is after layer 3 (any other leaves a stage >= 5 s):
+    (4, [3, 3]), counts that add up to the 6 layers."""
+    best, layers = ilp.partition_brute_force(_pb([1.0, 2.0, 1.0, 2.0, 1.0, 1.0], [2, 1], [0.0, 0.0]))
+    assert best == pytest.approx(4.0) and layers == [3, 3] and sum(layers) == 6
+
+
+def test_a_solve_without_a_start_gives_cbc_no_mip_start(monkeypatch):
+    """`start` seeds CBC with a known solution; without one (or with one that is not a partition)
+    CBC gets no MIP start. Asking pulp for a warm start anyway would not be neutral: pulp writes 0
+    for every variable without a value (pulp.apis.coin_api.COIN_CMD.writesol), a start with
+    empty chunks that violates every chunk's lower bound of 1 layer. Both formulations: identical
+    layers (count ILP) and mixed ones (boundary ILP); with a valid start, warmStart is on."""
+    seen = []
+    real = ilp.pulp.PULP_CBC_CMD
+
+    def spy(*args, **kw):
+        seen.append(kw.get("warmStart", False))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ilp.pulp, "PULP_CBC_CMD", spy)
+    for t in ([1.0] * 4, [1.0, 1.0, 1.0, 2.0]):
+        for start, warm in ((None, False), ([0, 4], False), ([2, 2], True)):
+            seen.clear()
+            res = ilp.partition_ilp(_pb(t, [2, 1], [0.0, 0.0]), gap=0.0, start=start)
+            assert res.solver.optimal and seen and seen[0] is warm, (t, start, seen)
+
+
+def test_devices_of_a_group_are_shared_by_every_option_on_it_whatever_the_names_identity():
+    """devices[g]: the replicas of all options on group g share its D_g devices
+    (hetero_replica_ilp's docstring). Group names are compared by value: a name built at run
+    time (read from a file or the CLI) is equal to, not the same object as, the literal keys of
+    `available`. 8 fast devices, 8 slow ones, a global batch of 4: a fast 8-device replica runs
+    3 sequences in 1 s or 1 in 1 s, a slow one 4 in 5 s. Only one fast replica fits on 8
+    devices, and neither 3 nor 1 is 4 (nor can a slow replica of 4 be topped up), so by hand the
+    only placement is one slow replica: 5 s (two fast replicas, 3 + 1 in 1 s, need 16 devices)."""
+    fast = "".join(["fa", "st"])
+    opts = [ilp.ReplicaOption(fast, 8, 3, 1.0), ilp.ReplicaOption(fast, 8, 1, 1.0),
+            ilp.ReplicaOption("".join(["sl", "ow"]), 8, 4, 5.0)]
+    sol = ilp.hetero_replica_ilp(opts, {"fast": 8, "slow": 8}, 4)
+    assert sol.solver.optimal and sol.replicas == {2: 1} and sol.compute_step_s == pytest.approx(5.0)
+
+
+def test_full_recompute_reserves_the_largest_layers_working_set_on_a_dense_only_stage():
+    """Full recompute (Korthikanti et al. 2022) keeps one layer's full activations (its recompute
+    =none working set) while recomputing it; simulator.memory.stage_memory takes it at the
+    stage's own largest layer. The ILP may move any layer to any stage, so it reserves the working
+    set of the model's largest layer on every stage (partition_problem's docstring), scaled by
+    the fragmentation factor φ = 1 + FRAGMENTATION like every activation: at the uniform
+    partition a stage of dense layers only pays φ·(MoE working set − dense working set) beyond
+    the engine's peak, and a stage holding an MoE layer pays nothing more. Qwen3-30B-A3B with its
+    first 12 of 48 layers dense, pp = 4: stage 0 holds exactly the dense layers."""
+    import dataclasses
+
+    from hwmodels.clusters import load_cluster
+    from simulator.memory import FRAGMENTATION, layer_activation_bytes, stage_memory
+    from simulator.models import load_model
+    from simulator.training import TrainingJob, TrainingPlan, parse_plan
+    m = dataclasses.replace(load_model("qwen3-30b-a3b"), first_dense_layers=12)
+    job = TrainingJob(m, seq_len=4096, global_batch=64)
+    c = load_cluster("dgx-h100", nodes=4)
+    plan = parse_plan("tp=2,pp=4,ep=4,mb=1,sp=on,schedule=1f1b,recompute=full", c.num_devices)
+    pb, start = ilp.partition_problem(job, plan, c)
+    edges = ilp._edges(start)
+    none = TrainingPlan(**{**plan.to_dict(), "recompute": "none"})
+    gap = layer_activation_bytes(m, job, none, True) - layer_activation_bytes(m, job, none, False)
+    assert start == [12] * 4 and gap > 1e6
+    for s in range(4):
+        extra = (1 + FRAGMENTATION) * gap if s == 0 else 0.0
+        assert pb.stage_bytes(edges, s) - stage_memory(m, job, plan, s)["peak_bytes"] == pytest.approx(extra, abs=0.5)

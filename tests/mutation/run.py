@@ -294,6 +294,15 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
       for op in ("ReplaceBinaryOperator_FloorDiv_Div", "ReplaceBinaryOperator_FloorDiv_Mul",
                  "ReplaceBinaryOperator_FloorDiv_Pow", "ReplaceBinaryOperator_FloorDiv_Add",
                  "ReplaceBinaryOperator_FloorDiv_LShift", "ReplaceBinaryOperator_FloorDiv_BitOr")],
+    ("planner/ilp.py", "ReplaceBinaryOperator_Add_Mod", ('upBound=L - C + 1, cat="Integer")', 78),
+     "the text becomes L - C % 1 = L - 0 = L (% binds tighter than -): a looser bound that the "
+     "other constraints already imply: every chunk c is in exactly one stage's sum (c mod p, "
+     "C = p*v), the N_s add up to L and every other chunk holds >= 1 layer, so n_c <= L - (C - 1); "
+     "a valid start has the same bound (sum L, min >= 1): the same feasible set and objective"),
+    ("planner/ilp.py", "ReplaceComparisonOperator_Eq_GtE", "round(y[j, c].value() or 0) == 1",
+     "read only when run.feasible, which requires _integral (every integer variable within 1e-6 of "
+     "an integer); y[j, c] is Binary (bounds 0..1), so round(value or 0) is 0 or 1, where >= 1 is "
+     "== 1: the same ends"),
     ("planner/ilp.py", "ReplaceComparisonOperator_Eq_LtE", 'plan.recompute == "full"',
      "partition_problem reaches these lines only with recompute in RECOMPUTE = none, selective, full "
      "(layer_time_s and step_costs take RECOMPUTE.index(plan.recompute) first, ValueError otherwise), "
