@@ -277,7 +277,7 @@ def parse_plan(text: str, num_devices: int | None = None) -> TrainingPlan:
             raise InputError(f"unknown plan key {key!r}; valid: {PLAN_KEYS}")
     for k in _INT_KEYS:
         zero_ok = k in ("zero", "act_offload", "recompute_layers")
-        if k in vals and (vals[k] < (0 if zero_ok else 1)):
+        if k in vals and (vals[k] < (0 if zero_ok else 1) or (k == "zero" and vals[k] > 3)):
             raise InputError(f"plan {k}={vals[k]} must be "
                              f"{'0..3' if k == 'zero' else '>= 0' if zero_ok else '>= 1'}")
     if "recompute_method" in vals and "recompute_layers" not in vals:

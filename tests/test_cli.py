@@ -96,6 +96,7 @@ def _bad(tmp_path):
         (["--nodes", "x"], "nodes='x'"),
         (["--dtype", "fp3"], "invalid choice"),
         (["--plan", "tp=8,pp=8,mb=7"], "multiple of dp·mb"),
+        (["--plan", "tp=8,zero=4"], "zero=4 must be 0..3"),
     ]
 
 
