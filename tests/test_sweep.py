@@ -10,9 +10,7 @@ import json
 import multiprocessing
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -150,27 +148,31 @@ def test_killed_worker_is_retried_and_every_cell_completes(local_train):
     assert "per device vs global batch, per model" in html and "plotly" in html.lower()
 
 
-def test_interrupted_sweep_resumes_without_recomputing_finished_cells(specs, tmp_path, capsys):
+def test_interrupted_sweep_resumes_without_recomputing_finished_cells(specs, tmp_path, capsys, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt, raised in the main process as the sweep's sixth cell finishes,
+    so the interruption lands mid-sweep on any machine) stops the workers; the command says how
+    to resume and exits 130; the same command again runs only the cells not yet finished."""
+    import ui.sweep as sweep_mod
     out = tmp_path / "resume"
     log = out / "results.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "sweep", specs["train"], "--out", str(out),
-                             "--jobs", "2", "--json", "--no-report"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 2:
-            # freeze the sweep at once, so that however fast this machine finishes cells the
-            # Ctrl-C lands mid-sweep: it is delivered when the process continues
-            proc.send_signal(signal.SIGSTOP)
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the sweep ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
-    proc.send_signal(signal.SIGCONT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "resume" in err and "Traceback" not in err, err
+    real = sweep_mod.run_sweep
+
+    def interrupted(spec, out_dir, ex, progress=None, on_row=None, report=True):
+        seen = []
+
+        def ctrl_c(row):
+            seen.append(row)
+            if len(seen) == 6:
+                raise KeyboardInterrupt
+        return real(spec, out_dir, ex, progress=progress, on_row=ctrl_c, report=report)
+    monkeypatch.setattr(sweep_mod, "run_sweep", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", specs["train"], "--out", str(out), "--jobs", "2", "--json", "--no-report"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 130 and "resume" in err and "Traceback" not in err, err
     first = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-    assert 2 <= len(first) < 48
+    assert 6 <= len(first) < 48
+    monkeypatch.setattr(sweep_mod, "run_sweep", real)
     assert main(["sweep", specs["train"], "--out", str(out), "--jobs", "2", "--json", "--no-report"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (doc["skipped"], doc["ran"], doc["ok"]) == (len(first), 48 - len(first), 48)
