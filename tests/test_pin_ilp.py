@@ -204,6 +204,23 @@ def test_full_recompute_read_from_text_keeps_the_ilps_memory_equal_to_the_engine
     assert max(pb.stage_bytes(ilp._edges(start), s) for s in range(4)) == pytest.approx(peak, rel=1e-9)
 
 
+def _dense_first_qwen3_problem(extra: str):
+    """Qwen3-30B-A3B with its first 12 of 48 layers dense (DeepSeek's first_k_dense_replace) on
+    4 DGX H100 nodes, tp=2, pp=4, ep=4 plus `extra`: (model, job, plan, problem, uniform start,
+    its chunk edges)."""
+    import dataclasses
+
+    from hwmodels.clusters import load_cluster
+    from simulator.models import load_model
+    from simulator.training import TrainingJob, parse_plan
+    m = dataclasses.replace(load_model("qwen3-30b-a3b"), first_dense_layers=12)
+    job = TrainingJob(m, seq_len=4096, global_batch=64)
+    c = load_cluster("dgx-h100", nodes=4)
+    plan = parse_plan(f"tp=2,pp=4,ep=4,mb=1,sp=on,schedule=1f1b,{extra}", c.num_devices)
+    pb, start = ilp.partition_problem(job, plan, c)
+    return m, job, plan, pb, start, ilp._edges(start)
+
+
 def test_zero3_gather_buffer_is_reserved_for_the_models_largest_layer_on_every_stage():
     """ZeRO-3 (Rajbhandari et al. 2020) gathers a layer's parameters before using it, the next
     one prefetched: simulator.memory.stage_memory keeps 2 layers of bf16 weights (TP-sharded) at
@@ -213,18 +230,8 @@ def test_zero3_gather_buffer_is_reserved_for_the_models_largest_layer_on_every_s
     2·2 bytes·(largest − dense layer parameters)/tp beyond the engine's peak, and a stage holding
     an MoE layer pays nothing more. Qwen3-30B-A3B with its first 12 of 48 layers dense
     (DeepSeek's first_k_dense_replace), pp = 4: stage 0 holds exactly the dense layers."""
-    import dataclasses
-
-    from hwmodels.clusters import load_cluster
     from simulator.memory import WEIGHT_BYTES, stage_memory
-    from simulator.models import load_model
-    from simulator.training import TrainingJob, parse_plan
-    m = dataclasses.replace(load_model("qwen3-30b-a3b"), first_dense_layers=12)
-    job = TrainingJob(m, seq_len=4096, global_batch=64)
-    c = load_cluster("dgx-h100", nodes=4)
-    plan = parse_plan("tp=2,pp=4,ep=4,zero=3,mb=1,sp=on,schedule=1f1b", c.num_devices)
-    pb, start = ilp.partition_problem(job, plan, c)
-    edges = ilp._edges(start)
+    m, job, plan, pb, start, edges = _dense_first_qwen3_problem("zero=3")
     largest = max(m.layer_params(i) for i in range(m.num_layers))
     assert start == [12] * 4 and not any(m.is_moe_layer(i) for i in range(12)) and m.layer_params(0) < largest
     for s in range(4):
@@ -287,18 +294,9 @@ def test_full_recompute_reserves_the_largest_layers_working_set_on_a_dense_only_
     partition a stage of dense layers only pays φ·(MoE working set − dense working set) beyond
     the engine's peak, and a stage holding an MoE layer pays nothing more. Qwen3-30B-A3B with its
     first 12 of 48 layers dense, pp = 4: stage 0 holds exactly the dense layers."""
-    import dataclasses
-
-    from hwmodels.clusters import load_cluster
     from simulator.memory import FRAGMENTATION, layer_activation_bytes, stage_memory
-    from simulator.models import load_model
-    from simulator.training import TrainingJob, TrainingPlan, parse_plan
-    m = dataclasses.replace(load_model("qwen3-30b-a3b"), first_dense_layers=12)
-    job = TrainingJob(m, seq_len=4096, global_batch=64)
-    c = load_cluster("dgx-h100", nodes=4)
-    plan = parse_plan("tp=2,pp=4,ep=4,mb=1,sp=on,schedule=1f1b,recompute=full", c.num_devices)
-    pb, start = ilp.partition_problem(job, plan, c)
-    edges = ilp._edges(start)
+    from simulator.training import TrainingPlan
+    m, job, plan, pb, start, edges = _dense_first_qwen3_problem("recompute=full")
     none = TrainingPlan(**{**plan.to_dict(), "recompute": "none"})
     gap = layer_activation_bytes(m, job, none, True) - layer_activation_bytes(m, job, none, False)
     assert start == [12] * 4 and gap > 1e6
