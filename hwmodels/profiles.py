@@ -643,6 +643,90 @@ def load_custom_allreduce_table(system: str, framework: str) -> CustomAllReduceT
                                 source=_source(name, "comm", framework, ver, "custom all-reduce"))
 
 
+# ---- fused MoE --------------------------------------------------------------------------------
+# What the serving engines' fused-MoE layer runs as one call, timed by the collectors on one rank
+# (ai-dynamo/aiconfigurator collector/<framework>/collect_moe.py: `FusedMoE(hidden, router_logits)`
+# for vLLM, the framework's MoE module likewise for SGLang and TensorRT-LLM): top-k selection,
+# token permutation, both grouped expert GEMMs with their activation, and the weighted un-permute.
+# Not in it: the router GEMM, any EP exchange (one physical rank holds the local experts of a
+# logical moe_tp x moe_ep group) and shared experts. `distribution` is the expert load the collector
+# drew: "balanced" (every expert the same count), or "power_law_<alpha>" (expert popularity
+# ~ rank^-alpha with the most loaded experts on the measured rank: collector/helper.py
+# power_law_logits_v3), i.e. the slowest EP rank of an imbalanced batch.
+MOE_DISTRIBUTIONS = ("balanced", "power_law_1.01", "power_law_1.2")
+
+
+@dataclass
+class MoETable:
+    """Measured fused-MoE layer times of one framework on one system: per (moe dtype, hidden,
+    expert FFN width, top-k, experts, moe_tp, moe_ep, distribution) a curve over tokens."""
+    system: str
+    framework: str
+    source: str
+    curves: dict = field(default_factory=dict, repr=False)  # key -> (log2 tokens, log2 s, version)
+
+    def covers(self, moe_dtype: str, hidden: int, inter: int, topk: int, experts: int,
+               moe_tp: int, moe_ep: int, distribution: str = "balanced") -> bool:
+        return (moe_dtype, hidden, inter, topk, experts, moe_tp, moe_ep, distribution) in self.curves
+
+    def time_s(self, tokens: float, moe_dtype: str, hidden: int, inter: int, topk: int,
+               experts: int, moe_tp: int, moe_ep: int, distribution: str = "balanced") -> float | None:
+        """Seconds of one fused-MoE layer over `tokens` tokens on one rank; None for a shape the
+        table does not hold. Log-log interpolation between measured token counts; below the
+        smallest, its time (launch- and weight-read-bound); beyond the largest, that point's time
+        per token (the grouped GEMMs are compute-bound there)."""
+        curve = self.curves.get((moe_dtype, hidden, inter, topk, experts, moe_tp, moe_ep, distribution))
+        if curve is None:
+            return None
+        if tokens <= 0:
+            return 0.0
+        lx, lt, _ = curve
+        x = math.log2(tokens)
+        if x <= lx[0]:
+            return 2.0 ** lt[0]
+        if x >= lx[-1]:
+            return 2.0 ** lt[-1] * tokens / 2.0 ** lx[-1]
+        i = bisect.bisect_right(lx, x) - 1
+        w = (x - lx[i]) / (lx[i + 1] - lx[i])
+        return 2.0 ** (lt[i] + w * (lt[i + 1] - lt[i]))
+
+
+@functools.cache
+def load_moe_table(system: str, framework: str) -> MoETable | None:
+    """Every `moe/<framework>/<version>/moe_perf.parquet` of `system`, one curve per shape from the
+    newest version that measured it (repeated points averaged); None if the framework has none."""
+    sdir = _system_dir(system)
+    if sdir is None:
+        return None
+    found = [(v, p) for fw, v, p in _versions(sdir, "moe", "moe_perf.parquet") if fw == framework]
+    if not found:
+        return None
+    cols = ["moe_dtype", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size",
+            "moe_ep_size", "distribution", "num_tokens", "latency"]
+    curves: dict = {}
+    for ver, path in sorted(found, key=lambda vp: _version_key(vp[0]), reverse=True):
+        df = _read(path)
+        if not set(cols) <= set(df.columns):
+            continue
+        df = df[cols].groupby(cols[:-1], as_index=False)["latency"].mean()
+        for key, g in df.groupby(cols[:8]):
+            key = (str(key[0]),) + tuple(int(x) for x in key[1:7]) + (str(key[7]),)
+            if key in curves or len(g) < 2:
+                continue
+            g = g.sort_values("num_tokens")
+            toks = g["num_tokens"].to_numpy(dtype=float)
+            sec = g["latency"].to_numpy(dtype=float) * _MS
+            if (toks <= 0).any() or (sec <= 0).any():
+                continue
+            curves[key] = ([math.log2(x) for x in toks], [math.log2(t) for t in sec], ver)
+    if not curves:
+        return None
+    name = os.path.basename(sdir)
+    vers = sorted({c[2] for c in curves.values()}, key=_version_key)
+    return MoETable(system=name, framework=framework, curves=curves,
+                    source=_source(name, "moe", framework, "/".join(vers), "fused MoE"))
+
+
 def _pinned_comm_versions(system_dir: str, system: str) -> dict:
     """`misc.nccl_version` / `misc.oneccl_version` from the package's `systems/<system>.yaml`."""
     import yaml

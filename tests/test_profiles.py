@@ -231,3 +231,35 @@ def test_custom_allreduce_table_is_the_engines_kernel():
     mid = t.time_s(8, (first * last) ** 0.5)
     assert 2.0 ** min(lt) <= mid <= 2.0 ** max(lt)
     assert load_custom_allreduce_table("h100_sxm", "no-such-engine") is None
+
+
+# ---- fused MoE -------------------------------------------------------------------------------
+def _moe_rows(system: str, framework: str, version: str):
+    root = list(importlib.util.find_spec("aiconfigurator_core").submodule_search_locations)[0]
+    return pd.read_parquet(os.path.join(root, "systems", "data", system, "moe", framework, version,
+                                        "moe_perf.parquet"))
+
+
+def test_fused_moe_table_reads_the_measured_curve():
+    t = profiles.load_moe_table("h100_sxm", "vllm")
+    assert t is not None and "fused MoE" in t.source
+    key = ("bfloat16", 4096, 1536, 8, 128, 1, 8, "balanced")  # Qwen3-235B-A22B experts, ep 8
+    assert t.covers(*key)
+    df = _moe_rows("h100_sxm", "vllm", t.curves[key][2])
+    sel = df[(df.moe_dtype == "bfloat16") & (df.hidden_size == 4096) & (df.inter_size == 1536)
+             & (df.topk == 8) & (df.num_experts == 128) & (df.moe_tp_size == 1) & (df.moe_ep_size == 8)
+             & (df.distribution == "balanced")]
+    lat = sel.groupby("num_tokens")["latency"].mean()
+    for n in (1, 64, 8192):  # measured points: the measured latency (ms -> s)
+        assert t.time_s(n, *key) == pytest.approx(lat[n] * 1e-3, rel=1e-9)
+    lo, hi = t.time_s(4096, *key), t.time_s(8192, *key)
+    assert lo < t.time_s(6000, *key) < hi  # between points: log-log interpolation
+    top = int(lat.index.max())
+    # beyond the largest measured count: that point's time per token (compute-bound)
+    assert t.time_s(2 * top, *key) == pytest.approx(2 * lat[top] * 1e-3, rel=1e-9)
+    assert t.time_s(0.5, *key) == pytest.approx(lat[1] * 1e-3, rel=1e-9)  # launch floor
+    # an imbalanced batch's straggler rank is slower at large batches
+    assert t.time_s(8192, *key[:-1], "power_law_1.01") > 1.2 * hi
+    # a shape the collector never ran: None (the caller keeps its grouped-GEMM model)
+    assert t.time_s(64, "bfloat16", 4096, 1536, 8, 128, 2, 4, "balanced") is None
+    assert profiles.load_moe_table("h100_sxm", "no-such-engine") is None
