@@ -100,6 +100,10 @@ class ModelSpec:
     # (gpt-oss model card arXiv 2508.10925 §2.1; HF GptOssAttention.sinks). Parameters: num_heads
     # per layer; FLOPs: one exp-and-add per query row and head, negligible beside QK^T and AV.
     attention_sinks: bool = False
+    # the routed experts' quantisation as the checkpoint ships them ("" = the model's dtype);
+    # "mxfp4": GPT-OSS (HF config.json quantization_config.quant_method; attention, router,
+    # embeddings and LM head stay 16-bit, its modules_to_not_convert)
+    expert_quant: str = ""
     # multi-token-prediction modules trained beside the model (DeepSeek-V3, arXiv 2412.19437 §2.2;
     # HF num_nextn_predict_layers; Megatron-Core --mtp-num-layers): each a projection of
     # [RMSNorm(h); RMSNorm(Emb(t_i+k))] from 2h to h, one transformer block like the model's last,
@@ -535,6 +539,7 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
     kwargs = dict(
         sliding_window=window, layer_types=layer_types,
         attention_sinks=bool(cfg.get("attention_sinks", gpt_oss)),
+        expert_quant=_expert_quant(cfg, where),
         name=name, num_layers=L, hidden_size=h, num_heads=a, num_kv_heads=kv, ffn_hidden_size=ffn,
         vocab_size=vocab, gated_mlp=gated,
         head_dim=_int_key(cfg, "head_dim", where, default=0, positive=False)
@@ -631,6 +636,19 @@ def _presets() -> dict[str, dict]:
 
 def preset_names() -> list[str]:
     return list(_presets())
+
+
+EXPERT_QUANTS = ("mxfp4",)
+
+
+def _expert_quant(cfg: dict, where: str) -> str:
+    """The checkpoint's expert-only quantisation from HF `quantization_config` (quant_method
+    "mxfp4": OCP MX FP4 experts, GPT-OSS); "" for none or one that quantises every layer alike."""
+    qc = cfg.get("quantization_config") or {}
+    if not isinstance(qc, dict):
+        raise InputError(f"{where}: quantization_config must be a mapping")
+    method = str(qc.get("quant_method", "")).lower()
+    return method if method in EXPERT_QUANTS and cfg.get("num_local_experts", cfg.get("num_experts")) else ""
 
 
 def load_model(ref: str) -> ModelSpec:

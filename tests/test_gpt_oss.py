@@ -49,6 +49,25 @@ def test_published_config_json_reads_as_the_preset(name, layers, experts):
     assert m.sliding_window == 128 and m.attention_sinks and m.linear_bias and not m.tie_embeddings
     assert [m.layer_window(i) for i in range(4)] == [128, 0, 128, 0]
     assert m.window_counts() == ((0, layers // 2), (128, layers // 2))
+    assert m.expert_quant == p.expert_quant == ("mxfp4" if cfg.get("quantization_config") else "")
+
+
+def test_mxfp4_experts_serve_on_one_hopper_gpu():
+    """GPT-OSS-120B ships MXFP4 experts (61 GiB of weights): it serves from one 80 GB H100 with the
+    MXFP4 w4a16 fused-MoE kernel; with 16-bit experts it would not fit."""
+    from simulator.serving.engine import ReplicaGroup, ServingPlan, ServingSimulation
+    from simulator.serving.workload import ServingWorkload, LengthDist
+    m, h100 = load_model("gpt-oss-120b"), load_cluster("dgx-h100")
+    wl = ServingWorkload(num_requests=8, prompt_len=LengthDist.parse("512"), output_len=LengthDist.parse("16"),
+                         concurrency=4)
+    sim = ServingSimulation(m, ServingPlan((ReplicaGroup(h100, 1, 1, 1, 1),)), wl)
+    assert sim.run().completed == 8
+    rep = sim.replicas[0]
+    if rep.costs._moe is not None:  # aiconfigurator-core's tables installed
+        assert rep.costs._moe[1] == "w4a16_mxfp4"
+    assert rep.pool.breakdown["weights_bytes"] < 70 * 2**30
+    with pytest.raises(InputError, match="does not fit"):
+        ServingSimulation(replace(m, expert_quant=""), ServingPlan((ReplicaGroup(h100, 1, 1, 1, 1),)), wl)
 
 
 @pytest.mark.parametrize("name", ["gpt-oss-120b", "gpt-oss-20b"])

@@ -65,11 +65,16 @@ def test_prefill_attention_is_the_training_forward_attention(name):
 
 @pytest.mark.parametrize("name", ["llama3.1-8b", "mixtral-8x7b", "deepseek-v3"])
 def test_serving_pass_is_built_from_the_layer_ops(name):
-    """Everything but attention and the LM head: the layer's op list times the layer count."""
+    """Everything but attention and the LM head: the layer's op list times the layer count; a MoE
+    layer's routed experts from the measured fused-MoE kernel where one applies."""
     model, cluster = load_model(name), load_cluster("dgx-h100")
     ic = IterationCost(model, cluster, 1)
     def layer_s(moe: bool) -> float:
-        return sum(o.time_s for o in _serving_forward(model, cluster, 1, moe))
+        ops = _serving_forward(model, cluster, 1, moe)
+        fused = ic.fused_moe_s(T) if moe else None
+        if fused is None:
+            return sum(o.time_s for o in ops)
+        return fused + sum(o.time_s for o in ops if not o.name.startswith(ic.FUSED_MOE_OPS))
     n_moe = model.num_moe_layers
     expected = (model.num_layers - n_moe) * layer_s(False) + (n_moe * layer_s(True) if n_moe else 0.0)
     assert ic.dense_s(T) == pytest.approx(expected, rel=1e-12)

@@ -189,6 +189,7 @@ def test_experts_split_tp_over_ep_ways_in_a_serving_replica(h100):
     from simulator.ops import SERVING_ENGINE, LayerPass, transformer_layer
     mx = load_model("mixtral-8x7b")
     ic = IterationCost(mx, h100, 4, 1, 2)
+    ic._moe = None  # the grouped-GEMM experts (the measured fused kernel has its own test below)
     lp = LayerPass(tokens=512, tp=4, ep=2, ep_distinct_tokens=False, expert_tp=2, kv_bytes=2,
                    kernels=SERVING_ENGINE)
     layer = sum(o.time_s for o in transformer_layer(mx, lp, ic.km, ic.km16, ic._comm_s, True, "fwd"))
@@ -350,3 +351,54 @@ def test_a_one_token_attention_dp_pass_still_reads_every_weight():
     assert ic.dense_dp_s(2, 4) > ic.dense_dp_s(1, 2) > 0.5 * ic.dense_dp_s(2, 4)
     one = ic.iteration_dp_s([_batch(decodes=1, kv=1000), Batch()])
     assert one == pytest.approx(ic.dense_dp_s(1, 2) + ic.lm_head_s(1) + ic.decode_attention_s(1, 1000), rel=1e-12)
+
+
+# ---- routed experts from the measured fused-MoE kernel (profiles.MoETable) ---------------------
+def test_moe_layer_takes_the_measured_fused_kernel():
+    pytest.importorskip("aiconfigurator_core")
+    from hwmodels import profiles
+    from simulator.ops import SERVING_ENGINE, LayerPass, transformer_layer
+    if not profiles.aiconfigurator_systems():
+        pytest.skip("aiconfigurator-core tables not installed")
+    m, c = load_model("qwen3-235b-a22b"), load_cluster("dgx-h100")
+    ic = IterationCost(m, c, 8, ep=8, dtype="bf16", engine="vllm")
+    assert ic._moe is not None and ic._moe[1:] == ("bfloat16", 1, 8)
+    T = 4096
+    fused = ic.fused_moe_s(T)
+    tab = profiles.load_moe_table("h100_sxm", "vllm")
+    raw = tab.time_s(T, "bfloat16", 4096, 1536, 8, 128, 1, 8, "power_law_1.01")
+    assert fused == pytest.approx(raw * ic.km._scale)
+    lp = LayerPass(tokens=T, tp=8, ep=8, ep_distinct_tokens=False, expert_tp=1, kv_bytes=2,
+                   kernels=SERVING_ENGINE)
+    ops = transformer_layer(m, lp, ic.km, ic.km16, ic._comm_s, True, "fwd")
+    rest = sum(o.time_s for o in ops if not o.name.startswith(("expert_fc1", "expert_fc2", "expert_act")))
+    assert ic._layer_s(T, True) == pytest.approx(rest + fused)
+    # switched off (no table): the grouped-GEMM experts, which run far faster than the measured
+    # fused kernel at this size
+    off = IterationCost(m, c, 8, ep=8, dtype="bf16", engine="vllm")
+    off._moe = None
+    assert off._layer_s(T, True) < 0.8 * ic._layer_s(T, True)
+    # the balanced load reads another curve; a bad load name is refused
+    bal = IterationCost(m, c, 8, ep=8, dtype="bf16", engine="vllm", moe_load="balanced")
+    assert bal.fused_moe_s(T) < fused
+    with pytest.raises(InputError, match="moe_load"):
+        IterationCost(m, c, 8, ep=8, moe_load="zipf")
+    with pytest.raises(InputError, match="moe_quant"):
+        IterationCost(m, c, 8, ep=8, moe_quant="int3")
+
+
+def test_moe_quant_picks_the_checkpoints_kernel_and_dense_models_skip_it():
+    pytest.importorskip("aiconfigurator_core")
+    from hwmodels import profiles
+    if not profiles.aiconfigurator_systems():
+        pytest.skip("aiconfigurator-core tables not installed")
+    m, c = load_model("qwen3-235b-a22b"), load_cluster("dgx-h100")
+    per_tensor = IterationCost(m, c, 8, ep=8, dtype="fp8", engine="vllm")
+    block = IterationCost(m, c, 8, ep=8, dtype="fp8", engine="vllm", moe_quant="fp8_block")
+    assert per_tensor._moe[1] == "fp8" and block._moe[1] == "fp8_block"
+    assert block.fused_moe_s(64) != per_tensor.fused_moe_s(64)
+    # GPT-OSS on Hopper: 16-bit attention, MXFP4 experts with 16-bit activations
+    g = IterationCost(load_model("gpt-oss-120b"), load_cluster("dgx-h200"), 1, dtype="bf16",
+                      engine="vllm", moe_quant="w4a16_mxfp4")
+    assert g._moe[1] == "w4a16_mxfp4"
+    assert IterationCost(load_model("llama3.1-8b"), c, 1)._moe is None

@@ -239,3 +239,17 @@ def test_sliding_window_kv_per_engine_on_the_most_loaded_pipeline_stage():
     assert kv_bytes_per_token(m, 1, 4, "bf16", "trtllm") == 9 * per_layer
     assert kv_bytes_per_token(m, 1, 4, "bf16", "vllm") == 5 * per_layer
     assert kv_bytes_per_token(m, 1, 1, "bf16") == 36 * per_layer  # no policy: every layer full
+
+
+def test_moe_quant_sets_the_expert_weight_bytes():
+    from simulator.serving.kv_cache import MOE_WEIGHT_BYTES, weight_bytes_per_gpu
+    m = load_model("gpt-oss-120b")
+    b16 = weight_bytes_per_gpu(m, 1, 1, 1, "bf16")
+    mx = weight_bytes_per_gpu(m, 1, 1, 1, "bf16", moe_quant="w4a16_mxfp4")
+    experts = sum(m.num_experts * m.expert_params() for i in range(m.num_layers) if m.is_moe_layer(i))
+    # only the routed experts change: 2 bytes -> MXFP4's 0.5 + one E8M0 scale per 32 values
+    assert MOE_WEIGHT_BYTES["w4a16_mxfp4"] == pytest.approx(0.5 + 1 / 32)
+    assert b16 - mx == pytest.approx(experts * (2 - 0.5 - 1 / 32), rel=1e-9)
+    assert mx < 80 * 2**30 < b16  # GPT-OSS-120B fits one 80 GB GPU only as shipped (MXFP4)
+    with pytest.raises(InputError, match="moe_quant"):
+        weight_bytes_per_gpu(m, 1, 1, 1, "bf16", moe_quant="int3")

@@ -50,7 +50,29 @@ from simulator.models import ModelSpec
 from simulator.ops import (SERVING_ENGINE, LayerPass, chunk_attention_s, kv_cache_elements,
                            kv_heads_per_rank, transformer_layer, window_pairs)
 from simulator.precision import ACT_BYTES
+from simulator.serving.kv_cache import MOE_WEIGHT_BYTES
 from simulator.serving.scheduler import Batch
+
+
+# The fused-MoE table dtypes (aiconfigurator `moe_dtype`) a compute dtype runs, most usual first:
+# per-tensor FP8 (ModelOpt checkpoints) before 128x128 block-scaled FP8 (DeepSeek-V3, Qwen3-FP8);
+# NVFP4 before MXFP4 weights with MXFP8 activations (GPT-OSS on Blackwell). A checkpoint's own
+# quantisation (`moe_quant`, e.g. fp8_block, w4a16_mxfp4, int4_wo) is tried before these.
+MOE_DTYPES = {"bf16": ("bfloat16",), "fp16": ("bfloat16",), "fp8": ("fp8", "fp8_block"),
+              "fp4": ("nvfp4", "w4a8_mxfp4_mxfp8")}
+
+
+
+def checkpoint_moe_quant(model: ModelSpec, engine: str, device) -> str | None:
+    """The fused-MoE kernel dtype a checkpoint's own expert quantisation runs as on `engine`
+    (`ModelSpec.expert_quant`), None when the experts share the model's dtype. MXFP4 experts run
+    with 16-bit activations (vLLM GptOssMxfp4MoEMethod: Triton on Hopper, FlashInfer mxfp4_bf16
+    on Blackwell; TensorRT-LLM's Triton backend on Hopper) except on TensorRT-LLM on Blackwell,
+    whose default TRTLLM MoE backend quantises the activations to MXFP8 (TensorRT-LLM
+    "Deployment Guide for GPT-OSS", MoE backend support matrix)."""
+    if model.expert_quant != "mxfp4":
+        return None
+    return "w4a8_mxfp4_mxfp8" if engine == "trtllm" and "fp4" in device.peak_flops else "w4a16_mxfp4"
 
 
 # Scale-up tiers whose every GPU pair is joined by NVLink (through NVSwitch); an NVLink bridge joins
@@ -108,7 +130,8 @@ class IterationCost:
     def __init__(self, model: ModelSpec, cluster: Cluster, tp: int = 1, pp: int = 1, ep: int = 1,
                  dtype: str = "bf16", kv_dtype: str | None = None, engine: str = "vllm",
                  custom_ar_max_bytes: float | None = None, dp: int = 1,
-                 fp8_context_fmha: bool = False):
+                 fp8_context_fmha: bool = False, moe_quant: str | None = None,
+                 moe_load: str = "power_law_1.01"):
         self.model, self.cluster = model, cluster
         # attention data parallelism: dp ranks of tp devices each run attention on their own
         # requests; the MoE runs over all tp·dp devices (experts over ep, each split tp·dp/ep ways)
@@ -164,6 +187,14 @@ class IterationCost:
         if self._decode_table is None:
             self.notes.append(f"{dev.name}: no measured decode-attention table for this model; "
                               f"KV read at {self.km.mem_bytes_per_s / 1e12:.2f} TB/s")
+        if moe_load not in profiles.MOE_DISTRIBUTIONS:
+            raise InputError(f"moe_load {moe_load!r}; valid: {', '.join(profiles.MOE_DISTRIBUTIONS)}")
+        if moe_quant is not None and moe_quant not in MOE_WEIGHT_BYTES:
+            raise InputError(f"moe_quant {moe_quant!r}; valid: {', '.join(MOE_WEIGHT_BYTES)}")
+        self.moe_load = moe_load
+        # the experts' quantisation: the plan's, else what the checkpoint ships (GPT-OSS: MXFP4)
+        self.moe_quant = moe_quant or checkpoint_moe_quant(model, engine, dev)
+        self._moe = self._fused_moe_table(src if src is not None else dev, engine, self.moe_quant)
         self._dense: dict = {}
         self._split: dict = {}
         self._head: dict = {}
@@ -172,17 +203,66 @@ class IterationCost:
         self.n_moe = model.num_moe_layers
         self.n_dense_mlp = model.num_layers - self.n_moe
 
+    # ---- the routed experts: the engine's measured fused-MoE kernel --------------------------------
+    def _fused_moe_table(self, src, engine: str, moe_quant: str | None):
+        """(table, moe dtype, moe_tp, moe_ep) when the engine's measured fused-MoE table holds this
+        model's expert shape at this replica's expert split (`profiles.load_moe_table`), else
+        None and the experts are costed as grouped GEMMs (`ops._moe_block`). The engine's own
+        framework first, then the others (noted); the checkpoint's MoE quantisation
+        (`moe_quant`) first, then the dtype's usual ones (MOE_DTYPES)."""
+        m = self.model
+        if not m.is_moe or src is None or not src.kernel_profile:
+            return None
+        moe_ep = self.ep
+        moe_tp = max(1, self.tp * self.dp // self.ep)
+        wanted = ([moe_quant] if moe_quant else []) + list(MOE_DTYPES.get(self.dtype, ()))
+        frameworks = [engine] + [f for f in ("vllm", "sglang", "trtllm") if f != engine]
+        for fw in frameworks:
+            tab = profiles.load_moe_table(src.kernel_profile, fw)
+            if tab is None:
+                continue
+            for dt in wanted:
+                if tab.covers(dt, m.hidden_size, m.moe_ffn_hidden_size, m.experts_per_token,
+                              m.num_experts, moe_tp, moe_ep, self.moe_load):
+                    if fw != engine:
+                        self.notes.append(f"{src.name}: fused-MoE times from {fw}'s table "
+                                          f"({engine} has none for this shape)")
+                    return tab, dt, moe_tp, moe_ep
+        self.notes.append(f"{src.name}: no measured fused-MoE kernel for {m.name} at moe_tp={moe_tp}, "
+                          f"ep={moe_ep} ({'/'.join(wanted)}); experts costed as grouped GEMMs")
+        return None
+
+    def fused_moe_s(self, tokens: float) -> float | None:
+        """One MoE layer's routed experts (top-k, permute, both expert GEMMs, activation,
+        un-permute) for `tokens` tokens entering the fused-MoE layer of one rank, from the measured
+        table; None where none applies (the caller keeps the grouped-GEMM ops)."""
+        if self._moe is None:
+            return None
+        tab, dt, moe_tp, moe_ep = self._moe
+        m = self.model
+        t = tab.time_s(tokens, dt, m.hidden_size, m.moe_ffn_hidden_size, m.experts_per_token,
+                       m.num_experts, moe_tp, moe_ep, self.moe_load)
+        # scaled as the GEMM tables are: to sustained clocks, and by the peak ratio for a device
+        # that borrows another's tables (KernelModel._scale)
+        return None if t is None else t * self.km._scale
+
     # ---- everything but attention and the LM head -----------------------------------------------
     def _layer_s(self, T: int, moe: bool) -> float:
-        """One layer's ops for T tokens, attention core aside, forward (`transformer_layer`)."""
+        """One layer's ops for T tokens, attention core aside, forward (`transformer_layer`); the
+        routed experts from the measured fused-MoE table where it applies (`fused_moe_s`)."""
         lp = LayerPass(tokens=T, tp=self.tp, ep=self.ep, ep_distinct_tokens=False,
                        expert_tp=max(1, self.tp // self.ep), kv_bytes=dtype_bytes(self.kv_dtype),
                        kernels=SERVING_ENGINE)
         ops = transformer_layer(self.model, lp, self.km, self.km16, self._comm_s, moe, "fwd")
-        return sum(op.time_s for op in ops)
+        fused = self.fused_moe_s(T) if moe else None
+        if fused is None:
+            return sum(op.time_s for op in ops)
+        return fused + sum(op.time_s for op in ops if not op.name.startswith(self.FUSED_MOE_OPS))
 
     # ops of the routed experts, which see the tokens of every attention-DP rank (ops.py _moe_block)
     EXPERT_OPS = ("expert_fc1", "expert_fc2", "expert_act", "ep.etp_gather", "ep.etp_scatter")
+    # the part of them one fused-MoE kernel call runs (profiles.MoETable)
+    FUSED_MOE_OPS = ("expert_fc1", "expert_fc2", "expert_act")
 
     def _split_at(self, T: int) -> tuple[float, float]:
         """Attention-DP replica, all layers at T tokens per rank: (everything but the routed
@@ -195,7 +275,14 @@ class IterationCost:
             etp = max(1, self.tp * self.dp // self.ep)
             lp = LayerPass(tokens=T, tp=self.tp, ep=self.ep, ep_stride=etp, ep_distinct_tokens=True,
                            expert_tp=etp, kv_bytes=dtype_bytes(self.kv_dtype), kernels=SERVING_ENGINE)
+            # the fused-MoE rank runs over the tokens of the whole tp·dp group (vLLM's default DP
+            # all-gather before FusedMoE; the measured table's num_tokens)
+            fused = self.fused_moe_s(T * self.tp * self.dp) if moe else None
+            if fused is not None:
+                b += n * fused
             for op in transformer_layer(self.model, lp, self.km, self.km16, self._comm_s, moe, "fwd"):
+                if fused is not None and op.name.startswith(self.FUSED_MOE_OPS):
+                    continue
                 if op.name.startswith(self.EXPERT_OPS):
                     b += n * op.time_s
                 else:
@@ -411,7 +498,8 @@ def _window_counts(model: ModelSpec) -> tuple[tuple[int, int], ...]:
 def iteration_cost(model: ModelSpec, cluster: Cluster, tp: int = 1, pp: int = 1, ep: int = 1,
                    dtype: str = "bf16", kv_dtype: str | None = None,
                    engine: str = "vllm", custom_ar_max_bytes: float | None = None,
-                   dp: int = 1, fp8_context_fmha: bool = False) -> IterationCost:
+                   dp: int = 1, fp8_context_fmha: bool = False, moe_quant: str | None = None,
+                   moe_load: str = "power_law_1.01") -> IterationCost:
     """A shared `IterationCost` per replica shape, so its caches survive across simulations."""
     return IterationCost(model, cluster, tp, pp, ep, dtype, kv_dtype, engine, custom_ar_max_bytes, dp,
-                         fp8_context_fmha)
+                         fp8_context_fmha, moe_quant, moe_load)

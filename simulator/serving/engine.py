@@ -85,6 +85,11 @@ class ServingPlan:
     # TensorRT-LLM's TensorRT-engine flow (0.x, `trtllm-bench build` + `throughput`): its custom
     # all-reduce takes messages up to its IPC workspace only (costs.trt_engine_allreduce_workspace_bytes)
     trt_engine: bool = False
+    # the routed experts: the checkpoint's MoE quantisation (a fused-MoE table dtype such as
+    # fp8_block, w4a16_mxfp4, int4_wo; None: the compute dtype's usual ones) and the expert load
+    # the measured kernel is read at (balanced, or the collector's power-law straggler rank)
+    moe_quant: str | None = None
+    moe_load: str = "power_law_1.01"
 
     @property
     def disaggregated(self) -> bool:
@@ -105,6 +110,7 @@ class ServingPlan:
             "prefix_caching": self.prefix_caching, "kv_blocks": self.kv_blocks,
             "disaggregated": self.disaggregated, "num_devices": self.num_devices,
             "engine_options": dict(self.engine_options), "frontend": self.frontend,
+            "moe_quant": self.moe_quant, "moe_load": self.moe_load,
         }
 
 
@@ -198,10 +204,12 @@ class Replica:
         if group.dp > 1:  # attention DP: experts spread over all tp·dp devices
             self.costs = iteration_cost(model, cluster, group.tp, group.pp, group.ep, plan.dtype,
                                         plan.kv_dtype, cfg.engine, ar_max, dp=group.dp,
-                                        fp8_context_fmha=fp8_fmha)
+                                        fp8_context_fmha=fp8_fmha, moe_quant=plan.moe_quant,
+                                        moe_load=plan.moe_load)
         else:
             self.costs = iteration_cost(model, cluster, group.tp, group.pp, group.ep, plan.dtype,
-                                        plan.kv_dtype, cfg.engine, ar_max, fp8_context_fmha=fp8_fmha)
+                                        plan.kv_dtype, cfg.engine, ar_max, fp8_context_fmha=fp8_fmha,
+                                        moe_quant=plan.moe_quant, moe_load=plan.moe_load)
         # the KV pool of one attention-DP rank (of the replica without DP): its own memory after
         # its attention weights (over tp) and its share of the experts (over tp·dp)
         self.pool = kv_pool(model, cluster.device, group.tp, group.pp,
@@ -209,7 +217,7 @@ class Replica:
                             self.costs.kv_dtype, cfg.memory_policy, cfg.memory_fraction,
                             cfg.block_size, cfg.max_num_batched_tokens, cfg.max_num_seqs,
                             cfg.kv_blocks, where=f"replica {index} ({cluster.device.name}, tp={group.tp})",
-                            decoder_workspace=plan.trt_engine)
+                            decoder_workspace=plan.trt_engine, moe_quant=self.costs.moe_quant)
         self.kv = KVCache(self.pool.num_blocks, cfg.block_size, cfg.prefix_caching)
         self.scheduler = Scheduler(cfg, self.kv, on_finish=self._finished,
                                    on_first_token=self._first_token, on_stall=self._stall)

@@ -84,14 +84,29 @@ def kv_bytes_per_token(model: ModelSpec, tp: int, pp: int, kv_dtype: str,
     return worst
 
 
+# Bytes per routed-expert weight of a checkpoint's MoE quantisation (the fused-MoE table dtypes,
+# simulator/serving/costs.py MOE_DTYPES), scales included: NVFP4 one FP8 scale per 16 values
+# (NVIDIA "Introducing NVFP4" blog); MXFP4 one E8M0 scale per 32 (OCP Microscaling spec v1.0
+# §5); INT4 weight-only one 16-bit scale per group of 128 (compressed-tensors pack-quantized,
+# group_size 128).
+MOE_WEIGHT_BYTES = {"bfloat16": 2.0, "fp8": 1.0, "fp8_block": 1.0 + 4 / (128 * 128),
+                    "nvfp4": 0.5 + 1 / 16, "w4a8_mxfp4_mxfp8": 0.5 + 1 / 32,
+                    "w4a16_mxfp4": 0.5 + 1 / 32, "int4_wo": 0.5 + 2 / 128}
+
+
 def weight_bytes_per_gpu(model: ModelSpec, tp: int, pp: int, ep: int, dtype: str,
-                         parallel_embedding: bool = True) -> float:
+                         parallel_embedding: bool = True, moe_quant: str | None = None) -> float:
     """Weights on the most loaded GPU: linear layers at `dtype`, split over tp (experts over
     ep·(tp/ep)); embeddings and LM head vocabulary-parallel over tp in 16-bit, on the first
     and last pipeline stage (Megatron/vLLM VocabParallelEmbedding). `parallel_embedding=False`
     keeps the whole input embedding table on every TP rank, as TensorRT-LLM's checkpoint
-    conversion does by default (the LM head stays column-parallel; see `kv_pool`)."""
+    conversion does by default (the LM head stays column-parallel; see `kv_pool`). `moe_quant`
+    sets the routed experts' bytes per weight (MOE_WEIGHT_BYTES) apart from the other layers'
+    (e.g. GPT-OSS: MXFP4 experts, 16-bit attention)."""
     wb = dtype_bytes(dtype)
+    if moe_quant is not None and moe_quant not in MOE_WEIGHT_BYTES:
+        raise InputError(f"moe_quant {moe_quant!r}; valid: {', '.join(MOE_WEIGHT_BYTES)}")
+    eb = MOE_WEIGHT_BYTES[moe_quant] if moe_quant else wb
     per_stage = math.ceil(model.num_layers / pp)
     # the first stage holds the embedding; with pp = 1 it also holds the LM head
     layers = range(per_stage)
@@ -99,7 +114,7 @@ def weight_bytes_per_gpu(model: ModelSpec, tp: int, pp: int, ep: int, dtype: str
     for i in layers:
         if model.is_moe_layer(i):
             experts = model.num_experts * model.expert_params()
-            linear += (model.layer_params(i) - experts) / tp + experts / max(tp, ep)
+            linear += (model.layer_params(i) - experts) / tp + experts / max(tp, ep) * eb / wb
         else:
             linear += model.layer_params(i) / tp
     # tensorrt_llm/models/llama/convert.py split_embedding: "if not use_parallel_embedding:
@@ -152,7 +167,7 @@ class KVPool:
 def kv_pool(model: ModelSpec, device: Device, tp: int, pp: int, ep: int, dtype: str, kv_dtype: str,
             memory_policy: str, memory_fraction: float, block_size: int, max_tokens: int,
             max_seqs: int, pinned_blocks: int | None = None, where: str = "replica",
-            decoder_workspace: bool = False) -> KVPool:
+            decoder_workspace: bool = False, moe_quant: str | None = None) -> KVPool:
     """Blocks of `block_size` tokens that one replica's KV cache holds (see module docstring).
     `decoder_workspace` marks TensorRT-LLM's TensorRT-engine flow (0.x, `trtllm-bench`): the
     decoder's sampling workspace is allocated before the pool is sized, and the engine was
@@ -163,7 +178,8 @@ def kv_pool(model: ModelSpec, device: Device, tp: int, pp: int, ep: int, dtype: 
     trt_engine = decoder_workspace and memory_policy == "trtllm"
     # tensorrt_llm/models/modeling_utils.py PretrainedConfig(use_parallel_embedding=False): the
     # TRT-engine checkpoint replicates the embedding table on each TP rank
-    weights = weight_bytes_per_gpu(model, tp, pp, ep, dtype, parallel_embedding=not trt_engine)
+    weights = weight_bytes_per_gpu(model, tp, pp, ep, dtype, parallel_embedding=not trt_engine,
+                                   moe_quant=moe_quant)
     acts = activation_peak_bytes(model, tp, max_tokens, max_seqs)
     group = max(tp, pp)
     non_torch = CONTEXT_BYTES + (NCCL_BYTES.get(group, NCCL_BYTES_DEFAULT) if group > 1 else 0)

@@ -12,6 +12,8 @@ from ui.cli.executors import add_executor_flags, executor_from_args
 
 
 def register(groups) -> None:
+    from hwmodels.profiles import MOE_DISTRIBUTIONS
+    from simulator.serving.kv_cache import MOE_WEIGHT_BYTES
     sim = groups["simulate"].add_parser(
         "serve", help="simulate serving a model on a cluster (continuous batching DES)",
         description="Discrete-event simulation of LLM serving: arrivals, routers, per-replica "
@@ -65,6 +67,12 @@ def register(groups) -> None:
     sim.add_argument("--kv-dtype", choices=["bf16", "fp16", "fp8"], help="KV cache dtype (default: 16-bit)")
     sim.add_argument("--engine", default="vllm", choices=["vllm", "sglang", "trtllm"],
                      help="scheduler and memory semantics of the serving engine")
+    sim.add_argument("--moe-quant", choices=list(MOE_WEIGHT_BYTES),
+                     help="MoE models: the checkpoint's expert quantisation (e.g. fp8_block for "
+                          "DeepSeek-V3, w4a16_mxfp4 for GPT-OSS on Hopper; default: the --dtype's usual one)")
+    sim.add_argument("--moe-load", default="power_law_1.01", choices=list(MOE_DISTRIBUTIONS),
+                     help="MoE models: expert load the measured fused-MoE kernel is read at: "
+                          "power-law expert popularity (default, alpha 1.01) or round-robin balanced")
     sim.add_argument("--router", default="round_robin",
                      choices=["round_robin", "least_outstanding", "kv_aware"])
     sim.add_argument("--no-prefix-caching", action="store_true")
@@ -279,7 +287,8 @@ def cmd_simulate_serve(args):
                                   dtype=args.dtype, kv_dtype=args.kv_dtype,
                                   prefix_caching=not args.no_prefix_caching, kv_blocks=args.kv_blocks,
                                   gpu_memory_utilization=args.gpu_memory_utilization,
-                                  engine_options=_engine_options(args), frontend=args.frontend)
+                                  engine_options=_engine_options(args), frontend=args.frontend,
+                                  moe_quant=args.moe_quant, moe_load=args.moe_load)
         wl = _workload(args)
     check_context(model, wl)
     sim = ServingSimulation(model, plan, wl, chrome_trace=bool(args.chrome_trace),
