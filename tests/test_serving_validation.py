@@ -8,6 +8,9 @@ import json
 import pytest
 
 from ui.cli import main
+from hwmodels.clusters import load_cluster
+from simulator.models import load_model
+from simulator.serving.costs import checkpoint_moe_quant
 from validation import serving as vs
 
 
@@ -121,3 +124,26 @@ def test_validate_serving_cli_json(capsys):
     d = json.loads(capsys.readouterr().out)
     assert code == 0 and d["rows_modelled"] == 3 and d["scope"] == "dense"
     assert all(r["dense"] for r in d["rows"]) and "outside the dense scope" in " ".join(d["skip_reasons"])
+
+
+def test_expert_quantisation_follows_the_checkpoint(rows):
+    def first(pred):
+        return _pick(rows, lambda r: pred(r) and vs.classify(r)[0] is not None)[0]
+    # GPT-OSS (MXFP4 experts, 16-bit attention): 16-bit dense GEMMs and KV, although the row says
+    # fp4/nvfp4 (no FP4 tensor cores on Hopper); the experts' kernel comes from the preset
+    for system, backend, kernel in (("h200_sxm", "vllm", "w4a16_mxfp4"), ("b200_sxm", "vllm", "w4a16_mxfp4"),
+                                    ("b200_sxm", "trtllm", "w4a8_mxfp4_mxfp8")):
+        g = vs.classify(first(lambda r: r["model_path"] == "openai/gpt-oss-120b" and r["system"] == system
+                              and r["backend"] == backend and r["precision"] == "fp4"))[0]
+        assert (g["dtype"], g["moe_quant"], g["kv_dtype"]) == ("bf16", None, None)
+        assert checkpoint_moe_quant(load_model("gpt-oss-120b"), backend,
+                                    load_cluster(g["cluster"]).device) == kernel
+    # Kimi-K2.5 INT4 (weight-only experts) is modelled, no longer refused
+    k = vs.classify(first(lambda r: r["model_path"] == "moonshotai/Kimi-K2.5" and r["precision"] == "int4"))[0]
+    assert (k["dtype"], k["moe_quant"]) == ("bf16", "int4_wo")
+    # Qwen's own FP8 checkpoint is block-scaled, whatever the row's label
+    q = first(lambda r: r["model_path"] == "Qwen/Qwen3-235B-A22B-FP8" and r["moe_quant_mode"] == "fp8")
+    assert vs.classify(q)[0]["moe_quant"] == "fp8_block"
+    # dense models carry none
+    d = first(lambda r: r["model_path"] == "meta-llama/Llama-3.1-8B-Instruct")
+    assert vs.classify(d)[0]["moe_quant"] is None

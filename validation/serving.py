@@ -93,9 +93,25 @@ SYSTEMS = {"h100_sxm": "dgx-h100", "h200_sxm": "dgx-h200", "b200_sxm": "dgx-b200
            "b300_sxm": "dgx-b300", "gb200": "gb200-nvl72", "gb300": "gb300-nvl72"}
 DENSE_SYSTEMS = ("h100_sxm", "h200_sxm")  # the acceptance set: dense agg rows on H100/H200
 PRECISIONS = {"": "bf16", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "fp8": "fp8",
-              "fp4": "fp4"}
+              "fp4": "fp4", "int4": "int4"}
 QUANTS = {"": None, "bfloat16": None, "float16": None, "fp8": "fp8", "fp8_block": None,
           "nvfp4": "fp8"}  # GEMM quant mode -> KV-cache dtype of the checkpoint (module docstring)
+# MoE quant mode of a row -> the fused-MoE kernel dtype its experts run (profiles.MoETable)
+MOE_QUANTS = {"": None, "bfloat16": None, "float16": None, "fp8": "fp8", "fp8_block": "fp8_block",
+              "nvfp4": "nvfp4", "int4_wo": "int4_wo"}
+# Checkpoints that quantise only the routed experts and keep attention, router, embeddings and LM
+# head in 16 bits, whatever the row's precision label says (their KV cache stays 16-bit too):
+#   GPT-OSS: MXFP4 experts, which the preset knows (`ModelSpec.expert_quant`; the engine picks
+#     the kernel: `costs.checkpoint_moe_quant`), so no override ("");
+#   Kimi-K2.5 int4: INT4 weight-only experts (moonshotai/Kimi-K2.5 config.json compressed-tensors
+#     pack-quantized, targets the expert Linear layers).
+EXPERT_ONLY_QUANT = {("openai/gpt-oss-120b", "fp4"): "", ("openai/gpt-oss-20b", "fp4"): "",
+                     ("moonshotai/Kimi-K2.5", "int4"): "int4_wo"}
+# FP8 checkpoints whose weights carry one scale per 128x128 block (HF config.json
+# quantization_config weight_block_size [128, 128]): their experts run the engines' block-scaled
+# FP8 MoE kernels, however coarsely a row labels them ("fp8").
+BLOCK_FP8_CHECKPOINTS = ("Qwen/Qwen3-235B-A22B-FP8", "deepseek-ai/DeepSeek-V3", "deepseek-ai/DeepSeek-R1",
+                         "MiniMaxAI/MiniMax-M2.5")
 BACKENDS = ("vllm", "sglang", "trtllm")
 AIC_ESTIMATES = Path(__file__).parent / "data" / "serving" / "aiconfigurator_0.12_estimates_dense_h100_h200.csv"
 MEASURED_COLUMNS = ("silicon_ttft_ms", "silicon_tpot_ms")
@@ -203,8 +219,15 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
     if prec is None:
         return None, f"precision {row.get('precision')}"
     quant = (row.get("gemm_quant_mode") or "").strip()
-    if quant not in QUANTS:
-        return None, f"GEMM quantisation {quant} (weight-only INT4: no kernel model)"
+    moe_quant = MOE_QUANTS.get((row.get("moe_quant_mode") or "").strip())
+    kv_dtype = QUANTS.get(quant)
+    expert_only = EXPERT_ONLY_QUANT.get((path, prec))
+    if expert_only is not None:  # 16-bit dense layers, quantised experts, 16-bit KV
+        prec, moe_quant, quant, kv_dtype = "bf16", expert_only or None, "", None
+    elif moe_quant == "fp8" and path in BLOCK_FP8_CHECKPOINTS:
+        moe_quant = "fp8_block"
+    elif prec == "int4" or quant not in QUANTS:
+        return None, f"GEMM quantisation {quant or prec} (weight-only INT4 dense layers: no kernel model)"
     backend = (row.get("backend") or "").strip().lower()
     if backend not in BACKENDS:
         return None, f"backend {backend}"
@@ -238,7 +261,8 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
             "engine": backend, "version": row.get("backend_version") or "", "mode": mode,
             "pools": pools, "tp": main["tp"], "pp": main["pp"], "ep": main["ep"],
             "dp": main.get("dp", 1), "dense": dense,
-            "concurrency": c, "isl": isl, "osl": osl, "quant": quant, "kv_dtype": QUANTS[quant],
+            "concurrency": c, "isl": isl, "osl": osl, "quant": quant, "kv_dtype": kv_dtype,
+            "moe_quant": moe_quant if preset in MOE_MODELS.values() else None,
             "client": client, "measured_on": info["measured"],
             "ttft_s": ttft, "tpot_s": tpot}, ""
 
@@ -396,7 +420,7 @@ def _replay(case: dict, seed: int, quick: bool, client: str | None,
                    for role, p in case["pools"].items())
     plan = ServingPlan(groups, max_batch=max_batch, max_tokens=max_tokens, engine=case["engine"], dtype=case["dtype"],
                        kv_dtype=case.get("kv_dtype"), prefix_caching=False, engine_options=options,
-                       gpu_memory_utilization=settings["memory_fraction"])
+                       gpu_memory_utilization=settings["memory_fraction"], moe_quant=case.get("moe_quant"))
     rep = simulate(model, plan, case_workload(case, seed, quick, client))
     if rep.ttft_s["mean"] is None or rep.tpot_s["mean"] is None:
         return {"error": "no request finished (the KV pool cannot hold one request)"}
