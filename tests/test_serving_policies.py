@@ -190,6 +190,30 @@ def test_answers_to_an_idle_engine_start_with_the_first_alone(extra):
     assert seen[11] == seen[12] == (4 if extra else 3)
 
 
+@pytest.mark.parametrize("extra", [False, True])
+def test_a_burst_to_an_idle_engine_is_not_served_one_per_pass(extra):
+    """As above, but every answer ends with its prefill pass (a prefill-only replica's requests
+    leave after one pass): the first answer runs alone in pass 2 and the engine is idle again
+    when pass 3 is built, with the rest of the burst already arrived, so all of it joins pass 3.
+    Taking one deferred request per idle pass (the rule above, applied again) would prefill a
+    burst of thousands of prompts one by one and cost quadratic time."""
+    s, kv, finished = _sched(1000, max_num_seqs=64, max_num_batched_tokens=512, extra_step=extra)
+    nxt = iter(range(10, 16))
+
+    def on_finish(req, now):
+        finished.append(req.id)
+        if req.id < 10:
+            s.add(Request(next(nxt), now, 8, 1))
+    s.on_finish = on_finish
+    for i in range(6):
+        s.add(Request(i, 0.0, 8, 1))
+    b = s.schedule(0.0)
+    s.complete(b, 1.0)  # all six end; 10..15 answer
+    seen = _first_passes(s, 1.0, range(2, 6))
+    assert seen[10] == 2
+    assert {seen[i] for i in range(11, 16)} == {3}
+
+
 def test_engine_defaults_for_the_extra_step():
     """vLLM 0.10-0.12: async scheduling opt-in; SGLang and TRT-LLM 1.0: overlap scheduler on."""
     assert not engine_config("vllm", H100, 1).extra_step

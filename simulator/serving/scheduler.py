@@ -194,6 +194,7 @@ class Scheduler:
         # `deferred` (stamped with the pass count) and join the queue for pass p + 2
         self.extra = cfg.extra_step
         self.deferred: list = []
+        self.idle_take = None  # the pass count when an idle engine last took one deferred request
         self.passes = 0  # passes scheduled so far (a run of decode passes counts each)
         self.in_flight = False  # a pass has been scheduled and not completed yet
         # inside `complete`: a request added now is a client's answer to an output of the pass
@@ -254,15 +255,28 @@ class Scheduler:
             else:
                 keep.append((stamp, req))
         if keep and not due and not self.running and not self.waiting:
-            # An idle engine loop blocks on its input queue and starts a pass with what has
-            # arrived (vllm/v1/engine/core.py _process_input_queue: input_queue.get(), then
-            # what is already queued); the client answers one request after another (aiperf's
-            # serial credit issue, ai-dynamo/aiperf issue #1424; one API-server thread takes
-            # them in, vLLM issue #25301), so the first starts alone and the others arrive
-            # while its pass runs: they join the pass after it (two after with an extra step).
-            self.waiting.append(keep[0][1])
-            later = self.passes + (1 if self.extra else 0)
-            keep = [(later, req) for _, req in keep[1:]]
+            if self.idle_take is not None and self.idle_take < self.passes:
+                # The engine went idle again after the pass it started alone (a prefill-only
+                # replica's requests leave after one pass): the rest of that burst arrived while
+                # the pass ran, and an idle loop has no pass in flight to make them wait for,
+                # so it takes them all now. (Taking one per pass would serialise a burst of
+                # thousands of prompts.)
+                self.waiting.extend(req for _, req in keep)
+                keep = []
+                self.idle_take = None
+            else:
+                # An idle engine loop blocks on its input queue and starts a pass with what has
+                # arrived (vllm/v1/engine/core.py _process_input_queue: input_queue.get(), then
+                # what is already queued); the client answers one request after another (aiperf's
+                # serial credit issue, ai-dynamo/aiperf issue #1424; one API-server thread takes
+                # them in, vLLM issue #25301), so the first starts alone and the others arrive
+                # while its pass runs: they join the pass after it (two after with an extra step).
+                self.waiting.append(keep[0][1])
+                later = self.passes + (1 if self.extra else 0)
+                keep = [(later, req) for _, req in keep[1:]]
+                self.idle_take = self.passes
+        elif due:
+            self.idle_take = None
         self.deferred = keep
 
     # ---- decoders ------------------------------------------------------------------------------
