@@ -12,6 +12,7 @@ the same shapes millions of times.
 from __future__ import annotations
 
 import csv
+import math
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -105,6 +106,16 @@ class KernelModel:
         # Measured times of the source device scale to this device by the ratio of peaks, then
         # to sustained clocks (hwmodels/data/gemm_sustained.yaml).
         self._scale = 1.0 if src is self.device else src.peak(dtype) / self.peak_flops
+        self._peak_ratio = self._scale
+        # the roofline ridge (FLOP/B) of the device the tables were measured on, as catalogued: a
+        # what-if variant of it (more HBM bandwidth, say) keeps the measured kernels and so which
+        # of them were compute-bound (`sustained_s`)
+        try:
+            measured = get_device(src.name)
+        except InputError:
+            measured = src
+        self._ridge = measured.peak(dtype) / measured.hbm_bytes_per_s if measured.hbm_bytes_per_s else math.inf
+        self.sustained_factor = 1.0
         if self._gemm is not None:
             self.sustained_factor = _sustained_factor(self.device.name, dtype, self._gemm.peak_achieved()
                                                       / self._scale, src.peak(dtype) / self._scale, src.name)
@@ -137,7 +148,8 @@ class KernelModel:
         km._src = km.device
         km._gemm = prof.gemm(dtype)
         km._attn = prof.attention(dtype)
-        km._scale = 1.0
+        km._scale = km._peak_ratio = 1.0
+        km._ridge = math.inf
         km.sustained_factor = 1.0
         km.gemm_s = lru_cache(maxsize=1 << 16)(km._gemm_s)
         km.flash_attention_s = lru_cache(maxsize=1 << 14)(km._flash_attention_s)
@@ -167,8 +179,23 @@ class KernelModel:
             t = self._gemm.time_s(mc, nc, kc)
             if t is not None:
                 # Below the grid a kernel is no faster than the smallest measured shape.
-                return max(t * self._scale, t_mem)
+                # (the time, intensity and memory floor are the clamped shape's)
+                b = dtype_bytes(self.dtype) * (mc * kc + kc * nc + mc * nc)
+                return max(self.sustained_s(t * self._peak_ratio, 2.0 * mc * nc * kc, b),
+                           b / self.mem_bytes_per_s + KERNEL_LATENCY_S)
         return max(flops / (self.peak_flops * FALLBACK_GEMM_EFFICIENCY), t_mem)
+
+    def sustained_s(self, t_burst: float, flops: float, nbytes: float) -> float:
+        """A kernel's burst-timed seconds on this device at sustained clocks (§1.4 of
+        docs/modeling.md). The power limit throttles the SM clock, not the memory clock: a
+        kernel above the roofline's ridge point (arithmetic intensity ≥ peak FLOP/s ÷ HBM bytes/s)
+        is compute-bound and slows by 1/σ; below it, by the share of the ridge its intensity
+        reaches (Williams, Waterman & Patterson, CACM 2009, the roofline model), so a decode GEMM
+        that reads its weights for a few rows hardly slows at all."""
+        if self.sustained_factor >= 1.0 or t_burst <= 0 or nbytes <= 0:
+            return t_burst
+        bound = min(1.0, flops / nbytes / self._ridge)
+        return t_burst * (1.0 + (1.0 / self.sustained_factor - 1.0) * bound)
 
     def bmm_s(self, batch: int, m: int, n: int, k: int) -> float:
         """Strided batched GEMM: costed as one GEMM with the batch folded into m."""

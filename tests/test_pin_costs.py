@@ -367,7 +367,11 @@ def test_moe_layer_takes_the_measured_fused_kernel():
     fused = ic.fused_moe_s(T)
     tab = profiles.load_moe_table("h100_sxm", "vllm")
     raw = tab.time_s(T, "bfloat16", 4096, 1536, 8, 128, 1, 8, "power_law_1.01")
-    assert fused == pytest.approx(raw * ic.km._scale)
+    # at sustained clocks (KernelModel.sustained_s): between the burst time and the fully
+    # clock-bound one; a decode-sized call, which streams expert weights, keeps its burst time
+    assert raw < fused <= raw * ic.km._scale * (1 + 1e-12)
+    raw4 = tab.time_s(4, "bfloat16", 4096, 1536, 8, 128, 1, 8, "power_law_1.01")
+    assert ic.fused_moe_s(4) == pytest.approx(raw4, rel=0.01)
     lp = LayerPass(tokens=T, tp=8, ep=8, ep_distinct_tokens=False, expert_tp=1, kv_bytes=2,
                    kernels=SERVING_ENGINE)
     ops = transformer_layer(m, lp, ic.km, ic.km16, ic._comm_s, True, "fwd")

@@ -157,8 +157,8 @@ def test_skinny_gemm_is_bounded_by_streaming_its_operands():
 
 def test_below_the_grid_a_gemm_is_no_faster_than_the_smallest_measured_shape():
     km = kernel_model("h100-sxm", "bf16")
-    m0 = int(km._gemm.m[0])
-    small = km.gemm_s(m0, 64, 64)
+    m0, n0, k0 = (int(km._gemm.m[0]), int(km._gemm.n[0]), int(km._gemm.k[0]))
+    small = km.gemm_s(m0, n0, k0)  # the smallest measured shape
     assert km.gemm_s(1, 1, 1) >= small * (1 - 1e-12)
     assert km.gemm_s(1, 32, 32) == pytest.approx(km.gemm_s(m0, 32, 32), rel=1e-12)
 
@@ -275,3 +275,21 @@ def test_a_profiled_machine_runs_gemms_at_its_measured_times():
             if r["dtype"] == km.dtype and r["bias"] == "0"]
     big = max(rows, key=lambda r: int(r["m"]) * int(r["n"]) * int(r["k"]))
     assert km.gemm_s(int(big["m"]), int(big["n"]), int(big["k"])) == pytest.approx(float(big["time_s"]), rel=1e-6)
+
+
+def test_sustained_clocks_slow_compute_bound_gemms_only():
+    """The power limit throttles the SM clock, not HBM: a GEMM at or above the roofline's ridge
+    point takes the full 1/σ (MAMF), a decode GEMM reading its weights for 4 rows keeps its
+    burst-timed table time (intensity ~4 FLOP/B against a ridge near 300)."""
+    km = kernel_model("h100-sxm", "bf16")
+    assert km.sustained_factor < 1
+    big = km._gemm.time_s(8192, 8192, 8192)
+    assert km.gemm_s(8192, 8192, 8192) == pytest.approx(big / km.sustained_factor, rel=1e-9)
+    burst = km._gemm.time_s(4, 8192, 8192)
+    dec = km.gemm_s(4, 8192, 8192)
+    assert burst <= dec < burst * (1 + 0.02 * (1 / km.sustained_factor - 1))
+    assert dec < burst / km.sustained_factor * 0.9
+    # half the ridge point: half the slowdown
+    ridge = km._ridge
+    assert km.sustained_s(1.0, ridge / 2, 1.0) == pytest.approx(1 + (1 / km.sustained_factor - 1) / 2)
+    assert km.sustained_s(1.0, 10 * ridge, 1.0) == pytest.approx(1 / km.sustained_factor)

@@ -13,9 +13,11 @@ that sample a token. Every duration comes from the shared cost layer:
   chunk of q new tokens after c cached ones is the causal q×q block plus the full q×c block;
 - decode attention: the measured generation-attention table (`load_decode_attention_table`) at
   the batch's mean KV length, else the KV read at the achievable HBM bandwidth;
-- MoE: router, the routed experts as one grouped GEMM over the experts the batch's tokens hit,
-  shared experts, EP all-to-alls between attention-DP ranks only (EP inside the TP group holds
-  every token: the TP all-reduce combines the experts' outputs);
+- MoE: router, the routed experts as the engine's measured fused-MoE kernel where its table
+  holds the expert shape, split and quantisation (`profiles.MoETable`, `fused_moe_s`), else as
+  one grouped GEMM over the experts the batch's tokens hit; shared experts; EP all-to-alls
+  between attention-DP ranks only (EP inside the TP group holds every token: the TP all-reduce
+  combines the experts' outputs);
 - communication: `collective_s` (TP all-reduce, EP all-to-all, PP send/recv); TP all-reduces
   small enough for the engine's custom all-reduce kernel (vLLM/SGLang custom_all_reduce,
   TensorRT-LLM one-/two-shot AllReduce, all inside CUDA graphs) take its measured time when
@@ -60,7 +62,6 @@ from simulator.serving.scheduler import Batch
 # quantisation (`moe_quant`, e.g. fp8_block, w4a16_mxfp4, int4_wo) is tried before these.
 MOE_DTYPES = {"bf16": ("bfloat16",), "fp16": ("bfloat16",), "fp8": ("fp8", "fp8_block"),
               "fp4": ("nvfp4", "w4a8_mxfp4_mxfp8")}
-
 
 
 def checkpoint_moe_quant(model: ModelSpec, engine: str, device) -> str | None:
@@ -242,9 +243,20 @@ class IterationCost:
         m = self.model
         t = tab.time_s(tokens, dt, m.hidden_size, m.moe_ffn_hidden_size, m.experts_per_token,
                        m.num_experts, moe_tp, moe_ep, self.moe_load)
-        # scaled as the GEMM tables are: to sustained clocks, and by the peak ratio for a device
-        # that borrows another's tables (KernelModel._scale)
-        return None if t is None else t * self.km._scale
+        if t is None:
+            return None
+        # scaled as the GEMM tables are: by the peak ratio for a device that borrows another's
+        # tables, then to sustained clocks by its arithmetic intensity (KernelModel.sustained_s):
+        # the rank's share of a balanced load's FLOPs over the bytes it moves, the local experts'
+        # weights the tokens touch (expected distinct experts of tokens·k uniform picks) and the
+        # tokens' activations in and out
+        E, k = m.num_experts, m.experts_per_token
+        touched = E / moe_ep * (1.0 - (1.0 - 1.0 / E) ** (tokens * k))
+        expert_bytes = (m.hidden_size * m.moe_ffn_hidden_size * (3 if m.gated_mlp else 2) / moe_tp
+                        * MOE_WEIGHT_BYTES.get(dt, 1.0))
+        nbytes = touched * expert_bytes + 2 * tokens * m.hidden_size * ACT_BYTES
+        flops = 2.0 * tokens * k * expert_bytes / MOE_WEIGHT_BYTES.get(dt, 1.0) / moe_ep
+        return self.km.sustained_s(t * self.km._peak_ratio, flops, nbytes)
 
     # ---- everything but attention and the LM head -----------------------------------------------
     def _layer_s(self, T: int, moe: bool) -> float:
