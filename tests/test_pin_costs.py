@@ -354,12 +354,18 @@ def test_a_one_token_attention_dp_pass_still_reads_every_weight():
 
 
 # ---- routed experts from the measured fused-MoE kernel (profiles.MoETable) ---------------------
-def test_moe_layer_takes_the_measured_fused_kernel():
+def _aic_profiles():
+    """hwmodels.profiles, or skip where aiconfigurator-core's tables are not installed."""
     pytest.importorskip("aiconfigurator_core")
     from hwmodels import profiles
-    from simulator.ops import SERVING_ENGINE, LayerPass, transformer_layer
     if not profiles.aiconfigurator_systems():
         pytest.skip("aiconfigurator-core tables not installed")
+    return profiles
+
+
+def test_moe_layer_takes_the_measured_fused_kernel():
+    profiles = _aic_profiles()
+    from simulator.ops import SERVING_ENGINE, LayerPass, transformer_layer
     m, c = load_model("qwen3-235b-a22b"), load_cluster("dgx-h100")
     ic = IterationCost(m, c, 8, ep=8, dtype="bf16", engine="vllm")
     assert ic._moe is not None and ic._moe[1:] == ("bfloat16", 1, 8)
@@ -392,10 +398,7 @@ def test_moe_layer_takes_the_measured_fused_kernel():
 
 
 def test_moe_quant_picks_the_checkpoints_kernel_and_dense_models_skip_it():
-    pytest.importorskip("aiconfigurator_core")
-    from hwmodels import profiles
-    if not profiles.aiconfigurator_systems():
-        pytest.skip("aiconfigurator-core tables not installed")
+    _aic_profiles()
     m, c = load_model("qwen3-235b-a22b"), load_cluster("dgx-h100")
     per_tensor = IterationCost(m, c, 8, ep=8, dtype="fp8", engine="vllm")
     block = IterationCost(m, c, 8, ep=8, dtype="fp8", engine="vllm", moe_quant="fp8_block")

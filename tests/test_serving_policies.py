@@ -172,22 +172,29 @@ def test_answers_to_an_idle_engine_start_with_the_first_alone(extra):
     (vllm/v1/engine/core.py _process_input_queue); the client sends the others one after another
     (aiperf issue #1424), so they arrive while that pass runs and join the pass after it (two
     after with an extra step). Releasing all three at once would prefill them together."""
-    s, kv, finished = _sched(100, max_num_seqs=8, max_num_batched_tokens=64, extra_step=extra)
-    nxt = iter(range(10, 13))
+    s, b = _burst_of_answers(extra, 3, answer_output=4, blocks=100, max_seqs=8, budget=64)
+    assert _ids(b) == [0, 1, 2]
+    seen = _first_passes(s, 1.0, range(2, 6))
+    assert seen[10] == 2
+    assert seen[11] == seen[12] == (4 if extra else 3)
+
+
+def _burst_of_answers(extra, n, answer_output, blocks, max_seqs, budget):
+    """Requests 0..n-1 (one output token each) run in pass 1 and end together; each client
+    answers at once with request 10+i of `answer_output` tokens. The scheduler after pass 1."""
+    s, kv, finished = _sched(blocks, max_num_seqs=max_seqs, max_num_batched_tokens=budget, extra_step=extra)
+    nxt = iter(range(10, 10 + n))
 
     def on_finish(req, now):
         finished.append(req.id)
         if req.id < 10:
-            s.add(Request(next(nxt), now, 8, 4))
+            s.add(Request(next(nxt), now, 8, answer_output))
     s.on_finish = on_finish
-    for i in range(3):
+    for i in range(n):
         s.add(Request(i, 0.0, 8, 1))
     b = s.schedule(0.0)
-    assert _ids(b) == [0, 1, 2]
-    s.complete(b, 1.0)  # all three end (one output token); 10, 11, 12 answer
-    seen = _first_passes(s, 1.0, range(2, 6))
-    assert seen[10] == 2
-    assert seen[11] == seen[12] == (4 if extra else 3)
+    s.complete(b, 1.0)  # all end (one output token); their clients answer
+    return s, b
 
 
 @pytest.mark.parametrize("extra", [False, True])
@@ -197,18 +204,7 @@ def test_a_burst_to_an_idle_engine_is_not_served_one_per_pass(extra):
     when pass 3 is built, with the rest of the burst already arrived, so all of it joins pass 3.
     Taking one deferred request per idle pass (the rule above, applied again) would prefill a
     burst of thousands of prompts one by one and cost quadratic time."""
-    s, kv, finished = _sched(1000, max_num_seqs=64, max_num_batched_tokens=512, extra_step=extra)
-    nxt = iter(range(10, 16))
-
-    def on_finish(req, now):
-        finished.append(req.id)
-        if req.id < 10:
-            s.add(Request(next(nxt), now, 8, 1))
-    s.on_finish = on_finish
-    for i in range(6):
-        s.add(Request(i, 0.0, 8, 1))
-    b = s.schedule(0.0)
-    s.complete(b, 1.0)  # all six end; 10..15 answer
+    s, _ = _burst_of_answers(extra, 6, answer_output=1, blocks=1000, max_seqs=64, budget=512)
     seen = _first_passes(s, 1.0, range(2, 6))
     assert seen[10] == 2
     assert {seen[i] for i in range(11, 16)} == {3}
