@@ -285,8 +285,9 @@ def test_two_pipeline_stages_pay_one_activation_send_per_pass():
     assert two.dense_dp_s(512, 512) - one.dense_dp_s(512, 512) == pytest.approx(send, rel=1e-6)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("tp", [1, 8])
-def test_one_attention_dp_rank_with_whole_experts_costs_what_the_plain_replica_costs(tp):
+def test_one_attention_dp_rank_with_whole_experts_costs_what_the_plain_replica_costs(tp, fused):
     """The attention-DP cost splits every layer into the routed experts' ops and the rest and
     takes the experts at the tokens they receive (ceil(t_sum / (tp·dp)) per device, ops.py
     _moe_block's distinct-token count). With one rank (dp = 1) holding all t_sum = T tokens and
@@ -296,11 +297,15 @@ def test_one_attention_dp_rank_with_whole_experts_costs_what_the_plain_replica_c
     difference is the EP exchange: the attention-DP path's ranks hold distinct tokens and swap them
     in two all-to-alls per MoE layer, while the plain replica's EP ranks (inside its TP group) hold
     every token and need none (vLLM FusedMoE without DP, TensorRT-LLM CutlassFusedMoE without
-    attention DP); on grid points it is exactly those two all-to-alls."""
+    attention DP); on grid points it is exactly those two all-to-alls. Both with the measured
+    fused-MoE kernel and with the grouped-GEMM experts (no table)."""
     from hwmodels.collectives import collective_s
     from simulator.precision import ACT_BYTES
     m, cl = load_model("deepseek-v3"), load_cluster("dgx-h200")
     c = IterationCost(m, cl, tp, ep=tp, dtype="fp8")
+    assert c.heads == m.num_heads // tp
+    if not fused:
+        c._moe = None
     for T in ((16, 1000, 4096) if tp == 1 else (16, 4096)):
         a2a = 0.0 if tp == 1 else collective_s(cl, "all_to_all", tp, 1,
                                                float(T * m.experts_per_token * m.hidden_size * ACT_BYTES))
@@ -378,6 +383,15 @@ def test_moe_layer_takes_the_measured_fused_kernel():
     assert raw < fused <= raw * ic.km._scale * (1 + 1e-12)
     raw4 = tab.time_s(4, "bfloat16", 4096, 1536, 8, 128, 1, 8, "power_law_1.01")
     assert ic.fused_moe_s(4) == pytest.approx(raw4, rel=0.01)
+    # the rule by hand at 2,048 tokens: FLOPs 2·T·k·3·h·f / ep over the bytes of the expected distinct
+    # local experts (1 − (1 − 1/E)^(T·k) of E/ep) at 2 B/weight plus the tokens in and out
+    Tm, h, f, E, k = 2048, 4096, 1536, 128, 8
+    flops = 2.0 * Tm * k * 3 * h * f / 8
+    nbytes = E / 8 * (1 - (1 - 1 / E) ** (Tm * k)) * 3 * h * f * 2 + 2 * Tm * h * 2
+    bound = min(1.0, flops / nbytes / ic.km._ridge)
+    rawm = tab.time_s(Tm, "bfloat16", h, f, k, E, 1, 8, "power_law_1.01")
+    assert ic.fused_moe_s(Tm) == pytest.approx(rawm * (1 + (1 / ic.km.sustained_factor - 1) * bound), rel=1e-9)
+    assert 0.05 < bound < 0.95  # a point where the weighting matters
     lp = LayerPass(tokens=T, tp=8, ep=8, ep_distinct_tokens=False, expert_tp=1, kv_bytes=2,
                    kernels=SERVING_ENGINE)
     ops = transformer_layer(m, lp, ic.km, ic.km16, ic._comm_s, True, "fwd")

@@ -161,6 +161,9 @@ def test_below_the_grid_a_gemm_is_no_faster_than_the_smallest_measured_shape():
     small = km.gemm_s(m0, n0, k0)  # the smallest measured shape
     assert km.gemm_s(1, 1, 1) >= small * (1 - 1e-12)
     assert km.gemm_s(1, 32, 32) == pytest.approx(km.gemm_s(m0, 32, 32), rel=1e-12)
+    # the memory floor of the clamped shape: its bytes at the achievable HBM rate plus a launch
+    floor = 2 * (m0 * k0 + k0 * n0 + m0 * n0) / km.mem_bytes_per_s + 3e-6
+    assert km.gemm_s(1, 1, 1) >= floor * (1 - 1e-12)
 
 
 def test_empty_gemm_and_batched_gemm():
