@@ -253,3 +253,15 @@ def test_moe_quant_sets_the_expert_weight_bytes():
     assert mx < 80 * 2**30 < b16  # GPT-OSS-120B fits one 80 GB GPU only as shipped (MXFP4)
     with pytest.raises(InputError, match="moe_quant"):
         weight_bytes_per_gpu(m, 1, 1, 1, "bf16", moe_quant="int3")
+
+
+def test_activation_peak_takes_the_qkv_output_when_it_is_the_widest():
+    """A model whose QKV output (q + 2·kv per rank) is wider than its MLP intermediate: the peak
+    holds the QKV width (vLLM profile_run's widest intermediate)."""
+    from dataclasses import replace
+    m = replace(load_model("llama3.1-8b"), ffn_hidden_size=64)
+    tp, tokens, seqs = 2, 1000, 8
+    qkv = (m.q_dim + 2 * m.kv_dim) / tp
+    assert qkv > (64 * 2 + 64) / tp
+    expected = tokens * (2 * m.hidden_size + qkv) * 2 + seqs * m.vocab_size / tp * 4
+    assert activation_peak_bytes(m, tp, tokens, seqs) == pytest.approx(expected, rel=1e-12)
