@@ -29,6 +29,10 @@ Which table feeds each op (one framework table per op, chosen per system and dty
 - Attention (context and decode): rows with bf16 (or fp8) compute, the matching KV-cache dtype,
   no sliding window, beam 1. Per head_dim the kernel lane (`kernel_source`) with the most rows;
   across frameworks the table with the most rows in total, same tie-break.
+- Fused MoE (`moe_perf`, serving only): the engine's own framework, every version, each curve
+  (moe dtype, hidden, expert FFN width, top-k, experts, moe_tp, moe_ep, expert-load draw) from the
+  newest version that measured it; no grid fill: a shape or split the collector never ran is
+  absent, and the caller keeps its grouped-GEMM experts.
 - NCCL: the version directory the package itself pins (`misc.nccl_version` in
   `systems/<system>.yaml`), else the newest; `half` rows; repeated rows averaged. Systems
   without NCCL data but with oneCCL (Intel B60) use the oneCCL table the same way.
