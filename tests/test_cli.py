@@ -389,3 +389,13 @@ def test_validate_profile_prints_a_table():
     assert "{" not in text and "'" not in text
     lines = text.splitlines()
     assert lines[2].split() == ["table", "rows"] and lines[4].split() == ["gemm.csv", "12"]
+
+
+def test_bad_moe_flags_are_one_line_and_exit_2(capsys):
+    base = ["simulate", "serve", "--model", "gpt-oss-120b", "--cluster", "dgx-h100", "--concurrency", "4",
+            "--requests", "8", "--prompt-len", "64", "--output-len", "8"]
+    for flag, bad in (("--moe-quant", "int3"), ("--moe-load", "zipf")):
+        code, out, err = run(capsys, base + [flag, bad])
+        assert code == 2 and out == "" and err.count("\n") == 1 and bad in err, (flag, err)
+    code, out, _ = run(capsys, base + ["--moe-quant", "w4a16_mxfp4", "--moe-load", "balanced", "--json"])
+    assert code == 0 and '"moe_load": "balanced"' in out

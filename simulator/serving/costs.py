@@ -52,7 +52,7 @@ from simulator.models import ModelSpec
 from simulator.ops import (SERVING_ENGINE, LayerPass, chunk_attention_s, kv_cache_elements,
                            kv_heads_per_rank, transformer_layer, window_pairs)
 from simulator.precision import ACT_BYTES
-from simulator.serving.kv_cache import MOE_WEIGHT_BYTES
+from simulator.serving.kv_cache import moe_weight_bytes
 from simulator.serving.scheduler import Batch
 
 
@@ -190,8 +190,8 @@ class IterationCost:
                               f"KV read at {self.km.mem_bytes_per_s / 1e12:.2f} TB/s")
         if moe_load not in profiles.MOE_DISTRIBUTIONS:
             raise InputError(f"moe_load {moe_load!r}; valid: {', '.join(profiles.MOE_DISTRIBUTIONS)}")
-        if moe_quant is not None and moe_quant not in MOE_WEIGHT_BYTES:
-            raise InputError(f"moe_quant {moe_quant!r}; valid: {', '.join(MOE_WEIGHT_BYTES)}")
+        if moe_quant is not None:
+            moe_weight_bytes(moe_quant)  # InputError for an unknown one
         self.moe_load = moe_load
         # the experts' quantisation: the plan's, else what the checkpoint ships (GPT-OSS: MXFP4)
         self.moe_quant = moe_quant or checkpoint_moe_quant(model, engine, dev)
@@ -252,10 +252,9 @@ class IterationCost:
         # tokens' activations in and out
         E, k = m.num_experts, m.experts_per_token
         touched = E / moe_ep * (1.0 - (1.0 - 1.0 / E) ** (tokens * k))
-        expert_bytes = (m.hidden_size * m.moe_ffn_hidden_size * (3 if m.gated_mlp else 2) / moe_tp
-                        * MOE_WEIGHT_BYTES.get(dt, 1.0))
-        nbytes = touched * expert_bytes + 2 * tokens * m.hidden_size * ACT_BYTES
-        flops = 2.0 * tokens * k * expert_bytes / MOE_WEIGHT_BYTES.get(dt, 1.0) / moe_ep
+        params = m.hidden_size * m.moe_ffn_hidden_size * (3 if m.gated_mlp else 2) / moe_tp  # per expert
+        nbytes = touched * params * moe_weight_bytes(dt) + 2 * tokens * m.hidden_size * ACT_BYTES
+        flops = 2.0 * tokens * k * params / moe_ep
         return self.km.sustained_s(t * self.km._peak_ratio, flops, nbytes)
 
     # ---- everything but attention and the LM head -----------------------------------------------

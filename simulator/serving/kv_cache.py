@@ -94,6 +94,13 @@ MOE_WEIGHT_BYTES = {"bfloat16": 2.0, "fp8": 1.0, "fp8_block": 1.0 + 4 / (128 * 1
                     "w4a16_mxfp4": 0.5 + 1 / 32, "int4_wo": 0.5 + 2 / 128}
 
 
+def moe_weight_bytes(moe_quant: str) -> float:
+    """Bytes per routed-expert weight at `moe_quant` (MOE_WEIGHT_BYTES); InputError if unknown."""
+    if moe_quant not in MOE_WEIGHT_BYTES:
+        raise InputError(f"moe_quant {moe_quant!r}; valid: {', '.join(MOE_WEIGHT_BYTES)}")
+    return MOE_WEIGHT_BYTES[moe_quant]
+
+
 def weight_bytes_per_gpu(model: ModelSpec, tp: int, pp: int, ep: int, dtype: str,
                          parallel_embedding: bool = True, moe_quant: str | None = None) -> float:
     """Weights on the most loaded GPU: linear layers at `dtype`, split over tp (experts over
@@ -104,9 +111,7 @@ def weight_bytes_per_gpu(model: ModelSpec, tp: int, pp: int, ep: int, dtype: str
     sets the routed experts' bytes per weight (MOE_WEIGHT_BYTES) apart from the other layers'
     (e.g. GPT-OSS: MXFP4 experts, 16-bit attention)."""
     wb = dtype_bytes(dtype)
-    if moe_quant is not None and moe_quant not in MOE_WEIGHT_BYTES:
-        raise InputError(f"moe_quant {moe_quant!r}; valid: {', '.join(MOE_WEIGHT_BYTES)}")
-    eb = MOE_WEIGHT_BYTES[moe_quant] if moe_quant else wb
+    eb = moe_weight_bytes(moe_quant) if moe_quant is not None else wb
     per_stage = math.ceil(model.num_layers / pp)
     # the first stage holds the embedding; with pp = 1 it also holds the LM head
     layers = range(per_stage)
