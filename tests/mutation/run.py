@@ -435,6 +435,10 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
      "InputError for a device without HBM bandwidth, so it is always truthy here"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_LtE", "return a if hi == lo else a + (b - a) *",
      "_grid(x) gives lo <= hi (lm_head_s, _split_interp): hi <= lo holds exactly when hi == lo"),
+    *[("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_Is", where,
+       "_grid(x) returns (x, x), one int object, on an exact point and two different values "
+       "otherwise: `hi is lo` is `hi == lo`")
+      for where in ("if hi == lo:", "return a if hi == lo else a + (b - a) *")],
     ("simulator/memory.py", "ReplaceComparisonOperator_Eq_LtE", 'if plan.recompute == "full":',
      "plan.recompute is one of RECOMPUTE (parse_plan and validate_plan refuse others, PlanBatch.of "
      "indexes RECOMPUTE, layer_plan gets RECOMPUTE[rc]): 'none' and 'selective' sort after 'full', "
