@@ -40,7 +40,8 @@ _UNSUPPORTED_TYPES = {"mamba", "mamba2", "falcon_mamba", "rwkv", "rwkv5", "rwkv6
                       "zamba", "zamba2", "bamba", "granitemoehybrid", "xlstm", "recurrent_gemma"}
 SUPPORTED_TYPES = ("llama", "llama4", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
                    "deepseek_v2", "deepseek_v3", "kimi_k2", "minimax_m2", "gpt_oss", "gpt2", "gpt3",
-                   "megatron-gpt", "nemotron_h")
+                   "megatron-gpt", "nemotron_h", "qwen3_next", "qwen3_5", "qwen3_5_moe",
+                   "qwen3_5_text", "qwen3_5_moe_text")
 
 # GPT-OSS's clamped SwiGLU is named `swigluoai` in vLLM (vllm/model_executor/layers/activation.py
 # SwigluOAIAndMul); HF's config.json says "silu". Both are gated (gate and up projections).
@@ -49,6 +50,10 @@ _GATED_ACTS = {"silu", "swiglu", "geglu", "swish", "swigluoai"}
 # every key attends to all earlier tokens, or only to the last `sliding_window` of them.
 FULL_ATTENTION, SLIDING_ATTENTION = "full_attention", "sliding_attention"
 ATTENTION_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION)
+# Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5: HF Qwen3NextConfig layer_types
+# "linear_attention"): a layer whose token mixer is a recurrence over a fixed-size state
+LINEAR_ATTENTION = "linear_attention"
+LAYER_TYPES = ATTENTION_LAYER_TYPES + (LINEAR_ATTENTION,)
 # relu2: squared ReLU (Nemotron-H `mlp_hidden_act`; Megatron-Core activations.squared_relu), 2 matrices
 _PLAIN_ACTS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu", "relu2"}
 # Megatron-Core hybrid layer symbols (megatron/core/models/hybrid/hybrid_layer_allocation.py Symbols):
@@ -123,6 +128,20 @@ class ModelSpec:
     mamba_num_groups: int = 0
     mamba_conv_kernel: int = 4  # Megatron-Core MambaMixer d_conv=4, HF conv_kernel
     mamba_chunk_size: int = 128  # Megatron-Core MambaMixer chunk_size=128, HF chunk_size
+    # Gated DeltaNet (Yang, Kautz & Hatamizadeh, ICLR 2025, arXiv 2412.06464 §3; Qwen3-Next and
+    # Qwen3.5, HF Qwen3NextGatedDeltaNet): the `layer_types` entries "linear_attention". Per token
+    # q and k of linear_num_key_heads heads (linear_key_head_dim), v and the output gate z of
+    # linear_num_value_heads heads (linear_value_head_dim), and per value head the decay a and
+    # the write strength b; a depthwise causal conv of linear_conv_kernel taps over q, k, v; a
+    # state of key_dim x value_dim per value head carried from token to token.
+    linear_num_key_heads: int = 0
+    linear_num_value_heads: int = 0
+    linear_key_head_dim: int = 0
+    linear_value_head_dim: int = 0
+    linear_conv_kernel: int = 4
+    # gated attention (Qwen3-Next/Qwen3.5 full-attention layers, HF Qwen3NextAttention): q_proj
+    # also produces a per-channel sigmoid gate on the attention output (q_dim more outputs)
+    attn_output_gate: bool = False
     published_params: float = 0.0  # the parameter count its authors publish, for checking
     source: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
@@ -216,9 +235,22 @@ class ModelSpec:
             raise InputError(f"model {self.name!r}: layer_types has {len(self.layer_types)} entries; "
                              f"num_hidden_layers={self.num_layers} needs one per layer")
         for i, t in enumerate(self.layer_types):
-            if t not in ATTENTION_LAYER_TYPES:
-                raise InputError(f"model {self.name!r}: layer_types[{i}]={str(t)[:40]!r} is not an "
-                                 f"attention layer kind; valid: {', '.join(ATTENTION_LAYER_TYPES)}")
+            if t not in LAYER_TYPES:
+                raise InputError(f"model {self.name!r}: layer_types[{i}]={str(t)[:40]!r} is not a "
+                                 f"layer kind; valid: {', '.join(LAYER_TYPES)}")
+        if LINEAR_ATTENTION in self.layer_types:
+            if self.hybrid_pattern:
+                raise InputError(f"model {self.name!r}: linear_attention layers and a "
+                                 f"hybrid_override_pattern cannot be combined")
+            for f in ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+                      "linear_value_head_dim", "linear_conv_kernel"):
+                v = getattr(self, f)
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= MAX_DIM:
+                    raise InputError(f"model {self.name!r}: {f}={v!r} must be an integer in 1..{MAX_DIM:,} "
+                                     f"for linear_attention layers")
+            if self.linear_num_value_heads % self.linear_num_key_heads:  # HF Qwen3NextGatedDeltaNet
+                raise InputError(f"model {self.name!r}: linear_num_key_heads={self.linear_num_key_heads} "
+                                 f"must divide linear_num_value_heads={self.linear_num_value_heads}")
 
     # ---- structure -------------------------------------------------------------------------
     @property
@@ -261,6 +293,14 @@ class ModelSpec:
     def num_moe_layers(self) -> int:
         return sum(self.is_moe_layer(i) for i in range(self.num_layers))
 
+    def is_linear_layer(self, i: int) -> bool:
+        """Whether layer i (0-based) mixes tokens with Gated DeltaNet instead of attention."""
+        return bool(self.layer_types) and self.layer_types[i] == LINEAR_ATTENTION
+
+    @property
+    def num_linear_layers(self) -> int:
+        return self.layer_types.count(LINEAR_ATTENTION) if self.layer_types else 0
+
     def layer_window(self, i: int) -> int:
         """Tokens layer i (0-based) attends to, itself included; 0 for full (causal) attention."""
         if not self.sliding_window or not self.layer_types:
@@ -268,11 +308,12 @@ class ModelSpec:
         return self.sliding_window if self.layer_types[i] == SLIDING_ATTENTION else 0
 
     def window_counts(self, layers: range | None = None) -> tuple[tuple[int, int], ...]:
-        """((window, number of layers), ...) over `layers` (default all), window 0 = full
-        attention first: the layer mix that attention costs and KV sizes are weighted by."""
+        """((window, number of layers), ...) of the attention layers among `layers` (default all),
+        window 0 = full attention first: the layer mix that attention costs and KV sizes are
+        weighted by. Linear-attention layers hold no KV and are left out."""
         layers = layers if layers is not None else range(self.num_layers)
-        if not self.sliding_window or not self.layer_types:  # every layer full: the common case
-            return ((0, len(layers)),)
+        if not self.layer_types or (not self.sliding_window and LINEAR_ATTENTION not in self.layer_types):
+            return ((0, len(layers)),)  # every layer full attention: the common case
         return _window_counts(self, layers)
 
     @property
@@ -311,6 +352,8 @@ class ModelSpec:
                   + self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim))
             return q + kv + self.attn_out_dim * h
         p = h * self.q_dim + 2 * h * self.kv_dim + self.attn_out_dim * h
+        if self.attn_output_gate:  # q_proj's gate half (HF Qwen3NextAttention: num_heads·head_dim·2)
+            p += h * self.q_dim
         if self.linear_bias:
             p += self.q_dim + 2 * self.kv_dim + h
         elif self.qkv_bias:
@@ -351,6 +394,18 @@ class ModelSpec:
         conv = (di + 2 * gn) * (self.mamba_conv_kernel + 1)
         return h * (2 * di + 2 * gn + heads) + conv + 3 * heads + di + di * h
 
+    def linear_attention_params(self) -> int:
+        """One Gated DeltaNet mixer (HF Qwen3NextGatedDeltaNet): in_proj_qkvz h → [q, k, v, z]
+        (2·key_dim + 2·value_dim), in_proj_ba h → [b, a] (2 per value head), the depthwise conv1d
+        over q, k, v (conv_kernel taps, no bias), dt_bias and A_log per value head, the gated
+        RMSNorm's weight (value head dim) and out_proj value_dim → h."""
+        h = self.hidden_size
+        kd = self.linear_num_key_heads * self.linear_key_head_dim
+        vd = self.linear_num_value_heads * self.linear_value_head_dim
+        nv = self.linear_num_value_heads
+        conv = (2 * kd + vd) * self.linear_conv_kernel
+        return h * (2 * kd + 2 * vd) + h * 2 * nv + conv + 2 * nv + self.linear_value_head_dim + vd * h
+
     def hybrid_block_params(self, kind: str) -> int:
         """The block of one hybrid layer of `kind` (its pre-norm not included)."""
         return {MAMBA: self.mamba_params, ATTENTION: self.attention_params, MLP: self.dense_mlp_params,
@@ -360,7 +415,8 @@ class ModelSpec:
         if self.hybrid_pattern:  # one block and its pre-norm (Megatron-Core MambaLayer / TransformerLayer)
             return self.hybrid_block_params(self.hybrid_pattern[i]) + self.norm_params()
         mlp = self.moe_layer_params() if self.is_moe_layer(i) else self.dense_mlp_params()
-        return self.attention_params() + mlp + 2 * self.norm_params()
+        mixer = self.linear_attention_params() if self.is_linear_layer(i) else self.attention_params()
+        return mixer + mlp + 2 * self.norm_params()
 
     @property
     def mtp_is_moe(self) -> bool:
@@ -435,6 +491,11 @@ def _count_key(cfg: dict, key: str, where: str) -> float:
     return float(v)
 
 
+# configs whose layers mix Gated DeltaNet and gated full attention (HF Qwen3NextConfig and the
+# Qwen3.5 text configs that reuse its keys)
+_GATED_DELTANET_TYPES = ("qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text")
+
+
 def _attention_layout(cfg: dict, L: int, model_type: str, where: str) -> tuple[int, tuple]:
     """(sliding_window, layer_types) of a config. `layer_types` lists each layer's kind (HF
     GptOssConfig, Gemma 2/3, Qwen2/3 configs); without it a window applies to every layer
@@ -454,10 +515,15 @@ def _attention_layout(cfg: dict, L: int, model_type: str, where: str) -> tuple[i
             raise InputError(f"{where}: layer_types={repr(types)[:40]} must be a list with one entry per "
                              f"layer ({', '.join(ATTENTION_LAYER_TYPES)})")
         for i, t in enumerate(types):
-            if t not in ATTENTION_LAYER_TYPES:
-                raise InputError(f"{where}: layer_types[{i}]={str(t)[:40]!r} is not an attention layer "
-                                 f"kind; valid: {', '.join(ATTENTION_LAYER_TYPES)}")
+            if t not in LAYER_TYPES:
+                raise InputError(f"{where}: layer_types[{i}]={str(t)[:40]!r} is not a layer kind; "
+                                 f"valid: {', '.join(LAYER_TYPES)}")
         return w, tuple(types)
+    if model_type in _GATED_DELTANET_TYPES:
+        # HF Qwen3NextConfig: without layer_types, every full_attention_interval-th layer is full
+        # attention and the others linear ("full_attention" if (i + 1) % interval == 0)
+        n = _int_key(cfg, "full_attention_interval", where, default=4)
+        return 0, tuple(FULL_ATTENTION if (i + 1) % n == 0 else LINEAR_ATTENTION for i in range(L))
     if not w or cfg.get("use_sliding_window") is False:
         return 0, ()
     if model_type.startswith("qwen"):  # HF Qwen2Config: windows need use_sliding_window
@@ -472,6 +538,8 @@ def _attention_layout(cfg: dict, L: int, model_type: str, where: str) -> tuple[i
 def _window_counts(model: "ModelSpec", layers: range) -> tuple[tuple[int, int], ...]:
     counts: dict[int, int] = {}
     for i in layers:
+        if model.is_linear_layer(i):
+            continue
         w = model.layer_window(i)
         counts[w] = counts.get(w, 0) + 1
     return tuple(sorted(counts.items()))
@@ -572,6 +640,15 @@ def from_hf_config(cfg: dict, name: str = "custom", where: str | None = None) ->
         published_params=_count_key(cfg, "published_params", where),
         source=str(cfg.get("source", "")),
     )
+    if LINEAR_ATTENTION in layer_types:
+        kwargs.update({f: _int_key(cfg, key, where, default=d) for f, key, d in (
+            ("linear_num_key_heads", "linear_num_key_heads", None),
+            ("linear_num_value_heads", "linear_num_value_heads", None),
+            ("linear_key_head_dim", "linear_key_head_dim", None),
+            ("linear_value_head_dim", "linear_value_head_dim", None),
+            ("linear_conv_kernel", "linear_conv_kernel_dim", 4))})
+    # Qwen3-Next / Qwen3.5 attention always gates its output (HF Qwen3NextAttention q_proj)
+    kwargs["attn_output_gate"] = bool(cfg.get("attn_output_gate", model_type in _GATED_DELTANET_TYPES))
     pattern = cfg.get("hybrid_override_pattern", cfg.get("hybrid_layer_pattern"))
     if pattern is not None or model_type == "nemotron_h":
         kwargs.update(_hybrid_keys(cfg, pattern, where))

@@ -28,6 +28,7 @@ from hwmodels.clusters import Cluster
 from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
 from hwmodels.kernels import KernelModel, dtype_bytes, kernel_model
+from simulator.linear_attention import gdn_shape
 from simulator.mamba import MambaShape, mamba_shape, ssd_bytes, ssd_flops
 from simulator.models import ATTENTION, HYBRID_SYMBOLS, MAMBA, MLP, MOE, ModelSpec
 from simulator.precision import ACT_BYTES
@@ -170,7 +171,9 @@ def attention_gemms(model: ModelSpec, tp: int) -> list[tuple[str, int, int]]:
     Names share the prefix "qkv" so the TP all-gather before them overlaps them all."""
     h = model.hidden_size
     if not model.is_mla:
-        return [("qkv", model.q_dim // tp + 2 * kv_heads_per_rank(model, tp) * model.head_dim, h)]
+        # gated attention (Qwen3-Next/Qwen3.5) doubles q_proj: the query and its output gate
+        q = model.q_dim // tp * (2 if model.attn_output_gate else 1)
+        return [("qkv", q + 2 * kv_heads_per_rank(model, tp) * model.head_dim, h)]
     heads = model.num_heads
     qk = model.qk_nope_head_dim + model.qk_rope_head_dim
     if model.q_lora_rank:  # DeepSeek-V2 eq. 12-13: c^Q = W^DQ h, q = W^UQ c^Q
@@ -231,13 +234,16 @@ def _comm(comm_s: CommCost, name: str, op: str, group: str, size: int, stride: i
 
 
 def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: KernelModel,
-                      comm_s: CommCost, moe: bool, phase: str, attention: tuple = (), kind: str = "") -> list[Op]:
+                      comm_s: CommCost, moe: bool, phase: str, attention: tuple = (), kind: str = "",
+                      linear: bool = False) -> list[Op]:
     """Ops of one layer on one rank, in execution order, for `phase` in fwd | bwd | recompute.
     GEMMs run on `km`, 16-bit work on `km16`; `attention` holds the attention core's ops, which
     depend on how the tokens group into sequences (training: `_core_attention`; serving adds
     its prefill chunks and decodes per batch instead). A hybrid model's layer is one block,
     `kind` its symbol (M Mamba-2, * attention, - MLP, E MoE: Megatron-Core hybrid_layer_allocation.py),
-    with its pre-norm and residual add."""
+    with its pre-norm and residual add. `linear`: the layer mixes tokens with Gated DeltaNet
+    (`_gdn_block`, forward only: serving) instead of attention; `attention` then holds the
+    mixer's recurrence."""
     if model.is_hybrid and kind not in HYBRID_SYMBOLS:
         raise InputError(f"model {model.name!r}: hybrid Mamba-2 layers are modelled for training only "
                          f"(no serving costs for them)")
@@ -306,7 +312,12 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
             ops.reverse()
         return ops
     # ---- attention block ----
-    if kind in ("", ATTENTION):
+    if linear:
+        if phase != "fwd":
+            raise InputError(f"model {model.name!r}: Gated DeltaNet layers are modelled for serving "
+                             f"only (no training costs for them)")
+        _gdn_block(model, lp, km, ops, gemm, tp_collective, norm, residual, attention)
+    elif kind in ("", ATTENTION):
         _attention_block(model, lp, km, comm_s, phase, ops, gemm, tp_collective, norm, residual, attention)
     if kind == ATTENTION:
         if phase == "bwd":
@@ -352,6 +363,26 @@ def _attention_block(model, lp, km, comm_s, phase, ops, gemm, tp_collective, nor
         ops.append(_mem(km, "attn_out_copy", ew * T * 2 * (model.attn_out_dim // t) * ab, phase))
     gemm("proj", T, h, model.attn_out_dim // t)
     tp_collective("proj", False)
+    residual(1)
+
+
+def _gdn_block(model, lp, km, ops, gemm, tp_collective, norm, residual, mixer):
+    """The Gated DeltaNet block of `transformer_layer` (simulator/linear_attention.py), forward:
+    norm, in_proj_qkvz and in_proj_ba (column-parallel, the TP exchange before them like QKV's),
+    the causal conv1d with SiLU over q, k, v (read and write every channel; the decode conv
+    state is read and rolled in the same kernel), the recurrence (`mixer`, costed per batch by
+    the caller), the gated RMSNorm (read o and z, write the result), out_proj (row-parallel)."""
+    T, h, ab = lp.tokens, model.hidden_size, ACT_BYTES
+    s = gdn_shape(model, lp.tp)
+    norm(1)
+    tp_collective("in_proj", True)
+    gemm("in_proj_qkvz", T, s.qkvz_width, h)
+    gemm("in_proj_ba", T, 2 * s.value_heads, h)
+    ops.append(_mem(km, "gdn_conv", 2 * T * s.conv_channels * ab, "fwd"))
+    ops += mixer
+    ops.append(_mem(km, "gdn_norm", 3 * T * s.value_width * ab, "fwd"))
+    gemm("out_proj", T, h, s.value_width)
+    tp_collective("out_proj", False)
     residual(1)
 
 
@@ -429,14 +460,20 @@ def _ssd_op(km16: KernelModel, s: MambaShape, tokens: int, phase: str) -> Op:
     plus the recomputed ones, and the forward's traffic three times (recompute, then the
     gradient of every tensor read and written)."""
     w = ssd_flops(s, tokens)
-    n = SSD_GEMM_SHAPE
-    rate = 2.0 * n ** 3 / km16.gemm_s(n, n, n)  # FLOP/s of the device's measured large GEMM
     nbytes = ssd_bytes(s, tokens, ACT_BYTES)
     if phase == "bwd":
         flops, nbytes = 2 * w.total + w.cb + w.states + w.passing, 3 * nbytes
     else:
         flops = w.total
-    return Op("ssd", "compute", phase, flops, nbytes, max(flops / rate, km16.memory_s(nbytes)))
+    return Op("ssd", "compute", phase, flops, nbytes, max(flops / tile_rate(km16), km16.memory_s(nbytes)))
+
+
+def tile_rate(km: KernelModel) -> float:
+    """FLOP/s of the device's measured large GEMM (SSD_GEMM_SHAPE cubed): the compute side of a
+    fused kernel whose products run as tensor-core tiles on data already on chip (the SSD scan,
+    Gated DeltaNet's chunkwise kernels)."""
+    n = SSD_GEMM_SHAPE
+    return 2.0 * n ** 3 / km.gemm_s(n, n, n)
 
 
 def _moe_block(km: KernelModel, km_router: KernelModel, model: ModelSpec, lp: LayerPass,

@@ -126,6 +126,9 @@ class TrainingJob:
         if bad or (self.lora_rank and not self.lora_targets):
             raise InputError(f"lora targets {','.join(map(str, self.lora_targets)) or '(none)'}; "
                              f"valid: one or more of {', '.join(LORA_TARGETS)}")
+        if self.model.num_linear_layers:  # simulator/linear_attention.py costs the forward only
+            raise InputError(f"model {self.model.name!r}: Gated DeltaNet linear-attention layers are "
+                             f"modelled for serving only (no training costs for them)")
         if self.lora_rank and self.model.is_hybrid:
             raise InputError(f"model {self.model.name!r}: LoRA on hybrid Mamba-2 models is not modelled; "
                              f"valid: lora rank 0 (every weight trains)")

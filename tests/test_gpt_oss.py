@@ -227,8 +227,11 @@ def test_window_larger_than_the_context_is_full_attention():
 @pytest.mark.parametrize("kw, words", [
     ({"sliding_window": -1}, "sliding_window=-1 must be an integer >= 0"),
     ({"sliding_window": 12.5}, "sliding_window=12.5 must be an integer >= 0"),
+    ({"layer_types": ["sliding_attention", "mamba"] + ["full_attention"] * 22},
+     "layer_types[1]='mamba' is not a layer kind; valid: full_attention, sliding_attention, linear_attention"),
+    # a linear-attention layer needs the Gated DeltaNet sizes (HF Qwen3NextConfig keys)
     ({"layer_types": ["sliding_attention", "linear_attention"] + ["full_attention"] * 22},
-     "layer_types[1]='linear_attention' is not an attention layer kind; valid: full_attention, sliding_attention"),
+     "missing key 'linear_num_key_heads'"),
     ({"layer_types": ["full_attention"] * 3}, "layer_types has 3 entries; num_hidden_layers=24"),
 ])
 def test_bad_window_config_is_one_line_and_exit_2(tmp_path, kw, words):

@@ -48,9 +48,11 @@ from hwmodels.clusters import Cluster
 from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
 from hwmodels.kernels import KernelModel, dtype_bytes, kernel_model
+from simulator.linear_attention import (GDN_STATE_BYTES, chunk_bytes, chunk_flops, gdn_shape,
+                                        recurrent_bytes, recurrent_flops)
 from simulator.models import ModelSpec
 from simulator.ops import (SERVING_ENGINE, LayerPass, chunk_attention_s, kv_cache_elements,
-                           kv_heads_per_rank, transformer_layer, window_pairs)
+                           kv_heads_per_rank, tile_rate, transformer_layer, window_pairs)
 from simulator.precision import ACT_BYTES
 from simulator.serving.kv_cache import moe_weight_bytes
 from simulator.serving.scheduler import Batch
@@ -201,8 +203,16 @@ class IterationCost:
         self._head: dict = {}
         self._dec: dict = {}
         self._pre: dict = {}
-        self.n_moe = model.num_moe_layers
-        self.n_dense_mlp = model.num_layers - self.n_moe
+        # the layer kinds: (Gated DeltaNet mixer?, routed experts?) -> layers
+        mix: dict = {}
+        for i in range(model.num_layers):
+            key = (model.is_linear_layer(i), model.is_moe_layer(i))
+            mix[key] = mix.get(key, 0) + 1
+        self.layer_mix = tuple((lin, moe, n) for (lin, moe), n in sorted(mix.items()))
+        self.n_linear = model.num_linear_layers
+        self._gdn = gdn_shape(model, tp) if self.n_linear else None
+        self.gdn_state_bytes = GDN_STATE_BYTES.get(engine, 2)
+        self._tile_rate = tile_rate(self.km16) if self.n_linear else 0.0
 
     # ---- the routed experts: the engine's measured fused-MoE kernel --------------------------------
     def _fused_moe_table(self, src, engine: str, moe_quant: str | None):
@@ -258,13 +268,14 @@ class IterationCost:
         return self.km.sustained_s(t * self.km._peak_ratio, flops, nbytes)
 
     # ---- everything but attention and the LM head -----------------------------------------------
-    def _layer_s(self, T: int, moe: bool) -> float:
-        """One layer's ops for T tokens, attention core aside, forward (`transformer_layer`); the
-        routed experts from the measured fused-MoE table where it applies (`fused_moe_s`)."""
+    def _layer_s(self, T: int, moe: bool, linear: bool = False) -> float:
+        """One layer's ops for T tokens, attention core (or Gated DeltaNet recurrence) aside,
+        forward (`transformer_layer`); the routed experts from the measured fused-MoE table where
+        it applies (`fused_moe_s`)."""
         lp = LayerPass(tokens=T, tp=self.tp, ep=self.ep, ep_distinct_tokens=False,
                        expert_tp=max(1, self.tp // self.ep), kv_bytes=dtype_bytes(self.kv_dtype),
                        kernels=SERVING_ENGINE)
-        ops = transformer_layer(self.model, lp, self.km, self.km16, self._comm_s, moe, "fwd")
+        ops = transformer_layer(self.model, lp, self.km, self.km16, self._comm_s, moe, "fwd", linear=linear)
         fused = self.fused_moe_s(T) if moe else None
         if fused is None:
             return sum(op.time_s for op in ops)
@@ -280,9 +291,7 @@ class IterationCost:
         experts, the routed experts). The expert part is later taken at the tokens the experts
         receive, the rest at the busiest rank's tokens."""
         a = b = 0.0
-        for moe, n in ((False, self.n_dense_mlp), (True, self.n_moe)):
-            if not n:
-                continue
+        for linear, moe, n in self.layer_mix:
             etp = max(1, self.tp * self.dp // self.ep)
             lp = LayerPass(tokens=T, tp=self.tp, ep=self.ep, ep_stride=etp, ep_distinct_tokens=True,
                            expert_tp=etp, kv_bytes=dtype_bytes(self.kv_dtype), kernels=SERVING_ENGINE)
@@ -291,7 +300,8 @@ class IterationCost:
             fused = self.fused_moe_s(T * self.tp * self.dp) if moe else None
             if fused is not None:
                 b += n * fused
-            for op in transformer_layer(self.model, lp, self.km, self.km16, self._comm_s, moe, "fwd"):
+            for op in transformer_layer(self.model, lp, self.km, self.km16, self._comm_s, moe, "fwd",
+                                        linear=linear):
                 if fused is not None and op.name.startswith(self.FUSED_MOE_OPS):
                     continue
                 if op.name.startswith(self.EXPERT_OPS):
@@ -332,9 +342,7 @@ class IterationCost:
 
     def _dense_at(self, T: int) -> float:
         """Seconds of everything but attention and the LM head for T tokens (all layers)."""
-        t = self.n_dense_mlp * self._layer_s(T, False) if self.n_dense_mlp else 0.0
-        if self.n_moe:
-            t += self.n_moe * self._layer_s(T, True)
+        t = sum(n * self._layer_s(T, moe, linear) for linear, moe, n in self.layer_mix)
         if self.pp > 1:  # activations cross each stage boundary once
             t += (self.pp - 1) * collective_s(self.cluster, "send_recv", 2, self.tp,
                                               float(T * self.model.hidden_size * ACT_BYTES))
@@ -473,8 +481,27 @@ class IterationCost:
         t += self.lm_head_s(rows)
         return t + max((self._plus_attention(0.0, b) for b in batches if b), default=0.0)
 
+    def gdn_s(self, decodes: int, prefill_tokens: int) -> float:
+        """All Gated DeltaNet layers' recurrence: one token of each of `decodes` sequences (the
+        recurrent kernel) and `prefill_tokens` prompt tokens (the chunkwise kernel), each at the
+        roofline of its FLOPs on the device's large-GEMM rate and its HBM bytes
+        (simulator/linear_attention.py). No kernel-level timing of these kernels is in the
+        tables, so this is a bound, not a measurement."""
+        s = self._gdn
+        t = 0.0
+        if decodes:
+            t += max(recurrent_flops(s, decodes) / self._tile_rate,
+                     self.km16.memory_s(recurrent_bytes(s, decodes, self.gdn_state_bytes)))
+        if prefill_tokens:
+            t += max(chunk_flops(s, prefill_tokens) / self._tile_rate,
+                     self.km16.memory_s(chunk_bytes(s, prefill_tokens)))
+        return self.n_linear * t
+
     def _plus_attention(self, t: float, batch: Batch) -> float:
-        """`t` plus the batch's decode and prefill attention (all layers)."""
+        """`t` plus the batch's decode and prefill attention (all layers), and the Gated
+        DeltaNet recurrence of a model that has such layers."""
+        if self.n_linear:
+            t += self.gdn_s(batch.num_decode, batch.prefill_tokens)
         if batch.num_decode:
             t += self.decode_attention_s(batch.num_decode, batch.decode_kv_tokens)
         prefills = batch.prefills

@@ -218,6 +218,12 @@ class Replica:
                             cfg.block_size, cfg.max_num_batched_tokens, cfg.max_num_seqs,
                             cfg.kv_blocks, where=f"replica {index} ({cluster.device.name}, tp={group.tp})",
                             decoder_workspace=plan.trt_engine, moe_quant=self.costs.moe_quant)
+        if self.pool.state_bytes_per_request:
+            # Gated DeltaNet state: a request runs only with a state slot (SGLang's separate
+            # pool caps the running requests) or with its state's blocks (a shared pool)
+            slots = self.pool.state_slots or cfg.max_num_seqs
+            cfg = self.cfg = replace(cfg, max_num_seqs=min(cfg.max_num_seqs, slots),
+                                     state_blocks=self.pool.state_blocks)
         self.kv = KVCache(self.pool.num_blocks, cfg.block_size, cfg.prefix_caching)
         self.scheduler = Scheduler(cfg, self.kv, on_finish=self._finished,
                                    on_first_token=self._first_token, on_stall=self._stall)
@@ -472,6 +478,7 @@ class DPReplica(Replica):
     def __init__(self, sim: "ServingSimulation", index: int, group: ReplicaGroup, cluster: Cluster,
                  offset: int, cfg: EngineConfig):
         super().__init__(sim, index, group, cluster, offset, cfg)
+        cfg = self.cfg  # with the state pool's limits (Replica.__init__)
         dp = group.dp
         self.kvs = [self.kv] + [KVCache(self.pool.num_blocks, cfg.block_size, cfg.prefix_caching)
                                 for _ in range(dp - 1)]

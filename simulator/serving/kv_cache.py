@@ -30,6 +30,7 @@ from hwmodels.devices import Device
 from hwmodels.errors import InputError
 from hwmodels.kernels import dtype_bytes
 from simulator.memory import CONTEXT_BYTES, NCCL_BYTES, NCCL_BYTES_DEFAULT
+from simulator.linear_attention import GDN_STATE_BYTES, gdn_state_bytes, linear_layers_per_stage
 from simulator.models import ModelSpec
 
 # Non-weight parameters (embeddings, LM head, norms) stay in 16-bit in fp8/fp4 checkpoints
@@ -70,6 +71,10 @@ def kv_bytes_per_token(model: ModelSpec, tp: int, pp: int, kv_dtype: str,
         return per_stage * (model.kv_lora_rank + model.qk_rope_head_dim) * b
     kv_heads = math.ceil(model.num_kv_heads / tp)
     per_layer = 2 * kv_heads * model.head_dim * b
+    if model.num_linear_layers:  # Gated DeltaNet layers keep a state per request, not KV per token
+        per_stage = max(sum(n for _, n in model.window_counts(range(st * per_stage,
+                                                                     min(model.num_layers, (st + 1) * per_stage))))
+                        for st in range(pp))
     if memory_policy is None or not model.sliding_window or not model.layer_types:
         return per_stage * per_layer
     if memory_policy not in ("vllm", "sglang", "trtllm"):
@@ -163,6 +168,12 @@ class KVPool:
     block_size: int
     bytes_per_token: float  # per GPU
     breakdown: dict  # bytes per GPU: hbm, budget, weights, activations, non_torch, kv
+    # Gated DeltaNet models (`linear_state_pool`): the state one request holds (bytes per GPU),
+    # the requests a separate state pool has room for (SGLang; None: no cap), and the KV blocks a
+    # request takes for its state where state and KV share one pool (vLLM, TensorRT-LLM)
+    state_bytes_per_request: float = 0.0
+    state_slots: int | None = None
+    state_blocks: int = 0
 
     @property
     def capacity_tokens(self) -> int:
@@ -199,18 +210,49 @@ def kv_pool(model: ModelSpec, device: Device, tp: int, pp: int, ep: int, dtype: 
         budget = (hbm - weights - acts - non_torch) * memory_fraction
     else:
         raise InputError(f"memory policy {memory_policy!r}; valid: vllm, sglang, trtllm")
+    state = state_bytes_per_request(model, tp, pp, memory_policy)
+    slots, state_bytes = None, 0.0
+    if state and memory_policy == "sglang" and pinned_blocks is None:
+        slots, state_bytes = sglang_state_slots(max(0.0, budget), state)
+        budget -= state_bytes
     breakdown = {"hbm_bytes": hbm, "weights_bytes": weights, "activation_peak_bytes": acts,
                  "non_torch_bytes": non_torch, "decoder_workspace_bytes": decoder,
-                 "kv_bytes": max(0.0, budget)}
+                 "state_bytes": state_bytes, "kv_bytes": max(0.0, budget)}
     if pinned_blocks is not None:
         blocks = int(pinned_blocks)
         breakdown["kv_bytes"] = blocks * block_size * per_token
     else:
         blocks = int(max(0.0, budget) // (block_size * per_token))
-    if blocks < 1:
+    if blocks < 1 or slots == 0:
         raise InputError(f"{where}: {model.name} does not fit: {weights / 2**30:.1f} GiB of weights "
                          f"per GPU leave no KV cache in {hbm / 2**30:.0f} GiB; raise tp or pp")
-    return KVPool(blocks, block_size, per_token, breakdown)
+    # vLLM's hybrid allocator (vllm/v1/core/single_type_kv_cache_manager.py MambaManager) and
+    # TensorRT-LLM take a request's state from the same pool as its KV: blocks of this pool's size
+    state_blocks = 0 if slots is not None or not state else math.ceil(state / (block_size * per_token))
+    return KVPool(blocks, block_size, per_token, breakdown, state, slots, state_blocks)
+
+
+# SGLang --mamba-full-memory-ratio default (python/sglang/srt/server_args.py): the state pool gets
+# ratio / (1 + ratio) of the memory after the weights, the KV pool the rest
+SGLANG_MAMBA_FULL_MEMORY_RATIO = 0.9
+
+
+def state_bytes_per_request(model: ModelSpec, tp: int, pp: int, memory_policy: str | None) -> float:
+    """The Gated DeltaNet state one request keeps on one GPU of the most loaded stage, with the
+    engine's state dtype (linear_attention.GDN_STATE_BYTES); 0 for a model without such layers."""
+    if not model.num_linear_layers:
+        return 0.0
+    return gdn_state_bytes(model, tp, linear_layers_per_stage(model, pp),
+                           GDN_STATE_BYTES.get(memory_policy or "", 2))
+
+
+def sglang_state_slots(rest_bytes: float, per_request: float,
+                       ratio: float = SGLANG_MAMBA_FULL_MEMORY_RATIO) -> tuple[int, float]:
+    """(requests the state pool holds, its bytes) from the memory left after the weights
+    (sglang model_runner handle_max_mamba_cache, no speculative decoding, no max_mamba_cache_size:
+    max_mamba_cache_size = rest · ratio / (1 + ratio) // mamba_cache_per_req)."""
+    slots = int(rest_bytes * ratio / (1 + ratio) // per_request)
+    return slots, slots * per_request
 
 
 class KVCache:

@@ -75,6 +75,9 @@ class EngineConfig:
     # SGLang --max-prefill-tokens (policies.MaxPrefillTokens): prompt tokens one prefill batch may
     # take; a prompt after the first joins only if its tokens are below what is left (0 = no cap)
     max_prefill_tokens: int = 0
+    # KV blocks a request takes for its Gated DeltaNet state on admission, where state and KV
+    # share one pool (kv_cache.KVPool.state_blocks; 0 for attention-only models)
+    state_blocks: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -209,7 +212,7 @@ class Scheduler:
         """Queue a request; False (and the request is rejected) if it can never fit the KV cache."""
         if not req.target:
             req.target = req.prompt_len
-        if _cdiv(req.prompt_len + req.output_len, self.bs) > self.kv.num_blocks:
+        if _cdiv(req.prompt_len + req.output_len, self.bs) + self.cfg.state_blocks > self.kv.num_blocks:
             self.rejected.append(req)
             return False
         if self.completing:
@@ -362,7 +365,7 @@ class Scheduler:
                 continue
             chunk = min(req.target - req.computed, budget, pbudget)
             if not self.full:
-                have = req.blocks + req.shared_blocks
+                have = req.blocks + req.shared_blocks - cfg.state_blocks
                 while (have + kv.available()) * bs - req.computed <= 0 and not batch:
                     if self._preempt_newest(now) is req:
                         break
@@ -388,7 +391,8 @@ class Scheduler:
             if decode_only and req.computed < req.target:
                 break
             if req.computed >= req.target:  # KV arrived from a prefill replica (disaggregated)
-                need = _cdiv(req.computed, bs) if not self.full else _cdiv(req.prompt_len + req.output_len, bs)
+                need = cfg.state_blocks + (_cdiv(req.computed, bs) if not self.full
+                                           else _cdiv(req.prompt_len + req.output_len, bs))
                 if not kv.allocate(need):
                     break
                 waiting.popleft()
@@ -420,6 +424,7 @@ class Scheduler:
                 need = _cdiv(req.prompt_len + req.output_len, bs) - shared_blocks
             else:
                 need = _cdiv(start + chunk, bs) - shared_blocks
+            need += cfg.state_blocks
             if need > kv.available() - (self._reserved_blocks() if self.reserve else 0):
                 break
             if matched:
@@ -547,7 +552,7 @@ class Scheduler:
             return False
         tokens = min(req.target, self.cfg.max_num_batched_tokens)
         free = self.kv.available() - (self._reserved_blocks() if self.reserve else 0)
-        return _cdiv(tokens, self.bs) <= free
+        return _cdiv(tokens, self.bs) + self.cfg.state_blocks <= free
 
     def complete(self, batch: Batch, now: float) -> None:
         """Apply the results of `batch`, which ended at `now`."""

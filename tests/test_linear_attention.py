@@ -1,0 +1,174 @@
+"""Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5): config reading, parameter counts, the
+recurrence's costs, the per-request state and how each engine pools it; the serving-only scope."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from hwmodels.clusters import load_cluster
+from hwmodels.errors import InputError
+from simulator.linear_attention import (GDN_STATE_BYTES, chunk_bytes, chunk_flops, gdn_shape, gdn_state_bytes,
+                                        recurrent_bytes)
+from simulator.models import FULL_ATTENTION, LINEAR_ATTENTION, from_hf_config, load_model
+from simulator.serving.costs import IterationCost
+from simulator.serving.kv_cache import SGLANG_MAMBA_FULL_MEMORY_RATIO, kv_bytes_per_token, kv_pool, sglang_state_slots
+from simulator.serving.scheduler import Batch
+
+# Qwen3-Next-80B-A3B (HF Qwen/Qwen3-Next-80B-A3B-Instruct config.json) and Qwen3.5-35B-A3B's text
+# model (HF Qwen/Qwen3.5-35B-A3B config.json text_config): no layer_types, full_attention_interval 4
+QWEN3_NEXT = dict(model_type="qwen3_next", hidden_size=2048, num_hidden_layers=48, num_attention_heads=16,
+                  num_key_value_heads=2, head_dim=256, intermediate_size=5120, linear_conv_kernel_dim=4,
+                  linear_key_head_dim=128, linear_num_key_heads=16, linear_num_value_heads=32,
+                  linear_value_head_dim=128, moe_intermediate_size=512, num_experts=512, num_experts_per_tok=10,
+                  shared_expert_intermediate_size=512, vocab_size=151936, tie_word_embeddings=False)
+QWEN35_35B = dict(QWEN3_NEXT, model_type="qwen3_5_moe_text", num_hidden_layers=40, num_experts=256,
+                  num_experts_per_tok=8, intermediate_size=512, vocab_size=248320)
+
+
+def test_layer_pattern_from_the_full_attention_interval():
+    m = from_hf_config(QWEN3_NEXT, "qwen3-next")
+    # HF Qwen3NextConfig: layer i is full attention when (i + 1) % interval == 0
+    assert [i for i in range(48) if m.layer_types[i] == FULL_ATTENTION] == list(range(3, 48, 4))
+    assert m.num_linear_layers == 36 and m.is_linear_layer(0) and not m.is_linear_layer(3)
+    assert m.window_counts() == ((0, 12),)  # attention layers only
+    assert m.attn_output_gate
+
+
+@pytest.mark.parametrize("cfg, published", [(QWEN3_NEXT, 80e9), (QWEN35_35B, 35e9)])
+def test_parameter_counts_match_the_published_totals(cfg, published):
+    # Qwen3-Next-80B-A3B: "80B parameters"; Qwen3.5-35B-A3B: 35B with a ~0.4B vision encoder
+    # that the language model leaves out; both rounded to whole billions
+    m = from_hf_config(cfg)
+    assert abs(m.num_params - published) / published < 0.02
+
+
+def test_gated_deltanet_parameters_by_hand():
+    m = from_hf_config(QWEN3_NEXT)
+    h, kd, vd, nv = 2048, 16 * 128, 32 * 128, 32
+    by_hand = h * (2 * kd + 2 * vd) + h * 2 * nv + (2 * kd + vd) * 4 + 2 * nv + 128 + vd * h
+    assert m.linear_attention_params() == by_hand
+    # gated attention: q_proj carries the gate, so 2 x q_dim outputs
+    assert m.attention_params() == h * 2 * 16 * 256 + 2 * h * 2 * 256 + 16 * 256 * h + 2 * 256
+
+
+def test_the_qwen35_preset():
+    m = load_model("qwen3.5-397b-a17b")
+    assert m.num_linear_layers == 45 and m.window_counts() == ((0, 15),)
+    assert abs(m.num_params - 397e9) / 397e9 < 0.01
+    assert abs(m.num_active_params - 17e9) / 17e9 < 0.03  # "A17B"
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"linear_num_key_heads": 5}, "linear_num_key_heads=5 must divide linear_num_value_heads=32"),
+    ({"linear_key_head_dim": 0}, "linear_key_head_dim=0 must be > 0"),
+    ({"linear_num_value_heads": None}, "missing key 'linear_num_value_heads'"),
+])
+def test_bad_gated_deltanet_config_is_one_line(change, words):
+    cfg = {**QWEN3_NEXT, **change}
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    with pytest.raises(InputError) as info:
+        from_hf_config(cfg)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_kv_counts_attention_layers_and_the_state_counts_the_others():
+    m = load_model("qwen3.5-397b-a17b")
+    # 15 full-attention layers x K and V x 1 KV head per rank (2 heads over tp 8, replicated) x 256 x 2 B
+    assert kv_bytes_per_token(m, 8, 1, "bf16") == 15 * 2 * 1 * 256 * 2
+    # per GDN layer and rank: the conv window (3 past inputs of q, k, v channels, bf16) and the
+    # 128 x 128 state of each of 64/8 value heads
+    conv = (2 * 2 * 128 + 8 * 128) * 3 * 2
+    assert gdn_state_bytes(m, 8, 45, 4) == 45 * (conv + 8 * 128 * 128 * 4)
+    assert GDN_STATE_BYTES["sglang"] == 4 and GDN_STATE_BYTES["vllm"] == 2
+
+
+def test_chunk_and_recurrent_work_by_formula():
+    s = gdn_shape(load_model("qwen3.5-397b-a17b"), 8)
+    assert (s.key_heads, s.value_heads) == (2, 8)
+    K = V = 128
+    C = 64
+    per = 2 * C * K + 2 * C * C / 3 + 2 * C * (K + V) + 6 * K * V + 2 * C * (K + V)
+    assert chunk_flops(s, 100) == pytest.approx(100 * 8 * per)
+    assert chunk_bytes(s, 100) == pytest.approx(100 * 8 * ((6 * K + 7 * V) * 2 + 3 * C * 4 + 2 * K * V * 2 / C))
+    # decode: the state read and written back dominates (fp32: 2 x 8 heads x 128 x 128 x 4 B)
+    assert recurrent_bytes(s, 1, 4) > 2 * 8 * K * V * 4
+
+
+def test_sglang_state_pool_split():
+    # sglang model_runner handle_max_mamba_cache: rest · r/(1+r) // per-request state
+    slots, used = sglang_state_slots(100e9, 1e9)
+    assert slots == int(100e9 * 0.9 / 1.9 // 1e9) == 47 and used == 47e9
+    assert SGLANG_MAMBA_FULL_MEMORY_RATIO == 0.9
+
+
+def _pool(engine):
+    m = load_model("qwen3.5-397b-a17b")
+    return kv_pool(m, load_cluster("dgx-b200").device, 8, 1, 8, "fp8", "bf16", engine, 0.9, 16, 8192, 256)
+
+
+def test_each_engine_pools_the_state_its_way():
+    sg, vl = _pool("sglang"), _pool("vllm")
+    assert sg.state_slots is not None and sg.state_slots > 256 and sg.state_blocks == 0
+    assert sg.breakdown["state_bytes"] == pytest.approx(sg.state_slots * sg.state_bytes_per_request)
+    # SGLang's state pool takes ~0.9/1.9 of the memory after the weights from the KV pool
+    assert sg.breakdown["kv_bytes"] < sg.breakdown["state_bytes"] * 1.2
+    # vLLM: one pool; each request takes its state's worth of blocks
+    assert vl.state_slots is None and vl.state_blocks == -(-vl.state_bytes_per_request // (16 * vl.bytes_per_token))
+    # fp32 state in SGLang, 16-bit in vLLM
+    assert sg.state_bytes_per_request > 1.9 * vl.state_bytes_per_request
+
+
+def _decode_batch(n, kv_per_seq=1024):
+    b = Batch()
+    b.num_decode, b.decode_kv_tokens, b.samples = n, n * kv_per_seq, n
+    return b
+
+
+def test_recurrence_costs_decode_and_prefill_and_its_state_dtype():
+    m = load_model("qwen3.5-397b-a17b")
+    cl = load_cluster("dgx-b200")
+    sg = IterationCost(m, cl, tp=8, ep=8, dtype="fp8", engine="sglang")
+    vl = IterationCost(m, cl, tp=8, ep=8, dtype="fp8", engine="vllm")
+    assert sg.gdn_s(64, 0) > 1.5 * vl.gdn_s(64, 0) > 0  # fp32 vs bf16 state traffic
+    assert sg.gdn_s(0, 8192) > sg.gdn_s(0, 1024) > 0
+    assert sg.gdn_s(128, 0) > sg.gdn_s(64, 0)
+    # it is part of every pass: switched off, a decode pass is shorter by exactly its time
+    b = _decode_batch(64)
+    with_it = sg.iteration_s(b)
+    sg.n_linear = 0
+    assert with_it - sg.iteration_s(b) == pytest.approx(IterationCost(m, cl, tp=8, ep=8, dtype="fp8",
+                                                                       engine="sglang").gdn_s(64, 0), rel=1e-9)
+
+
+def test_a_shared_pool_admits_fewer_requests_with_state_blocks():
+    from simulator.serving.engine import ReplicaGroup, ServingPlan, simulate
+    from simulator.serving.workload import LengthDist, ServingWorkload
+    m = load_model("qwen3.5-397b-a17b")
+    cl = load_cluster("dgx-b200")
+    wl = ServingWorkload(num_requests=64, concurrency=64, prompt_len=LengthDist.parse("256"),
+                         output_len=LengthDist.parse("32"))
+
+    def run(blocks):
+        plan = ServingPlan((ReplicaGroup(cl, 8, 1, 8, 1, "both"),), engine="vllm", dtype="fp8",
+                           kv_blocks=blocks, prefix_caching=False)
+        return simulate(m, plan, wl)
+    state_blocks = _pool("vllm").state_blocks
+    # a pool of 4 requests' prompts plus states runs them 4 at a time: later requests queue
+    small = run(4 * (state_blocks + 256 // 16 + 2))
+    big = run(64 * (state_blocks + 256 // 16 + 2))
+    assert small.ttft_s["mean"] > 3 * big.ttft_s["mean"]
+
+
+def test_training_refuses_gated_deltanet_in_one_line():
+    r = subprocess.run([sys.executable, "-m", "ui.cli", "simulate", "train", "--model", "qwen3.5-397b-a17b",
+                        "--cluster", "dgx-h100", "--plan", "tp=8,ep=8", "--seq-len", "4096",
+                        "--global-batch", "64"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Gated DeltaNet linear-attention layers are modelled for serving only" in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_layer_types_entry_names_the_kind():
+    assert LINEAR_ATTENTION == "linear_attention"
