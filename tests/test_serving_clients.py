@@ -109,6 +109,9 @@ def test_which_client_measured_a_row_and_the_warmup_rule():
     assert cl == "bench-serving" and info["measured"] == "2025-11-02"
     assert client_for_row("source_file=/Users/x/data/h100_sxm/trtllm/1.0.0rc3/a.csv; "
                           "silicon_concurrency=8")[0] == "aiperf"
+    # AIConfigurator's gap-analysis copies of InferenceMAX rows (a bare file name)
+    assert client_for_row("source_file=qwen3.5-397b-gap-analysis.csv; silicon_concurrency=4")[0] == "bench-serving"
+    assert client_for_row("source_file=/Users/x/gap/a-gap-analysis.csv; silicon_concurrency=4")[0] == "aiperf"
     assert bench_serving_warmups(16, "2025-11-02") == 0
     assert bench_serving_warmups(16, "2026-01-21") == 32
 

@@ -70,6 +70,27 @@ def test_rows_that_cannot_be_modelled_say_why(rows):
     assert vs.classify(dense, "dense")[0] is None and vs.classify(dense, "all")[0]["cluster"] == "dgx-b200"
 
 
+def test_tp_times_ep_labels_read_as_their_duplicates(rows):
+    # 2026-04-06.csv labels Qwen3.5-397B H200 TP8/EP8 as tp_size 64 (moe_tp 8 x ep 8); the same
+    # measurement in 2026-03-25.csv says tp 8, moe_tp 1, ep 8: both replay as tp 8, ep 8
+    def pick(src, tp):
+        return _pick(rows, lambda r: r["model_path"] == "Qwen/Qwen3.5-397B-A17B" and r["system"] == "h200_sxm"
+                     and r["silicon_data_source"].startswith(src) and r["tp_size"] == tp
+                     and r["isl"] == "1024" and r["osl"] == "1024"
+                     and "silicon_concurrency=4;" in r["silicon_data_source"])[0]
+    late, early = pick("source_file=2026-04-06.csv", "64"), pick("source_file=2026-03-25.csv", "8")
+    assert late["silicon_ttft_ms"] == early["silicon_ttft_ms"]
+    assert vs.classify(late)[0]["pools"] == vs.classify(early)[0]["pools"] == {
+        "both": {"tp": 8, "pp": 1, "ep": 8, "count": 1}}
+    # a label of another source that spans nodes stays refused
+    other = {**late, "silicon_data_source": "source_file=2026-03-25.csv; silicon_concurrency=4"}
+    assert vs.classify(other)[0] is None and "spans nodes" in vs.classify(other)[1]
+    # Qwen3.5 (Gated DeltaNet) is modelled, and its gap-analysis copies replay as bench-serving
+    gap = _pick(rows, lambda r: r["silicon_data_source"].startswith("source_file=qwen3.5-397b-gap-analysis.csv"))[0]
+    assert vs.classify(gap)[0]["client"] == "bench-serving"
+    assert vs.classify(gap)[0]["model"] == "qwen3.5-397b-a17b"
+
+
 def _write(path, rows):
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

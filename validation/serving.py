@@ -77,18 +77,17 @@ MOE_MODELS = {  # MoE / MLA presets
     "MiniMaxAI/MiniMax-M2.5": "minimax-m2.5",
     "openai/gpt-oss-120b": "gpt-oss-120b",
     "openai/gpt-oss-20b": "gpt-oss-20b",
+    "Qwen/Qwen3.5-397B-A17B": "qwen3.5-397b-a17b",  # Gated DeltaNet + gated attention, MoE
 }
 # Architectures the layer description (attention + MLP/MoE blocks, dense attention) cannot express.
 REFUSED_MODELS = {
-    "Qwen/Qwen3.5-397B-A17B": "Qwen3.5: hybrid Gated DeltaNet linear-attention layers (HF "
-                              "Qwen/Qwen3.5-397B-A17B config.json layer_types); not attention + MLP blocks",
     "zhipuai/GLM-5": "GLM-5: DeepSeek sparse attention (an indexer picks the keys each query "
                      "reads; HF zai-org/GLM-5 config.json); no sparse attention in the layer description",
 }
 FAMILY = {"llama3.1-8b": "Llama-3.1", "llama3.1-70b": "Llama-3.1", "qwen3-32b": "Qwen3 dense",
           "qwen3-8b": "Qwen3 dense", "qwen3-235b-a22b": "Qwen3 MoE", "qwen3-30b-a3b": "Qwen3 MoE",
           "deepseek-v3": "DeepSeek-V3/R1", "kimi-k2.5": "Kimi-K2.5", "minimax-m2.5": "MiniMax-M2.5",
-          "gpt-oss-120b": "GPT-OSS", "gpt-oss-20b": "GPT-OSS"}
+          "gpt-oss-120b": "GPT-OSS", "gpt-oss-20b": "GPT-OSS", "qwen3.5-397b-a17b": "Qwen3.5"}
 SYSTEMS = {"h100_sxm": "dgx-h100", "h200_sxm": "dgx-h200", "b200_sxm": "dgx-b200",
            "b300_sxm": "dgx-b300", "gb200": "gb200-nvl72", "gb300": "gb300-nvl72"}
 DENSE_SYSTEMS = ("h100_sxm", "h200_sxm")  # the acceptance set: dense agg rows on H100/H200
@@ -111,7 +110,7 @@ EXPERT_ONLY_QUANT = {("openai/gpt-oss-120b", "fp4"): "", ("openai/gpt-oss-20b", 
 # quantization_config weight_block_size [128, 128]): their experts run the engines' block-scaled
 # FP8 MoE kernels, however coarsely a row labels them ("fp8").
 BLOCK_FP8_CHECKPOINTS = ("Qwen/Qwen3-235B-A22B-FP8", "deepseek-ai/DeepSeek-V3", "deepseek-ai/DeepSeek-R1",
-                         "MiniMaxAI/MiniMax-M2.5")
+                         "MiniMaxAI/MiniMax-M2.5", "Qwen/Qwen3.5-397B-A17B")
 BACKENDS = ("vllm", "sglang", "trtllm")
 AIC_ESTIMATES = Path(__file__).parent / "data" / "serving" / "aiconfigurator_0.12_estimates_dense_h100_h200.csv"
 MEASURED_COLUMNS = ("silicon_ttft_ms", "silicon_tpot_ms")
@@ -163,6 +162,23 @@ def row_concurrency(row: dict) -> int | None:
     return _int(row.get("batch_size")) if row.get("mode") == "agg" else None
 
 
+# Exports that label some aggregated EP rows with tp_size = tp·ep and moe_tp_size = tp: every such
+# row that the 2026-03-25 export also holds has the same TTFT there (to 0.1 ms) under tp =
+# moe_tp_size, moe_tp 1, ep = moe_ep_size (e.g. Qwen3.5-397B, H200, c4, 1024/1024: 307.79 ms,
+# tp_size 64 with moe_tp 8 x ep 8 in 2026-04-06.csv, tp_size 8 with moe_tp 1 x ep 8 in
+# 2026-03-25.csv; 66 such pairs). A row of these exports whose tp_size spans nodes while
+# moe_tp_size fits one node is read that way.
+TP_TIMES_EP_EXPORTS = ("source_file=2026-04-06.csv", "db-dump/2026-04-27")
+
+
+def _tp_times_ep_label(row: dict, tp: int, devices_per_node: int) -> bool:
+    """Whether an aggregated row carries the tp·ep label of TP_TIMES_EP_EXPORTS."""
+    source = (row.get("silicon_data_source") or "").split(";")[0].strip()
+    mtp, ep = _int(row.get("moe_tp_size")) or 1, _int(row.get("moe_ep_size")) or 1
+    return (source in TP_TIMES_EP_EXPORTS and tp > devices_per_node and ep > 1 and mtp * ep == tp
+            and mtp <= devices_per_node and mtp % ep == 0)
+
+
 def _pool(row: dict, prefix: str, preset: str, devices_per_node: int) -> tuple[dict | None, str]:
     """One worker pool's shape (prefix "" for agg, "prefill_"/"decode_" for disagg)."""
     tp, pp = _int(row.get(prefix + "tp_size")), _int(row.get(prefix + "pp_size")) or 1
@@ -172,6 +188,9 @@ def _pool(row: dict, prefix: str, preset: str, devices_per_node: int) -> tuple[d
         return None, "missing parallelism"
     if dp < 1:
         return None, f"attention data parallelism {dp}"
+    relabelled = prefix == "" and _tp_times_ep_label(row, tp, devices_per_node)
+    if relabelled:
+        tp = _int(row.get("moe_tp_size"))
     # attention TP inside a node; an attention-DP replica's ranks may span nodes, its MoE
     # exchange then crossing them (simulator.serving.engine.DPReplica)
     if tp * pp > devices_per_node:
@@ -182,6 +201,8 @@ def _pool(row: dict, prefix: str, preset: str, devices_per_node: int) -> tuple[d
     if preset in MOE_MODELS.values():
         ep = _int(row.get(prefix + "moe_ep_size")) or 1
         mtp = _int(row.get(prefix + "moe_tp_size")) or 1
+        if relabelled:  # EP inside the TP group: each expert split tp/ep ways
+            mtp = tp // ep
         # the layer pass splits experts over ep, each over tp·dp/ep ranks (costs.py)
         if mtp * ep != tp * dp:
             return None, (f"MoE tp {mtp} x ep {ep} with attention tp {tp}"

@@ -163,7 +163,8 @@ def make_workload(client: str, **kw) -> ServingWorkload:
 def client_for_row(source: str) -> tuple[str, dict]:
     """Which client measured a row of aiconfigurator-core's silicon_sample.csv, from its
     `silicon_data_source`: the InferenceMAX/InferenceX dumps (`db-dump/...`, `source_file=2026-..
-    .csv`) ran benchmark_serving; the internal runs (other source files) ran aiperf
+    .csv`) and the gap-analysis copies of them (`source_file=<model>-gap-analysis.csv`) ran
+    benchmark_serving; the internal runs (other source files, with a path) ran aiperf
     (docs/modeling.md "Benchmark clients"). Returns (client, {"measured": date or ""})."""
     s = source or ""
     date = ""
@@ -172,8 +173,13 @@ def client_for_row(source: str) -> tuple[str, dict]:
         if k == "measured":
             date = v.strip()[:10]
     first = s.split(";")[0].strip()
+    # `<model>-gap-analysis.csv` (a bare file name, e.g. qwen3.5-397b-gap-analysis.csv) repeats
+    # InferenceMAX's measurements for AIConfigurator's gap analysis: all 76 Qwen3.5-397B rows of
+    # it equal an InferenceMAX row of the same system, precision, lengths, concurrency and EP
+    # (to 0.01 ms), so its rows were measured by benchmark_serving too
     inferencemax = first.startswith("db-dump/") or (
-        first.startswith("source_file=") and "/" not in first and first[12:16].isdigit())
+        first.startswith("source_file=") and "/" not in first
+        and (first[12:16].isdigit() or first.endswith("-gap-analysis.csv")))
     return ("bench-serving" if inferencemax else "aiperf"), {"measured": date}
 
 
