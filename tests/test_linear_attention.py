@@ -10,7 +10,7 @@ import pytest
 from hwmodels.clusters import load_cluster
 from hwmodels.errors import InputError
 from simulator.linear_attention import (GDN_STATE_BYTES, chunk_bytes, chunk_flops, gdn_shape, gdn_state_bytes,
-                                        recurrent_bytes)
+                                        linear_layers_per_stage, recurrent_bytes, recurrent_flops)
 from simulator.models import FULL_ATTENTION, LINEAR_ATTENTION, from_hf_config, load_model
 from simulator.serving.costs import IterationCost
 from simulator.serving.kv_cache import SGLANG_MAMBA_FULL_MEMORY_RATIO, kv_bytes_per_token, kv_pool, sglang_state_slots
@@ -94,6 +94,31 @@ def test_chunk_and_recurrent_work_by_formula():
     assert chunk_bytes(s, 100) == pytest.approx(100 * 8 * ((6 * K + 7 * V) * 2 + 3 * C * 4 + 2 * K * V * 2 / C))
     # decode: the state read and written back dominates (fp32: 2 x 8 heads x 128 x 128 x 4 B)
     assert recurrent_bytes(s, 1, 4) > 2 * 8 * K * V * 4
+
+
+def test_shapes_and_the_recurrent_step_by_formula():
+    m = load_model("qwen3.5-397b-a17b")
+    s = gdn_shape(m, 4)  # 16/4 key heads, 64/4 value heads of 128
+    assert s.qkvz_width == 2 * 4 * 128 + 2 * 16 * 128 and s.conv_channels == 2 * 4 * 128 + 16 * 128
+    assert recurrent_flops(s, 3) == 3 * 16 * 6 * 128 * 128
+    # the state twice (read, write) plus q, k in and v, o (16-bit) per sequence
+    assert recurrent_bytes(s, 3, 2) == 3 * (2 * 16 * 128 * 128 * 2 + (2 * 4 * 128 + 2 * 16 * 128) * 2)
+    # the most loaded of pp stages: 60 layers in stages of 15; each stage has 3 of every 4 linear
+    assert linear_layers_per_stage(m, 1) == 45
+    assert linear_layers_per_stage(m, 4) == 12  # 15 layers from 0: linear except 3, 7, 11 (and 15 next stage)
+    assert linear_layers_per_stage(m, 3) == 15  # stages of 20: 15 linear each
+
+
+def test_uneven_head_splits_and_stage_counts():
+    from simulator.linear_attention import GDNShape
+    s = GDNShape(key_heads=3, value_heads=6, key_dim=96, value_dim=80, conv=4)
+    assert s.conv_channels == 2 * 3 * 96 + 6 * 80 == 1056
+    m = load_model("qwen3.5-397b-a17b")
+    assert gdn_shape(m) == gdn_shape(m, 1)
+    assert gdn_shape(m, 3).key_heads == 5 and gdn_shape(m, 3).value_heads == 21  # whole heads per rank
+    # the linear layers sit in the last stage: its count is the most loaded stage's
+    cfg = {**QWEN3_NEXT, "num_hidden_layers": 8, "layer_types": [FULL_ATTENTION] * 4 + [LINEAR_ATTENTION] * 4}
+    assert linear_layers_per_stage(from_hf_config(cfg), 2) == 4
 
 
 def test_sglang_state_pool_split():
