@@ -36,18 +36,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from simulator.models import ModelSpec
+from simulator.mamba import mamba_shape, mamba_state_bytes
+from simulator.models import MAMBA, ModelSpec
 
 GDN_CHUNK = 64  # flash-linear-attention chunk_gated_delta_rule: BT = 64 tokens per chunk
 FP32 = 4  # bytes: the chunk matrix A and, in SGLang's default, the recurrent state
 BF16 = 2
-# Bytes per element of the K×V recurrent state each engine keeps by default:
+# Bytes per element of the recurrent state (Gated DeltaNet's K×V, Mamba-2's P×N per head) each
+# engine keeps by default (both kinds share the engines' mamba state pools):
 #   sglang  fp32 (python/sglang/srt/configs/mamba_utils.py mamba2_state_dtype: SGLANG_MAMBA_SSM_DTYPE,
 #           else the config's mamba_ssm_dtype, else "float32"; the conv state in bfloat16)
 #   vllm    the model dtype (vllm/model_executor/layers/mamba/mamba_utils.py
 #           MambaStateDtypeCalculator: mamba_ssm_cache_dtype "auto" = the conv state's dtype)
 #   trtllm  16-bit taken (its source was not read for this; no TensorRT-LLM row of such a model)
-GDN_STATE_BYTES = {"sglang": FP32, "vllm": BF16, "trtllm": BF16}
+RECURRENT_STATE_BYTES = {"sglang": FP32, "vllm": BF16, "trtllm": BF16}
 
 
 @dataclass(frozen=True)
@@ -130,8 +132,28 @@ def gdn_state_bytes(model: ModelSpec, tp: int, layers: int, ssm_bytes: float,
     return layers * (conv + ssm)
 
 
-def linear_layers_per_stage(model: ModelSpec, pp: int) -> int:
-    """Gated DeltaNet layers on the most loaded of pp stages (ceil(L/pp) layers each)."""
+def state_layers_per_stage(model: ModelSpec, pp: int) -> tuple[int, int]:
+    """(Gated DeltaNet layers, Mamba-2 layers) on the stage of pp (ceil(L/pp) layers each) whose
+    recurrent state per request is the largest."""
     per = math.ceil(model.num_layers / pp)
-    return max(sum(model.is_linear_layer(i) for i in range(st * per, min(model.num_layers, (st + 1) * per)))
-               for st in range(pp))
+    stages = []
+    for st in range(pp):
+        layers = range(st * per, min(model.num_layers, (st + 1) * per))
+        stages.append((sum(model.is_linear_layer(i) for i in layers),
+                       sum(model.layer_kind(i) == MAMBA for i in layers)))
+    return max(stages, key=lambda c: recurrent_state_bytes_of(model, 1, c, 1.0))
+
+
+def recurrent_state_bytes_of(model: ModelSpec, tp: int, layers: tuple[int, int], ssm_bytes: float) -> float:
+    """The state of (Gated DeltaNet, Mamba-2) `layers` for one request on one of tp ranks."""
+    gdn, mamba = layers
+    return (gdn_state_bytes(model, tp, gdn, ssm_bytes)
+            + (mamba * mamba_state_bytes(mamba_shape(model, tp), ssm_bytes) if mamba else 0.0))
+
+
+def recurrent_state_bytes(model: ModelSpec, tp: int, pp: int, ssm_bytes: float) -> float:
+    """The recurrent state one request keeps on one GPU of the most loaded stage: its Gated
+    DeltaNet and Mamba-2 layers' conv windows (16-bit) and states (`ssm_bytes` per element)."""
+    if not model.num_state_layers:
+        return 0.0
+    return recurrent_state_bytes_of(model, tp, state_layers_per_stage(model, pp), ssm_bytes)

@@ -107,6 +107,30 @@ def ssd_bytes(shape: MambaShape, tokens: float, act_bytes: float) -> float:
     return io + dt + states + cb
 
 
+def mamba_state_bytes(shape: MambaShape, ssm_bytes: float, conv_bytes: float = 2) -> float:
+    """The state one sequence keeps per Mamba-2 layer between decode steps: the conv window
+    (d_conv − 1 past inputs of x, B, C) and each head's P×N SSM state (SGLang mamba_utils.py
+    Mamba2StateShape: conv (conv_dim, conv_kernel − 1), temporal (heads, head_dim, state_size);
+    vLLM MambaSpec alike)."""
+    return (shape.conv - 1) * shape.conv_channels * conv_bytes + shape.heads * shape.head_dim * shape.state * ssm_bytes
+
+
+def mamba_step_bytes(shape: MambaShape, seqs: float, ssm_bytes: float, act_bytes: float) -> float:
+    """HBM bytes of one decode token per sequence (mamba_ssm selective_state_update): the SSM
+    state read and written back, the conv window read and rolled, and the token's x, z, B, C and
+    dt in and y out."""
+    state = 2 * shape.heads * shape.head_dim * shape.state * ssm_bytes
+    conv = 2 * (shape.conv - 1) * shape.conv_channels * act_bytes
+    io = (shape.in_proj_width + shape.d_inner) * act_bytes
+    return seqs * (state + conv + io)
+
+
+def mamba_step_flops(shape: MambaShape, seqs: float) -> float:
+    """One decode token per sequence: decay and update h ← exp(dt·A)·h + dt·x⊗B, read-out y = h·C,
+    ≈ 6·P·N per head (multiply-add = 2)."""
+    return seqs * shape.heads * 6 * shape.head_dim * shape.state
+
+
 def mamba_activation_bytes(model: ModelSpec, tokens: float, tp: int, gi: float, act_bytes: float) -> float:
     """Bytes one Mamba-2 mixer keeps for backward per rank, beyond the layer's norm and in_proj
     inputs (which `simulator.memory` counts like any block's): mamba_split_conv1d_scan_combined

@@ -308,13 +308,33 @@ class ModelSpec:
         return self.sliding_window if self.layer_types[i] == SLIDING_ATTENTION else 0
 
     def window_counts(self, layers: range | None = None) -> tuple[tuple[int, int], ...]:
-        """((window, number of layers), ...) of the attention layers among `layers` (default all),
-        window 0 = full attention first: the layer mix that attention costs and KV sizes are
-        weighted by. Linear-attention layers hold no KV and are left out."""
+        """((window, number of layers), ...) over `layers` (default all), window 0 = full
+        attention first: the layer mix that attention costs and KV sizes are weighted by."""
         layers = layers if layers is not None else range(self.num_layers)
-        if not self.layer_types or (not self.sliding_window and LINEAR_ATTENTION not in self.layer_types):
-            return ((0, len(layers)),)  # every layer full attention: the common case
+        if not self.sliding_window or not self.layer_types:  # every layer full: the common case
+            return ((0, len(layers)),)
         return _window_counts(self, layers)
+
+    def attends(self, i: int) -> bool:
+        """Whether layer i runs attention (and holds KV): not a Gated DeltaNet layer, and in a
+        hybrid model an attention ('*') block."""
+        if self.hybrid_pattern:
+            return self.hybrid_pattern[i] == ATTENTION
+        return not self.is_linear_layer(i)
+
+    def attention_window_counts(self, layers: range | None = None) -> tuple[tuple[int, int], ...]:
+        """`window_counts` over the layers among `layers` that attend (`attends`): what serving's
+        attention costs and KV cache count. Models with recurrent-state layers (Gated DeltaNet,
+        Mamba-2) leave those out."""
+        layers = layers if layers is not None else range(self.num_layers)
+        if not self.hybrid_pattern and LINEAR_ATTENTION not in self.layer_types:
+            return self.window_counts(layers)
+        return _window_counts(self, layers)
+
+    @property
+    def num_state_layers(self) -> int:
+        """Layers that carry a recurrent state per sequence: Gated DeltaNet or Mamba-2."""
+        return self.num_linear_layers + (self.hybrid_pattern.count(MAMBA) if self.hybrid_pattern else 0)
 
     @property
     def q_dim(self) -> int:
@@ -538,7 +558,7 @@ def _attention_layout(cfg: dict, L: int, model_type: str, where: str) -> tuple[i
 def _window_counts(model: "ModelSpec", layers: range) -> tuple[tuple[int, int], ...]:
     counts: dict[int, int] = {}
     for i in layers:
-        if model.is_linear_layer(i):
+        if not model.attends(i):
             continue
         w = model.layer_window(i)
         counts[w] = counts.get(w, 0) + 1

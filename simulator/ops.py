@@ -201,7 +201,7 @@ def rope_elements(model: ModelSpec, tp: int) -> int:
 EAGER_RMSNORM_BYTES = 36
 EAGER_ROPE_BYTES = 20
 EAGER_SWIGLU_BYTES = 10
-# the GEMM shape whose measured rate stands for the SSD scan's tensor-core tiles (`_ssd_op`)
+# the GEMM shape whose measured rate stands for the SSD scan's tensor-core tiles (`ssd_op`)
 SSD_GEMM_SHAPE = 8192
 # amax read (2 B) + cast read (2 B) and FP8 write (1 B) per element of a dynamically scaled tensor
 FP8_CAST_FWD = 5
@@ -235,15 +235,16 @@ def _comm(comm_s: CommCost, name: str, op: str, group: str, size: int, stride: i
 
 def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: KernelModel,
                       comm_s: CommCost, moe: bool, phase: str, attention: tuple = (), kind: str = "",
-                      linear: bool = False) -> list[Op]:
+                      linear: bool = False, recurrence: tuple | None = None) -> list[Op]:
     """Ops of one layer on one rank, in execution order, for `phase` in fwd | bwd | recompute.
     GEMMs run on `km`, 16-bit work on `km16`; `attention` holds the attention core's ops, which
     depend on how the tokens group into sequences (training: `_core_attention`; serving adds
     its prefill chunks and decodes per batch instead). A hybrid model's layer is one block,
     `kind` its symbol (M Mamba-2, * attention, - MLP, E MoE: Megatron-Core hybrid_layer_allocation.py),
     with its pre-norm and residual add. `linear`: the layer mixes tokens with Gated DeltaNet
-    (`_gdn_block`, forward only: serving) instead of attention; `attention` then holds the
-    mixer's recurrence."""
+    (`_gdn_block`, forward only: serving) instead of attention. `recurrence`: the ops of a
+    recurrent mixer's scan (Gated DeltaNet, Mamba-2), which serving costs per batch (prompt
+    chunks and decode steps); None (training) costs a Mamba-2 layer's SSD scan over all tokens."""
     if model.is_hybrid and kind not in HYBRID_SYMBOLS:
         raise InputError(f"model {model.name!r}: hybrid Mamba-2 layers are modelled for training only "
                          f"(no serving costs for them)")
@@ -306,7 +307,7 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
 
     if kind == MAMBA:
         norm(1)
-        _mamba_block(model, lp, km16, comm_s, phase, ops, gemm, tp_collective)
+        _mamba_block(model, lp, km16, comm_s, phase, ops, gemm, tp_collective, recurrence)
         residual(1)
         if phase == "bwd":
             ops.reverse()
@@ -316,7 +317,7 @@ def transformer_layer(model: ModelSpec, lp: LayerPass, km: KernelModel, km16: Ke
         if phase != "fwd":
             raise InputError(f"model {model.name!r}: Gated DeltaNet layers are modelled for serving "
                              f"only (no training costs for them)")
-        _gdn_block(model, lp, km, ops, gemm, tp_collective, norm, residual, attention)
+        _gdn_block(model, lp, km, ops, gemm, tp_collective, norm, residual, recurrence or ())
     elif kind in ("", ATTENTION):
         _attention_block(model, lp, km, comm_s, phase, ops, gemm, tp_collective, norm, residual, attention)
     if kind == ATTENTION:
@@ -414,7 +415,7 @@ def _mlp_block(model, lp, km, km16, comm_s, moe, phase, ops, gemm, tp_collective
 
 
 def _mamba_block(model: ModelSpec, lp: LayerPass, km16: KernelModel, comm_s: CommCost, phase: str,
-                 ops: list, gemm, tp_collective) -> None:
+                 ops: list, gemm, tp_collective, recurrence: tuple | None = None) -> None:
     """A Mamba-2 mixer on one rank (Megatron-Core ssm/mamba_mixer.py `_ssm_training`; shapes and
     bytes in simulator/mamba.py): in_proj (column-parallel, the TP exchange before it like QKV's),
     the depthwise causal conv1d and the SSD scan with its D skip and z gate fused (mamba_ssm
@@ -437,7 +438,10 @@ def _mamba_block(model: ModelSpec, lp: LayerPass, km16: KernelModel, comm_s: Com
     conv_elems = tokens * s.conv_channels
     ops.append(Op("mamba_conv", "compute", phase, 2.0 * s.conv * conv_elems * (1 if fwd else 3),
                   (2 if fwd else 5) * conv_elems * ab, km16.memory_s((2 if fwd else 5) * conv_elems * ab)))
-    ops.append(_ssd_op(km16, s, tokens, phase))
+    if recurrence is None:
+        ops.append(ssd_op(km16, s, tokens, phase))
+    else:  # serving: the scan of the batch's prompt chunks and decode steps, costed by the caller
+        ops += recurrence
     if cp > 1:
         ops.append(_comm(comm_s, "cp.mamba_out", "all_to_all", "cp", cp, t, T * local.d_inner * ab, phase))
     # the gated RMSNorm over the scan output (ExtendedRMSNorm: read y, write the normalised y)
@@ -446,7 +450,7 @@ def _mamba_block(model: ModelSpec, lp: LayerPass, km16: KernelModel, comm_s: Com
     tp_collective("out_proj", False)
 
 
-def _ssd_op(km16: KernelModel, s: MambaShape, tokens: int, phase: str) -> Op:
+def ssd_op(km16: KernelModel, s: MambaShape, tokens: float, phase: str) -> Op:
     """The SSD scan (Dao & Gu 2024 §6) as one op, at the roofline of its Triton kernels
     (mamba_ssm ssd_bmm / ssd_chunk_state / ssd_state_passing / ssd_chunk_scan): its chunk products
     run as Q×Q×{N,P} tensor-core tiles on data already on chip, so its compute side is its FLOPs

@@ -9,8 +9,8 @@ import pytest
 
 from hwmodels.clusters import load_cluster
 from hwmodels.errors import InputError
-from simulator.linear_attention import (GDN_STATE_BYTES, chunk_bytes, chunk_flops, gdn_shape, gdn_state_bytes,
-                                        linear_layers_per_stage, recurrent_bytes, recurrent_flops)
+from simulator.linear_attention import (RECURRENT_STATE_BYTES, chunk_bytes, chunk_flops, gdn_shape, gdn_state_bytes,
+                                        recurrent_bytes, recurrent_flops, state_layers_per_stage)
 from simulator.models import FULL_ATTENTION, LINEAR_ATTENTION, from_hf_config, load_model
 from simulator.serving.costs import IterationCost
 from simulator.serving.kv_cache import SGLANG_MAMBA_FULL_MEMORY_RATIO, kv_bytes_per_token, kv_pool, sglang_state_slots
@@ -32,7 +32,7 @@ def test_layer_pattern_from_the_full_attention_interval():
     # HF Qwen3NextConfig: layer i is full attention when (i + 1) % interval == 0
     assert [i for i in range(48) if m.layer_types[i] == FULL_ATTENTION] == list(range(3, 48, 4))
     assert m.num_linear_layers == 36 and m.is_linear_layer(0) and not m.is_linear_layer(3)
-    assert m.window_counts() == ((0, 12),)  # attention layers only
+    assert m.attention_window_counts() == ((0, 12),)  # attention layers only
     assert m.attn_output_gate
 
 
@@ -55,7 +55,7 @@ def test_gated_deltanet_parameters_by_hand():
 
 def test_the_qwen35_preset():
     m = load_model("qwen3.5-397b-a17b")
-    assert m.num_linear_layers == 45 and m.window_counts() == ((0, 15),)
+    assert m.num_linear_layers == 45 and m.attention_window_counts() == ((0, 15),)
     assert abs(m.num_params - 397e9) / 397e9 < 0.01
     assert abs(m.num_active_params - 17e9) / 17e9 < 0.03  # "A17B"
 
@@ -81,7 +81,7 @@ def test_kv_counts_attention_layers_and_the_state_counts_the_others():
     # 128 x 128 state of each of 64/8 value heads
     conv = (2 * 2 * 128 + 8 * 128) * 3 * 2
     assert gdn_state_bytes(m, 8, 45, 4) == 45 * (conv + 8 * 128 * 128 * 4)
-    assert GDN_STATE_BYTES["sglang"] == 4 and GDN_STATE_BYTES["vllm"] == 2
+    assert RECURRENT_STATE_BYTES["sglang"] == 4 and RECURRENT_STATE_BYTES["vllm"] == 2
 
 
 def test_chunk_and_recurrent_work_by_formula():
@@ -104,9 +104,9 @@ def test_shapes_and_the_recurrent_step_by_formula():
     # the state twice (read, write) plus q, k in and v, o (16-bit) per sequence
     assert recurrent_bytes(s, 3, 2) == 3 * (2 * 16 * 128 * 128 * 2 + (2 * 4 * 128 + 2 * 16 * 128) * 2)
     # the most loaded of pp stages: 60 layers in stages of 15; each stage has 3 of every 4 linear
-    assert linear_layers_per_stage(m, 1) == 45
-    assert linear_layers_per_stage(m, 4) == 12  # 15 layers from 0: linear except 3, 7, 11 (and 15 next stage)
-    assert linear_layers_per_stage(m, 3) == 15  # stages of 20: 15 linear each
+    assert state_layers_per_stage(m, 1)[0] == 45
+    assert state_layers_per_stage(m, 4)[0] == 12  # 15 layers from 0: linear except 3, 7, 11 (and 15 next stage)
+    assert state_layers_per_stage(m, 3)[0] == 15  # stages of 20: 15 linear each
 
 
 def test_uneven_head_splits_and_stage_counts():
@@ -118,7 +118,7 @@ def test_uneven_head_splits_and_stage_counts():
     assert gdn_shape(m, 3).key_heads == 5 and gdn_shape(m, 3).value_heads == 21  # whole heads per rank
     # the linear layers sit in the last stage: its count is the most loaded stage's
     cfg = {**QWEN3_NEXT, "num_hidden_layers": 8, "layer_types": [FULL_ATTENTION] * 4 + [LINEAR_ATTENTION] * 4}
-    assert linear_layers_per_stage(from_hf_config(cfg), 2) == 4
+    assert state_layers_per_stage(from_hf_config(cfg), 2)[0] == 4
 
 
 def test_sglang_state_pool_split():
@@ -156,15 +156,15 @@ def test_recurrence_costs_decode_and_prefill_and_its_state_dtype():
     cl = load_cluster("dgx-b200")
     sg = IterationCost(m, cl, tp=8, ep=8, dtype="fp8", engine="sglang")
     vl = IterationCost(m, cl, tp=8, ep=8, dtype="fp8", engine="vllm")
-    assert sg.gdn_s(64, 0) > 1.5 * vl.gdn_s(64, 0) > 0  # fp32 vs bf16 state traffic
-    assert sg.gdn_s(0, 8192) > sg.gdn_s(0, 1024) > 0
-    assert sg.gdn_s(128, 0) > sg.gdn_s(64, 0)
+    assert sg.recurrent_s(64, 0) > 1.5 * vl.recurrent_s(64, 0) > 0  # fp32 vs bf16 state traffic
+    assert sg.recurrent_s(0, 8192) > sg.recurrent_s(0, 1024) > 0
+    assert sg.recurrent_s(128, 0) > sg.recurrent_s(64, 0)
     # it is part of every pass: switched off, a decode pass is shorter by exactly its time
     b = _decode_batch(64)
     with_it = sg.iteration_s(b)
-    sg.n_linear = 0
+    sg._tile_rate = 0.0  # no recurrent scans
     assert with_it - sg.iteration_s(b) == pytest.approx(IterationCost(m, cl, tp=8, ep=8, dtype="fp8",
-                                                                       engine="sglang").gdn_s(64, 0), rel=1e-9)
+                                                                       engine="sglang").recurrent_s(64, 0), rel=1e-9)
 
 
 def test_a_shared_pool_admits_fewer_requests_with_state_blocks():
@@ -197,3 +197,56 @@ def test_training_refuses_gated_deltanet_in_one_line():
 
 def test_layer_types_entry_names_the_kind():
     assert LINEAR_ATTENTION == "linear_attention"
+
+
+# ---- Mamba-2 layers of hybrid models in serving (Nemotron-H, Nemotron-3) ---------------------------
+
+def test_hybrid_kv_and_state_per_request():
+    from simulator.mamba import mamba_shape, mamba_state_bytes
+    m = load_model("nemotron-3-nano-30b-a3b")
+    attn = m.hybrid_pattern.count("*")
+    assert m.attention_window_counts() == ((0, attn),) and m.num_state_layers == m.hybrid_pattern.count("M")
+    # KV only on the attention blocks: K and V of 2 KV heads of head_dim, 16-bit
+    assert kv_bytes_per_token(m, 1, 1, "bf16") == attn * 2 * 2 * m.head_dim * 2
+    s = mamba_shape(m, 1)
+    # SGLang Mamba2StateShape: conv (conv_dim, d_conv - 1) in bf16, temporal (heads, head_dim, d_state)
+    per_layer = (s.conv - 1) * (s.d_inner + 2 * s.groups * s.state) * 2 + s.heads * s.head_dim * s.state * 4
+    assert mamba_state_bytes(s, 4) == per_layer
+    assert state_layers_per_stage(m, 1) == (0, m.num_state_layers)
+    assert _pool_of(m, "sglang", 1).state_bytes_per_request == m.num_state_layers * per_layer
+
+
+def _pool_of(m, engine, tp):
+    return kv_pool(m, load_cluster("dgx-h100").device, tp, 1, 1, "bf16", "bf16", engine, 0.9, 16, 8192, 256)
+
+
+def test_mamba_scan_is_costed_per_batch():
+    from simulator.mamba import mamba_shape
+    from simulator.ops import ssd_op
+    m = load_model("nemotron-3-nano-30b-a3b")
+    c = IterationCost(m, load_cluster("dgx-h100"), tp=1, engine="vllm")
+    n = m.num_state_layers
+    assert c.recurrent_s(0, 4096) == pytest.approx(n * ssd_op(c.km16, mamba_shape(m, 1), 4096, "fwd").time_s)
+    assert c.recurrent_s(64, 0) > c.recurrent_s(8, 0) > 0
+    # an engine keeping the state in fp32 (SGLang) reads twice the state bytes of a 16-bit one
+    sg = IterationCost(m, load_cluster("dgx-h100"), tp=1, engine="sglang")
+    assert sg.recurrent_s(256, 0) > 1.5 * c.recurrent_s(256, 0)
+    b = _decode_batch(32)
+    with_it = c.iteration_s(b)
+    c._tile_rate = 0.0
+    assert with_it - c.iteration_s(b) == pytest.approx(
+        IterationCost(m, load_cluster("dgx-h100"), tp=1, engine="vllm").recurrent_s(32, 0), rel=1e-9)
+
+
+def test_a_hybrid_model_serves_end_to_end():
+    r = subprocess.run([sys.executable, "-m", "ui.cli", "simulate", "serve", "--model", "nemotron-3-nano-30b-a3b",
+                        "--cluster", "dgx-h100", "--plan", "tp=1", "--engine", "sglang", "--requests", "64",
+                        "--concurrency", "8", "--prompt-len", "512", "--output-len", "64", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import json
+    doc = json.loads(r.stdout)
+    assert doc["completed"] == 64 and doc["rejected"] == 0
+    assert 0 < doc["ttft_s"]["mean"] < 5 and 0 < doc["tpot_s"]["mean"] < 0.5
+    mem = doc["replicas"][0]["memory_per_gpu"]  # SGLang: the state pool beside the KV pool
+    assert mem["state_bytes"] > 0 and mem["kv_bytes"] > 0

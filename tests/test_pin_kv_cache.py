@@ -265,3 +265,13 @@ def test_activation_peak_takes_the_qkv_output_when_it_is_the_widest():
     assert qkv > (64 * 2 + 64) / tp
     expected = tokens * (2 * m.hidden_size + qkv) * 2 + seqs * m.vocab_size / tp * 4
     assert activation_peak_bytes(m, tp, tokens, seqs) == pytest.approx(expected, rel=1e-12)
+
+
+def test_microscaled_expert_bytes_include_their_scales():
+    from simulator.serving.kv_cache import moe_weight_bytes
+    # 4-bit values plus one 8-bit scale per block: NVFP4 blocks of 16 (FP8 E4M3 scale), MX blocks
+    # of 32 (E8M0 scale, OCP Microscaling spec v1.0 §5)
+    assert moe_weight_bytes("nvfp4") == pytest.approx(0.5 + 1 / 16)
+    assert moe_weight_bytes("w4a8_mxfp4_mxfp8") == pytest.approx(0.5 + 1 / 32)
+    assert moe_weight_bytes("w4a16_mxfp4") == pytest.approx(0.5 + 1 / 32)
+    assert moe_weight_bytes("int4_wo") == pytest.approx(0.5 + 2 / 128)

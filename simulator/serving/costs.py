@@ -48,11 +48,12 @@ from hwmodels.clusters import Cluster
 from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
 from hwmodels.kernels import KernelModel, dtype_bytes, kernel_model
-from simulator.linear_attention import (GDN_STATE_BYTES, chunk_bytes, chunk_flops, gdn_shape,
+from simulator.linear_attention import (RECURRENT_STATE_BYTES, chunk_bytes, chunk_flops, gdn_shape,
                                         recurrent_bytes, recurrent_flops)
+from simulator.mamba import mamba_shape, mamba_step_bytes, mamba_step_flops
 from simulator.models import ModelSpec
 from simulator.ops import (SERVING_ENGINE, LayerPass, chunk_attention_s, kv_cache_elements,
-                           kv_heads_per_rank, tile_rate, transformer_layer, window_pairs)
+                           kv_heads_per_rank, ssd_op, tile_rate, transformer_layer, window_pairs)
 from simulator.precision import ACT_BYTES
 from simulator.serving.kv_cache import moe_weight_bytes
 from simulator.serving.scheduler import Batch
@@ -203,16 +204,19 @@ class IterationCost:
         self._head: dict = {}
         self._dec: dict = {}
         self._pre: dict = {}
-        # the layer kinds: (Gated DeltaNet mixer?, routed experts?) -> layers
+        # the layer kinds: (hybrid block symbol or "", Gated DeltaNet mixer?, routed experts?) -> layers
         mix: dict = {}
         for i in range(model.num_layers):
-            key = (model.is_linear_layer(i), model.is_moe_layer(i))
+            key = (model.layer_kind(i), model.is_linear_layer(i), model.is_moe_layer(i))
             mix[key] = mix.get(key, 0) + 1
-        self.layer_mix = tuple((lin, moe, n) for (lin, moe), n in sorted(mix.items()))
+        self.layer_mix = tuple((kind, lin, moe, n) for (kind, lin, moe), n in sorted(mix.items()))
+        # recurrent mixers, costed per batch (`recurrent_s`)
         self.n_linear = model.num_linear_layers
+        self.n_mamba = model.num_state_layers - self.n_linear
         self._gdn = gdn_shape(model, tp) if self.n_linear else None
-        self.gdn_state_bytes = GDN_STATE_BYTES.get(engine, 2)
-        self._tile_rate = tile_rate(self.km16) if self.n_linear else 0.0
+        self._mamba = mamba_shape(model, tp) if self.n_mamba else None
+        self.state_bytes = RECURRENT_STATE_BYTES.get(engine, 2)
+        self._tile_rate = tile_rate(self.km16) if model.num_state_layers else 0.0
 
     # ---- the routed experts: the engine's measured fused-MoE kernel --------------------------------
     def _fused_moe_table(self, src, engine: str, moe_quant: str | None):
@@ -268,14 +272,15 @@ class IterationCost:
         return self.km.sustained_s(t * self.km._peak_ratio, flops, nbytes)
 
     # ---- everything but attention and the LM head -----------------------------------------------
-    def _layer_s(self, T: int, moe: bool, linear: bool = False) -> float:
+    def _layer_s(self, T: int, moe: bool, linear: bool = False, kind: str = "") -> float:
         """One layer's ops for T tokens, attention core (or Gated DeltaNet recurrence) aside,
         forward (`transformer_layer`); the routed experts from the measured fused-MoE table where
         it applies (`fused_moe_s`)."""
         lp = LayerPass(tokens=T, tp=self.tp, ep=self.ep, ep_distinct_tokens=False,
                        expert_tp=max(1, self.tp // self.ep), kv_bytes=dtype_bytes(self.kv_dtype),
                        kernels=SERVING_ENGINE)
-        ops = transformer_layer(self.model, lp, self.km, self.km16, self._comm_s, moe, "fwd", linear=linear)
+        ops = transformer_layer(self.model, lp, self.km, self.km16, self._comm_s, moe, "fwd", kind=kind,
+                                linear=linear, recurrence=())
         fused = self.fused_moe_s(T) if moe else None
         if fused is None:
             return sum(op.time_s for op in ops)
@@ -291,7 +296,7 @@ class IterationCost:
         experts, the routed experts). The expert part is later taken at the tokens the experts
         receive, the rest at the busiest rank's tokens."""
         a = b = 0.0
-        for linear, moe, n in self.layer_mix:
+        for kind, linear, moe, n in self.layer_mix:
             etp = max(1, self.tp * self.dp // self.ep)
             lp = LayerPass(tokens=T, tp=self.tp, ep=self.ep, ep_stride=etp, ep_distinct_tokens=True,
                            expert_tp=etp, kv_bytes=dtype_bytes(self.kv_dtype), kernels=SERVING_ENGINE)
@@ -301,7 +306,7 @@ class IterationCost:
             if fused is not None:
                 b += n * fused
             for op in transformer_layer(self.model, lp, self.km, self.km16, self._comm_s, moe, "fwd",
-                                        linear=linear):
+                                        kind=kind, linear=linear, recurrence=()):
                 if fused is not None and op.name.startswith(self.FUSED_MOE_OPS):
                     continue
                 if op.name.startswith(self.EXPERT_OPS):
@@ -342,7 +347,7 @@ class IterationCost:
 
     def _dense_at(self, T: int) -> float:
         """Seconds of everything but attention and the LM head for T tokens (all layers)."""
-        t = sum(n * self._layer_s(T, moe, linear) for linear, moe, n in self.layer_mix)
+        t = sum(n * self._layer_s(T, moe, linear, kind) for kind, linear, moe, n in self.layer_mix)
         if self.pp > 1:  # activations cross each stage boundary once
             t += (self.pp - 1) * collective_s(self.cluster, "send_recv", 2, self.tp,
                                               float(T * self.model.hidden_size * ACT_BYTES))
@@ -481,27 +486,37 @@ class IterationCost:
         t += self.lm_head_s(rows)
         return t + max((self._plus_attention(0.0, b) for b in batches if b), default=0.0)
 
-    def gdn_s(self, decodes: int, prefill_tokens: int) -> float:
-        """All Gated DeltaNet layers' recurrence: one token of each of `decodes` sequences (the
-        recurrent kernel) and `prefill_tokens` prompt tokens (the chunkwise kernel), each at the
-        roofline of its FLOPs on the device's large-GEMM rate and its HBM bytes
-        (simulator/linear_attention.py). No kernel-level timing of these kernels is in the
-        tables, so this is a bound, not a measurement."""
-        s = self._gdn
+    def recurrent_s(self, decodes: int, prefill_tokens: int) -> float:
+        """All recurrent mixers' scans (Gated DeltaNet, Mamba-2): one token of each of `decodes`
+        sequences (the recurrent kernels) and `prefill_tokens` prompt tokens (the chunkwise
+        kernels), each at the roofline of its FLOPs on the device's large-GEMM rate and its HBM
+        bytes (simulator/linear_attention.py, simulator/mamba.py). No kernel-level timing of
+        these kernels is in the tables, so this is a bound, not a measurement."""
         t = 0.0
-        if decodes:
-            t += max(recurrent_flops(s, decodes) / self._tile_rate,
-                     self.km16.memory_s(recurrent_bytes(s, decodes, self.gdn_state_bytes)))
-        if prefill_tokens:
-            t += max(chunk_flops(s, prefill_tokens) / self._tile_rate,
-                     self.km16.memory_s(chunk_bytes(s, prefill_tokens)))
-        return self.n_linear * t
+        if self._gdn is not None:
+            s, g = self._gdn, 0.0
+            if decodes:
+                g += max(recurrent_flops(s, decodes) / self._tile_rate,
+                         self.km16.memory_s(recurrent_bytes(s, decodes, self.state_bytes)))
+            if prefill_tokens:
+                g += max(chunk_flops(s, prefill_tokens) / self._tile_rate,
+                         self.km16.memory_s(chunk_bytes(s, prefill_tokens)))
+            t += self.n_linear * g
+        if self._mamba is not None:
+            s, g = self._mamba, 0.0
+            if decodes:
+                g += max(mamba_step_flops(s, decodes) / self._tile_rate,
+                         self.km16.memory_s(mamba_step_bytes(s, decodes, self.state_bytes, ACT_BYTES)))
+            if prefill_tokens:  # the SSD scan of the prompt tokens (as training's forward)
+                g += ssd_op(self.km16, s, prefill_tokens, "fwd").time_s
+            t += self.n_mamba * g
+        return t
 
     def _plus_attention(self, t: float, batch: Batch) -> float:
-        """`t` plus the batch's decode and prefill attention (all layers), and the Gated
-        DeltaNet recurrence of a model that has such layers."""
-        if self.n_linear:
-            t += self.gdn_s(batch.num_decode, batch.prefill_tokens)
+        """`t` plus the batch's decode and prefill attention (all attention layers), and the
+        scans of a model's recurrent layers (`recurrent_s`)."""
+        if self._tile_rate:
+            t += self.recurrent_s(batch.num_decode, batch.prefill_tokens)
         if batch.num_decode:
             t += self.decode_attention_s(batch.num_decode, batch.decode_kv_tokens)
         prefills = batch.prefills
@@ -528,8 +543,9 @@ class IterationCost:
 
 @lru_cache(maxsize=256)
 def _window_counts(model: ModelSpec) -> tuple[tuple[int, int], ...]:
-    """((window, layers), ...) of a model, window 0 = full attention (`ModelSpec.window_counts`)."""
-    return model.window_counts()
+    """((window, layers), ...) of a model's attention layers, window 0 = full attention
+    (`ModelSpec.attention_window_counts`)."""
+    return model.attention_window_counts()
 
 
 @lru_cache(maxsize=64)

@@ -30,7 +30,7 @@ from hwmodels.devices import Device
 from hwmodels.errors import InputError
 from hwmodels.kernels import dtype_bytes
 from simulator.memory import CONTEXT_BYTES, NCCL_BYTES, NCCL_BYTES_DEFAULT
-from simulator.linear_attention import GDN_STATE_BYTES, gdn_state_bytes, linear_layers_per_stage
+from simulator.linear_attention import RECURRENT_STATE_BYTES, recurrent_state_bytes
 from simulator.models import ModelSpec
 
 # Non-weight parameters (embeddings, LM head, norms) stay in 16-bit in fp8/fp4 checkpoints
@@ -71,10 +71,9 @@ def kv_bytes_per_token(model: ModelSpec, tp: int, pp: int, kv_dtype: str,
         return per_stage * (model.kv_lora_rank + model.qk_rope_head_dim) * b
     kv_heads = math.ceil(model.num_kv_heads / tp)
     per_layer = 2 * kv_heads * model.head_dim * b
-    if model.num_linear_layers:  # Gated DeltaNet layers keep a state per request, not KV per token
-        per_stage = max(sum(n for _, n in model.window_counts(range(st * per_stage,
-                                                                     min(model.num_layers, (st + 1) * per_stage))))
-                        for st in range(pp))
+    if model.num_state_layers:  # recurrent layers keep a state per request, not KV per token
+        per_stage = max(sum(n for _, n in model.attention_window_counts(
+            range(st * per_stage, min(model.num_layers, (st + 1) * per_stage)))) for st in range(pp))
     if memory_policy is None or not model.sliding_window or not model.layer_types:
         return per_stage * per_layer
     if memory_policy not in ("vllm", "sglang", "trtllm"):
@@ -83,7 +82,7 @@ def kv_bytes_per_token(model: ModelSpec, tp: int, pp: int, kv_dtype: str,
     worst = 0.0
     for st in range(pp):  # the most loaded stage (ceil(L/pp) layers each, the last takes the rest)
         layers = range(st * per_stage, min(model.num_layers, (st + 1) * per_stage))
-        counts = dict(model.window_counts(layers))
+        counts = dict(model.attention_window_counts(layers))
         full, windowed = counts.get(0, 0), sum(n for w, n in counts.items() if w)
         worst = max(worst, (full + (weight if full else 1.0) * windowed) * per_layer)
     return worst
@@ -168,7 +167,7 @@ class KVPool:
     block_size: int
     bytes_per_token: float  # per GPU
     breakdown: dict  # bytes per GPU: hbm, budget, weights, activations, non_torch, kv
-    # Gated DeltaNet models (`linear_state_pool`): the state one request holds (bytes per GPU),
+    # models with recurrent layers (Gated DeltaNet, Mamba-2): the state one request holds (bytes per GPU),
     # the requests a separate state pool has room for (SGLang; None: no cap), and the KV blocks a
     # request takes for its state where state and KV share one pool (vLLM, TensorRT-LLM)
     state_bytes_per_request: float = 0.0
@@ -238,12 +237,10 @@ SGLANG_MAMBA_FULL_MEMORY_RATIO = 0.9
 
 
 def state_bytes_per_request(model: ModelSpec, tp: int, pp: int, memory_policy: str | None) -> float:
-    """The Gated DeltaNet state one request keeps on one GPU of the most loaded stage, with the
-    engine's state dtype (linear_attention.GDN_STATE_BYTES); 0 for a model without such layers."""
-    if not model.num_linear_layers:
-        return 0.0
-    return gdn_state_bytes(model, tp, linear_layers_per_stage(model, pp),
-                           GDN_STATE_BYTES.get(memory_policy or "", 2))
+    """The recurrent state (Gated DeltaNet, Mamba-2) one request keeps on one GPU of the most
+    loaded stage, with the engine's state dtype (linear_attention.RECURRENT_STATE_BYTES); 0 for a
+    model without such layers."""
+    return recurrent_state_bytes(model, tp, pp, RECURRENT_STATE_BYTES.get(memory_policy or "", 2))
 
 
 def sglang_state_slots(rest_bytes: float, per_request: float,
