@@ -1,6 +1,7 @@
 """Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5): shapes, the chunked and recurrent
-kernels' FLOPs and HBM bytes, and the state a request keeps. `simulator.ops` turns the projections
-into kernels; `simulator.serving` costs the token mixer per batch and sizes the state pools.
+kernels' FLOPs and HBM bytes, and the state a request keeps — with Mamba-2's (simulator/mamba.py),
+the recurrent state serving pools per request (`recurrent_state_bytes`). `simulator.ops` turns the
+projections into kernels; `simulator.serving` costs the token mixer per batch and sizes the pools.
 
 Gated DeltaNet (Yang, Kautz & Hatamizadeh, ICLR 2025, arXiv 2412.06464 §3) as the serving engines
 run it (HF Qwen3NextGatedDeltaNet; vLLM and SGLang call the flash-linear-attention kernels):
@@ -119,7 +120,7 @@ def recurrent_bytes(s: GDNShape, seqs: float, state_bytes: float) -> float:
 
 
 def gdn_state_bytes(model: ModelSpec, tp: int, layers: int, ssm_bytes: float,
-                            conv_bytes: float = BF16) -> float:
+                    conv_bytes: float = BF16) -> float:
     """The recurrent state one request holds on one rank over `layers` Gated DeltaNet layers:
     the conv window (conv_kernel − 1 past inputs of every conv channel) and the K×V state of each
     value head (SGLang mamba_utils.py Mamba2CacheParams.mamba_cache_per_req: conv and temporal

@@ -273,7 +273,7 @@ class IterationCost:
 
     # ---- everything but attention and the LM head -----------------------------------------------
     def _layer_s(self, T: int, moe: bool, linear: bool = False, kind: str = "") -> float:
-        """One layer's ops for T tokens, attention core (or Gated DeltaNet recurrence) aside,
+        """One layer's ops for T tokens, attention core (or a recurrent mixer's scan) aside,
         forward (`transformer_layer`); the routed experts from the measured fused-MoE table where
         it applies (`fused_moe_s`)."""
         lp = LayerPass(tokens=T, tp=self.tp, ep=self.ep, ep_distinct_tokens=False,

@@ -219,7 +219,7 @@ class Replica:
                             cfg.kv_blocks, where=f"replica {index} ({cluster.device.name}, tp={group.tp})",
                             decoder_workspace=plan.trt_engine, moe_quant=self.costs.moe_quant)
         if self.pool.state_bytes_per_request:
-            # Gated DeltaNet state: a request runs only with a state slot (SGLang's separate
+            # recurrent state (Gated DeltaNet, Mamba-2): a request runs only with a state slot (SGLang's separate
             # pool caps the running requests) or with its state's blocks (a shared pool)
             slots = self.pool.state_slots or cfg.max_num_seqs
             cfg = self.cfg = replace(cfg, max_num_seqs=min(cfg.max_num_seqs, slots),

@@ -13,6 +13,9 @@ allocations (CUDA context, NCCL buffers), sized per engine:
             (TensorRT-LLM KvCacheConfig; default 0.9 of the memory free after loading)
             − on the TensorRT-engine path (trtllm-bench) also the decoder's sampling workspace,
             allocated before the KV cache measures free memory (`trtllm_sampling_workspace_bytes`)
+Models with recurrent layers (Gated DeltaNet, Mamba-2) keep KV for their attention layers only and
+a state per request, in a pool of its own (SGLang) or in the KV pool's blocks (vLLM, TRT-LLM):
+`state_bytes_per_request`, `sglang_state_slots`.
 
 Prefix caching (vLLM automatic prefix caching, SGLang RadixAttention): whole blocks of a prompt
 prefix that an earlier request computed are reused. Here a prompt carries `prefix_keys`, each
@@ -29,8 +32,8 @@ from dataclasses import dataclass
 from hwmodels.devices import Device
 from hwmodels.errors import InputError
 from hwmodels.kernels import dtype_bytes
-from simulator.memory import CONTEXT_BYTES, NCCL_BYTES, NCCL_BYTES_DEFAULT
 from simulator.linear_attention import RECURRENT_STATE_BYTES, recurrent_state_bytes
+from simulator.memory import CONTEXT_BYTES, NCCL_BYTES, NCCL_BYTES_DEFAULT
 from simulator.models import ModelSpec
 
 # Non-weight parameters (embeddings, LM head, norms) stay in 16-bit in fp8/fp4 checkpoints

@@ -75,7 +75,7 @@ class EngineConfig:
     # SGLang --max-prefill-tokens (policies.MaxPrefillTokens): prompt tokens one prefill batch may
     # take; a prompt after the first joins only if its tokens are below what is left (0 = no cap)
     max_prefill_tokens: int = 0
-    # KV blocks a request takes for its Gated DeltaNet state on admission, where state and KV
+    # KV blocks a request takes for its recurrent (Gated DeltaNet, Mamba-2) state on admission, where state and KV
     # share one pool (kv_cache.KVPool.state_blocks; 0 for attention-only models)
     state_blocks: int = 0
 
