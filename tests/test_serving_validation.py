@@ -168,3 +168,15 @@ def test_expert_quantisation_follows_the_checkpoint(rows):
     # dense models carry none
     d = first(lambda r: r["model_path"] == "meta-llama/Llama-3.1-8B-Instruct")
     assert vs.classify(d)[0]["moe_quant"] is None
+
+
+def test_disaggregated_rows_without_worker_counts_say_so(rows):
+    # the 2026-03-25 export leaves prefill/decode_num_workers blank: one worker each is assumed,
+    # and the report keeps those rows apart
+    bare = _pick(rows, lambda r: r["mode"] == "disagg" and not r.get("prefill_num_workers")
+                 and r["silicon_data_source"].startswith("source_file=2026-03-25.csv") and vs.classify(r)[0])[0]
+    case = vs.classify(bare)[0]
+    assert not case["workers_recorded"] and case["pools"]["prefill"]["count"] == 1
+    assert vs._mode_group(case) == "disagg, 1+1 assumed"
+    recorded = _pick(rows, lambda r: r["mode"] == "disagg" and r.get("prefill_num_workers") and vs.classify(r)[0])[0]
+    assert vs.classify(recorded)[0]["workers_recorded"] and vs._mode_group(vs.classify(recorded)[0]) == "disagg"

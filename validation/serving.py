@@ -166,8 +166,8 @@ def row_concurrency(row: dict) -> int | None:
 # row that the 2026-03-25 export also holds has the same TTFT there (to 0.1 ms) under tp =
 # moe_tp_size, moe_tp 1, ep = moe_ep_size (e.g. Qwen3.5-397B, H200, c4, 1024/1024: 307.79 ms,
 # tp_size 64 with moe_tp 8 x ep 8 in 2026-04-06.csv, tp_size 8 with moe_tp 1 x ep 8 in
-# 2026-03-25.csv; 66 such pairs). A row of these exports whose tp_size spans nodes while
-# moe_tp_size fits one node is read that way.
+# 2026-03-25.csv; 71 such pairs, all agreeing). A row of these exports whose tp_size spans nodes
+# while moe_tp_size fits one node is read that way.
 TP_TIMES_EP_EXPORTS = ("source_file=2026-04-06.csv", "db-dump/2026-04-27")
 
 
@@ -183,6 +183,8 @@ def _pool(row: dict, prefix: str, preset: str, devices_per_node: int) -> tuple[d
     """One worker pool's shape (prefix "" for agg, "prefill_"/"decode_" for disagg)."""
     tp, pp = _int(row.get(prefix + "tp_size")), _int(row.get(prefix + "pp_size")) or 1
     dp = _int(row.get(prefix + "attention_dp_size")) or 1
+    # the 2026-03-25 and 2026-04-06 exports leave the disaggregated worker counts blank: one worker
+    # per pool is then assumed and the case says so (`workers_recorded`, the report's "by mode")
     workers = _int(row.get(prefix + "num_workers")) or 1 if prefix else 1
     if not tp:
         return None, "missing parallelism"
@@ -285,6 +287,7 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
             "concurrency": c, "isl": isl, "osl": osl, "quant": quant, "kv_dtype": kv_dtype,
             "moe_quant": moe_quant if preset in MOE_MODELS.values() else None,
             "client": client, "measured_on": info["measured"],
+            "workers_recorded": mode == "agg" or all(_int(row.get(f"{p}_num_workers")) for p in ("prefill", "decode")),
             "ttft_s": ttft, "tpot_s": tpot}, ""
 
 
@@ -488,6 +491,12 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
+def _mode_group(r: dict) -> str:
+    """agg, disagg, or disagg replayed with one worker per pool because its source leaves the
+    worker counts out."""
+    return r["mode"] if r.get("workers_recorded", True) else "disagg, 1+1 assumed"
+
+
 def _summarise(rows: list, key) -> dict:
     groups: dict = {}
     for r in rows:
@@ -599,7 +608,7 @@ def run_suite(path: str | None = None, limit: int | None = None, quick: bool = F
         "by_engine": _summarise(results, lambda r: r["engine"]),
         "by_system": _summarise(results, lambda r: r["system"]),
         "by_family": _summarise(results, lambda r: r["family"]),
-        "by_mode": _summarise(results, lambda r: r["mode"]),
+        "by_mode": _summarise(results, _mode_group),
         "by_client": _summarise(results, lambda r: r["client"]),
         "rows": results,
         "protocol": {"client": client, "measured_per_slot": 3 if quick else 10,
