@@ -445,6 +445,9 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
        "_grid(x) returns (x, x), one int object, on an exact point and two different values "
        "otherwise: `hi is lo` is `hi == lo`")
       for where in ("if hi == lo:", "return a if hi == lo else a + (b - a) *")],
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_NotEq_IsNot", "if nhi != nlo:",
+     "_grid(n) returns (n, n), one int object, on an exact point and two different values "
+     "otherwise: `nhi is not nlo` is `nhi != nlo`"),
     ("simulator/memory.py", "ReplaceComparisonOperator_Eq_LtE", 'if plan.recompute == "full":',
      "plan.recompute is one of RECOMPUTE (parse_plan and validate_plan refuse others, PlanBatch.of "
      "indexes RECOMPUTE, layer_plan gets RECOMPUTE[rc]): 'none' and 'selective' sort after 'full', "
