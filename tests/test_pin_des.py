@@ -505,3 +505,23 @@ def test_the_reported_event_count_is_the_events_simpy_processed():
         simpy.Environment.step = base
     assert calls["event"] > 100
     assert res.events == calls["event"]
+
+
+@pytest.mark.parametrize("plan", ["tp=4,pp=2,mb=1", "tp=4,pp=2,mb=1,schedule=interleaved,vpp=2"])
+def test_every_forward_waits_for_the_previous_model_chunk(plan):
+    """A micro-batch's forward on model chunk c starts only once chunk c - 1 has finished it (its
+    activations arrive from there): chunk 1 included, on stage 1 (1F1B) or stage 1's first chunk
+    (interleaved, chunk = stage + local chunk · pp, Narayanan et al. 2021 §2.2)."""
+    from simulator.des import simulate
+    cl = load_cluster("dgx-h100", nodes=1)
+    job = TrainingJob(load_model("llama3-8b"), 2048, 16)
+    p = parse_plan(plan, cl.num_devices)
+    _, res = simulate(job, p, cl, trace=True)
+    fwd = {}
+    for (dp, stage), kind, name, start, dur, args in res.timeline:
+        if kind == "compute" and name.startswith("F") and dp == 0:
+            fwd[(stage + args["chunk"] * p.pp, args["mb"])] = (start, start + dur)
+    assert len(fwd) == 2 * p.vpp * (16 // (p.dp * p.mb))
+    for (c, mb), (start, _) in fwd.items():
+        if c > 0:
+            assert start >= fwd[(c - 1, mb)][1] - 1e-12, (c, mb)
