@@ -248,5 +248,14 @@ def test_a_hybrid_model_serves_end_to_end():
     doc = json.loads(r.stdout)
     assert doc["completed"] == 64 and doc["rejected"] == 0
     assert 0 < doc["ttft_s"]["mean"] < 5 and 0 < doc["tpot_s"]["mean"] < 0.5
-    mem = doc["replicas"][0]["memory_per_gpu"]  # SGLang: the state pool beside the KV pool
+    rep = doc["replicas"][0]
+    mem = rep["memory_per_gpu"]  # SGLang: the state pool beside the KV pool
     assert mem["state_bytes"] > 0 and mem["kv_bytes"] > 0
+    assert rep["state_slots"] * rep["state_bytes_per_request"] == pytest.approx(mem["state_bytes"])
+    assert rep["state_blocks_per_request"] == 0
+    # the text report says how large the state is and where it lives
+    text = subprocess.run([sys.executable, "-m", "ui.cli", "simulate", "serve", "--model", "nemotron-3-nano-30b-a3b",
+                           "--cluster", "dgx-h100", "--plan", "tp=1", "--engine", "vllm", "--requests", "16",
+                           "--concurrency", "4", "--prompt-len", "256", "--output-len", "16"],
+                          capture_output=True, text=True).stdout
+    assert "MiB per request and GPU" in text and "KV blocks per request" in text

@@ -375,6 +375,10 @@ class Replica:
                 "first_device": self.offset, "engine": self.cfg.engine,
                 "kv_blocks": self.pool.num_blocks, "block_size": self.pool.block_size,
                 "kv_capacity_tokens": self.pool.capacity_tokens,
+                # recurrent layers (Gated DeltaNet, Mamba-2): each request's state, and the requests
+                # a separate state pool holds (SGLang) or the KV blocks it takes (vLLM, TRT-LLM)
+                "state_bytes_per_request": self.pool.state_bytes_per_request,
+                "state_slots": self.pool.state_slots, "state_blocks_per_request": self.pool.state_blocks,
                 "memory_per_gpu": self.pool.breakdown, "iterations": self.iterations,
                 "busy_s": self.busy_s, "preemptions": self.scheduler.preemptions,
                 "rejected": len(self.scheduler.rejected), "policies": describe_policies(self.cfg),

@@ -415,6 +415,11 @@ def format_serving(d: dict) -> str:
         lines.append(f"  replica {r['index']:>3} {r['role']:<7} {r['device']:<10} tp={r['tp']} "
                      f"KV {r['kv_capacity_tokens']:>9,} tokens  busy {r['busy_s']:8.2f} s  "
                      f"iterations {r['iterations']:>8}  preemptions {r['preemptions']}")
+        if r.get("state_bytes_per_request"):  # recurrent layers: the per-request state and its pool
+            pool = (f"a pool of {r['state_slots']:,} requests" if r.get("state_slots") is not None
+                    else f"{r['state_blocks_per_request']:,} KV blocks per request")
+            lines.append(f"              recurrent state {r['state_bytes_per_request'] / 2**20:,.1f} MiB per "
+                         f"request and GPU, {pool}")
     for n in d["notes"]:
         lines.append(f"  note: {n}")
     o = d.get("overload")
