@@ -492,21 +492,21 @@ class IterationCost:
         kernels), each at the roofline of its FLOPs on the device's large-GEMM rate and its HBM
         bytes (simulator/linear_attention.py, simulator/mamba.py). No kernel-level timing of
         these kernels is in the tables, so this is a bound, not a measurement."""
+        def roofline(flops: float, nbytes: float) -> float:
+            return max(flops / self._tile_rate, self.km16.memory_s(nbytes))
+
         t = 0.0
         if self._gdn is not None:
             s, g = self._gdn, 0.0
             if decodes:
-                g += max(recurrent_flops(s, decodes) / self._tile_rate,
-                         self.km16.memory_s(recurrent_bytes(s, decodes, self.state_bytes)))
+                g += roofline(recurrent_flops(s, decodes), recurrent_bytes(s, decodes, self.state_bytes))
             if prefill_tokens:
-                g += max(chunk_flops(s, prefill_tokens) / self._tile_rate,
-                         self.km16.memory_s(chunk_bytes(s, prefill_tokens)))
+                g += roofline(chunk_flops(s, prefill_tokens), chunk_bytes(s, prefill_tokens))
             t += self.n_linear * g
         if self._mamba is not None:
             s, g = self._mamba, 0.0
             if decodes:
-                g += max(mamba_step_flops(s, decodes) / self._tile_rate,
-                         self.km16.memory_s(mamba_step_bytes(s, decodes, self.state_bytes, ACT_BYTES)))
+                g += roofline(mamba_step_flops(s, decodes), mamba_step_bytes(s, decodes, self.state_bytes, ACT_BYTES))
             if prefill_tokens:  # the SSD scan of the prompt tokens (as training's forward)
                 g += ssd_op(self.km16, s, prefill_tokens, "fwd").time_s
             t += self.n_mamba * g
