@@ -71,6 +71,16 @@ def test_bad_gated_deltanet_config_is_one_line(change, words):
     with pytest.raises(InputError) as info:
         from_hf_config(cfg)
     assert words in str(info.value) and "\n" not in str(info.value)
+    # through the CLI: one line, exit 2
+    import json
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/config.json"
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        r = subprocess.run([sys.executable, "-m", "ui.cli", "catalog", "models", "--model", path],
+                           capture_output=True, text=True)
+    assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
 
 def test_kv_counts_attention_layers_and_the_state_counts_the_others():
