@@ -145,6 +145,9 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("simulator/serving/costs.py", "ReplaceBinaryOperator_Sub_Mod", "return a if hi == lo else a + (b - a) * (T - lo) / (hi - lo)",
      "_grid(T) puts lo <= T < hi <= lo + lo/16 (16 points per octave, exact below 32), so 0 <= T - lo < lo "
      "and T % lo == T - lo"),
+    ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Eq", "if T <= 0:",
+     "T = a batch's token count (dense_s, _split_interp's t_max and ceil(t_sum / (tp·dp))), never "
+     "negative: <= 0 is == 0"),
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_LtE_Lt", "if T <= 0:",
      "T = 0 through the grid: _grid(0) = (0, 0) and a pass of 0 tokens costs 0 (no GEMM rows, "
      "0-byte collectives): the early return saves work, not a different result"),
