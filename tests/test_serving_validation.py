@@ -174,9 +174,42 @@ def test_disaggregated_rows_without_worker_counts_say_so(rows):
     # the 2026-03-25 export leaves prefill/decode_num_workers blank: one worker each is assumed,
     # and the report keeps those rows apart
     bare = _pick(rows, lambda r: r["mode"] == "disagg" and not r.get("prefill_num_workers")
+                 and r["id"] not in vs.inferencex_shapes()
                  and r["silicon_data_source"].startswith("source_file=2026-03-25.csv") and vs.classify(r)[0])[0]
     case = vs.classify(bare)[0]
     assert not case["workers_recorded"] and case["pools"]["prefill"]["count"] == 1
     assert vs._mode_group(case) == "disagg, 1+1 assumed"
     recorded = _pick(rows, lambda r: r["mode"] == "disagg" and r.get("prefill_num_workers") and vs.classify(r)[0])[0]
     assert vs.classify(recorded)[0]["workers_recorded"] and vs._mode_group(vs.classify(recorded)[0]) == "disagg"
+
+
+def _row(rows, row_id):
+    return _pick(rows, lambda r: r["id"] == row_id)[0]
+
+
+def test_inferencex_matrix_gives_blank_disaggregated_rows_their_pools(rows):
+    # the export records this GB200 FP8 row as prefill tp 8 / moe_ep 8 and decode tp 8 without
+    # worker counts; InferenceX's matrix (dsr1-fp8-gb200-dynamo-trt at c27, 1k/1k) ran one DEP8
+    # prefill worker (attention over 8 data-parallel ranks, EP 8) and three TEP8 decode workers
+    case, why = vs.classify(_row(rows, "2026_04_06_deepseek_r1_gb200_trtllm_fp8_disagg_1024x1024_c27_tp8_ep8_1666"))
+    assert why == "" and case["workers_recorded"] == "InferenceX matrix"
+    assert case["pools"]["prefill"] == {"tp": 1, "pp": 1, "ep": 8, "count": 1, "dp": 8}
+    assert case["pools"]["decode"] == {"tp": 8, "pp": 1, "ep": 8, "count": 3}
+    assert vs._mode_group(case) == "disagg, InferenceX matrix"
+    # a row the matrix ran with MTP speculative decoding is refused with the reason, not replayed
+    case, why = vs.classify(_row(rows, "2026_04_06_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c180_tp4_ep4_1631"))
+    assert case is None and "speculative decoding (mtp" in why and "dsr1-fp4-gb200-dynamo-trt" in why
+
+
+def test_inferencex_matrix_file_agrees_with_its_recipe_names():
+    # where the matrix names the recipe it launched (ctx<P>_gen<D>_..._mtp<k>.yaml), its prefill and
+    # decode worker counts and MTP depth agree with the columns the tool read
+    import re
+    named = 0
+    for r in vs.inferencex_shapes().values():
+        m = re.search(r"ctx(\d+)_gen(\d+)_.*mtp(\d)", r["config_file"])
+        if m:
+            named += 1
+            assert (int(m[1]), int(m[2])) == (int(r["prefill_num_workers"]), int(r["decode_num_workers"]))
+            assert (m[3] != "0") == (r["spec_decoding"] == "mtp")
+    assert named > 400

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import functools
 import math
 import os
 import re
@@ -113,6 +114,10 @@ BLOCK_FP8_CHECKPOINTS = ("Qwen/Qwen3-235B-A22B-FP8", "deepseek-ai/DeepSeek-V3", 
                          "MiniMaxAI/MiniMax-M2.5", "Qwen/Qwen3.5-397B-A17B")
 BACKENDS = ("vllm", "sglang", "trtllm")
 AIC_ESTIMATES = Path(__file__).parent / "data" / "serving" / "aiconfigurator_0.12_estimates_dense_h100_h200.csv"
+# Worker counts, parallelism and speculative decoding of InferenceX disaggregated rows whose export
+# leaves them out, as InferenceX's benchmark matrix listed them when each row was measured
+# (validation/tools/inferencex_workers.py; README in that folder)
+INFERENCEX_WORKERS = Path(__file__).parent / "data" / "serving" / "inferencex_disagg_workers.csv"
 MEASURED_COLUMNS = ("silicon_ttft_ms", "silicon_tpot_ms")
 # Replay cost bound: output tokens a row's measured phase generates (10·C·osl). The DES cost
 # grows with them; rows outside the dense H100/H200 acceptance set (which always replays in full)
@@ -183,8 +188,9 @@ def _pool(row: dict, prefix: str, preset: str, devices_per_node: int) -> tuple[d
     """One worker pool's shape (prefix "" for agg, "prefill_"/"decode_" for disagg)."""
     tp, pp = _int(row.get(prefix + "tp_size")), _int(row.get(prefix + "pp_size")) or 1
     dp = _int(row.get(prefix + "attention_dp_size")) or 1
-    # the 2026-03-25 and 2026-04-06 exports leave the disaggregated worker counts blank: one worker
-    # per pool is then assumed and the case says so (`workers_recorded`, the report's "by mode")
+    # the 2026-03-25 and 2026-04-06 exports leave the disaggregated worker counts blank: where
+    # InferenceX's matrix does not give them (`classify`), one worker per pool is assumed and the
+    # case says so (`workers_recorded`, the report's "by mode")
     workers = _int(row.get(prefix + "num_workers")) or 1 if prefix else 1
     if not tp:
         return None, "missing parallelism"
@@ -215,6 +221,24 @@ def _pool(row: dict, prefix: str, preset: str, devices_per_node: int) -> tuple[d
     if dp > 1:
         pool["dp"] = dp
     return pool, ""
+
+
+@functools.cache
+def inferencex_shapes() -> dict[str, dict]:
+    """Row id -> the InferenceX matrix entry's pools (INFERENCEX_WORKERS)."""
+    with open(INFERENCEX_WORKERS, newline="") as f:
+        return {r["id"]: r for r in csv.DictReader(f)}
+
+
+def _matrix_pool(shape: dict, role: str) -> dict:
+    """One pool as the InferenceX matrix lists it: `tp` GPUs per worker, attention over them as
+    TP, or as data parallelism with `dp-attn` (each rank its own attention, experts split ep
+    ways and tp/ep within)."""
+    tp, ep, workers = (int(shape[f"{role}_{k}"]) for k in ("tp", "ep", "num_workers"))
+    pool = {"tp": tp, "pp": 1, "ep": ep, "count": workers}
+    if shape[f"{role}_dp_attn"] == "True" and tp > 1:
+        pool.update(tp=1, dp=tp)
+    return pool
 
 
 def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
@@ -258,11 +282,21 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
     if not all((c, isl, osl)):
         return None, tag + "missing concurrency or lengths"
     dpn = load_cluster(system).devices_per_node
+    workers_recorded = mode == "agg" or all(_int(row.get(f"{p}_num_workers")) for p in ("prefill", "decode"))
     if mode == "agg":
         pool, why = _pool(row, "", preset, dpn)
         if pool is None:
             return None, why
         pools = {"both": pool}
+    elif not workers_recorded and row.get("id") in inferencex_shapes():
+        shape = inferencex_shapes()[row["id"]]
+        if shape["spec_decoding"] != "none":
+            return None, (f"{tag}speculative decoding ({shape['spec_decoding']}, InferenceX matrix "
+                          f"{shape['config_key']}): draft tokens are not modelled")
+        pools = {role: _matrix_pool(shape, role) for role in ("prefill", "decode")}
+        if any(p["tp"] > dpn for p in pools.values()):
+            return None, f"{tag}attention tp spans nodes"
+        workers_recorded = "InferenceX matrix"
     else:
         pools = {}
         for role in ("prefill", "decode"):
@@ -287,7 +321,7 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
             "concurrency": c, "isl": isl, "osl": osl, "quant": quant, "kv_dtype": kv_dtype,
             "moe_quant": moe_quant if preset in MOE_MODELS.values() else None,
             "client": client, "measured_on": info["measured"],
-            "workers_recorded": mode == "agg" or all(_int(row.get(f"{p}_num_workers")) for p in ("prefill", "decode")),
+            "workers_recorded": workers_recorded,
             "ttft_s": ttft, "tpot_s": tpot}, ""
 
 
@@ -492,9 +526,10 @@ def _median(xs):
 
 
 def _mode_group(r: dict) -> str:
-    """agg, disagg, or disagg replayed with one worker per pool because its source leaves the
-    worker counts out."""
-    return r["mode"] if r.get("workers_recorded", True) else "disagg, 1+1 assumed"
+    """agg, disagg, disagg with its pools from the InferenceX matrix, or disagg replayed with one
+    worker per pool because no source gives the worker counts."""
+    w = r.get("workers_recorded", True)
+    return f"{r['mode']}, {w}" if isinstance(w, str) else r["mode"] if w else "disagg, 1+1 assumed"
 
 
 def _summarise(rows: list, key) -> dict:
@@ -636,14 +671,14 @@ def format_report(doc: dict, rows: bool = False) -> str:
                          f"{r['pred_tpot_s'] * 1e3:8.2f} {r['tpot_error_pct']:7.1f} "
                          f"{_pct(r['aic_tpot_error_pct'])}")
         lines.append("")
-    head = (f"{'':<22} {'rows':>5}  {'|TTFT err| p50':>14} {'|TPOT err| p50':>14}   "
+    head = (f"{'':<27} {'rows':>5}  {'|TTFT err| p50':>14} {'|TPOT err| p50':>14}   "
             f"{'AIC rows':>8}  {'ours TTFT':>9} {'AIC TTFT':>9}  {'ours TPOT':>9} {'AIC TPOT':>9}")
 
     def table(title: str, groups: dict) -> None:
         lines.append(f"{title}")
         lines.append(head)
         for k, g in groups.items():
-            lines.append(f"  {str(k):<20} {g['rows']:>5}  {_pct(g['median_abs_ttft_error_pct']):>14} "
+            lines.append(f"  {str(k):<25} {g['rows']:>5}  {_pct(g['median_abs_ttft_error_pct']):>14} "
                          f"{_pct(g['median_abs_tpot_error_pct']):>14}   {g['aic_rows']:>8}  "
                          f"{_pct(g['ours_on_aic_rows_ttft_pct']):>9} {_pct(g['aic_median_abs_ttft_error_pct']):>9}  "
                          f"{_pct(g['ours_on_aic_rows_tpot_pct']):>9} {_pct(g['aic_median_abs_tpot_error_pct']):>9}")

@@ -1,0 +1,202 @@
+"""Recover the worker counts (and speculative decoding) of InferenceX disaggregated rows.
+
+aiconfigurator-core 0.12.0's `silicon_sample.csv` takes its disaggregated InferenceX rows from two
+exports (2026-03-25, 2026-04-06) that leave `prefill_num_workers` / `decode_num_workers` blank. The
+run that measured each row was launched from InferenceX's benchmark matrix
+(`.github/configs/nvidia-master.yaml`, later `configs/nvidia-master.yaml`, in
+SemiAnalysisAI/InferenceX), whose disaggregated entries list, per concurrency, each pool's
+`num-worker`, `tp`, `ep`, `dp-attn` and `spec-decoding`. This tool reads that file as it stood when
+each row was measured (the last commit at or before the row's `measured=` date, then the nearest
+versions within two weeks), matches the row by model, GPU, precision, framework, container image,
+ISL/OSL, concurrency and both pools' tp/ep/dp-attn, and writes what the matched entry says.
+
+Run (needs a clone of SemiAnalysisAI/InferenceX; not run in CI):
+    python -m validation.tools.inferencex_workers /path/to/InferenceX \
+        > validation/data/serving/inferencex_disagg_workers.csv
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import subprocess
+import sys
+from typing import NamedTuple
+
+import yaml
+
+from validation.serving import _int, read_rows, row_concurrency
+
+CONFIG_PATHS = (".github/configs/nvidia-master.yaml", "configs/nvidia-master.yaml")
+PREFIX = {"deepseek-ai/DeepSeek-R1": "dsr1", "moonshotai/Kimi-K2.5": "kimik2.5",
+          "openai/gpt-oss-120b": "gptoss", "zhipuai/GLM-5": "glm5"}
+RUNNER = {"b200_sxm": "b200", "b300_sxm": "b300", "gb200": "gb200", "gb300": "gb300",
+          "h100_sxm": "h100", "h200_sxm": "h200"}
+FRAMEWORK = {"trtllm": "dynamo-trt", "sglang": "dynamo-sglang", "vllm": "dynamo-vllm"}
+WINDOW_DAYS = 14
+
+
+class Shape(NamedTuple):
+    prefill_num_workers: int
+    prefill_tp: int
+    prefill_ep: int
+    prefill_dp_attn: bool
+    decode_num_workers: int
+    decode_tp: int
+    decode_ep: int
+    decode_dp_attn: bool
+    spec_decoding: str
+
+
+FIELDS = ["id", *Shape._fields, "config_key", "config_file", "commit", "commit_date"]
+
+
+def _shape(entry: dict) -> Shape:
+    p, d = entry.get("prefill") or {}, entry.get("decode") or {}
+    return Shape(int(p.get("num-worker", 1)), int(p["tp"]), int(p.get("ep", 1)), bool(p.get("dp-attn", False)),
+                 int(d.get("num-worker", 1)), int(d["tp"]), int(d.get("ep", 1)), bool(d.get("dp-attn", False)),
+                 str(entry.get("spec-decoding", "none")))
+
+
+def _git(repo: str, *args: str) -> str:
+    return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True).stdout
+
+
+def _source(row: dict) -> dict:
+    return dict(kv.strip().split("=", 1) for kv in row.get("silicon_data_source", "").split(";") if "=" in kv)
+
+
+def _versions(repo: str) -> list[tuple[dt.datetime, str, str]]:
+    """(commit time, commit, path) of every first-parent version of the matrix file."""
+    out = []
+    for path in CONFIG_PATHS:
+        for line in _git(repo, "log", "--first-parent", "--format=%H %cI", "HEAD", "--", path).splitlines():
+            sha, when = line.split()
+            out.append((dt.datetime.fromisoformat(when), sha, path))
+    return sorted(out)
+
+
+_LOADED: dict = {}
+
+
+def _matrix(repo: str, sha: str, path: str) -> dict:
+    if (sha, path) not in _LOADED:
+        try:
+            _LOADED[sha, path] = yaml.safe_load(_git(repo, "show", f"{sha}:{path}")) or {}
+        except (subprocess.CalledProcessError, yaml.YAMLError):
+            _LOADED[sha, path] = {}
+    return _LOADED[sha, path]
+
+
+def _concurrencies(entry: dict) -> set[int]:
+    if "conc-list" in entry:
+        return {int(c) for c in entry["conc-list"]}
+    lo, hi = entry.get("conc-start"), entry.get("conc-end")
+    out, c = set(), lo
+    while lo and hi and c <= hi:
+        out.add(int(c))
+        c *= 2
+    return out
+
+
+def _pool_matches(row: dict, prefix: str, pool: dict) -> bool:
+    """The exports keep each pool's GPU count (tp_size · attention_dp_size) but not reliably its
+    EP size or attention-DP flag (a decode pool listed as DEP32 in the matrix reads tp 32, moe_tp
+    8, moe_ep 4 in them): the GPU count is what is matched."""
+    tp, adp = _int(row.get(prefix + "tp_size")) or 1, _int(row.get(prefix + "attention_dp_size")) or 1
+    return int(pool.get("tp", 0)) == tp * adp
+
+
+def _placeholder(pool: dict) -> bool:
+    """Attention data parallelism over one GPU: the early SGLang GB200 entries write tp 1 / ep 1 /
+    dp-attn true and note that their launch script hard-codes the real layout."""
+    return int(pool.get("tp", 1)) == 1 and bool(pool.get("dp-attn", False))
+
+
+def _seq_configs(cfg: dict) -> list[dict]:
+    if "seq-len-configs" in cfg:
+        return cfg["seq-len-configs"] or []
+    return (cfg.get("scenarios") or {}).get("fixed-seq-len") or []
+
+
+def _image(s: str) -> str:
+    return s.replace("nvcr.io#", "nvcr.io/").removesuffix("-amd64").strip()
+
+
+def matches(row: dict, matrix: dict) -> list[tuple[str, dict]]:
+    """(config key, search-space entry) of `matrix` that describe `row`."""
+    src = _source(row)
+    image = _image(src.get("image", ""))
+    c, isl, osl = row_concurrency(row), _int(row.get("isl")), _int(row.get("osl"))
+    out = []
+    for key, cfg in matrix.items():
+        if not isinstance(cfg, dict) or not cfg.get("disagg"):
+            continue
+        if (cfg.get("model-prefix") != PREFIX.get(row["model_path"])
+                or str(cfg.get("precision")) != row["precision"]
+                or cfg.get("framework") != FRAMEWORK.get(row["backend"])
+                or not str(cfg.get("runner", "")).split("-")[0] == RUNNER.get(row["system"])):
+            continue
+        if image and _image(str(cfg.get("image", ""))) != image:
+            continue
+        for sc in _seq_configs(cfg):
+            if int(sc.get("isl", 0)) != isl or int(sc.get("osl", 0)) != osl:
+                continue
+            for entry in sc.get("search-space") or []:
+                if c not in _concurrencies(entry):
+                    continue
+                pools = (entry.get("prefill") or {}, entry.get("decode") or {})
+                if any(_placeholder(p) for p in pools):
+                    continue
+                if _pool_matches(row, "prefill_", pools[0]) and _pool_matches(row, "decode_", pools[1]):
+                    out.append((key, entry))
+    return out
+
+
+def _config_file(entry: dict) -> str:
+    for s in (entry.get("prefill") or {}).get("additional-settings") or []:
+        if str(s).startswith("CONFIG_FILE="):
+            return str(s).split("=", 1)[1]
+    return ""
+
+
+def resolve(row: dict, repo: str, versions: list) -> dict | None:
+    """The matrix entry that ran `row`: the last version at (or a day after) its measured date
+    first, then earlier ones, then later ones, all within WINDOW_DAYS; None if none matches or
+    one version lists the point twice with different pools or speculative decoding."""
+    when = dt.datetime.fromisoformat(_source(row)["measured"].replace("Z", "+00:00"))
+    cut, window = when + dt.timedelta(days=1), dt.timedelta(days=WINDOW_DAYS)
+    near = [v for v in versions if abs(v[0] - when) <= window]
+    for t, sha, path in [v for v in near if v[0] <= cut][::-1] + [v for v in near if v[0] > cut]:
+        found = matches(row, _matrix(repo, sha, path))
+        answers = {_shape(e) for _, e in found}
+        if len(answers) == 1:
+            key, entry = found[0]
+            return {"id": row["id"], **answers.pop()._asdict(), "config_key": key,
+                    "config_file": _config_file(entry), "commit": sha, "commit_date": t.date().isoformat()}
+        if len(answers) > 1:
+            return None
+    return None
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m validation.tools.inferencex_workers PATH_TO_INFERENCEX_CLONE", file=sys.stderr)
+        return 2
+    repo = argv[0]
+    versions = _versions(repo)
+    rows = [r for r in read_rows() if r.get("mode") == "disagg" and r["model_path"] in PREFIX
+            and not (_int(r.get("prefill_num_workers")) and _int(r.get("decode_num_workers")))]
+    w = csv.DictWriter(sys.stdout, FIELDS, lineterminator="\n")
+    w.writeheader()
+    found = 0
+    for r in rows:
+        got = resolve(r, repo, versions)
+        if got:
+            w.writerow(got)
+            found += 1
+    print(f"{found} of {len(rows)} rows matched", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
