@@ -57,3 +57,17 @@ def test_mtp_and_plain_entries_at_the_same_point_are_ambiguous(monkeypatch):
     matrix = _matrix(_entry({"conc-list": [96]}, spec="mtp"))
     got = ix.resolve(ROW, "repo", versions)
     assert got["spec_decoding"] == "mtp" and got["commit"] == "a" * 40 and got["commit_date"] == "2026-02-01"
+
+
+def test_aggregated_rows_match_on_gpus_and_the_layout_they_record():
+    row = {**ROW, "mode": "agg", "tp_size": "8", "attention_dp_size": "1", "moe_ep_size": "8"}
+    matrix = {"dsr1-fp4-gb200-trt-mtp": {
+        "image": "nvcr.io/nvidia/x:1.0", "model-prefix": "dsr1", "runner": "gb200-trt", "precision": "fp4",
+        "framework": "trt", "seq-len-configs": [{"isl": 1024, "osl": 1024, "search-space": [
+            {"tp": 8, "ep": 8, "conc-start": 48, "conc-end": 192, "spec-decoding": "mtp"},
+            {"tp": 8, "ep": 8, "dp-attn": True, "conc-start": 48, "conc-end": 192, "spec-decoding": "none"},
+            {"tp": 4, "ep": 4, "conc-start": 96, "conc-end": 96}]}]}}
+    found = ix.matches(row, matrix)
+    assert [ix._shape(e) for _, e in found] == [ix.AggShape(8, 8, False, "mtp")]
+    # the disaggregated entries of the same model are not candidates for an aggregated row
+    assert not ix.matches(row, _matrix(_entry({"conc-list": [96]}, ptp=8, dtp=8)))

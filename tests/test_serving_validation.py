@@ -213,3 +213,16 @@ def test_inferencex_matrix_file_agrees_with_its_recipe_names():
             assert (int(m[1]), int(m[2])) == (int(r["prefill_num_workers"]), int(r["decode_num_workers"]))
             assert (m[3] != "0") == (r["spec_decoding"] == "mtp")
     assert named > 400
+
+
+def test_inferencex_matrix_flags_aggregated_mtp_runs(rows):
+    # aggregated rows record their layout but not MTP: the matrix entry that ran this one
+    # (dsr1-fp8-b200-trt-mtp) had spec-decoding mtp, so it is listed, not replayed without drafts
+    mtp = [r for r in vs.inferencex_shapes("agg").values() if r["config_key"] == "dsr1-fp8-b200-trt-mtp"]
+    assert mtp and all(r["spec_decoding"] == "mtp" for r in mtp)
+    case, why = vs.classify(_row(rows, mtp[0]["id"]))
+    assert case is None and why.startswith("speculative decoding (mtp, InferenceX matrix dsr1-fp8-b200-trt-mtp)")
+    # a run the matrix lists without speculative decoding replays as before
+    plain = next(r for r in vs.inferencex_shapes("agg").values()
+                 if r["spec_decoding"] == "none" and vs.classify(_row(rows, r["id"]))[0])
+    assert vs.classify(_row(rows, plain["id"]))[0]["mode"] == "agg"

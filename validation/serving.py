@@ -114,10 +114,11 @@ BLOCK_FP8_CHECKPOINTS = ("Qwen/Qwen3-235B-A22B-FP8", "deepseek-ai/DeepSeek-V3", 
                          "MiniMaxAI/MiniMax-M2.5", "Qwen/Qwen3.5-397B-A17B")
 BACKENDS = ("vllm", "sglang", "trtllm")
 AIC_ESTIMATES = Path(__file__).parent / "data" / "serving" / "aiconfigurator_0.12_estimates_dense_h100_h200.csv"
-# Worker counts, parallelism and speculative decoding of InferenceX disaggregated rows whose export
-# leaves them out, as InferenceX's benchmark matrix listed them when each row was measured
-# (validation/tools/inferencex_workers.py; README in that folder)
-INFERENCEX_WORKERS = Path(__file__).parent / "data" / "serving" / "inferencex_disagg_workers.csv"
+# What InferenceX's benchmark matrix listed, when each row was measured, for what its export leaves
+# out: the pools, worker counts and speculative decoding of disaggregated rows, and whether an
+# aggregated run used MTP (validation/tools/inferencex_workers.py; README in that folder)
+INFERENCEX = {"disagg": Path(__file__).parent / "data" / "serving" / "inferencex_disagg_workers.csv",
+              "agg": Path(__file__).parent / "data" / "serving" / "inferencex_agg_spec.csv"}
 MEASURED_COLUMNS = ("silicon_ttft_ms", "silicon_tpot_ms")
 # Replay cost bound: output tokens a row's measured phase generates (10·C·osl). The DES cost
 # grows with them; rows outside the dense H100/H200 acceptance set (which always replays in full)
@@ -224,10 +225,18 @@ def _pool(row: dict, prefix: str, preset: str, devices_per_node: int) -> tuple[d
 
 
 @functools.cache
-def inferencex_shapes() -> dict[str, dict]:
-    """Row id -> the InferenceX matrix entry's pools (INFERENCEX_WORKERS)."""
-    with open(INFERENCEX_WORKERS, newline="") as f:
+def inferencex_shapes(mode: str = "disagg") -> dict[str, dict]:
+    """Row id -> the InferenceX matrix entry that ran it (INFERENCEX[mode])."""
+    with open(INFERENCEX[mode], newline="") as f:
         return {r["id"]: r for r in csv.DictReader(f)}
+
+
+def _speculative(shape: dict, tag: str) -> str:
+    """The reason a row the matrix ran with speculative decoding is not replayed ("" if none)."""
+    if shape["spec_decoding"] == "none":
+        return ""
+    return (f"{tag}speculative decoding ({shape['spec_decoding']}, InferenceX matrix "
+            f"{shape['config_key']}): draft tokens are not modelled")
 
 
 def _matrix_pool(shape: dict, role: str) -> dict:
@@ -284,15 +293,17 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
     dpn = load_cluster(system).devices_per_node
     workers_recorded = mode == "agg" or all(_int(row.get(f"{p}_num_workers")) for p in ("prefill", "decode"))
     if mode == "agg":
+        why = _speculative(inferencex_shapes("agg").get(row.get("id"), {"spec_decoding": "none"}), tag)
+        if why:
+            return None, why
         pool, why = _pool(row, "", preset, dpn)
         if pool is None:
             return None, why
         pools = {"both": pool}
     elif not workers_recorded and row.get("id") in inferencex_shapes():
         shape = inferencex_shapes()[row["id"]]
-        if shape["spec_decoding"] != "none":
-            return None, (f"{tag}speculative decoding ({shape['spec_decoding']}, InferenceX matrix "
-                          f"{shape['config_key']}): draft tokens are not modelled")
+        if _speculative(shape, tag):
+            return None, _speculative(shape, tag)
         pools = {role: _matrix_pool(shape, role) for role in ("prefill", "decode")}
         if any(p["tp"] > dpn for p in pools.values()):
             return None, f"{tag}attention tp spans nodes"

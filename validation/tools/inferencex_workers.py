@@ -1,4 +1,5 @@
-"""Recover the worker counts (and speculative decoding) of InferenceX disaggregated rows.
+"""Recover what the InferenceX exports leave out of their rows: disaggregated pools and worker
+counts, and the speculative decoding of each run.
 
 aiconfigurator-core 0.12.0's `silicon_sample.csv` takes its disaggregated InferenceX rows from two
 exports (2026-03-25, 2026-04-06) that leave `prefill_num_workers` / `decode_num_workers` blank. The
@@ -8,30 +9,40 @@ SemiAnalysisAI/InferenceX), whose disaggregated entries list, per concurrency, e
 `num-worker`, `tp`, `ep`, `dp-attn` and `spec-decoding`. This tool reads that file as it stood when
 each row was measured (the last commit at or before the row's `measured=` date, then the nearest
 versions within two weeks), matches the row by model, GPU, precision, framework, container image,
-ISL/OSL, concurrency and both pools' tp/ep/dp-attn, and writes what the matched entry says.
+ISL/OSL, concurrency and both pools' GPU counts, and writes what the matched entry says.
+
+Aggregated rows carry their layout, but not whether the run used MTP speculative decoding, which
+the matrix lists per entry (`spec-decoding`, or a separate `-mtp` key). An aggregated row is
+matched the same way (its GPU count against the entry's `tp`) and kept only where the entry's
+`ep` and `dp-attn` agree with the layout the row records.
 
 Run (needs a clone of SemiAnalysisAI/InferenceX; not run in CI):
-    python -m validation.tools.inferencex_workers /path/to/InferenceX \
-        > validation/data/serving/inferencex_disagg_workers.csv
+    python -m validation.tools.inferencex_workers /path/to/InferenceX validation/data/serving
+writes `inferencex_disagg_workers.csv` and `inferencex_agg_spec.csv` there.
 """
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
+import os
 import subprocess
 import sys
 from typing import NamedTuple
 
 import yaml
 
+from hwmodels.fileio import write_text_atomic
 from validation.serving import _int, read_rows, row_concurrency
 
 CONFIG_PATHS = (".github/configs/nvidia-master.yaml", "configs/nvidia-master.yaml")
-PREFIX = {"deepseek-ai/DeepSeek-R1": "dsr1", "moonshotai/Kimi-K2.5": "kimik2.5",
-          "openai/gpt-oss-120b": "gptoss", "zhipuai/GLM-5": "glm5"}
+PREFIX = {"deepseek-ai/DeepSeek-R1": "dsr1", "deepseek-ai/DeepSeek-V3": "dsr1", "nvidia/DeepSeek-R1-NVFP4": "dsr1",
+          "moonshotai/Kimi-K2.5": "kimik2.5", "openai/gpt-oss-120b": "gptoss", "zhipuai/GLM-5": "glm5",
+          "MiniMaxAI/MiniMax-M2.5": "minimaxm2.5", "Qwen/Qwen3.5-397B-A17B": "qwen3.5"}
 RUNNER = {"b200_sxm": "b200", "b300_sxm": "b300", "gb200": "gb200", "gb300": "gb300",
           "h100_sxm": "h100", "h200_sxm": "h200"}
-FRAMEWORK = {"trtllm": "dynamo-trt", "sglang": "dynamo-sglang", "vllm": "dynamo-vllm"}
+FRAMEWORK = {"disagg": {"trtllm": "dynamo-trt", "sglang": "dynamo-sglang", "vllm": "dynamo-vllm"},
+             "agg": {"trtllm": "trt", "sglang": "sglang", "vllm": "vllm"}}
 WINDOW_DAYS = 14
 
 
@@ -47,10 +58,22 @@ class Shape(NamedTuple):
     spec_decoding: str
 
 
-FIELDS = ["id", *Shape._fields, "config_key", "config_file", "commit", "commit_date"]
+class AggShape(NamedTuple):
+    tp: int
+    ep: int
+    dp_attn: bool
+    spec_decoding: str
 
 
-def _shape(entry: dict) -> Shape:
+PROVENANCE = ["config_key", "config_file", "commit", "commit_date"]
+FIELDS = {"disagg": ["id", *Shape._fields, *PROVENANCE], "agg": ["id", *AggShape._fields, *PROVENANCE]}
+FILES = {"disagg": "inferencex_disagg_workers.csv", "agg": "inferencex_agg_spec.csv"}
+
+
+def _shape(entry: dict) -> Shape | AggShape:
+    if "prefill" not in entry:
+        return AggShape(int(entry["tp"]), int(entry.get("ep", 1)), bool(entry.get("dp-attn", False)),
+                        str(entry.get("spec-decoding", "none")))
     p, d = entry.get("prefill") or {}, entry.get("decode") or {}
     return Shape(int(p.get("num-worker", 1)), int(p["tp"]), int(p.get("ep", 1)), bool(p.get("dp-attn", False)),
                  int(d.get("num-worker", 1)), int(d["tp"]), int(d.get("ep", 1)), bool(d.get("dp-attn", False)),
@@ -63,6 +86,12 @@ def _git(repo: str, *args: str) -> str:
 
 def _source(row: dict) -> dict:
     return dict(kv.strip().split("=", 1) for kv in row.get("silicon_data_source", "").split(";") if "=" in kv)
+
+
+def _measured(row: dict) -> dt.datetime:
+    """The row's `measured=` time (UTC where it names no zone)."""
+    when = dt.datetime.fromisoformat(_source(row)["measured"].replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
 def _versions(repo: str) -> list[tuple[dt.datetime, str, str]]:
@@ -122,18 +151,35 @@ def _image(s: str) -> str:
     return s.replace("nvcr.io#", "nvcr.io/").removesuffix("-amd64").strip()
 
 
+def _gpus(row: dict, prefix: str = "") -> int:
+    return (_int(row.get(prefix + "tp_size")) or 1) * (_int(row.get(prefix + "attention_dp_size")) or 1)
+
+
+def _entry_matches(row: dict, entry: dict) -> bool:
+    if row.get("mode") == "agg":
+        # the layout must agree where the row records it (a GPU count alone can name another entry)
+        ep, adp = _int(row.get("moe_ep_size")) or 1, _int(row.get("attention_dp_size")) or 1
+        return (not _placeholder(entry) and int(entry.get("tp", 0)) == _gpus(row)
+                and int(entry.get("ep", 1)) == ep and bool(entry.get("dp-attn", False)) == (adp > 1))
+    pools = (entry.get("prefill") or {}, entry.get("decode") or {})
+    if any(_placeholder(p) for p in pools):
+        return False
+    return _pool_matches(row, "prefill_", pools[0]) and _pool_matches(row, "decode_", pools[1])
+
+
 def matches(row: dict, matrix: dict) -> list[tuple[str, dict]]:
     """(config key, search-space entry) of `matrix` that describe `row`."""
     src = _source(row)
     image = _image(src.get("image", ""))
     c, isl, osl = row_concurrency(row), _int(row.get("isl")), _int(row.get("osl"))
+    mode = "disagg" if row.get("mode") == "disagg" else "agg"
     out = []
     for key, cfg in matrix.items():
-        if not isinstance(cfg, dict) or not cfg.get("disagg"):
+        if not isinstance(cfg, dict) or bool(cfg.get("disagg")) != (mode == "disagg"):
             continue
         if (cfg.get("model-prefix") != PREFIX.get(row["model_path"])
                 or str(cfg.get("precision")) != row["precision"]
-                or cfg.get("framework") != FRAMEWORK.get(row["backend"])
+                or cfg.get("framework") != FRAMEWORK[mode].get(row["backend"])
                 or not str(cfg.get("runner", "")).split("-")[0] == RUNNER.get(row["system"])):
             continue
         if image and _image(str(cfg.get("image", ""))) != image:
@@ -141,19 +187,13 @@ def matches(row: dict, matrix: dict) -> list[tuple[str, dict]]:
         for sc in _seq_configs(cfg):
             if int(sc.get("isl", 0)) != isl or int(sc.get("osl", 0)) != osl:
                 continue
-            for entry in sc.get("search-space") or []:
-                if c not in _concurrencies(entry):
-                    continue
-                pools = (entry.get("prefill") or {}, entry.get("decode") or {})
-                if any(_placeholder(p) for p in pools):
-                    continue
-                if _pool_matches(row, "prefill_", pools[0]) and _pool_matches(row, "decode_", pools[1]):
-                    out.append((key, entry))
+            out += [(key, e) for e in sc.get("search-space") or []
+                    if c in _concurrencies(e) and _entry_matches(row, e)]
     return out
 
 
 def _config_file(entry: dict) -> str:
-    for s in (entry.get("prefill") or {}).get("additional-settings") or []:
+    for s in (entry.get("prefill") or entry).get("additional-settings") or []:
         if str(s).startswith("CONFIG_FILE="):
             return str(s).split("=", 1)[1]
     return ""
@@ -163,7 +203,7 @@ def resolve(row: dict, repo: str, versions: list) -> dict | None:
     """The matrix entry that ran `row`: the last version at (or a day after) its measured date
     first, then earlier ones, then later ones, all within WINDOW_DAYS; None if none matches or
     one version lists the point twice with different pools or speculative decoding."""
-    when = dt.datetime.fromisoformat(_source(row)["measured"].replace("Z", "+00:00"))
+    when = _measured(row)
     cut, window = when + dt.timedelta(days=1), dt.timedelta(days=WINDOW_DAYS)
     near = [v for v in versions if abs(v[0] - when) <= window]
     for t, sha, path in [v for v in near if v[0] <= cut][::-1] + [v for v in near if v[0] > cut]:
@@ -178,23 +218,35 @@ def resolve(row: dict, repo: str, versions: list) -> dict | None:
     return None
 
 
+def _wanted(row: dict) -> bool:
+    if row["model_path"] not in PREFIX or "measured=" not in row.get("silicon_data_source", ""):
+        return False
+    if row.get("mode") == "disagg":
+        return not (_int(row.get("prefill_num_workers")) and _int(row.get("decode_num_workers")))
+    return row.get("mode") == "agg"
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m validation.tools.inferencex_workers PATH_TO_INFERENCEX_CLONE", file=sys.stderr)
+    if len(argv) != 2:
+        print("usage: python -m validation.tools.inferencex_workers PATH_TO_INFERENCEX_CLONE OUT_DIR",
+              file=sys.stderr)
         return 2
-    repo = argv[0]
+    repo, out_dir = argv
     versions = _versions(repo)
-    rows = [r for r in read_rows() if r.get("mode") == "disagg" and r["model_path"] in PREFIX
-            and not (_int(r.get("prefill_num_workers")) and _int(r.get("decode_num_workers")))]
-    w = csv.DictWriter(sys.stdout, FIELDS, lineterminator="\n")
-    w.writeheader()
-    found = 0
+    found: dict = {"agg": [], "disagg": []}
+    rows = [r for r in read_rows() if _wanted(r)]
     for r in rows:
         got = resolve(r, repo, versions)
         if got:
-            w.writerow(got)
-            found += 1
-    print(f"{found} of {len(rows)} rows matched", file=sys.stderr)
+            found[r["mode"]].append(got)
+    for mode, out in found.items():
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, FIELDS[mode], lineterminator="\n")
+        w.writeheader()
+        w.writerows(out)
+        write_text_atomic(os.path.join(out_dir, FILES[mode]), buf.getvalue())
+        n = sum(r["mode"] == mode for r in rows)
+        print(f"{mode}: {len(out)} of {n} rows matched", file=sys.stderr)
     return 0
 
 
