@@ -407,7 +407,7 @@ def test_kv_load_counts_what_a_partly_prefilled_prompt_still_needs():
     computed > 0): (10 + (1000 - 200 + 600) / 16) / 100."""
     from types import SimpleNamespace
     waiting = [SimpleNamespace(target=1000, computed=200), SimpleNamespace(target=600, computed=0)]
-    fake = SimpleNamespace(scheduler=SimpleNamespace(waiting=waiting),
+    fake = SimpleNamespace(scheduler=SimpleNamespace(waiting=waiting), unreceived=[],
                            kv=SimpleNamespace(used=10, num_blocks=100, block_size=16))
     assert Replica.kv_load(fake) == pytest.approx((10 + 1400 / 16) / 100, rel=1e-12)
 
@@ -713,7 +713,7 @@ def test_a_decode_run_cut_by_an_arrival_ends_with_the_iteration_in_flight():
     from types import SimpleNamespace
     for cut_after, n_exp in ((1, 3), (2, 4)):
         env = simpy.Environment()
-        fake = SimpleNamespace(env=env, in_run=False, cut_after=cut_after,
+        fake = SimpleNamespace(env=env, in_run=False, cut_after=cut_after, recv=None,
                                _steps_within=Replica._steps_within)
         out = {}
 

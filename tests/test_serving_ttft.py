@@ -62,17 +62,38 @@ def test_unknown_deployment_is_refused():
 def test_inferencemax_scripts_settings_apply_to_their_own_rows_only():
     # InferenceMAX benchmarks/*.sh: vLLM --async-scheduling; 70b_fp8_h200_trt_slurm.sh:
     # --max_num_tokens 16384, batch waiting (20 passes, 0.9) only for 1k/1k with TP < 8
-    assert V.inferencemax_settings(_case(engine="vllm", client="bench-serving")) == (
-        (("async_scheduling", "on"),), None)
+    def s(case):
+        got = V.inferencemax_settings(case)
+        return got["options"], got["max_tokens"]
+    assert s(_case(engine="vllm", client="bench-serving")) == ((("async_scheduling", "on"),), None)
     trt = dict(_case(engine="trtllm", client="bench-serving", isl=1024, osl=1024),
                family="Llama-3.1", system="h200_sxm", tp=4)
-    assert V.inferencemax_settings(trt) == (
-        (("batch_wait_timeout_iters", 20), ("batch_wait_max_tokens_ratio", 0.9)), 16384)
-    assert V.inferencemax_settings(dict(trt, tp=8)) == ((), 16384)
-    assert V.inferencemax_settings(dict(trt, osl=8192)) == ((), 16384)
-    assert V.inferencemax_settings(dict(trt, system="h100_sxm")) == ((), None)
-    assert V.inferencemax_settings(_case(engine="vllm", client="aiperf")) == ((), None)
-    assert V.inferencemax_settings(_case(engine="sglang", client="bench-serving")) == ((), None)
+    assert s(trt) == ((("batch_wait_timeout_iters", 20), ("batch_wait_max_tokens_ratio", 0.9)), 16384)
+    assert s(dict(trt, tp=8)) == ((), 16384)
+    assert s(dict(trt, osl=8192)) == ((), 16384)
+    assert s(dict(trt, system="h100_sxm")) == ((), None)
+    assert s(_case(engine="vllm", client="aiperf")) == ((), None)
+    assert s(_case(engine="sglang", client="bench-serving")) == ((), None)
+
+
+def test_inferencex_sglang_b200_scripts_set_the_recv_interval_and_limits():
+    # single_node/dsr1_fp8_b200.sh: TP 8 -> --scheduler-recv-interval 30 from 16 clients (else 10),
+    # --max-running-requests 128, --chunked-prefill-size / --max-prefill-tokens 32768,
+    # --mem-fraction-static 0.82; TP 4 -> 10, 32, 8192, 0.95
+    ds = dict(_case(engine="sglang", client="bench-serving", c=16), family="DeepSeek-V3/R1",
+              system="b200_sxm", dtype="fp8", tp=8)
+    got = V.inferencemax_settings(ds)
+    assert got == {"options": (("recv_interval", 30), ("max_prefill_tokens", 32768)), "max_tokens": 32768,
+                   "max_batch": 128, "memory_fraction": 0.82}
+    assert V.inferencemax_settings(dict(ds, concurrency=8))["options"][0] == ("recv_interval", 10)
+    tp4 = V.inferencemax_settings(dict(ds, tp=4))
+    assert tp4["options"][0] == ("recv_interval", 10) and tp4["max_batch"] == 32 and tp4["memory_fraction"] == 0.95
+    # the same model on H200 (its script sets no recv interval), or with attention DP: nothing
+    assert V.inferencemax_settings(dict(ds, system="h200_sxm"))["options"] == ()
+    assert V.inferencemax_settings(dict(ds, dp=8))["options"] == ()
+    # the recorded deployment carries them into the replay; "defaults" drops them
+    assert V.deployment_settings(ds)["max_batch"] == 128
+    assert V.deployment_settings(ds, "defaults")["max_batch"] is None
 
 
 def test_recorded_deployment_differs_from_the_generator_only_switch_on_inferencemax_rows():

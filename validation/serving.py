@@ -403,13 +403,47 @@ INFERENCEMAX_TRTLLM_MAX_TOKENS = {("Llama-3.1", "h200_sxm"): 16384}
 INFERENCEMAX_TRTLLM_BATCH_WAIT = {("Llama-3.1", "h200_sxm"): ((1024, 1024, 8), 20, 0.9)}
 
 
-def inferencemax_settings(case: dict) -> tuple[tuple, int | None]:
-    """(engine options, max_num_tokens) that the InferenceMAX launch script of a bench-serving row
-    states (source above); ((), None) for every other row."""
+# InferenceX SGLang launch scripts on B200 (the same values in every version from 2026-01-13 to
+# 2026-03-27): benchmarks/dsr1_fp4_b200_docker.sh -> single_node/dsr1_fp4_b200.sh,
+# dsr1_fp8_b200_docker.sh -> single_node/dsr1_fp8_b200.sh, single_node/qwen3.5_{bf16,fp8}_b200.sh.
+# `--scheduler-recv-interval` is 30 from 16 clients up and 10 below (DeepSeek FP8 at TP 4: 10);
+# --max-running-requests, --chunked-prefill-size, --max-prefill-tokens, --mem-fraction-static as set.
+# Keyed by (family, system, dtype, tp); None: the script does not set it.
+INFERENCEX_SGLANG = {
+    ("DeepSeek-V3/R1", "b200_sxm", "fp4", None): dict(recv=(10, 30), max_batch=256, chunk=16384,
+                                                      prefill=None, mem=0.85),
+    ("DeepSeek-V3/R1", "b200_sxm", "fp8", 8): dict(recv=(10, 30), max_batch=128, chunk=32768,
+                                                   prefill=32768, mem=0.82),
+    ("DeepSeek-V3/R1", "b200_sxm", "fp8", 4): dict(recv=(10, 10), max_batch=32, chunk=8192,
+                                                   prefill=8192, mem=0.95),
+    ("Qwen3.5", "b200_sxm", "bf16", None): dict(recv=(10, 30), max_batch=128, chunk=32768,
+                                                prefill=32768, mem=0.82),
+    ("Qwen3.5", "b200_sxm", "fp8", None): dict(recv=(10, 30), max_batch=128, chunk=32768,
+                                               prefill=32768, mem=0.82),
+}
+INFERENCEX_RECV_CONC = 16  # the scripts' `if [[ $CONC -ge 16 ]]` for the longer interval
+
+
+def inferencemax_settings(case: dict) -> dict:
+    """The engine options, max_num_tokens, max_batch and memory fraction that the InferenceMAX /
+    InferenceX launch script of a bench-serving row states (sources above); empty for every other
+    row."""
+    out = {"options": (), "max_tokens": None, "max_batch": None, "memory_fraction": None}
     if case.get("client") != "bench-serving" or case.get("mode") != "agg":
-        return (), None
+        return out
     if case.get("engine") == "vllm":
-        return (("async_scheduling", "on"),), None
+        return {**out, "options": (("async_scheduling", "on"),)}
+    if case.get("engine") == "sglang":
+        key = (case.get("family"), case.get("system"), case.get("dtype"))
+        script = INFERENCEX_SGLANG.get((*key, case.get("tp"))) or INFERENCEX_SGLANG.get((*key, None))
+        if script is None or case.get("dp", 1) > 1:
+            return out
+        recv = script["recv"][case["concurrency"] >= INFERENCEX_RECV_CONC]
+        options = (("recv_interval", recv),)
+        if script["prefill"]:
+            options += (("max_prefill_tokens", script["prefill"]),)
+        return {"options": options, "max_tokens": script["chunk"], "max_batch": script["max_batch"],
+                "memory_fraction": script["mem"]}
     if case.get("engine") == "trtllm":
         key = (case.get("family"), case.get("system"))
         options: tuple = ()
@@ -418,8 +452,8 @@ def inferencemax_settings(case: dict) -> tuple[tuple, int | None]:
             (isl, osl, tp_below), iters, ratio = wait
             if case["isl"] == isl and case["osl"] == osl and case["tp"] < tp_below:
                 options = (("batch_wait_timeout_iters", iters), ("batch_wait_max_tokens_ratio", ratio))
-        return options, INFERENCEMAX_TRTLLM_MAX_TOKENS.get(key)
-    return (), None
+        return {**out, "options": options, "max_tokens": INFERENCEMAX_TRTLLM_MAX_TOKENS.get(key)}
+    return out
 
 
 def aic_trtllm_limits(case: dict) -> tuple[int | None, int | None]:
@@ -467,9 +501,9 @@ def deployment_settings(case: dict, deployment: str = "recorded") -> dict:
     if deployment == "recorded" and case.get("engine") != "trtllm":
         gen = {k: () if k == "options" else None for k in gen}  # the generator's TRT-LLM rules only
     if deployment in ("recorded", "recorded+generator"):
-        script_options, script_tokens = inferencemax_settings(case)
-        gen = {**gen, "options": gen["options"] + script_options,
-               "max_tokens": gen["max_tokens"] if script_tokens is None else script_tokens}
+        script = inferencemax_settings(case)
+        gen = {**{k: v if script[k] is None else script[k] for k, v in gen.items() if k != "options"},
+               "options": gen["options"] + script["options"]}
     return gen
 
 

@@ -189,6 +189,38 @@ def place(groups, nodes_given: bool) -> tuple[list, list, list[str]]:
 
 # ---- replicas ----------------------------------------------------------------------------------
 
+# SGLang scheduler_recv_skipper.py: weight a loop adds for the batch it just ran
+RECV_WEIGHT_DECODE = 1  # a decode-only batch (and a loop with no batch)
+RECV_WEIGHT_PROMPT = 1000  # any batch with prompt tokens: the next loop always receives
+
+
+class RecvSkipper:
+    """SGLang's `--scheduler-recv-interval` (scheduler_recv_skipper.py SchedulerRecvSkipper): each
+    scheduler loop adds the last batch's weight to a counter and receives new requests only when
+    the counter reaches the interval, then restarts it from 0. A run of decode passes therefore
+    receives every `interval` passes, at fixed positions set by the counter it started with."""
+
+    def __init__(self, interval: int):
+        self.interval, self.counter = interval, 0
+
+    def tick(self, prompts: bool) -> bool:
+        """One loop top after a batch (with prompts or not): whether it receives."""
+        self.counter += RECV_WEIGHT_PROMPT if prompts else RECV_WEIGHT_DECODE
+        if self.counter >= self.interval:
+            self.counter = 0
+            return True
+        return False
+
+    def next_receive(self, c0: int, k: int) -> int:
+        """The first loop top at or after the k-th of a decode run begun with counter c0."""
+        return k + (-(c0 + k)) % self.interval
+
+    def last_receive(self, c0: int, k: int) -> int:
+        """The last loop top at or before the k-th of such a run that receives (0: none)."""
+        last = k - (c0 + k) % self.interval
+        return last if last >= 1 else 0
+
+
 class Replica:
     """One model instance (tp·pp devices) with its scheduler, KV cache and cost model."""
 
@@ -238,11 +270,18 @@ class Replica:
         self.inbox = simpy.Resource(self.env, capacity=1)  # KV transfers arriving (disaggregated)
         self._idle_prefill: dict = {}
         self.in_run = False  # inside a run of decode iterations costed as one event
+        # SGLang --scheduler-recv-interval: arrivals wait here, with their arrival time, until the
+        # scheduler's next receive (idle loops receive at once: they take microseconds)
+        self.recv = RecvSkipper(cfg.recv_interval) if cfg.recv_interval > 1 else None
+        self.unreceived: list[tuple[float, Request]] = []
+        self._run_c0 = 0  # the skipper's counter when the decode run in flight began
         self.proc = self.env.process(self.run())
 
     def submit(self, req: Request) -> None:
         req.replica = self.index
-        if not self.scheduler.add(req):
+        if self.recv is not None:
+            self.unreceived.append((self.env.now, req))
+        elif not self.scheduler.add(req):
             self.sim.rejected(req)
             return
         if self.wake is not None and not self.wake.triggered:
@@ -255,6 +294,7 @@ class Replica:
         """Share of the pool in use or claimed by queued prompts (for the KV-aware router)."""
         s = self.scheduler
         queued = sum(r.target - r.computed for r in s.waiting) / self.kv.block_size
+        queued += sum(r.target - r.computed for _, r in self.unreceived) / self.kv.block_size
         return (self.kv.used + queued) / self.kv.num_blocks
 
     def idle_prefill_s(self, prompt: int) -> float:
@@ -274,10 +314,28 @@ class Replica:
             self._idle_prefill[prompt] = t
         return t
 
+    def _receive(self, until: float) -> None:
+        """The scheduler takes in the requests that arrived by `until`."""
+        keep = []
+        for t, req in self.unreceived:
+            if t > until:
+                keep.append((t, req))
+            elif not self.scheduler.add(req):
+                self.sim.rejected(req)
+        self.unreceived = keep
+
     def run(self):
         env, sched, rec = self.env, self.scheduler, self.sim.recorder
         cost = self.costs.iteration_s
+        prompts = False  # whether the last batch carried prompt tokens (the skipper's weight)
         while True:
+            if self.recv is not None:
+                if self.recv.tick(prompts) or not sched.has_work():
+                    # idle loops add weight 1 each and take microseconds: receive at once
+                    if not sched.has_work():
+                        self.recv.counter = 0
+                    self._receive(env.now)
+                prompts = False
             if not sched.has_work():
                 yield from self._idle()
                 continue
@@ -300,8 +358,14 @@ class Replica:
                 kv0, batch.decode_kv_tokens = batch.decode_kv_tokens, last
                 dt_last = cost(batch)
                 batch.decode_kv_tokens = kv0
-                steps = yield from self._decode_run(start, dt, (dt_last - dt) / (steps - 1), steps)
+                slope = (dt_last - dt) / (steps - 1)
+                self._run_c0 = self.recv.counter if self.recv is not None else 0
+                if self.unreceived:  # arrivals waiting for a receive end the run at the next one
+                    steps = min(steps, self.recv.next_receive(self._run_c0, 1) + self.cut_after - 1)
+                steps = yield from self._decode_run(start, dt, slope, steps)
                 sched.skip_decode_iterations(steps - 1)
+                if self.recv is not None:
+                    self._receive_in_run(start, dt, slope, steps)
                 dt = (env.now - start) / steps
             self.busy_s += env.now - start
             self.iterations += steps
@@ -310,6 +374,17 @@ class Replica:
             sched.complete(batch, env.now)
             rec.iteration(self.index, env.now, dt, batch.num_decode, batch.prefill_tokens,
                           self.kv.used, len(batch.prefills), steps)
+            prompts = bool(batch.prefills)
+
+    def _receive_in_run(self, start: float, d0: float, slope: float, steps: int) -> None:
+        """The loop tops inside a run of `steps` decode passes (after passes 1 .. steps-1): the
+        last one that received takes in what had arrived by then, and the counter stands where
+        those tops left it."""
+        c0 = self._run_c0
+        k = self.recv.last_receive(c0, steps - 1)
+        if k >= 1:
+            self._receive(start + k * d0 + slope * k * (k - 1) / 2)
+        self.recv.counter = (c0 + steps - 1) % self.recv.interval
 
     def _idle(self):
         """Nothing to run: tell the frontend the output stopped and sleep until an arrival."""
@@ -332,7 +407,10 @@ class Replica:
             except simpy.Interrupt:
                 # iterations finished by now: largest j with j·dt + slope·j(j−1)/2 <= elapsed
                 j = self._steps_within(env.now - start, dt, slope, steps)
-                steps = min(steps, j + self.cut_after)
+                # the arrival is taken in at the first loop top that receives after the pass in
+                # flight (every top without a recv interval)
+                r = self.recv.next_receive(self._run_c0, j + 1) if self.recv is not None else j + 1
+                steps = min(steps, r + self.cut_after - 1)
                 end = start + steps * dt + slope * steps * (steps - 1) / 2
         self.in_run = False
         return steps
@@ -481,6 +559,10 @@ class DPReplica(Replica):
 
     def __init__(self, sim: "ServingSimulation", index: int, group: ReplicaGroup, cluster: Cluster,
                  offset: int, cfg: EngineConfig):
+        if cfg.recv_interval > 1:
+            # SGLang's SchedulerRecvSkipper asserts `not enable_dp_attention` (0.5.x)
+            raise InputError(f"recv_interval={cfg.recv_interval} with attention DP (dp={group.dp}): SGLang's "
+                             f"receive skipping does not run with DP attention; valid: recv_interval=1")
         super().__init__(sim, index, group, cluster, offset, cfg)
         cfg = self.cfg  # with the state pool's limits (Replica.__init__)
         dp = group.dp

@@ -14,6 +14,7 @@ Policies and what they switch:
     PrefillFirst         mixed_batches=False      prefill-only passes pause decodes
     MixedChunk           mixed_batches=True       SGLang --enable-mixed-chunk: prompts join decodes
     MaxPrefillTokens     max_prefill_tokens       SGLang: prompt tokens one prefill batch may take
+    RecvInterval         recv_interval            SGLang: new requests received every N decode passes
     PreemptNewest        kv_reservation=incremental   blocks as written, newest preempted
     MaxUtilization       kv_reservation=incremental   TRT-LLM: last started request paused
     GuaranteedNoEvict    kv_reservation=full      prompt + output reserved, never preempts
@@ -110,6 +111,18 @@ class MaxPrefillTokens(Policy):
 
     def apply(self, cfg):
         return replace(cfg, max_prefill_tokens=self.tokens)
+
+
+@dataclass(frozen=True)
+class RecvInterval(Policy):
+    passes: int
+    source = ("sglang/srt/managers/scheduler_recv_skipper.py SchedulerRecvSkipper (--scheduler-recv-"
+              "interval): each loop adds the last batch's weight (decode 1, no batch 1, any batch "
+              "with prompts 1000) and receives new requests only once the sum reaches the interval, "
+              "then restarts from 0")
+
+    def apply(self, cfg):
+        return replace(cfg, recv_interval=self.passes)
 
 
 @dataclass(frozen=True)
@@ -269,7 +282,8 @@ class SGLang(EnginePolicy):
     name = "sglang"
     source = "SGLang 0.4-0.5 ServerArgs (python/sglang/srt/server_args.py)"
     options = {"overlap_scheduler": ("on", "off"), "schedule_policy": ("fcfs", "lpm"),
-               "enable_mixed_chunk": ("on", "off"), "max_prefill_tokens": ("an integer >= 1",)}
+               "enable_mixed_chunk": ("on", "off"), "max_prefill_tokens": ("an integer >= 1",),
+               "recv_interval": ("an integer >= 1",)}
 
     def defaults(self, device, tp):
         gib = float(device.hbm_bytes or 0) / 2**30
@@ -293,6 +307,14 @@ class SGLang(EnginePolicy):
             if tokens < 1:
                 raise InputError(f"max_prefill_tokens={value!r}; valid: an integer >= 1")
             return MaxPrefillTokens(tokens)
+        if key == "recv_interval":
+            try:
+                passes = int(str(value))
+            except ValueError:
+                passes = 0
+            if passes < 1:
+                raise InputError(f"recv_interval={value!r}; valid: an integer >= 1")
+            return RecvInterval(passes)
         if key == "schedule_policy":
             if value not in self.options[key]:
                 raise InputError(f"schedule_policy={value!r}; valid: {', '.join(self.options[key])}")
@@ -349,7 +371,7 @@ ENGINE_POLICIES: dict[str, EnginePolicy] = {e.name: e for e in (VLLMV1(), SGLang
 # options engine_config accepts besides the EngineConfig fields
 ENGINE_OPTIONS = ("async_scheduling", "overlap_scheduler", "capacity_scheduler", "schedule_policy",
                   "batch_wait_timeout_iters", "batch_wait_max_tokens_ratio", "enable_mixed_chunk",
-                  "max_prefill_tokens")
+                  "max_prefill_tokens", "recv_interval")
 
 
 def describe(cfg) -> list[str]:
@@ -361,6 +383,8 @@ def describe(cfg) -> list[str]:
         out.append("PrefillFirst")
     if cfg.max_prefill_tokens:
         out.append(f"MaxPrefillTokens({cfg.max_prefill_tokens})")
+    if cfg.recv_interval > 1:
+        out.append(f"RecvInterval({cfg.recv_interval})")
     out.append({"full": "GuaranteedNoEvict", "ratio": "NewTokenRatio"}.get(
         cfg.kv_reservation, "MaxUtilization" if cfg.capacity_scheduler == "max_utilization" else "PreemptNewest"))
     if cfg.extra_step:

@@ -75,6 +75,9 @@ class EngineConfig:
     # SGLang --max-prefill-tokens (policies.MaxPrefillTokens): prompt tokens one prefill batch may
     # take; a prompt after the first joins only if its tokens are below what is left (0 = no cap)
     max_prefill_tokens: int = 0
+    # SGLang --scheduler-recv-interval (policies.RecvInterval): arrivals are received into the
+    # waiting queue only every this many decode passes (1 = every pass)
+    recv_interval: int = 1
     # KV blocks a request takes for its recurrent (Gated DeltaNet, Mamba-2) state on admission, where state and KV
     # share one pool (kv_cache.KVPool.state_blocks; 0 for attention-only models)
     state_blocks: int = 0
@@ -88,7 +91,7 @@ def engine_config(engine: str, device: Device, tp: int, **overrides) -> EngineCo
     then `overrides` (None values ignored): EngineConfig fields, or the engine options
     `async_scheduling` (vllm), `overlap_scheduler` (sglang, trtllm), `capacity_scheduler`
     (trtllm: guaranteed_no_evict | max_utilization), `schedule_policy` (sglang: fcfs | lpm),
-    `enable_mixed_chunk` and `max_prefill_tokens` (sglang).
+    `enable_mixed_chunk`, `max_prefill_tokens` and `recv_interval` (sglang).
 
     vllm   0.10-0.12 EngineArgs: on GPUs with >= 70 GiB (not A100) the OpenAI server uses
            max_num_batched_tokens 8192 and max_num_seqs 1024, else 2048 and 256; chunked prefill

@@ -88,6 +88,9 @@ def register(groups) -> None:
                      help="SGLang --enable-mixed-chunk: prompts share passes with decodes (default off)")
     sim.add_argument("--max-prefill-tokens", type=flags.integer("--max-prefill-tokens"),
                      help="SGLang --max-prefill-tokens: prompt tokens one prefill pass may take (default: no cap)")
+    sim.add_argument("--scheduler-recv-interval", dest="recv_interval",
+                     type=flags.integer("--scheduler-recv-interval"),
+                     help="SGLang --scheduler-recv-interval: new requests received every N decode passes (default 1)")
     sim.add_argument("--frontend", default="off", choices=["off", "on", "measured", "published"],
                      help="API-server stage: HTTP, tokenisation, detokenisation (on = measured)")
     sim.add_argument("--gpu-memory-utilization", type=flags.fraction("--gpu-memory-utilization"),
@@ -193,7 +196,7 @@ def _engine_options(args) -> tuple:
     """The engine-policy flags given, as ServingPlan.engine_options pairs."""
     opts = [(k, getattr(args, k)) for k in ("async_scheduling", "overlap_scheduler",
                                             "capacity_scheduler", "schedule_policy",
-                                            "enable_mixed_chunk", "max_prefill_tokens")
+                                            "enable_mixed_chunk", "max_prefill_tokens", "recv_interval")
             if getattr(args, k, None) is not None]
     if getattr(args, "chunked_prefill", None) is not None:
         opts.append(("chunked_prefill", args.chunked_prefill == "on"))
