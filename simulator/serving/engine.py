@@ -327,13 +327,14 @@ class Replica:
     def run(self):
         env, sched, rec = self.env, self.scheduler, self.sim.recorder
         cost = self.costs.iteration_s
+        recv = self.recv
         prompts = False  # whether the last batch carried prompt tokens (the skipper's weight)
         while True:
-            if self.recv is not None:
-                if self.recv.tick(prompts) or not sched.has_work():
+            if recv is not None:
+                if recv.tick(prompts) or not sched.has_work():
                     # idle loops add weight 1 each and take microseconds: receive at once
                     if not sched.has_work():
-                        self.recv.counter = 0
+                        recv.counter = 0
                     self._receive(env.now)
                 prompts = False
             if not sched.has_work():
@@ -359,12 +360,13 @@ class Replica:
                 dt_last = cost(batch)
                 batch.decode_kv_tokens = kv0
                 slope = (dt_last - dt) / (steps - 1)
-                self._run_c0 = self.recv.counter if self.recv is not None else 0
-                if self.unreceived:  # arrivals waiting for a receive end the run at the next one
-                    steps = min(steps, self.recv.next_receive(self._run_c0, 1) + self.cut_after - 1)
+                if recv is not None:
+                    self._run_c0 = recv.counter
+                    if self.unreceived:  # arrivals waiting for a receive end the run at the next one
+                        steps = min(steps, recv.next_receive(self._run_c0, 1) + self.cut_after - 1)
                 steps = yield from self._decode_run(start, dt, slope, steps)
                 sched.skip_decode_iterations(steps - 1)
-                if self.recv is not None:
+                if recv is not None:
                     self._receive_in_run(start, dt, slope, steps)
                 dt = (env.now - start) / steps
             self.busy_s += env.now - start
@@ -374,7 +376,8 @@ class Replica:
             sched.complete(batch, env.now)
             rec.iteration(self.index, env.now, dt, batch.num_decode, batch.prefill_tokens,
                           self.kv.used, len(batch.prefills), steps)
-            prompts = bool(batch.prefills)
+            if recv is not None:
+                prompts = bool(batch.prefills)
 
     def _receive_in_run(self, start: float, d0: float, slope: float, steps: int) -> None:
         """The loop tops inside a run of `steps` decode passes (after passes 1 .. steps-1): the
