@@ -248,6 +248,17 @@ class EnginePolicy:
         raise NotImplementedError
 
 
+def _integer(key: str, value, lo: int) -> int:
+    """An integer option >= lo, or a one-line InputError naming it."""
+    try:
+        v = int(str(value))
+    except ValueError:
+        v = lo - 1
+    if v < lo:
+        raise InputError(f"{key}={value!r}; valid: an integer >= {lo}")
+    return v
+
+
 def _onoff(key: str, value) -> bool:
     if isinstance(value, bool):
         return value
@@ -300,21 +311,9 @@ class SGLang(EnginePolicy):
         if key == "enable_mixed_chunk":
             return MixedChunk(_onoff(key, value))
         if key == "max_prefill_tokens":
-            try:
-                tokens = int(str(value))
-            except ValueError:
-                tokens = 0
-            if tokens < 1:
-                raise InputError(f"max_prefill_tokens={value!r}; valid: an integer >= 1")
-            return MaxPrefillTokens(tokens)
+            return MaxPrefillTokens(_integer(key, value, 1))
         if key == "recv_interval":
-            try:
-                passes = int(str(value))
-            except ValueError:
-                passes = 0
-            if passes < 1:
-                raise InputError(f"recv_interval={value!r}; valid: an integer >= 1")
-            return RecvInterval(passes)
+            return RecvInterval(_integer(key, value, 1))
         if key == "schedule_policy":
             if value not in self.options[key]:
                 raise InputError(f"schedule_policy={value!r}; valid: {', '.join(self.options[key])}")
@@ -349,13 +348,7 @@ class TRTLLM(EnginePolicy):
         if key == "overlap_scheduler":
             return OverlapScheduler(_onoff(key, value))
         if key == "batch_wait_timeout_iters":
-            try:
-                iters = int(str(value))
-            except ValueError:
-                iters = -1
-            if iters < 0:
-                raise InputError(f"batch_wait_timeout_iters={value!r}; valid: an integer >= 0")
-            return BatchWait(timeout_iters=iters)
+            return BatchWait(timeout_iters=_integer(key, value, 0))
         if key == "batch_wait_max_tokens_ratio":
             try:
                 ratio = float(str(value))
