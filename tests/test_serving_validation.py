@@ -177,10 +177,10 @@ def test_disaggregated_rows_without_worker_counts_say_so(rows):
                  and r["id"] not in vs.inferencex_shapes()
                  and r["silicon_data_source"].startswith("source_file=2026-03-25.csv") and vs.classify(r)[0])[0]
     case = vs.classify(bare)[0]
-    assert not case["workers_recorded"] and case["pools"]["prefill"]["count"] == 1
+    assert case["pools_from"] == "1+1 assumed" and case["pools"]["prefill"]["count"] == 1
     assert vs._mode_group(case) == "disagg, 1+1 assumed"
     recorded = _pick(rows, lambda r: r["mode"] == "disagg" and r.get("prefill_num_workers") and vs.classify(r)[0])[0]
-    assert vs.classify(recorded)[0]["workers_recorded"] and vs._mode_group(vs.classify(recorded)[0]) == "disagg"
+    assert vs.classify(recorded)[0]["pools_from"] == "row" and vs._mode_group(vs.classify(recorded)[0]) == "disagg"
 
 
 def _row(rows, row_id):
@@ -192,7 +192,7 @@ def test_inferencex_matrix_gives_blank_disaggregated_rows_their_pools(rows):
     # worker counts; InferenceX's matrix (dsr1-fp8-gb200-dynamo-trt at c27, 1k/1k) ran one DEP8
     # prefill worker (attention over 8 data-parallel ranks, EP 8) and three TEP8 decode workers
     case, why = vs.classify(_row(rows, "2026_04_06_deepseek_r1_gb200_trtllm_fp8_disagg_1024x1024_c27_tp8_ep8_1666"))
-    assert why == "" and case["workers_recorded"] == "InferenceX matrix"
+    assert why == "" and case["pools_from"] == "InferenceX matrix"
     assert case["pools"]["prefill"] == {"tp": 1, "pp": 1, "ep": 8, "count": 1, "dp": 8}
     assert case["pools"]["decode"] == {"tp": 8, "pp": 1, "ep": 8, "count": 3}
     assert vs._mode_group(case) == "disagg, InferenceX matrix"

@@ -191,7 +191,7 @@ def _pool(row: dict, prefix: str, preset: str, devices_per_node: int) -> tuple[d
     dp = _int(row.get(prefix + "attention_dp_size")) or 1
     # the 2026-03-25 and 2026-04-06 exports leave the disaggregated worker counts blank: where
     # InferenceX's matrix does not give them (`classify`), one worker per pool is assumed and the
-    # case says so (`workers_recorded`, the report's "by mode")
+    # case says so (`pools_from`, the report's "by mode")
     workers = _int(row.get(prefix + "num_workers")) or 1 if prefix else 1
     if not tp:
         return None, "missing parallelism"
@@ -291,7 +291,9 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
     if not all((c, isl, osl)):
         return None, tag + "missing concurrency or lengths"
     dpn = load_cluster(system).devices_per_node
-    workers_recorded = mode == "agg" or all(_int(row.get(f"{p}_num_workers")) for p in ("prefill", "decode"))
+    recorded = mode == "agg" or all(_int(row.get(f"{p}_num_workers")) for p in ("prefill", "decode"))
+    # where the pools come from: the row itself, InferenceX's matrix, or one worker each assumed
+    pools_from = "row" if recorded else "1+1 assumed"
     if mode == "agg":
         why = _speculative(inferencex_shapes("agg").get(row.get("id"), {"spec_decoding": "none"}), tag)
         if why:
@@ -300,14 +302,14 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
         if pool is None:
             return None, why
         pools = {"both": pool}
-    elif not workers_recorded and row.get("id") in inferencex_shapes():
+    elif not recorded and row.get("id") in inferencex_shapes():
         shape = inferencex_shapes()[row["id"]]
         if _speculative(shape, tag):
             return None, _speculative(shape, tag)
         pools = {role: _matrix_pool(shape, role) for role in ("prefill", "decode")}
         if any(p["tp"] > dpn for p in pools.values()):
             return None, f"{tag}attention tp spans nodes"
-        workers_recorded = "InferenceX matrix"
+        pools_from = "InferenceX matrix"
     else:
         pools = {}
         for role in ("prefill", "decode"):
@@ -332,7 +334,7 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
             "concurrency": c, "isl": isl, "osl": osl, "quant": quant, "kv_dtype": kv_dtype,
             "moe_quant": moe_quant if preset in MOE_MODELS.values() else None,
             "client": client, "measured_on": info["measured"],
-            "workers_recorded": workers_recorded,
+            "pools_from": pools_from,
             "ttft_s": ttft, "tpot_s": tpot}, ""
 
 
@@ -573,8 +575,8 @@ def _median(xs):
 def _mode_group(r: dict) -> str:
     """agg, disagg, disagg with its pools from the InferenceX matrix, or disagg replayed with one
     worker per pool because no source gives the worker counts."""
-    w = r.get("workers_recorded", True)
-    return f"{r['mode']}, {w}" if isinstance(w, str) else r["mode"] if w else "disagg, 1+1 assumed"
+    src = r.get("pools_from", "row")
+    return r["mode"] if src == "row" else f"{r['mode']}, {src}"
 
 
 def _summarise(rows: list, key) -> dict:
