@@ -703,33 +703,17 @@ def test_trace_lengths_given_as_numpy_integers_run_as_python_ints():
 
 
 # ---- cut decode runs, attention-DP timelines and sizing, node-crossing KV, tiny SGLang chunks ----
-def test_a_decode_run_cut_by_an_arrival_ends_with_the_iteration_in_flight():
+def test_a_decode_run_cut_by_an_arrival_ends_with_the_iteration_in_flight(cut_decode_run):
     """docs/modeling.md §4.3 with Orca-style iteration-level scheduling (vLLM v1 core.py: a new
     request joins at the next step): a run of passes lasting 1, 1.5, 2, 2.5, ... s (d0 = 1,
     slope 0.5) started at t = 0 and interrupted at t = 3 (two passes done, the third in flight)
     ends when the third pass does, 1 + 1.5 + 2 = 4.5 s, having run 3 passes; with cut_after = 2
     (one pass more already queued, the engines' async/overlap step) it ends after 4: 7 s."""
-    import simpy
-    from types import SimpleNamespace
     for cut_after, n_exp in ((1, 3), (2, 4)):
-        env = simpy.Environment()
-        fake = SimpleNamespace(env=env, in_run=False, cut_after=cut_after, recv=None,
-                               _steps_within=Replica._steps_within)
-        out = {}
-
-        def body(fake=fake, out=out):
-            out["steps"] = yield from Replica._decode_run(fake, 0.0, 1.0, 0.5, 10)
-            out["end"] = fake.env.now
-        p = env.process(body())
-
-        def cut(env=env, p=p):
-            yield env.timeout(3.0)
-            p.interrupt()
-        env.process(cut())
-        env.run()
+        steps, end, fake = cut_decode_run(cut_after, 1.0, 0.5, 10, at=3.0)
         expected_end = sum(1.0 + 0.5 * k for k in range(n_exp))
-        assert out["steps"] == n_exp
-        assert out["end"] == pytest.approx(expected_end, rel=1e-12)
+        assert steps == n_exp
+        assert end == pytest.approx(expected_end, rel=1e-12)
         assert not fake.in_run
 
 

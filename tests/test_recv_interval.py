@@ -37,28 +37,13 @@ def test_receive_positions_within_a_decode_run_match_step_by_step_ticks(interval
         assert sk.last_receive(c0, k) == max([0] + [t for t in tops if t <= k])
 
 
-def test_a_run_cut_by_an_arrival_ends_at_the_next_receive():
+def test_a_run_cut_by_an_arrival_ends_at_the_next_receive(cut_decode_run):
     """Passes of 1 s (no slope), interval 4, counter 0 at the start: an arrival at 2.5 s (pass 3
     in flight) is taken in at the loop top after pass 4, so the run ends there (plus the overlap
     step with cut_after 2)."""
-    import simpy
-    from types import SimpleNamespace
     for cut_after, n_exp in ((1, 4), (2, 5)):
-        env = simpy.Environment()
-        fake = SimpleNamespace(env=env, in_run=False, cut_after=cut_after, recv=RecvSkipper(4), _run_c0=0,
-                               _steps_within=Replica._steps_within)
-        out = {}
-
-        def body(fake=fake, out=out):
-            out["steps"] = yield from Replica._decode_run(fake, 0.0, 1.0, 0.0, 20)
-        p = env.process(body())
-
-        def cut(env=env, p=p):
-            yield env.timeout(2.5)
-            p.interrupt()
-        env.process(cut())
-        env.run()
-        assert out["steps"] == n_exp
+        steps, _, _ = cut_decode_run(cut_after, 1.0, 0.0, 20, at=2.5, recv=RecvSkipper(4), _run_c0=0)
+        assert steps == n_exp
 
 
 def _run(interval: int, conc: int, dp: int = 1):

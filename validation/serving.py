@@ -304,8 +304,9 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
         pools = {"both": pool}
     elif not recorded and row.get("id") in inferencex_shapes():
         shape = inferencex_shapes()[row["id"]]
-        if _speculative(shape, tag):
-            return None, _speculative(shape, tag)
+        why = _speculative(shape, tag)
+        if why:
+            return None, why
         pools = {role: _matrix_pool(shape, role) for role in ("prefill", "decode")}
         if any(p["tp"] > dpn for p in pools.values()):
             return None, f"{tag}attention tp spans nodes"

@@ -331,9 +331,9 @@ class Replica:
         prompts = False  # whether the last batch carried prompt tokens (the skipper's weight)
         while True:
             if recv is not None:
-                if recv.tick(prompts) or not sched.has_work():
-                    # idle loops add weight 1 each and take microseconds: receive at once
-                    if not sched.has_work():
+                idle = not sched.has_work()
+                if recv.tick(prompts) or idle:
+                    if idle:  # idle loops add weight 1 each and take microseconds: receive at once
                         recv.counter = 0
                     self._receive(env.now)
                 prompts = False
