@@ -53,7 +53,15 @@ def test_mtp_and_plain_entries_at_the_same_point_are_ambiguous(monkeypatch):
     monkeypatch.setattr(ix, "_matrix", lambda repo, sha, path: matrix)
     import datetime as dt
     versions = [(dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc), "a" * 40, ix.CONFIG_PATHS[0])]
-    assert ix.resolve(ROW, "repo", versions) is None
+    several = ix.resolve(ROW, "repo", versions)
+    # the point is listed, with both candidates, not resolved to either
+    assert (several["deployments"], several["mtp_deployments"]) == (2, 1)
+    assert several["candidates"] == ("2P tp4 ep4 dp-attn + 1D tp32 ep32 dp-attn, mtp; "
+                                     "2P tp4 ep4 dp-attn + 1D tp32 ep32 dp-attn, none")
+    assert several["config_key"] == "dsr1-fp4-gb200-dynamo-trt" and "prefill_num_workers" not in several
+    # other worker counts at the same GPU counts are as ambiguous
+    matrix = _matrix(_entry({"conc-list": [96]}), _entry({"conc-list": [96]}, pw=3))
+    assert ix.resolve(ROW, "repo", versions)["mtp_deployments"] == 0
     matrix = _matrix(_entry({"conc-list": [96]}, spec="mtp"))
     got = ix.resolve(ROW, "repo", versions)
     assert got["spec_decoding"] == "mtp" and got["commit"] == "a" * 40 and got["commit_date"] == "2026-02-01"

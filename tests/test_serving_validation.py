@@ -201,6 +201,26 @@ def test_inferencex_matrix_gives_blank_disaggregated_rows_their_pools(rows):
     assert case is None and "speculative decoding (mtp" in why and "dsr1-fp4-gb200-dynamo-trt" in why
 
 
+def test_points_run_under_several_deployments_are_listed_not_replayed(rows):
+    # InferenceX ran this H200 1k/1k point at c512 twice (2 DEP8 prefill + 7 DEP8 decode workers,
+    # and 1 + 2 with MTP); the export does not say which run the row is, so neither (nor the 1+1
+    # default) is replayed
+    case, why = vs.classify(_row(rows, "2026_03_25_deepseek_r1_h200_sxm_trtllm_fp8_disagg_1024x1024_c512_tp8_0_ep8_0_366"))
+    assert case is None and why == ("disaggregated: deployment unknown: InferenceX matrix dsr1-fp8-h200-dynamo-trt "
+                                    "lists this point 2 deployments, 1 with MTP; the export does not say which")
+    several = vs.inferencex_shapes("ambiguous")
+    # where every candidate drafted with MTP, the row is an MTP row
+    all_mtp = next(i for i, r in several.items() if r["mode"] == "disagg" and r["deployments"] == r["mtp_deployments"])
+    case, why = vs.classify(_row(rows, all_mtp))
+    assert case is None and why.startswith("disaggregated: speculative decoding (mtp, InferenceX matrix ")
+    # an aggregated row records its layout; the matrix ran it with and without MTP
+    agg = next(i for i, r in several.items() if r["mode"] == "agg")
+    case, why = vs.classify(_row(rows, agg))
+    assert case is None and why.startswith("deployment unknown: InferenceX matrix ") and "with and without MTP" in why
+    # rows with one matrix entry are unaffected
+    assert not set(several) & set(vs.inferencex_shapes()) and not set(several) & set(vs.inferencex_shapes("agg"))
+
+
 def test_inferencex_matrix_file_agrees_with_its_recipe_names():
     # where the matrix names the recipe it launched (ctx<P>_gen<D>_..._mtp<k>.yaml), its prefill and
     # decode worker counts and MTP depth agree with the columns the tool read

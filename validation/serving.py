@@ -116,9 +116,11 @@ BACKENDS = ("vllm", "sglang", "trtllm")
 AIC_ESTIMATES = Path(__file__).parent / "data" / "serving" / "aiconfigurator_0.12_estimates_dense_h100_h200.csv"
 # What InferenceX's benchmark matrix listed, when each row was measured, for what its export leaves
 # out: the pools, worker counts and speculative decoding of disaggregated rows, and whether an
-# aggregated run used MTP (validation/tools/inferencex_workers.py; README in that folder)
+# aggregated run used MTP (validation/tools/inferencex_workers.py; README in that folder); and the
+# rows whose point the matrix lists under several deployments ("ambiguous")
 INFERENCEX = {"disagg": Path(__file__).parent / "data" / "serving" / "inferencex_disagg_workers.csv",
-              "agg": Path(__file__).parent / "data" / "serving" / "inferencex_agg_spec.csv"}
+              "agg": Path(__file__).parent / "data" / "serving" / "inferencex_agg_spec.csv",
+              "ambiguous": Path(__file__).parent / "data" / "serving" / "inferencex_ambiguous.csv"}
 MEASURED_COLUMNS = ("silicon_ttft_ms", "silicon_tpot_ms")
 # Replay cost bound: output tokens a row's measured phase generates (10·C·osl). The DES cost
 # grows with them; rows outside the dense H100/H200 acceptance set (which always replays in full)
@@ -226,7 +228,8 @@ def _pool(row: dict, prefix: str, preset: str, devices_per_node: int) -> tuple[d
 
 @functools.cache
 def inferencex_shapes(mode: str = "disagg") -> dict[str, dict]:
-    """Row id -> the InferenceX matrix entry that ran it (INFERENCEX[mode])."""
+    """Row id -> the InferenceX matrix entry that ran it (INFERENCEX[mode]; "ambiguous": the
+    deployments the matrix lists at a point it ran more than once)."""
     with open(INFERENCEX[mode], newline="") as f:
         return {r["id"]: r for r in csv.DictReader(f)}
 
@@ -237,6 +240,17 @@ def _speculative(shape: dict, tag: str) -> str:
         return ""
     return (f"{tag}speculative decoding ({shape['spec_decoding']}, InferenceX matrix "
             f"{shape['config_key']}): draft tokens are not modelled")
+
+
+def _several(entry: dict, tag: str) -> str:
+    """The reason a row whose point InferenceX ran under several deployments is not replayed:
+    the export does not say which run it is, and any one replayed (or a default) could be the
+    wrong one. Where every candidate drafted with MTP, the MTP reason."""
+    n, mtp, key = int(entry["deployments"]), int(entry["mtp_deployments"]), entry["config_key"]
+    if mtp == n:
+        return f"{tag}speculative decoding (mtp, InferenceX matrix {key}): draft tokens are not modelled"
+    what = "run with and without MTP" if entry["mode"] == "agg" else f"{n} deployments, {mtp} with MTP"
+    return f"{tag}deployment unknown: InferenceX matrix {key} lists this point {what}; the export does not say which"
 
 
 def _matrix_pool(shape: dict, role: str) -> dict:
@@ -294,6 +308,9 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
     recorded = mode == "agg" or all(_int(row.get(f"{p}_num_workers")) for p in ("prefill", "decode"))
     # where the pools come from: the row itself, InferenceX's matrix, or one worker each assumed
     pools_from = "row" if recorded else "1+1 assumed"
+    several = inferencex_shapes("ambiguous").get(row.get("id"))
+    if several is not None and (mode == "agg" or not recorded):
+        return None, _several(several, tag)
     if mode == "agg":
         why = _speculative(inferencex_shapes("agg").get(row.get("id"), {"spec_decoding": "none"}), tag)
         if why:

@@ -16,9 +16,15 @@ the matrix lists per entry (`spec-decoding`, or a separate `-mtp` key). An aggre
 matched the same way (its GPU count against the entry's `tp`) and kept only where the entry's
 `ep` and `dp-attn` agree with the layout the row records.
 
+Some points were run more than once: the matrix lists the same model, GPU, lengths, concurrency
+and pool GPU counts under several entries (an MTP recipe beside a plain one, or other worker
+counts), and the exports do not say which run a row comes from. Such rows are written to
+`inferencex_ambiguous.csv` with the deployments the matrix lists for them, so that the replay
+neither picks one nor falls back to a default the matrix contradicts.
+
 Run (needs a clone of SemiAnalysisAI/InferenceX; not run in CI):
     python -m validation.tools.inferencex_workers /path/to/InferenceX validation/data/serving
-writes `inferencex_disagg_workers.csv` and `inferencex_agg_spec.csv` there.
+writes `inferencex_disagg_workers.csv`, `inferencex_agg_spec.csv` and `inferencex_ambiguous.csv` there.
 """
 from __future__ import annotations
 
@@ -66,8 +72,11 @@ class AggShape(NamedTuple):
 
 
 PROVENANCE = ["config_key", "config_file", "commit", "commit_date"]
-FIELDS = {"disagg": ["id", *Shape._fields, *PROVENANCE], "agg": ["id", *AggShape._fields, *PROVENANCE]}
-FILES = {"disagg": "inferencex_disagg_workers.csv", "agg": "inferencex_agg_spec.csv"}
+FIELDS = {"disagg": ["id", *Shape._fields, *PROVENANCE], "agg": ["id", *AggShape._fields, *PROVENANCE],
+          "ambiguous": ["id", "mode", "deployments", "mtp_deployments", "candidates", "config_key",
+                        "commit", "commit_date"]}
+FILES = {"disagg": "inferencex_disagg_workers.csv", "agg": "inferencex_agg_spec.csv",
+         "ambiguous": "inferencex_ambiguous.csv"}
 
 
 def _shape(entry: dict) -> Shape | AggShape:
@@ -199,22 +208,37 @@ def _config_file(entry: dict) -> str:
     return ""
 
 
+def _describe(shape: Shape | AggShape) -> str:
+    """One deployment in a line: `2P tp4 ep4 dp-attn + 1D tp32 ep32 dp-attn, mtp`."""
+    if isinstance(shape, AggShape):
+        return f"tp{shape.tp} ep{shape.ep}{' dp-attn' if shape.dp_attn else ''}, {shape.spec_decoding}"
+    pools = [f"{n}{r} tp{tp} ep{ep}{' dp-attn' if dpa else ''}" for r, (n, tp, ep, dpa) in
+             (("P", shape[0:4]), ("D", shape[4:8]))]
+    return f"{' + '.join(pools)}, {shape.spec_decoding}"
+
+
 def resolve(row: dict, repo: str, versions: list) -> dict | None:
     """The matrix entry that ran `row`: the last version at (or a day after) its measured date
-    first, then earlier ones, then later ones, all within WINDOW_DAYS; None if none matches or
-    one version lists the point twice with different pools or speculative decoding."""
+    first, then earlier ones, then later ones, all within WINDOW_DAYS; None if none matches. Where
+    the first version that lists the point lists it under several deployments (other pools or
+    speculative decoding), the record says so instead (`deployments` > 1, the candidates in
+    `candidates`, how many with speculative decoding in `mtp_deployments`)."""
     when = _measured(row)
     cut, window = when + dt.timedelta(days=1), dt.timedelta(days=WINDOW_DAYS)
     near = [v for v in versions if abs(v[0] - when) <= window]
     for t, sha, path in [v for v in near if v[0] <= cut][::-1] + [v for v in near if v[0] > cut]:
         found = matches(row, _matrix(repo, sha, path))
-        answers = {_shape(e) for _, e in found}
+        answers = sorted({_shape(e) for _, e in found})
+        provenance = {"commit": sha, "commit_date": t.date().isoformat()}
         if len(answers) == 1:
             key, entry = found[0]
-            return {"id": row["id"], **answers.pop()._asdict(), "config_key": key,
-                    "config_file": _config_file(entry), "commit": sha, "commit_date": t.date().isoformat()}
+            return {"id": row["id"], **answers[0]._asdict(), "config_key": key,
+                    "config_file": _config_file(entry), **provenance}
         if len(answers) > 1:
-            return None
+            return {"id": row["id"], "mode": row["mode"], "deployments": len(answers),
+                    "mtp_deployments": sum(a.spec_decoding != "none" for a in answers),
+                    "candidates": "; ".join(_describe(a) for a in answers),
+                    "config_key": " ".join(sorted({k for k, _ in found})), **provenance}
     return None
 
 
@@ -233,20 +257,23 @@ def main(argv: list[str]) -> int:
         return 2
     repo, out_dir = argv
     versions = _versions(repo)
-    found: dict = {"agg": [], "disagg": []}
+    found: dict = {"agg": [], "disagg": [], "ambiguous": []}
     rows = [r for r in read_rows() if _wanted(r)]
     for r in rows:
         got = resolve(r, repo, versions)
         if got:
-            found[r["mode"]].append(got)
-    for mode, out in found.items():
+            found["ambiguous" if "deployments" in got else r["mode"]].append(got)
+    for kind, out in found.items():
         buf = io.StringIO()
-        w = csv.DictWriter(buf, FIELDS[mode], lineterminator="\n")
+        w = csv.DictWriter(buf, FIELDS[kind], lineterminator="\n")
         w.writeheader()
         w.writerows(out)
-        write_text_atomic(os.path.join(out_dir, FILES[mode]), buf.getvalue())
+        write_text_atomic(os.path.join(out_dir, FILES[kind]), buf.getvalue())
+    for mode in ("disagg", "agg"):
         n = sum(r["mode"] == mode for r in rows)
-        print(f"{mode}: {len(out)} of {n} rows matched", file=sys.stderr)
+        several = sum(a["mode"] == mode for a in found["ambiguous"])
+        print(f"{mode}: {len(found[mode])} of {n} rows matched, {several} listed under several deployments",
+              file=sys.stderr)
     return 0
 
 
