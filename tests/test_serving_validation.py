@@ -134,6 +134,18 @@ def test_aiconfigurator_estimates_sit_beside_ours(rows, tmp_path):
     assert matched[0]["id"][-40:] in vs.format_report(doc, rows=True)
 
 
+def test_groups_carry_the_signed_median_beside_the_absolute_one():
+    rows = [{"engine": "sglang", "ttft_error_pct": e, "tpot_error_pct": -e / 10} for e in (-60.0, -20.0, 5.0)]
+    g = vs._summarise(rows, lambda r: r["engine"])["sglang"]
+    assert g["median_abs_ttft_error_pct"] == 20.0 and g["median_ttft_error_pct"] == -20.0
+    assert g["median_tpot_error_pct"] == 2.0
+    doc = {"by_engine": {"sglang": g}, "by_system": {}, "by_family": {}, "by_mode": {}, "by_client": {},
+           "dense_h100_h200_by_engine": {}, "dense_h100_h200": {}, "rows_modelled": 0, "skip_reasons": {},
+           "wall_s": 0.0}
+    line = next(x for x in vs.format_report(doc).splitlines() if x.startswith("  sglang"))
+    assert line.split()[4:6] == ["-20.0%", "+2.0%"]
+
+
 def test_validate_serving_bad_flags_exit_2(capsys):
     code = main(["validate", "serving", "--client", "locust"])
     err = capsys.readouterr().err

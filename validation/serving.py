@@ -607,6 +607,9 @@ def _summarise(rows: list, key) -> dict:
         out[k] = {"rows": len(rs),
                   "median_abs_ttft_error_pct": _median([abs(r["ttft_error_pct"]) for r in rs]),
                   "median_abs_tpot_error_pct": _median([abs(r["tpot_error_pct"]) for r in rs]),
+                  # signed: below zero the model predicts a shorter TTFT / TPOT than measured
+                  "median_ttft_error_pct": _median([r["ttft_error_pct"] for r in rs]),
+                  "median_tpot_error_pct": _median([r["tpot_error_pct"] for r in rs]),
                   "aic_rows": len(aic),
                   "ours_on_aic_rows_ttft_pct": _median([abs(r["ttft_error_pct"]) for r in aic]),
                   "ours_on_aic_rows_tpot_pct": _median([abs(r["tpot_error_pct"]) for r in aic]),
@@ -736,23 +739,28 @@ def format_report(doc: dict, rows: bool = False) -> str:
                          f"{r['pred_tpot_s'] * 1e3:8.2f} {r['tpot_error_pct']:7.1f} "
                          f"{_pct(r['aic_tpot_error_pct'])}")
         lines.append("")
-    head = (f"{'':<27} {'rows':>5}  {'|TTFT err| p50':>14} {'|TPOT err| p50':>14}   "
-            f"{'AIC rows':>8}  {'ours TTFT':>9} {'AIC TTFT':>9}  {'ours TPOT':>9} {'AIC TPOT':>9}")
+    head = (f"{'':<27} {'rows':>5}  {'|TTFT err| p50':>14} {'|TPOT err| p50':>14}  {'bias TTFT':>9} "
+            f"{'TPOT':>7}   {'AIC rows':>8}  {'ours TTFT':>9} {'AIC TTFT':>9}  {'ours TPOT':>9} {'AIC TPOT':>9}")
+
+    def signed(x) -> str:
+        return f"{x:+6.1f}%" if x is not None else "      -"
 
     def table(title: str, groups: dict) -> None:
         lines.append(f"{title}")
         lines.append(head)
         for k, g in groups.items():
             lines.append(f"  {str(k):<25} {g['rows']:>5}  {_pct(g['median_abs_ttft_error_pct']):>14} "
-                         f"{_pct(g['median_abs_tpot_error_pct']):>14}   {g['aic_rows']:>8}  "
+                         f"{_pct(g['median_abs_tpot_error_pct']):>14}  {signed(g['median_ttft_error_pct']):>9} "
+                         f"{signed(g['median_tpot_error_pct']):>7}   {g['aic_rows']:>8}  "
                          f"{_pct(g['ours_on_aic_rows_ttft_pct']):>9} {_pct(g['aic_median_abs_ttft_error_pct']):>9}  "
                          f"{_pct(g['ours_on_aic_rows_tpot_pct']):>9} {_pct(g['aic_median_abs_tpot_error_pct']):>9}")
         lines.append("")
 
     if doc.get("deployment", "recorded") != "recorded":
         lines.append(f"deployment: {doc['deployment']} (docs/modeling.md §4)")
-    lines.append("median |error| of the mean TTFT / TPOT; AIC: AIConfigurator 0.12's own estimates of the "
-                 "same rows, where it has them (ours beside it on those rows)")
+    lines.append("median |error| of the mean TTFT / TPOT; bias: median signed error (below zero: predicted "
+                 "shorter than measured); AIC: AIConfigurator 0.12's own estimates of the same rows, where it "
+                 "has them (ours beside it on those rows)")
     lines.append("")
     for title, key in (("by engine", "by_engine"), ("by system", "by_system"),
                        ("by model family", "by_family"), ("by mode", "by_mode"),
