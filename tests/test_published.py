@@ -40,7 +40,12 @@ def test_nemo_2407_error_bars():
 def test_validate_published_cli_json(capsys):
     assert main(["validate", "published", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert {"cases", "mape_pct", "max_error_pct", "tables"} <= set(d)
+    assert {"cases", "mape_pct", "mean_error_pct", "max_error_pct", "tables"} <= set(d)
+    # the bias is the mean of the signed errors, the MAPE that of their sizes
+    t2 = [c for c in d["cases"] if c["table"] == "megatron-2021-table2"]
+    assert d["tables"]["megatron-2021-table2"]["mean_error_pct"] == pytest.approx(
+        sum(c["error_pct"] for c in t2) / len(t2), abs=0.01)
+    assert abs(d["mean_error_pct"]) <= d["mape_pct"]
     assert {"name", "predicted", "measured", "unit", "error_pct"} <= set(d["cases"][0])
     assert set(d["tables"]) == {"megatron-2021-table1", "megatron-2021-table2", "nemo-24.07", "mlperf-3.0-gpt3",
                                 "megatron-bridge-h100", "megatron-bridge-blackwell", "llm-foundry-fsdp", "torchtitan"}
