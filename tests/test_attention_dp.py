@@ -150,6 +150,23 @@ def test_a_dp_replica_serves_every_request_on_its_ranks(h200):
     assert all(k.used == 0 for k in sim.replicas[0].kvs)
 
 
+def test_a_dp_replica_records_its_decode_runs_as_the_time_they_took(h200):
+    # one request per rank arriving together, 64 output tokens: the ranks decode in runs of
+    # identical passes (one event each); every record's steps x mean duration is the time the
+    # run took, so together they add up to the replica's busy time
+    plan = ServingPlan((ReplicaGroup(h200, 1, 1, 4, 1, "both", 4),), engine="sglang", dtype="fp8",
+                       prefix_caching=False)
+    wl = ServingWorkload(num_requests=4, rate=RateSchedule.parse("1000"),
+                         prompt_len=LengthDist.parse("128"), output_len=LengthDist.parse("64"))
+    sim = ServingSimulation(load_model("qwen3-30b-a3b"), plan, wl)
+    sim.run()
+    rec, rep = sim.recorder, sim.replicas[0]
+    steps, durs = rec.it_steps[rep.index], rec.it_dur[rep.index]
+    assert max(steps) > 1, "no decode run to check"
+    assert sum(d * k for d, k in zip(durs, steps)) == pytest.approx(rep.busy_s, rel=1e-9)
+    assert all(0 < d < 1.0 for d in durs)
+
+
 def test_attention_dp_validation_row_is_now_modelled():
     rows = vs.read_rows()
     # the smallest-concurrency TRT-LLM row with attention DP 8 that is replayed (the H200 ones are
