@@ -721,8 +721,8 @@ def run_suite(path: str | None = None, limit: int | None = None, quick: bool = F
     }
 
 
-def _pct(x) -> str:
-    return f"{x:6.1f}%" if x is not None else "      -"
+def _pct(x, signed: bool = False) -> str:
+    return (f"{x:+6.1f}%" if signed else f"{x:6.1f}%") if x is not None else "      -"
 
 
 def format_report(doc: dict, rows: bool = False) -> str:
@@ -742,16 +742,13 @@ def format_report(doc: dict, rows: bool = False) -> str:
     head = (f"{'':<27} {'rows':>5}  {'|TTFT err| p50':>14} {'|TPOT err| p50':>14}  {'bias TTFT':>9} "
             f"{'TPOT':>7}   {'AIC rows':>8}  {'ours TTFT':>9} {'AIC TTFT':>9}  {'ours TPOT':>9} {'AIC TPOT':>9}")
 
-    def signed(x) -> str:
-        return f"{x:+6.1f}%" if x is not None else "      -"
-
     def table(title: str, groups: dict) -> None:
         lines.append(f"{title}")
         lines.append(head)
         for k, g in groups.items():
             lines.append(f"  {str(k):<25} {g['rows']:>5}  {_pct(g['median_abs_ttft_error_pct']):>14} "
-                         f"{_pct(g['median_abs_tpot_error_pct']):>14}  {signed(g['median_ttft_error_pct']):>9} "
-                         f"{signed(g['median_tpot_error_pct']):>7}   {g['aic_rows']:>8}  "
+                         f"{_pct(g['median_abs_tpot_error_pct']):>14}  {_pct(g['median_ttft_error_pct'], True):>9} "
+                         f"{_pct(g['median_tpot_error_pct'], True):>7}   {g['aic_rows']:>8}  "
                          f"{_pct(g['ours_on_aic_rows_ttft_pct']):>9} {_pct(g['aic_median_abs_ttft_error_pct']):>9}  "
                          f"{_pct(g['ours_on_aic_rows_tpot_pct']):>9} {_pct(g['aic_median_abs_tpot_error_pct']):>9}")
         lines.append("")
