@@ -712,14 +712,24 @@ def load_moe_table(system: str, framework: str) -> MoETable | None:
         df = _read(path)
         if not set(cols) <= set(df.columns):
             continue
-        df = df[cols].groupby(cols[:-1], as_index=False)["latency"].mean()
-        for key, g in df.groupby(cols[:8]):
-            key = (str(key[0]),) + tuple(int(x) for x in key[1:7]) + (str(key[7]),)
-            if key in curves or len(g) < 2:
+        # repeated points averaged; the sorted group keys leave each shape's rows contiguous and
+        # ordered by num_tokens, so the shapes are cut at key changes (one pass over numpy
+        # columns: a pandas group per shape costs seconds per table)
+        df = df[cols].groupby(cols[:-1], as_index=False, sort=True)["latency"].mean()
+        keys = [df[c].to_numpy(dtype=object) for c in cols[:8]]
+        toks_all = df["num_tokens"].to_numpy(dtype=float)
+        sec_all = df["latency"].to_numpy(dtype=float) * _MS
+        n = len(df)
+        change = np.zeros(n, dtype=bool)
+        change[:1] = True
+        for k in keys:
+            change[1:] |= k[1:] != k[:-1]
+        starts = np.flatnonzero(change).tolist() + [n]
+        for a, b in zip(starts[:-1], starts[1:]):
+            key = (str(keys[0][a]),) + tuple(int(k[a]) for k in keys[1:7]) + (str(keys[7][a]),)
+            if key in curves or b - a < 2:
                 continue
-            g = g.sort_values("num_tokens")
-            toks = g["num_tokens"].to_numpy(dtype=float)
-            sec = g["latency"].to_numpy(dtype=float) * _MS
+            toks, sec = toks_all[a:b], sec_all[a:b]
             if (toks <= 0).any() or (sec <= 0).any():
                 continue
             curves[key] = ([math.log2(x) for x in toks], [math.log2(t) for t in sec], ver)
