@@ -247,18 +247,44 @@ class IterationCost:
                           f"ep={moe_ep} ({'/'.join(wanted)}); experts costed as grouped GEMMs")
         return None
 
-    def fused_moe_s(self, tokens: float) -> float | None:
-        """One MoE layer's routed experts (top-k, permute, both expert GEMMs, activation,
-        un-permute) for `tokens` tokens entering the fused-MoE layer of one rank, from the measured
-        table; None where none applies (the caller keeps the grouped-GEMM ops)."""
+    def moe_share_s(self, tokens: float) -> float | None:
+        """The measured fused-MoE time of this rank's share of the experts at `tokens` tokens (as
+        collected, before device scaling), None without a table.
+
+        A rank's share at moe_tp is a sub-problem of its share at moe_tp / 2^j (half the columns
+        of each expert's up/gate projection, half the rows of its down projection, the same
+        tokens), so it never needs longer: engines pick the MoE GEMM tactic per shape
+        (TensorRT-LLM's MoE plugin profiles its CUTLASS tactics at engine build; the PyTorch flow
+        autotunes them). Where the table's point is slower than a larger share's, the larger
+        share's time bounds it."""
         if self._moe is None:
             return None
         tab, dt, moe_tp, moe_ep = self._moe
         m = self.model
-        t = tab.time_s(tokens, dt, m.hidden_size, m.moe_ffn_hidden_size, m.experts_per_token,
-                       m.num_experts, moe_tp, moe_ep, self.moe_load)
+
+        def at(share_tp: int) -> float | None:
+            return tab.time_s(tokens, dt, m.hidden_size, m.moe_ffn_hidden_size, m.experts_per_token,
+                              m.num_experts, share_tp, moe_ep, self.moe_load)
+        t = at(moe_tp)
         if t is None:
             return None
+        wider = moe_tp // 2
+        while wider >= 1 and moe_tp % wider == 0:
+            if tab.covers(dt, m.hidden_size, m.moe_ffn_hidden_size, m.experts_per_token, m.num_experts,
+                          wider, moe_ep, self.moe_load):
+                t = min(t, at(wider))
+            wider //= 2
+        return t
+
+    def fused_moe_s(self, tokens: float) -> float | None:
+        """One MoE layer's routed experts (top-k, permute, both expert GEMMs, activation,
+        un-permute) for `tokens` tokens entering the fused-MoE layer of one rank, from the measured
+        table; None where none applies (the caller keeps the grouped-GEMM ops)."""
+        t = self.moe_share_s(tokens)
+        if t is None:
+            return None
+        _, dt, moe_tp, moe_ep = self._moe
+        m = self.model
         # scaled as the GEMM tables are: by the peak ratio for a device that borrows another's
         # tables, then to sustained clocks by its arithmetic intensity (KernelModel.sustained_s):
         # the rank's share of a balanced load's FLOPs over the bytes it moves, the local experts'
