@@ -117,6 +117,30 @@ def test_measured_columns_are_read_only_to_compare(rows, tmp_path):
     assert {r["client"] for r in da["rows"]} == {"bench-serving", "aiperf"}
 
 
+def test_rows_differing_only_in_id_and_measurements_replay_once(rows, tmp_path, monkeypatch):
+    """The gap-analysis copies of InferenceMAX rows repeat a row under another id: one replay
+    serves both (a replay reads nothing else), and each keeps its own measurements."""
+    r = _pick(rows, lambda r: r["silicon_data_source"].startswith("db-dump/") and r["mode"] == "agg"
+              and _small(r))[0]
+    copy = {**r, "id": r["id"] + "_copy", **{k: str(float(r[k]) * 2.0) for k in vs.MEASURED_COLUMNS}}
+    other = {**r, "id": r["id"] + "_other", "isl": str(int(r["isl"]) // 2)}
+    p = tmp_path / "dup.csv"
+    _write(p, [r, copy, other])
+    calls = []
+    real = vs.replay
+
+    def counting(case, *a, **k):
+        calls.append(case["id"])
+        return real(case, *a, **k)
+    monkeypatch.setattr(vs, "replay", counting)
+    doc = vs.run_suite(str(p), quick=True, jobs=1)
+    assert sorted(calls) == sorted([r["id"], other["id"]])
+    got = {x["id"]: x for x in doc["rows"]}
+    assert got[copy["id"]]["pred_ttft_s"] == got[r["id"]]["pred_ttft_s"]
+    assert got[copy["id"]]["ttft_s"] == pytest.approx(2.0 * got[r["id"]]["ttft_s"])
+    assert got[other["id"]]["pred_ttft_s"] != got[r["id"]]["pred_ttft_s"]
+
+
 def test_aiconfigurator_estimates_sit_beside_ours(rows, tmp_path):
     est = vs.aic_estimates()
     assert len(est) >= 740  # 748 estimated of 778 (validation/data/serving/README.md)
