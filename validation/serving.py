@@ -126,8 +126,8 @@ MEASURED_COLUMNS = ("silicon_ttft_ms", "silicon_tpot_ms")
 # Replay cost bound: output tokens a row's measured phase generates (10·C·osl). The DES cost
 # grows with them; rows outside the dense H100/H200 acceptance set (which always replays in full)
 # beyond the bound are listed ("replay exceeds the per-row budget") so that the default suite
-# stays within a minute on two cores (measured: docs/modeling.md §4.6). A run-time budget, not a
-# model constant: --max-row-tokens raises it (the full set of 2,670 rows: 10,485,760, ~5 min).
+# stays near a minute on two cores (measured: docs/modeling.md §4.6). A run-time budget, not a
+# model constant: --max-row-tokens raises it (without a bound: 4,071 rows, about 10 minutes).
 MAX_ROW_TOKENS = 1_048_576
 
 
