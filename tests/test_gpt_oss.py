@@ -244,3 +244,19 @@ def test_bad_window_config_is_one_line_and_exit_2(tmp_path, kw, words):
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2, r.stderr
     assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_mxfp4_experts_keep_16_bit_activations_except_trtllm_on_blackwell():
+    """costs.checkpoint_moe_quant: vLLM and SGLang run GPT-OSS's MXFP4 experts with 16-bit
+    activations on Hopper and Blackwell; TensorRT-LLM's default Blackwell MoE backend quantises
+    the activations to MXFP8 (TensorRT-LLM "Deployment Guide for GPT-OSS"), its Hopper one not.
+    A model without MXFP4 experts keeps its dtype (None)."""
+    from simulator.serving.costs import checkpoint_moe_quant
+    gpt = load_model("gpt-oss-120b")
+    b200, h200 = load_cluster("dgx-b200").device, load_cluster("dgx-h200").device
+    assert checkpoint_moe_quant(gpt, "trtllm", b200) == "w4a8_mxfp4_mxfp8"
+    for engine in ("vllm", "sglang"):
+        assert checkpoint_moe_quant(gpt, engine, b200) == "w4a16_mxfp4"
+    for engine in ("vllm", "sglang", "trtllm"):
+        assert checkpoint_moe_quant(gpt, engine, h200) == "w4a16_mxfp4"
+    assert checkpoint_moe_quant(load_model("mixtral-8x7b"), "trtllm", b200) is None

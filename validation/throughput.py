@@ -137,20 +137,19 @@ def run_suite(path: str | None = None, limit: int | None = None, models: tuple =
             skipped.append({"row": label, "reason": NOT_REPLAYED[row["model"]]})
             continue
         try:
-            todo.append((row, case_of(row)))
+            todo.append((row, case_of(row), label))
         except InputError as e:
             refused.append({"row": label, "reason": str(e)})
     workers = min(jobs or os.cpu_count() or 1, max(1, len(todo) // 8))
     if workers > 1:
         with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_replay_row, [c for _, c in todo], chunksize=4))
+            results = list(pool.map(_replay_row, [c for _, c, _ in todo], chunksize=4))
     else:
-        results = [_replay_row(c) for _, c in todo]
+        results = [_replay_row(c) for _, c, _ in todo]
     cases = []
-    for (row, c), r in zip(todo, results):
+    for (row, c, label), r in zip(todo, results):
         if "error" in r:
-            refused.append({"row": f"{row['model']} {row['gpu']} {row['precision']} tp={row['tp']} "
-                                   f"{row['isl']}/{row['osl']}", "reason": r["error"]})
+            refused.append({"row": label, "reason": r["error"]})
             continue
         a = aic.get((row["model"], row["precision"], row["gpu"], c["tp"], c["isl"], c["osl"]))
         cases.append({
