@@ -1,8 +1,8 @@
 """`clusterplan validate throughput`: offline maximum throughput against TensorRT-LLM's published
-table (validation/data/published/tensorrt_llm_v0.14_offline_throughput.csv: every cell of the
-document's throughput table, Llama 3 / 3.1 8B-405B and Mixtral 8x7B / 8x22B; Mistral 7B's cells
-are listed, not replayed: the document does not name the checkpoint, and Mistral-7B-v0.1 attends
-through a 4,096-token sliding window that later versions dropped).
+table (validation/data/published/tensorrt_llm_v0.14_offline_throughput.csv), every cell of the
+document's throughput table: Llama 3.1 8B, Llama 3 and 3.1 70B, Llama 3.1 405B, Mixtral 8x7B and
+8x22B. Mistral 7B's cells are listed, not replayed: the document does not name the checkpoint,
+and Mistral-7B-v0.1 attends through a 4,096-token sliding window that later versions dropped.
 
 Every row is replayed as `trtllm-bench` ran it (simulator/serving/offline.py): the dataset of
 `num_requests` requests at fixed ISL/OSL all queued at t = 0, the engine's max_batch_size and
