@@ -667,7 +667,7 @@ def run_suite(path: str | None = None, limit: int | None = None, quick: bool = F
     # longest replays first so the pool's workers finish together
     order = sorted(distinct, key=lambda i: -cases[i]["concurrency"] * cases[i]["osl"])
     work = [cases[i] for i in order]
-    workers = min(jobs or os.cpu_count() or 1, max(1, len(cases) // 8))
+    workers = min(jobs or os.cpu_count() or 1, max(1, len(work) // 8))
     if executor is not None:  # rows are independent; results come back in row order
         preds = executor.map(_replay_task, [(case, quick, forced, deployment) for case in work])
     elif workers > 1:
@@ -675,12 +675,11 @@ def run_suite(path: str | None = None, limit: int | None = None, quick: bool = F
             preds = list(pool.map(_replay_task, [(case, quick, forced, deployment) for case in work], chunksize=4))
     else:
         preds = [replay(case, 0, quick, forced, deployment) for case in work]
-    by_index = dict(zip(order, preds))
-    by_index = {i: by_index[j] for i, j in enumerate(same)}
+    pred_of = dict(zip(order, preds))
     aic = aic_estimates()
     results = []
     for i, case in enumerate(cases):
-        pred = by_index[i]
+        pred = pred_of[same[i]]
         if "error" in pred:
             why = "cannot be built here: " + pred["error"].split(": ", 1)[-1]
             skipped.append({"id": case["id"], "reason": why})

@@ -23,7 +23,6 @@ about three minutes on two cores.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import math
 import os
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 from hwmodels.errors import InputError
+from simulator.executor import LocalExecutor
 
 DATA = Path(__file__).resolve().parent / "data" / "published"
 TABLE = DATA / "tensorrt_llm_v0.14_offline_throughput.csv"
@@ -142,8 +142,8 @@ def run_suite(path: str | None = None, limit: int | None = None, models: tuple =
             refused.append({"row": label, "reason": str(e)})
     workers = min(jobs or os.cpu_count() or 1, max(1, len(todo) // 8))
     if workers > 1:
-        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_replay_row, [c for _, c, _ in todo], chunksize=4))
+        with LocalExecutor(workers) as pool:
+            results = pool.map(_replay_row, [c for _, c, _ in todo])
     else:
         results = [_replay_row(c) for _, c, _ in todo]
     cases = []
