@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 import pulp
 
 from hwmodels.errors import InputError
+from simulator.regimes import serving_fleet_validation
 
 DEFAULT_TIME_LIMIT_S = 5.0
 DEFAULT_GAP = 0.0
@@ -912,7 +913,9 @@ def plan_serving(model, pool: list[PoolEntry], workload, rate: float, slo_ttft_s
             for j, cc in enumerate(class_caps) for c in cc],
         "size_classes": [{"max_prompt_len": b, "share": sh, "prompt_len": d.text} for b, sh, d in size] or None,
         "kv_transfer_bytes_per_s": kv_rate if "disaggregated" in modes else None,
-        "fleets": fleets,
+        "fleets": [{**f, "validation": serving_fleet_validation(
+            model, engine, [r["device"] for r in f["replicas"]], "agg" if f["mode"] == "aggregated" else "disagg")}
+            for f in fleets],
         "pareto": pareto_front(verified, pk),
         "search_time_s": time.perf_counter() - t0,
         "solver": {"status": fleets[0]["solver_status"], "time_limit_s": time_limit_s, "gap": gap,

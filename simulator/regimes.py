@@ -31,12 +31,17 @@ def regime_key(job, plan, cluster) -> str:
     return f"{family}/{cluster.device.name}/{_PRECISION[job.dtype]}"
 
 
+def _regimes_in(path: Path) -> dict:
+    """The "regimes" of a validated-regimes file ({} before one is written)."""
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        return json.load(f)["regimes"]
+
+
 @cache
 def _measured() -> dict:
-    if not REGIMES_FILE.exists():
-        return {}
-    with open(REGIMES_FILE) as f:
-        return json.load(f)["regimes"]
+    return _regimes_in(REGIMES_FILE)
 
 
 def validation_of(job, plan, cluster) -> dict:
@@ -54,3 +59,67 @@ def validation_of(job, plan, cluster) -> dict:
         f"not validated at this scale: published runs of {key} reach {row['max_devices']:,} devices "
         f"(MAPE {row['mape_pct']:.1f}%), this job has {n:,}")
     return {"regime": key, "validated": ok, **row, "note": note}
+
+
+# ---- serving: the measured deployments that validate a serving prediction -----------------------
+# `validate serving` replays measured deployments (aiconfigurator-core's silicon_sample.csv) and
+# writes each serving regime's error to this file (`clusterplan validate serving --regimes`);
+# tests/test_serving_regimes.py replays the rows it fingerprints and fails when it is stale.
+SERVING_REGIMES_FILE = Path(__file__).parent / "data" / "validated_serving_regimes.json"
+
+
+def model_architecture(model) -> str:
+    """The part of the cost model a serving prediction leans on: 'hybrid' (recurrent mixers:
+    Mamba-2, Gated DeltaNet), 'moe' (routed experts: the fused-MoE tables, token dispatch), or
+    'dense'."""
+    if model.num_state_layers:
+        return "hybrid"
+    return "moe" if model.is_moe else "dense"
+
+
+def serving_regime_key(engine: str, device: str, model, mode: str) -> str:
+    """'engine/device/architecture/mode', e.g. 'vllm/h100-sxm/dense/agg': each engine has its own
+    scheduler policy and kernel tables, each device its own tables, and disaggregated serving adds
+    the KV transfer and two pools."""
+    return f"{engine}/{device}/{model_architecture(model)}/{mode}"
+
+
+@cache
+def _serving_measured() -> dict:
+    return _regimes_in(SERVING_REGIMES_FILE)
+
+
+def serving_validation_of(engine: str, device: str, model, mode: str) -> dict:
+    """One serving regime and its measured error (median |error| of the mean TTFT and TPOT over
+    the measured deployments), or why none applies."""
+    key = serving_regime_key(engine, device, model, mode)
+    row = _serving_measured().get(key)
+    if row is None:
+        return {"regime": key, "validated": False, "rows": 0, "ttft_median_abs_pct": None,
+                "tpot_median_abs_pct": None, "note": f"no measured deployment validates {key}"}
+    note = (f"validated regime {key}: median |error| TTFT {row['ttft_median_abs_pct']:.1f}%, "
+            f"TPOT {row['tpot_median_abs_pct']:.1f}% over {row['rows']} measured deployments "
+            f"(closed-loop benchmark clients, concurrency {row['min_concurrency']}-{row['max_concurrency']})")
+    return {"regime": key, "validated": True, **row, "note": note}
+
+
+def serving_fleet_validation(model, engine: str, devices, mode: str) -> dict:
+    """The regimes of a fleet's replicas (`devices`: their device names; `mode` agg | disagg), one
+    per distinct regime, and whether every one is validated; `ttft/tpot_median_abs_pct` are the
+    worst of them (None when one is not validated)."""
+    seen: dict = {}
+    for device in devices:
+        v = serving_validation_of(engine, device, model, mode)
+        seen.setdefault(v["regime"], v)
+    vs = list(seen.values())
+    ok = all(v["validated"] for v in vs)
+    worst = lambda k: max(v[k] for v in vs) if ok else None  # noqa: E731
+    return {"validated": ok, "regimes": vs, "ttft_median_abs_pct": worst("ttft_median_abs_pct"),
+            "tpot_median_abs_pct": worst("tpot_median_abs_pct"),
+            "note": "; ".join(v["note"] for v in vs)}
+
+
+def serving_plan_validation(model, plan) -> dict:
+    """`serving_fleet_validation` of a `ServingPlan`'s replica groups."""
+    return serving_fleet_validation(model, plan.engine, [g.cluster.device.name for g in plan.groups],
+                                    "disagg" if plan.disaggregated else "agg")

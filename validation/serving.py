@@ -733,6 +733,51 @@ def run_suite(path: str | None = None, limit: int | None = None, quick: bool = F
     }
 
 
+# ---- the serving regimes file (simulator/regimes.py SERVING_REGIMES_FILE) --------------------------
+# fingerprint rows per regime: replayed again by tests/test_serving_regimes.py to catch a stale file
+REGIME_FINGERPRINTS = 1
+
+
+@functools.lru_cache(maxsize=None)
+def _row_regime(engine: str, cluster: str, model: str, mode: str) -> str:
+    from simulator.regimes import serving_regime_key
+    return serving_regime_key(engine, load_cluster(cluster).device.name, load_model(model),
+                              "disagg" if mode == "disagg" else "agg")
+
+
+def serving_regimes(doc: dict) -> dict:
+    """Per serving regime (simulator.regimes.serving_regime_key) of a default `run_suite`
+    document: its modelled rows, median |error| and median signed error of the mean TTFT and
+    TPOT, the client concurrencies covered, and the cheapest rows as fingerprints."""
+    groups: dict = {}
+    for r in doc["rows"]:
+        groups.setdefault(_row_regime(r["engine"], r["cluster"], r["model"], r["mode"]), []).append(r)
+    out = {}
+    for key, rs in sorted(groups.items()):
+        cheap = sorted(rs, key=lambda r: (r["concurrency"] * r["osl"], r["id"]))[:REGIME_FINGERPRINTS]
+        out[key] = {"rows": len(rs),
+                    "ttft_median_abs_pct": round(_median([abs(r["ttft_error_pct"]) for r in rs]), 2),
+                    "tpot_median_abs_pct": round(_median([abs(r["tpot_error_pct"]) for r in rs]), 2),
+                    "ttft_bias_pct": round(_median([r["ttft_error_pct"] for r in rs]), 2),
+                    "tpot_bias_pct": round(_median([r["tpot_error_pct"] for r in rs]), 2),
+                    "min_concurrency": min(r["concurrency"] for r in rs),
+                    "max_concurrency": max(r["concurrency"] for r in rs),
+                    "fingerprints": [{"id": r["id"], "pred_ttft_s": r["pred_ttft_s"],
+                                      "pred_tpot_s": r["pred_tpot_s"]} for r in cheap]}
+    return out
+
+
+def regimes_document(doc: dict) -> str:
+    """The serving regimes file's text for a default `run_suite` document."""
+    if (doc["scope"], doc["deployment"], doc["protocol"]["client"], doc["protocol"]["measured_per_slot"]) != \
+            ("all", "recorded", "auto", 10):
+        raise InputError("--regimes needs the default suite (scope all, deployment recorded, client auto, "
+                         "not --quick)")
+    return json.dumps({"written_by": "clusterplan validate serving --regimes",
+                       "rows_modelled": doc["rows_modelled"], "regimes": serving_regimes(doc)},
+                      indent=1, sort_keys=True) + "\n"
+
+
 def _pct(x, signed: bool = False) -> str:
     return (f"{x:+6.1f}%" if signed else f"{x:6.1f}%") if x is not None else "      -"
 

@@ -300,6 +300,8 @@ def cmd_simulate_serve(args):
     doc = report.to_dict()
     doc["model"] = model.name
     doc["cluster"] = cluster.name
+    from simulator.regimes import serving_plan_validation
+    doc["validation"] = serving_plan_validation(model, plan)
     if limits is not None:
         doc["offline_limits"] = limits.to_dict()
         doc["notes"] = doc.get("notes", []) + [
@@ -425,6 +427,8 @@ def format_serving(d: dict) -> str:
                          f"request and GPU, {pool}")
     for n in d["notes"]:
         lines.append(f"  note: {n}")
+    if d.get("validation"):
+        lines.append(f"  trust: {d['validation']['note']}")
     o = d.get("overload")
     if o and o["overloaded"]:
         lines.append(f"  WARNING: offered load {o['offered_requests_per_s']:.2f} req/s (as sampled) exceeds the "
@@ -481,6 +485,15 @@ def _role(role: str) -> str:
     return "" if role == "both" else f" {role}"
 
 
+def _trust_cell(v: dict | None) -> str:
+    """A fleet's validation (simulator.regimes.serving_fleet_validation) in a table cell."""
+    if not v:
+        return "-"
+    if not v["validated"]:
+        return "not validated"
+    return f"{v['ttft_median_abs_pct']:.0f}% / {v['tpot_median_abs_pct']:.0f}%"
+
+
 def format_plan_serve(d: dict) -> str:
     s = d["slo"]
     pk = f"p{s['percentile']}"
@@ -500,18 +513,20 @@ def format_plan_serve(d: dict) -> str:
     if d.get("kv_transfer_bytes_per_s"):
         lines.append(f"  KV between the disaggregated pools: {d['kv_transfer_bytes_per_s'] / 1e9:.2f} GB/s")
     lines += ["", f"  {'#':<3}{'$/h':>9}  {'mode':<7}{'replicas':<46}{pk + ' TTFT ms':>14}{pk + ' TPOT ms':>14}"
-                  f"{'tok/s/dev':>10}{'attain':>8}{'headroom':>9}  SLO"]
+                  f"{'tok/s/dev':>10}{'attain':>8}{'headroom':>9}  SLO     validated (median |err| TTFT/TPOT)"]
     for i, f in enumerate(d["fleets"], 1):
         reps = " + ".join(f"{r['count']}× {r['device']} tp={r['tp']}{_role(r['role'])}" for r in f["replicas"])
         lines.append(f"  {i:<3}{f['cost_per_hour']:>9.2f}  {_mode(f['mode']):<7}{reps:<46}{_ms_cell(f['predicted']['ttft_s']):>14}"
                      f"{_ms_cell(f['predicted']['tpot_s']):>14}{f['tokens_per_s_per_device']:>10.0f}"
                      f"{f['slo_attainment'] * 100:>7.1f}%{f['headroom'] * 100:>8.1f}%  "
-                     f"{'met' if f['meets_slo'] else 'MISSED'}")
+                     f"{'met' if f['meets_slo'] else 'MISSED':<8}{_trust_cell(f.get('validation'))}")
     if len(d.get("pareto") or []) > 1:
         lines += ["", f"  cost-latency Pareto front ({pk}):"]
         for p in d["pareto"]:
             lines.append(f"    ${p['cost_per_hour']:>8.2f}/h  TTFT {_ms_cell(p['ttft_s']):>8} ms  TPOT "
                          f"{_ms_cell(p['tpot_s']):>7} ms  {_mode(p['mode']):<6} {p['replicas']}")
+    trust = {r["regime"]: r["note"] for f in d["fleets"] for r in (f.get("validation") or {}).get("regimes", [])}
+    lines += ([""] if trust else []) + [f"  trust: {n}" for n in trust.values()]
     sol = d["solver"]
     lines += ["", f"  search {d['search_time_s']:.2f} s, solver {sol['status']} (CBC, time limit "
                   f"{sol['time_limit_s']:g} s per solve, gap {sol['gap']:g})"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from hwmodels.errors import InputError
 from ui.cli import flags
 from ui.cli.executors import add_executor_flags, executor_from_args
 
@@ -80,6 +81,10 @@ def cmd_compare(args):
 
 def cmd_serving(args):
     from validation.serving import format_report, run_suite
+    if args.regimes and (args.limit is not None or args.quick or args.scope != "all" or args.client != "auto"
+                         or args.deployment != "recorded"):
+        raise InputError("--regimes needs the default suite: drop --limit, --quick, --scope, --client "
+                         "and --deployment")
     # Ray when asked for; locally, run_suite's own pool of --jobs workers.
     ex = executor_from_args(args) if args.executor == "ray" or args.ray_address else None
     try:
@@ -89,7 +94,14 @@ def cmd_serving(args):
     finally:
         if ex is not None:
             ex.close()
-    return doc, format_report(doc, rows=args.rows)
+    text = format_report(doc, rows=args.rows)
+    if args.regimes:
+        from hwmodels.fileio import write_text_atomic
+        from simulator.regimes import SERVING_REGIMES_FILE
+        from validation.serving import regimes_document
+        write_text_atomic(SERVING_REGIMES_FILE, regimes_document(doc))
+        text += f"\nwrote {SERVING_REGIMES_FILE}"
+    return doc, text
 
 
 def cmd_throughput(args):
@@ -164,6 +176,9 @@ def register(groups) -> None:
                          "aic-generator = the generator's rules, all engines, only; defaults = "
                          "engine defaults (docs/modeling.md §4)")
     sv.add_argument("--rows", action="store_true", help="print the per-row table too")
+    sv.add_argument("--regimes", action="store_true",
+                    help="rewrite simulator/data/validated_serving_regimes.json (each serving regime's "
+                         "measured error, which simulate serve and plan serve print) from this run")
     sv.add_argument("--max-row-tokens", type=flags.integer("--max-row-tokens"), default=1_048_576,
                     help="skip rows outside the dense H100/H200 set whose measured phase generates "
                          "more output tokens (10*C*osl; replay time grows with them; the default keeps "
