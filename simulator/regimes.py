@@ -119,7 +119,53 @@ def serving_fleet_validation(model, engine: str, devices, mode: str) -> dict:
             "note": "; ".join(v["note"] for v in vs)}
 
 
+def validation_label(v: dict | None) -> str:
+    """A fleet's `serving_fleet_validation` in a table cell: worst median |error| of TTFT / TPOT,
+    "not validated", or "-" where none was computed."""
+    if not v:
+        return "-"
+    if not v["validated"]:
+        return "not validated"
+    return f"{v['ttft_median_abs_pct']:.0f}% / {v['tpot_median_abs_pct']:.0f}%"
+
+
+def fleet_trust_notes(fleets: list) -> list[str]:
+    """The note of every distinct regime among `plan serve` fleets' validations, in order."""
+    return list({r["regime"]: r["note"] for f in fleets
+                 for r in (f.get("validation") or {}).get("regimes", [])}.values())
+
+
 def serving_plan_validation(model, plan) -> dict:
     """`serving_fleet_validation` of a `ServingPlan`'s replica groups."""
     return serving_fleet_validation(model, plan.engine, [g.cluster.device.name for g in plan.groups],
                                     "disagg" if plan.disaggregated else "agg")
+
+
+# ---- offline max throughput: the published cells that validate an offline-client prediction ----
+# `clusterplan validate throughput --regimes` writes it from the TensorRT-LLM v0.14 table.
+OFFLINE_REGIMES_FILE = Path(__file__).parent / "data" / "validated_offline_regimes.json"
+
+
+def offline_regime_key(client: str, device: str, model, dtype: str) -> str:
+    """'client/device/architecture/precision', e.g. 'trtllm-bench/h100-sxm/dense/fp8': the tool
+    sets the engine's limits, the precision picks the kernel tables and the KV cache's size."""
+    return f"{client}/{device}/{model_architecture(model)}/{_PRECISION.get(dtype, dtype)}"
+
+
+@cache
+def _offline_measured() -> dict:
+    return _regimes_in(OFFLINE_REGIMES_FILE)
+
+
+def offline_validation_of(client: str, device: str, model, dtype: str) -> dict:
+    """One offline regime and its measured error (MAPE of the output throughput over the
+    published cells), or why none applies."""
+    key = offline_regime_key(client, device, model, dtype)
+    row = _offline_measured().get(key)
+    if row is None:
+        return {"regime": key, "validated": False, "rows": 0, "mape_pct": None,
+                "note": f"no published offline run validates {key}"}
+    note = (f"validated regime {key}: throughput MAPE {row['mape_pct']:.1f}% (mean {row['bias_pct']:+.1f}%, "
+            f"worst {row['max_abs_pct']:.0f}%) over {row['rows']} published cells at TP "
+            f"{', '.join(str(t) for t in row['tp'])}")
+    return {"regime": key, "validated": True, **row, "note": note}

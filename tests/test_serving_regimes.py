@@ -103,11 +103,23 @@ def test_simulate_serve_prints_how_far_to_trust_it():
     assert v["validated"] is False and v["regimes"][0]["regime"] == "vllm/l40s/dense/agg"
 
 
-def test_plan_serve_table_labels_each_fleet():
-    from ui.cli.serve import _trust_cell
-    assert _trust_cell({"validated": True, "ttft_median_abs_pct": 28.07, "tpot_median_abs_pct": 8.3}) == "28% / 8%"
-    assert _trust_cell({"validated": False}) == "not validated"
-    assert _trust_cell(None) == "-"
+def test_plan_serve_labels_each_fleet_in_the_cli_and_the_dashboard():
+    from simulator.regimes import fleet_trust_notes, validation_label
+    from ui.state import fleet_rows
+    assert validation_label({"validated": True, "ttft_median_abs_pct": 28.07, "tpot_median_abs_pct": 8.3}) == "28% / 8%"
+    assert validation_label({"validated": False}) == "not validated"
+    assert validation_label(None) == "-"
+    m = load_model("llama3.1-8b")
+    ok = serving_fleet_validation(m, "vllm", ["h100-sxm"], "agg")
+    no = serving_fleet_validation(m, "vllm", ["h100-sxm", "l40s"], "agg")
+    fleet = {"rank": 1, "cost_per_hour": 2.0, "mode": "aggregated", "num_devices": 1,
+             "replicas": [{"device": "h100-sxm", "tp": 1, "count": 1, "role": "both"}],
+             "predicted": {"ttft_s": 0.05, "tpot_s": 0.01}, "tokens_per_s_per_device": 100.0,
+             "slo_attainment": 1.0, "headroom": 0.1, "meets_slo": True}
+    doc = {"slo": {"percentile": 90}, "fleets": [{**fleet, "validation": ok}, {**fleet, "validation": no}]}
+    cells = [r["validated (median |err| TTFT / TPOT)"] for r in fleet_rows(doc)]
+    assert cells == [validation_label(ok), "not validated"] and cells[0].endswith("%")
+    assert fleet_trust_notes(doc["fleets"]) == [ok["note"], no["regimes"][1]["note"]]
 
 
 def test_validate_serving_regimes_refuses_a_partial_suite_with_exit_2():
@@ -115,3 +127,45 @@ def test_validate_serving_regimes_refuses_a_partial_suite_with_exit_2():
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("clusterplan: error: --regimes needs the default suite")
     assert "Traceback" not in r.stderr
+
+
+# ---- offline max throughput (validate throughput --regimes) -------------------------------------
+
+def test_every_offline_fingerprint_replays_to_the_throughput_the_file_holds():
+    from simulator.regimes import OFFLINE_REGIMES_FILE
+    from validation.throughput import case_of, read_rows, replay
+    regimes = json.loads(OFFLINE_REGIMES_FILE.read_text())["regimes"]
+    want = {fp["name"]: fp["predicted"] for reg in regimes.values() for fp in reg["fingerprints"]}
+    assert len(want) == len(regimes) >= 10
+    seen = 0
+    for row in read_rows():
+        name = f"{row['model']} {row['gpu']} {row['precision']} tp={row['tp']} {row['isl']}/{row['osl']}"
+        if name in want:
+            assert replay(case_of(row))["predicted"] == pytest.approx(want[name], rel=1e-9), name
+            seen += 1
+    assert seen == len(want)
+
+
+def test_offline_regime_quotes_the_published_cells_and_an_unmeasured_one_says_so():
+    from simulator.regimes import OFFLINE_REGIMES_FILE, offline_regime_key, offline_validation_of
+    reg = json.loads(OFFLINE_REGIMES_FILE.read_text())["regimes"]["trtllm-bench/h200/dense/fp8"]
+    assert offline_regime_key("trtllm-bench", "h200", load_model("llama3.1-70b"), "fp8") == "trtllm-bench/h200/dense/fp8"
+    v = offline_validation_of("trtllm-bench", "h200", load_model("llama3.1-8b"), "fp8")
+    assert v["validated"] and v["rows"] == reg["rows"] >= 50
+    assert f"throughput MAPE {reg['mape_pct']:.1f}%" in v["note"] and "TP 1, 2, 4, 8" in v["note"]
+    none = offline_validation_of("vllm-throughput", "h200", load_model("llama3.1-8b"), "bf16")
+    assert not none["validated"] and none["note"] == "no published offline run validates vllm-throughput/h200/dense/16-bit"
+
+
+def test_simulate_serve_with_an_offline_client_names_the_throughput_regime():
+    r = _cli("simulate", "serve", "--model", "llama3.1-8b", "--cluster", "dgx-h200", "--plan", "tp=1",
+             "--client", "trtllm-bench", "--requests", "60", "--prompt-len", "128", "--output-len", "32",
+             "--dtype", "fp8")
+    assert r.returncode == 0, r.stderr
+    assert "trust: validated regime trtllm-bench/h200/dense/fp8: throughput MAPE" in r.stdout
+
+
+def test_validate_throughput_regimes_refuses_a_partial_run_with_exit_2():
+    r = _cli("validate", "throughput", "--regimes", "--limit", "2")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == "clusterplan: error: --regimes needs every cell: drop --limit 2"

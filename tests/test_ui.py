@@ -17,6 +17,7 @@ from hwmodels.errors import InputError
 from simulator.analytic import estimate
 from simulator.memory import stage_memory
 from simulator.models import from_hf_config, load_model
+from simulator.regimes import fleet_trust_notes, validation_label
 from simulator.training import TrainingJob, parse_plan
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
@@ -820,6 +821,11 @@ def test_serve_page_plan_matches_the_library(serve_doc):
     assert all(close(y, p["ttft_s"] * 1e3) for y, p in zip(front["y"], doc["pareto"]))
     assert at.query_params["fleet"] == state.fleet_label(best)
     assert len(at.get("download_button")) == 5  # plan JSON + CSV; run JSON, CSV, Chrome trace
+    # how far to trust each fleet: its label in the table, each regime's note under it
+    assert list(fleets["validated (median |err| TTFT / TPOT)"]) == [
+        validation_label(f["validation"]) for f in doc["fleets"]]
+    trust = [c.value for c in at.caption if c.value.startswith("trust: ")]
+    assert trust == [f"trust: {n}" for n in fleet_trust_notes(doc["fleets"])] and trust
 
 
 def test_serve_page_des_check_reproduces_the_planners_check(serve_doc):

@@ -799,14 +799,17 @@ def fleet_simulate(model_ref: str, model_cfg: str | None, fleet_json: str, engin
 
 
 def fleet_rows(doc: dict) -> list[dict]:
-    """The fleets of a `plan serve` document as table rows (latencies in ms at the SLO percentile)."""
+    """The fleets of a `plan serve` document as table rows (latencies in ms at the SLO percentile),
+    each with how far its regimes are validated (simulator.regimes.validation_label)."""
+    from simulator.regimes import validation_label
     pk = f"p{doc['slo']['percentile']}"
     ms = lambda v: None if v is None else v * 1e3  # noqa: E731
     return [{"rank": f["rank"], "$/h": f["cost_per_hour"], "mode": f["mode"], "replicas": fleet_label(f),
              "devices": f["num_devices"], f"{pk} TTFT ms": ms(f["predicted"]["ttft_s"]),
              f"{pk} TPOT ms": ms(f["predicted"]["tpot_s"]), "tok/s/device": f["tokens_per_s_per_device"],
              "SLO attainment %": 100 * f["slo_attainment"], "headroom %": 100 * f["headroom"],
-             "meets SLO": "yes" if f["meets_slo"] else "NO"} for f in doc["fleets"]]
+             "meets SLO": "yes" if f["meets_slo"] else "NO",
+             "validated (median |err| TTFT / TPOT)": validation_label(f.get("validation"))} for f in doc["fleets"]]
 
 
 def fleet_label(f: dict) -> str:

@@ -24,6 +24,7 @@ about three minutes on two cores.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import statistics
@@ -154,7 +155,8 @@ def run_suite(path: str | None = None, limit: int | None = None, models: tuple =
         a = aic.get((row["model"], row["precision"], row["gpu"], c["tp"], c["isl"], c["osl"]))
         cases.append({
             "name": f"{row['model']} {row['gpu']} {row['precision']} tp={c['tp']} {c['isl']}/{c['osl']}",
-            "model": row["model"], "group": " / ".join(c["label"]), "tp": c["tp"], "isl": c["isl"],
+            "model": row["model"], "preset": c["model"], "cluster": c["cluster"], "dtype": c["dtype"],
+            "group": " / ".join(c["label"]), "tp": c["tp"], "isl": c["isl"],
             "osl": c["osl"], "num_requests": c["num_requests"], "predicted": r["predicted"],
             "measured": c["measured"], "unit": "output tokens/s", "error_pct": _err(r["predicted"], c["measured"]),
             "aiconfigurator": a, "aiconfigurator_error_pct": _err(a, c["measured"]) if a else None,
@@ -193,6 +195,36 @@ def summarize(cases: list[dict], refused: list[dict], wall_s: float, skipped: li
             "by_group_tp": {k: _stats(v) for k, v in tp_groups.items()},
             "wall_s": wall_s}
 
+
+# ---- the offline regimes file (simulator/regimes.py OFFLINE_REGIMES_FILE) ----------------------
+def offline_regimes(doc: dict) -> dict:
+    """Per offline regime (simulator.regimes.offline_regime_key) of a full `run_suite` document:
+    its cells, MAPE, mean signed error, worst |error|, the TP sizes covered, and the cell with the
+    fewest requests x tokens as the fingerprint tests/test_serving_regimes.py replays."""
+    from hwmodels.clusters import load_cluster
+    from simulator.models import load_model
+    from simulator.regimes import offline_regime_key
+    groups: dict = {}
+    for c in doc["cases"]:
+        key = offline_regime_key("trtllm-bench", load_cluster(c["cluster"]).device.name,
+                                 load_model(c["preset"]), c["dtype"])
+        groups.setdefault(key, []).append(c)
+    out = {}
+    for key, cs in sorted(groups.items()):
+        st = _stats(cs)
+        fp = min(cs, key=lambda c: (c["num_requests"] * (c["isl"] + c["osl"]), c["name"]))
+        out[key] = {"rows": st["rows"], "mape_pct": round(st["mape_pct"], 2), "bias_pct": round(st["bias_pct"], 2),
+                    "max_abs_pct": round(max(abs(c["error_pct"]) for c in cs), 2),
+                    "tp": sorted({c["tp"] for c in cs}),
+                    "fingerprints": [{"name": fp["name"], "predicted": fp["predicted"]}]}
+    return out
+
+
+def regimes_document(doc: dict) -> str:
+    """The offline regimes file's text for a full `run_suite` document."""
+    return json.dumps({"written_by": "clusterplan validate throughput --regimes",
+                       "source": "TensorRT-LLM v0.14 perf-overview.md offline throughput table",
+                       "regimes": offline_regimes(doc)}, indent=1, sort_keys=True) + "\n"
 
 def _pct(v) -> str:
     return "      -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+7.1f}"

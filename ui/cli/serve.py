@@ -300,8 +300,11 @@ def cmd_simulate_serve(args):
     doc = report.to_dict()
     doc["model"] = model.name
     doc["cluster"] = cluster.name
-    from simulator.regimes import serving_plan_validation
-    doc["validation"] = serving_plan_validation(model, plan)
+    from simulator.regimes import offline_validation_of, serving_plan_validation
+    # an offline client's number is its throughput, which `validate throughput` checks; the
+    # latency regimes come from `validate serving`
+    doc["validation"] = (offline_validation_of(limits.client, cluster.device.name, model, args.dtype)
+                         if limits is not None else serving_plan_validation(model, plan))
     if limits is not None:
         doc["offline_limits"] = limits.to_dict()
         doc["notes"] = doc.get("notes", []) + [
@@ -485,16 +488,8 @@ def _role(role: str) -> str:
     return "" if role == "both" else f" {role}"
 
 
-def _trust_cell(v: dict | None) -> str:
-    """A fleet's validation (simulator.regimes.serving_fleet_validation) in a table cell."""
-    if not v:
-        return "-"
-    if not v["validated"]:
-        return "not validated"
-    return f"{v['ttft_median_abs_pct']:.0f}% / {v['tpot_median_abs_pct']:.0f}%"
-
-
 def format_plan_serve(d: dict) -> str:
+    from simulator.regimes import fleet_trust_notes, validation_label
     s = d["slo"]
     pk = f"p{s['percentile']}"
     lines = [f"plan serve {d['model']}: {d['rate_req_per_s']:g} req/s, prompt {d['workload']['prompt_len']}, "
@@ -519,14 +514,14 @@ def format_plan_serve(d: dict) -> str:
         lines.append(f"  {i:<3}{f['cost_per_hour']:>9.2f}  {_mode(f['mode']):<7}{reps:<46}{_ms_cell(f['predicted']['ttft_s']):>14}"
                      f"{_ms_cell(f['predicted']['tpot_s']):>14}{f['tokens_per_s_per_device']:>10.0f}"
                      f"{f['slo_attainment'] * 100:>7.1f}%{f['headroom'] * 100:>8.1f}%  "
-                     f"{'met' if f['meets_slo'] else 'MISSED':<8}{_trust_cell(f.get('validation'))}")
+                     f"{'met' if f['meets_slo'] else 'MISSED':<8}{validation_label(f.get('validation'))}")
     if len(d.get("pareto") or []) > 1:
         lines += ["", f"  cost-latency Pareto front ({pk}):"]
         for p in d["pareto"]:
             lines.append(f"    ${p['cost_per_hour']:>8.2f}/h  TTFT {_ms_cell(p['ttft_s']):>8} ms  TPOT "
                          f"{_ms_cell(p['tpot_s']):>7} ms  {_mode(p['mode']):<6} {p['replicas']}")
-    trust = {r["regime"]: r["note"] for f in d["fleets"] for r in (f.get("validation") or {}).get("regimes", [])}
-    lines += ([""] if trust else []) + [f"  trust: {n}" for n in trust.values()]
+    trust = fleet_trust_notes(d["fleets"])
+    lines += ([""] if trust else []) + [f"  trust: {n}" for n in trust]
     sol = d["solver"]
     lines += ["", f"  search {d['search_time_s']:.2f} s, solver {sol['status']} (CBC, time limit "
                   f"{sol['time_limit_s']:g} s per solve, gap {sol['gap']:g})"]

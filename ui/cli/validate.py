@@ -79,6 +79,13 @@ def cmd_compare(args):
     return rep, format_report(rep)
 
 
+def _write_regimes(path, text: str) -> str:
+    """Rewrite a validated-regimes file (simulator/regimes.py); the line the report ends with."""
+    from hwmodels.fileio import write_text_atomic
+    write_text_atomic(path, text)
+    return f"\nwrote {path}"
+
+
 def cmd_serving(args):
     from validation.serving import format_report, run_suite
     if args.regimes and (args.limit is not None or args.quick or args.scope != "all" or args.client != "auto"
@@ -96,18 +103,23 @@ def cmd_serving(args):
             ex.close()
     text = format_report(doc, rows=args.rows)
     if args.regimes:
-        from hwmodels.fileio import write_text_atomic
         from simulator.regimes import SERVING_REGIMES_FILE
         from validation.serving import regimes_document
-        write_text_atomic(SERVING_REGIMES_FILE, regimes_document(doc))
-        text += f"\nwrote {SERVING_REGIMES_FILE}"
+        text += _write_regimes(SERVING_REGIMES_FILE, regimes_document(doc))
     return doc, text
 
 
 def cmd_throughput(args):
     from validation.throughput import format_report, run_suite
+    if args.regimes and args.limit is not None:
+        raise InputError(f"--regimes needs every cell: drop --limit {args.limit}")
     doc = run_suite(limit=args.limit)
-    return doc, format_report(doc)
+    text = format_report(doc)
+    if args.regimes:
+        from simulator.regimes import OFFLINE_REGIMES_FILE
+        from validation.throughput import regimes_document
+        text += _write_regimes(OFFLINE_REGIMES_FILE, regimes_document(doc))
+    return doc, text
 
 
 def register(groups) -> None:
@@ -191,5 +203,8 @@ def register(groups) -> None:
     th = val.add_parser("throughput", help="offline max throughput vs TensorRT-LLM v0.14's published "
                                            "trtllm-bench table (AIConfigurator 0.12 beside)")
     th.add_argument("--limit", type=flags.integer("--limit"), help="replay only the first N rows")
+    th.add_argument("--regimes", action="store_true",
+                    help="rewrite simulator/data/validated_offline_regimes.json (each offline regime's "
+                         "measured error, which simulate serve --client trtllm-bench prints) from this run")
     th.add_argument("--json", action="store_true")
     th.set_defaults(func=cmd_throughput)

@@ -7,6 +7,7 @@ import streamlit as st
 
 from hwmodels.devices import device_names
 from hwmodels.errors import InputError
+from simulator.regimes import fleet_trust_notes
 from ui import charts, state
 
 st.title("Serve")
@@ -130,6 +131,8 @@ st.dataframe(rows, hide_index=True, key="fleets",
 state.downloads("plan-serve", doc, rows, key="plan_dl")
 for note in doc["notes"]:
     st.caption(f"note: {note}")
+for note in fleet_trust_notes(doc["fleets"]):
+    st.caption(f"trust: {note}")
 
 
 def pick_from_chart() -> None:  # plotly selection callback: runs before the rerun draws the selectbox
