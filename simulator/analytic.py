@@ -219,8 +219,8 @@ def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: i
     ZeRO-3 gathers and reduce-scatters each unit of the model on its own, so each collective pays
     its latency at that unit's message size: `zero3_unit` "layer" (an FSDP unit per transformer
     block, the embedding and the head their own units: PyTorch FSDP auto-wrap, torchtitan,
-    llm-foundry) or "param" (one collective per weight matrix: DeepSpeed ZeRO-3 before v0.6
-    fetched each sub-module's parameters, deepspeed/runtime/zero/stage3.py fetch_sub_module).
+    llm-foundry) or "param" (DeepSpeed ZeRO-3 before v0.6: one gather per sub-module, a Python
+    loop of shard copies per tensor, one reduce-scatter per tensor; `_deepspeed_submodules`).
     `rank_copies`: the collective API copies each rank's slice in a kernel of its own (PyTorch ≤1.9
     list all_gather/reduce_scatter flatten and unflatten in ProcessGroupNCCL; DeepSpeed PR #1188
     and #1453 replaced them with the *_base collectives to remove these copies), n copies per call.
@@ -231,7 +231,6 @@ def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: i
     dense, expert = stage_params(model, pl, tp, ep, etp)
     dp_cp, expert_dp = dp * cp, expert_dp_size(tp, cp, dp, ep, etp)
     gb = 2  # bf16 gradient reduction (ZeRO §3: 2Ψ gradients)
-    shares = _zero3_shares(model, zero3_unit)
 
     def c(op, n, stride, nbytes):  # cached: ZeRO stages and schedules with one placement share them
         def make():
@@ -239,9 +238,10 @@ def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: i
             return t + n * km.memory_s(2 * nbytes / n) if rank_copies else t  # read + write each slice
         return cached(cache, (op, n, stride, nbytes, rank_copies), make)
 
-    def coll(units: list, n: int, stride: int) -> tuple[float, float]:
+    def coll(units: list, n: int, stride: int, layers_first: bool = False) -> tuple[float, float]:
         """(gradient reduction, one parameter gather) seconds for the (count, parameters) units
-        over n ranks `stride` apart: whole for ZeRO 0-2, unit by unit for ZeRO-3."""
+        over n ranks `stride` apart: whole for ZeRO 0-2, unit by unit for ZeRO-3 (`layers_first`:
+        the first unit is the transformer layers)."""
         params = sum(k * x for k, x in units)
         if n <= 1 or params <= 0:
             return 0.0, 0.0
@@ -249,9 +249,29 @@ def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: i
             return c("all_reduce", n, stride, params * gb), 0.0
         if zero < 3:
             return c("reduce_scatter", n, stride, params * gb), c("all_gather", n, stride, params * WEIGHT_BYTES)
-        units = [(k, x * f) for k, x in units if k > 0 and x > 0 for f in shares]
+        if zero3_unit == "param":
+            return deepspeed_zero3(units, n, stride, layers_first)
+        units = [(k, x) for k, x in units if k > 0 and x > 0]
         return (sum(k * c("reduce_scatter", n, stride, x * gb) for k, x in units),
                 sum(k * c("all_gather", n, stride, x * WEIGHT_BYTES) for k, x in units))
+
+    def deepspeed_zero3(units: list, n: int, stride: int, layers_first: bool) -> tuple[float, float]:
+        """DeepSpeed ZeRO-3 (v0.3.13, the release Narayanan et al. 2021 ran): one all-gather per
+        sub-module, then a Python loop copies every tensor's n shards into its full tensor
+        (partition_parameters.py _allgather_params: for param, for i in range(world_size):
+        narrow(...).copy_(...)); one reduce-scatter per tensor (_reduce_scatter_gradient). The
+        layers are split as `_deepspeed_submodules` says, every other unit (embedding, head,
+        experts) is one tensor."""
+        grad = gather = 0.0
+        for i, (k, x) in enumerate(units):
+            if k <= 0 or x <= 0:
+                continue
+            mods = _deepspeed_submodules(model) if (i == 0 and layers_first) else ((1.0,),)
+            for mod in mods:
+                gather += k * (c("all_gather", n, stride, x * sum(mod) * WEIGHT_BYTES)
+                               + sum(n * km.memory_s(2 * x * t * WEIGHT_BYTES / n) for t in mod))
+                grad += k * sum(c("reduce_scatter", n, stride, x * t * gb) for t in mod)
+        return grad, gather
     grad, gather, opt = np.zeros(pp), np.zeros(pp), np.zeros(pp)
     grad_bytes = (dense + expert) * gb
     for s in range(pp):
@@ -259,7 +279,7 @@ def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: i
         # the embedding, head and MTP block: one unit at each end of the model the stage holds
         rest, ends = float(dense[s]) - layers, float(pl.first[s] + pl.last[s])
         dense_units = [(n_layers, layers / max(n_layers, 1.0)), (ends, rest / max(ends, 1.0))]
-        g1, a1 = coll(dense_units if zero == 3 else [(1.0, float(dense[s]))], dp_cp, tp)
+        g1, a1 = coll(dense_units if zero == 3 else [(1.0, float(dense[s]))], dp_cp, tp, layers_first=True)
         n_moe = float(pl.n_moe[s]) or 1.0
         g2, a2 = coll([(n_moe, float(expert[s]) / n_moe)], expert_dp, etp * ep)
         grad[s], gather[s] = g1 + g2, a1 + a2
@@ -285,16 +305,28 @@ def _lora_layers(job: TrainingJob) -> tuple:
     return (lora_layer_params(job.model, job, False), lora_layer_params(job.model, job, True))
 
 
-def _zero3_shares(model, unit: str) -> tuple:
-    """Shares of a layer's parameters in each ZeRO-3 collective: one for the whole layer, or one
-    per weight matrix (QKV, attention output, MLP input, MLP output; a gated MLP's input holds two
-    of its three matrices, HF/Megatron fused gate-up)."""
-    if unit == "layer":
-        return (1.0,)
+def _deepspeed_submodules(model) -> tuple:
+    """A transformer layer as DeepSpeed ZeRO-3 (v0.3) handles it: the sub-modules that hold
+    parameters, each as the shares of the layer's parameters in its tensors. The two norms
+    (weight, and bias for LayerNorm), QKV, the attention output, the MLP input (gate and up fused,
+    Megatron) and output, each linear with its bias where the model has one
+    (deepspeed/runtime/zero/stage3.py fetch_sub_module gathers one sub-module's parameters per
+    call; partition_parameters.py _reduce_scatter_gradients reduce-scatters one tensor per call)."""
+    h = model.hidden_size
     attn, mlp = model.attention_params(), model.dense_mlp_params()
-    total, out = attn + mlp, model.attn_out_dim * model.hidden_size
-    up = mlp * (model.mlp_matrices - 1) / model.mlp_matrices
-    return ((attn - out) / total, out / total, up / total, (mlp - up) / total)
+    norm = (h, h) if model.norm == "layernorm" else (h,)
+    total = attn + mlp + 2 * sum(norm)
+    out_w = model.attn_out_dim * h
+    qkv_b = (model.q_dim + 2 * model.kv_dim) if (model.linear_bias or model.qkv_bias) else 0
+    out_b = h if model.linear_bias else 0
+    up_w = mlp * (model.mlp_matrices - 1) // model.mlp_matrices if not model.linear_bias else \
+        (model.mlp_matrices - 1) * h * model.ffn_hidden_size
+    up_b = (model.mlp_matrices - 1) * model.ffn_hidden_size if model.linear_bias else 0
+    down_b = h if model.linear_bias else 0
+    down_w = mlp - up_w - up_b - down_b
+    qkv_w = attn - out_w - qkv_b - out_b  # Q/K/V with any gate, q/k norms or sinks of the attention
+    mods = (norm, (qkv_w, qkv_b), (out_w, out_b), norm, (up_w, up_b), (down_w, down_b))
+    return tuple(tuple(t / total for t in mod if t > 0) for mod in mods)
 
 
 def recompute_regathers(job: TrainingJob) -> float:

@@ -94,8 +94,9 @@ class TrainingJob:
     # norm/activation kernels (delayed scaling), not costed.
     fp8_dynamic_casts: bool = False
     # The unit ZeRO-3 gathers and reduce-scatters at once: "layer" (FSDP auto-wrap per transformer
-    # block) or "param" (each weight matrix, DeepSpeed ZeRO-3 before v0.6: stage3.py
-    # fetch_sub_module gathers one sub-module's parameters per call).
+    # block) or "param" (DeepSpeed ZeRO-3 before v0.6: stage3.py fetch_sub_module gathers one
+    # sub-module's parameters per call and copies every tensor's shards in a Python loop;
+    # partition_parameters.py reduce-scatters one tensor per call).
     zero3_unit: str = "layer"
     # Collectives through PyTorch ≤1.9's list APIs, which copy every rank's slice in a kernel of its
     # own (ProcessGroupNCCL flatten/unflatten; DeepSpeed PR #1188, #1453 removed them with *_base).

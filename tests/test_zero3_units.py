@@ -14,7 +14,7 @@ from hwmodels.clusters import load_cluster
 from hwmodels.collectives import collective_s
 from hwmodels.errors import InputError
 from hwmodels.kernels import kernel_model
-from simulator.analytic import _dp_terms, _zero3_shares, estimate
+from simulator.analytic import _deepspeed_submodules, _dp_terms, estimate
 from simulator.memory import EVEN
 from simulator.models import load_model, megatron_gpt
 from simulator.software import apply_software
@@ -50,12 +50,44 @@ def test_zero_1_keeps_one_stage_sized_gather():
     assert d["gather"][0] == pytest.approx(whole, rel=1e-9)
 
 
-def test_param_unit_splits_a_gpt_layer_as_its_four_weight_matrices():
-    """Megatron's GPT layer: QKV 3h², attention output h², fc1 4h², fc2 4h² (plus biases)."""
-    shares = _zero3_shares(GPT_175B, "param")
-    assert shares == pytest.approx((3 / 12, 1 / 12, 4 / 12, 4 / 12), rel=2e-3)
-    assert sum(shares) == pytest.approx(1.0)
-    assert _zero3_shares(GPT_175B, "layer") == (1.0,)
+def test_param_unit_splits_a_gpt_layer_as_deepspeed_fetches_it():
+    """Megatron's GPT layer as DeepSpeed 0.3 sees it: six sub-modules with parameters (two
+    LayerNorms of weight + bias, QKV 3h² + bias, attention output h² + bias, fc1 4h² + bias,
+    fc2 4h² + bias), twelve tensors, the whole layer."""
+    mods = _deepspeed_submodules(GPT_175B)
+    assert [len(m) for m in mods] == [2, 2, 2, 2, 2, 2]
+    assert [sum(m) for m in mods] == pytest.approx([0, 3 / 12, 1 / 12, 0, 4 / 12, 4 / 12], abs=2e-4)
+    assert sum(map(sum, mods)) == pytest.approx(1.0)
+    h = GPT_175B.hidden_size
+    total = GPT_175B.layer_params(0)
+    assert mods[1][1] == pytest.approx(3 * h / total) and mods[0] == pytest.approx((h / total, h / total))
+    llama = _deepspeed_submodules(load_model("llama3-8b"))  # RMSNorm weight only, no biases
+    assert [len(m) for m in llama] == [1, 1, 1, 1, 1, 1]
+
+
+def test_deepspeed_03_zero3_collectives_and_copies_tensor_by_tensor():
+    """v0.3.13 partition_parameters.py: _allgather_params gathers a sub-module in one call, then
+    copies each of its tensors' n shards in a Python loop (n copy kernels per tensor);
+    _reduce_scatter_gradient reduce-scatters one tensor per call. The FSDP unit ("layer") does
+    one gather and one reduce-scatter per layer."""
+    cluster = load_cluster("dgx-a100", nodes=48)
+    km = kernel_model(cluster.device.name, "bf16")
+    n, L = 384, GPT_175B.num_layers
+    d = _terms(GPT_175B, cluster, n, zero3_unit="param")
+    layer = GPT_175B.layer_params(0)
+    rest = (GPT_175B.embedding_params() + GPT_175B.head_params()) / 2  # embedding and head units
+    mods = _deepspeed_submodules(GPT_175B)
+    ag = lambda b: collective_s(cluster, "all_gather", n, 1, b)  # noqa: E731
+    rs = lambda b: collective_s(cluster, "reduce_scatter", n, 1, b)  # noqa: E731
+    copies = lambda b: n * km.memory_s(2 * b / n)  # noqa: E731
+    gather = (L * sum(ag(layer * sum(m) * 2) + sum(copies(layer * t * 2) for t in m) for m in mods)
+              + 2 * (ag(rest * 2) + copies(rest * 2)))
+    grad = L * sum(rs(layer * t * 2) for m in mods for t in m) + 2 * rs(rest * 2)
+    assert d["gather"][0] == pytest.approx(gather, rel=1e-9)
+    assert d["grad"][0] == pytest.approx(grad, rel=1e-9)
+    # switched to one unit per layer, the 12 reduce-scatters and the copy loops go away
+    fsdp = _terms(GPT_175B, cluster, n)
+    assert fsdp["grad"][0] < 0.75 * d["grad"][0] and fsdp["gather"][0] < d["gather"][0] - L * 12 * n * 3e-6
 
 
 def test_list_collectives_add_one_copy_kernel_per_rank():
@@ -67,12 +99,12 @@ def test_list_collectives_add_one_copy_kernel_per_rank():
     copied = _terms(GPT_175B, cluster, 384, zero3_unit="param", rank_copies=True)
     layer_bytes = GPT_175B.layer_params(0) * 2
     rest_bytes = (GPT_175B.embedding_params() + GPT_175B.head_params()) * 2
-    sizes = [layer_bytes * f for f in _zero3_shares(GPT_175B, "param")]
-    want = (GPT_175B.num_layers * sum(384 * km.memory_s(2 * x / 384) for x in sizes)
-            + 2 * sum(384 * km.memory_s(2 * rest_bytes / 2 * f / 384) for f in _zero3_shares(GPT_175B, "param")))
+    want = (GPT_175B.num_layers * sum(384 * km.memory_s(2 * layer_bytes * sum(m) / 384)
+                                      for m in _deepspeed_submodules(GPT_175B))
+            + 2 * 384 * km.memory_s(2 * rest_bytes / 2 / 384))
     extra = copied["gather"][0] - plain["gather"][0]
     assert extra == pytest.approx(want, rel=1e-6)
-    assert extra > (GPT_175B.num_layers * 4) * 384 * 3e-6  # at least one launch latency per copy
+    assert extra > (GPT_175B.num_layers * 6) * 384 * 3e-6  # at least one launch latency per copy
     big = load_cluster("dgx-a100", nodes=192)
     extra_1536 = (_terms(GPT_175B, big, 1536, zero3_unit="param", rank_copies=True)["gather"][0]
                   - _terms(GPT_175B, big, 1536, zero3_unit="param")["gather"][0])

@@ -383,7 +383,7 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("simulator/serving/costs.py", "ReplaceComparisonOperator_Eq_Is", 'if group == "tp" and op == "all_reduce":',
      "group and op are always literals of simulator/ops.py's _comm calls (\"tp\", \"cp\", \"ep\"; "
      "\"all_reduce\", \"all_gather\", ...): CPython interns identifier-like string constants, so `is` == `==`"),
-    ("simulator/analytic.py", "ReplaceComparisonOperator_Gt_GtE", 463,
+    ("simulator/analytic.py", "ReplaceComparisonOperator_Gt_GtE", 495,
      "the bubble's `if p > 1` (the line before `for s in np.unique(b.schedule)`; the p2p one further "
      "down is not equivalent): at p = 1 every schedule's bubble_s has the factor p - 1 = 0 "
      "(1f1b, interleaved, zb-h1/h2, zb-v), and dualpipe, whose factor is p // 2 - 1, is refused "
@@ -500,7 +500,7 @@ EQUIVALENT: list[tuple[str, str, int | str | tuple[int | str, int], str]] = [
     ("simulator/analytic.py", "ReplaceComparisonOperator_Eq_GtE", 'full = (b.recompute == RECOMPUTE.index("full"))',
      "PlanBatch.recompute holds indices into RECOMPUTE = (none, selective, full) and full is the "
      "largest, 2: >= 2 is == 2"),
-    *[("simulator/analytic.py", op, ("units = [(k, x * f) for k, x in units if k > 0 and x > 0 for f in shares]", 51),
+    *[("simulator/analytic.py", op, ("units = [(k, x) for k, x in units if k > 0 and x > 0]", 47),
        "the unit counts k are never negative (pl.n_layers, first + last, `n_moe or 1.0`, LoRA's 1.0), "
        "and a k = 0 unit adds k·c(...) = 0 to both sums: keeping it (>= 0) or not (!= 0 is > 0) "
        "gives the same seconds")
