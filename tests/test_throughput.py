@@ -167,6 +167,11 @@ def test_first_rows_replay_close_to_published_and_aic_sits_beside():
     assert (c["max_batch_size"], c["max_num_tokens"]) == (224, 2048)
     text = format_report(doc)
     assert "MAPE" in text and "AIConfigurator" in text
+    # the per-cell table (each cell with AIConfigurator's estimate beside ours) only with --rows
+    cell = f"{c['measured']:>11.1f}{c['predicted']:>10.1f}"
+    assert cell not in text and "(per-cell table: --rows)" in text
+    full = format_report(doc, rows=True)
+    assert cell in full and "2557.4" in full and "(per-cell table: --rows)" not in full
 
 
 # ---- CLI -----------------------------------------------------------------------------------------

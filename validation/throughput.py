@@ -230,16 +230,21 @@ def _pct(v) -> str:
     return "      -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+7.1f}"
 
 
-def format_report(doc: dict) -> str:
-    lines = [f"{'row':<52}{'mbs':>6}{'mnt':>7}{'published':>11}{'ours':>10}{'err%':>8}"
-             f"{'AIC':>10}{'err%':>8}"]
-    for c in doc["cases"]:
-        a = c["aiconfigurator"]
-        lines.append(f"{c['name'][-52:]:<52}{c['max_batch_size']:>6}{c['max_num_tokens']:>7}"
-                     f"{c['measured']:>11.1f}{c['predicted']:>10.1f}{c['error_pct']:>+8.1f}"
-                     f"{(f'{a:.1f}' if a else '-'):>10}{_pct(c['aiconfigurator_error_pct']):>8}")
-    lines += ["", f"{'group (model / GPU / precision / TP)':<56}{'rows':>5}{'MAPE%':>8}{'bias%':>8}"
-                  f"{'AIC MAPE%':>11}{'AIC bias%':>11}"]
+def format_report(doc: dict, rows: bool = False) -> str:
+    """The summary by group and model (the per-cell table first with `rows`, as `validate
+    serving --rows` prints its rows)."""
+    lines = []
+    if rows:
+        lines.append(f"{'row':<52}{'mbs':>6}{'mnt':>7}{'published':>11}{'ours':>10}{'err%':>8}"
+                     f"{'AIC':>10}{'err%':>8}")
+        for c in doc["cases"]:
+            a = c["aiconfigurator"]
+            lines.append(f"{c['name'][-52:]:<52}{c['max_batch_size']:>6}{c['max_num_tokens']:>7}"
+                         f"{c['measured']:>11.1f}{c['predicted']:>10.1f}{c['error_pct']:>+8.1f}"
+                         f"{(f'{a:.1f}' if a else '-'):>10}{_pct(c['aiconfigurator_error_pct']):>8}")
+        lines.append("")
+    lines += [f"{'group (model / GPU / precision / TP)':<56}{'rows':>5}{'MAPE%':>8}{'bias%':>8}"
+              f"{'AIC MAPE%':>11}{'AIC bias%':>11}"]
     for key in ("by_group_tp", "by_group"):
         for k, g in doc[key].items():
             am = "-" if g["aic_mape_pct"] is None else f"{g['aic_mape_pct']:.1f}"
@@ -268,5 +273,7 @@ def format_report(doc: dict) -> str:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     for why, n in reasons.items():
         lines.append(f"  not replayed ({n} cells): {why}")
+    if not rows:
+        lines.append("(per-cell table: --rows)")
     lines.append(f"({doc['wall_s']:.1f} s)")
     return "\n".join(lines)

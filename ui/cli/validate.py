@@ -114,7 +114,7 @@ def cmd_throughput(args):
     if args.regimes and args.limit is not None:
         raise InputError(f"--regimes needs every cell: drop --limit {args.limit}")
     doc = run_suite(limit=args.limit)
-    text = format_report(doc)
+    text = format_report(doc, rows=args.rows)
     if args.regimes:
         from simulator.regimes import OFFLINE_REGIMES_FILE
         from validation.throughput import regimes_document
@@ -203,6 +203,7 @@ def register(groups) -> None:
     th = val.add_parser("throughput", help="offline max throughput vs TensorRT-LLM v0.14's published "
                                            "trtllm-bench table (AIConfigurator 0.12 beside)")
     th.add_argument("--limit", type=flags.integer("--limit"), help="replay only the first N rows")
+    th.add_argument("--rows", action="store_true", help="print the per-cell table too")
     th.add_argument("--regimes", action="store_true",
                     help="rewrite simulator/data/validated_offline_regimes.json (each offline regime's "
                          "measured error, which simulate serve --client trtllm-bench prints) from this run")
