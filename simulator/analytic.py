@@ -231,6 +231,7 @@ def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: i
     dense, expert = stage_params(model, pl, tp, ep, etp)
     dp_cp, expert_dp = dp * cp, expert_dp_size(tp, cp, dp, ep, etp)
     gb = 2  # bf16 gradient reduction (ZeRO §3: 2Ψ gradients)
+    layer_mods = _deepspeed_submodules(model) if zero3_unit == "param" else ()
 
     def c(op, n, stride, nbytes):  # cached: ZeRO stages and schedules with one placement share them
         def make():
@@ -266,7 +267,7 @@ def _dp_terms(model, cluster: Cluster, dtype: str, schedule: str, tp: int, pp: i
         for i, (k, x) in enumerate(units):
             if k <= 0 or x <= 0:
                 continue
-            mods = _deepspeed_submodules(model) if (i == 0 and layers_first) else ((1.0,),)
+            mods = layer_mods if (i == 0 and layers_first) else ((1.0,),)
             for mod in mods:
                 gather += k * (c("all_gather", n, stride, x * sum(mod) * WEIGHT_BYTES)
                                + sum(n * km.memory_s(2 * x * t * WEIGHT_BYTES / n) for t in mod))
@@ -319,8 +320,7 @@ def _deepspeed_submodules(model) -> tuple:
     out_w = model.attn_out_dim * h
     qkv_b = (model.q_dim + 2 * model.kv_dim) if (model.linear_bias or model.qkv_bias) else 0
     out_b = h if model.linear_bias else 0
-    up_w = mlp * (model.mlp_matrices - 1) // model.mlp_matrices if not model.linear_bias else \
-        (model.mlp_matrices - 1) * h * model.ffn_hidden_size
+    up_w = (model.mlp_matrices - 1) * h * model.ffn_hidden_size
     up_b = (model.mlp_matrices - 1) * model.ffn_hidden_size if model.linear_bias else 0
     down_b = h if model.linear_bias else 0
     down_w = mlp - up_w - up_b - down_b

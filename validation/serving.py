@@ -53,7 +53,8 @@ from pathlib import Path
 from hwmodels.clusters import load_cluster
 from hwmodels.errors import InputError
 from simulator.models import load_model
-from simulator.serving.clients import aiperf, bench_serving, bench_serving_warmups, client_for_row
+from simulator.serving.clients import (PROMPTS_PER_SLOT, aiperf, bench_serving, bench_serving_warmups,
+                                       client_for_row)
 from simulator.serving.engine import ReplicaGroup, ServingPlan, simulate
 
 MODELS = {  # model_path in the CSV -> our preset (dense)
@@ -360,7 +361,7 @@ def classify(row: dict, scope: str = "all") -> tuple[dict | None, str]:
 def case_workload(case: dict, seed: int = 0, quick: bool = False, client: str | None = None):
     """The measured phase of the row's benchmark client (quick: 3 requests per slot)."""
     c, name = case["concurrency"], client or case["client"]
-    n = c * (3 if quick else 10)
+    n = c * (3 if quick else PROMPTS_PER_SLOT)
     if name == "bench-serving":
         return bench_serving(case["isl"], case["osl"], c, num_prompts=n, seed=seed,
                              num_warmups=bench_serving_warmups(c, case.get("measured_on", "")))
@@ -726,7 +727,7 @@ def run_suite(path: str | None = None, limit: int | None = None, quick: bool = F
         "by_mode": _summarise(results, _mode_group),
         "by_client": _summarise(results, lambda r: r["client"]),
         "rows": results,
-        "protocol": {"client": client, "measured_per_slot": 3 if quick else 10,
+        "protocol": {"client": client, "measured_per_slot": 3 if quick else PROMPTS_PER_SLOT,
                      "warmup": "drained (simulated from an idle server)"},
         "source": silicon_csv_path() if path is None else path,
         "wall_s": time.perf_counter() - t0,
@@ -767,12 +768,18 @@ def serving_regimes(doc: dict) -> dict:
     return out
 
 
+def require_default_suite(scope: str, deployment: str, client: str, quick: bool, limit: int | None = None) -> None:
+    """The serving regimes file describes the default suite only (every row in scope "all", the
+    recorded deployments, each row's own client, 10·C requests per slot)."""
+    if (scope, deployment, client, bool(quick), limit) != ("all", "recorded", "auto", False, None):
+        raise InputError("--regimes needs the default suite: drop --limit, --quick, --scope, --client "
+                         "and --deployment")
+
+
 def regimes_document(doc: dict) -> str:
     """The serving regimes file's text for a default `run_suite` document."""
-    if (doc["scope"], doc["deployment"], doc["protocol"]["client"], doc["protocol"]["measured_per_slot"]) != \
-            ("all", "recorded", "auto", 10):
-        raise InputError("--regimes needs the default suite (scope all, deployment recorded, client auto, "
-                         "not --quick)")
+    require_default_suite(doc["scope"], doc["deployment"], doc["protocol"]["client"],
+                          doc["protocol"]["measured_per_slot"] != PROMPTS_PER_SLOT)
     return json.dumps({"written_by": "clusterplan validate serving --regimes",
                        "rows_modelled": doc["rows_modelled"], "regimes": serving_regimes(doc)},
                       indent=1, sort_keys=True) + "\n"

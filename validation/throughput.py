@@ -226,6 +226,7 @@ def regimes_document(doc: dict) -> str:
                        "source": "TensorRT-LLM v0.14 perf-overview.md offline throughput table",
                        "regimes": offline_regimes(doc)}, indent=1, sort_keys=True) + "\n"
 
+
 def _pct(v) -> str:
     return "      -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+7.1f}"
 

@@ -87,11 +87,9 @@ def _write_regimes(path, text: str) -> str:
 
 
 def cmd_serving(args):
-    from validation.serving import format_report, run_suite
-    if args.regimes and (args.limit is not None or args.quick or args.scope != "all" or args.client != "auto"
-                         or args.deployment != "recorded"):
-        raise InputError("--regimes needs the default suite: drop --limit, --quick, --scope, --client "
-                         "and --deployment")
+    from validation.serving import format_report, require_default_suite, run_suite
+    if args.regimes:  # before the run: the file describes the default suite only
+        require_default_suite(args.scope, args.deployment, args.client, args.quick, args.limit)
     # Ray when asked for; locally, run_suite's own pool of --jobs workers.
     ex = executor_from_args(args) if args.executor == "ray" or args.ray_address else None
     try:
